@@ -1,0 +1,254 @@
+//! The layout of every BPF map the XDP program shares with userspace: keys,
+//! values, capacities and counter indexes. Both sides compile this one file, so
+//! a layout change cannot reach only one of them.
+
+/// Maximum number of VIPs; also the length of the outer lookup-table map.
+pub const MAX_VIPS: u32 = 1024;
+/// Maximum number of backend slots (all VIPs together). Slot 0 means "none".
+pub const MAX_BACKENDS: u32 = 65536;
+/// Default capacity of the connection table (LRU; old flows are evicted).
+pub const CONN_TABLE_ENTRIES: u32 = 262_144;
+/// Lookup-table slot 0 holds the table's size M; slots 1..=M hold backend ids.
+/// Keeping M inside the table means one atomic outer-map update swaps both.
+pub const TABLE_HEADER_SLOTS: u32 = 1;
+/// `BPF_F_INNER_MAP`: lets inner maps of one outer map differ in `max_entries`
+/// (Linux 5.10), so VIPs may use different table sizes.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+/// Address family tags used in keys.
+pub const FAMILY_IPV4: u8 = 4;
+/// Address family tag for IPv6.
+pub const FAMILY_IPV6: u8 = 6;
+/// IANA protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IANA protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the VIP map: destination address, port and protocol.
+///
+/// IPv4 addresses occupy the first four bytes of `addr`, the rest are zero.
+/// `port` is in host byte order; port 0 is the "any port" VIP that matches
+/// when no exact-port VIP does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// Destination address in network byte order.
+    pub addr: [u8; 16],
+    /// Destination port (host order); 0 = any port.
+    pub port: u16,
+    /// IP protocol number (TCP or UDP).
+    pub proto: u8,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+}
+
+/// Value of the VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into the outer lookup-table map and the per-VIP counters.
+    pub vip_id: u32,
+    /// Reserved for per-VIP behaviour flags; zero today.
+    pub flags: u32,
+}
+
+/// The backend slot is in use.
+pub const BACKEND_ACTIVE: u16 = 1;
+
+/// Value of the backend array. Index 0 is never used ("no backend").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Destination MAC written into forwarded frames (L2 DSR).
+    pub mac: [u8; 6],
+    /// `BACKEND_ACTIVE` when the slot is in use.
+    pub flags: u16,
+    /// The VIP this slot serves; a connection-table entry is only honoured
+    /// while its backend slot still belongs to the flow's VIP.
+    pub vip_id: u32,
+}
+
+/// Key of the connection table and input of the flow hash: the 5-tuple.
+///
+/// Addresses are in network byte order (IPv4 in the first four bytes), ports
+/// in host order.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address.
+    pub src_addr: [u8; 16],
+    /// Destination address.
+    pub dst_addr: [u8; 16],
+    /// Source port (host order).
+    pub src_port: u16,
+    /// Destination port (host order).
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    /// Always zero, so that keys compare and hash byte for byte.
+    pub pad: [u8; 2],
+}
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Backend slot the flow is pinned to.
+    pub backend_id: u32,
+    /// VIP the flow belongs to.
+    pub vip_id: u32,
+}
+
+/// Traffic counters kept per backend and per VIP (per CPU in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (whole frames as received).
+    pub bytes: u64,
+    /// Flows assigned through the lookup table (SYNs and connection-table misses).
+    pub new_flows: u64,
+}
+
+/// Interface-wide settings the XDP program reads from its config map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Source MAC written into forwarded frames: the attached interface's.
+    pub if_mac: [u8; 6],
+    /// Reserved; zero.
+    pub pad: [u8; 2],
+}
+
+/// Why a packet got the verdict it got. Each value is an index of the global
+/// per-CPU counter array, and every packet increments exactly one of the
+/// verdict counters (`Tx` .. `DropNoBackend`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Forwarded to a backend with `XDP_TX`.
+    Tx = 0,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed to the kernel.
+    PassNotIp = 1,
+    /// IP, but not addressed to a VIP: passed.
+    PassNotVip = 2,
+    /// Neither TCP nor UDP (ICMP, SCTP, ...): passed.
+    PassOtherProtocol = 3,
+    /// IPv4 fragment or IPv6 fragment header: passed (ports are unknown).
+    PassFragment = 4,
+    /// IPv6 extension headers other than fragments, or a second VLAN tag: passed.
+    PassUnsupported = 5,
+    /// A header is shorter than its minimum size: dropped.
+    DropTruncated = 6,
+    /// A header is malformed (bad IP version, IHL < 5): dropped.
+    DropMalformed = 7,
+    /// The VIP has no lookup table or the slot holds no backend: dropped.
+    DropNoBackend = 8,
+    /// Informational: an IPv4 header with options was parsed (not a verdict).
+    Ipv4Options = 9,
+    /// Informational: connection-table hit (not a verdict).
+    ConnHit = 10,
+    /// Informational: connection-table miss or SYN, hashed into the table.
+    ConnMiss = 11,
+}
+
+impl Reason {
+    /// Every reason, in index order.
+    pub const ALL: [Reason; 12] = [
+        Reason::Tx,
+        Reason::PassNotIp,
+        Reason::PassNotVip,
+        Reason::PassOtherProtocol,
+        Reason::PassFragment,
+        Reason::PassUnsupported,
+        Reason::DropTruncated,
+        Reason::DropMalformed,
+        Reason::DropNoBackend,
+        Reason::Ipv4Options,
+        Reason::ConnHit,
+        Reason::ConnMiss,
+    ];
+
+    /// Length of the global counter array.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// The metric label for this reason.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Tx => "tx",
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassOtherProtocol => "pass_other_protocol",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassUnsupported => "pass_unsupported",
+            Reason::DropTruncated => "drop_truncated",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::Ipv4Options => "ipv4_options",
+            Reason::ConnHit => "conn_hit",
+            Reason::ConnMiss => "conn_miss",
+        }
+    }
+}
+
+/// Names of the maps in the eBPF object.
+pub mod names {
+    /// `HashMap<VipKey, VipInfo>`.
+    pub const VIPS: &str = "VIPS";
+    /// `Array<Backend>`.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `ArrayOfMaps<Array<u32>>` indexed by `vip_id`.
+    pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
+    /// `LruHashMap<FlowKey, FlowState>`.
+    pub const CONN_TABLE: &str = "CONN_TABLE";
+    /// `PerCpuArray<TrafficCounters>` indexed by backend id.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `PerCpuArray<TrafficCounters>` indexed by `vip_id`.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    /// `PerCpuArray<u64>` indexed by `Reason`.
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    /// `Array<DataplaneConfig>` with one entry.
+    pub const CONFIG: &str = "CONFIG";
+    /// Name of the XDP program.
+    pub const PROGRAM: &str = "fulcrum_xdp";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], Copy, and has no padding bytes that
+    // could leak uninitialised memory (explicit `pad` fields fill the gaps).
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipInfo {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::TrafficCounters {}
+    unsafe impl aya::Pod for super::DataplaneConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<VipInfo>(), 8);
+        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowState>(), 8);
+        assert_eq!(size_of::<TrafficCounters>(), 24);
+        assert_eq!(size_of::<DataplaneConfig>(), 8);
+    }
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{}", reason.name());
+        }
+    }
+}

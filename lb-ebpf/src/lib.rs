@@ -1,0 +1,111 @@
+//! Header decisions of the XDP program, as pure functions over header fields
+//! so that host unit tests reach them. `main.rs` is only the glue that finds
+//! the headers in a frame and talks to the maps.
+#![cfg_attr(not(test), no_std)]
+
+use lb_common::maps::{PROTO_TCP, PROTO_UDP};
+
+/// 802.1Q and 802.1ad tag ethertypes, in network byte order as read raw.
+const VLAN_ETHERTYPES: [u16; 2] = [0x8100_u16.to_be(), 0x88a8_u16.to_be()];
+
+/// Whether a raw (network-order) ethertype announces a VLAN tag.
+#[inline(always)]
+pub fn is_vlan(raw_ether_type: u16) -> bool {
+    raw_ether_type == VLAN_ETHERTYPES[0] || raw_ether_type == VLAN_ETHERTYPES[1]
+}
+
+/// Whether an IPv4 `flags/fragment offset` field marks a fragment (MF set or
+/// a non-zero offset). Only the first fragment carries ports, and even it
+/// cannot be hashed consistently with the rest, so fragments are passed.
+#[inline(always)]
+pub fn ipv4_is_fragment(frags: [u8; 2]) -> bool {
+    let field = u16::from_be_bytes(frags);
+    field & 0x3fff != 0
+}
+
+/// The IPv4 header length in bytes if the version/IHL byte is valid.
+#[inline(always)]
+pub fn ipv4_header_len(vihl: u8) -> Option<usize> {
+    let ihl = (vihl & 0x0f) as usize;
+    if vihl >> 4 == 4 && ihl >= 5 {
+        Some(ihl * 4)
+    } else {
+        None
+    }
+}
+
+/// IPv6 next-header value of the fragment extension header.
+pub const IPV6_NEXT_FRAGMENT: u8 = 44;
+
+/// Whether an IPv6 next-header value is an extension header (RFC 8200 and
+/// the IANA list: hop-by-hop, routing, fragment, ESP, AH, destination
+/// options, mobility, HIP, shim6, experimental).
+#[inline(always)]
+pub fn ipv6_is_extension(next_header: u8) -> bool {
+    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+}
+
+/// Whether the protocol is one the balancer forwards.
+#[inline(always)]
+pub fn is_balanced_protocol(proto: u8) -> bool {
+    proto == PROTO_TCP || proto == PROTO_UDP
+}
+
+/// Whether a TCP segment opens a connection: SYN without ACK. Such a packet
+/// always goes through the lookup table, so a reused 5-tuple gets the current
+/// table's choice rather than a stale connection entry.
+#[inline(always)]
+pub fn tcp_opens_flow(flags: u8) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    flags & (SYN | ACK) == SYN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vlan_tags_are_recognised_raw() {
+        assert!(is_vlan(0x8100_u16.to_be()));
+        assert!(is_vlan(0x88a8_u16.to_be()));
+        assert!(!is_vlan(0x0800_u16.to_be()));
+        assert!(!is_vlan(0x8100));
+    }
+
+    #[test]
+    fn fragments_are_mf_or_offset() {
+        assert!(!ipv4_is_fragment([0x40, 0x00]), "DF alone is not a fragment");
+        assert!(!ipv4_is_fragment([0x00, 0x00]));
+        assert!(ipv4_is_fragment([0x20, 0x00]), "MF");
+        assert!(ipv4_is_fragment([0x00, 0x01]), "offset 8");
+        assert!(ipv4_is_fragment([0x1f, 0xff]), "max offset");
+    }
+
+    #[test]
+    fn ipv4_header_length_checks_version_and_ihl() {
+        assert_eq!(ipv4_header_len(0x45), Some(20));
+        assert_eq!(ipv4_header_len(0x4f), Some(60));
+        assert_eq!(ipv4_header_len(0x44), None);
+        assert_eq!(ipv4_header_len(0x65), None);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_known() {
+        for next in [0u8, 43, 44, 60] {
+            assert!(ipv6_is_extension(next), "{next}");
+        }
+        for next in [6u8, 17, 58] {
+            assert!(!ipv6_is_extension(next), "{next}");
+        }
+    }
+
+    #[test]
+    fn only_a_bare_syn_opens_a_flow() {
+        assert!(tcp_opens_flow(0x02));
+        assert!(tcp_opens_flow(0x02 | 0x08), "SYN+PSH");
+        assert!(!tcp_opens_flow(0x12), "SYN+ACK");
+        assert!(!tcp_opens_flow(0x10));
+        assert!(!tcp_opens_flow(0x01));
+    }
+}

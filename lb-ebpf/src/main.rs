@@ -1,0 +1,339 @@
+//! Fulcrum's XDP program: finds the headers of each frame, looks up the VIP,
+//! picks a backend from the connection table or the VIP's Maglev lookup table,
+//! rewrites the MACs for L2 direct server return and sends the frame back out
+//! with `XDP_TX`. Every frame moves exactly one verdict counter.
+#![no_std]
+#![no_main]
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use lb_common::{
+    flow_hash::{flow_hash, table_slot},
+    maps::{
+        BACKEND_ACTIVE, BPF_F_INNER_MAP, Backend, CONN_TABLE_ENTRIES, DataplaneConfig,
+        FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowState, MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason,
+        TrafficCounters, VipInfo, VipKey,
+    },
+};
+use lb_ebpf::{
+    IPV6_NEXT_FRAGMENT, ipv4_header_len, ipv4_is_fragment, ipv6_is_extension,
+    is_balanced_protocol, is_vlan, tcp_opens_flow,
+};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+
+#[btf_map]
+static VIPS: HashMap<VipKey, VipInfo, { MAX_VIPS as usize }> = HashMap::new();
+
+#[btf_map]
+static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// One lookup table per VIP. The template is tiny: `BPF_F_INNER_MAP` lets
+/// each real table have its own size, which slot 0 records.
+#[btf_map]
+static LOOKUP_TABLES: ArrayOfMaps<
+    Array<u32, 2, { BPF_F_INNER_MAP as usize }>,
+    { MAX_VIPS as usize },
+> = ArrayOfMaps::new();
+
+#[btf_map]
+static CONN_TABLE: LruHashMap<FlowKey, FlowState, { CONN_TABLE_ENTRIES as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+static BACKEND_STATS: PerCpuArray<TrafficCounters, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();
+
+#[btf_map]
+static VIP_STATS: PerCpuArray<TrafficCounters, { MAX_VIPS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+static GLOBAL_STATS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+static CONFIG: Array<DataplaneConfig, 1> = Array::new();
+
+/// What to do with a frame and which counter says why.
+struct Verdict {
+    action: u32,
+    reason: Reason,
+}
+
+const fn pass(reason: Reason) -> Verdict {
+    Verdict {
+        action: xdp_action::XDP_PASS,
+        reason,
+    }
+}
+
+const fn discard(reason: Reason) -> Verdict {
+    Verdict {
+        action: xdp_action::XDP_DROP,
+        reason,
+    }
+}
+
+/// A parsed flow: its 5-tuple and whether it opens a new connection.
+struct Flow {
+    key: FlowKey,
+    opens: bool,
+}
+
+#[xdp]
+pub fn fulcrum_xdp(ctx: XdpContext) -> u32 {
+    let verdict = process(&ctx);
+    count(verdict.reason);
+    verdict.action
+}
+
+#[inline(always)]
+fn count(reason: Reason) {
+    if let Some(counter) = GLOBAL_STATS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// A pointer to a `T` at `offset` in the frame, if the frame is long enough.
+#[inline(always)]
+fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> Verdict {
+    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+        return discard(Reason::DropTruncated);
+    };
+    // SAFETY: `header` checked the bounds.
+    let mut ether_type = unsafe { (*eth).ether_type };
+    let mut l3 = EthHdr::LEN;
+    if is_vlan(ether_type) {
+        let Some(vlan) = header::<VlanHdr>(ctx, l3) else {
+            return discard(Reason::DropTruncated);
+        };
+        // SAFETY: bounds checked above.
+        ether_type = unsafe { (*vlan).ether_type };
+        l3 += VlanHdr::LEN;
+        if is_vlan(ether_type) {
+            return pass(Reason::PassUnsupported);
+        }
+    }
+    let flow = if ether_type == EtherType::Ipv4 as u16 {
+        parse_ipv4(ctx, l3)
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        parse_ipv6(ctx, l3)
+    } else {
+        return pass(Reason::PassNotIp);
+    };
+    match flow {
+        Ok(flow) => forward(ctx, eth, &flow),
+        Err(verdict) => verdict,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
+    let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(discard(Reason::DropTruncated))?;
+    // SAFETY: bounds checked by `header`.
+    let ip = unsafe { &*ip };
+    let header_len = ipv4_header_len(ip.vihl).ok_or(discard(Reason::DropMalformed))?;
+    if ipv4_is_fragment(ip.frags) {
+        return Err(pass(Reason::PassFragment));
+    }
+    if !is_balanced_protocol(ip.proto) {
+        return Err(pass(Reason::PassOtherProtocol));
+    }
+    if header_len > Ipv4Hdr::LEN {
+        count(Reason::Ipv4Options);
+    }
+    let (s, d) = (ip.src_addr, ip.dst_addr);
+    let mut key = FlowKey {
+        proto: ip.proto,
+        family: FAMILY_IPV4,
+        ..FlowKey::default()
+    };
+    key.src_addr[..4].copy_from_slice(&s);
+    key.dst_addr[..4].copy_from_slice(&d);
+    parse_l4(ctx, l3 + header_len, key)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
+    let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(discard(Reason::DropTruncated))?;
+    // SAFETY: bounds checked by `header`.
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(discard(Reason::DropMalformed));
+    }
+    let next = ip.next_hdr;
+    if next == IPV6_NEXT_FRAGMENT {
+        return Err(pass(Reason::PassFragment));
+    }
+    if ipv6_is_extension(next) {
+        return Err(pass(Reason::PassUnsupported));
+    }
+    if !is_balanced_protocol(next) {
+        return Err(pass(Reason::PassOtherProtocol));
+    }
+    let key = FlowKey {
+        src_addr: ip.src_addr,
+        dst_addr: ip.dst_addr,
+        proto: next,
+        family: FAMILY_IPV6,
+        ..FlowKey::default()
+    };
+    parse_l4(ctx, l3 + Ipv6Hdr::LEN, key)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey) -> Result<Flow, Verdict> {
+    let opens = if key.proto == PROTO_TCP {
+        let tcp = header::<TcpHdr>(ctx, l4).ok_or(discard(Reason::DropTruncated))?;
+        // SAFETY: bounds checked by `header`.
+        let tcp = unsafe { &*tcp };
+        key.src_port = u16::from_be_bytes(tcp.source);
+        key.dst_port = u16::from_be_bytes(tcp.dest);
+        // Byte 13 of the TCP header holds CWR..FIN.
+        // SAFETY: within the 20 bytes checked above.
+        let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
+        tcp_opens_flow(flags)
+    } else {
+        let udp = header::<UdpHdr>(ctx, l4).ok_or(discard(Reason::DropTruncated))?;
+        // SAFETY: bounds checked by `header`.
+        let udp = unsafe { &*udp };
+        key.src_port = u16::from_be_bytes(udp.src);
+        key.dst_port = u16::from_be_bytes(udp.dst);
+        false
+    };
+    Ok(Flow { key, opens })
+}
+
+#[inline(always)]
+fn lookup_vip(key: &FlowKey) -> Option<VipInfo> {
+    let mut vip = VipKey {
+        addr: key.dst_addr,
+        port: key.dst_port,
+        proto: key.proto,
+        family: key.family,
+    };
+    if let Some(info) = VIPS.get_ptr(vip) {
+        // SAFETY: map values are valid while the program runs.
+        return Some(unsafe { *info });
+    }
+    vip.port = 0;
+    // SAFETY: as above.
+    VIPS.get_ptr(vip).map(|info| unsafe { *info })
+}
+
+/// The backend slot if it is in use and still serves `vip_id`.
+#[inline(always)]
+fn live_backend(backend_id: u32, vip_id: u32) -> Option<Backend> {
+    let backend = *BACKENDS.get(backend_id)?;
+    (backend.flags & BACKEND_ACTIVE != 0 && backend.vip_id == vip_id).then_some(backend)
+}
+
+/// The backend of an established flow from the connection table.
+#[inline(always)]
+fn tracked_backend(key: &FlowKey, vip_id: u32) -> Option<(u32, Backend)> {
+    let state = CONN_TABLE.get_ptr(key)?;
+    // SAFETY: map values are valid while the program runs.
+    let state = unsafe { *state };
+    if state.vip_id != vip_id {
+        return None;
+    }
+    live_backend(state.backend_id, vip_id).map(|backend| (state.backend_id, backend))
+}
+
+/// The backend the VIP's lookup table assigns to a new flow.
+#[inline(always)]
+fn table_backend(key: &FlowKey, vip_id: u32) -> Option<(u32, Backend)> {
+    let table = LOOKUP_TABLES.get(vip_id)?;
+    let size = *table.get(0)?;
+    let slot = table_slot(flow_hash(key), size)?;
+    let backend_id = *table.get(slot)?;
+    live_backend(backend_id, vip_id).map(|backend| (backend_id, backend))
+}
+
+#[inline(always)]
+fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, new_flow: bool) {
+    if let Some(counters) = counters {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        let counters = unsafe { &mut *counters };
+        counters.packets += 1;
+        counters.bytes += bytes;
+        counters.new_flows += u64::from(new_flow);
+    }
+}
+
+#[inline(always)]
+fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
+    let Some(vip) = lookup_vip(&flow.key) else {
+        return pass(Reason::PassNotVip);
+    };
+    let tracked = if flow.opens {
+        None
+    } else {
+        tracked_backend(&flow.key, vip.vip_id)
+    };
+    let new_flow = tracked.is_none();
+    let chosen = match tracked {
+        Some(found) => {
+            count(Reason::ConnHit);
+            Some(found)
+        }
+        None => {
+            count(Reason::ConnMiss);
+            table_backend(&flow.key, vip.vip_id)
+        }
+    };
+    let Some((backend_id, backend)) = chosen else {
+        return discard(Reason::DropNoBackend);
+    };
+    if new_flow {
+        let state = FlowState {
+            backend_id,
+            vip_id: vip.vip_id,
+        };
+        // A full LRU evicts its oldest entry; failure here only costs a
+        // re-hash on the next packet, so the result is deliberately ignored.
+        let _ = CONN_TABLE.insert(flow.key, state, 0);
+    }
+    let Some(config) = CONFIG.get(0) else {
+        return discard(Reason::DropNoBackend);
+    };
+    // SAFETY: `eth` was bounds-checked in `process` and the frame has not
+    // been resized since.
+    unsafe {
+        (*eth).dst_addr = backend.mac;
+        (*eth).src_addr = config.if_mac;
+    }
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, new_flow);
+    add_traffic(VIP_STATS.get_ptr_mut(vip.vip_id), bytes, new_flow);
+    Verdict {
+        action: xdp_action::XDP_TX,
+        reason: Reason::Tx,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

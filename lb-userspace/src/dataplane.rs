@@ -1,0 +1,282 @@
+//! The handle on the loaded XDP program: loading and attaching it, writing
+//! VIPs, backends and whole lookup tables into its maps, and reading its
+//! counters back. Everything that touches aya lives here.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::maps::{
+    BPF_F_INNER_MAP, Backend, DataplaneConfig, Reason, TABLE_HEADER_SLOTS, TrafficCounters,
+    VipInfo, VipKey, names,
+};
+
+/// Errors from the data plane, each naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The eBPF object could not be parsed or its maps created.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// The program could not be verified, loaded or attached.
+    #[error("{what}: {source}")]
+    Program {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// The underlying error.
+        source: MapError,
+    },
+    /// The object lacks a map or program this code expects.
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// A lookup table is empty or too large.
+    #[error("lookup table for VIP {vip_id} has {len} slots; it needs 1..={max}")]
+    TableSize {
+        /// The VIP.
+        vip_id: u32,
+        /// The rejected length.
+        len: usize,
+        /// The largest accepted length.
+        max: u32,
+    },
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// How the program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (skb) XDP: works everywhere, slower.
+    Generic,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// The loaded XDP program and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    link: Option<XdpLinkId>,
+}
+
+impl Dataplane {
+    /// Loads and verifies the XDP program (not attached anywhere yet).
+    pub fn load() -> Result<Self> {
+        Self::load_object(crate::EBPF_OBJECT)
+    }
+
+    fn load_object(object: &[u8]) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new().load(object)?;
+        let program = Self::xdp_program(&mut ebpf)?;
+        program
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                what: "verifying the XDP program".into(),
+                source,
+            })?;
+        Ok(Self { ebpf, link: None })
+    }
+
+    fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+        ebpf.program_mut(names::PROGRAM)
+            .ok_or(DataplaneError::Missing(names::PROGRAM))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                what: "the program is not XDP".into(),
+                source,
+            })
+    }
+
+    /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        Self::xdp_program(&mut self.ebpf)
+    }
+
+    /// Attaches to `interface`: native mode first, generic if the driver
+    /// refuses. The program stays attached until `detach` or drop.
+    pub fn attach(&mut self, interface: &str) -> Result<AttachMode> {
+        let program = Self::xdp_program(&mut self.ebpf)?;
+        let (link, mode) = match program.attach(interface, XdpMode::Driver) {
+            Ok(link) => (link, AttachMode::Native),
+            Err(ProgramError::UnknownInterface { name }) => {
+                return Err(DataplaneError::Program {
+                    what: format!("attaching to interface {name:?}"),
+                    source: ProgramError::UnknownInterface { name },
+                });
+            }
+            Err(_) => {
+                let link = program.attach(interface, XdpMode::Skb).map_err(|source| {
+                    DataplaneError::Program {
+                        what: format!("attaching to interface {interface:?}"),
+                        source,
+                    }
+                })?;
+                (link, AttachMode::Generic)
+            }
+        };
+        self.link = Some(link);
+        Ok(mode)
+    }
+
+    /// Detaches the program if it is attached.
+    pub fn detach(&mut self) -> Result<()> {
+        if let Some(link) = self.link.take() {
+            Self::xdp_program(&mut self.ebpf)?
+                .detach(link)
+                .map_err(|source| DataplaneError::Program {
+                    what: "detaching".into(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or(DataplaneError::Missing(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or(DataplaneError::Missing(name))
+    }
+
+    /// Sets the interface-wide settings (the source MAC of forwarded frames).
+    pub fn set_config(&mut self, config: DataplaneConfig) -> Result<()> {
+        let mut array: Array<_, DataplaneConfig> =
+            Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
+        array.set(0, config, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// Writes backend slot `backend_id` (1-based; 0 means none).
+    pub fn set_backend(&mut self, backend_id: u32, backend: Backend) -> Result<()> {
+        let mut array: Array<_, Backend> =
+            Array::try_from(self.map_mut(names::BACKENDS)?).map_err(map_err(names::BACKENDS))?;
+        array
+            .set(backend_id, backend, 0)
+            .map_err(map_err(names::BACKENDS))
+    }
+
+    /// Adds or replaces a VIP.
+    pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
+        let mut vips: HashMap<_, VipKey, VipInfo> =
+            HashMap::try_from(self.map_mut(names::VIPS)?).map_err(map_err(names::VIPS))?;
+        vips.insert(key, info, 0).map_err(map_err(names::VIPS))
+    }
+
+    /// Removes a VIP; its traffic is passed to the kernel from then on.
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let mut vips: HashMap<_, VipKey, VipInfo> =
+            HashMap::try_from(self.map_mut(names::VIPS)?).map_err(map_err(names::VIPS))?;
+        vips.remove(key).map_err(map_err(names::VIPS))
+    }
+
+    /// Installs a VIP's whole lookup table in one atomic step: the table is
+    /// written into a fresh inner map, and only then does one update of the
+    /// outer map make the kernel see it. Packets see the old table or the new
+    /// one, never a mix.
+    pub fn install_table(&mut self, vip_id: u32, table: &[u32]) -> Result<()> {
+        const MAX_SLOTS: u32 = u32::MAX - TABLE_HEADER_SLOTS;
+        let size = u32::try_from(table.len())
+            .ok()
+            .filter(|&size| size > 0 && size <= MAX_SLOTS)
+            .ok_or(DataplaneError::TableSize {
+                vip_id,
+                len: table.len(),
+                max: MAX_SLOTS,
+            })?;
+        let mut inner = Array::<MapData, u32>::create(size + TABLE_HEADER_SLOTS, BPF_F_INNER_MAP)
+            .map_err(map_err("lookup table (new inner map)"))?;
+        inner
+            .set(0, size, 0)
+            .map_err(map_err("lookup table (new inner map)"))?;
+        for (slot, backend_id) in (TABLE_HEADER_SLOTS..).zip(table) {
+            inner
+                .set(slot, backend_id, 0)
+                .map_err(map_err("lookup table (new inner map)"))?;
+        }
+        let mut outer: ArrayOfMaps<_, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(self.map_mut(names::LOOKUP_TABLES)?)
+                .map_err(map_err(names::LOOKUP_TABLES))?;
+        outer
+            .set(vip_id, &inner, 0)
+            .map_err(map_err(names::LOOKUP_TABLES))
+    }
+
+    /// Reads back the lookup table the kernel holds for `vip_id` (without the
+    /// size header), to verify an install.
+    pub fn read_table(&self, vip_id: u32) -> Result<Vec<u32>> {
+        let outer: ArrayOfMaps<_, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(self.map(names::LOOKUP_TABLES)?)
+                .map_err(map_err(names::LOOKUP_TABLES))?;
+        let inner = outer
+            .get(&vip_id, 0)
+            .map_err(map_err(names::LOOKUP_TABLES))?;
+        let size = inner.get(&0, 0).map_err(map_err("lookup table"))?;
+        (TABLE_HEADER_SLOTS..TABLE_HEADER_SLOTS + size)
+            .map(|slot| inner.get(&slot, 0).map_err(map_err("lookup table")))
+            .collect()
+    }
+
+    fn sum_counters(values: PerCpuValues<TrafficCounters>) -> TrafficCounters {
+        values
+            .iter()
+            .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+                new_flows: sum.new_flows + cpu.new_flows,
+            })
+    }
+
+    fn traffic(&self, name: &'static str, index: u32) -> Result<TrafficCounters> {
+        let array: PerCpuArray<_, TrafficCounters> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        array
+            .get(&index, 0)
+            .map(Self::sum_counters)
+            .map_err(map_err(name))
+    }
+
+    /// Traffic forwarded to one backend slot, summed over CPUs.
+    pub fn backend_counters(&self, backend_id: u32) -> Result<TrafficCounters> {
+        self.traffic(names::BACKEND_STATS, backend_id)
+    }
+
+    /// Traffic forwarded for one VIP, summed over CPUs.
+    pub fn vip_counters(&self, vip_id: u32) -> Result<TrafficCounters> {
+        self.traffic(names::VIP_STATS, vip_id)
+    }
+
+    /// The global per-reason counters, summed over CPUs, in `Reason::ALL` order.
+    pub fn reason_counters(&self) -> Result<Vec<(Reason, u64)>> {
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(names::GLOBAL_STATS)?)
+            .map_err(map_err(names::GLOBAL_STATS))?;
+        Reason::ALL
+            .iter()
+            .map(|&reason| {
+                array
+                    .get(&(reason as u32), 0)
+                    .map(|values| (reason, values.iter().sum()))
+                    .map_err(map_err(names::GLOBAL_STATS))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,10 @@
+//! The `fulcrum` controller as a library: config, the lookup-table builder,
+//! and the data-plane handle that loads the XDP program and fills its maps.
+//! The binary and the tests are thin layers over this.
+
+pub mod dataplane;
+pub mod lookup_table;
+pub mod maglev;
+
+/// The compiled XDP program, built by build.rs from lb-ebpf.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

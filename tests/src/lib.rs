@@ -1,0 +1,1 @@
+//! Helpers for Fulcrum's kernel tests. Placeholder.
