@@ -42,7 +42,10 @@ pub const IPV6_NEXT_FRAGMENT: u8 = 44;
 /// options, mobility, HIP, shim6, experimental).
 #[inline(always)]
 pub fn ipv6_is_extension(next_header: u8) -> bool {
-    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+    matches!(
+        next_header,
+        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
+    )
 }
 
 /// Whether the protocol is one the balancer forwards.
@@ -75,7 +78,10 @@ mod tests {
 
     #[test]
     fn fragments_are_mf_or_offset() {
-        assert!(!ipv4_is_fragment([0x40, 0x00]), "DF alone is not a fragment");
+        assert!(
+            !ipv4_is_fragment([0x40, 0x00]),
+            "DF alone is not a fragment"
+        );
         assert!(!ipv4_is_fragment([0x00, 0x00]));
         assert!(ipv4_is_fragment([0x20, 0x00]), "MF");
         assert!(ipv4_is_fragment([0x00, 0x01]), "offset 8");

@@ -8,9 +8,11 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::maps::{
-    BPF_F_INNER_MAP, Backend, DataplaneConfig, Reason, TABLE_HEADER_SLOTS, TrafficCounters,
-    VipInfo, VipKey, names,
+    BACKEND_ACTIVE, BPF_F_INNER_MAP, Backend, DataplaneConfig, Reason, TABLE_HEADER_SLOTS,
+    TrafficCounters, VipInfo, VipKey, names,
 };
+
+use crate::state::DesiredState;
 
 /// Errors from the data plane, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,18 @@ pub enum DataplaneError {
     /// The object lacks a map or program this code expects.
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    /// The kernel holds a different table than the one just installed.
+    #[error(
+        "VIP {vip}: the kernel's lookup table differs from the installed one in {differing} of {size} slots"
+    )]
+    Verify {
+        /// The VIP's label.
+        vip: String,
+        /// Slots that differ (or the length difference).
+        differing: usize,
+        /// The expected table size.
+        size: usize,
+    },
     /// A lookup table is empty or too large.
     #[error("lookup table for VIP {vip_id} has {len} slots; it needs 1..={max}")]
     TableSize {
@@ -88,12 +102,10 @@ impl Dataplane {
     fn load_object(object: &[u8]) -> Result<Self> {
         let mut ebpf = EbpfLoader::new().load(object)?;
         let program = Self::xdp_program(&mut ebpf)?;
-        program
-            .load()
-            .map_err(|source| DataplaneError::Program {
-                what: "verifying the XDP program".into(),
-                source,
-            })?;
+        program.load().map_err(|source| DataplaneError::Program {
+            what: "verifying the XDP program".into(),
+            source,
+        })?;
         Ok(Self { ebpf, link: None })
     }
 
@@ -234,6 +246,49 @@ impl Dataplane {
         (TABLE_HEADER_SLOTS..TABLE_HEADER_SLOTS + size)
             .map(|slot| inner.get(&slot, 0).map_err(map_err("lookup table")))
             .collect()
+    }
+
+    /// Writes a whole desired state: backends, then each VIP's table, then
+    /// the VIP entry that makes the kernel use it. Reads every table back and
+    /// fails if the kernel holds anything else.
+    pub fn install(&mut self, state: &DesiredState) -> Result<()> {
+        for vip in &state.vips {
+            for backend in &vip.backends {
+                self.set_backend(
+                    backend.backend_id,
+                    Backend {
+                        mac: backend.mac.0,
+                        flags: BACKEND_ACTIVE,
+                        vip_id: vip.vip_id,
+                    },
+                )?;
+            }
+            self.install_table(vip.vip_id, &vip.table)?;
+            self.set_vip(
+                vip.key,
+                VipInfo {
+                    vip_id: vip.vip_id,
+                    flags: 0,
+                },
+            )?;
+        }
+        for vip in &state.vips {
+            let held = self.read_table(vip.vip_id)?;
+            let differing = held.len().abs_diff(vip.table.len())
+                + held
+                    .iter()
+                    .zip(&vip.table)
+                    .filter(|(held, want)| held != want)
+                    .count();
+            if differing > 0 {
+                return Err(DataplaneError::Verify {
+                    vip: vip.label.clone(),
+                    differing,
+                    size: vip.table.len(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn sum_counters(values: PerCpuValues<TrafficCounters>) -> TrafficCounters {

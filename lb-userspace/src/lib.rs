@@ -2,9 +2,11 @@
 //! and the data-plane handle that loads the XDP program and fills its maps.
 //! The binary and the tests are thin layers over this.
 
+pub mod config;
 pub mod dataplane;
 pub mod lookup_table;
 pub mod maglev;
+pub mod state;
 
 /// The compiled XDP program, built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

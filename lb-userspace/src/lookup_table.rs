@@ -158,7 +158,10 @@ mod tests {
     #[test]
     fn only_listed_primes_are_sizes() {
         assert_eq!(TableSize::new(65537).map(TableSize::get), Ok(65537));
-        assert_eq!(TableSize::new(65536), Err(TableError::SizeNotAllowed(65536)));
+        assert_eq!(
+            TableSize::new(65536),
+            Err(TableError::SizeNotAllowed(65536))
+        );
     }
 
     #[test]

@@ -1,1 +1,6 @@
-//! Helpers for Fulcrum's kernel tests. Placeholder.
+//! Helpers for Fulcrum's kernel tests and lab: frame builders, a loaded
+//! program fixture for BPF_PROG_TEST_RUN, and (for end-to-end runs) network
+//! namespaces with real traffic.
+
+pub mod fixture;
+pub mod packet;

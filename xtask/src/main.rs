@@ -4,7 +4,10 @@
 
 mod setup;
 
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -53,7 +56,7 @@ fn run(task: Task) -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
-            cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])
+            cargo_test(&["test", "--workspace", "--release", "--", "--test-threads=1"])
         }
         Task::Lab { args } => {
             setup::run()?;
@@ -68,16 +71,63 @@ fn run(task: Task) -> Result<()> {
     }
 }
 
-/// Runs the cargo that runs us, with the toolchain's bin dir on PATH.
-fn cargo(args: &[&str]) -> Result<()> {
+/// The cargo that runs us, with the toolchain's bin dir on PATH.
+fn cargo_command(args: &[&str]) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(args)
-        .env("PATH", setup::tool_path())
-        .status()
-        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    let mut command = Command::new(cargo);
+    command.args(args).env("PATH", setup::tool_path());
+    command
+}
+
+fn check_status(args: &[&str], status: std::process::ExitStatus) -> Result<()> {
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Runs cargo with `args`.
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = cargo_command(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    check_status(args, status)
+}
+
+/// Runs `cargo test`, echoing its output, and closes with one line that
+/// totals every test binary's result (the last binary alone is often an
+/// empty doc-test run).
+fn cargo_test(args: &[&str]) -> Result<()> {
+    let mut child = cargo_command(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("summary: {passed} passed, {failed} failed");
+    check_status(args, status)
+}
+
+/// The number just before `label` in a `test result:` line.
+fn count_before(result: &str, label: &str) -> u64 {
+    result
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }

@@ -1,0 +1,272 @@
+//! The state to install: a config turned into what the kernel maps hold,
+//! with VIP ids, backend slot ids and each VIP's built lookup table. Pure;
+//! also answers "which backend gets this flow" exactly as the kernel would.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context as _, bail};
+use lb_common::{
+    flow_hash::{flow_hash, table_slot},
+    maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_BACKENDS, MAX_VIPS, VipKey},
+};
+
+use crate::{
+    config::{BackendConfig, Config, MacAddr},
+    lookup_table::{BackendIdentity, TableBuilder, TableSize, WeightedBackend},
+    maglev::Maglev,
+};
+
+/// Everything `fulcrum` writes into the maps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredState {
+    /// Lookup-table size shared by all VIPs.
+    pub table_size: TableSize,
+    /// The VIPs, in config order.
+    pub vips: Vec<VipState>,
+}
+
+/// One VIP as installed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VipState {
+    /// Label for output.
+    pub label: String,
+    /// The VIP map key.
+    pub key: VipKey,
+    /// Index of its lookup table and counters.
+    pub vip_id: u32,
+    /// Its backends, in config order.
+    pub backends: Vec<BackendState>,
+    /// Lookup table: slot -> backend slot id.
+    pub table: Vec<u32>,
+}
+
+/// One backend as installed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendState {
+    /// Label for output.
+    pub label: String,
+    /// Its slot in the backend array (never 0).
+    pub backend_id: u32,
+    /// Address and port (its identity).
+    pub addr: SocketAddr,
+    /// Configured weight.
+    pub weight: u32,
+    /// Destination MAC for L2 DSR.
+    pub mac: MacAddr,
+    /// Lookup-table slots it holds.
+    pub slots: u32,
+}
+
+/// The map key of a VIP.
+pub fn vip_key(addr: IpAddr, port: u16, proto: u8) -> VipKey {
+    let (bytes, family) = ip_bytes(addr);
+    VipKey {
+        addr: bytes,
+        port,
+        proto,
+        family,
+    }
+}
+
+/// An address as the kernel keys hold it: 16 bytes (IPv4 in the first four)
+/// and a family tag.
+pub fn ip_bytes(addr: IpAddr) -> ([u8; 16], u8) {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&v4.octets());
+            (bytes, FAMILY_IPV4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_IPV6),
+    }
+}
+
+/// The connection-table key of a flow.
+pub fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> FlowKey {
+    let (src_addr, family) = ip_bytes(src.ip());
+    let (dst_addr, _) = ip_bytes(dst.ip());
+    FlowKey {
+        src_addr,
+        dst_addr,
+        src_port: src.port(),
+        dst_port: dst.port(),
+        proto,
+        family,
+        pad: [0; 2],
+    }
+}
+
+impl DesiredState {
+    /// Builds the state for `config`; `mac_of` supplies each backend's MAC.
+    pub fn build(
+        config: &Config,
+        mut mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
+    ) -> anyhow::Result<Self> {
+        let table_size = TableSize::new(config.table_size)?;
+        if config.vips.len() > MAX_VIPS as usize {
+            bail!("{} VIPs exceed the limit of {MAX_VIPS}", config.vips.len());
+        }
+        let mut next_backend_id = 1u32;
+        let mut vips = Vec::with_capacity(config.vips.len());
+        for (vip_id, vip) in (0u32..).zip(&config.vips) {
+            let label = vip.label();
+            let mut backends = Vec::with_capacity(vip.backends.len());
+            for backend in &vip.backends {
+                if next_backend_id >= MAX_BACKENDS {
+                    bail!("more than {} backends in all", MAX_BACKENDS - 1);
+                }
+                let mac = mac_of(backend)
+                    .with_context(|| format!("VIP {label}, backend {}", backend.label()))?;
+                backends.push(BackendState {
+                    label: backend.label(),
+                    backend_id: next_backend_id,
+                    addr: SocketAddr::new(backend.address, backend.port.unwrap_or(vip.port)),
+                    weight: backend.weight,
+                    mac,
+                    slots: 0,
+                });
+                next_backend_id += 1;
+            }
+            let weighted: Vec<WeightedBackend> = backends
+                .iter()
+                .map(|b| WeightedBackend {
+                    identity: BackendIdentity::new(b.addr),
+                    weight: b.weight,
+                })
+                .collect();
+            let positions = Maglev
+                .build(&weighted, table_size)
+                .with_context(|| format!("VIP {label}"))?;
+            for &position in &positions {
+                backends[position as usize].slots += 1;
+            }
+            let table = positions
+                .iter()
+                .map(|&p| backends[p as usize].backend_id)
+                .collect();
+            vips.push(VipState {
+                label,
+                key: vip_key(vip.address, vip.port, vip.protocol.number()),
+                vip_id,
+                backends,
+                table,
+            });
+        }
+        Ok(Self { table_size, vips })
+    }
+
+    /// The VIP a flow's destination matches, exact port first, then port 0.
+    pub fn vip_for(&self, flow: &FlowKey) -> Option<&VipState> {
+        let exact = VipKey {
+            addr: flow.dst_addr,
+            port: flow.dst_port,
+            proto: flow.proto,
+            family: flow.family,
+        };
+        let any_port = VipKey { port: 0, ..exact };
+        self.vips
+            .iter()
+            .find(|v| v.key == exact)
+            .or_else(|| self.vips.iter().find(|v| v.key == any_port))
+    }
+
+    /// The backend the lookup table gives a new flow (what the kernel does
+    /// on a SYN or a connection-table miss).
+    pub fn backend_for(&self, flow: &FlowKey) -> Option<&BackendState> {
+        let vip = self.vip_for(flow)?;
+        let slot = table_slot(flow_hash(flow), vip.table.len() as u32)?;
+        let backend_id = vip.table[(slot - lb_common::maps::TABLE_HEADER_SLOTS) as usize];
+        vip.backends.iter().find(|b| b.backend_id == backend_id)
+    }
+}
+
+impl VipState {
+    /// A backend's share of the table, 0.0..=1.0.
+    pub fn expected_share(&self, backend: &BackendState) -> f64 {
+        f64::from(backend.slots) / self.table.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config() -> Config {
+        Config::parse(
+            r#"
+            table_size = 4093
+            [[vip]]
+            address = "198.18.0.100"
+            port = 80
+            protocol = "tcp"
+            [[vip.backend]]
+            address = "198.18.1.1"
+            [[vip.backend]]
+            address = "198.18.1.2"
+            weight = 3
+            [[vip]]
+            address = "2001:2::100"
+            port = 0
+            protocol = "udp"
+            [[vip.backend]]
+            address = "2001:2::1"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn state() -> DesiredState {
+        DesiredState::build(&config(), |_| Ok(MacAddr([2, 0, 0, 0, 0, 1]))).unwrap()
+    }
+
+    #[test]
+    fn ids_are_dense_and_backend_ids_start_at_one() {
+        let state = state();
+        assert_eq!(state.vips[0].vip_id, 0);
+        assert_eq!(state.vips[1].vip_id, 1);
+        let ids: Vec<u32> = state
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.backend_id))
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(state.vips[0].backends[1].slots, 3070, "3/4 of 4093");
+    }
+
+    #[test]
+    fn flows_find_exact_then_any_port_vips() {
+        let state = state();
+        let to_80 = flow_key(
+            "198.18.2.1:40000".parse().unwrap(),
+            "198.18.0.100:80".parse().unwrap(),
+            6,
+        );
+        assert_eq!(state.vip_for(&to_80).unwrap().vip_id, 0);
+        let to_81 = flow_key(
+            "198.18.2.1:40000".parse().unwrap(),
+            "198.18.0.100:81".parse().unwrap(),
+            6,
+        );
+        assert!(state.vip_for(&to_81).is_none());
+        let any = flow_key(
+            "[2001:2::9]:5000".parse().unwrap(),
+            "[2001:2::100]:5353".parse().unwrap(),
+            17,
+        );
+        assert_eq!(state.backend_for(&any).unwrap().backend_id, 3);
+    }
+
+    #[test]
+    fn missing_macs_name_the_backend() {
+        let err = DesiredState::build(&config(), |b| {
+            if b.address.to_string() == "198.18.1.2" {
+                anyhow::bail!("not in the neighbour table")
+            }
+            Ok(MacAddr([2, 0, 0, 0, 0, 1]))
+        })
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("backend 198.18.1.2"), "{text}");
+    }
+}

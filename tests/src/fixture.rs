@@ -1,0 +1,255 @@
+//! A loaded XDP program with a known set of VIPs and backends, the runner
+//! that pushes one frame through it with BPF_PROG_TEST_RUN, and counter
+//! snapshots so a test can assert exactly which counters a frame moved.
+
+use std::collections::BTreeMap;
+
+use aya::{TestRun as _, TestRunOptions};
+use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters, VipInfo};
+use lb_userspace::{
+    config::{Config, MacAddr},
+    dataplane::Dataplane,
+    state::{DesiredState, vip_key},
+};
+
+use crate::packet::LB_MAC;
+
+/// The standard test config: IPv4 and IPv6 VIPs for TCP and UDP, an
+/// any-port VIP, weights 1:1:2 on the main pool.
+pub const STANDARD_CONFIG: &str = r#"
+table_size = 65537
+
+[[vip]]
+name = "web4"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+backend = [
+  { name = "b1", address = "198.18.1.1", weight = 1, mac = "02:00:00:00:01:01" },
+  { name = "b2", address = "198.18.1.2", weight = 1, mac = "02:00:00:00:01:02" },
+  { name = "b3", address = "198.18.1.3", weight = 2, mac = "02:00:00:00:01:03" },
+]
+
+[[vip]]
+name = "dns4"
+address = "198.18.0.100"
+port = 53
+protocol = "udp"
+backend = [
+  { name = "b1", address = "198.18.1.1", mac = "02:00:00:00:01:01" },
+  { name = "b2", address = "198.18.1.2", mac = "02:00:00:00:01:02" },
+]
+
+[[vip]]
+name = "any4"
+address = "198.18.0.101"
+port = 0
+protocol = "tcp"
+backend = [
+  { name = "b4", address = "198.18.1.4", mac = "02:00:00:00:01:04" },
+  { name = "b5", address = "198.18.1.5", mac = "02:00:00:00:01:05" },
+]
+
+[[vip]]
+name = "web6"
+address = "2001:2::100"
+port = 80
+protocol = "tcp"
+backend = [
+  { name = "b1v6", address = "2001:2::1:1", mac = "02:00:00:00:01:01" },
+  { name = "b2v6", address = "2001:2::1:2", mac = "02:00:00:00:01:02" },
+]
+
+[[vip]]
+name = "dns6"
+address = "2001:2::100"
+port = 53
+protocol = "udp"
+backend = [
+  { name = "b1v6", address = "2001:2::1:1", mac = "02:00:00:00:01:01" },
+  { name = "b2v6", address = "2001:2::1:2", mac = "02:00:00:00:01:02" },
+]
+"#;
+
+/// A VIP that is in the VIP map but has no lookup table (`vip_id` unused
+/// by the config), to exercise the no-backend drop.
+pub const TABLELESS_VIP: (&str, u16) = ("198.18.0.102", 80);
+const TABLELESS_VIP_ID: u32 = 900;
+
+/// XDP return codes (linux/bpf.h).
+pub mod xdp_action {
+    /// XDP_ABORTED.
+    pub const ABORTED: u32 = 0;
+    /// XDP_DROP.
+    pub const DROP: u32 = 1;
+    /// XDP_PASS.
+    pub const PASS: u32 = 2;
+    /// XDP_TX.
+    pub const TX: u32 = 3;
+
+    /// The action's name, for messages.
+    pub fn name(action: u32) -> String {
+        match action {
+            ABORTED => "XDP_ABORTED".into(),
+            DROP => "XDP_DROP".into(),
+            PASS => "XDP_PASS".into(),
+            TX => "XDP_TX".into(),
+            other => format!("action {other}"),
+        }
+    }
+}
+
+/// Fails with a clear message unless the test can load BPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads XDP programs into the kernel and needs root \
+         (run `sudo cargo xtask test`); euid is {euid}"
+    );
+}
+
+/// A loaded program and the state installed into it.
+pub struct Fixture {
+    /// The program.
+    pub dataplane: Dataplane,
+    /// What was installed.
+    pub state: DesiredState,
+}
+
+/// The result of one run.
+#[derive(Debug)]
+pub struct Run {
+    /// The XDP action.
+    pub action: u32,
+    /// The frame as the program left it.
+    pub output: Vec<u8>,
+    /// Mean nanoseconds per run, as the kernel measured.
+    pub nanos: u64,
+}
+
+/// Every counter the program keeps, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Per-reason counters.
+    pub reasons: BTreeMap<&'static str, u64>,
+    /// Per-backend counters by backend id.
+    pub backends: BTreeMap<u32, TrafficCounters>,
+    /// Per-VIP counters by VIP id.
+    pub vips: BTreeMap<u32, TrafficCounters>,
+}
+
+impl Fixture {
+    /// Loads the program with `STANDARD_CONFIG`.
+    pub fn standard() -> Self {
+        Self::with_config(STANDARD_CONFIG)
+    }
+
+    /// Loads the program and installs `config_text`.
+    pub fn with_config(config_text: &str) -> Self {
+        require_root();
+        let config = Config::parse(config_text).expect("test config parses");
+        let state = DesiredState::build(&config, |b| {
+            b.mac
+                .ok_or_else(|| anyhow::anyhow!("test backends carry their MACs"))
+        })
+        .expect("test config builds");
+        let mut dataplane = Dataplane::load().expect("XDP program loads and verifies");
+        dataplane
+            .set_config(DataplaneConfig {
+                if_mac: LB_MAC,
+                pad: [0; 2],
+            })
+            .expect("config map");
+        dataplane.install(&state).expect("state installs");
+        let (addr, port) = TABLELESS_VIP;
+        dataplane
+            .set_vip(
+                vip_key(addr.parse().expect("address"), port, 6),
+                VipInfo {
+                    vip_id: TABLELESS_VIP_ID,
+                    flags: 0,
+                },
+            )
+            .expect("tableless VIP");
+        Self { dataplane, state }
+    }
+
+    /// Runs one frame through the program `repeat` times.
+    pub fn run_repeated(&mut self, input: &[u8], repeat: u32) -> std::io::Result<Run> {
+        let mut output = vec![0u8; input.len() + 512];
+        let program = self.dataplane.program().expect("program");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut output),
+                repeat,
+                ..Default::default()
+            })
+            .map_err(std::io::Error::other)?;
+        output.truncate(result.data_size_out as usize);
+        Ok(Run {
+            action: result.return_value,
+            output,
+            nanos: result.duration.as_nanos() as u64,
+        })
+    }
+
+    /// Runs one frame through the program once.
+    pub fn run(&mut self, input: &[u8]) -> std::io::Result<Run> {
+        self.run_repeated(input, 1)
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Snapshot {
+        let reasons = self
+            .dataplane
+            .reason_counters()
+            .expect("reason counters")
+            .into_iter()
+            .map(|(reason, count)| (reason.name(), count))
+            .collect();
+        let mut backends = BTreeMap::new();
+        let mut vips = BTreeMap::new();
+        for vip in &self.state.vips {
+            vips.insert(
+                vip.vip_id,
+                self.dataplane
+                    .vip_counters(vip.vip_id)
+                    .expect("vip counters"),
+            );
+            for backend in &vip.backends {
+                backends.insert(
+                    backend.backend_id,
+                    self.dataplane
+                        .backend_counters(backend.backend_id)
+                        .expect("backend counters"),
+                );
+            }
+        }
+        Snapshot {
+            reasons,
+            backends,
+            vips,
+        }
+    }
+
+    /// The MAC of backend slot `backend_id`.
+    pub fn backend_mac(&self, backend_id: u32) -> MacAddr {
+        self.state
+            .vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .find(|b| b.backend_id == backend_id)
+            .map(|b| b.mac)
+            .expect("known backend")
+    }
+}
+
+impl Snapshot {
+    /// How much reason `reason` moved since `before`.
+    pub fn reason_delta(&self, before: &Snapshot, reason: Reason) -> u64 {
+        self.reasons[reason.name()] - before.reasons[reason.name()]
+    }
+}

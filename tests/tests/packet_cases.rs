@@ -1,0 +1,459 @@
+//! The data plane's behaviour as a table of frames: each case is a
+//! description, an input frame, and what must happen to it — the XDP
+//! action, the exact output bytes, and the counters it moves. Runs the real
+//! XDP program in the kernel through BPF_PROG_TEST_RUN.
+
+use lb_common::maps::Reason;
+use lb_tests::{
+    fixture::{Fixture, Snapshot, TABLELESS_VIP, xdp_action},
+    packet::{Frame, LB_MAC, tcp_flags::*},
+};
+
+/// What must happen to a case's frame.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// XDP_TX to the backend the lookup table gives this flow, MACs rewritten.
+    Forward,
+    /// XDP_PASS, untouched, counted under the reason.
+    Pass(Reason),
+    /// XDP_DROP, counted under the reason.
+    Drop(Reason),
+    /// BPF_PROG_TEST_RUN refuses the input (the kernel never delivers it).
+    Refused,
+}
+
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    frame: Option<Frame>,
+    expect: Expect,
+    /// Informational counters that must move by one.
+    notes: &'static [Reason],
+}
+
+fn case(name: &'static str, frame: Frame, expect: Expect) -> Case {
+    Case {
+        name,
+        input: frame.bytes(),
+        frame: Some(frame),
+        expect,
+        notes: &[],
+    }
+}
+
+fn raw(name: &'static str, input: Vec<u8>, expect: Expect) -> Case {
+    Case {
+        name,
+        input,
+        frame: None,
+        expect,
+        notes: &[],
+    }
+}
+
+fn truncated(name: &'static str, frame: Frame, len: usize, expect: Expect) -> Case {
+    let mut input = frame.bytes();
+    assert!(
+        len < input.len(),
+        "{name}: truncation must shorten the frame"
+    );
+    input.truncate(len);
+    raw(name, input, expect)
+}
+
+impl Case {
+    fn noting(mut self, notes: &'static [Reason]) -> Self {
+        self.notes = notes;
+        self
+    }
+}
+
+use Expect::*;
+
+const WEB4: &str = "198.18.0.100:80";
+const DNS4: &str = "198.18.0.100:53";
+const WEB6: &str = "[2001:2::100]:80";
+const DNS6: &str = "[2001:2::100]:53";
+const ICMP_ECHO: &[u8] = &[8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+
+fn cases() -> Vec<Case> {
+    let syn4 = |sport: u16| Frame::tcp(&format!("198.18.2.1:{sport}"), WEB4, SYN);
+    vec![
+        // Balanced traffic.
+        case("IPv4 TCP SYN to a VIP", syn4(40000), Forward),
+        case("IPv4 TCP SYN, another client port", syn4(40002), Forward),
+        case(
+            "IPv4 TCP SYN, another client",
+            Frame::tcp("198.18.2.77:50000", WEB4, SYN),
+            Forward,
+        ),
+        case(
+            "IPv4 TCP ACK of an unknown flow hashes like a SYN",
+            Frame::tcp("198.18.2.1:40100", WEB4, ACK | PSH).payload(b"GET / HTTP/1.1\r\n\r\n"),
+            Forward,
+        ),
+        case(
+            "IPv4 TCP FIN of an unknown flow",
+            Frame::tcp("198.18.2.1:40102", WEB4, FIN | ACK),
+            Forward,
+        ),
+        case(
+            "IPv4 UDP to a VIP",
+            Frame::udp("198.18.2.1:5000", DNS4).payload(b"query"),
+            Forward,
+        ),
+        case(
+            "IPv4 UDP with an empty payload",
+            Frame::udp("198.18.2.1:5002", DNS4),
+            Forward,
+        ),
+        case(
+            "IPv6 TCP SYN to a VIP",
+            Frame::tcp("[2001:2::2:1]:40000", WEB6, SYN),
+            Forward,
+        ),
+        case(
+            "IPv6 UDP to a VIP",
+            Frame::udp("[2001:2::2:1]:5000", DNS6).payload(b"query"),
+            Forward,
+        ),
+        case(
+            "any-port VIP, port 443",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.101:443", SYN),
+            Forward,
+        ),
+        case(
+            "any-port VIP, port 22",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.101:22", SYN),
+            Forward,
+        ),
+        case(
+            "IPv4 DF set is not a fragment",
+            syn4(40004).ipv4_frag(0x4000),
+            Forward,
+        ),
+        case(
+            "IPv4 with options (IHL 6)",
+            syn4(40006).ipv4_options(&[1, 1, 1, 1]),
+            Forward,
+        )
+        .noting(&[Reason::Ipv4Options]),
+        case(
+            "IPv4 with 40 bytes of options (IHL 15)",
+            syn4(40008).ipv4_options(&[1; 40]),
+            Forward,
+        )
+        .noting(&[Reason::Ipv4Options]),
+        case(
+            "802.1Q-tagged IPv4 TCP keeps its tag",
+            syn4(40010).vlan(0x8100, 100),
+            Forward,
+        ),
+        case(
+            "802.1ad-tagged IPv6 UDP keeps its tag",
+            Frame::udp("[2001:2::2:1]:5004", DNS6).vlan(0x88a8, 200),
+            Forward,
+        ),
+        case(
+            "standard maximum frame (1514 bytes)",
+            Frame::udp("198.18.2.1:5006", DNS4).payload(&[0xab; 1514 - 42]),
+            Forward,
+        ),
+        case(
+            "one-page jumbo frame (3000 bytes)",
+            Frame::udp("198.18.2.1:5008", DNS4).payload(&[0xcd; 3000 - 42]),
+            Forward,
+        ),
+        // Not ours: passed untouched.
+        case(
+            "IPv4 to a VIP address on another port",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.100:81", SYN),
+            Pass(Reason::PassNotVip),
+        ),
+        case(
+            "IPv4 to a non-VIP address",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.200:80", SYN),
+            Pass(Reason::PassNotVip),
+        ),
+        case(
+            "UDP to a TCP-only any-port VIP",
+            Frame::udp("198.18.2.1:5000", "198.18.0.101:443"),
+            Pass(Reason::PassNotVip),
+        ),
+        case(
+            "IPv6 to a non-VIP address",
+            Frame::tcp("[2001:2::2:1]:40000", "[2001:2::200]:80", SYN),
+            Pass(Reason::PassNotVip),
+        ),
+        raw("ARP request", arp_request(), Pass(Reason::PassNotIp)),
+        case(
+            "ICMP echo to a VIP",
+            Frame::other("198.18.2.1:0", "198.18.0.100:0", 1, ICMP_ECHO),
+            Pass(Reason::PassOtherProtocol),
+        ),
+        case(
+            "ICMPv6 echo to a VIP",
+            Frame::other(
+                "[2001:2::2:1]:0",
+                "[2001:2::100]:0",
+                58,
+                &[128, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            Pass(Reason::PassOtherProtocol),
+        ),
+        case(
+            "SCTP to a VIP",
+            Frame::other("198.18.2.1:0", "198.18.0.100:0", 132, &[0; 12]),
+            Pass(Reason::PassOtherProtocol),
+        ),
+        case(
+            "IPv4 first fragment (MF)",
+            syn4(40012).ipv4_frag(0x2000),
+            Pass(Reason::PassFragment),
+        ),
+        case(
+            "IPv4 later fragment (offset 185)",
+            syn4(40014).ipv4_frag(185),
+            Pass(Reason::PassFragment),
+        ),
+        case(
+            "IPv6 fragment header",
+            Frame::udp("[2001:2::2:1]:5000", DNS6).ipv6_extension(44),
+            Pass(Reason::PassFragment),
+        ),
+        case(
+            "IPv6 hop-by-hop options header",
+            Frame::udp("[2001:2::2:1]:5000", DNS6).ipv6_extension(0),
+            Pass(Reason::PassUnsupported),
+        ),
+        case(
+            "double-tagged (QinQ) frame",
+            syn4(40016).vlan(0x88a8, 10).vlan(0x8100, 20),
+            Pass(Reason::PassUnsupported),
+        ),
+        // Broken or unserviceable: dropped and counted.
+        case(
+            "IPv4 IHL below 5",
+            syn4(40018).ipv4_vihl(0x44),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "IPv4 ethertype with version 6 inside",
+            syn4(40020).ipv4_vihl(0x65),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "IPv6 ethertype with version 4 inside",
+            Frame::tcp("[2001:2::2:1]:40000", WEB6, SYN).ipv6_version(4),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "VIP without a lookup table",
+            Frame::tcp(
+                "198.18.2.1:40000",
+                &format!("{}:{}", TABLELESS_VIP.0, TABLELESS_VIP.1),
+                SYN,
+            ),
+            Drop(Reason::DropNoBackend),
+        ),
+        truncated(
+            "truncated inside the VLAN tag",
+            syn4(40022).vlan(0x8100, 100),
+            16,
+            Drop(Reason::DropTruncated),
+        ),
+        truncated(
+            "Ethernet header only, IPv4 ethertype",
+            syn4(40024),
+            14,
+            Drop(Reason::DropTruncated),
+        ),
+        truncated(
+            "truncated IPv4 header",
+            syn4(40026),
+            14 + 19,
+            Drop(Reason::DropTruncated),
+        ),
+        truncated(
+            "IPv4 options run past the frame",
+            syn4(40028).ipv4_options(&[1; 8]),
+            14 + 24,
+            Drop(Reason::DropTruncated),
+        ),
+        truncated(
+            "truncated TCP header",
+            syn4(40030),
+            14 + 20 + 19,
+            Drop(Reason::DropTruncated),
+        ),
+        truncated(
+            "truncated UDP header",
+            Frame::udp("198.18.2.1:5000", DNS4),
+            14 + 20 + 7,
+            Drop(Reason::DropTruncated),
+        ),
+        truncated(
+            "truncated IPv6 header",
+            Frame::tcp("[2001:2::2:1]:40000", WEB6, SYN),
+            14 + 39,
+            Drop(Reason::DropTruncated),
+        ),
+        truncated(
+            "truncated TCP header after IPv6",
+            Frame::tcp("[2001:2::2:1]:40000", WEB6, SYN),
+            14 + 40 + 10,
+            Drop(Reason::DropTruncated),
+        ),
+        // Frames the kernel itself refuses to hand to XDP.
+        raw("zero-length frame", Vec::new(), Refused),
+        raw("13-byte runt", vec![0xff; 13], Refused),
+    ]
+}
+
+fn arp_request() -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x02, 0xee, 0, 0, 0, 1, 0x08, 0x06]);
+    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&[0x02, 0xee, 0, 0, 0, 1, 198, 18, 2, 1]);
+    frame.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 100]);
+    frame
+}
+
+const VERDICTS: [Reason; 9] = [
+    Reason::Tx,
+    Reason::PassNotIp,
+    Reason::PassNotVip,
+    Reason::PassOtherProtocol,
+    Reason::PassFragment,
+    Reason::PassUnsupported,
+    Reason::DropTruncated,
+    Reason::DropMalformed,
+    Reason::DropNoBackend,
+];
+
+/// Checks one case; returns a description of every way it went wrong.
+fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
+    let mut problems = Vec::new();
+    let before = fixture.snapshot();
+    let run = fixture.run(&case.input);
+    let after = fixture.snapshot();
+    let (action, verdict) = match case.expect {
+        Forward => (xdp_action::TX, Reason::Tx),
+        Pass(reason) => (xdp_action::PASS, reason),
+        Drop(reason) => (xdp_action::DROP, reason),
+        Refused => {
+            if run.is_ok() {
+                problems.push("the kernel accepted the frame".into());
+            }
+            if after != before {
+                problems.push("counters moved for a refused frame".into());
+            }
+            return problems;
+        }
+    };
+    let run = match run {
+        Ok(run) => run,
+        Err(err) => return vec![format!("BPF_PROG_TEST_RUN failed: {err}")],
+    };
+    if run.action != action {
+        problems.push(format!(
+            "action {} instead of {}",
+            xdp_action::name(run.action),
+            xdp_action::name(action)
+        ));
+    }
+    for reason in VERDICTS {
+        let moved = after.reason_delta(&before, reason);
+        let want = u64::from(reason == verdict);
+        if moved != want {
+            problems.push(format!(
+                "counter {} moved by {moved}, expected {want}",
+                reason.name()
+            ));
+        }
+    }
+    for &note in case.notes {
+        if after.reason_delta(&before, note) != 1 {
+            problems.push(format!("counter {} did not move", note.name()));
+        }
+    }
+    let mut expected_output = case.input.clone();
+    let mut expected_traffic = Snapshot { ..before.clone() };
+    if let Forward = case.expect {
+        let flow = case
+            .frame
+            .as_ref()
+            .expect("forward cases have a frame")
+            .flow();
+        let vip = fixture
+            .state
+            .vip_for(&flow)
+            .expect("forward cases hit a VIP");
+        let backend = fixture
+            .state
+            .backend_for(&flow)
+            .expect("the table has a backend for the flow");
+        expected_output[..6].copy_from_slice(&backend.mac.0);
+        expected_output[6..12].copy_from_slice(&LB_MAC);
+        let len = case.input.len() as u64;
+        for counters in [
+            expected_traffic.backends.get_mut(&backend.backend_id),
+            expected_traffic.vips.get_mut(&vip.vip_id),
+        ] {
+            let counters = counters.expect("counters exist");
+            counters.packets += 1;
+            counters.bytes += len;
+            counters.new_flows += 1;
+        }
+        if after.reason_delta(&before, Reason::ConnMiss) != 1 {
+            problems.push("a new flow did not count a connection-table miss".into());
+        }
+    }
+    if run.output != expected_output {
+        let first = run
+            .output
+            .iter()
+            .zip(&expected_output)
+            .position(|(a, b)| a != b)
+            .unwrap_or(run.output.len().min(expected_output.len()));
+        problems.push(format!(
+            "output differs from the expected bytes at offset {first} (lengths {} vs {})",
+            run.output.len(),
+            expected_output.len()
+        ));
+    }
+    if after.backends != expected_traffic.backends {
+        problems.push(format!(
+            "backend counters: got {:?}, expected {:?}",
+            after.backends, expected_traffic.backends
+        ));
+    }
+    if after.vips != expected_traffic.vips {
+        problems.push("VIP counters differ from the expected ones".into());
+    }
+    problems
+}
+
+#[test]
+fn packet_cases() {
+    let mut fixture = Fixture::standard();
+    let cases = cases();
+    assert!(
+        cases.len() >= 30,
+        "the table should cover at least 30 cases"
+    );
+    let mut failures = Vec::new();
+    for case in &cases {
+        let problems = check(&mut fixture, case);
+        if !problems.is_empty() {
+            failures.push(format!("{}:\n    {}", case.name, problems.join("\n    ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
