@@ -187,6 +187,12 @@ impl Dataplane {
             .map_err(map_err(names::BACKENDS))
     }
 
+    /// Frees backend slot `backend_id`. Connections pinned to it stop being
+    /// honoured, so their next packet is hashed into the current table.
+    pub fn remove_backend(&mut self, backend_id: u32) -> Result<()> {
+        self.set_backend(backend_id, Backend::default())
+    }
+
     /// Adds or replaces a VIP.
     pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
         let mut vips: HashMap<_, VipKey, VipInfo> =

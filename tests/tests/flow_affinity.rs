@@ -1,0 +1,111 @@
+//! Flow affinity in the real XDP program: a flow stays on its backend for
+//! its whole life, and when a VIP's table is swapped mid-stream, flows move
+//! only when their backend is gone, and then only to the new table's choice.
+
+use lb_tests::{
+    fixture::{Fixture, STANDARD_CONFIG, xdp_action},
+    packet::{Frame, tcp_flags::*},
+};
+use lb_userspace::state::DesiredState;
+
+const WEB4: &str = "198.18.0.100:80";
+
+/// Sends `frame` and returns the backend id whose MAC the output carries.
+fn forwarded_to(fixture: &mut Fixture, frame: &Frame) -> u32 {
+    let run = fixture.run(&frame.bytes()).expect("test run");
+    assert_eq!(run.action, xdp_action::TX, "frame was not forwarded");
+    let vip = fixture
+        .state
+        .vip_for(&frame.flow())
+        .expect("frame is for a VIP");
+    vip.backends
+        .iter()
+        .find(|b| b.mac.0 == run.output[..6])
+        .map(|b| b.backend_id)
+        .expect("output MAC belongs to one of the VIP's backends")
+}
+
+fn client(port: u16, flags: u8) -> Frame {
+    Frame::tcp(&format!("198.18.2.{}:{port}", port % 200 + 1), WEB4, flags)
+}
+
+#[test]
+fn a_flow_stays_on_its_backend() {
+    let mut fixture = Fixture::standard();
+    for i in 0..64u16 {
+        let port = 41000 + 2 * i;
+        let first = forwarded_to(&mut fixture, &client(port, SYN));
+        let predicted = fixture
+            .state
+            .backend_for(&client(port, SYN).flow())
+            .unwrap();
+        assert_eq!(first, predicted.backend_id, "kernel and userspace disagree");
+        for flags in [ACK, ACK | PSH, ACK, FIN | ACK] {
+            assert_eq!(forwarded_to(&mut fixture, &client(port, flags)), first);
+        }
+        let udp = Frame::udp(&format!("198.18.2.9:{port}"), "198.18.0.100:53");
+        let udp_first = forwarded_to(&mut fixture, &udp);
+        for _ in 0..4 {
+            assert_eq!(forwarded_to(&mut fixture, &udp), udp_first);
+        }
+    }
+}
+
+/// The standard state with web4's b3 drained (weight 0).
+fn b3_drained() -> DesiredState {
+    let b3 = r#"name = "b3", address = "198.18.1.3", weight = 2"#;
+    assert!(STANDARD_CONFIG.contains(b3));
+    let text = STANDARD_CONFIG.replacen(b3, &b3.replace("weight = 2", "weight = 0"), 1);
+    let config = lb_userspace::config::Config::parse(&text).unwrap();
+    DesiredState::build(&config, |b| Ok(b.mac.unwrap())).unwrap()
+}
+
+#[test]
+fn draining_keeps_flows_and_removal_moves_them_to_the_new_choice() {
+    let mut fixture = Fixture::standard();
+    let ports: Vec<u16> = (0..300).map(|i| 42000 + 2 * i).collect();
+    let before: Vec<u32> = ports
+        .iter()
+        .map(|&p| forwarded_to(&mut fixture, &client(p, SYN)))
+        .collect();
+    let b3 = fixture.state.vips[0].backends[2].backend_id;
+    assert!(before.contains(&b3), "some flows start on b3");
+
+    // Drain b3 (weight 0): established flows stay, new flows avoid it.
+    let drained = b3_drained();
+    fixture.dataplane.install(&drained).unwrap();
+    for (&port, &was) in ports.iter().zip(&before) {
+        assert_eq!(forwarded_to(&mut fixture, &client(port, ACK)), was);
+        let fresh = client(port + 1000, SYN);
+        let went = forwarded_to(&mut fixture, &fresh);
+        assert_ne!(went, b3, "a new flow reached the drained backend");
+        assert_eq!(went, drained.backend_for(&fresh.flow()).unwrap().backend_id);
+    }
+
+    // Remove b3: its flows move, each to the new table's choice; the
+    // others stay where they were.
+    fixture.dataplane.remove_backend(b3).unwrap();
+    let mut moved = 0;
+    for (&port, &was) in ports.iter().zip(&before) {
+        let now = forwarded_to(&mut fixture, &client(port, ACK));
+        if was == b3 {
+            let choice = drained.backend_for(&client(port, ACK).flow()).unwrap();
+            assert_eq!(
+                now, choice.backend_id,
+                "moved flow left the new table's choice"
+            );
+            moved += 1;
+        } else {
+            assert_eq!(now, was, "a flow on a live backend moved");
+        }
+    }
+    assert!(moved > 0);
+    // Once moved, a flow stays on its new backend.
+    for (&port, &was) in ports.iter().zip(&before) {
+        if was == b3 {
+            let again = forwarded_to(&mut fixture, &client(port, ACK));
+            let choice = drained.backend_for(&client(port, ACK).flow()).unwrap();
+            assert_eq!(again, choice.backend_id);
+        }
+    }
+}
