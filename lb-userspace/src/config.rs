@@ -158,9 +158,21 @@ impl<'de> Deserialize<'de> for MacAddr {
 }
 
 impl Config {
-    /// Parses a config from TOML text.
+    /// Parses a config from TOML text. Errors are one line: position and
+    /// reason.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text).map_err(|err| {
+            let reason = err.message().trim().replace('\n', "; ");
+            match err.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    anyhow::anyhow!("line {line}, column {column}: {reason}")
+                }
+                None => anyhow::anyhow!("{reason}"),
+            }
+        })
     }
 
     /// Reads and parses a config file.

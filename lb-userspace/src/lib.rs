@@ -2,10 +2,13 @@
 //! and the data-plane handle that loads the XDP program and fills its maps.
 //! The binary and the tests are thin layers over this.
 
+pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod host;
 pub mod lookup_table;
 pub mod maglev;
+pub mod report;
 pub mod state;
 
 /// The compiled XDP program, built by build.rs from lb-ebpf.

@@ -1,7 +1,12 @@
-//! `fulcrum`: the command-line entry point.
+//! `fulcrum`: the command-line entry point. Errors print as one line and
+//! exit with status 1.
 
-fn main() -> anyhow::Result<()> {
-    let dataplane = lb_userspace::dataplane::Dataplane::load()?;
-    drop(dataplane);
-    Ok(())
+use clap::Parser as _;
+use lb_userspace::cli::Cli;
+
+fn main() {
+    if let Err(err) = Cli::parse().execute() {
+        eprintln!("fulcrum: {err:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,91 @@
+//! `fulcrum run`: check privileges and inputs, mount bpffs, load the XDP
+//! program, install the config's VIPs and verify the kernel holds them, and
+//! only then attach (native, else generic). Prints the counters on SIGUSR1;
+//! detaches and prints them a last time on SIGINT or SIGTERM.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use lb_common::maps::DataplaneConfig;
+use signal_hook::{
+    consts::{SIGINT, SIGTERM, SIGUSR1},
+    iterator::Signals,
+};
+
+use crate::{config::Config, dataplane::Dataplane, host, report::Report, state::DesiredState};
+
+/// Arguments of `fulcrum run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// The config file (TOML).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The interface to attach to; overrides `interface` in the config.
+    #[arg(long, short)]
+    pub interface: Option<String>,
+    /// How counters are printed.
+    #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
+    pub stats_format: StatsFormat,
+}
+
+/// Counter output formats.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StatsFormat {
+    /// A table for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+const NEIGHBOUR_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn print_report(report: &Report, format: StatsFormat) -> anyhow::Result<()> {
+    match format {
+        StatsFormat::Text => print!("{}", report.to_text()),
+        StatsFormat::Json => println!("{}", serde_json::to_string(report)?),
+    }
+    Ok(())
+}
+
+/// Runs the data plane until a signal stops it.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let Some(interface) = args.interface.or(config.interface.clone()) else {
+        bail!("no interface: set `interface` in the config or pass --interface");
+    };
+    host::require_bpf_privileges()?;
+    host::require_interface(&interface)?;
+    let state = DesiredState::build(&config, |backend| match backend.mac {
+        Some(mac) => Ok(mac),
+        None => host::resolve_mac(backend.address, &interface, NEIGHBOUR_TIMEOUT),
+    })?;
+    if host::ensure_bpffs()? {
+        eprintln!("fulcrum: mounted bpffs at {}", host::BPFFS);
+    }
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
+    let mut dataplane = Dataplane::load()?;
+    dataplane.set_config(DataplaneConfig {
+        if_mac: host::interface_mac(&interface)?.0,
+        pad: [0; 2],
+    })?;
+    dataplane.install(&state)?;
+    let mode = dataplane.attach(&interface)?;
+    let backends: usize = state.vips.iter().map(|v| v.backends.len()).sum();
+    eprintln!(
+        "fulcrum: attached to {interface} ({mode} XDP); {} VIPs and {backends} backends \
+         installed and verified; SIGUSR1 prints counters, SIGINT/SIGTERM detaches",
+        state.vips.len()
+    );
+    for signal in signals.forever() {
+        if signal == SIGUSR1 {
+            print_report(&Report::collect(&dataplane, &state)?, args.stats_format)?;
+            continue;
+        }
+        break;
+    }
+    dataplane.detach()?;
+    eprintln!("fulcrum: detached from {interface}");
+    print_report(&Report::collect(&dataplane, &state)?, args.stats_format)
+}

@@ -1,0 +1,166 @@
+//! What `fulcrum` learns from and sets up on the host: privileges, bpffs,
+//! interfaces and their MACs, and backend MACs from the neighbour table.
+
+use std::{
+    ffi::CString,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::config::MacAddr;
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Fails unless this process may load and attach XDP programs.
+pub fn require_bpf_privileges() -> anyhow::Result<()> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .context("no CapEff line in /proc/self/status")?;
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if !(has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))) {
+        bail!(
+            "missing privileges: loading and attaching XDP needs root \
+             (CAP_BPF and CAP_NET_ADMIN)"
+        );
+    }
+    Ok(())
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where bpffs is expected.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at `/sys/fs/bpf` unless it is already there. Returns
+/// whether it mounted it.
+pub fn ensure_bpffs() -> anyhow::Result<bool> {
+    let path = CString::new(BPFFS).expect("no NUL");
+    // SAFETY: statfs only writes into the struct we pass.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(path.as_ptr(), &mut stats) } == 0
+        && stats.f_type as i64 == BPF_FS_MAGIC
+    {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    let fstype = CString::new("bpf").expect("no NUL");
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("mounting bpffs at {BPFFS}"));
+    }
+    Ok(true)
+}
+
+/// Fails with a clear message if `interface` does not exist.
+pub fn require_interface(interface: &str) -> anyhow::Result<()> {
+    let name = CString::new(interface).context("interface name contains NUL")?;
+    // SAFETY: valid C string.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        bail!("unknown interface {interface:?}");
+    }
+    Ok(())
+}
+
+/// The MAC address of `interface`.
+pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
+    let path = Path::new("/sys/class/net").join(interface).join("address");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.trim()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))
+        .with_context(|| format!("MAC of {interface}"))
+}
+
+#[derive(Deserialize)]
+struct Neighbour {
+    lladdr: Option<String>,
+    #[serde(default)]
+    state: Vec<String>,
+}
+
+fn lookup_neighbour(addr: IpAddr, interface: &str) -> anyhow::Result<Option<MacAddr>> {
+    let output = Command::new("ip")
+        .args([
+            "-j",
+            "neigh",
+            "show",
+            "to",
+            &addr.to_string(),
+            "dev",
+            interface,
+        ])
+        .output()
+        .context("running `ip neigh` (is iproute2 installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "`ip neigh show to {addr} dev {interface}` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let entries: Vec<Neighbour> = if output.stdout.iter().all(u8::is_ascii_whitespace) {
+        Vec::new()
+    } else {
+        serde_json::from_slice(&output.stdout).context("parsing `ip -j neigh` output")?
+    };
+    for entry in entries {
+        let unusable = entry
+            .state
+            .iter()
+            .any(|s| s == "INCOMPLETE" || s == "FAILED");
+        if let (Some(mac), false) = (entry.lladdr, unusable) {
+            return mac
+                .parse()
+                .map(Some)
+                .map_err(|e: String| anyhow::anyhow!(e));
+        }
+    }
+    Ok(None)
+}
+
+/// The MAC of on-link backend `addr` from the neighbour table. If it is not
+/// known yet, one empty UDP datagram to the backend's discard port makes the
+/// kernel resolve it (ARP or neighbour discovery); we wait up to `timeout`.
+pub fn resolve_mac(addr: IpAddr, interface: &str, timeout: Duration) -> anyhow::Result<MacAddr> {
+    if let Some(mac) = lookup_neighbour(addr, interface)? {
+        return Ok(mac);
+    }
+    let bind: SocketAddr = match addr {
+        IpAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(bind).context("opening a UDP socket to resolve a MAC")?;
+    // A send error (no route) shows up below as "not resolved".
+    let _ = socket.send_to(&[], SocketAddr::new(addr, 9));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(mac) = lookup_neighbour(addr, interface)? {
+            return Ok(mac);
+        }
+    }
+    bail!(
+        "no MAC for {addr} on {interface} after {timeout:?}: is the backend on this L2 \
+         segment and up? (or set `mac` in the config)"
+    )
+}
