@@ -96,6 +96,21 @@ pub fn fulcrum_xdp(ctx: XdpContext) -> u32 {
     verdict.action
 }
 
+/// For the test lab: attached to the veth peer facing the load balancer.
+/// A veth delivers XDP_TX'd frames promptly only when its peer runs XDP
+/// (which gives the peer NAPI); without it they arrive late, in bursts.
+#[xdp]
+pub fn lab_peer_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// For the benchmarks: the cheapest possible XDP_TX, the floor every path
+/// of `fulcrum_xdp` is measured against.
+#[xdp]
+pub fn bench_floor_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
 #[inline(always)]
 fn count(reason: Reason) {
     if let Some(counter) = GLOBAL_STATS.get_ptr_mut(reason as u32) {

@@ -3,4 +3,7 @@
 //! namespaces with real traffic.
 
 pub mod fixture;
+pub mod lab;
+pub mod netns;
 pub mod packet;
+pub mod traffic;

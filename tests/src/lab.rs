@@ -1,0 +1,400 @@
+//! The namespace lab: a client, the load balancer and backends, each in its
+//! own network namespace, joined by veth pairs to a bridge in a switch
+//! namespace. The real `fulcrum run` serves the VIPs with L2 direct server
+//! return; backends hold the VIPs on `lo` and answer with their names.
+//! Everything is removed on drop, also when a test fails.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::programs::{Xdp, XdpMode};
+use lb_userspace::report::Report;
+
+use crate::{
+    fixture::require_root,
+    netns::Netns,
+    traffic::{self, Tally},
+};
+
+/// The IPv4 VIP.
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+/// The IPv6 VIP.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 1);
+/// The TCP service port.
+pub const TCP_PORT: u16 = 80;
+/// The UDP service port.
+pub const UDP_PORT: u16 = 53;
+const LB_INDEX: u8 = 3;
+const CLIENT_INDEX: u8 = 2;
+const FIRST_BACKEND_INDEX: u8 = 11;
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A backend to start: its name and weight.
+#[derive(Clone, Debug)]
+pub struct BackendSpec {
+    /// Name it answers with.
+    pub name: String,
+    /// Weight in the config.
+    pub weight: u32,
+}
+
+/// The four VIPs the lab serves, by name.
+pub const VIP_NAMES: [&str; 4] = ["web4", "dns4", "web6", "dns6"];
+
+/// A running `fulcrum run` inside the load balancer's namespace.
+struct Fulcrum {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Fulcrum {
+    fn start(lb: &Netns, config: &Path) -> anyhow::Result<Self> {
+        let binary = fulcrum_binary()?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", lb.name()])
+            .arg(&binary)
+            .args(["run", "--stats-format", "json", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().context("fulcrum stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fulcrum = Self {
+            child,
+            stderr: rx,
+            log: Vec::new(),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match fulcrum.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains("attached to");
+                    fulcrum.log.push(line);
+                    if ready {
+                        return Ok(fulcrum);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!(
+                        "fulcrum exited before attaching:\n{}",
+                        fulcrum.log.join("\n")
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "fulcrum did not attach within {READY_TIMEOUT:?}:\n{}",
+                    fulcrum.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits, and parses the final counters it prints.
+    fn stop(mut self) -> anyhow::Result<Report> {
+        // SAFETY: signalling the child we started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                bail!("fulcrum ignored SIGTERM for 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .context("fulcrum stdout")?
+            .read_to_string(&mut stdout)?;
+        self.log.extend(self.stderr.try_iter());
+        if !status.success() {
+            bail!("fulcrum exited with {status}:\n{}", self.log.join("\n"));
+        }
+        let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+        let last = last.context("fulcrum printed no counters on exit")?;
+        serde_json::from_str(last).with_context(|| format!("parsing fulcrum's counters: {last}"))
+    }
+}
+
+impl Drop for Fulcrum {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `fulcrum` binary: `$FULCRUM_BIN`, or next to the running executable
+/// (cargo puts test binaries in `deps/` beside it).
+pub fn fulcrum_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("FULCRUM_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("fulcrum"))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| {
+            format!(
+                "no fulcrum binary near {}; build it (`cargo build --release -p lb-userspace`) \
+                 or set FULCRUM_BIN",
+                exe.display()
+            )
+        })
+}
+
+/// Client traffic per VIP name.
+pub type Traffic = Vec<(&'static str, Tally)>;
+
+/// A running lab. Drop tears it all down.
+pub struct Lab {
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+    fulcrum: Option<Fulcrum>,
+    /// The backends, in config order.
+    pub backends: Vec<BackendSpec>,
+    config_dir: PathBuf,
+    // Namespaces are dropped (deleted) after everything using them.
+    _peer_pass: aya::Ebpf,
+    client: Netns,
+    lb: Netns,
+    backend_hosts: Vec<Netns>,
+    _switch: Netns,
+}
+
+fn mac_of(index: u8) -> String {
+    format!("02:f0:00:00:00:{index:02x}")
+}
+
+fn ipv4_of(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, index)
+}
+
+fn ipv6_of(index: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, u16::from(index))
+}
+
+/// Creates a host namespace wired to the switch's bridge.
+fn add_host(switch: &Netns, name: &str, role: &str, index: u8) -> anyhow::Result<Netns> {
+    let host = Netns::create(name)?;
+    let peer = format!("p-{role}");
+    switch.ip(&[
+        "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", name,
+    ])?;
+    switch.ip(&["link", "set", &peer, "master", "br0", "up"])?;
+    host.ip(&["link", "set", "eth0", "address", &mac_of(index)])?;
+    host.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", ipv4_of(index)),
+        "dev",
+        "eth0",
+    ])?;
+    host.ip(&[
+        "addr",
+        "add",
+        &format!("{}/64", ipv6_of(index)),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    host.ip(&["link", "set", "eth0", "up"])?;
+    Ok(host)
+}
+
+fn fulcrum_config(backends: &[BackendSpec]) -> String {
+    let mut text = String::from("interface = \"eth0\"\n");
+    let vips = [
+        ("web4", IpAddr::V4(VIP4), TCP_PORT, "tcp"),
+        ("dns4", IpAddr::V4(VIP4), UDP_PORT, "udp"),
+        ("web6", IpAddr::V6(VIP6), TCP_PORT, "tcp"),
+        ("dns6", IpAddr::V6(VIP6), UDP_PORT, "udp"),
+    ];
+    for (name, addr, port, protocol) in vips {
+        text += &format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{addr}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
+        );
+        for (i, backend) in (FIRST_BACKEND_INDEX..).zip(backends) {
+            let address = match addr {
+                IpAddr::V4(_) => ipv4_of(i).to_string(),
+                IpAddr::V6(_) => ipv6_of(i).to_string(),
+            };
+            text += &format!(
+                "[[vip.backend]]\nname = \"{}\"\naddress = \"{address}\"\nweight = {}\n",
+                backend.name, backend.weight
+            );
+        }
+    }
+    text
+}
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    /// Builds the namespaces, starts the backend servers and `fulcrum run`.
+    pub fn start(backends: &[BackendSpec]) -> anyhow::Result<Self> {
+        require_root();
+        let id = format!(
+            "fl{}-{}",
+            std::process::id(),
+            LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let switch = Netns::create(&format!("{id}-sw"))?;
+        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(&["link", "set", "br0", "up"])?;
+        let client = add_host(&switch, &format!("{id}-client"), "client", CLIENT_INDEX)?;
+        client.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+        client.ip(&[
+            "route",
+            "add",
+            "198.18.100.0/24",
+            "via",
+            &ipv4_of(LB_INDEX).to_string(),
+        ])?;
+        client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:2:0:100::/64",
+            "via",
+            &ipv6_of(LB_INDEX).to_string(),
+        ])?;
+        let lb = add_host(&switch, &format!("{id}-lb"), "lb", LB_INDEX)?;
+        let mut backend_hosts = Vec::new();
+        for (index, backend) in (FIRST_BACKEND_INDEX..).zip(backends) {
+            let host = add_host(
+                &switch,
+                &format!("{id}-{}", backend.name),
+                &backend.name,
+                index,
+            )?;
+            host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+            host.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
+            host.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
+            host.sysctl("net/ipv4/conf/all/arp_ignore", "1")?;
+            host.sysctl("net/ipv4/conf/all/arp_announce", "2")?;
+            backend_hosts.push(host);
+        }
+        // NAPI for the load balancer's XDP_TX on veth (see DESIGN.md).
+        let mut peer_pass = aya::Ebpf::load(lb_userspace::EBPF_OBJECT)?;
+        let program: &mut Xdp = peer_pass
+            .program_mut("lab_peer_pass")
+            .context("lab_peer_pass program")?
+            .try_into()?;
+        program.load()?;
+        switch.enter(|| {
+            program.attach("p-lb", XdpMode::Driver)?;
+            Ok(())
+        })?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let udp = [
+            SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT),
+            SocketAddr::new(IpAddr::V6(VIP6), UDP_PORT),
+        ];
+        let config_dir = std::env::temp_dir().join(&id);
+        let mut lab = Self {
+            stop,
+            servers: Vec::new(),
+            fulcrum: None,
+            backends: backends.to_vec(),
+            config_dir,
+            _peer_pass: peer_pass,
+            client,
+            lb,
+            backend_hosts,
+            _switch: switch,
+        };
+        for (host, backend) in lab.backend_hosts.iter().zip(backends) {
+            lab.servers.extend(traffic::start_servers(
+                host,
+                &backend.name,
+                TCP_PORT,
+                &udp,
+                &lab.stop,
+            )?);
+        }
+        std::fs::create_dir_all(&lab.config_dir)?;
+        let config = lab.config_dir.join("fulcrum.toml");
+        std::fs::write(&config, fulcrum_config(backends))?;
+        lab.fulcrum = Some(Fulcrum::start(&lab.lb, &config)?);
+        Ok(lab)
+    }
+
+    /// Runs `tcp` connections and `udp` flows against each VIP family.
+    pub fn drive(&self, tcp: usize, udp: u16) -> anyhow::Result<Traffic> {
+        let web4 = SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT);
+        let web6 = SocketAddr::new(IpAddr::V6(VIP6), TCP_PORT);
+        let dns4 = SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT);
+        let dns6 = SocketAddr::new(IpAddr::V6(VIP6), UDP_PORT);
+        Ok(vec![
+            (
+                "web4",
+                traffic::tcp_connections(&self.client, web4, tcp, 4)?,
+            ),
+            ("dns4", traffic::udp_flows(&self.client, dns4, udp, 20000)?),
+            (
+                "web6",
+                traffic::tcp_connections(&self.client, web6, tcp, 4)?,
+            ),
+            ("dns6", traffic::udp_flows(&self.client, dns6, udp, 20000)?),
+        ])
+    }
+
+    /// Stops `fulcrum` (SIGTERM) and returns the counters it printed.
+    pub fn stop_fulcrum(&mut self) -> anyhow::Result<Report> {
+        self.fulcrum
+            .take()
+            .context("fulcrum is not running")?
+            .stop()
+    }
+
+    /// Whether an XDP program is attached to the load balancer's interface.
+    pub fn lb_has_xdp(&self) -> anyhow::Result<bool> {
+        self.lb.enter(|| {
+            let output = Command::new("ip")
+                .args(["-d", "link", "show", "eth0"])
+                .output()?;
+            Ok(String::from_utf8_lossy(&output.stdout).contains("prog/xdp"))
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for server in self.servers.drain(..) {
+            let _ = server.join();
+        }
+        drop(self.fulcrum.take());
+        let _ = std::fs::remove_dir_all(&self.config_dir);
+    }
+}

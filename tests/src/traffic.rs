@@ -1,0 +1,208 @@
+//! Real traffic for the lab: backend servers that answer every TCP
+//! connection and UDP datagram with their own name, and clients that open
+//! connections or send datagrams to a VIP and tally who answered.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::netns::Netns;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+const POLL_MS: i32 = 100;
+
+/// Who answered how often, and what failed.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Answers per backend name.
+    pub answers: BTreeMap<String, u64>,
+    /// Attempts that got no answer.
+    pub failures: u64,
+    /// The first failure, for the message.
+    pub first_error: Option<String>,
+}
+
+impl Tally {
+    fn record(&mut self, result: anyhow::Result<String>) {
+        match result {
+            Ok(name) => *self.answers.entry(name).or_default() += 1,
+            Err(err) => {
+                self.failures += 1;
+                self.first_error.get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (name, n) in other.answers {
+            *self.answers.entry(name).or_default() += n;
+        }
+        self.failures += other.failures;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// Answers in all.
+    pub fn answered(&self) -> u64 {
+        self.answers.values().sum()
+    }
+
+    /// `name`'s share of the answers (0..1).
+    pub fn share(&self, name: &str) -> f64 {
+        let total = self.answered();
+        if total == 0 {
+            return 0.0;
+        }
+        *self.answers.get(name).unwrap_or(&0) as f64 / total as f64
+    }
+}
+
+fn readable(fd: i32) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut poll, 1, POLL_MS) > 0 }
+}
+
+/// Servers of one backend; they stop when `stop` is set.
+pub fn start_servers(
+    host: &Netns,
+    name: &str,
+    tcp_port: u16,
+    udp: &[SocketAddr],
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let (listener, udp_sockets) = host.enter(|| {
+        let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, tcp_port))
+            .context("binding the TCP server")?;
+        let sockets = udp
+            .iter()
+            .map(|addr| UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((listener, sockets))
+    })?;
+    let mut threads = Vec::new();
+    let reply = format!("{name}\n");
+    {
+        let (stop, reply) = (stop.clone(), reply.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if readable(listener.as_raw_fd())
+                    && let Ok((mut stream, _)) = listener.accept()
+                {
+                    let _ = stream.write_all(reply.as_bytes());
+                }
+            }
+        }));
+    }
+    for socket in udp_sockets {
+        let (stop, reply) = (stop.clone(), reply.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if readable(socket.as_raw_fd())
+                    && let Ok((_, from)) = socket.recv_from(&mut buf)
+                {
+                    let _ = socket.send_to(reply.as_bytes(), from);
+                }
+            }
+        }));
+    }
+    Ok(threads)
+}
+
+fn tcp_once(vip: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&vip, IO_TIMEOUT).context("connect")?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).context("read")?;
+    let name = answer.trim();
+    anyhow::ensure!(!name.is_empty(), "empty answer");
+    Ok(name.to_string())
+}
+
+/// Opens `count` TCP connections to `vip` from the client namespace (the
+/// kernel picks source ports, as for any real client), `workers` at a time.
+pub fn tcp_connections(
+    client: &Netns,
+    vip: SocketAddr,
+    count: usize,
+    workers: usize,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                scope.spawn(move || -> anyhow::Result<Tally> {
+                    client.join_current_thread()?;
+                    let mut tally = Tally::default();
+                    for _ in (w..count).step_by(workers) {
+                        tally.record(tcp_once(vip));
+                    }
+                    Ok(tally)
+                })
+            })
+            .collect();
+        for handle in handles {
+            let part = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+            tally.merge(part);
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(tally)
+}
+
+fn udp_once(vip: SocketAddr, source_port: u16) -> anyhow::Result<String> {
+    let bind: SocketAddr = match vip.ip() {
+        IpAddr::V4(_) => ([0, 0, 0, 0], source_port).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, source_port).into(),
+    };
+    let socket = UdpSocket::bind(bind).with_context(|| format!("bind port {source_port}"))?;
+    socket.connect(vip)?;
+    socket.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let mut buf = [0u8; 256];
+    let mut last_error = None;
+    // A lost datagram is retried on the same 5-tuple: the same flow.
+    for _ in 0..3 {
+        socket.send(b"hello")?;
+        match socket.recv(&mut buf) {
+            Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string()),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.expect("three attempts")).context("no UDP answer")
+}
+
+/// Sends one request on each of `count` UDP flows to `vip`, from source
+/// ports `first_port`, `first_port + 1`, ... so that every flow is new.
+pub fn udp_flows(
+    client: &Netns,
+    vip: SocketAddr,
+    count: u16,
+    first_port: u16,
+) -> anyhow::Result<Tally> {
+    client.enter(|| {
+        let mut tally = Tally::default();
+        for i in 0..count {
+            tally.record(udp_once(vip, first_port + i));
+        }
+        Ok(tally)
+    })
+}

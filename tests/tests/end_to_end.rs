@@ -1,0 +1,92 @@
+//! End to end, as a user would see it: real TCP connections and UDP flows
+//! from a client namespace to IPv4 and IPv6 VIPs served by `fulcrum run` in
+//! a load-balancer namespace, answered by three backends weighted 1:1:2.
+
+use lb_tests::lab::{BackendSpec, Lab};
+
+/// Connections per TCP VIP. Source ports come from the kernel, as for real
+/// clients, so shares vary run to run: at 4000 flows a 3-point bound is
+/// about 4 standard deviations for every backend.
+const TCP_CONNECTIONS: usize = 4000;
+/// Flows per UDP VIP (source ports 20000.. so every flow is new).
+const UDP_FLOWS: u16 = 2000;
+/// Allowed distance between a backend's share and its weight share.
+const SHARE_BOUND: f64 = 0.03;
+
+#[test]
+fn traffic_follows_weights_and_counters_agree() {
+    let backends: Vec<BackendSpec> = [("b1", 1), ("b2", 1), ("b3", 2)]
+        .into_iter()
+        .map(|(name, weight)| BackendSpec {
+            name: name.into(),
+            weight,
+        })
+        .collect();
+    let mut lab = Lab::start(&backends).expect("lab starts");
+    assert!(lab.lb_has_xdp().unwrap(), "fulcrum attached XDP to the LB");
+    let traffic = lab.drive(TCP_CONNECTIONS, UDP_FLOWS).expect("traffic runs");
+    let report = lab.stop_fulcrum().expect("fulcrum stops and reports");
+    assert!(!lab.lb_has_xdp().unwrap(), "fulcrum detached on SIGTERM");
+    eprintln!("{}", report.to_text());
+
+    let total_weight: u32 = backends.iter().map(|b| b.weight).sum();
+    let mut problems = Vec::new();
+    for (vip, tally) in &traffic {
+        let attempts = if vip.starts_with("web") {
+            TCP_CONNECTIONS as u64
+        } else {
+            u64::from(UDP_FLOWS)
+        };
+        if tally.failures > 0 || tally.answered() != attempts {
+            problems.push(format!(
+                "{vip}: {} of {attempts} answered, {} failed (first: {:?})",
+                tally.answered(),
+                tally.failures,
+                tally.first_error
+            ));
+        }
+        let kernel = report
+            .vips
+            .iter()
+            .find(|v| v.name == *vip)
+            .expect("report covers every VIP");
+        for backend in &backends {
+            let want = f64::from(backend.weight) / f64::from(total_weight);
+            let got = tally.share(&backend.name);
+            if (got - want).abs() > SHARE_BOUND {
+                problems.push(format!(
+                    "{vip}/{}: share {:.1}% vs weight share {:.1}%",
+                    backend.name,
+                    got * 100.0,
+                    want * 100.0
+                ));
+            }
+            let seen = *tally.answers.get(&backend.name).unwrap_or(&0);
+            let counted = kernel
+                .backends
+                .iter()
+                .find(|b| b.name == backend.name)
+                .expect("report covers every backend")
+                .new_flows;
+            // Every UDP flow is new exactly once. A TCP SYN the client had
+            // to retransmit is hashed (and counted) again: allow 1%.
+            let slack = if vip.starts_with("web") {
+                attempts / 100
+            } else {
+                0
+            };
+            if counted < seen || counted > seen + slack {
+                problems.push(format!(
+                    "{vip}/{}: kernel counted {counted} new flows, client saw {seen}",
+                    backend.name
+                ));
+            }
+        }
+    }
+    for (reason, count) in &report.reasons {
+        if reason.starts_with("drop") && *count > 0 {
+            problems.push(format!("kernel dropped {count} packets: {reason}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
