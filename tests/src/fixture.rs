@@ -110,6 +110,19 @@ pub fn require_root() {
     );
 }
 
+/// Loads a fresh copy of the eBPF object and verifies one of its helper
+/// programs (`lab_peer_pass`, `bench_floor_tx`); the caller attaches or runs
+/// it through `program_mut`.
+pub fn standalone_program(name: &str) -> anyhow::Result<aya::Ebpf> {
+    let mut ebpf = aya::Ebpf::load(lb_userspace::EBPF_OBJECT)?;
+    let program: &mut aya::programs::Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("no program {name} in the object"))?
+        .try_into()?;
+    program.load()?;
+    Ok(ebpf)
+}
+
 /// A loaded program and the state installed into it.
 pub struct Fixture {
     /// The program.

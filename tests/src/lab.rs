@@ -23,7 +23,7 @@ use aya::programs::{Xdp, XdpMode};
 use lb_userspace::report::Report;
 
 use crate::{
-    fixture::require_root,
+    fixture::{require_root, standalone_program},
     netns::Netns,
     traffic::{self, Tally},
 };
@@ -304,12 +304,11 @@ impl Lab {
             backend_hosts.push(host);
         }
         // NAPI for the load balancer's XDP_TX on veth (see DESIGN.md).
-        let mut peer_pass = aya::Ebpf::load(lb_userspace::EBPF_OBJECT)?;
+        let mut peer_pass = standalone_program("lab_peer_pass")?;
         let program: &mut Xdp = peer_pass
             .program_mut("lab_peer_pass")
             .context("lab_peer_pass program")?
             .try_into()?;
-        program.load()?;
         switch.enter(|| {
             program.attach("p-lb", XdpMode::Driver)?;
             Ok(())
@@ -349,8 +348,9 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Runs `tcp` connections and `udp` flows against each VIP family.
-    pub fn drive(&self, tcp: usize, udp: u16) -> anyhow::Result<Traffic> {
+    /// Runs `tcp` connections and `udp` flows against each VIP family. UDP
+    /// flows use source ports from `first_udp_port` on, so that each is new.
+    pub fn drive(&self, tcp: usize, udp: u16, first_udp_port: u16) -> anyhow::Result<Traffic> {
         let web4 = SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT);
         let web6 = SocketAddr::new(IpAddr::V6(VIP6), TCP_PORT);
         let dns4 = SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT);
@@ -360,12 +360,18 @@ impl Lab {
                 "web4",
                 traffic::tcp_connections(&self.client, web4, tcp, 4)?,
             ),
-            ("dns4", traffic::udp_flows(&self.client, dns4, udp, 20000)?),
+            (
+                "dns4",
+                traffic::udp_flows(&self.client, dns4, udp, first_udp_port)?,
+            ),
             (
                 "web6",
                 traffic::tcp_connections(&self.client, web6, tcp, 4)?,
             ),
-            ("dns6", traffic::udp_flows(&self.client, dns6, udp, 20000)?),
+            (
+                "dns6",
+                traffic::udp_flows(&self.client, dns6, udp, first_udp_port)?,
+            ),
         ])
     }
 

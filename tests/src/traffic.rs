@@ -44,7 +44,8 @@ impl Tally {
         }
     }
 
-    fn merge(&mut self, other: Tally) {
+    /// Adds `other`'s answers and failures to this tally.
+    pub fn merge(&mut self, other: Tally) {
         for (name, n) in other.answers {
             *self.answers.entry(name).or_default() += n;
         }

@@ -24,7 +24,9 @@ fn traffic_follows_weights_and_counters_agree() {
         .collect();
     let mut lab = Lab::start(&backends).expect("lab starts");
     assert!(lab.lb_has_xdp().unwrap(), "fulcrum attached XDP to the LB");
-    let traffic = lab.drive(TCP_CONNECTIONS, UDP_FLOWS).expect("traffic runs");
+    let traffic = lab
+        .drive(TCP_CONNECTIONS, UDP_FLOWS, 20000)
+        .expect("traffic runs");
     let report = lab.stop_fulcrum().expect("fulcrum stops and reports");
     assert!(!lab.lb_has_xdp().unwrap(), "fulcrum detached on SIGTERM");
     eprintln!("{}", report.to_text());

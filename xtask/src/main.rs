@@ -60,6 +60,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Lab { args } => {
             setup::run()?;
+            cargo(&["build", "--release", "-p", "lb-userspace"])?;
             let mut cmd = vec!["run", "--release", "-p", "lb-tests", "--bin", "lab", "--"];
             cmd.extend(args.iter().map(String::as_str));
             cargo(&cmd)
