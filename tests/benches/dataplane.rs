@@ -1,0 +1,210 @@
+//! `cargo xtask bench`: the data plane's per-packet cost through
+//! BPF_PROG_TEST_RUN, each path next to a trivial `return XDP_TX` program
+//! measured in the same run (the floor); the Maglev builder's time and
+//! quality; and the latency of installing and verifying tables.
+
+use std::time::{Duration, Instant};
+
+use aya::{TestRun as _, TestRunOptions, programs::Xdp};
+use lb_tests::{
+    fixture::{Fixture, standalone_program},
+    packet::{Frame, tcp_flags::*},
+};
+use lb_userspace::{
+    lookup_table::{BackendIdentity, DEFAULT_SIZE, TableBuilder, WeightedBackend},
+    maglev::Maglev,
+};
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 5;
+/// Every VIP path should cost at most this many times the floor.
+const TARGET_RATIO: f64 = 3.0;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn ns_per_packet(program: &Xdp, frame: &[u8]) -> f64 {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: REPEAT,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    result.duration.as_nanos() as f64
+}
+
+fn per_packet_cost() -> bool {
+    let mut fixture = Fixture::standard();
+    let mut floor_object = standalone_program("bench_floor_tx").expect("floor program");
+    let floor: &mut Xdp = floor_object
+        .program_mut("bench_floor_tx")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let web4 = "198.18.0.100:80";
+    let paths: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "IPv4 TCP SYN (new flow, hashed)",
+            Frame::tcp("198.18.2.1:40000", web4, SYN).bytes(),
+            true,
+        ),
+        (
+            "IPv4 TCP established (conn hit)",
+            Frame::tcp("198.18.2.1:40002", web4, ACK).bytes(),
+            true,
+        ),
+        (
+            "IPv4 UDP (conn hit)",
+            Frame::udp("198.18.2.1:5000", "198.18.0.100:53")
+                .payload(&[0; 32])
+                .bytes(),
+            true,
+        ),
+        (
+            "IPv6 TCP SYN (new flow, hashed)",
+            Frame::tcp("[2001:2::2:1]:40000", "[2001:2::100]:80", SYN).bytes(),
+            true,
+        ),
+        (
+            "IPv6 TCP established (conn hit)",
+            Frame::tcp("[2001:2::2:1]:40002", "[2001:2::100]:80", ACK).bytes(),
+            true,
+        ),
+        (
+            "non-VIP pass-through",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.200:80", SYN).bytes(),
+            false,
+        ),
+    ];
+    // One run each so established flows are in the connection table.
+    for (_, frame, _) in &paths {
+        fixture.run(frame).expect("warm-up run");
+    }
+    println!("per-packet cost: BPF_PROG_TEST_RUN, repeat {REPEAT}, median of {ROUNDS} rounds");
+    println!("(the floor is `return XDP_TX`, measured in the same rounds)\n");
+    println!(
+        "{:<34} {:>9} {:>9} {:>7} {:>11}",
+        "path", "ns/pkt", "floor", "ratio", "above floor"
+    );
+    let mut met = true;
+    for (name, frame, is_vip) in &paths {
+        let mut floors = Vec::new();
+        let mut costs = Vec::new();
+        for _ in 0..ROUNDS {
+            floors.push(ns_per_packet(floor, frame));
+            let program = fixture.dataplane.program().expect("program");
+            costs.push(ns_per_packet(program, frame));
+        }
+        let (floor_ns, cost) = (median(floors), median(costs));
+        let ratio = cost / floor_ns;
+        if *is_vip && ratio > TARGET_RATIO {
+            met = false;
+        }
+        println!(
+            "{name:<34} {cost:>9.1} {floor_ns:>9.1} {ratio:>6.2}x {:>+10.1}",
+            cost - floor_ns
+        );
+    }
+    println!(
+        "\ntarget (every VIP path within {TARGET_RATIO}x the floor): {}",
+        if met { "met" } else { "NOT met" }
+    );
+    met
+}
+
+fn backends(n: u32) -> Vec<WeightedBackend> {
+    (0..n)
+        .map(|i| {
+            let [_, _, hi, lo] = i.to_be_bytes();
+            WeightedBackend {
+                identity: BackendIdentity::new(([198, 18, hi, lo], 8080).into()),
+                weight: 100,
+            }
+        })
+        .collect()
+}
+
+fn maglev_quality() {
+    println!(
+        "\nMaglev at M = {}: build time, balance, and slots moved when 1 of N leaves",
+        DEFAULT_SIZE.get()
+    );
+    println!(
+        "{:>6} {:>11} {:>9} {:>10} {:>10} {:>8}",
+        "N", "build ms", "max/mean", "moved", "ideal 1/N", "ratio"
+    );
+    for n in [10u32, 100, 1000] {
+        let full = backends(n);
+        let mut times = Vec::new();
+        let mut table = Vec::new();
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            table = Maglev.build(&full, DEFAULT_SIZE).expect("table");
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        let mut load = vec![0u32; n as usize];
+        for &i in &table {
+            load[i as usize] += 1;
+        }
+        let mean = DEFAULT_SIZE.get() as f64 / f64::from(n);
+        let max_over_mean = f64::from(*load.iter().max().unwrap()) / mean;
+        // Remove each of several backends in turn; average the moved share.
+        let trials: Vec<usize> = (0..5).map(|k| (k * n as usize) / 5).collect();
+        let mut moved_total = 0.0;
+        for &gone in &trials {
+            let mut rest = full.clone();
+            rest.remove(gone);
+            let after = Maglev.build(&rest, DEFAULT_SIZE).expect("table");
+            let moved = table
+                .iter()
+                .zip(&after)
+                .filter(|&(&before, &now)| {
+                    full[before as usize].identity != rest[now as usize].identity
+                })
+                .count();
+            moved_total += moved as f64 / DEFAULT_SIZE.get() as f64;
+        }
+        let moved = moved_total / trials.len() as f64;
+        let ideal = 1.0 / f64::from(n);
+        println!(
+            "{n:>6} {:>11.1} {max_over_mean:>9.4} {:>9.2}% {:>9.2}% {:>7.2}x",
+            median(times),
+            moved * 100.0,
+            ideal * 100.0,
+            moved / ideal
+        );
+    }
+}
+
+fn apply_latency() {
+    let mut fixture = Fixture::standard();
+    let vips = fixture.state.vips.len();
+    let mut times = Vec::new();
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        fixture.dataplane.install(&fixture.state).expect("install");
+        times.push(start.elapsed());
+    }
+    times.sort();
+    let median: Duration = times[times.len() / 2];
+    println!(
+        "\napply: install and read back {vips} tables of {} slots: {:.1} ms (median of {ROUNDS}), {:.1} ms per VIP",
+        fixture.state.table_size.get(),
+        median.as_secs_f64() * 1000.0,
+        median.as_secs_f64() * 1000.0 / vips as f64
+    );
+}
+
+fn main() {
+    let met = per_packet_cost();
+    maglev_quality();
+    apply_latency();
+    if !met {
+        eprintln!("\nnote: the per-packet target was not met (see above)");
+    }
+}
