@@ -38,6 +38,13 @@ fn ns_per_packet(program: &Xdp, frame: &[u8]) -> f64 {
     result.duration.as_nanos() as f64
 }
 
+fn arp() -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[2, 0xee, 0, 0, 0, 1, 0x08, 0x06]);
+    frame.extend_from_slice(&[0; 28]);
+    frame
+}
+
 fn per_packet_cost() -> bool {
     let mut fixture = Fixture::standard();
     let mut floor_object = standalone_program("bench_floor_tx").expect("floor program");
@@ -78,6 +85,19 @@ fn per_packet_cost() -> bool {
         (
             "non-VIP pass-through",
             Frame::tcp("198.18.2.1:40000", "198.18.0.200:80", SYN).bytes(),
+            false,
+        ),
+        // Profile rows: each stops at an earlier stage of the program.
+        ("profile: ARP (Ethernet only)", arp(), false),
+        (
+            "profile: ICMP to a VIP (IP parsed)",
+            Frame::other(
+                "198.18.2.1:0",
+                "198.18.0.100:0",
+                1,
+                &[8, 0, 0, 0, 0, 0, 0, 0],
+            )
+            .bytes(),
             false,
         ),
     ];
