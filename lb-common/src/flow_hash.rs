@@ -4,7 +4,7 @@
 //! so client port patterns (Linux `connect()` picks only even ports) cannot
 //! skew the spread.
 
-use crate::maps::FlowKey;
+use crate::maps::{FlowKey, VIP_INDEX_SLOTS, VipKey};
 
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -46,6 +46,16 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     h = mix64(h ^ word(&key.dst_addr, 1));
     h = mix64(h ^ ports_proto);
     (h ^ (h >> 32)) as u32
+}
+
+/// The home slot of a VIP in the VIP index.
+#[inline(always)]
+pub const fn vip_home_slot(key: &VipKey) -> u32 {
+    let tail = (key.port as u64) | ((key.proto as u64) << 16) | ((key.family as u64) << 24);
+    let mut h = mix64(SEED ^ word(&key.addr, 0));
+    h = mix64(h ^ word(&key.addr, 1));
+    h = mix64(h ^ tail);
+    (h as u32) & (VIP_INDEX_SLOTS - 1)
 }
 
 /// The lookup-table slot a flow hash selects in a table of `table_size`

@@ -42,13 +42,44 @@ pub struct VipKey {
     pub family: u8,
 }
 
-/// Value of the VIP map.
+impl VipKey {
+    /// Key equality in five word compares (no `memcmp`, which BPF lacks).
+    #[inline(always)]
+    pub fn same(&self, other: &VipKey) -> bool {
+        let word = |k: &VipKey, i: usize| {
+            u32::from_ne_bytes([k.addr[i], k.addr[i + 1], k.addr[i + 2], k.addr[i + 3]])
+        };
+        word(self, 0) == word(other, 0)
+            && word(self, 4) == word(other, 4)
+            && word(self, 8) == word(other, 8)
+            && word(self, 12) == word(other, 12)
+            && self.port == other.port
+            && self.proto == other.proto
+            && self.family == other.family
+    }
+}
+
+/// Slots of the VIP index: an open-addressed table, a power of two at most a
+/// quarter full, so that a miss (non-VIP traffic) usually ends at slot one.
+pub const VIP_INDEX_SLOTS: u32 = 4 * MAX_VIPS;
+const _: () = assert!(VIP_INDEX_SLOTS.is_power_of_two());
+
+/// A VIP sits at most this many slots after its home slot; userspace refuses
+/// an index it cannot lay out within the bound.
+pub const VIP_INDEX_MAX_PROBES: u32 = 16;
+/// The slot holds a VIP.
+pub const VIP_SLOT_USED: u32 = 1;
+
+/// One slot of the VIP index. The index is a plain array, so the kernel
+/// inlines each probe; userspace swaps the whole index atomically.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipInfo {
+pub struct VipSlot {
+    /// The VIP's address, port and protocol.
+    pub key: VipKey,
     /// Index into the outer lookup-table map and the per-VIP counters.
     pub vip_id: u32,
-    /// Reserved for per-VIP behaviour flags; zero today.
+    /// `VIP_SLOT_USED` when the slot holds a VIP.
     pub flags: u32,
 }
 
@@ -196,8 +227,8 @@ impl Reason {
 
 /// Names of the maps in the eBPF object.
 pub mod names {
-    /// `HashMap<VipKey, VipInfo>`.
-    pub const VIPS: &str = "VIPS";
+    /// `ArrayOfMaps<Array<VipSlot>>` with one entry: the current VIP index.
+    pub const VIP_INDEX: &str = "VIP_INDEX";
     /// `Array<Backend>`.
     pub const BACKENDS: &str = "BACKENDS";
     /// `ArrayOfMaps<Array<u32>>` indexed by `vip_id`.
@@ -221,7 +252,7 @@ mod pod {
     // SAFETY: every type is #[repr(C)], Copy, and has no padding bytes that
     // could leak uninitialised memory (explicit `pad` fields fill the gaps).
     unsafe impl aya::Pod for super::VipKey {}
-    unsafe impl aya::Pod for super::VipInfo {}
+    unsafe impl aya::Pod for super::VipSlot {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
@@ -237,7 +268,7 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipInfo>(), 8);
+        assert_eq!(size_of::<VipSlot>(), 28);
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowState>(), 8);

@@ -9,16 +9,16 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, LruHashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::{
-    flow_hash::{flow_hash, table_slot},
+    flow_hash::{flow_hash, table_slot, vip_home_slot},
     maps::{
         BACKEND_ACTIVE, BPF_F_INNER_MAP, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FAMILY_IPV4,
         FAMILY_IPV6, FlowKey, FlowState, MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason,
-        TrafficCounters, VipInfo, VipKey,
+        TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot,
     },
 };
 use lb_ebpf::{
@@ -33,8 +33,11 @@ use network_types::{
     vlan::VlanHdr,
 };
 
+/// The current VIP index (entry 0). A fixed-size inner array, so the kernel
+/// inlines every probe; userspace replaces the whole index in one update.
 #[btf_map]
-static VIPS: HashMap<VipKey, VipInfo, { MAX_VIPS as usize }> = HashMap::new();
+static VIP_INDEX: ArrayOfMaps<Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, 1> =
+    ArrayOfMaps::new();
 
 #[btf_map]
 static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
@@ -238,21 +241,38 @@ fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey) -> Result<Flow, Verdi
     Ok(Flow { key, opens })
 }
 
+/// The VIP id of `key` in the index, probing from its home slot until an
+/// empty slot or the probe bound.
 #[inline(always)]
-fn lookup_vip(key: &FlowKey) -> Option<VipInfo> {
+fn find_vip(index: &Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, key: &VipKey) -> Option<u32> {
+    let home = vip_home_slot(key);
+    for probe in 0..VIP_INDEX_MAX_PROBES {
+        let slot = index.get((home + probe) & (VIP_INDEX_SLOTS - 1))?;
+        if slot.flags & VIP_SLOT_USED == 0 {
+            return None;
+        }
+        if slot.key.same(key) {
+            return Some(slot.vip_id);
+        }
+    }
+    None
+}
+
+/// The VIP a flow is addressed to: exact port first, then the any-port VIP.
+#[inline(always)]
+fn lookup_vip(key: &FlowKey) -> Option<u32> {
+    let index = VIP_INDEX.get(0)?;
     let mut vip = VipKey {
         addr: key.dst_addr,
         port: key.dst_port,
         proto: key.proto,
         family: key.family,
     };
-    if let Some(info) = VIPS.get_ptr(vip) {
-        // SAFETY: map values are valid while the program runs.
-        return Some(unsafe { *info });
+    if let Some(vip_id) = find_vip(index, &vip) {
+        return Some(vip_id);
     }
     vip.port = 0;
-    // SAFETY: as above.
-    VIPS.get_ptr(vip).map(|info| unsafe { *info })
+    find_vip(index, &vip)
 }
 
 /// The backend slot if it is in use and still serves `vip_id`.
@@ -297,13 +317,13 @@ fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, new_flow: boo
 
 #[inline(always)]
 fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
-    let Some(vip) = lookup_vip(&flow.key) else {
+    let Some(vip_id) = lookup_vip(&flow.key) else {
         return pass(Reason::PassNotVip);
     };
     let tracked = if flow.opens {
         None
     } else {
-        tracked_backend(&flow.key, vip.vip_id)
+        tracked_backend(&flow.key, vip_id)
     };
     let new_flow = tracked.is_none();
     let chosen = match tracked {
@@ -313,7 +333,7 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
         }
         None => {
             count(Reason::ConnMiss);
-            table_backend(&flow.key, vip.vip_id)
+            table_backend(&flow.key, vip_id)
         }
     };
     let Some((backend_id, backend)) = chosen else {
@@ -322,7 +342,7 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
     if new_flow {
         let state = FlowState {
             backend_id,
-            vip_id: vip.vip_id,
+            vip_id,
         };
         // A full LRU evicts its oldest entry; failure here only costs a
         // re-hash on the next packet, so the result is deliberately ignored.
@@ -339,7 +359,7 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
     }
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, new_flow);
-    add_traffic(VIP_STATS.get_ptr_mut(vip.vip_id), bytes, new_flow);
+    add_traffic(VIP_STATS.get_ptr_mut(vip_id), bytes, new_flow);
     Verdict {
         action: xdp_action::XDP_TX,
         reason: Reason::Tx,

@@ -4,15 +4,18 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, ArrayOfMaps, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::maps::{
     BACKEND_ACTIVE, BPF_F_INNER_MAP, Backend, DataplaneConfig, Reason, TABLE_HEADER_SLOTS,
-    TrafficCounters, VipInfo, VipKey, names,
+    TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot, names,
 };
 
-use crate::state::DesiredState;
+use crate::{
+    state::DesiredState,
+    vip_index::{self, VipIndexError},
+};
 
 /// Errors from the data plane, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,9 @@ pub enum DataplaneError {
     /// The object lacks a map or program this code expects.
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    /// The VIP index could not be laid out.
+    #[error(transparent)]
+    VipIndex(#[from] VipIndexError),
     /// The kernel holds a different table than the one just installed.
     #[error(
         "VIP {vip}: the kernel's lookup table differs from the installed one in {differing} of {size} slots"
@@ -193,18 +199,23 @@ impl Dataplane {
         self.set_backend(backend_id, Backend::default())
     }
 
-    /// Adds or replaces a VIP.
-    pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
-        let mut vips: HashMap<_, VipKey, VipInfo> =
-            HashMap::try_from(self.map_mut(names::VIPS)?).map_err(map_err(names::VIPS))?;
-        vips.insert(key, info, 0).map_err(map_err(names::VIPS))
-    }
-
-    /// Removes a VIP; its traffic is passed to the kernel from then on.
-    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        let mut vips: HashMap<_, VipKey, VipInfo> =
-            HashMap::try_from(self.map_mut(names::VIPS)?).map_err(map_err(names::VIPS))?;
-        vips.remove(key).map_err(map_err(names::VIPS))
+    /// Replaces the whole VIP index in one atomic step: a fresh inner array
+    /// is filled, then one outer-map update makes the kernel use it.
+    pub fn install_vip_index(&mut self, entries: &[(VipKey, u32)]) -> Result<()> {
+        let slots = vip_index::build(entries)?;
+        let mut inner = Array::<MapData, VipSlot>::create(VIP_INDEX_SLOTS, 0)
+            .map_err(map_err("VIP index (new inner map)"))?;
+        for (index, slot) in (0u32..).zip(&slots) {
+            if slot.flags & VIP_SLOT_USED != 0 {
+                inner
+                    .set(index, slot, 0)
+                    .map_err(map_err("VIP index (new inner map)"))?;
+            }
+        }
+        let mut outer: ArrayOfMaps<_, Array<MapData, VipSlot>> =
+            ArrayOfMaps::try_from(self.map_mut(names::VIP_INDEX)?)
+                .map_err(map_err(names::VIP_INDEX))?;
+        outer.set(0, &inner, 0).map_err(map_err(names::VIP_INDEX))
     }
 
     /// Installs a VIP's whole lookup table in one atomic step: the table is
@@ -255,7 +266,7 @@ impl Dataplane {
     }
 
     /// Writes a whole desired state: backends, then each VIP's table, then
-    /// the VIP entry that makes the kernel use it. Reads every table back and
+    /// the VIP index that makes the kernel use them. Reads every table back and
     /// fails if the kernel holds anything else.
     pub fn install(&mut self, state: &DesiredState) -> Result<()> {
         for vip in &state.vips {
@@ -270,14 +281,9 @@ impl Dataplane {
                 )?;
             }
             self.install_table(vip.vip_id, &vip.table)?;
-            self.set_vip(
-                vip.key,
-                VipInfo {
-                    vip_id: vip.vip_id,
-                    flags: 0,
-                },
-            )?;
         }
+        let entries: Vec<_> = state.vips.iter().map(|v| (v.key, v.vip_id)).collect();
+        self.install_vip_index(&entries)?;
         for vip in &state.vips {
             let held = self.read_table(vip.vip_id)?;
             let differing = held.len().abs_diff(vip.table.len())

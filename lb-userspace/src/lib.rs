@@ -10,6 +10,7 @@ pub mod lookup_table;
 pub mod maglev;
 pub mod report;
 pub mod state;
+pub mod vip_index;
 
 /// The compiled XDP program, built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use aya::{TestRun as _, TestRunOptions};
-use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters, VipInfo};
+use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters};
 use lb_userspace::{
     config::{Config, MacAddr},
     dataplane::Dataplane,
@@ -177,15 +177,11 @@ impl Fixture {
             .expect("config map");
         dataplane.install(&state).expect("state installs");
         let (addr, port) = TABLELESS_VIP;
+        let mut entries: Vec<_> = state.vips.iter().map(|v| (v.key, v.vip_id)).collect();
+        entries.push((vip_key(addr.parse().expect("address"), port, 6), TABLELESS_VIP_ID));
         dataplane
-            .set_vip(
-                vip_key(addr.parse().expect("address"), port, 6),
-                VipInfo {
-                    vip_id: TABLELESS_VIP_ID,
-                    flags: 0,
-                },
-            )
-            .expect("tableless VIP");
+            .install_vip_index(&entries)
+            .expect("VIP index with the tableless VIP");
         Self { dataplane, state }
     }
 
