@@ -203,6 +203,19 @@ impl Reason {
         Reason::ConnMiss,
     ];
 
+    /// The reasons that are verdicts: every packet moves exactly one.
+    pub const VERDICTS: [Reason; 9] = [
+        Reason::Tx,
+        Reason::PassNotIp,
+        Reason::PassNotVip,
+        Reason::PassOtherProtocol,
+        Reason::PassFragment,
+        Reason::PassUnsupported,
+        Reason::DropTruncated,
+        Reason::DropMalformed,
+        Reason::DropNoBackend,
+    ];
+
     /// Length of the global counter array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
 

@@ -36,8 +36,7 @@ use network_types::{
 /// The current VIP index (entry 0). A fixed-size inner array, so the kernel
 /// inlines every probe; userspace replaces the whole index in one update.
 #[btf_map]
-static VIP_INDEX: ArrayOfMaps<Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, 1> =
-    ArrayOfMaps::new();
+static VIP_INDEX: ArrayOfMaps<Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, 1> = ArrayOfMaps::new();
 
 #[btf_map]
 static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
@@ -340,10 +339,7 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
         return discard(Reason::DropNoBackend);
     };
     if new_flow {
-        let state = FlowState {
-            backend_id,
-            vip_id,
-        };
+        let state = FlowState { backend_id, vip_id };
         // A full LRU evicts its oldest entry; failure here only costs a
         // re-hash on the next packet, so the result is deliberately ignored.
         let _ = CONN_TABLE.insert(flow.key, state, 0);

@@ -9,7 +9,7 @@ use aya::{
 };
 use lb_common::maps::{
     BACKEND_ACTIVE, BPF_F_INNER_MAP, Backend, DataplaneConfig, Reason, TABLE_HEADER_SLOTS,
-    TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot, names,
+    TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, names,
 };
 
 use crate::{
@@ -199,29 +199,39 @@ impl Dataplane {
         self.set_backend(backend_id, Backend::default())
     }
 
-    /// Replaces the whole VIP index in one atomic step: a fresh inner array
-    /// is filled, then one outer-map update makes the kernel use it.
-    pub fn install_vip_index(&mut self, entries: &[(VipKey, u32)]) -> Result<()> {
-        let slots = vip_index::build(entries)?;
-        let mut inner = Array::<MapData, VipSlot>::create(VIP_INDEX_SLOTS, 0)
-            .map_err(map_err("VIP index (new inner map)"))?;
-        for (index, slot) in (0u32..).zip(&slots) {
-            if slot.flags & VIP_SLOT_USED != 0 {
-                inner
-                    .set(index, slot, 0)
-                    .map_err(map_err("VIP index (new inner map)"))?;
-            }
+    /// Fills a fresh inner array of `len` entries with `entries`, then makes
+    /// it entry `index` of map-of-maps `outer` in one update: the kernel sees
+    /// the old inner map or the complete new one, never a mix.
+    fn swap_in<V: aya::Pod>(
+        &mut self,
+        outer: &'static str,
+        index: u32,
+        (len, flags): (u32, u32),
+        entries: impl IntoIterator<Item = (u32, V)>,
+    ) -> Result<()> {
+        let mut inner =
+            Array::<MapData, V>::create(len, flags).map_err(map_err("new inner map"))?;
+        for (slot, value) in entries {
+            inner
+                .set(slot, value, 0)
+                .map_err(map_err("new inner map"))?;
         }
-        let mut outer: ArrayOfMaps<_, Array<MapData, VipSlot>> =
-            ArrayOfMaps::try_from(self.map_mut(names::VIP_INDEX)?)
-                .map_err(map_err(names::VIP_INDEX))?;
-        outer.set(0, &inner, 0).map_err(map_err(names::VIP_INDEX))
+        let mut outer_map: ArrayOfMaps<_, Array<MapData, V>> =
+            ArrayOfMaps::try_from(self.map_mut(outer)?).map_err(map_err(outer))?;
+        outer_map.set(index, &inner, 0).map_err(map_err(outer))
     }
 
-    /// Installs a VIP's whole lookup table in one atomic step: the table is
-    /// written into a fresh inner map, and only then does one update of the
-    /// outer map make the kernel see it. Packets see the old table or the new
-    /// one, never a mix.
+    /// Replaces the whole VIP index in one atomic step.
+    pub fn install_vip_index(&mut self, entries: &[(VipKey, u32)]) -> Result<()> {
+        let slots = vip_index::build(entries)?;
+        let used = (0u32..)
+            .zip(slots)
+            .filter(|(_, slot)| slot.flags & VIP_SLOT_USED != 0);
+        self.swap_in(names::VIP_INDEX, 0, (VIP_INDEX_SLOTS, 0), used)
+    }
+
+    /// Installs a VIP's whole lookup table in one atomic step (slot 0 holds
+    /// the size). Packets see the old table or the new one, never a mix.
     pub fn install_table(&mut self, vip_id: u32, table: &[u32]) -> Result<()> {
         const MAX_SLOTS: u32 = u32::MAX - TABLE_HEADER_SLOTS;
         let size = u32::try_from(table.len())
@@ -232,22 +242,14 @@ impl Dataplane {
                 len: table.len(),
                 max: MAX_SLOTS,
             })?;
-        let mut inner = Array::<MapData, u32>::create(size + TABLE_HEADER_SLOTS, BPF_F_INNER_MAP)
-            .map_err(map_err("lookup table (new inner map)"))?;
-        inner
-            .set(0, size, 0)
-            .map_err(map_err("lookup table (new inner map)"))?;
-        for (slot, backend_id) in (TABLE_HEADER_SLOTS..).zip(table) {
-            inner
-                .set(slot, backend_id, 0)
-                .map_err(map_err("lookup table (new inner map)"))?;
-        }
-        let mut outer: ArrayOfMaps<_, Array<MapData, u32>> =
-            ArrayOfMaps::try_from(self.map_mut(names::LOOKUP_TABLES)?)
-                .map_err(map_err(names::LOOKUP_TABLES))?;
-        outer
-            .set(vip_id, &inner, 0)
-            .map_err(map_err(names::LOOKUP_TABLES))
+        let header = std::iter::once((0, size));
+        let slots = (TABLE_HEADER_SLOTS..).zip(table.iter().copied());
+        self.swap_in(
+            names::LOOKUP_TABLES,
+            vip_id,
+            (size + TABLE_HEADER_SLOTS, BPF_F_INNER_MAP),
+            header.chain(slots),
+        )
     }
 
     /// Reads back the lookup table the kernel holds for `vip_id` (without the

@@ -178,7 +178,10 @@ impl Fixture {
         dataplane.install(&state).expect("state installs");
         let (addr, port) = TABLELESS_VIP;
         let mut entries: Vec<_> = state.vips.iter().map(|v| (v.key, v.vip_id)).collect();
-        entries.push((vip_key(addr.parse().expect("address"), port, 6), TABLELESS_VIP_ID));
+        entries.push((
+            vip_key(addr.parse().expect("address"), port, 6),
+            TABLELESS_VIP_ID,
+        ));
         dataplane
             .install_vip_index(&entries)
             .expect("VIP index with the tableless VIP");

@@ -319,18 +319,6 @@ fn arp_request() -> Vec<u8> {
     frame
 }
 
-const VERDICTS: [Reason; 9] = [
-    Reason::Tx,
-    Reason::PassNotIp,
-    Reason::PassNotVip,
-    Reason::PassOtherProtocol,
-    Reason::PassFragment,
-    Reason::PassUnsupported,
-    Reason::DropTruncated,
-    Reason::DropMalformed,
-    Reason::DropNoBackend,
-];
-
 /// Checks one case; returns a description of every way it went wrong.
 fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
     let mut problems = Vec::new();
@@ -362,7 +350,7 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
             xdp_action::name(action)
         ));
     }
-    for reason in VERDICTS {
+    for reason in Reason::VERDICTS {
         let moved = after.reason_delta(&before, reason);
         let want = u64::from(reason == verdict);
         if moved != want {
