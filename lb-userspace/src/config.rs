@@ -215,6 +215,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let config = Config::parse(include_str!("../../examples/fulcrum.toml")).unwrap();
+        assert_eq!(config.vips.len(), 2);
+        assert_eq!(config.vips[0].backends[2].weight, 2);
+        assert_eq!(config.vips[1].backends[0].weight, 1);
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = Config::parse(&EXAMPLE.replace("weight = 2", "wieght = 2")).unwrap_err();
         assert!(
