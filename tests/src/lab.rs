@@ -176,6 +176,7 @@ pub type Traffic = Vec<(&'static str, Tally)>;
 
 /// A running lab. Drop tears it all down.
 pub struct Lab {
+    id: String,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
     fulcrum: Option<Fulcrum>,
@@ -321,6 +322,7 @@ impl Lab {
         ];
         let config_dir = std::env::temp_dir().join(&id);
         let mut lab = Self {
+            id: id.clone(),
             stop,
             servers: Vec::new(),
             fulcrum: None,
@@ -346,6 +348,16 @@ impl Lab {
         std::fs::write(&config, fulcrum_config(backends))?;
         lab.fulcrum = Some(Fulcrum::start(&lab.lb, &config)?);
         Ok(lab)
+    }
+
+    /// The prefix of every namespace this lab created.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The PID of the running `fulcrum run`, if any.
+    pub fn fulcrum_pid(&self) -> Option<u32> {
+        self.fulcrum.as_ref().map(|f| f.child.id())
     }
 
     /// Runs `tcp` connections and `udp` flows against each VIP family. UDP

@@ -2,6 +2,8 @@
 //! from a client namespace to IPv4 and IPv6 VIPs served by `fulcrum run` in
 //! a load-balancer namespace, answered by three backends weighted 1:1:2.
 
+use std::{path::Path, process::Command, sync::mpsc};
+
 use lb_tests::lab::{BackendSpec, Lab};
 
 /// Connections per TCP VIP. Source ports come from the kernel, as for real
@@ -91,4 +93,29 @@ fn traffic_follows_weights_and_counters_agree() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_lab_is_removed_even_when_a_test_fails() {
+    let (tx, rx) = mpsc::channel();
+    let outcome = std::thread::spawn(move || {
+        let lab = Lab::start(&[BackendSpec {
+            name: "b1".into(),
+            weight: 1,
+        }])
+        .expect("lab starts");
+        tx.send((lab.id().to_string(), lab.fulcrum_pid().unwrap()))
+            .unwrap();
+        panic!("deliberate failure while the lab runs");
+    })
+    .join();
+    assert!(outcome.is_err(), "the inner test was meant to fail");
+    let (id, pid) = rx.recv().unwrap();
+    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(!listed.contains(&id), "namespaces left behind:\n{listed}");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "fulcrum (pid {pid}) still running"
+    );
 }

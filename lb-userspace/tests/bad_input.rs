@@ -1,0 +1,135 @@
+//! `fulcrum run` with bad input: each case must end with exactly one error
+//! line on stderr and exit status 1, before anything is loaded or attached.
+
+use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, process::Command};
+
+fn fulcrum() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("fulcrum-bad-input-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `command` and checks: exit 1, one stderr line containing `needle`.
+fn fails_with(mut command: Command, needle: &str) {
+    let output = command.output().expect("fulcrum runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "exit status; stderr: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("fulcrum: "), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+const VALID: &str = r#"
+[[vip]]
+address = "198.18.100.1"
+port = 80
+protocol = "tcp"
+backend = [{ address = "198.18.0.11", mac = "02:00:00:00:00:11" }]
+"#;
+
+#[test]
+fn a_missing_config_file() {
+    let mut command = fulcrum();
+    command.args([
+        "run",
+        "--config",
+        "/nonexistent/fulcrum.toml",
+        "--interface",
+        "lo",
+    ]);
+    fails_with(command, "reading config /nonexistent/fulcrum.toml");
+}
+
+#[test]
+fn a_config_that_does_not_parse() {
+    let scratch = Scratch::new("parse");
+    let path = scratch.file(
+        "bad.toml",
+        "[[vip]]\naddress = \"198.18.100.1\"\nport = \"eighty\"\n",
+    );
+    let mut command = fulcrum();
+    command
+        .args(["run", "--interface", "lo", "--config"])
+        .arg(&path);
+    fails_with(command, "line 3, column 8: invalid type");
+}
+
+#[test]
+fn an_unknown_key() {
+    let scratch = Scratch::new("key");
+    let path = scratch.file("typo.toml", &VALID.replace("port = 80", "prot = 80"));
+    let mut command = fulcrum();
+    command
+        .args(["run", "--interface", "lo", "--config"])
+        .arg(&path);
+    fails_with(command, "unknown field `prot`");
+}
+
+#[test]
+fn an_unknown_interface() {
+    let scratch = Scratch::new("iface");
+    let path = scratch.file("ok.toml", VALID);
+    let mut command = fulcrum();
+    command
+        .args(["run", "--interface", "fulcrum-nope0", "--config"])
+        .arg(&path);
+    fails_with(command, "unknown interface \"fulcrum-nope0\"");
+}
+
+#[test]
+fn no_interface_at_all() {
+    let scratch = Scratch::new("noiface");
+    let path = scratch.file("ok.toml", VALID);
+    let mut command = fulcrum();
+    command.args(["run", "--config"]).arg(&path);
+    fails_with(command, "no interface");
+}
+
+#[test]
+fn missing_privileges() {
+    // Copy the binary somewhere an unprivileged user may run it.
+    let scratch = Scratch::new("privs");
+    let binary = scratch.0.join("fulcrum");
+    std::fs::copy(env!("CARGO_BIN_EXE_fulcrum"), &binary).unwrap();
+    let config = scratch.file("ok.toml", VALID);
+    for (path, mode) in [(&scratch.0, 0o755), (&binary, 0o755), (&config, 0o644)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&binary)
+        .args(["run", "--interface", "lo", "--config"])
+        .arg(&config);
+    fails_with(command, "missing privileges");
+}
