@@ -56,6 +56,8 @@ fn run(task: Task) -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            // The end-to-end tests run the real `fulcrum` binary.
+            cargo(&["build", "--release", "-p", "lb-userspace", "--bins"])?;
             cargo_test(&["test", "--workspace", "--release", "--", "--test-threads=1"])
         }
         Task::Lab { args } => {
