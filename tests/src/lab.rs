@@ -111,8 +111,9 @@ impl Fulcrum {
         }
     }
 
-    /// Sends SIGTERM, waits, and parses the final counters it prints.
-    fn stop(mut self) -> anyhow::Result<Report> {
+    /// Sends SIGTERM, waits, and parses every counter report it printed
+    /// (one per SIGUSR1, then the final one).
+    fn stop(mut self) -> anyhow::Result<Vec<Report>> {
         // SAFETY: signalling the child we started, by its PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -135,9 +136,16 @@ impl Fulcrum {
         if !status.success() {
             bail!("fulcrum exited with {status}:\n{}", self.log.join("\n"));
         }
-        let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
-        let last = last.context("fulcrum printed no counters on exit")?;
-        serde_json::from_str(last).with_context(|| format!("parsing fulcrum's counters: {last}"))
+        let reports = stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line)
+                    .with_context(|| format!("parsing fulcrum's counters: {line}"))
+            })
+            .collect::<anyhow::Result<Vec<Report>>>()?;
+        anyhow::ensure!(!reports.is_empty(), "fulcrum printed no counters on exit");
+        Ok(reports)
     }
 }
 
@@ -387,8 +395,20 @@ impl Lab {
         ])
     }
 
-    /// Stops `fulcrum` (SIGTERM) and returns the counters it printed.
-    pub fn stop_fulcrum(&mut self) -> anyhow::Result<Report> {
+    /// Asks `fulcrum` for its counters (SIGUSR1); they are returned, in
+    /// order, by `stop_fulcrum`.
+    pub fn request_counters(&self) -> anyhow::Result<()> {
+        let pid = self.fulcrum_pid().context("fulcrum is not running")?;
+        // SAFETY: signalling the child we started, by its PID.
+        if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("sending SIGUSR1");
+        }
+        Ok(())
+    }
+
+    /// Stops `fulcrum` (SIGTERM) and returns every counter report it
+    /// printed; the last one is from its exit.
+    pub fn stop_fulcrum(&mut self) -> anyhow::Result<Vec<Report>> {
         self.fulcrum
             .take()
             .context("fulcrum is not running")?

@@ -29,7 +29,15 @@ fn traffic_follows_weights_and_counters_agree() {
     let traffic = lab
         .drive(TCP_CONNECTIONS, UDP_FLOWS, 20000)
         .expect("traffic runs");
-    let report = lab.stop_fulcrum().expect("fulcrum stops and reports");
+    lab.request_counters().expect("SIGUSR1");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let reports = lab.stop_fulcrum().expect("fulcrum stops and reports");
+    assert_eq!(reports.len(), 2, "one report on SIGUSR1, one on exit");
+    let report = &reports[1];
+    assert_eq!(
+        reports[0].vips, report.vips,
+        "no traffic between the two reports, so they agree"
+    );
     assert!(!lab.lb_has_xdp().unwrap(), "fulcrum detached on SIGTERM");
     eprintln!("{}", report.to_text());
 

@@ -79,8 +79,8 @@ fn run() -> anyhow::Result<()> {
             }
         }
     }
-    let report = lab.stop_fulcrum()?;
-    print_table(&report, &totals);
+    let reports = lab.stop_fulcrum()?;
+    print_table(reports.last().context("no counters")?, &totals);
     drop(lab);
     eprintln!("lab: torn down");
     Ok(())
