@@ -8,8 +8,10 @@ pub mod dataplane;
 pub mod host;
 pub mod lookup_table;
 pub mod maglev;
+pub mod problem;
 pub mod report;
 pub mod state;
+pub mod validate;
 pub mod vip_index;
 
 /// The compiled XDP program, built by build.rs from lb-ebpf.

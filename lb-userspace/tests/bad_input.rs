@@ -49,7 +49,10 @@ const VALID: &str = r#"
 address = "198.18.100.1"
 port = 80
 protocol = "tcp"
-backend = [{ address = "198.18.0.11", mac = "02:00:00:00:00:11" }]
+backend = [
+  { address = "198.18.0.11", mac = "02:00:00:00:00:11" },
+  { address = "198.18.0.12", mac = "02:00:00:00:00:12" },
+]
 "#;
 
 #[test]
@@ -76,7 +79,21 @@ fn a_config_that_does_not_parse() {
     command
         .args(["run", "--interface", "lo", "--config"])
         .arg(&path);
-    fails_with(command, "line 3, column 8: invalid type");
+    fails_with(
+        command,
+        "port = \"eighty\": expected a port from 0 to 65535",
+    );
+}
+
+#[test]
+fn a_config_with_broken_syntax() {
+    let scratch = Scratch::new("syntax");
+    let path = scratch.file("broken.toml", "[[vip]\naddress = \"198.18.100.1\"\n");
+    let mut command = fulcrum();
+    command
+        .args(["run", "--interface", "lo", "--config"])
+        .arg(&path);
+    fails_with(command, "config: line 1, column");
 }
 
 #[test]
@@ -87,7 +104,7 @@ fn an_unknown_key() {
     command
         .args(["run", "--interface", "lo", "--config"])
         .arg(&path);
-    fails_with(command, "unknown field `prot`");
+    fails_with(command, "prot = 80: unknown key");
 }
 
 #[test]
@@ -108,6 +125,21 @@ fn no_interface_at_all() {
     let mut command = fulcrum();
     command.args(["run", "--config"]).arg(&path);
     fails_with(command, "no interface");
+}
+
+#[test]
+fn a_config_that_fails_validation() {
+    let scratch = Scratch::new("invalid");
+    let one_backend = VALID.replace(
+        "  { address = \"198.18.0.12\", mac = \"02:00:00:00:00:12\" },\n",
+        "",
+    );
+    let path = scratch.file("single.toml", &one_backend);
+    let mut command = fulcrum();
+    command
+        .args(["run", "--interface", "lo", "--config"])
+        .arg(&path);
+    fails_with(command, "[too-few-backends]");
 }
 
 #[test]

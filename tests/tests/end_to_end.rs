@@ -107,11 +107,11 @@ fn traffic_follows_weights_and_counters_agree() {
 fn the_lab_is_removed_even_when_a_test_fails() {
     let (tx, rx) = mpsc::channel();
     let outcome = std::thread::spawn(move || {
-        let lab = Lab::start(&[BackendSpec {
-            name: "b1".into(),
+        let backends = ["b1", "b2"].map(|name| BackendSpec {
+            name: name.into(),
             weight: 1,
-        }])
-        .expect("lab starts");
+        });
+        let lab = Lab::start(&backends).expect("lab starts");
         tx.send((lab.id().to_string(), lab.fulcrum_pid().unwrap()))
             .unwrap();
         panic!("deliberate failure while the lab runs");

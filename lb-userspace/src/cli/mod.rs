@@ -2,8 +2,18 @@
 //! that `main` prints as one line before exiting with status 1.
 
 pub mod run;
+pub mod validate;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// How results are printed.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    Text,
+    /// For machines.
+    Json,
+}
 
 /// Fulcrum: an XDP layer-4 load balancer.
 #[derive(Parser)]
@@ -19,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Load the XDP program, install a config and forward until SIGINT/SIGTERM.
     Run(run::RunArgs),
+    /// Check a config file and report every problem in it.
+    Validate(validate::ValidateArgs),
 }
 
 impl Cli {
@@ -26,6 +38,7 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run(args) => run::run(args),
+            Command::Validate(args) => validate::run(args),
         }
     }
 }

@@ -6,14 +6,18 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use lb_common::maps::DataplaneConfig;
 use signal_hook::{
     consts::{SIGINT, SIGTERM, SIGUSR1},
     iterator::Signals,
 };
 
-use crate::{config::Config, dataplane::Dataplane, host, report::Report, state::DesiredState};
+use super::OutputFormat;
+use crate::{
+    config::join_problems, dataplane::Dataplane, host, report::Report, state::DesiredState,
+    validate::validate,
+};
 
 /// Arguments of `fulcrum run`.
 #[derive(Args)]
@@ -24,33 +28,37 @@ pub struct RunArgs {
     /// The interface to attach to; overrides `interface` in the config.
     #[arg(long, short)]
     pub interface: Option<String>,
-    /// How counters are printed.
-    #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
-    pub stats_format: StatsFormat,
-}
-
-/// Counter output formats.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum StatsFormat {
-    /// A table for people.
-    Text,
-    /// One JSON object per line.
-    Json,
+    /// How counters are printed (JSON: one object per line).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub stats_format: OutputFormat,
 }
 
 const NEIGHBOUR_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn print_report(report: &Report, format: StatsFormat) -> anyhow::Result<()> {
+fn print_report(report: &Report, format: OutputFormat) -> anyhow::Result<()> {
     match format {
-        StatsFormat::Text => print!("{}", report.to_text()),
-        StatsFormat::Json => println!("{}", serde_json::to_string(report)?),
+        OutputFormat::Text => print!("{}", report.to_text()),
+        OutputFormat::Json => println!("{}", serde_json::to_string(report)?),
     }
     Ok(())
 }
 
 /// Runs the data plane until a signal stops it.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading config {}", args.config.display()))?;
+    let validation = validate(&text);
+    if !validation.is_valid() {
+        bail!(
+            "config {} is invalid (see `fulcrum validate`): {}",
+            args.config.display(),
+            join_problems(&validation.errors())
+        );
+    }
+    for warning in &validation.problems {
+        eprintln!("fulcrum: {warning}");
+    }
+    let config = validation.config.expect("valid implies read");
     let Some(interface) = args.interface.or(config.interface.clone()) else {
         bail!("no interface: set `interface` in the config or pass --interface");
     };

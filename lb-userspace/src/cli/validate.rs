@@ -1,0 +1,106 @@
+//! `fulcrum validate FILE`: every problem in the config in one pass, each
+//! naming the VIP or backend, the field, the value and why. Exit status 0
+//! only when there is no error (warnings are allowed).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde::Serialize;
+
+use super::OutputFormat;
+use crate::{
+    problem::Problem,
+    validate::{Validation, validate, vip_location},
+};
+
+/// Arguments of `fulcrum validate`.
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// The config file (TOML).
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    valid: bool,
+    errors: usize,
+    warnings: usize,
+    problems: &'a [Problem],
+    vips: Vec<VipShares>,
+}
+
+#[derive(Serialize)]
+struct VipShares {
+    vip: String,
+    backends: Vec<(String, f64)>,
+}
+
+fn shares(validation: &Validation) -> Vec<VipShares> {
+    let Some(config) = &validation.config else {
+        return Vec::new();
+    };
+    config
+        .vips
+        .iter()
+        .zip(&validation.tables)
+        .filter_map(|(vip, table)| {
+            let table = table.as_ref()?;
+            Some(VipShares {
+                vip: vip_location(vip),
+                backends: vip
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (b.label(), table.share(i)))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Validates the file and prints the verdict.
+pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading config {}", args.file.display()))?;
+    let validation = validate(&text);
+    let errors = validation.problems.iter().filter(|p| p.is_error()).count();
+    let warnings = validation.problems.len() - errors;
+    let valid = validation.is_valid();
+    match args.format {
+        OutputFormat::Json => {
+            let output = Output {
+                valid,
+                errors,
+                warnings,
+                problems: &validation.problems,
+                vips: shares(&validation),
+            };
+            println!("{}", serde_json::to_string_pretty(&output)?);
+        }
+        OutputFormat::Text => {
+            for problem in &validation.problems {
+                println!("{problem}");
+            }
+            if valid {
+                let config = validation.config.as_ref().expect("valid implies read");
+                let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
+                println!(
+                    "{}: valid: {} VIPs, {backends} backends, {warnings} warning(s)",
+                    args.file.display(),
+                    config.vips.len()
+                );
+            }
+        }
+    }
+    if !valid {
+        bail!(
+            "{} is invalid: {errors} error(s), {warnings} warning(s)",
+            args.file.display()
+        );
+    }
+    Ok(())
+}

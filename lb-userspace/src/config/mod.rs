@@ -1,0 +1,363 @@
+//! The desired-state file: its model (global settings, guards, health-check
+//! defaults, API endpoints, VIPs and backends) and its TOML reading. Reading
+//! reports every shape problem at once (unknown keys, wrong types, missing
+//! keys); what the values mean is checked by `validate`.
+
+mod read;
+
+use std::{fmt, net::IpAddr, net::SocketAddr, path::Path, path::PathBuf, str::FromStr};
+
+use anyhow::Context as _;
+use lb_common::maps::{PROTO_TCP, PROTO_UDP};
+
+use crate::problem::Problem;
+
+/// The whole config file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The interface to attach to (overridable on the command line).
+    pub interface: Option<String>,
+    /// How frames reach backends.
+    pub forwarding: Forwarding,
+    /// Lookup-table size M, one of the allowed primes.
+    pub table_size: u32,
+    /// Guard thresholds, overridable per VIP.
+    pub guards: Guards,
+    /// Health-check defaults.
+    pub health_check: HealthCheck,
+    /// Where the admin API and the metrics listen.
+    pub api: Api,
+    /// The virtual services.
+    pub vips: Vec<VipConfig>,
+}
+
+/// Forwarding modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// L2 direct server return: MAC rewrite, backends on the same segment.
+    L2Dsr,
+}
+
+/// Guard thresholds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Guards {
+    /// No backend may hold more than this share of a VIP's table (0..=1).
+    pub max_backend_share: f64,
+    /// A VIP needs at least this many backends with a positive weight.
+    pub min_backends: u32,
+    /// One apply may move at most this share of a VIP's flows (0..=1).
+    pub max_flows_moved: f64,
+    /// One apply may remove at most this share of a VIP's capacity (0..=1).
+    pub max_capacity_removed: f64,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Self {
+            max_backend_share: 0.5,
+            min_backends: 2,
+            max_flows_moved: 0.35,
+            max_capacity_removed: 0.5,
+        }
+    }
+}
+
+/// Per-VIP guard overrides; unset fields use the global value.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GuardOverrides {
+    /// Overrides `Guards::max_backend_share`.
+    pub max_backend_share: Option<f64>,
+    /// Overrides `Guards::min_backends` (1 allows a single-backend VIP).
+    pub min_backends: Option<u32>,
+    /// Overrides `Guards::max_flows_moved`.
+    pub max_flows_moved: Option<f64>,
+    /// Overrides `Guards::max_capacity_removed`.
+    pub max_capacity_removed: Option<f64>,
+}
+
+impl GuardOverrides {
+    /// The thresholds in force given the global ones.
+    pub fn apply(&self, global: &Guards) -> Guards {
+        Guards {
+            max_backend_share: self.max_backend_share.unwrap_or(global.max_backend_share),
+            min_backends: self.min_backends.unwrap_or(global.min_backends),
+            max_flows_moved: self.max_flows_moved.unwrap_or(global.max_flows_moved),
+            max_capacity_removed: self
+                .max_capacity_removed
+                .unwrap_or(global.max_capacity_removed),
+        }
+    }
+}
+
+/// Health-check kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect succeeds.
+    Tcp,
+    /// An HTTP GET answers 2xx.
+    Http,
+}
+
+/// Health-check settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheck {
+    /// What is checked.
+    pub kind: CheckKind,
+    /// Time between checks.
+    pub interval_ms: u64,
+    /// Time a check may take.
+    pub timeout_ms: u64,
+    /// Consecutive successes that make a backend healthy.
+    pub rise: u32,
+    /// Consecutive failures that make it unhealthy.
+    pub fall: u32,
+    /// Path for HTTP checks.
+    pub http_path: String,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            kind: CheckKind::Tcp,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+            http_path: "/".into(),
+        }
+    }
+}
+
+/// Where the controller listens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Api {
+    /// The admin API's Unix socket (mode 0600).
+    pub socket: PathBuf,
+    /// The read-only metrics HTTP address.
+    pub metrics: SocketAddr,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self {
+            socket: "/run/fulcrum/api.sock".into(),
+            metrics: ([127, 0, 0, 1], 9487).into(),
+        }
+    }
+}
+
+/// One virtual IP service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VipConfig {
+    /// Optional label used in output.
+    pub name: Option<String>,
+    /// The virtual address.
+    pub address: IpAddr,
+    /// The port; 0 means every port of `protocol`.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// Guard overrides for this VIP.
+    pub guards: GuardOverrides,
+    /// The real servers.
+    pub backends: Vec<BackendConfig>,
+}
+
+impl VipConfig {
+    /// `name` if given, else `address:port/protocol`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => self.endpoint(),
+        }
+    }
+
+    /// `address:port/protocol`.
+    pub fn endpoint(&self) -> String {
+        format!(
+            "{}/{}",
+            SocketAddr::new(self.address, self.port),
+            self.protocol
+        )
+    }
+}
+
+/// One real server behind a VIP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendConfig {
+    /// Optional label used in output.
+    pub name: Option<String>,
+    /// The backend's address on the load balancer's L2 segment.
+    pub address: IpAddr,
+    /// The backend's port; defaults to the VIP's. Part of its identity.
+    pub port: Option<u16>,
+    /// Relative share of new flows; 0 drains the backend.
+    pub weight: u32,
+    /// The backend's MAC; looked up in the neighbour table when absent.
+    pub mac: Option<MacAddr>,
+}
+
+impl BackendConfig {
+    /// `name` if given, else the address.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.address.to_string())
+    }
+}
+
+/// The transport protocol of a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// An Ethernet address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a MAC address like 02:00:00:00:00:01");
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut bytes {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(bytes))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl Config {
+    /// Reads a config from TOML text: the config as far as it could be read,
+    /// and every shape problem found (empty when the text is well formed).
+    pub fn read(text: &str) -> (Option<Self>, Vec<Problem>) {
+        read::read(text)
+    }
+
+    /// Parses a config, failing (one line, every problem) on any shape
+    /// problem. Semantic checks are `validate`'s.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        match Self::read(text) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(anyhow::anyhow!(join_problems(&problems))),
+        }
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config {}", path.display()))
+    }
+}
+
+/// Problems as one line, separated by "; ".
+pub fn join_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        interface = "eth1"
+        [[vip]]
+        address = "198.18.0.100"
+        port = 80
+        protocol = "tcp"
+        [[vip.backend]]
+        address = "198.18.1.1"
+        mac = "02:00:00:00:01:01"
+        [[vip.backend]]
+        address = "198.18.1.2"
+        weight = 2
+    "#;
+
+    #[test]
+    fn parses_an_example() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(config.interface.as_deref(), Some("eth1"));
+        assert_eq!(config.table_size, 65537);
+        assert_eq!(config.guards, Guards::default());
+        let vip = &config.vips[0];
+        assert_eq!(vip.protocol, Protocol::Tcp);
+        assert_eq!(vip.backends[0].weight, 1);
+        assert_eq!(vip.backends[0].mac, Some(MacAddr([2, 0, 0, 0, 1, 1])));
+        assert_eq!(vip.backends[1].weight, 2);
+        assert_eq!(vip.label(), "198.18.0.100:80/tcp");
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let config = Config::parse(include_str!("../../../examples/fulcrum.toml")).unwrap();
+        assert_eq!(config.vips.len(), 2);
+        assert_eq!(config.vips[0].backends[2].weight, 2);
+        assert_eq!(config.vips[1].backends[0].weight, 1);
+    }
+
+    #[test]
+    fn every_shape_problem_is_reported_on_one_line() {
+        let text = EXAMPLE
+            .replace("weight = 2", "wieght = 2")
+            .replace("port = 80", "port = \"eighty\"");
+        let err = Config::parse(&text).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("unknown key"), "{text}");
+        assert!(text.contains("wieght"), "{text}");
+        assert!(text.contains("port = \"eighty\""), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn bad_macs_are_errors() {
+        for bad in [
+            "02:00:00:00:01",
+            "02:00:00:00:01:01:01",
+            "zz:00:00:00:01:01",
+            "2:0:0:0:1:1",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+}

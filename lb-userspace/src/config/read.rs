@@ -1,0 +1,438 @@
+//! TOML text to `Config`, collecting every shape problem instead of
+//! stopping at the first: syntax (with line and column), unknown keys, wrong
+//! types, missing keys. An entry missing a required key is left out of the
+//! result, so later checks still run on everything else.
+
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
+
+use toml::{Table, Value};
+
+use super::{
+    Api, BackendConfig, CheckKind, Config, Forwarding, GuardOverrides, Guards, HealthCheck,
+    MacAddr, Protocol, VipConfig,
+};
+use crate::{lookup_table::DEFAULT_SIZE, problem::Problem};
+
+/// A value as written, for messages.
+fn render(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("{s:?}"),
+        Value::Table(_) => "{...}".into(),
+        Value::Array(a) => format!("[{} items]", a.len()),
+        other => other.to_string(),
+    }
+}
+
+/// One TOML table being read: remembers which keys were asked for so that
+/// the rest can be reported as unknown.
+struct Section<'t> {
+    table: &'t Table,
+    location: String,
+    known: Vec<&'static str>,
+}
+
+type Convert<'v, T> = fn(&'v Value) -> Result<T, String>;
+
+impl<'t> Section<'t> {
+    fn new(table: &'t Table, location: impl Into<String>) -> Self {
+        Self {
+            table,
+            location: location.into(),
+            known: Vec::new(),
+        }
+    }
+
+    /// Reads optional key `key` with `convert`; a bad value is a problem.
+    fn optional<T>(
+        &mut self,
+        problems: &mut Vec<Problem>,
+        key: &'static str,
+        convert: Convert<'t, T>,
+    ) -> Option<T> {
+        self.known.push(key);
+        let value = self.table.get(key)?;
+        convert(value)
+            .map_err(|why| {
+                problems.push(Problem::error(
+                    "invalid-value",
+                    &self.location,
+                    key,
+                    render(value),
+                    why,
+                ))
+            })
+            .ok()
+    }
+
+    /// Reads required key `key`; absence is a problem too.
+    fn required<T>(
+        &mut self,
+        problems: &mut Vec<Problem>,
+        key: &'static str,
+        convert: Convert<'t, T>,
+    ) -> Option<T> {
+        if !self.table.contains_key(key) {
+            self.known.push(key);
+            problems.push(Problem::error(
+                "missing-key",
+                &self.location,
+                key,
+                "",
+                "required key is missing",
+            ));
+            return None;
+        }
+        self.optional(problems, key, convert)
+    }
+
+    /// Reports every key nobody asked for.
+    fn finish(self, problems: &mut Vec<Problem>) {
+        for (key, value) in self.table {
+            if !self.known.contains(&key.as_str()) {
+                problems.push(Problem::error(
+                    "unknown-key",
+                    &self.location,
+                    key.clone(),
+                    render(value),
+                    format!("unknown key; expected one of: {}", self.known.join(", ")),
+                ));
+            }
+        }
+    }
+}
+
+fn string(value: &Value) -> Result<String, String> {
+    value
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| "expected a string".into())
+}
+
+fn table(value: &Value) -> Result<&Table, String> {
+    value.as_table().ok_or_else(|| "expected a table".into())
+}
+
+fn tables(value: &Value) -> Result<Vec<&Table>, String> {
+    let items = value
+        .as_array()
+        .ok_or_else(|| "expected an array of tables".to_string())?;
+    items
+        .iter()
+        .map(|item| {
+            item.as_table()
+                .ok_or_else(|| "expected an array of tables".into())
+        })
+        .collect()
+}
+
+fn integer_in<T: TryFrom<i64>>(value: &Value, what: &str) -> Result<T, String> {
+    let n = value
+        .as_integer()
+        .ok_or_else(|| format!("expected {what}"))?;
+    T::try_from(n).map_err(|_| format!("expected {what}"))
+}
+
+fn port(value: &Value) -> Result<u16, String> {
+    integer_in(value, "a port from 0 to 65535")
+}
+
+fn uint(value: &Value) -> Result<u32, String> {
+    integer_in(value, "a whole number from 0 to 4294967295")
+}
+
+fn millis(value: &Value) -> Result<u64, String> {
+    integer_in(value, "a whole number of milliseconds")
+}
+
+fn fraction(value: &Value) -> Result<f64, String> {
+    match value {
+        Value::Float(f) => Ok(*f),
+        Value::Integer(i) => Ok(*i as f64),
+        _ => Err("expected a number from 0 to 1".into()),
+    }
+}
+
+fn ip(value: &Value) -> Result<IpAddr, String> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| "expected an IP address string".to_string())?;
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IPv4 or IPv6 address"))
+}
+
+fn socket_addr(value: &Value) -> Result<SocketAddr, String> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| "expected an address:port string".to_string())?;
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an address:port like 127.0.0.1:9487"))
+}
+
+fn mac(value: &Value) -> Result<MacAddr, String> {
+    value
+        .as_str()
+        .ok_or_else(|| "expected a MAC address string".to_string())?
+        .parse()
+}
+
+fn protocol(value: &Value) -> Result<Protocol, String> {
+    match value.as_str() {
+        Some("tcp") => Ok(Protocol::Tcp),
+        Some("udp") => Ok(Protocol::Udp),
+        _ => Err("expected \"tcp\" or \"udp\"".into()),
+    }
+}
+
+fn forwarding(value: &Value) -> Result<Forwarding, String> {
+    match value.as_str() {
+        Some("l2-dsr") => Ok(Forwarding::L2Dsr),
+        _ => Err("expected \"l2-dsr\" (the only forwarding mode so far)".into()),
+    }
+}
+
+fn check_kind(value: &Value) -> Result<CheckKind, String> {
+    match value.as_str() {
+        Some("tcp") => Ok(CheckKind::Tcp),
+        Some("http") => Ok(CheckKind::Http),
+        _ => Err("expected \"tcp\" or \"http\"".into()),
+    }
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Reads `text`; see the module doc.
+pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
+    let root: Table = match text.parse() {
+        Ok(root) => root,
+        Err(err) => {
+            let err: toml::de::Error = err;
+            let at = err.span().map_or(String::new(), |span| {
+                let (line, column) = line_and_column(text, span.start);
+                format!("line {line}, column {column}")
+            });
+            let message = err.message().trim().replace('\n', "; ");
+            return (
+                None,
+                vec![Problem::error("syntax", "config", at, "", message)],
+            );
+        }
+    };
+    let mut problems = Vec::new();
+    let mut top = Section::new(&root, "config");
+    let interface = top.optional(&mut problems, "interface", string);
+    let forwarding = top
+        .optional(&mut problems, "forwarding", forwarding)
+        .unwrap_or(Forwarding::L2Dsr);
+    let table_size = top
+        .optional(&mut problems, "table_size", uint)
+        .unwrap_or(DEFAULT_SIZE.get());
+    let guards = top
+        .optional(&mut problems, "guards", table)
+        .map(|t| read_guards(t, "guards", &mut problems))
+        .unwrap_or_default()
+        .apply(&Guards::default());
+    let health_check = top
+        .optional(&mut problems, "health_check", table)
+        .map(|t| read_health_check(t, &mut problems))
+        .unwrap_or_default();
+    let api = top
+        .optional(&mut problems, "api", table)
+        .map(|t| read_api(t, &mut problems))
+        .unwrap_or_default();
+    let vips = top
+        .optional(&mut problems, "vip", tables)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| read_vip(t, i, &mut problems))
+        .collect();
+    top.finish(&mut problems);
+    let config = Config {
+        interface,
+        forwarding,
+        table_size,
+        guards,
+        health_check,
+        api,
+        vips,
+    };
+    (Some(config), problems)
+}
+
+fn read_guards(t: &Table, location: &str, problems: &mut Vec<Problem>) -> GuardOverrides {
+    let mut s = Section::new(t, location);
+    let overrides = GuardOverrides {
+        max_backend_share: s.optional(problems, "max_backend_share", fraction),
+        min_backends: s.optional(problems, "min_backends", uint),
+        max_flows_moved: s.optional(problems, "max_flows_moved", fraction),
+        max_capacity_removed: s.optional(problems, "max_capacity_removed", fraction),
+    };
+    s.finish(problems);
+    overrides
+}
+
+fn read_health_check(t: &Table, problems: &mut Vec<Problem>) -> HealthCheck {
+    let mut s = Section::new(t, "health_check");
+    let defaults = HealthCheck::default();
+    let check = HealthCheck {
+        kind: s
+            .optional(problems, "kind", check_kind)
+            .unwrap_or(defaults.kind),
+        interval_ms: s
+            .optional(problems, "interval_ms", millis)
+            .unwrap_or(defaults.interval_ms),
+        timeout_ms: s
+            .optional(problems, "timeout_ms", millis)
+            .unwrap_or(defaults.timeout_ms),
+        rise: s.optional(problems, "rise", uint).unwrap_or(defaults.rise),
+        fall: s.optional(problems, "fall", uint).unwrap_or(defaults.fall),
+        http_path: s
+            .optional(problems, "http_path", string)
+            .unwrap_or(defaults.http_path),
+    };
+    s.finish(problems);
+    check
+}
+
+fn read_api(t: &Table, problems: &mut Vec<Problem>) -> Api {
+    let mut s = Section::new(t, "api");
+    let defaults = Api::default();
+    let api = Api {
+        socket: s
+            .optional(problems, "socket", string)
+            .map(PathBuf::from)
+            .unwrap_or(defaults.socket),
+        metrics: s
+            .optional(problems, "metrics", socket_addr)
+            .unwrap_or(defaults.metrics),
+    };
+    s.finish(problems);
+    api
+}
+
+/// `vip "name"`, else `vip <address>:<port>/<protocol>` as written, else
+/// `vip #n`: the most recognisable label available before reading.
+fn vip_location(t: &Table, index: usize) -> String {
+    if let Some(name) = t.get("name").and_then(Value::as_str) {
+        return format!("vip {name:?}");
+    }
+    let address = t.get("address").and_then(Value::as_str);
+    let port = t.get("port").and_then(Value::as_integer);
+    let protocol = t.get("protocol").and_then(Value::as_str);
+    match (address, port, protocol) {
+        (Some(a), Some(p), Some(proto)) if a.contains(':') => format!("vip [{a}]:{p}/{proto}"),
+        (Some(a), Some(p), Some(proto)) => format!("vip {a}:{p}/{proto}"),
+        _ => format!("vip #{}", index + 1),
+    }
+}
+
+fn read_vip(t: &Table, index: usize, problems: &mut Vec<Problem>) -> Option<VipConfig> {
+    let location = vip_location(t, index);
+    let mut s = Section::new(t, location.clone());
+    let name = s.optional(problems, "name", string);
+    let address = s.required(problems, "address", ip);
+    let port = s.required(problems, "port", port);
+    let protocol = s.required(problems, "protocol", protocol);
+    let guards = s
+        .optional(problems, "guards", table)
+        .map(|g| read_guards(g, &format!("{location} guards"), problems))
+        .unwrap_or_default();
+    let backends = s
+        .optional(problems, "backend", tables)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, b)| read_backend(b, &location, i, problems))
+        .collect();
+    s.finish(problems);
+    Some(VipConfig {
+        name,
+        address: address?,
+        port: port?,
+        protocol: protocol?,
+        guards,
+        backends,
+    })
+}
+
+fn read_backend(
+    t: &Table,
+    vip_location: &str,
+    index: usize,
+    problems: &mut Vec<Problem>,
+) -> Option<BackendConfig> {
+    let label = t
+        .get("name")
+        .and_then(Value::as_str)
+        .map(|n| format!("{n:?}"))
+        .or_else(|| t.get("address").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| format!("#{}", index + 1));
+    let mut s = Section::new(t, format!("{vip_location} backend {label}"));
+    let name = s.optional(problems, "name", string);
+    let address = s.required(problems, "address", ip);
+    let port = s.optional(problems, "port", port);
+    let weight = s.optional(problems, "weight", uint).unwrap_or(1);
+    let mac = s.optional(problems, "mac", mac);
+    s.finish(problems);
+    Some(BackendConfig {
+        name,
+        address: address?,
+        port,
+        weight,
+        mac,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(text: &str) -> Vec<(&'static str, String, String)> {
+        read(text)
+            .1
+            .into_iter()
+            .map(|p| (p.code, p.location, p.field))
+            .collect()
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let (config, problems) = read("interface = \n");
+        assert!(config.is_none());
+        assert_eq!(problems[0].code, "syntax");
+        assert_eq!(problems[0].field, "line 1, column 13");
+    }
+
+    #[test]
+    fn all_shape_problems_come_at_once() {
+        let text = r#"
+            tabel_size = 65537
+            [[vip]]
+            name = "web"
+            address = "198.18.100.1"
+            port = 70000
+            protocol = "sctp"
+            backend = [{ address = "198.18.0.1", weight = -1 }, { weight = 1 }]
+        "#;
+        let found = codes(text);
+        let want = [
+            ("invalid-value", "vip \"web\"", "port"),
+            ("invalid-value", "vip \"web\"", "protocol"),
+            ("invalid-value", "vip \"web\" backend 198.18.0.1", "weight"),
+            ("missing-key", "vip \"web\" backend #2", "address"),
+            ("unknown-key", "config", "tabel_size"),
+        ];
+        for (code, location, field) in want {
+            assert!(
+                found.contains(&(code, location.to_string(), field.to_string())),
+                "missing {code} at {location} {field}; got {found:?}"
+            );
+        }
+        assert_eq!(found.len(), want.len(), "{found:?}");
+    }
+}

@@ -1,0 +1,532 @@
+//! Validation: every rule a config must pass before anything is applied,
+//! checked in one pass so an operator sees all problems at once. The
+//! concentration guards are computed from the real lookup tables that would
+//! be installed, not from the weights alone.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::{
+    config::{Config, Guards, VipConfig},
+    lookup_table::{
+        ALLOWED_SIZES, BackendIdentity, Table, TableBuilder, TableError, TableSize, WeightedBackend,
+    },
+    maglev::Maglev,
+    problem::Problem,
+};
+
+/// The largest weight a backend may have.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// A table needs at least this many slots per backend: fewer makes shares
+/// coarse and disruption large (the Maglev paper uses M >> N).
+pub const MIN_SLOTS_PER_BACKEND: u32 = 100;
+
+/// The lookup table a VIP would get, with each backend's slot count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VipTable {
+    /// Backend identities, in config order.
+    pub identities: Vec<BackendIdentity>,
+    /// Slots per backend, in config order.
+    pub slots: Vec<u32>,
+    /// Slot -> backend position.
+    pub table: Table,
+}
+
+impl VipTable {
+    /// Backend `i`'s share of the table (0..=1).
+    pub fn share(&self, i: usize) -> f64 {
+        f64::from(self.slots[i]) / self.table.len() as f64
+    }
+}
+
+/// The outcome of validating a config.
+#[derive(Clone, Debug)]
+pub struct Validation {
+    /// The config as far as it could be read.
+    pub config: Option<Config>,
+    /// Every problem found.
+    pub problems: Vec<Problem>,
+    /// Per VIP of `config`, its table when one could be built.
+    pub tables: Vec<Option<VipTable>>,
+}
+
+impl Validation {
+    /// No errors (warnings allowed).
+    pub fn is_valid(&self) -> bool {
+        self.config.is_some() && !self.problems.iter().any(Problem::is_error)
+    }
+
+    /// Only the errors.
+    pub fn errors(&self) -> Vec<Problem> {
+        self.problems
+            .iter()
+            .filter(|p| p.is_error())
+            .cloned()
+            .collect()
+    }
+}
+
+/// Reads and validates config text.
+pub fn validate(text: &str) -> Validation {
+    let (config, mut problems) = Config::read(text);
+    let Some(config) = config else {
+        return Validation {
+            config: None,
+            problems,
+            tables: Vec::new(),
+        };
+    };
+    let (more, tables) = check(&config);
+    problems.extend(more);
+    Validation {
+        config: Some(config),
+        problems,
+        tables,
+    }
+}
+
+/// Checks what a config means; returns its problems and its VIPs' tables.
+pub fn check(config: &Config) -> (Vec<Problem>, Vec<Option<VipTable>>) {
+    let mut problems = Vec::new();
+    check_globals(config, &mut problems);
+    let size = TableSize::new(config.table_size).ok();
+    for (index, vip) in config.vips.iter().enumerate() {
+        check_vip(config, index, vip, &mut problems);
+    }
+    let tables = build_tables(&config.vips, size);
+    for ((vip, table), location) in config.vips.iter().zip(&tables).zip(locations(config)) {
+        let guards = vip.guards.apply(&config.guards);
+        check_concentration(vip, &location, table.as_ref(), &guards, &mut problems);
+    }
+    (problems, tables)
+}
+
+/// How problems name each VIP: `vip "name"`, else its endpoint.
+pub fn vip_location(vip: &VipConfig) -> String {
+    match &vip.name {
+        Some(name) => format!("vip {name:?}"),
+        None => format!("vip {}", vip.endpoint()),
+    }
+}
+
+fn locations(config: &Config) -> impl Iterator<Item = String> + '_ {
+    config.vips.iter().map(vip_location)
+}
+
+fn backend_location(vip: &str, backend: &crate::config::BackendConfig) -> String {
+    match &backend.name {
+        Some(name) => format!("{vip} backend {name:?}"),
+        None => format!("{vip} backend {}", backend.address),
+    }
+}
+
+/// Why an address cannot be a VIP or a backend, if it cannot.
+fn reserved(addr: IpAddr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        return Some("the unspecified address");
+    }
+    if addr.is_multicast() {
+        return Some("a multicast address");
+    }
+    if addr.is_loopback() {
+        return Some("a loopback address");
+    }
+    match addr {
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("in 0.0.0.0/8 (this network)"),
+        _ => None,
+    }
+}
+
+fn check_guard_ranges(guards: &Guards, location: &str, problems: &mut Vec<Problem>) {
+    let fractions = [
+        ("max_backend_share", guards.max_backend_share, false),
+        ("max_flows_moved", guards.max_flows_moved, true),
+        ("max_capacity_removed", guards.max_capacity_removed, true),
+    ];
+    for (field, value, zero_ok) in fractions {
+        let low_ok = if zero_ok { value >= 0.0 } else { value > 0.0 };
+        if !(low_ok && value <= 1.0) {
+            let range = if zero_ok {
+                "from 0 to 1"
+            } else {
+                "above 0, at most 1"
+            };
+            problems.push(Problem::error(
+                "guard-range",
+                location,
+                field,
+                value.to_string(),
+                format!("must be a share {range}"),
+            ));
+        }
+    }
+    if guards.min_backends == 0 {
+        problems.push(Problem::error(
+            "guard-range",
+            location,
+            "min_backends",
+            "0",
+            "must be at least 1",
+        ));
+    }
+}
+
+fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
+    if let Some(name) = &config.interface {
+        let valid = !name.is_empty()
+            && name.len() <= 15
+            && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
+        if !valid {
+            problems.push(Problem::error(
+                "interface-name",
+                "config",
+                "interface",
+                format!("{name:?}"),
+                "not a valid interface name (1 to 15 characters, no '/', ':' or spaces)",
+            ));
+        }
+    }
+    if !ALLOWED_SIZES.contains(&config.table_size) {
+        problems.push(Problem::error(
+            "table-size",
+            "config",
+            "table_size",
+            config.table_size.to_string(),
+            format!("must be one of the primes {ALLOWED_SIZES:?}"),
+        ));
+    }
+    check_guard_ranges(&config.guards, "guards", problems);
+    let hc = &config.health_check;
+    let mut health = |field: &str, value: String, message: &str| {
+        problems.push(Problem::error(
+            "health-check",
+            "health_check",
+            field,
+            value,
+            message,
+        ));
+    };
+    if hc.interval_ms == 0 {
+        health("interval_ms", "0".into(), "must be above 0");
+    }
+    if hc.timeout_ms == 0 || hc.timeout_ms >= hc.interval_ms {
+        health(
+            "timeout_ms",
+            hc.timeout_ms.to_string(),
+            "must be above 0 and below interval_ms",
+        );
+    }
+    if hc.rise == 0 {
+        health("rise", "0".into(), "must be at least 1");
+    }
+    if hc.fall == 0 {
+        health("fall", "0".into(), "must be at least 1");
+    }
+    if !hc.http_path.starts_with('/') {
+        health(
+            "http_path",
+            format!("{:?}", hc.http_path),
+            "must start with '/'",
+        );
+    }
+    if !config.api.socket.is_absolute() {
+        problems.push(Problem::error(
+            "api-socket",
+            "api",
+            "socket",
+            format!("{:?}", config.api.socket.display().to_string()),
+            "must be an absolute path",
+        ));
+    }
+    if !config.api.metrics.ip().is_loopback() {
+        problems.push(
+            Problem::error(
+                "metrics-exposed",
+                "api",
+                "metrics",
+                config.api.metrics.to_string(),
+                "metrics are served beyond this host; make sure that is intended",
+            )
+            .warning(),
+        );
+    }
+}
+
+fn check_vip(config: &Config, index: usize, vip: &VipConfig, problems: &mut Vec<Problem>) {
+    let location = vip_location(vip);
+    if let Some(why) = reserved(vip.address) {
+        problems.push(Problem::error(
+            "reserved-address",
+            &location,
+            "address",
+            vip.address.to_string(),
+            format!("a VIP cannot be {why}"),
+        ));
+    }
+    let earlier = &config.vips[..index];
+    if let Some(twin) = earlier
+        .iter()
+        .find(|o| (o.address, o.port, o.protocol) == (vip.address, vip.port, vip.protocol))
+    {
+        problems.push(Problem::error(
+            "duplicate-vip",
+            &location,
+            "address",
+            vip.endpoint(),
+            format!(
+                "{} is already defined as {}",
+                vip.endpoint(),
+                vip_location(twin)
+            ),
+        ));
+    }
+    if let Some(name) = &vip.name
+        && earlier.iter().any(|o| o.name.as_ref() == Some(name))
+    {
+        problems.push(Problem::error(
+            "duplicate-name",
+            &location,
+            "name",
+            format!("{name:?}"),
+            "another VIP has the same name",
+        ));
+    }
+    check_guard_ranges(
+        &vip.guards.apply(&config.guards),
+        &format!("{location} guards"),
+        problems,
+    );
+    if vip.backends.is_empty() {
+        problems.push(Problem::error(
+            "no-backends",
+            &location,
+            "backend",
+            "",
+            "a VIP needs at least one backend",
+        ));
+        return;
+    }
+    if vip.backends.iter().all(|b| b.weight == 0) {
+        problems.push(Problem::error(
+            "no-capacity",
+            &location,
+            "weight",
+            "0",
+            "every backend has weight 0, so the VIP could not take a single new flow",
+        ));
+    }
+    let limit = config.table_size / MIN_SLOTS_PER_BACKEND;
+    if vip.backends.len() as u32 > limit {
+        problems.push(Problem::error(
+            "table-too-small",
+            &location,
+            "backend",
+            vip.backends.len().to_string(),
+            format!(
+                "table_size {} allows at most {limit} backends per VIP \
+                 ({MIN_SLOTS_PER_BACKEND} slots each); raise table_size",
+                config.table_size
+            ),
+        ));
+    }
+    for (i, backend) in vip.backends.iter().enumerate() {
+        check_backend(vip, &location, i, backend, problems);
+    }
+}
+
+fn check_backend(
+    vip: &VipConfig,
+    vip_location: &str,
+    index: usize,
+    backend: &crate::config::BackendConfig,
+    problems: &mut Vec<Problem>,
+) {
+    let location = backend_location(vip_location, backend);
+    let mut error = |code, field: &str, value: String, message: String| {
+        problems.push(Problem::error(code, &location, field, value, message));
+    };
+    if let Some(why) = reserved(backend.address) {
+        error(
+            "reserved-address",
+            "address",
+            backend.address.to_string(),
+            format!("a backend cannot be {why}"),
+        );
+    }
+    if backend.address == vip.address {
+        error(
+            "backend-is-vip",
+            "address",
+            backend.address.to_string(),
+            "a backend cannot be the VIP itself".into(),
+        );
+    }
+    if backend.address.is_ipv4() != vip.address.is_ipv4() {
+        error(
+            "family-mismatch",
+            "address",
+            backend.address.to_string(),
+            "L2 direct server return forwards the client's packet unchanged, so the \
+             backend must have the VIP's address family"
+                .into(),
+        );
+    }
+    if let Some(port) = backend.port {
+        if vip.port == 0 {
+            error(
+                "port-mismatch",
+                "port",
+                port.to_string(),
+                "an any-port VIP (port 0) forwards every port unchanged; leave the \
+                 backend port unset"
+                    .into(),
+            );
+        } else if port != vip.port {
+            error(
+                "port-mismatch",
+                "port",
+                port.to_string(),
+                format!(
+                    "L2 direct server return cannot change ports: the backend must \
+                     listen on the VIP's port {}",
+                    vip.port
+                ),
+            );
+        }
+    }
+    if backend.weight > MAX_WEIGHT {
+        error(
+            "weight-range",
+            "weight",
+            backend.weight.to_string(),
+            format!("weights go from 0 (drain) to {MAX_WEIGHT}"),
+        );
+    }
+    let identity = backend_addr(vip, backend);
+    if let Some(twin) = vip.backends[..index]
+        .iter()
+        .find(|o| backend_addr(vip, o) == identity)
+    {
+        error(
+            "duplicate-backend",
+            "address",
+            identity.to_string(),
+            format!(
+                "the same server is already listed as {}; listing it twice would \
+                 double its share",
+                backend_location(vip_location, twin)
+            ),
+        );
+    }
+}
+
+/// A backend's address and effective port: its identity.
+pub fn backend_addr(vip: &VipConfig, backend: &crate::config::BackendConfig) -> SocketAddr {
+    SocketAddr::new(backend.address, backend.port.unwrap_or(vip.port))
+}
+
+/// Builds every VIP's table, spread over the machine's cores.
+fn build_tables(vips: &[VipConfig], size: Option<TableSize>) -> Vec<Option<VipTable>> {
+    let Some(size) = size else {
+        return vec![None; vips.len()];
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = vips.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = vips
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|vip| build_table(vip, size).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("table builder thread"))
+            .collect()
+    })
+}
+
+/// The table one VIP would get.
+pub fn build_table(vip: &VipConfig, size: TableSize) -> Result<VipTable, TableError> {
+    let identities: Vec<BackendIdentity> = vip
+        .backends
+        .iter()
+        .map(|b| BackendIdentity::new(backend_addr(vip, b)))
+        .collect();
+    let weighted: Vec<WeightedBackend> = identities
+        .iter()
+        .zip(&vip.backends)
+        .map(|(&identity, b)| WeightedBackend {
+            identity,
+            weight: b.weight,
+        })
+        .collect();
+    let table = Maglev.build(&weighted, size)?;
+    let mut slots = vec![0u32; identities.len()];
+    for &position in &table {
+        slots[position as usize] += 1;
+    }
+    Ok(VipTable {
+        identities,
+        slots,
+        table,
+    })
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+fn check_concentration(
+    vip: &VipConfig,
+    location: &str,
+    table: Option<&VipTable>,
+    guards: &Guards,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(table) = table else {
+        return;
+    };
+    let active = vip.backends.iter().filter(|b| b.weight > 0).count() as u32;
+    if active < guards.min_backends {
+        problems.push(Problem::error(
+            "too-few-backends",
+            location,
+            "backend",
+            active.to_string(),
+            format!(
+                "only {active} backend(s) can take new flows; this VIP needs at least {} \
+                 (set guards.min_backends = {active} on this VIP if that is intended)",
+                guards.min_backends
+            ),
+        ));
+    }
+    let single_allowed = active == 1 && guards.min_backends <= 1;
+    if single_allowed {
+        return;
+    }
+    // Quotas are exact to one slot: a 1:1 pair in an odd-sized table gives
+    // one backend one slot more than half, which is not concentration.
+    let max_slots = (guards.max_backend_share * table.table.len() as f64).ceil() as u32;
+    for (i, backend) in vip.backends.iter().enumerate() {
+        let share = table.share(i);
+        if table.slots[i] > max_slots {
+            problems.push(Problem::error(
+                "concentration",
+                backend_location(location, backend),
+                "weight",
+                backend.weight.to_string(),
+                format!(
+                    "this backend would take {} of the VIP's new flows, above the limit \
+                     of {} (guards.max_backend_share; raise it on this VIP if intended)",
+                    percent(share),
+                    percent(guards.max_backend_share)
+                ),
+            ));
+        }
+    }
+}
