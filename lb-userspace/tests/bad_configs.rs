@@ -1,0 +1,294 @@
+//! The configs validation must refuse, as a table: each case changes one
+//! thing in a good config and names exactly the errors that must come back
+//! (code, where, which field). It starts with the single-server mistakes the
+//! project exists to stop.
+
+use std::collections::BTreeSet;
+
+use lb_userspace::validate::validate;
+
+const GOOD: &str = r#"
+interface = "eth1"
+
+[[vip]]
+name = "checkout"
+address = "198.18.100.1"
+port = 443
+protocol = "tcp"
+backend = [
+  { name = "c1", address = "198.18.0.11", weight = 1 },
+  { name = "c2", address = "198.18.0.12", weight = 1 },
+  { name = "c3", address = "198.18.0.13", weight = 1 },
+]
+
+[[vip]]
+name = "dns6"
+address = "2001:2::53"
+port = 53
+protocol = "udp"
+backend = [
+  { name = "d1", address = "2001:2::11" },
+  { name = "d2", address = "2001:2::12" },
+]
+"#;
+
+const CHECKOUT: &str = "vip \"checkout\"";
+const C1: &str = "vip \"checkout\" backend \"c1\"";
+const C2: &str = "vip \"checkout\" backend \"c2\"";
+const C3: &str = "vip \"checkout\" backend \"c3\"";
+const DNS6: &str = "vip \"dns6\"";
+
+struct Case {
+    name: &'static str,
+    edits: Vec<(&'static str, &'static str)>,
+    errors: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+fn case(
+    name: &'static str,
+    edits: &[(&'static str, &'static str)],
+    errors: &[(&'static str, &'static str, &'static str)],
+) -> Case {
+    Case {
+        name,
+        edits: edits.to_vec(),
+        errors: errors.to_vec(),
+    }
+}
+
+const C1_LINE: &str = r#"{ name = "c1", address = "198.18.0.11", weight = 1 }"#;
+const C2_LINE: &str = r#"{ name = "c2", address = "198.18.0.12", weight = 1 }"#;
+const C3_LINE: &str = r#"{ name = "c3", address = "198.18.0.13", weight = 1 }"#;
+const CHECKOUT_ADDR: &str = r#"address = "198.18.100.1""#;
+const EXTRA: &str = "\n";
+const C1_ROW: &str = "  { name = \"c1\", address = \"198.18.0.11\", weight = 1 },\n";
+const C2_ROW: &str = "  { name = \"c2\", address = \"198.18.0.12\", weight = 1 },\n";
+const C3_ROW: &str = "  { name = \"c3\", address = \"198.18.0.13\", weight = 1 },\n";
+
+#[rustfmt::skip]
+fn cases() -> Vec<Case> {
+    vec![
+        // The outage: every way a pool collapses onto one server.
+        case("all weight on one backend", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", weight = 100 }"#)],
+            &[("concentration", C1, "weight")]),
+        case("a heavy backend takes 60%", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", weight = 3 }"#)],
+            &[("concentration", C1, "weight")]),
+        case("every backend but one at weight 0", &[
+                (C2_LINE, r#"{ name = "c2", address = "198.18.0.12", weight = 0 }"#),
+                (C3_LINE, r#"{ name = "c3", address = "198.18.0.13", weight = 0 }"#)],
+            &[("too-few-backends", CHECKOUT, "backend"), ("concentration", C1, "weight")]),
+        case("the same backend under several names", &[(C2_LINE, r#"{ name = "c2", address = "198.18.0.11", weight = 1 }"#)],
+            &[("duplicate-backend", C2, "address")]),
+        case("the same backend, once with its port spelled out", &[(C2_LINE, r#"{ name = "c2", address = "198.18.0.11", port = 443 }"#)],
+            &[("duplicate-backend", C2, "address")]),
+        case("backend list replaced by one entry", &[(C2_ROW, ""), (C3_ROW, "")],
+            &[("too-few-backends", CHECKOUT, "backend"), ("concentration", C1, "weight")]),
+        case("a typo points every backend at the same IP", &[
+                (C2_LINE, r#"{ name = "c2", address = "198.18.0.11", weight = 1 }"#),
+                (C3_LINE, r#"{ name = "c3", address = "198.18.0.11", weight = 1 }"#)],
+            &[("duplicate-backend", C2, "address"), ("duplicate-backend", C3, "address")]),
+        case("all weights zero", &[
+                (C1_LINE, r#"{ name = "c1", address = "198.18.0.11", weight = 0 }"#),
+                (C2_LINE, r#"{ name = "c2", address = "198.18.0.12", weight = 0 }"#),
+                (C3_LINE, r#"{ name = "c3", address = "198.18.0.13", weight = 0 }"#)],
+            &[("no-capacity", CHECKOUT, "weight")]),
+        case("a VIP with an empty backend list", &[(C1_ROW, ""), (C2_ROW, ""), (C3_ROW, "")],
+            &[("no-backends", CHECKOUT, "backend")]),
+        case("a VIP with no backend key", &[("protocol = \"udp\"\nbackend = [", "protocol = \"udp\"\nunused = [")],
+            &[("unknown-key", DNS6, "unused"), ("no-backends", DNS6, "backend")]),
+        // Shape: syntax, keys, types.
+        case("broken syntax", &[("[[vip]]\nname = \"checkout\"", "[[vip]\nname = \"checkout\"")],
+            &[("syntax", "config", "line 4, column 6")]),
+        case("unknown top-level key", &[("interface = \"eth1\"", "interface = \"eth1\"\ntabel_size = 4093")],
+            &[("unknown-key", "config", "tabel_size")]),
+        case("misspelt VIP key", &[("port = 443\nprotocol", "port = 443\nprotcol")],
+            &[("unknown-key", CHECKOUT, "protcol"), ("missing-key", CHECKOUT, "protocol")]),
+        case("misspelt backend key", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", wieght = 1 }"#)],
+            &[("unknown-key", C1, "wieght")]),
+        case("VIP without an address", &[(CHECKOUT_ADDR, "")],
+            &[("missing-key", CHECKOUT, "address")]),
+        case("backend without an address", &[(C1_LINE, r#"{ name = "c1", weight = 1 }"#)],
+            &[("missing-key", C1, "address")]),
+        case("port out of range", &[("port = 443", "port = 70000")],
+            &[("invalid-value", CHECKOUT, "port")]),
+        case("port written as text", &[("port = 443", "port = \"https\"")],
+            &[("invalid-value", CHECKOUT, "port")]),
+        case("unknown protocol", &[("protocol = \"tcp\"", "protocol = \"sctp\"")],
+            &[("invalid-value", CHECKOUT, "protocol")]),
+        case("malformed VIP address", &[(CHECKOUT_ADDR, r#"address = "198.18.100""#)],
+            &[("invalid-value", CHECKOUT, "address")]),
+        case("malformed MAC", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", mac = "02:00:00:00:11" }"#)],
+            &[("invalid-value", C1, "mac")]),
+        case("negative weight", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", weight = -1 }"#)],
+            &[("invalid-value", C1, "weight")]),
+        case("[[vips]] instead of [[vip]]", &[("[[vip]]\nname = \"checkout\"", "[[vips]]\nname = \"checkout\"")],
+            &[("unknown-key", "config", "vips")]),
+        case("unknown forwarding mode", &[("interface = \"eth1\"", "interface = \"eth1\"\nforwarding = \"nat\"")],
+            &[("invalid-value", "config", "forwarding")]),
+        // Addresses.
+        case("unspecified VIP", &[(CHECKOUT_ADDR, r#"address = "0.0.0.0""#)],
+            &[("reserved-address", "vip \"checkout\"", "address")]),
+        case("multicast VIP", &[(CHECKOUT_ADDR, r#"address = "224.0.0.5""#)],
+            &[("reserved-address", CHECKOUT, "address")]),
+        case("broadcast VIP", &[(CHECKOUT_ADDR, r#"address = "255.255.255.255""#)],
+            &[("reserved-address", CHECKOUT, "address")]),
+        case("loopback VIP", &[(CHECKOUT_ADDR, r#"address = "127.0.0.1""#)],
+            &[("reserved-address", CHECKOUT, "address")]),
+        case("IPv6 multicast VIP", &[(r#"address = "2001:2::53""#, r#"address = "ff02::1""#)],
+            &[("reserved-address", DNS6, "address")]),
+        case("unspecified backend", &[(C1_LINE, r#"{ name = "c1", address = "0.0.0.0" }"#)],
+            &[("reserved-address", C1, "address")]),
+        case("multicast backend", &[(C1_LINE, r#"{ name = "c1", address = "239.1.1.1" }"#)],
+            &[("reserved-address", C1, "address")]),
+        case("backend is the VIP", &[(C1_LINE, r#"{ name = "c1", address = "198.18.100.1" }"#)],
+            &[("backend-is-vip", C1, "address")]),
+        case("IPv6 backend behind an IPv4 VIP", &[(C1_LINE, r#"{ name = "c1", address = "2001:2::11" }"#)],
+            &[("family-mismatch", C1, "address")]),
+        case("IPv4 backend behind an IPv6 VIP", &[(r#"{ name = "d1", address = "2001:2::11" }"#, r#"{ name = "d1", address = "198.18.0.21" }"#)],
+            &[("family-mismatch", "vip \"dns6\" backend \"d1\"", "address")]),
+        // Ports and duplicates.
+        case("backend port differs from the VIP's", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", port = 8443 }"#)],
+            &[("port-mismatch", C1, "port")]),
+        case("backend port on an any-port VIP", &[("port = 443", "port = 0"), (C1_LINE, r#"{ name = "c1", address = "198.18.0.11", port = 443 }"#)],
+            &[("port-mismatch", "vip \"checkout\" backend \"c1\"", "port")]),
+        case("the same VIP twice", &[("name = \"dns6\"\naddress = \"2001:2::53\"", "name = \"dns6\"\naddress = \"198.18.100.1\"\n"), ("port = 53\nprotocol = \"udp\"", "port = 443\nprotocol = \"tcp\"")],
+            &[("duplicate-vip", DNS6, "address"), ("family-mismatch", "vip \"dns6\" backend \"d1\"", "address"), ("family-mismatch", "vip \"dns6\" backend \"d2\"", "address")]),
+        case("two VIPs with one name", &[("name = \"dns6\"", "name = \"checkout\"")],
+            &[("duplicate-name", CHECKOUT, "name")]),
+        case("weight above the maximum", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", weight = 20000 }"#), (C2_LINE, r#"{ name = "c2", address = "198.18.0.12", weight = 20000 }"#), (C3_LINE, r#"{ name = "c3", address = "198.18.0.13", weight = 20000 }"#)],
+            &[("weight-range", C1, "weight"), ("weight-range", C2, "weight"), ("weight-range", C3, "weight")]),
+        // Tables and guards.
+        case("table size not prime", &[("interface = \"eth1\"", "interface = \"eth1\"\ntable_size = 65536")],
+            &[("table-size", "config", "table_size")]),
+        case("table too small for the backends", &[("interface = \"eth1\"", "interface = \"eth1\"\ntable_size = 251")],
+            &[("table-too-small", CHECKOUT, "backend")]),
+        case("concentration limit of zero", &[("interface = \"eth1\"", "interface = \"eth1\"\n[guards]\nmax_backend_share = 0\n[[vip]]\nname = \"x\"\naddress = \"198.18.100.9\"\nport = 1\nprotocol = \"tcp\"\nbackend = [{ address = \"198.18.0.91\" }, { address = \"198.18.0.92\" }]")],
+            &[("guard-range", "guards", "max_backend_share"), ("guard-range", "vip \"x\" guards", "max_backend_share"), ("guard-range", CHECKOUT_GUARDS, "max_backend_share"), ("guard-range", DNS6_GUARDS, "max_backend_share"),
+              ("concentration", "vip \"x\" backend 198.18.0.91", "weight"), ("concentration", "vip \"x\" backend 198.18.0.92", "weight"),
+              ("concentration", C1, "weight"), ("concentration", C2, "weight"), ("concentration", C3, "weight"),
+              ("concentration", "vip \"dns6\" backend \"d1\"", "weight"), ("concentration", "vip \"dns6\" backend \"d2\"", "weight")]),
+        case("blast radius above 100%", &[("protocol = \"udp\"", "protocol = \"udp\"\nguards = { max_flows_moved = 1.5 }")],
+            &[("guard-range", DNS6_GUARDS, "max_flows_moved")]),
+        case("min_backends of zero", &[("protocol = \"tcp\"", "protocol = \"tcp\"\nguards = { min_backends = 0 }")],
+            &[("guard-range", CHECKOUT_GUARDS, "min_backends")]),
+        case("unknown guard key", &[("protocol = \"tcp\"", "protocol = \"tcp\"\nguards = { allow_everything = true }")],
+            &[("unknown-key", CHECKOUT_GUARDS, "allow_everything")]),
+        // Health checks, API, interface.
+        case("health-check timeout not below the interval", &[("interface = \"eth1\"", "interface = \"eth1\"\n[health_check]\ninterval_ms = 1000\ntimeout_ms = 1000\n[[vip]]\nname = \"y\"\naddress = \"198.18.100.8\"\nport = 2\nprotocol = \"tcp\"\nbackend = [{ address = \"198.18.0.81\" }, { address = \"198.18.0.82\" }]")],
+            &[("health-check", "health_check", "timeout_ms")]),
+        case("health-check rise of zero", &[("interface = \"eth1\"", "interface = \"eth1\"\nhealth_check = { rise = 0 }")],
+            &[("health-check", "health_check", "rise")]),
+        case("unknown health-check kind", &[("interface = \"eth1\"", "interface = \"eth1\"\nhealth_check = { kind = \"icmp\" }")],
+            &[("invalid-value", "health_check", "kind")]),
+        case("HTTP path without a slash", &[("interface = \"eth1\"", "interface = \"eth1\"\nhealth_check = { kind = \"http\", http_path = \"healthz\" }")],
+            &[("health-check", "health_check", "http_path")]),
+        case("relative API socket", &[("interface = \"eth1\"", "interface = \"eth1\"\napi = { socket = \"fulcrum.sock\" }")],
+            &[("api-socket", "api", "socket")]),
+        case("metrics address without a port", &[("interface = \"eth1\"", "interface = \"eth1\"\napi = { metrics = \"127.0.0.1\" }")],
+            &[("invalid-value", "api", "metrics")]),
+        case("interface name too long", &[("interface = \"eth1\"", "interface = \"an-interface-name-too-long\"")],
+            &[("interface-name", "config", "interface")]),
+        case("unchanged text is valid (control)", &[(EXTRA, EXTRA)], &[]),
+    ]
+}
+
+const CHECKOUT_GUARDS: &str = "vip \"checkout\" guards";
+const DNS6_GUARDS: &str = "vip \"dns6\" guards";
+
+#[test]
+fn every_bad_config_gets_exactly_its_errors() {
+    let cases = cases();
+    assert!(cases.len() >= 40, "at least 40 bad configs");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut text = GOOD.to_string();
+        for (from, to) in &case.edits {
+            assert!(
+                text.contains(from),
+                "{}: edit target {from:?} not in the config",
+                case.name
+            );
+            text = text.replacen(from, to, 1);
+        }
+        let validation = validate(&text);
+        let got: BTreeSet<(String, String, String)> = validation
+            .errors()
+            .into_iter()
+            .map(|p| (p.code.to_string(), p.location, p.field))
+            .collect();
+        let want: BTreeSet<(String, String, String)> = case
+            .errors
+            .iter()
+            .map(|(c, l, f)| (c.to_string(), l.to_string(), f.to_string()))
+            .collect();
+        if got != want {
+            failures.push(format!(
+                "{}:\n    expected {want:?}\n    got      {got:?}",
+                case.name
+            ));
+        }
+        if case.errors.is_empty() != validation.is_valid() {
+            failures.push(format!("{}: validity disagrees with the errors", case.name));
+        }
+        for problem in validation.errors() {
+            assert!(!problem.message.is_empty(), "{}: empty message", case.name);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_messages_tell_the_operator_what_they_did() {
+    let text = GOOD.replacen(
+        C1_LINE,
+        r#"{ name = "c1", address = "198.18.0.11", weight = 100 }"#,
+        1,
+    );
+    let errors = validate(&text).errors();
+    let shown = errors[0].to_string();
+    assert_eq!(
+        shown,
+        "error: vip \"checkout\" backend \"c1\": weight = 100: this backend would take \
+         98.0% of the VIP's new flows, above the limit of 50.0% (guards.max_backend_share; \
+         raise it on this VIP if intended) [concentration]"
+    );
+}
+
+#[test]
+fn metrics_beyond_localhost_is_a_warning_not_an_error() {
+    let text = GOOD.replacen(
+        "interface = \"eth1\"",
+        "interface = \"eth1\"\napi = { metrics = \"0.0.0.0:9487\" }",
+        1,
+    );
+    let validation = validate(&text);
+    assert!(validation.is_valid());
+    assert_eq!(validation.problems.len(), 1);
+    assert_eq!(validation.problems[0].code, "metrics-exposed");
+}
+
+#[test]
+fn explicit_overrides_allow_what_the_guards_refuse() {
+    let text = GOOD
+        .replacen(C2_ROW, "", 1)
+        .replacen(C3_ROW, "", 1)
+        .replacen(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nguards = { min_backends = 1 }",
+            1,
+        );
+    let validation = validate(&text);
+    assert!(validation.is_valid(), "{:?}", validation.problems);
+    let heavy = GOOD
+        .replacen(
+            C1_LINE,
+            r#"{ name = "c1", address = "198.18.0.11", weight = 8 }"#,
+            1,
+        )
+        .replacen(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nguards = { max_backend_share = 0.8 }",
+            1,
+        );
+    assert!(validate(&heavy).is_valid());
+}
