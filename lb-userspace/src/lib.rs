@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod host;
 pub mod lookup_table;
 pub mod maglev;
+pub mod plan;
 pub mod problem;
 pub mod report;
 pub mod state;

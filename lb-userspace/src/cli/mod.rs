@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, all returning `anyhow` errors
 //! that `main` prints as one line before exiting with status 1.
 
+pub mod plan;
 pub mod run;
 pub mod validate;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check a config file and report every problem in it.
     Validate(validate::ValidateArgs),
+    /// Show what applying a config would change, and whether the guards allow it.
+    Plan(plan::PlanArgs),
 }
 
 impl Cli {
@@ -39,6 +42,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(args),
             Command::Validate(args) => validate::run(args),
+            Command::Plan(args) => plan::run(args),
         }
     }
 }

@@ -1,0 +1,433 @@
+//! The plan: what applying a config would change, VIP by VIP — each
+//! backend's share before and after, the fraction of flows whose backend
+//! changes, the capacity taken away — and the blast-radius guards' verdicts.
+//! Pure: two validated configs in, a plan out.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::{
+    config::{Config, VipConfig},
+    problem::Problem,
+    validate::{VipTable, backend_addr, vip_location},
+};
+
+/// What happened to a VIP or a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// Only in the new config.
+    Added,
+    /// Only in the current config.
+    Removed,
+    /// In both, different.
+    Changed,
+    /// In both, the same.
+    Unchanged,
+}
+
+/// One backend's before and after.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendPlan {
+    /// Label.
+    pub name: String,
+    /// Address and port (its identity).
+    pub address: SocketAddr,
+    /// What happens to it.
+    pub change: Change,
+    /// Weight now (absent if new).
+    pub weight_before: Option<u32>,
+    /// Weight after (absent if removed).
+    pub weight_after: Option<u32>,
+    /// Share of the VIP's table now (0..=1).
+    pub share_before: f64,
+    /// Share after.
+    pub share_after: f64,
+}
+
+/// One VIP's before and after.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VipPlan {
+    /// How problems name it.
+    pub name: String,
+    /// `address:port/protocol`.
+    pub endpoint: String,
+    /// What happens to it.
+    pub change: Change,
+    /// Fraction of the flow hash space whose backend changes (0..=1).
+    pub flows_moved: f64,
+    /// Fraction of the current total weight taken away (0..=1).
+    pub capacity_removed: f64,
+    /// Its backends: the new config's order, then removed ones.
+    pub backends: Vec<BackendPlan>,
+}
+
+/// A whole plan.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    /// Per VIP: the new config's order, then removed VIPs.
+    pub vips: Vec<VipPlan>,
+    /// Guard verdicts and other findings.
+    pub problems: Vec<Problem>,
+    /// Guards `--force` overrode (recorded as warnings).
+    pub forced: Vec<Problem>,
+}
+
+impl Plan {
+    /// Whether the plan may be applied.
+    pub fn accepted(&self) -> bool {
+        !self.problems.iter().any(Problem::is_error)
+    }
+}
+
+/// A config with the tables validation built for it.
+#[derive(Clone, Copy)]
+pub struct Side<'a> {
+    /// The config.
+    pub config: &'a Config,
+    /// Per VIP of `config`.
+    pub tables: &'a [Option<VipTable>],
+}
+
+fn same_vip(a: &VipConfig, b: &VipConfig) -> bool {
+    (a.address, a.port, a.protocol) == (b.address, b.port, b.protocol)
+}
+
+/// Samples used to compare tables of different sizes.
+const SAMPLES: u32 = 1 << 18;
+
+/// The fraction of the hash space whose backend identity differs.
+fn moved_fraction(before: &VipTable, after: &VipTable) -> f64 {
+    let owner = |t: &VipTable, hash: u32| {
+        t.identities[t.table[(hash % t.table.len() as u32) as usize] as usize]
+    };
+    if before.table.len() == after.table.len() {
+        let moved = (0..before.table.len() as u32)
+            .filter(|&slot| owner(before, slot) != owner(after, slot))
+            .count();
+        return moved as f64 / before.table.len() as f64;
+    }
+    let moved = (0..SAMPLES)
+        .map(|i| lb_common::flow_hash::mix64(u64::from(i)) as u32)
+        .filter(|&hash| owner(before, hash) != owner(after, hash))
+        .count();
+    moved as f64 / f64::from(SAMPLES)
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+/// Plans moving from `current` (nothing installed if `None`) to `next`.
+/// With `force`, blast-radius refusals become recorded warnings.
+pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
+    let empty = Config {
+        vips: Vec::new(),
+        ..next.config.clone()
+    };
+    let current = current.unwrap_or(Side {
+        config: &empty,
+        tables: &[],
+    });
+    let mut vips = Vec::new();
+    let mut problems = Vec::new();
+    for (vip, table) in next.config.vips.iter().zip(next.tables) {
+        let old = current
+            .config
+            .vips
+            .iter()
+            .zip(current.tables)
+            .find(|(o, _)| same_vip(o, vip));
+        let vip_plan = match old {
+            None => vip_plan(None, Some((vip, table.as_ref())), Change::Added),
+            Some((old_vip, old_table)) => vip_plan(
+                Some((old_vip, old_table.as_ref())),
+                Some((vip, table.as_ref())),
+                Change::Changed,
+            ),
+        };
+        let guards = vip.guards.apply(&next.config.guards);
+        check_blast_radius(
+            &vip_plan,
+            guards.max_flows_moved,
+            guards.max_capacity_removed,
+            &mut problems,
+        );
+        vips.push(vip_plan);
+    }
+    for (old_vip, old_table) in current.config.vips.iter().zip(current.tables) {
+        if !next.config.vips.iter().any(|v| same_vip(v, old_vip)) {
+            let vip_plan = vip_plan(Some((old_vip, old_table.as_ref())), None, Change::Removed);
+            let guards = old_vip.guards.apply(&current.config.guards);
+            check_blast_radius(
+                &vip_plan,
+                guards.max_flows_moved,
+                guards.max_capacity_removed,
+                &mut problems,
+            );
+            vips.push(vip_plan);
+        }
+    }
+    let mut forced = Vec::new();
+    if force {
+        for problem in &mut problems {
+            if problem.code.starts_with("blast-radius") && problem.is_error() {
+                problem.message.push_str("; overridden by --force");
+                *problem = problem.clone().warning();
+                forced.push(problem.clone());
+            }
+        }
+    }
+    Plan {
+        vips,
+        problems,
+        forced,
+    }
+}
+
+type Entry<'a> = (&'a VipConfig, Option<&'a VipTable>);
+
+fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change) -> VipPlan {
+    let vip = after.or(before).expect("a VIP on at least one side").0;
+    let share = |entry: Option<Entry<'_>>, addr: SocketAddr| -> (Option<u32>, f64) {
+        let Some((vip, table)) = entry else {
+            return (None, 0.0);
+        };
+        vip.backends
+            .iter()
+            .position(|b| backend_addr(vip, b) == addr)
+            .map_or((None, 0.0), |i| {
+                (
+                    Some(vip.backends[i].weight),
+                    table.map_or(0.0, |t| t.share(i)),
+                )
+            })
+    };
+    let mut backends = Vec::new();
+    let listed = after.into_iter().chain(before);
+    for (side_vip, _) in listed {
+        for backend in &side_vip.backends {
+            let addr = backend_addr(side_vip, backend);
+            if backends.iter().any(|b: &BackendPlan| b.address == addr) {
+                continue;
+            }
+            let (weight_before, share_before) = share(before, addr);
+            let (weight_after, share_after) = share(after, addr);
+            let change = match (weight_before, weight_after) {
+                (None, _) => Change::Added,
+                (_, None) => Change::Removed,
+                (b, a) if b == a && (share_before - share_after).abs() < 1e-12 => Change::Unchanged,
+                _ => Change::Changed,
+            };
+            backends.push(BackendPlan {
+                name: backend.label(),
+                address: addr,
+                change,
+                weight_before,
+                weight_after,
+                share_before,
+                share_after,
+            });
+        }
+    }
+    let total_before: u64 = backends
+        .iter()
+        .map(|b| u64::from(b.weight_before.unwrap_or(0)))
+        .sum();
+    let removed: u64 = backends
+        .iter()
+        .map(|b| {
+            u64::from(b.weight_before.unwrap_or(0))
+                .saturating_sub(u64::from(b.weight_after.unwrap_or(0)))
+        })
+        .sum();
+    let capacity_removed = if total_before == 0 {
+        0.0
+    } else {
+        removed as f64 / total_before as f64
+    };
+    let flows_moved = match (before, after) {
+        (Some((_, Some(old))), Some((_, Some(new)))) => moved_fraction(old, new),
+        (Some(_), _) if change != Change::Added => 1.0,
+        _ => 0.0,
+    };
+    let change = if change == Change::Changed
+        && flows_moved == 0.0
+        && backends.iter().all(|b| b.change == Change::Unchanged)
+    {
+        Change::Unchanged
+    } else {
+        change
+    };
+    VipPlan {
+        name: vip_location(vip),
+        endpoint: vip.endpoint(),
+        change,
+        flows_moved,
+        capacity_removed,
+        backends,
+    }
+}
+
+fn check_blast_radius(
+    vip: &VipPlan,
+    max_flows_moved: f64,
+    max_capacity_removed: f64,
+    problems: &mut Vec<Problem>,
+) {
+    if vip.flows_moved > max_flows_moved + 1e-12 {
+        problems.push(Problem::error(
+            "blast-radius-flows",
+            &vip.name,
+            "flows_moved",
+            percent(vip.flows_moved),
+            format!(
+                "this change moves {} of the VIP's flows to another backend, above the \
+                 limit of {} (guards.max_flows_moved); apply in smaller steps or use --force",
+                percent(vip.flows_moved),
+                percent(max_flows_moved)
+            ),
+        ));
+    }
+    if vip.capacity_removed > max_capacity_removed + 1e-12 {
+        problems.push(Problem::error(
+            "blast-radius-capacity",
+            &vip.name,
+            "capacity_removed",
+            percent(vip.capacity_removed),
+            format!(
+                "this change takes away {} of the VIP's capacity (weight), above the limit \
+                 of {} (guards.max_capacity_removed); apply in smaller steps or use --force",
+                percent(vip.capacity_removed),
+                percent(max_capacity_removed)
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::validate;
+
+    fn pool(weights: &[u32], extra: &str) -> String {
+        let mut text = format!(
+            "{extra}\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n"
+        );
+        for (i, w) in weights.iter().enumerate() {
+            text += &format!(
+                "[[vip.backend]]\naddress = \"198.18.0.{}\"\nweight = {w}\n",
+                i + 1
+            );
+        }
+        text
+    }
+
+    fn plan_texts(current: Option<&str>, next: &str, force: bool) -> Plan {
+        let next = validate(next);
+        let current = current.map(validate);
+        plan(current.as_ref().map(side), side(&next), force)
+    }
+
+    fn side(v: &Validation) -> Side<'_> {
+        Side {
+            config: v.config.as_ref().unwrap(),
+            tables: &v.tables,
+        }
+    }
+
+    use crate::validate::Validation;
+
+    #[test]
+    fn the_same_config_changes_nothing() {
+        let text = pool(&[1, 1, 1, 1], "");
+        let plan = plan_texts(Some(&text), &text, false);
+        assert!(plan.accepted());
+        assert_eq!(plan.vips[0].change, Change::Unchanged);
+        assert_eq!(plan.vips[0].flows_moved, 0.0);
+        assert!(
+            plan.vips[0]
+                .backends
+                .iter()
+                .all(|b| b.change == Change::Unchanged)
+        );
+    }
+
+    #[test]
+    fn draining_one_of_four_moves_about_a_quarter() {
+        let plan = plan_texts(
+            Some(&pool(&[1, 1, 1, 1], "")),
+            &pool(&[1, 1, 1, 0], ""),
+            false,
+        );
+        let vip = &plan.vips[0];
+        assert_eq!(vip.change, Change::Changed);
+        assert_eq!(vip.capacity_removed, 0.25);
+        assert!(
+            (0.25..0.35).contains(&vip.flows_moved),
+            "{}",
+            vip.flows_moved
+        );
+        assert!(plan.accepted(), "{:?}", plan.problems);
+        assert_eq!(vip.backends[3].share_after, 0.0);
+        assert!((vip.backends[3].share_before - 0.25).abs() < 0.001);
+    }
+
+    #[test]
+    fn halving_a_pool_is_refused_unless_forced() {
+        let before = pool(&[1, 1, 1, 1], "");
+        let after = pool(&[1, 1, 0, 0], "");
+        let refused = plan_texts(Some(&before), &after, false);
+        let codes: Vec<_> = refused.problems.iter().map(|p| p.code).collect();
+        assert_eq!(codes, vec!["blast-radius-flows"], "{:?}", refused.problems);
+        assert!(!refused.accepted());
+        let forced = plan_texts(Some(&before), &after, true);
+        assert!(forced.accepted());
+        assert_eq!(forced.forced.len(), 1);
+        assert!(forced.forced[0].message.contains("overridden by --force"));
+    }
+
+    #[test]
+    fn per_vip_overrides_raise_the_limits() {
+        let relaxed = "[guards]\nmax_flows_moved = 0.6\nmax_capacity_removed = 0.6";
+        let plan = plan_texts(
+            Some(&pool(&[1, 1, 1, 1], relaxed)),
+            &pool(&[1, 1, 0, 0], relaxed),
+            false,
+        );
+        assert!(plan.accepted(), "{:?}", plan.problems);
+    }
+
+    #[test]
+    fn removing_a_vip_takes_all_its_capacity() {
+        let plan = plan_texts(
+            Some(&pool(&[1, 1], "")),
+            "[[vip]]\naddress = \"198.18.100.9\"\nport = 1\nprotocol = \"udp\"\nbackend = [{ address = \"198.18.0.9\" }, { address = \"198.18.0.8\" }]",
+            false,
+        );
+        assert_eq!(plan.vips[0].change, Change::Added);
+        assert_eq!(plan.vips[1].change, Change::Removed);
+        assert_eq!(plan.vips[1].capacity_removed, 1.0);
+        assert_eq!(plan.vips[1].flows_moved, 1.0);
+        assert!(!plan.accepted());
+    }
+
+    #[test]
+    fn a_new_table_size_is_compared_over_the_hash_space() {
+        let plan = plan_texts(
+            Some(&pool(&[1, 1, 1], "table_size = 65537")),
+            &pool(&[1, 1, 1], "table_size = 131071"),
+            false,
+        );
+        let moved = plan.vips[0].flows_moved;
+        assert!(moved > 0.3, "different sizes reshuffle the tables: {moved}");
+    }
+
+    #[test]
+    fn from_nothing_everything_is_added() {
+        let plan = plan_texts(None, &pool(&[1, 1], ""), false);
+        assert_eq!(plan.vips[0].change, Change::Added);
+        assert!(plan.accepted());
+    }
+}
