@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     config::{Config, VipConfig},
     problem::Problem,
-    validate::{VipTable, backend_addr, vip_location},
+    validate::{Validation, VipTable, backend_addr, vip_location},
 };
 
 /// What happened to a VIP or a backend.
@@ -88,6 +88,16 @@ pub struct Side<'a> {
     pub config: &'a Config,
     /// Per VIP of `config`.
     pub tables: &'a [Option<VipTable>],
+}
+
+impl Validation {
+    /// This validation as one side of a plan, if its config could be read.
+    pub fn side(&self) -> Option<Side<'_>> {
+        self.config.as_ref().map(|config| Side {
+            config,
+            tables: &self.tables,
+        })
+    }
 }
 
 fn same_vip(a: &VipConfig, b: &VipConfig) -> bool {
@@ -327,17 +337,9 @@ mod tests {
     fn plan_texts(current: Option<&str>, next: &str, force: bool) -> Plan {
         let next = validate(next);
         let current = current.map(validate);
-        plan(current.as_ref().map(side), side(&next), force)
+        let current = current.as_ref().map(|c| c.side().unwrap());
+        plan(current, next.side().unwrap(), force)
     }
-
-    fn side(v: &Validation) -> Side<'_> {
-        Side {
-            config: v.config.as_ref().unwrap(),
-            tables: &v.tables,
-        }
-    }
-
-    use crate::validate::Validation;
 
     #[test]
     fn the_same_config_changes_nothing() {

@@ -1,7 +1,7 @@
-//! `cargo xtask bench`: the data plane's per-packet cost through
+//! `cargo xtask bench`, data plane: the per-packet cost through
 //! BPF_PROG_TEST_RUN, each path next to a trivial `return XDP_TX` program
-//! measured in the same run (the floor); the Maglev builder's time and
-//! quality; and the latency of installing and verifying tables.
+//! measured in the same run (the floor), and the latency of installing and
+//! verifying tables in the kernel.
 
 use std::time::{Duration, Instant};
 
@@ -9,10 +9,6 @@ use aya::{TestRun as _, TestRunOptions, programs::Xdp};
 use lb_tests::{
     fixture::{Fixture, standalone_program},
     packet::{Frame, tcp_flags::*},
-};
-use lb_userspace::{
-    lookup_table::{BackendIdentity, DEFAULT_SIZE, TableBuilder, WeightedBackend},
-    maglev::Maglev,
 };
 
 const REPEAT: u32 = 1_000_000;
@@ -137,70 +133,6 @@ fn per_packet_cost() -> bool {
     met
 }
 
-fn backends(n: u32) -> Vec<WeightedBackend> {
-    (0..n)
-        .map(|i| {
-            let [_, _, hi, lo] = i.to_be_bytes();
-            WeightedBackend {
-                identity: BackendIdentity::new(([198, 18, hi, lo], 8080).into()),
-                weight: 100,
-            }
-        })
-        .collect()
-}
-
-fn maglev_quality() {
-    println!(
-        "\nMaglev at M = {}: build time, balance, and slots moved when 1 of N leaves",
-        DEFAULT_SIZE.get()
-    );
-    println!(
-        "{:>6} {:>11} {:>9} {:>10} {:>10} {:>8}",
-        "N", "build ms", "max/mean", "moved", "ideal 1/N", "ratio"
-    );
-    for n in [10u32, 100, 1000] {
-        let full = backends(n);
-        let mut times = Vec::new();
-        let mut table = Vec::new();
-        for _ in 0..ROUNDS {
-            let start = Instant::now();
-            table = Maglev.build(&full, DEFAULT_SIZE).expect("table");
-            times.push(start.elapsed().as_secs_f64() * 1000.0);
-        }
-        let mut load = vec![0u32; n as usize];
-        for &i in &table {
-            load[i as usize] += 1;
-        }
-        let mean = DEFAULT_SIZE.get() as f64 / f64::from(n);
-        let max_over_mean = f64::from(*load.iter().max().unwrap()) / mean;
-        // Remove each of several backends in turn; average the moved share.
-        let trials: Vec<usize> = (0..5).map(|k| (k * n as usize) / 5).collect();
-        let mut moved_total = 0.0;
-        for &gone in &trials {
-            let mut rest = full.clone();
-            rest.remove(gone);
-            let after = Maglev.build(&rest, DEFAULT_SIZE).expect("table");
-            let moved = table
-                .iter()
-                .zip(&after)
-                .filter(|&(&before, &now)| {
-                    full[before as usize].identity != rest[now as usize].identity
-                })
-                .count();
-            moved_total += moved as f64 / DEFAULT_SIZE.get() as f64;
-        }
-        let moved = moved_total / trials.len() as f64;
-        let ideal = 1.0 / f64::from(n);
-        println!(
-            "{n:>6} {:>11.1} {max_over_mean:>9.4} {:>9.2}% {:>9.2}% {:>7.2}x",
-            median(times),
-            moved * 100.0,
-            ideal * 100.0,
-            moved / ideal
-        );
-    }
-}
-
 fn apply_latency() {
     let mut fixture = Fixture::standard();
     let vips = fixture.state.vips.len();
@@ -222,7 +154,6 @@ fn apply_latency() {
 
 fn main() {
     let met = per_packet_cost();
-    maglev_quality();
     apply_latency();
     if !met {
         eprintln!("\nnote: the per-packet target was not met (see above)");

@@ -69,7 +69,8 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Bench => {
             setup::run()?;
-            cargo(&["bench", "-p", "lb-tests", "--bench", "dataplane"])
+            cargo(&["bench", "-p", "lb-tests", "--bench", "dataplane"])?;
+            cargo(&["bench", "-p", "lb-userspace", "--bench", "control_plane"])
         }
     }
 }

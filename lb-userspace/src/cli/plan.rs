@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::OutputFormat;
 use crate::{
-    plan::{Change, Plan, Side, VipPlan, plan},
+    plan::{Change, Plan, VipPlan, plan},
     problem::Problem,
     validate::{Validation, validate},
 };
@@ -50,37 +50,24 @@ struct Output<'a> {
 /// Computes and prints the plan.
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let next = load(&args.file)?;
-    let Some(next_config) = &next.config else {
+    let current = args.against.as_ref().map(load).transpose()?;
+    let current_side = match &current {
+        Some(validation) => Some(validation.side().with_context(|| {
+            format!(
+                "the current config does not parse: {}",
+                crate::config::join_problems(&validation.problems)
+            )
+        })?),
+        None => None,
+    };
+    let Some(next_side) = next.side() else {
         bail!(
             "{} does not parse: {}",
             args.file.display(),
             crate::config::join_problems(&next.problems)
         );
     };
-    let current = args.against.as_ref().map(load).transpose()?;
-    let current_side = match &current {
-        Some(validation) => {
-            let config = validation.config.as_ref().with_context(|| {
-                format!(
-                    "the current config does not parse: {}",
-                    crate::config::join_problems(&validation.problems)
-                )
-            })?;
-            Some(Side {
-                config,
-                tables: &validation.tables,
-            })
-        }
-        None => None,
-    };
-    let planned = plan(
-        current_side,
-        Side {
-            config: next_config,
-            tables: &next.tables,
-        },
-        args.force,
-    );
+    let planned = plan(current_side, next_side, args.force);
     let accepted = next.is_valid() && planned.accepted();
     match args.format {
         OutputFormat::Json => {

@@ -1,0 +1,166 @@
+//! `cargo xtask bench`, control plane: the Maglev builder's time, balance
+//! and disruption, and validation plus plan of a large config (1,000 VIPs x
+//! 100 backends at M = 65537) against a slightly different one.
+
+use std::{fmt::Write as _, time::Instant};
+
+use lb_userspace::{
+    lookup_table::{BackendIdentity, DEFAULT_SIZE, TableBuilder, WeightedBackend},
+    maglev::Maglev,
+    plan::plan,
+    validate::validate,
+};
+
+const ROUNDS: usize = 5;
+const VIPS: u32 = 1000;
+const BACKENDS_PER_VIP: u32 = 100;
+/// Target for validating both configs and planning, on 2 cores.
+const TARGET_SECONDS: f64 = 5.0;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn backends(n: u32) -> Vec<WeightedBackend> {
+    (0..n)
+        .map(|i| {
+            let [_, _, hi, lo] = i.to_be_bytes();
+            WeightedBackend {
+                identity: BackendIdentity::new(([198, 18, hi, lo], 8080).into()),
+                weight: 100,
+            }
+        })
+        .collect()
+}
+
+fn maglev_quality() {
+    println!(
+        "\nMaglev at M = {}: build time, balance, and slots moved when 1 of N leaves",
+        DEFAULT_SIZE.get()
+    );
+    println!(
+        "{:>6} {:>11} {:>9} {:>10} {:>10} {:>8}",
+        "N", "build ms", "max/mean", "moved", "ideal 1/N", "ratio"
+    );
+    for n in [10u32, 100, 1000] {
+        let full = backends(n);
+        let mut times = Vec::new();
+        let mut table = Vec::new();
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            table = Maglev.build(&full, DEFAULT_SIZE).expect("table");
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        let mut load = vec![0u32; n as usize];
+        for &i in &table {
+            load[i as usize] += 1;
+        }
+        let mean = DEFAULT_SIZE.get() as f64 / f64::from(n);
+        let max_over_mean = f64::from(*load.iter().max().unwrap()) / mean;
+        // Remove each of several backends in turn; average the moved share.
+        let trials: Vec<usize> = (0..5).map(|k| (k * n as usize) / 5).collect();
+        let mut moved_total = 0.0;
+        for &gone in &trials {
+            let mut rest = full.clone();
+            rest.remove(gone);
+            let after = Maglev.build(&rest, DEFAULT_SIZE).expect("table");
+            let moved = table
+                .iter()
+                .zip(&after)
+                .filter(|&(&before, &now)| {
+                    full[before as usize].identity != rest[now as usize].identity
+                })
+                .count();
+            moved_total += moved as f64 / DEFAULT_SIZE.get() as f64;
+        }
+        let moved = moved_total / trials.len() as f64;
+        let ideal = 1.0 / f64::from(n);
+        println!(
+            "{n:>6} {:>11.1} {max_over_mean:>9.4} {:>9.2}% {:>9.2}% {:>7.2}x",
+            median(times),
+            moved * 100.0,
+            ideal * 100.0,
+            moved / ideal
+        );
+    }
+}
+
+/// A config of `VIPS` VIPs with `BACKENDS_PER_VIP` backends each; `variant`
+/// changes one backend's weight per VIP.
+fn large_config(variant: bool) -> String {
+    let mut text = String::from("table_size = 65537\n");
+    for v in 0..VIPS {
+        let _ = write!(
+            text,
+            "\n[[vip]]\nname = \"v{v}\"\naddress = \"198.19.{}.{}\"\nport = 80\nprotocol = \"tcp\"\nbackend = [\n",
+            v / 250,
+            v % 250 + 1
+        );
+        for b in 0..BACKENDS_PER_VIP {
+            let weight = if variant && b == v % BACKENDS_PER_VIP {
+                0
+            } else {
+                1 + b % 3
+            };
+            let _ = writeln!(
+                text,
+                "  {{ address = \"198.18.{}.{}\", weight = {weight} }},",
+                b / 250,
+                b % 250 + 1
+            );
+        }
+        text.push_str("]\n");
+    }
+    text
+}
+
+fn validate_and_plan() {
+    let current_text = large_config(false);
+    let next_text = large_config(true);
+    println!(
+        "\nvalidate + plan: {VIPS} VIPs x {BACKENDS_PER_VIP} backends at M = {} ({:.1} MB of TOML each), {} cores",
+        DEFAULT_SIZE.get(),
+        next_text.len() as f64 / 1e6,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let start = Instant::now();
+    let current = validate(&current_text);
+    let validated_current = start.elapsed().as_secs_f64();
+    let next = validate(&next_text);
+    let validated_both = start.elapsed().as_secs_f64();
+    assert!(
+        current.is_valid() && next.is_valid(),
+        "bench configs must be valid"
+    );
+    let planned = plan(current.side(), next.side().expect("valid"), false);
+    let total = start.elapsed().as_secs_f64();
+    let moved: f64 =
+        planned.vips.iter().map(|v| v.flows_moved).sum::<f64>() / planned.vips.len() as f64;
+    println!("  validate one config (parse, checks, 1000 tables): {validated_current:.2} s");
+    println!(
+        "  validate the second config:                        {:.2} s",
+        validated_both - validated_current
+    );
+    println!(
+        "  plan (diff, flows moved, guards):                  {:.2} s",
+        total - validated_both
+    );
+    println!(
+        "  total: {total:.2} s (target < {TARGET_SECONDS} s: {})",
+        if total < TARGET_SECONDS {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!(
+        "  mean flows moved per VIP (one backend drained of 100): {:.2}%",
+        moved * 100.0
+    );
+}
+
+fn main() {
+    maglev_quality();
+    validate_and_plan();
+}
