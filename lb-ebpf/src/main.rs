@@ -16,9 +16,10 @@ use aya_ebpf::{
 use lb_common::{
     flow_hash::{flow_hash, table_slot, vip_home_slot},
     maps::{
-        BACKEND_ACTIVE, BPF_F_INNER_MAP, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FAMILY_IPV4,
-        FAMILY_IPV6, FlowKey, FlowState, MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason,
-        TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot,
+        BACKEND_ACTIVE, BPF_F_INNER_MAP, BPF_F_NO_COMMON_LRU, Backend, CONN_TABLE_ENTRIES,
+        DataplaneConfig, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowState, MAX_BACKENDS, MAX_VIPS,
+        PROTO_TCP, Reason, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED,
+        VipKey, VipSlot,
     },
 };
 use lb_ebpf::{
@@ -50,8 +51,12 @@ static LOOKUP_TABLES: ArrayOfMaps<
 > = ArrayOfMaps::new();
 
 #[btf_map]
-static CONN_TABLE: LruHashMap<FlowKey, FlowState, { CONN_TABLE_ENTRIES as usize }> =
-    LruHashMap::new();
+static CONN_TABLE: LruHashMap<
+    FlowKey,
+    FlowState,
+    { CONN_TABLE_ENTRIES as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
 
 #[btf_map]
 static BACKEND_STATS: PerCpuArray<TrafficCounters, { MAX_BACKENDS as usize }> = PerCpuArray::new();
