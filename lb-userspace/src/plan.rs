@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::{
-    config::{Config, VipConfig},
+    config::{Config, Guards, VipConfig},
     problem::Problem,
     validate::{Validation, VipTable, backend_addr, vip_location},
 };
@@ -157,11 +157,9 @@ pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
                 Change::Changed,
             ),
         };
-        let guards = vip.guards.apply(&next.config.guards);
         check_blast_radius(
             &vip_plan,
-            guards.max_flows_moved,
-            guards.max_capacity_removed,
+            &vip.guards.apply(&next.config.guards),
             &mut problems,
         );
         vips.push(vip_plan);
@@ -170,12 +168,7 @@ pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
         if !next.config.vips.iter().any(|v| same_vip(v, old_vip)) {
             let vip_plan = vip_plan(Some((old_vip, old_table.as_ref())), None, Change::Removed);
             let guards = old_vip.guards.apply(&current.config.guards);
-            check_blast_radius(
-                &vip_plan,
-                guards.max_flows_moved,
-                guards.max_capacity_removed,
-                &mut problems,
-            );
+            check_blast_radius(&vip_plan, &guards, &mut problems);
             vips.push(vip_plan);
         }
     }
@@ -280,12 +273,12 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
     }
 }
 
-fn check_blast_radius(
-    vip: &VipPlan,
-    max_flows_moved: f64,
-    max_capacity_removed: f64,
-    problems: &mut Vec<Problem>,
-) {
+fn check_blast_radius(vip: &VipPlan, guards: &Guards, problems: &mut Vec<Problem>) {
+    let Guards {
+        max_flows_moved,
+        max_capacity_removed,
+        ..
+    } = *guards;
     if vip.flows_moved > max_flows_moved + 1e-12 {
         problems.push(Problem::error(
             "blast-radius-flows",

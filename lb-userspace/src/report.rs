@@ -125,13 +125,17 @@ impl Report {
                 );
             }
         }
-        let counted: Vec<String> = self
-            .reasons
+        let _ = writeln!(out, "verdicts: {}", self.nonzero_reasons());
+        out
+    }
+
+    /// The reason counters that moved, as `name=count` words.
+    pub fn nonzero_reasons(&self) -> String {
+        self.reasons
             .iter()
             .filter(|(_, n)| **n > 0)
             .map(|(name, n)| format!("{name}={n}"))
-            .collect();
-        let _ = writeln!(out, "verdicts: {}", counted.join(" "));
-        out
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }

@@ -119,11 +119,5 @@ fn print_table(report: &lb_userspace::report::Report, traffic: &[(&str, Tally)])
             println!("  first failure: {err}");
         }
     }
-    let verdicts: Vec<String> = report
-        .reasons
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(name, n)| format!("{name}={n}"))
-        .collect();
-    println!("\nverdicts: {}", verdicts.join(" "));
+    println!("\nverdicts: {}", report.nonzero_reasons());
 }
