@@ -66,6 +66,8 @@ pub struct VipPlan {
 /// A whole plan.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
+    /// Lookup-table size before and after (a change rebuilds every table).
+    pub table_size: (u32, u32),
     /// Per VIP: the new config's order, then removed VIPs.
     pub vips: Vec<VipPlan>,
     /// Guard verdicts and other findings.
@@ -172,17 +174,9 @@ pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
             vips.push(vip_plan);
         }
     }
-    let mut forced = Vec::new();
-    if force {
-        for problem in &mut problems {
-            if problem.code.starts_with("blast-radius") && problem.is_error() {
-                problem.message.push_str("; overridden by --force");
-                *problem = problem.clone().warning();
-                forced.push(problem.clone());
-            }
-        }
-    }
+    let forced = resolve_blast_radius(&mut problems, force);
     Plan {
+        table_size: (current.config.table_size, next.config.table_size),
         vips,
         problems,
         forced,
@@ -273,40 +267,75 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
     }
 }
 
+/// Where plan problems point: the VIP's name and endpoint, because the
+/// same name may be removed at one endpoint and added at another.
+fn plan_location(vip: &VipPlan) -> String {
+    format!("{} ({})", vip.name, vip.endpoint)
+}
+
 fn check_blast_radius(vip: &VipPlan, guards: &Guards, problems: &mut Vec<Problem>) {
-    let Guards {
-        max_flows_moved,
-        max_capacity_removed,
-        ..
-    } = *guards;
-    if vip.flows_moved > max_flows_moved + 1e-12 {
+    let location = plan_location(vip);
+    if vip.change == Change::Removed {
+        problems.push(Problem::error(
+            "blast-radius-removal",
+            location,
+            "vip",
+            vip.endpoint.clone(),
+            "removing this VIP drops all of its flows and all of its capacity",
+        ));
+        return;
+    }
+    if vip.flows_moved > guards.max_flows_moved + 1e-12 {
         problems.push(Problem::error(
             "blast-radius-flows",
-            &vip.name,
+            &location,
             "flows_moved",
             percent(vip.flows_moved),
             format!(
                 "this change moves {} of the VIP's flows to another backend, above the \
-                 limit of {} (guards.max_flows_moved); apply in smaller steps or use --force",
+                 limit of {} (guards.max_flows_moved)",
                 percent(vip.flows_moved),
-                percent(max_flows_moved)
+                percent(guards.max_flows_moved)
             ),
         ));
     }
-    if vip.capacity_removed > max_capacity_removed + 1e-12 {
+    if vip.capacity_removed > guards.max_capacity_removed + 1e-12 {
         problems.push(Problem::error(
             "blast-radius-capacity",
-            &vip.name,
+            &location,
             "capacity_removed",
             percent(vip.capacity_removed),
             format!(
                 "this change takes away {} of the VIP's capacity (weight), above the limit \
-                 of {} (guards.max_capacity_removed); apply in smaller steps or use --force",
+                 of {} (guards.max_capacity_removed)",
                 percent(vip.capacity_removed),
-                percent(max_capacity_removed)
+                percent(guards.max_capacity_removed)
             ),
         ));
     }
+}
+
+/// Tells the operator what to do about a blast-radius verdict, or records
+/// that `--force` overrode it.
+fn resolve_blast_radius(problems: &mut [Problem], force: bool) -> Vec<Problem> {
+    let mut forced = Vec::new();
+    for problem in problems
+        .iter_mut()
+        .filter(|p| p.code.starts_with("blast-radius"))
+    {
+        if force {
+            problem.message.push_str("; overridden by --force");
+            *problem = problem.clone().warning();
+            forced.push(problem.clone());
+        } else if problem.code == "blast-radius-removal" {
+            problem.message.push_str("; confirm with --force");
+        } else {
+            problem
+                .message
+                .push_str("; apply in smaller steps, or override with --force");
+        }
+    }
+    forced
 }
 
 #[cfg(test)]
@@ -405,6 +434,9 @@ mod tests {
         assert_eq!(plan.vips[1].change, Change::Removed);
         assert_eq!(plan.vips[1].capacity_removed, 1.0);
         assert_eq!(plan.vips[1].flows_moved, 1.0);
+        let codes: Vec<_> = plan.problems.iter().map(|p| p.code).collect();
+        assert_eq!(codes, vec!["blast-radius-removal"]);
+        assert!(plan.problems[0].message.ends_with("confirm with --force"));
         assert!(!plan.accepted());
     }
 

@@ -112,11 +112,17 @@ fn locations(config: &Config) -> impl Iterator<Item = String> + '_ {
     config.vips.iter().map(vip_location)
 }
 
-fn backend_location(vip: &str, backend: &crate::config::BackendConfig) -> String {
+/// How problems name a backend: `backend "name"`, else its position and
+/// address (the position tells apart two spellings of one address).
+fn backend_location(vip: &str, index: usize, backend: &crate::config::BackendConfig) -> String {
     match &backend.name {
         Some(name) => format!("{vip} backend {name:?}"),
-        None => format!("{vip} backend {}", backend.address),
+        None => format!("{vip} backend #{} ({})", index + 1, backend.address),
     }
+}
+
+fn family(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
 /// Why an address cannot be a VIP or a backend, if it cannot.
@@ -196,6 +202,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
         ));
     }
     check_guard_ranges(&config.guards, "guards", problems);
+    check_limits(config, problems);
     let hc = &config.health_check;
     let mut health = |field: &str, value: String, message: &str| {
         problems.push(Problem::error(
@@ -252,6 +259,45 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The data plane's capacities, which `fulcrum run` would otherwise hit.
+fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
+    use lb_common::maps::{MAX_BACKENDS, MAX_VIPS};
+    if config.vips.is_empty() {
+        problems.push(
+            Problem::error(
+                "no-vips",
+                "config",
+                "vip",
+                "0",
+                "no VIPs: nothing would be balanced",
+            )
+            .warning(),
+        );
+    }
+    if config.vips.len() > MAX_VIPS as usize {
+        problems.push(Problem::error(
+            "too-many-vips",
+            "config",
+            "vip",
+            config.vips.len().to_string(),
+            format!("the data plane holds at most {MAX_VIPS} VIPs"),
+        ));
+    }
+    let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
+    if backends >= MAX_BACKENDS as usize {
+        problems.push(Problem::error(
+            "too-many-backends",
+            "config",
+            "backend",
+            backends.to_string(),
+            format!(
+                "the data plane holds at most {} backends over all VIPs",
+                MAX_BACKENDS - 1
+            ),
+        ));
+    }
+}
+
 fn check_vip(config: &Config, index: usize, vip: &VipConfig, problems: &mut Vec<Problem>) {
     let location = vip_location(vip);
     if let Some(why) = reserved(vip.address) {
@@ -291,11 +337,26 @@ fn check_vip(config: &Config, index: usize, vip: &VipConfig, problems: &mut Vec<
             "another VIP has the same name",
         ));
     }
-    check_guard_ranges(
-        &vip.guards.apply(&config.guards),
-        &format!("{location} guards"),
-        problems,
-    );
+    // Only the VIP's own overrides: the global values are checked once.
+    let overrides = vip.guards.apply(&Guards::default());
+    let mut own = Vec::new();
+    check_guard_ranges(&overrides, &format!("{location} guards"), &mut own);
+    let overridden = |field: &str| match field {
+        "max_backend_share" => vip.guards.max_backend_share.is_some(),
+        "min_backends" => vip.guards.min_backends.is_some(),
+        "max_flows_moved" => vip.guards.max_flows_moved.is_some(),
+        _ => vip.guards.max_capacity_removed.is_some(),
+    };
+    problems.extend(own.into_iter().filter(|p| overridden(&p.field)));
+    if vip.name.as_deref() == Some("") {
+        problems.push(Problem::error(
+            "empty-name",
+            &location,
+            "name",
+            "\"\"",
+            "a name must not be empty (leave it out to use the address)",
+        ));
+    }
     if vip.backends.is_empty() {
         problems.push(Problem::error(
             "no-backends",
@@ -341,7 +402,7 @@ fn check_backend(
     backend: &crate::config::BackendConfig,
     problems: &mut Vec<Problem>,
 ) {
-    let location = backend_location(vip_location, backend);
+    let location = backend_location(vip_location, index, backend);
     let mut error = |code, field: &str, value: String, message: String| {
         problems.push(Problem::error(code, &location, field, value, message));
     };
@@ -366,9 +427,13 @@ fn check_backend(
             "family-mismatch",
             "address",
             backend.address.to_string(),
-            "L2 direct server return forwards the client's packet unchanged, so the \
-             backend must have the VIP's address family"
-                .into(),
+            format!(
+                "the VIP is {} and this backend {}: L2 direct server return forwards \
+                 the client's packet unchanged, so the backend must have the VIP's \
+                 address family",
+                family(vip.address),
+                family(backend.address)
+            ),
         );
     }
     if let Some(port) = backend.port {
@@ -394,6 +459,44 @@ fn check_backend(
             );
         }
     }
+    if let Some(mac) = backend.mac {
+        let unusable = if mac.0 == [0; 6] {
+            Some("all zero")
+        } else if mac.0[0] & 1 != 0 {
+            Some("a multicast or broadcast address")
+        } else {
+            None
+        };
+        if let Some(why) = unusable {
+            error(
+                "invalid-mac",
+                "mac",
+                mac.to_string(),
+                format!("a backend MAC must be a unicast address; this one is {why}"),
+            );
+        }
+    }
+    match &backend.name {
+        Some(name) if name.is_empty() => error(
+            "empty-name",
+            "name",
+            "\"\"".into(),
+            "a name must not be empty (leave it out to use the address)".into(),
+        ),
+        Some(name)
+            if vip.backends[..index]
+                .iter()
+                .any(|o| o.name.as_ref() == Some(name)) =>
+        {
+            error(
+                "duplicate-name",
+                "name",
+                format!("{name:?}"),
+                "another backend of this VIP has the same name".into(),
+            )
+        }
+        _ => {}
+    }
     if backend.weight > MAX_WEIGHT {
         error(
             "weight-range",
@@ -403,9 +506,10 @@ fn check_backend(
         );
     }
     let identity = backend_addr(vip, backend);
-    if let Some(twin) = vip.backends[..index]
+    if let Some((twin_index, twin)) = vip.backends[..index]
         .iter()
-        .find(|o| backend_addr(vip, o) == identity)
+        .enumerate()
+        .find(|(_, o)| backend_addr(vip, o) == identity)
     {
         error(
             "duplicate-backend",
@@ -414,7 +518,7 @@ fn check_backend(
             format!(
                 "the same server is already listed as {}; listing it twice would \
                  double its share",
-                backend_location(vip_location, twin)
+                backend_location(vip_location, twin_index, twin)
             ),
         );
     }
@@ -517,7 +621,7 @@ fn check_concentration(
         if table.slots[i] > max_slots {
             problems.push(Problem::error(
                 "concentration",
-                backend_location(location, backend),
+                backend_location(location, i, backend),
                 "weight",
                 backend.weight.to_string(),
                 format!(

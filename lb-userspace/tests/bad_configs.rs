@@ -163,8 +163,8 @@ fn cases() -> Vec<Case> {
         case("table too small for the backends", &[("interface = \"eth1\"", "interface = \"eth1\"\ntable_size = 251")],
             &[("table-too-small", CHECKOUT, "backend")]),
         case("concentration limit of zero", &[("interface = \"eth1\"", "interface = \"eth1\"\n[guards]\nmax_backend_share = 0\n[[vip]]\nname = \"x\"\naddress = \"198.18.100.9\"\nport = 1\nprotocol = \"tcp\"\nbackend = [{ address = \"198.18.0.91\" }, { address = \"198.18.0.92\" }]")],
-            &[("guard-range", "guards", "max_backend_share"), ("guard-range", "vip \"x\" guards", "max_backend_share"), ("guard-range", CHECKOUT_GUARDS, "max_backend_share"), ("guard-range", DNS6_GUARDS, "max_backend_share"),
-              ("concentration", "vip \"x\" backend 198.18.0.91", "weight"), ("concentration", "vip \"x\" backend 198.18.0.92", "weight"),
+            &[("guard-range", "guards", "max_backend_share"),
+              ("concentration", "vip \"x\" backend #1 (198.18.0.91)", "weight"), ("concentration", "vip \"x\" backend #2 (198.18.0.92)", "weight"),
               ("concentration", C1, "weight"), ("concentration", C2, "weight"), ("concentration", C3, "weight"),
               ("concentration", "vip \"dns6\" backend \"d1\"", "weight"), ("concentration", "vip \"dns6\" backend \"d2\"", "weight")]),
         case("blast radius above 100%", &[("protocol = \"udp\"", "protocol = \"udp\"\nguards = { max_flows_moved = 1.5 }")],
@@ -188,6 +188,16 @@ fn cases() -> Vec<Case> {
             &[("invalid-value", "api", "metrics")]),
         case("interface name too long", &[("interface = \"eth1\"", "interface = \"an-interface-name-too-long\"")],
             &[("interface-name", "config", "interface")]),
+        case("broadcast backend MAC", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", mac = "ff:ff:ff:ff:ff:ff" }"#)],
+            &[("invalid-mac", C1, "mac")]),
+        case("all-zero backend MAC", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", mac = "00:00:00:00:00:00" }"#)],
+            &[("invalid-mac", C1, "mac")]),
+        case("two backends with one name", &[(C2_LINE, r#"{ name = "c1", address = "198.18.0.12", weight = 1 }"#)],
+            &[("duplicate-name", C1, "name")]),
+        case("an empty backend name", &[(C2_LINE, r#"{ name = "", address = "198.18.0.12", weight = 1 }"#)],
+            &[("empty-name", "vip \"checkout\" backend \"\"", "name")]),
+        case("one IPv6 backend spelt two ways", &[(r#"{ name = "d2", address = "2001:2::12" }"#, r#"{ address = "2001:0002:0000::0011" }"#)],
+            &[("duplicate-backend", "vip \"dns6\" backend #2 (2001:2::11)", "address")]),
         case("unchanged text is valid (control)", &[(EXTRA, EXTRA)], &[]),
     ]
 }
@@ -291,4 +301,25 @@ fn explicit_overrides_allow_what_the_guards_refuse() {
             1,
         );
     assert!(validate(&heavy).is_valid());
+}
+
+#[test]
+fn the_data_planes_limits_are_checked_before_run() {
+    let mut text = String::new();
+    for v in 0..1025u32 {
+        text += &format!(
+            "[[vip]]\naddress = \"198.19.{}.{}\"\nport = 80\nprotocol = \"tcp\"\nbackend = [{{ address = \"198.18.0.1\" }}, {{ address = \"198.18.0.2\" }}]\n",
+            v / 250,
+            v % 250 + 1
+        );
+    }
+    let codes: Vec<_> = validate(&text).errors().iter().map(|p| p.code).collect();
+    assert_eq!(codes, vec!["too-many-vips"]);
+}
+
+#[test]
+fn an_empty_config_is_valid_but_warned_about() {
+    let validation = validate("");
+    assert!(validation.is_valid());
+    assert_eq!(validation.problems[0].code, "no-vips");
 }

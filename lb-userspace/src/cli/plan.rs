@@ -51,16 +51,23 @@ struct Output<'a> {
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let next = load(&args.file)?;
     let current = args.against.as_ref().map(load).transpose()?;
-    let current_side = match &current {
-        Some(validation) => Some(validation.side().with_context(|| {
-            format!(
-                "the current config does not parse: {}",
-                crate::config::join_problems(&validation.problems)
-            )
-        })?),
-        None => None,
-    };
+    // A current config with errors may have lost VIPs while being read; a
+    // plan against it could wave through a change it should refuse.
+    if let (Some(path), Some(validation)) = (&args.against, &current)
+        && !validation.is_valid()
+    {
+        bail!(
+            "the current config {} is not valid, so no safe plan can be made against it: {}",
+            path.display(),
+            crate::config::join_problems(&validation.errors())
+        );
+    }
+    let current_side = current.as_ref().and_then(Validation::side);
     let Some(next_side) = next.side() else {
+        if let OutputFormat::Json = args.format {
+            let output = serde_json::json!({"accepted": false, "config_problems": next.problems});
+            println!("{}", serde_json::to_string_pretty(&output)?);
+        }
         bail!(
             "{} does not parse: {}",
             args.file.display(),
@@ -140,6 +147,13 @@ fn render(args: &PlanArgs, config_problems: &[Problem], plan: &Plan, accepted: b
         .as_ref()
         .map_or("nothing installed".to_string(), |p| p.display().to_string());
     let _ = writeln!(out, "plan: {} against {against}", args.file.display());
+    let (size_before, size_after) = plan.table_size;
+    if args.against.is_some() && size_before != size_after {
+        let _ = writeln!(
+            out,
+            "table_size: {size_before} → {size_after}: every VIP's table is rebuilt"
+        );
+    }
     for vip in &plan.vips {
         render_vip(&mut out, vip);
     }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::OutputFormat;
 use crate::{
     problem::Problem,
-    validate::{Validation, validate, vip_location},
+    validate::{Validation, backend_addr, validate},
 };
 
 /// Arguments of `fulcrum validate`.
@@ -35,8 +35,17 @@ struct Output<'a> {
 
 #[derive(Serialize)]
 struct VipShares {
-    vip: String,
-    backends: Vec<(String, f64)>,
+    name: String,
+    endpoint: String,
+    backends: Vec<BackendShare>,
+}
+
+#[derive(Serialize)]
+struct BackendShare {
+    name: String,
+    address: String,
+    weight: u32,
+    share: f64,
 }
 
 fn shares(validation: &Validation) -> Vec<VipShares> {
@@ -50,12 +59,18 @@ fn shares(validation: &Validation) -> Vec<VipShares> {
         .filter_map(|(vip, table)| {
             let table = table.as_ref()?;
             Some(VipShares {
-                vip: vip_location(vip),
+                name: vip.label(),
+                endpoint: vip.endpoint(),
                 backends: vip
                     .backends
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| (b.label(), table.share(i)))
+                    .map(|(i, b)| BackendShare {
+                        name: b.label(),
+                        address: backend_addr(vip, b).to_string(),
+                        weight: b.weight,
+                        share: table.share(i),
+                    })
                     .collect(),
             })
         })

@@ -13,13 +13,22 @@ use super::{
 };
 use crate::{lookup_table::DEFAULT_SIZE, problem::Problem};
 
-/// A value as written, for messages.
+/// Longest value echoed in a message.
+const MAX_RENDERED: usize = 60;
+
+/// A value as written, for messages (long values are cut).
 fn render(value: &Value) -> String {
-    match value {
+    let text = match value {
         Value::String(s) => format!("{s:?}"),
         Value::Table(_) => "{...}".into(),
         Value::Array(a) => format!("[{} items]", a.len()),
         other => other.to_string(),
+    };
+    if text.chars().count() > MAX_RENDERED {
+        let cut: String = text.chars().take(MAX_RENDERED).collect();
+        format!("{cut}...")
+    } else {
+        text
     }
 }
 
@@ -146,10 +155,21 @@ fn millis(value: &Value) -> Result<u64, String> {
 
 fn fraction(value: &Value) -> Result<f64, String> {
     match value {
-        Value::Float(f) => Ok(*f),
+        Value::Float(f) if f.is_finite() => Ok(*f),
         Value::Integer(i) => Ok(*i as f64),
         _ => Err("expected a number from 0 to 1".into()),
     }
+}
+
+fn weight(value: &Value) -> Result<u32, String> {
+    integer_in(value, "a whole number from 0 (drain) to 10000")
+}
+
+fn table_size(value: &Value) -> Result<u32, String> {
+    integer_in(
+        value,
+        &format!("one of the primes {:?}", crate::lookup_table::ALLOWED_SIZES),
+    )
 }
 
 fn ip(value: &Value) -> Result<IpAddr, String> {
@@ -229,7 +249,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .optional(&mut problems, "forwarding", forwarding)
         .unwrap_or(Forwarding::L2Dsr);
     let table_size = top
-        .optional(&mut problems, "table_size", uint)
+        .optional(&mut problems, "table_size", table_size)
         .unwrap_or(DEFAULT_SIZE.get());
     let guards = top
         .optional(&mut problems, "guards", table)
@@ -366,17 +386,16 @@ fn read_backend(
     index: usize,
     problems: &mut Vec<Problem>,
 ) -> Option<BackendConfig> {
-    let label = t
-        .get("name")
-        .and_then(Value::as_str)
-        .map(|n| format!("{n:?}"))
-        .or_else(|| t.get("address").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_else(|| format!("#{}", index + 1));
+    let label = match (t.get("name"), t.get("address")) {
+        (Some(Value::String(name)), _) => format!("{name:?}"),
+        (_, Some(Value::String(address))) => format!("#{} ({address})", index + 1),
+        _ => format!("#{}", index + 1),
+    };
     let mut s = Section::new(t, format!("{vip_location} backend {label}"));
     let name = s.optional(problems, "name", string);
     let address = s.required(problems, "address", ip);
     let port = s.optional(problems, "port", port);
-    let weight = s.optional(problems, "weight", uint).unwrap_or(1);
+    let weight = s.optional(problems, "weight", weight).unwrap_or(1);
     let mac = s.optional(problems, "mac", mac);
     s.finish(problems);
     Some(BackendConfig {
@@ -423,7 +442,11 @@ mod tests {
         let want = [
             ("invalid-value", "vip \"web\"", "port"),
             ("invalid-value", "vip \"web\"", "protocol"),
-            ("invalid-value", "vip \"web\" backend 198.18.0.1", "weight"),
+            (
+                "invalid-value",
+                "vip \"web\" backend #1 (198.18.0.1)",
+                "weight",
+            ),
             ("missing-key", "vip \"web\" backend #2", "address"),
             ("unknown-key", "config", "tabel_size"),
         ];
