@@ -45,6 +45,20 @@ pub enum DataplaneError {
     /// The VIP index could not be laid out.
     #[error(transparent)]
     VipIndex(#[from] VipIndexError),
+    /// A new state reuses a backend id for a different backend, which would
+    /// silently move that backend's established flows.
+    #[error(
+        "backend id {backend_id} was {was} and would now be {now}; build the new state \
+         from the installed one (DesiredState::build_from)"
+    )]
+    IdConflict {
+        /// The id.
+        backend_id: u32,
+        /// What it named.
+        was: String,
+        /// What it would name.
+        now: String,
+    },
     /// The kernel holds a different table than the one just installed.
     #[error(
         "VIP {vip}: the kernel's lookup table differs from the installed one in {differing} of {size} slots"
@@ -97,6 +111,7 @@ impl std::fmt::Display for AttachMode {
 pub struct Dataplane {
     ebpf: Ebpf,
     link: Option<XdpLinkId>,
+    installed: Option<DesiredState>,
 }
 
 impl Dataplane {
@@ -112,7 +127,11 @@ impl Dataplane {
             what: "verifying the XDP program".into(),
             source,
         })?;
-        Ok(Self { ebpf, link: None })
+        Ok(Self {
+            ebpf,
+            link: None,
+            installed: None,
+        })
     }
 
     fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -267,10 +286,20 @@ impl Dataplane {
             .collect()
     }
 
+    /// The state installed last.
+    pub fn installed(&self) -> Option<&DesiredState> {
+        self.installed.as_ref()
+    }
+
     /// Writes a whole desired state: backends, then each VIP's table, then
     /// the VIP index that makes the kernel use them. Reads every table back and
-    /// fails if the kernel holds anything else.
+    /// fails if the kernel holds anything else. Only then are backend slots
+    /// the previous state used and this one does not freed, so their flows
+    /// are hashed into the new tables.
     pub fn install(&mut self, state: &DesiredState) -> Result<()> {
+        if let Some(previous) = &self.installed {
+            check_stable_ids(previous, state)?;
+        }
         for vip in &state.vips {
             for backend in &vip.backends {
                 self.set_backend(
@@ -302,6 +331,13 @@ impl Dataplane {
                 });
             }
         }
+        if let Some(previous) = self.installed.take() {
+            let kept: std::collections::HashSet<u32> = state.backend_ids().collect();
+            for gone in previous.backend_ids().filter(|id| !kept.contains(id)) {
+                self.remove_backend(gone)?;
+            }
+        }
+        self.installed = Some(state.clone());
         Ok(())
     }
 
@@ -348,4 +384,32 @@ impl Dataplane {
             })
             .collect()
     }
+}
+
+/// Every backend id both states use must name the same backend of the same
+/// VIP.
+fn check_stable_ids(previous: &DesiredState, next: &DesiredState) -> Result<()> {
+    let owner = |v: &crate::state::VipState, b: &crate::state::BackendState| {
+        ((v.key, b.addr), format!("{} of VIP {}", b.addr, v.label))
+    };
+    let before: std::collections::HashMap<u32, _> = previous
+        .vips
+        .iter()
+        .flat_map(|v| v.backends.iter().map(move |b| (b.backend_id, owner(v, b))))
+        .collect();
+    for vip in &next.vips {
+        for backend in &vip.backends {
+            let (identity, now) = owner(vip, backend);
+            if let Some((was_identity, was)) = before.get(&backend.backend_id)
+                && *was_identity != identity
+            {
+                return Err(DataplaneError::IdConflict {
+                    backend_id: backend.backend_id,
+                    was: was.clone(),
+                    now,
+                });
+            }
+        }
+    }
+    Ok(())
 }

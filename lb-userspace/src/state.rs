@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use lb_common::{
     flow_hash::{flow_hash, table_slot},
     maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_BACKENDS, MAX_VIPS, VipKey},
@@ -96,36 +96,94 @@ pub fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> FlowKey {
     }
 }
 
+/// Hands out ids: the ones `previous` used for the same thing first, then
+/// the lowest id used neither before nor now. Keeping ids stable is what
+/// keeps established flows on their backend across applies: connection-table
+/// entries name backends by id.
+struct IdAllocator {
+    taken: std::collections::BTreeSet<u32>,
+    next: u32,
+    limit: u32,
+}
+
+impl IdAllocator {
+    fn new(first: u32, limit: u32, previous: impl IntoIterator<Item = u32>) -> Self {
+        Self {
+            taken: previous.into_iter().collect(),
+            next: first,
+            limit,
+        }
+    }
+
+    fn fresh(&mut self) -> Option<u32> {
+        while self.taken.contains(&self.next) {
+            self.next += 1;
+        }
+        (self.next < self.limit).then(|| {
+            self.taken.insert(self.next);
+            self.next
+        })
+    }
+}
+
 impl DesiredState {
-    /// Builds the state for `config`; `mac_of` supplies each backend's MAC.
+    /// Builds the state for `config` from nothing installed; `mac_of`
+    /// supplies each backend's MAC.
     pub fn build(
         config: &Config,
+        mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
+    ) -> anyhow::Result<Self> {
+        Self::build_from(config, None, mac_of)
+    }
+
+    /// Builds the state for `config` to replace `previous`: VIPs and
+    /// backends that stay keep their ids, new ones get ids nobody used.
+    pub fn build_from(
+        config: &Config,
+        previous: Option<&DesiredState>,
         mut mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
     ) -> anyhow::Result<Self> {
         let table_size = TableSize::new(config.table_size)?;
-        if config.vips.len() > MAX_VIPS as usize {
-            bail!("{} VIPs exceed the limit of {MAX_VIPS}", config.vips.len());
-        }
-        let mut next_backend_id = 1u32;
+        let old_vips = previous.map_or(&[][..], |p| &p.vips[..]);
+        let mut vip_ids = IdAllocator::new(0, MAX_VIPS, old_vips.iter().map(|v| v.vip_id));
+        let mut backend_ids = IdAllocator::new(
+            1,
+            MAX_BACKENDS,
+            old_vips
+                .iter()
+                .flat_map(|v| v.backends.iter().map(|b| b.backend_id)),
+        );
         let mut vips = Vec::with_capacity(config.vips.len());
-        for (vip_id, vip) in (0u32..).zip(&config.vips) {
+        for vip in &config.vips {
             let label = vip.label();
+            let key = vip_key(vip.address, vip.port, vip.protocol.number());
+            let old = old_vips.iter().find(|v| v.key == key);
+            let vip_id = match old {
+                Some(old) => old.vip_id,
+                None => vip_ids
+                    .fresh()
+                    .with_context(|| format!("more than {MAX_VIPS} VIPs"))?,
+            };
             let mut backends = Vec::with_capacity(vip.backends.len());
             for backend in &vip.backends {
-                if next_backend_id >= MAX_BACKENDS {
-                    bail!("more than {} backends in all", MAX_BACKENDS - 1);
-                }
+                let addr = SocketAddr::new(backend.address, backend.port.unwrap_or(vip.port));
+                let kept = old.and_then(|o| o.backends.iter().find(|b| b.addr == addr));
+                let backend_id = match kept {
+                    Some(kept) => kept.backend_id,
+                    None => backend_ids.fresh().with_context(|| {
+                        format!("more than {} backends in all", MAX_BACKENDS - 1)
+                    })?,
+                };
                 let mac = mac_of(backend)
                     .with_context(|| format!("VIP {label}, backend {}", backend.label()))?;
                 backends.push(BackendState {
                     label: backend.label(),
-                    backend_id: next_backend_id,
-                    addr: SocketAddr::new(backend.address, backend.port.unwrap_or(vip.port)),
+                    backend_id,
+                    addr,
                     weight: backend.weight,
                     mac,
                     slots: 0,
                 });
-                next_backend_id += 1;
             }
             let weighted: Vec<WeightedBackend> = backends
                 .iter()
@@ -146,13 +204,20 @@ impl DesiredState {
                 .collect();
             vips.push(VipState {
                 label,
-                key: vip_key(vip.address, vip.port, vip.protocol.number()),
+                key,
                 vip_id,
                 backends,
                 table,
             });
         }
         Ok(Self { table_size, vips })
+    }
+
+    /// Every backend id in use.
+    pub fn backend_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.backend_id))
     }
 
     /// The VIP a flow's destination matches, exact port first, then port 0.
@@ -255,6 +320,42 @@ mod tests {
             17,
         );
         assert_eq!(state.backend_for(&any).unwrap().backend_id, 3);
+    }
+
+    #[test]
+    fn ids_stay_with_their_vip_and_backend_across_builds() {
+        let first = state();
+        let mut changed = config();
+        changed.vips[0].backends.remove(0);
+        changed.vips[0].backends.push(crate::config::BackendConfig {
+            name: None,
+            address: "198.18.1.9".parse().unwrap(),
+            port: None,
+            weight: 1,
+            mac: None,
+        });
+        changed.vips.swap(0, 1);
+        let next =
+            DesiredState::build_from(&changed, Some(&first), |_| Ok(MacAddr([2, 0, 0, 0, 0, 1])))
+                .unwrap();
+        let web = next
+            .vips
+            .iter()
+            .find(|v| v.key == first.vips[0].key)
+            .unwrap();
+        assert_eq!(web.vip_id, first.vips[0].vip_id, "VIP keeps its id");
+        assert_eq!(web.backends[0].backend_id, 2, "198.18.1.2 keeps id 2");
+        assert_eq!(
+            web.backends[1].backend_id, 4,
+            "the new backend gets an unused id"
+        );
+        let dns = next
+            .vips
+            .iter()
+            .find(|v| v.key == first.vips[1].key)
+            .unwrap();
+        assert_eq!(dns.vip_id, first.vips[1].vip_id);
+        assert_eq!(dns.backends[0].backend_id, 3);
     }
 
     #[test]

@@ -109,3 +109,60 @@ fn draining_keeps_flows_and_removal_moves_them_to_the_new_choice() {
         }
     }
 }
+
+/// The standard config with web4's b1 removed.
+fn without_b1() -> lb_userspace::config::Config {
+    let b1 = r#"  { name = "b1", address = "198.18.1.1", weight = 1, mac = "02:00:00:00:01:01" },
+"#;
+    assert!(STANDARD_CONFIG.contains(b1));
+    lb_userspace::config::Config::parse(&STANDARD_CONFIG.replacen(b1, "", 1)).unwrap()
+}
+
+#[test]
+fn removing_a_backend_through_install_keeps_every_other_flow() {
+    let mut fixture = Fixture::standard();
+    let ports: Vec<u16> = (0..300).map(|i| 44000 + 2 * i).collect();
+    let before: Vec<u32> = ports
+        .iter()
+        .map(|&p| forwarded_to(&mut fixture, &client(p, SYN)))
+        .collect();
+    let b1 = fixture.state.vips[0].backends[0].backend_id;
+    assert!(before.contains(&b1), "some flows start on b1");
+    let next =
+        DesiredState::build_from(&without_b1(), Some(&fixture.state), |b| Ok(b.mac.unwrap()))
+            .unwrap();
+    fixture.dataplane.install(&next).unwrap();
+    let mut moved = 0;
+    for (&port, &was) in ports.iter().zip(&before) {
+        let now = forwarded_to(&mut fixture, &client(port, ACK));
+        if was == b1 {
+            let choice = next.backend_for(&client(port, ACK).flow()).unwrap();
+            assert_eq!(
+                now, choice.backend_id,
+                "b1's flow went to the new table's choice"
+            );
+            moved += 1;
+        } else {
+            assert_eq!(now, was, "a flow on a remaining backend moved");
+        }
+    }
+    assert!(moved > 0);
+    assert_eq!(fixture.dataplane.installed(), Some(&next));
+}
+
+#[test]
+fn a_state_that_renumbers_backends_is_refused() {
+    let mut fixture = Fixture::standard();
+    // Built from nothing, the ids shift: b2 would get b1's id.
+    let renumbered = DesiredState::build(&without_b1(), |b| Ok(b.mac.unwrap())).unwrap();
+    let err = fixture.dataplane.install(&renumbered).unwrap_err();
+    assert!(
+        err.to_string().contains("backend id 1 was 198.18.1.1:80"),
+        "{err}"
+    );
+    let web4 = "198.18.0.100:80";
+    let frame = Frame::tcp("198.18.2.1:45000", web4, SYN);
+    let went = forwarded_to(&mut fixture, &frame);
+    let expected = fixture.state.backend_for(&frame.flow()).unwrap().backend_id;
+    assert_eq!(went, expected, "the refused state changed nothing");
+}
