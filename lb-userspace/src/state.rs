@@ -327,7 +327,7 @@ mod tests {
         let first = state();
         let mut changed = config();
         changed.vips[0].backends.remove(0);
-        changed.vips[0].backends.push(crate::config::BackendConfig {
+        changed.vips[0].backends.push(BackendConfig {
             name: None,
             address: "198.18.1.9".parse().unwrap(),
             port: None,
