@@ -286,16 +286,15 @@ fn live_backend(backend_id: u32, vip_id: u32) -> Option<Backend> {
     (backend.flags & BACKEND_ACTIVE != 0 && backend.vip_id == vip_id).then_some(backend)
 }
 
-/// The backend of an established flow from the connection table.
+/// An established flow from the connection table: its VIP, backend id and
+/// backend, if that backend slot still serves the VIP.
 #[inline(always)]
-fn tracked_backend(key: &FlowKey, vip_id: u32) -> Option<(u32, Backend)> {
+fn tracked_flow(key: &FlowKey) -> Option<(u32, u32, Backend)> {
     let state = CONN_TABLE.get_ptr(key)?;
     // SAFETY: map values are valid while the program runs.
     let state = unsafe { *state };
-    if state.vip_id != vip_id {
-        return None;
-    }
-    live_backend(state.backend_id, vip_id).map(|backend| (state.backend_id, backend))
+    live_backend(state.backend_id, state.vip_id)
+        .map(|backend| (state.vip_id, state.backend_id, backend))
 }
 
 /// The backend the VIP's lookup table assigns to a new flow.
@@ -321,34 +320,34 @@ fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, new_flow: boo
 
 #[inline(always)]
 fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
-    let Some(vip_id) = lookup_vip(&flow.key) else {
-        return pass(Reason::PassNotVip);
-    };
+    // An established flow is found by its 5-tuple alone: the entry names its
+    // VIP, and a backend slot is honoured only while it serves that VIP, so
+    // the VIP probe is needed only for SYNs and connection-table misses.
     let tracked = if flow.opens {
         None
     } else {
-        tracked_backend(&flow.key, vip_id)
+        tracked_flow(&flow.key)
     };
-    let new_flow = tracked.is_none();
-    let chosen = match tracked {
-        Some(found) => {
+    let (vip_id, backend_id, backend, new_flow) = match tracked {
+        Some((vip_id, backend_id, backend)) => {
             count(Reason::ConnHit);
-            Some(found)
+            (vip_id, backend_id, backend, false)
         }
         None => {
+            let Some(vip_id) = lookup_vip(&flow.key) else {
+                return pass(Reason::PassNotVip);
+            };
             count(Reason::ConnMiss);
-            table_backend(&flow.key, vip_id)
+            let Some((backend_id, backend)) = table_backend(&flow.key, vip_id) else {
+                return discard(Reason::DropNoBackend);
+            };
+            let state = FlowState { backend_id, vip_id };
+            // A full LRU evicts its oldest entry; failure here only costs a
+            // re-hash on the next packet, so the result is deliberately ignored.
+            let _ = CONN_TABLE.insert(flow.key, state, 0);
+            (vip_id, backend_id, backend, true)
         }
     };
-    let Some((backend_id, backend)) = chosen else {
-        return discard(Reason::DropNoBackend);
-    };
-    if new_flow {
-        let state = FlowState { backend_id, vip_id };
-        // A full LRU evicts its oldest entry; failure here only costs a
-        // re-hash on the next packet, so the result is deliberately ignored.
-        let _ = CONN_TABLE.insert(flow.key, state, 0);
-    }
     let Some(config) = CONFIG.get(0) else {
         return discard(Reason::DropNoBackend);
     };

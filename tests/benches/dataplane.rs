@@ -87,8 +87,13 @@ fn per_packet_cost() -> bool {
             true,
         ),
         (
-            "non-VIP pass-through",
+            "non-VIP TCP SYN pass-through",
             Frame::tcp("198.18.2.1:40000", "198.18.0.200:80", SYN).bytes(),
+            false,
+        ),
+        (
+            "non-VIP TCP ACK (conn-table miss)",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.200:80", ACK).bytes(),
             false,
         ),
         // Profile rows: each stops at an earlier stage of the program.
