@@ -16,9 +16,9 @@ use aya_ebpf::{
 use lb_common::{
     flow_hash::{flow_hash, table_slot, vip_home_slot},
     maps::{
-        BACKEND_ACTIVE, BPF_F_INNER_MAP, BPF_F_NO_COMMON_LRU, Backend, CONN_TABLE_ENTRIES,
-        DataplaneConfig, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowState, MAX_BACKENDS, MAX_VIPS,
-        PROTO_TCP, Reason, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED,
+        BACKEND_ACTIVE, BPF_F_NO_COMMON_LRU, Backend, CONN_TABLE_ENTRIES, DataplaneConfig,
+        FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowState, MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason,
+        TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED,
         VipKey, VipSlot,
     },
 };
@@ -46,7 +46,7 @@ static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 /// each real table have its own size, which slot 0 records.
 #[btf_map]
 static LOOKUP_TABLES: ArrayOfMaps<
-    Array<u32, 2, { BPF_F_INNER_MAP as usize }>,
+    Array<u32, 2, { TABLE_MAP_FLAGS as usize }>,
     { MAX_VIPS as usize },
 > = ArrayOfMaps::new();
 

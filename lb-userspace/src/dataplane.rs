@@ -2,13 +2,15 @@
 //! VIPs, backends and whole lookup tables into its maps, and reading its
 //! counters back. Everything that touches aya lives here.
 
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::maps::{
-    BACKEND_ACTIVE, BPF_F_INNER_MAP, Backend, DataplaneConfig, Reason, TABLE_HEADER_SLOTS,
+    BACKEND_ACTIVE, Backend, DataplaneConfig, Reason, TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS,
     TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, names,
 };
 
@@ -42,6 +44,9 @@ pub enum DataplaneError {
     /// The object lacks a map or program this code expects.
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    /// A lookup table could not be mapped into memory.
+    #[error("mapping a lookup table: {0}")]
+    Mmap(std::io::Error),
     /// The VIP index could not be laid out.
     #[error(transparent)]
     VipIndex(#[from] VipIndexError),
@@ -250,9 +255,11 @@ impl Dataplane {
     }
 
     /// Installs a VIP's whole lookup table in one atomic step (slot 0 holds
-    /// the size). Packets see the old table or the new one, never a mix.
+    /// the size). The table is written through mmap into a fresh inner map,
+    /// then one outer-map update swaps it in: packets see the old table or
+    /// the new one, never a mix.
     pub fn install_table(&mut self, vip_id: u32, table: &[u32]) -> Result<()> {
-        const MAX_SLOTS: u32 = u32::MAX - TABLE_HEADER_SLOTS;
+        const MAX_SLOTS: u32 = (u32::MAX >> 4) - TABLE_HEADER_SLOTS;
         let size = u32::try_from(table.len())
             .ok()
             .filter(|&size| size > 0 && size <= MAX_SLOTS)
@@ -261,29 +268,45 @@ impl Dataplane {
                 len: table.len(),
                 max: MAX_SLOTS,
             })?;
-        let header = std::iter::once((0, size));
-        let slots = (TABLE_HEADER_SLOTS..).zip(table.iter().copied());
-        self.swap_in(
-            names::LOOKUP_TABLES,
-            vip_id,
-            (size + TABLE_HEADER_SLOTS, BPF_F_INNER_MAP),
-            header.chain(slots),
-        )
+        let entries = size + TABLE_HEADER_SLOTS;
+        let params = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            4,
+            4,
+            entries,
+            TABLE_MAP_FLAGS,
+        );
+        let inner = MapData::create(params, "fulcrum_table", None)
+            .map_err(map_err("lookup table (new inner map)"))?;
+        {
+            let mut view = MappedU32Array::map(&inner, entries, true)?;
+            view.set(0, size);
+            for (slot, &backend_id) in (TABLE_HEADER_SLOTS..).zip(table) {
+                view.set(slot, backend_id);
+            }
+        }
+        let mut outer: ArrayOfMaps<_, MapData> =
+            ArrayOfMaps::try_from(self.map_mut(names::LOOKUP_TABLES)?)
+                .map_err(map_err(names::LOOKUP_TABLES))?;
+        outer
+            .set(vip_id, &inner, 0)
+            .map_err(map_err(names::LOOKUP_TABLES))
     }
 
     /// Reads back the lookup table the kernel holds for `vip_id` (without the
     /// size header), to verify an install.
     pub fn read_table(&self, vip_id: u32) -> Result<Vec<u32>> {
-        let outer: ArrayOfMaps<_, Array<MapData, u32>> =
-            ArrayOfMaps::try_from(self.map(names::LOOKUP_TABLES)?)
-                .map_err(map_err(names::LOOKUP_TABLES))?;
+        let outer: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(names::LOOKUP_TABLES)?)
+            .map_err(map_err(names::LOOKUP_TABLES))?;
         let inner = outer
             .get(&vip_id, 0)
             .map_err(map_err(names::LOOKUP_TABLES))?;
-        let size = inner.get(&0, 0).map_err(map_err("lookup table"))?;
-        (TABLE_HEADER_SLOTS..TABLE_HEADER_SLOTS + size)
-            .map(|slot| inner.get(&slot, 0).map_err(map_err("lookup table")))
-            .collect()
+        let entries = inner.info().map_err(map_err("lookup table"))?.max_entries();
+        let view = MappedU32Array::map(&inner, entries, false)?;
+        let size = view.get(0).min(entries.saturating_sub(TABLE_HEADER_SLOTS));
+        Ok((TABLE_HEADER_SLOTS..TABLE_HEADER_SLOTS + size)
+            .map(|slot| view.get(slot))
+            .collect())
     }
 
     /// The state installed last.
@@ -412,4 +435,84 @@ fn check_stable_ids(previous: &DesiredState, next: &DesiredState) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// An mmap view of a `BPF_F_MMAPABLE` array of `u32`: the kernel lays the
+/// values out 8 bytes apart (it rounds element sizes up to 8).
+struct MappedU32Array {
+    base: *mut u8,
+    len: usize,
+    entries: u32,
+}
+
+const MMAP_ELEMENT_SIZE: usize = 8;
+
+impl MappedU32Array {
+    fn map(map: &MapData, entries: u32, writable: bool) -> Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = (entries as usize * MMAP_ELEMENT_SIZE).div_ceil(page) * page;
+        let protection = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks
+        // that the length fits the map.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                protection,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
+        }
+        Ok(Self {
+            base: base.cast(),
+            len,
+            entries,
+        })
+    }
+
+    fn get(&self, index: u32) -> u32 {
+        assert!(
+            index < self.entries,
+            "index {index} beyond {}",
+            self.entries
+        );
+        // SAFETY: in bounds (checked above) and 8-byte aligned.
+        unsafe {
+            self.base
+                .add(index as usize * MMAP_ELEMENT_SIZE)
+                .cast::<u32>()
+                .read_volatile()
+        }
+    }
+
+    fn set(&mut self, index: u32, value: u32) {
+        assert!(
+            index < self.entries,
+            "index {index} beyond {}",
+            self.entries
+        );
+        // SAFETY: in bounds (checked above), 8-byte aligned, mapped writable.
+        unsafe {
+            self.base
+                .add(index as usize * MMAP_ELEMENT_SIZE)
+                .cast::<u32>()
+                .write_volatile(value)
+        }
+    }
+}
+
+impl Drop for MappedU32Array {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
 }
