@@ -10,8 +10,8 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, DataplaneConfig, Reason, TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS,
-    TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, names,
+    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, Reason, TABLE_HEADER_SLOTS,
+    TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, names,
 };
 
 use crate::{
@@ -122,11 +122,15 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads and verifies the XDP program (not attached anywhere yet).
     pub fn load() -> Result<Self> {
-        Self::load_object(crate::EBPF_OBJECT)
+        Self::load_with(CONN_TABLE_ENTRIES)
     }
 
-    fn load_object(object: &[u8]) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new().load(object)?;
+    /// Loads the program with a connection table of `connection_table_size`
+    /// flows.
+    pub fn load_with(connection_table_size: u32) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::CONN_TABLE, connection_table_size)
+            .load(crate::EBPF_OBJECT)?;
         let program = Self::xdp_program(&mut ebpf)?;
         program.load().map_err(|source| DataplaneError::Program {
             what: "verifying the XDP program".into(),
@@ -307,6 +311,19 @@ impl Dataplane {
         Ok((TABLE_HEADER_SLOTS..TABLE_HEADER_SLOTS + size)
             .map(|slot| view.get(slot))
             .collect())
+    }
+
+    /// How many flows the connection table can hold.
+    pub fn connection_table_capacity(&self) -> Result<u32> {
+        let map = self.map(names::CONN_TABLE)?;
+        let data: &MapData = match map {
+            aya::maps::Map::LruHashMap(data) => data,
+            _ => return Err(DataplaneError::Missing(names::CONN_TABLE)),
+        };
+        Ok(data
+            .info()
+            .map_err(map_err(names::CONN_TABLE))?
+            .max_entries())
     }
 
     /// The state installed last.

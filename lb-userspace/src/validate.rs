@@ -20,6 +20,10 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// coarse and disruption large (the Maglev paper uses M >> N).
 pub const MIN_SLOTS_PER_BACKEND: u32 = 100;
 
+/// Accepted connection-table capacities: enough for a small lab, at most
+/// 64 Mi flows (several GiB of kernel memory).
+pub const CONNECTION_TABLE_SIZES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
+
 /// The lookup table a VIP would get, with each backend's slot count.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VipTable {
@@ -199,6 +203,19 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
             "table_size",
             config.table_size.to_string(),
             format!("must be one of the primes {ALLOWED_SIZES:?}"),
+        ));
+    }
+    if !CONNECTION_TABLE_SIZES.contains(&config.connection_table_size) {
+        problems.push(Problem::error(
+            "connection-table-size",
+            "config",
+            "connection_table_size",
+            config.connection_table_size.to_string(),
+            format!(
+                "must be from {} to {} flows",
+                CONNECTION_TABLE_SIZES.start(),
+                CONNECTION_TABLE_SIZES.end()
+            ),
         ));
     }
     check_guard_ranges(&config.guards, "guards", problems);

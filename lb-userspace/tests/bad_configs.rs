@@ -160,6 +160,8 @@ fn cases() -> Vec<Case> {
         // Tables and guards.
         case("table size not prime", &[("interface = \"eth1\"", "interface = \"eth1\"\ntable_size = 65536")],
             &[("table-size", "config", "table_size")]),
+        case("connection table too small", &[("interface = \"eth1\"", "interface = \"eth1\"\nconnection_table_size = 10")],
+            &[("connection-table-size", "config", "connection_table_size")]),
         case("table too small for the backends", &[("interface = \"eth1\"", "interface = \"eth1\"\ntable_size = 251")],
             &[("table-too-small", CHECKOUT, "backend")]),
         case("concentration limit of zero", &[("interface = \"eth1\"", "interface = \"eth1\"\n[guards]\nmax_backend_share = 0\n[[vip]]\nname = \"x\"\naddress = \"198.18.100.9\"\nport = 1\nprotocol = \"tcp\"\nbackend = [{ address = \"198.18.0.91\" }, { address = \"198.18.0.92\" }]")],

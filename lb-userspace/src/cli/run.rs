@@ -73,7 +73,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
-    let mut dataplane = Dataplane::load()?;
+    let mut dataplane = Dataplane::load_with(config.connection_table_size)?;
     dataplane.set_config(DataplaneConfig {
         if_mac: host::interface_mac(&interface)?.0,
         pad: [0; 2],
@@ -83,8 +83,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let backends: usize = state.vips.iter().map(|v| v.backends.len()).sum();
     eprintln!(
         "fulcrum: attached to {interface} ({mode} XDP); {} VIPs and {backends} backends \
-         installed and verified; SIGUSR1 prints counters, SIGINT/SIGTERM detaches",
-        state.vips.len()
+         installed and verified; connection table {} flows; SIGUSR1 prints counters, \
+         SIGINT/SIGTERM detaches",
+        state.vips.len(),
+        dataplane.connection_table_capacity()?
     );
     for signal in signals.forever() {
         if signal == SIGUSR1 {

@@ -21,6 +21,9 @@ pub struct Config {
     pub forwarding: Forwarding,
     /// Lookup-table size M, one of the allowed primes.
     pub table_size: u32,
+    /// Capacity of the connection table (flows tracked at once; split
+    /// evenly across CPUs).
+    pub connection_table_size: u32,
     /// Guard thresholds, overridable per VIP.
     pub guards: Guards,
     /// Health-check defaults.

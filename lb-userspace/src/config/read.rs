@@ -251,6 +251,9 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
     let table_size = top
         .optional(&mut problems, "table_size", table_size)
         .unwrap_or(DEFAULT_SIZE.get());
+    let connection_table_size = top
+        .optional(&mut problems, "connection_table_size", uint)
+        .unwrap_or(lb_common::maps::CONN_TABLE_ENTRIES);
     let guards = top
         .optional(&mut problems, "guards", table)
         .map(|t| read_guards(t, "guards", &mut problems))
@@ -276,6 +279,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         interface,
         forwarding,
         table_size,
+        connection_table_size,
         guards,
         health_check,
         api,
