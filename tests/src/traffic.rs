@@ -19,7 +19,9 @@ use anyhow::Context as _;
 
 use crate::netns::Netns;
 
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Long enough for TCP's own SYN retransmissions (after 1 s and 3 s): a
+/// connection that needs one still completes, as it would for a real client.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL_MS: i32 = 100;
 
 /// Who answered how often, and what failed.
