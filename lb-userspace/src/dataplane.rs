@@ -496,34 +496,25 @@ impl MappedU32Array {
         })
     }
 
-    fn get(&self, index: u32) -> u32 {
+    /// The address of element `index`.
+    fn element(&self, index: u32) -> *mut u32 {
         assert!(
             index < self.entries,
             "index {index} beyond {}",
             self.entries
         );
-        // SAFETY: in bounds (checked above) and 8-byte aligned.
-        unsafe {
-            self.base
-                .add(index as usize * MMAP_ELEMENT_SIZE)
-                .cast::<u32>()
-                .read_volatile()
-        }
+        // SAFETY: in bounds (checked above); the mapping is 8-byte aligned.
+        unsafe { self.base.add(index as usize * MMAP_ELEMENT_SIZE).cast() }
+    }
+
+    fn get(&self, index: u32) -> u32 {
+        // SAFETY: a valid, aligned element of the live mapping.
+        unsafe { self.element(index).read_volatile() }
     }
 
     fn set(&mut self, index: u32, value: u32) {
-        assert!(
-            index < self.entries,
-            "index {index} beyond {}",
-            self.entries
-        );
-        // SAFETY: in bounds (checked above), 8-byte aligned, mapped writable.
-        unsafe {
-            self.base
-                .add(index as usize * MMAP_ELEMENT_SIZE)
-                .cast::<u32>()
-                .write_volatile(value)
-        }
+        // SAFETY: as in `get`; `map` was asked for a writable mapping.
+        unsafe { self.element(index).write_volatile(value) }
     }
 }
 

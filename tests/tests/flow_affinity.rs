@@ -51,6 +51,32 @@ fn a_flow_stays_on_its_backend() {
     }
 }
 
+/// Sends one ACK per established flow and checks that the flows that were
+/// on `gone` went to `next`'s choice while every other flow stayed put.
+fn only_flows_of_moved(
+    fixture: &mut Fixture,
+    ports: &[u16],
+    before: &[u32],
+    gone: u32,
+    next: &DesiredState,
+) {
+    let mut moved = 0;
+    for (&port, &was) in ports.iter().zip(before) {
+        let now = forwarded_to(fixture, &client(port, ACK));
+        if was == gone {
+            let choice = next.backend_for(&client(port, ACK).flow()).unwrap();
+            assert_eq!(
+                now, choice.backend_id,
+                "a moved flow left the new table's choice"
+            );
+            moved += 1;
+        } else {
+            assert_eq!(now, was, "a flow on a remaining backend moved");
+        }
+    }
+    assert!(moved > 0, "no flow was on the backend that went away");
+}
+
 /// The standard state with web4's b3 drained (weight 0).
 fn b3_drained() -> DesiredState {
     let b3 = r#"name = "b3", address = "198.18.1.3", weight = 2"#;
@@ -85,21 +111,7 @@ fn draining_keeps_flows_and_removal_moves_them_to_the_new_choice() {
     // Remove b3: its flows move, each to the new table's choice; the
     // others stay where they were.
     fixture.dataplane.remove_backend(b3).unwrap();
-    let mut moved = 0;
-    for (&port, &was) in ports.iter().zip(&before) {
-        let now = forwarded_to(&mut fixture, &client(port, ACK));
-        if was == b3 {
-            let choice = drained.backend_for(&client(port, ACK).flow()).unwrap();
-            assert_eq!(
-                now, choice.backend_id,
-                "moved flow left the new table's choice"
-            );
-            moved += 1;
-        } else {
-            assert_eq!(now, was, "a flow on a live backend moved");
-        }
-    }
-    assert!(moved > 0);
+    only_flows_of_moved(&mut fixture, &ports, &before, b3, &drained);
     // Once moved, a flow stays on its new backend.
     for (&port, &was) in ports.iter().zip(&before) {
         if was == b3 {
@@ -132,21 +144,7 @@ fn removing_a_backend_through_install_keeps_every_other_flow() {
         DesiredState::build_from(&without_b1(), Some(&fixture.state), |b| Ok(b.mac.unwrap()))
             .unwrap();
     fixture.dataplane.install(&next).unwrap();
-    let mut moved = 0;
-    for (&port, &was) in ports.iter().zip(&before) {
-        let now = forwarded_to(&mut fixture, &client(port, ACK));
-        if was == b1 {
-            let choice = next.backend_for(&client(port, ACK).flow()).unwrap();
-            assert_eq!(
-                now, choice.backend_id,
-                "b1's flow went to the new table's choice"
-            );
-            moved += 1;
-        } else {
-            assert_eq!(now, was, "a flow on a remaining backend moved");
-        }
-    }
-    assert!(moved > 0);
+    only_flows_of_moved(&mut fixture, &ports, &before, b1, &next);
     assert_eq!(fixture.dataplane.installed(), Some(&next));
 }
 
