@@ -216,18 +216,11 @@ impl Reason {
         Reason::ConnMiss,
     ];
 
-    /// The reasons that are verdicts: every packet moves exactly one.
-    pub const VERDICTS: [Reason; 9] = [
-        Reason::Tx,
-        Reason::PassNotIp,
-        Reason::PassNotVip,
-        Reason::PassOtherProtocol,
-        Reason::PassFragment,
-        Reason::PassUnsupported,
-        Reason::DropTruncated,
-        Reason::DropMalformed,
-        Reason::DropNoBackend,
-    ];
+    /// Whether this reason is a verdict (every packet moves exactly one
+    /// verdict counter) rather than an informational counter.
+    pub const fn is_verdict(self) -> bool {
+        (self as u32) <= Reason::DropNoBackend as u32
+    }
 
     /// Length of the global counter array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -306,6 +299,15 @@ mod tests {
     fn reasons_are_indexed_in_order() {
         for (index, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, index, "{}", reason.name());
+        }
+        let informational = [Reason::Ipv4Options, Reason::ConnHit, Reason::ConnMiss];
+        for reason in Reason::ALL {
+            assert_eq!(
+                reason.is_verdict(),
+                !informational.contains(&reason),
+                "{}",
+                reason.name()
+            );
         }
     }
 }

@@ -350,7 +350,7 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
             xdp_action::name(action)
         ));
     }
-    for reason in Reason::VERDICTS {
+    for reason in Reason::ALL.into_iter().filter(|r| r.is_verdict()) {
         let moved = after.reason_delta(&before, reason);
         let want = u64::from(reason == verdict);
         if moved != want {
