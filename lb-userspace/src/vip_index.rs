@@ -48,22 +48,22 @@ pub fn build(entries: &[(VipKey, u32)]) -> Result<Vec<VipSlot>, VipIndexError> {
     Ok(slots)
 }
 
-/// Finds `key` the way the XDP program does.
-pub fn find(slots: &[VipSlot], key: &VipKey) -> Option<u32> {
-    let home = vip_home_slot(key);
-    (0..VIP_INDEX_MAX_PROBES)
-        .map(|probe| &slots[((home + probe) & (VIP_INDEX_SLOTS - 1)) as usize])
-        .take_while(|slot| slot.flags & VIP_SLOT_USED != 0)
-        .find(|slot| slot.key.same(key))
-        .map(|slot| slot.vip_id)
-}
-
 #[cfg(test)]
 mod tests {
     use lb_common::maps::MAX_VIPS;
 
     use super::*;
     use crate::state::vip_key;
+
+    /// Finds `key` the way the XDP program does.
+    fn find(slots: &[VipSlot], key: &VipKey) -> Option<u32> {
+        let home = vip_home_slot(key);
+        (0..VIP_INDEX_MAX_PROBES)
+            .map(|probe| &slots[((home + probe) & (VIP_INDEX_SLOTS - 1)) as usize])
+            .take_while(|slot| slot.flags & VIP_SLOT_USED != 0)
+            .find(|slot| slot.key.same(key))
+            .map(|slot| slot.vip_id)
+    }
 
     fn key(n: u32, port: u16) -> VipKey {
         let [_, a, b, c] = n.to_be_bytes();

@@ -5,9 +5,8 @@
 
 mod read;
 
-use std::{fmt, net::IpAddr, net::SocketAddr, path::Path, path::PathBuf, str::FromStr};
+use std::{fmt, net::IpAddr, net::SocketAddr, path::PathBuf, str::FromStr};
 
-use anyhow::Context as _;
 use lb_common::maps::{PROTO_TCP, PROTO_UDP};
 
 use crate::problem::Problem;
@@ -280,13 +279,6 @@ impl Config {
             (Some(config), problems) if problems.is_empty() => Ok(config),
             (_, problems) => Err(anyhow::anyhow!(join_problems(&problems))),
         }
-    }
-
-    /// Reads and parses a config file.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("config {}", path.display()))
     }
 }
 
