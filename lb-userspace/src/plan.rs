@@ -136,6 +136,7 @@ fn percent(share: f64) -> String {
 pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
     let empty = Config {
         vips: Vec::new(),
+        unreadable_vips: Vec::new(),
         ..next.config.clone()
     };
     let current = current.unwrap_or(Side {

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::{
-    config::{Config, Guards, VipConfig},
+    config::{BackendConfig, Config, Guards, VipConfig},
     lookup_table::{
         ALLOWED_SIZES, BackendIdentity, Table, TableBuilder, TableError, TableSize, WeightedBackend,
     },
@@ -96,6 +96,7 @@ pub fn check(config: &Config) -> (Vec<Problem>, Vec<Option<VipTable>>) {
     for (index, vip) in config.vips.iter().enumerate() {
         check_vip(config, index, vip, &mut problems);
     }
+    check_orphaned_backends(config, &mut problems);
     let tables = build_tables(&config.vips, size);
     for ((vip, table), location) in config.vips.iter().zip(&tables).zip(locations(config)) {
         let guards = vip.guards.apply(&config.guards);
@@ -118,7 +119,7 @@ fn locations(config: &Config) -> impl Iterator<Item = String> + '_ {
 
 /// How problems name a backend: `backend "name"`, else its position and
 /// address (the position tells apart two spellings of one address).
-fn backend_location(vip: &str, index: usize, backend: &crate::config::BackendConfig) -> String {
+fn backend_location(vip: &str, index: usize, backend: &BackendConfig) -> String {
     match &backend.name {
         Some(name) => format!("{vip} backend {name:?}"),
         None => format!("{vip} backend #{} ({})", index + 1, backend.address),
@@ -407,18 +408,21 @@ fn check_vip(config: &Config, index: usize, vip: &VipConfig, problems: &mut Vec<
             ),
         ));
     }
-    for (i, backend) in vip.backends.iter().enumerate() {
-        check_backend(vip, &location, i, backend, problems);
+    for i in 0..vip.backends.len() {
+        check_backend_in_vip(vip, &location, i, problems);
     }
 }
 
-fn check_backend(
-    vip: &VipConfig,
+/// The checks a backend needs no VIP for: its address, MAC, name and
+/// weight, and (given `same`) whether an earlier backend is the same server.
+fn check_backend_alone(
+    backends: &[BackendConfig],
     vip_location: &str,
     index: usize,
-    backend: &crate::config::BackendConfig,
+    same: impl Fn(&BackendConfig, &BackendConfig) -> bool,
     problems: &mut Vec<Problem>,
 ) {
+    let backend = &backends[index];
     let location = backend_location(vip_location, index, backend);
     let mut error = |code, field: &str, value: String, message: String| {
         problems.push(Problem::error(code, &location, field, value, message));
@@ -431,6 +435,76 @@ fn check_backend(
             format!("a backend cannot be {why}"),
         );
     }
+    if let Some(mac) = backend.mac {
+        let unusable = if mac.0 == [0; 6] {
+            Some("all zero")
+        } else if mac.0[0] & 1 != 0 {
+            Some("a multicast or broadcast address")
+        } else {
+            None
+        };
+        if let Some(why) = unusable {
+            error(
+                "invalid-mac",
+                "mac",
+                mac.to_string(),
+                format!("a backend MAC must be a unicast address; this one is {why}"),
+            );
+        }
+    }
+    let earlier = &backends[..index];
+    match &backend.name {
+        Some(name) if name.is_empty() => error(
+            "empty-name",
+            "name",
+            "\"\"".into(),
+            "a name must not be empty (leave it out to use the address)".into(),
+        ),
+        Some(name) if earlier.iter().any(|o| o.name.as_ref() == Some(name)) => error(
+            "duplicate-name",
+            "name",
+            format!("{name:?}"),
+            "another backend of this VIP has the same name".into(),
+        ),
+        _ => {}
+    }
+    if backend.weight > MAX_WEIGHT {
+        error(
+            "weight-range",
+            "weight",
+            backend.weight.to_string(),
+            format!("weights go from 0 (drain) to {MAX_WEIGHT}"),
+        );
+    }
+    if let Some((twin_index, twin)) = earlier.iter().enumerate().find(|(_, o)| same(o, backend)) {
+        error(
+            "duplicate-backend",
+            "address",
+            backend.address.to_string(),
+            format!(
+                "the same server is already listed as {}; listing it twice would \
+                 double its share",
+                backend_location(vip_location, twin_index, twin)
+            ),
+        );
+    }
+}
+
+/// The checks of a backend against its VIP.
+fn check_backend_in_vip(
+    vip: &VipConfig,
+    vip_location: &str,
+    index: usize,
+    problems: &mut Vec<Problem>,
+) {
+    let same_server =
+        |a: &BackendConfig, b: &BackendConfig| backend_addr(vip, a) == backend_addr(vip, b);
+    check_backend_alone(&vip.backends, vip_location, index, same_server, problems);
+    let backend = &vip.backends[index];
+    let location = backend_location(vip_location, index, backend);
+    let mut error = |code, field: &str, value: String, message: String| {
+        problems.push(Problem::error(code, &location, field, value, message));
+    };
     if backend.address == vip.address {
         error(
             "backend-is-vip",
@@ -476,73 +550,22 @@ fn check_backend(
             );
         }
     }
-    if let Some(mac) = backend.mac {
-        let unusable = if mac.0 == [0; 6] {
-            Some("all zero")
-        } else if mac.0[0] & 1 != 0 {
-            Some("a multicast or broadcast address")
-        } else {
-            None
-        };
-        if let Some(why) = unusable {
-            error(
-                "invalid-mac",
-                "mac",
-                mac.to_string(),
-                format!("a backend MAC must be a unicast address; this one is {why}"),
-            );
+}
+
+/// Backends of a VIP whose own keys could not be read still get every check
+/// that needs no VIP, so one bad key does not hide the rest.
+fn check_orphaned_backends(config: &Config, problems: &mut Vec<Problem>) {
+    for orphans in &config.unreadable_vips {
+        let same =
+            |a: &BackendConfig, b: &BackendConfig| (a.address, a.port) == (b.address, b.port);
+        for index in 0..orphans.backends.len() {
+            check_backend_alone(&orphans.backends, &orphans.location, index, same, problems);
         }
-    }
-    match &backend.name {
-        Some(name) if name.is_empty() => error(
-            "empty-name",
-            "name",
-            "\"\"".into(),
-            "a name must not be empty (leave it out to use the address)".into(),
-        ),
-        Some(name)
-            if vip.backends[..index]
-                .iter()
-                .any(|o| o.name.as_ref() == Some(name)) =>
-        {
-            error(
-                "duplicate-name",
-                "name",
-                format!("{name:?}"),
-                "another backend of this VIP has the same name".into(),
-            )
-        }
-        _ => {}
-    }
-    if backend.weight > MAX_WEIGHT {
-        error(
-            "weight-range",
-            "weight",
-            backend.weight.to_string(),
-            format!("weights go from 0 (drain) to {MAX_WEIGHT}"),
-        );
-    }
-    let identity = backend_addr(vip, backend);
-    if let Some((twin_index, twin)) = vip.backends[..index]
-        .iter()
-        .enumerate()
-        .find(|(_, o)| backend_addr(vip, o) == identity)
-    {
-        error(
-            "duplicate-backend",
-            "address",
-            identity.to_string(),
-            format!(
-                "the same server is already listed as {}; listing it twice would \
-                 double its share",
-                backend_location(vip_location, twin_index, twin)
-            ),
-        );
     }
 }
 
 /// A backend's address and effective port: its identity.
-pub fn backend_addr(vip: &VipConfig, backend: &crate::config::BackendConfig) -> SocketAddr {
+pub fn backend_addr(vip: &VipConfig, backend: &BackendConfig) -> SocketAddr {
     SocketAddr::new(backend.address, backend.port.unwrap_or(vip.port))
 }
 

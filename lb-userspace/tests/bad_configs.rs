@@ -115,6 +115,11 @@ fn cases() -> Vec<Case> {
             &[("invalid-value", CHECKOUT, "port")]),
         case("unknown protocol", &[("protocol = \"tcp\"", "protocol = \"sctp\"")],
             &[("invalid-value", CHECKOUT, "protocol")]),
+        case("a bad VIP key does not hide its backends' problems", &[
+                ("protocol = \"tcp\"", "protocol = \"TCP\""),
+                (C2_LINE, r#"{ name = "c2", address = "198.18.0.11", weight = 1 }"#),
+                (C3_LINE, r#"{ name = "c3", address = "127.0.0.1", weight = 1 }"#)],
+            &[("invalid-value", CHECKOUT, "protocol"), ("duplicate-backend", C2, "address"), ("reserved-address", C3, "address")]),
         case("malformed VIP address", &[(CHECKOUT_ADDR, r#"address = "198.18.100""#)],
             &[("invalid-value", CHECKOUT, "address")]),
         case("malformed MAC", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", mac = "02:00:00:00:11" }"#)],

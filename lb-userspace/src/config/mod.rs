@@ -31,6 +31,18 @@ pub struct Config {
     pub api: Api,
     /// The virtual services.
     pub vips: Vec<VipConfig>,
+    /// VIPs whose own keys could not be read, kept so that their backends
+    /// are still checked. Always empty in a config that parsed cleanly.
+    pub unreadable_vips: Vec<UnreadableVip>,
+}
+
+/// The backends of a VIP whose address, port or protocol could not be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnreadableVip {
+    /// How problems name the VIP.
+    pub location: String,
+    /// Its backends, as far as they could be read.
+    pub backends: Vec<BackendConfig>,
 }
 
 /// Forwarding modes.

@@ -9,7 +9,7 @@ use toml::{Table, Value};
 
 use super::{
     Api, BackendConfig, CheckKind, Config, Forwarding, GuardOverrides, Guards, HealthCheck,
-    MacAddr, Protocol, VipConfig,
+    MacAddr, Protocol, UnreadableVip, VipConfig,
 };
 use crate::{lookup_table::DEFAULT_SIZE, problem::Problem};
 
@@ -267,13 +267,19 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .optional(&mut problems, "api", table)
         .map(|t| read_api(t, &mut problems))
         .unwrap_or_default();
-    let vips = top
+    let mut vips = Vec::new();
+    let mut unreadable_vips = Vec::new();
+    for (i, t) in top
         .optional(&mut problems, "vip", tables)
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .filter_map(|(i, t)| read_vip(t, i, &mut problems))
-        .collect();
+    {
+        match read_vip(t, i, &mut problems) {
+            Ok(vip) => vips.push(vip),
+            Err(unreadable) => unreadable_vips.push(unreadable),
+        }
+    }
     top.finish(&mut problems);
     let config = Config {
         interface,
@@ -284,6 +290,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         health_check,
         api,
         vips,
+        unreadable_vips,
     };
     (Some(config), problems)
 }
@@ -355,7 +362,11 @@ fn vip_location(t: &Table, index: usize) -> String {
     }
 }
 
-fn read_vip(t: &Table, index: usize, problems: &mut Vec<Problem>) -> Option<VipConfig> {
+fn read_vip(
+    t: &Table,
+    index: usize,
+    problems: &mut Vec<Problem>,
+) -> Result<VipConfig, UnreadableVip> {
     let location = vip_location(t, index);
     let mut s = Section::new(t, location.clone());
     let name = s.optional(problems, "name", string);
@@ -374,14 +385,17 @@ fn read_vip(t: &Table, index: usize, problems: &mut Vec<Problem>) -> Option<VipC
         .filter_map(|(i, b)| read_backend(b, &location, i, problems))
         .collect();
     s.finish(problems);
-    Some(VipConfig {
-        name,
-        address: address?,
-        port: port?,
-        protocol: protocol?,
-        guards,
-        backends,
-    })
+    match (address, port, protocol) {
+        (Some(address), Some(port), Some(protocol)) => Ok(VipConfig {
+            name,
+            address,
+            port,
+            protocol,
+            guards,
+            backends,
+        }),
+        _ => Err(UnreadableVip { location, backends }),
+    }
 }
 
 fn read_backend(
