@@ -4,7 +4,9 @@
 
 /// Maximum number of VIPs; also the length of the outer lookup-table map.
 pub const MAX_VIPS: u32 = 1024;
-/// Maximum number of backend slots (all VIPs together). Slot 0 means "none".
+/// Default number of entries of the backend maps (all VIPs together; slot
+/// 0 means "none"). `fulcrum` sets the real size at load time from the
+/// config's `max_backends`.
 pub const MAX_BACKENDS: u32 = 65536;
 /// Default capacity of the connection table (LRU; old flows are evicted).
 pub const CONN_TABLE_ENTRIES: u32 = 262_144;

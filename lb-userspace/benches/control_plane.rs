@@ -89,7 +89,8 @@ fn maglev_quality() {
 /// A config of `VIPS` VIPs with `BACKENDS_PER_VIP` backends each; `variant`
 /// changes one backend's weight per VIP.
 fn large_config(variant: bool) -> String {
-    let mut text = String::from("table_size = 65537\n");
+    // 100,000 backend slots: above the default max_backends of 65,535.
+    let mut text = String::from("table_size = 65537\nmax_backends = 100000\n");
     for v in 0..VIPS {
         let _ = write!(
             text,

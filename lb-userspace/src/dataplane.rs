@@ -10,8 +10,9 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, Reason, TABLE_HEADER_SLOTS,
-    TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, names,
+    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, MAX_BACKENDS, Reason,
+    TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey,
+    names,
 };
 
 use crate::{
@@ -94,6 +95,24 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
 
+/// Map sizes chosen at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    /// Flows the connection table holds.
+    pub connection_table_size: u32,
+    /// Backend slots over all VIPs (slot 0 is never used).
+    pub max_backends: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            connection_table_size: CONN_TABLE_ENTRIES,
+            max_backends: MAX_BACKENDS - 1,
+        }
+    }
+}
+
 /// How the program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
@@ -122,14 +141,16 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads and verifies the XDP program (not attached anywhere yet).
     pub fn load() -> Result<Self> {
-        Self::load_with(CONN_TABLE_ENTRIES)
+        Self::load_with(Capacities::default())
     }
 
-    /// Loads the program with a connection table of `connection_table_size`
-    /// flows.
-    pub fn load_with(connection_table_size: u32) -> Result<Self> {
+    /// Loads the program with maps of the given capacities.
+    pub fn load_with(capacities: Capacities) -> Result<Self> {
+        let backend_entries = capacities.max_backends.saturating_add(1);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::CONN_TABLE, connection_table_size)
+            .map_max_entries(names::CONN_TABLE, capacities.connection_table_size)
+            .map_max_entries(names::BACKENDS, backend_entries)
+            .map_max_entries(names::BACKEND_STATS, backend_entries)
             .load(crate::EBPF_OBJECT)?;
         let program = Self::xdp_program(&mut ebpf)?;
         program.load().map_err(|source| DataplaneError::Program {
@@ -313,17 +334,20 @@ impl Dataplane {
             .collect())
     }
 
-    /// How many flows the connection table can hold.
-    pub fn connection_table_capacity(&self) -> Result<u32> {
-        let map = self.map(names::CONN_TABLE)?;
-        let data: &MapData = match map {
-            aya::maps::Map::LruHashMap(data) => data,
-            _ => return Err(DataplaneError::Missing(names::CONN_TABLE)),
+    fn max_entries(&self, name: &'static str) -> Result<u32> {
+        let data: &MapData = match self.map(name)? {
+            aya::maps::Map::LruHashMap(data) | aya::maps::Map::Array(data) => data,
+            _ => return Err(DataplaneError::Missing(name)),
         };
-        Ok(data
-            .info()
-            .map_err(map_err(names::CONN_TABLE))?
-            .max_entries())
+        Ok(data.info().map_err(map_err(name))?.max_entries())
+    }
+
+    /// The capacities the kernel actually gave the maps.
+    pub fn capacities(&self) -> Result<Capacities> {
+        Ok(Capacities {
+            connection_table_size: self.max_entries(names::CONN_TABLE)?,
+            max_backends: self.max_entries(names::BACKENDS)?.saturating_sub(1),
+        })
     }
 
     /// The state installed last.

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Context as _;
 use lb_common::{
     flow_hash::{flow_hash, table_slot},
-    maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_BACKENDS, MAX_VIPS, VipKey},
+    maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, VipKey},
 };
 
 use crate::{
@@ -148,7 +148,7 @@ impl DesiredState {
         let mut vip_ids = IdAllocator::new(0, MAX_VIPS, old_vips.iter().map(|v| v.vip_id));
         let mut backend_ids = IdAllocator::new(
             1,
-            MAX_BACKENDS,
+            config.max_backends.saturating_add(1),
             old_vips
                 .iter()
                 .flat_map(|v| v.backends.iter().map(|b| b.backend_id)),
@@ -171,7 +171,7 @@ impl DesiredState {
                 let backend_id = match kept {
                     Some(kept) => kept.backend_id,
                     None => backend_ids.fresh().with_context(|| {
-                        format!("more than {} backends in all", MAX_BACKENDS - 1)
+                        format!("more than max_backends = {} backends", config.max_backends)
                     })?,
                 };
                 let mac = mac_of(backend)

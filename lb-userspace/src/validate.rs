@@ -20,6 +20,10 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// coarse and disruption large (the Maglev paper uses M >> N).
 pub const MIN_SLOTS_PER_BACKEND: u32 = 100;
 
+/// Accepted `max_backends`: each slot costs per-CPU counters, so the
+/// ceiling keeps kernel memory in check.
+pub const BACKEND_SLOT_LIMITS: std::ops::RangeInclusive<u32> = 1..=((1 << 20) - 1);
+
 /// Accepted connection-table capacities: enough for a small lab, at most
 /// 64 Mi flows (several GiB of kernel memory).
 pub const CONNECTION_TABLE_SIZES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
@@ -219,6 +223,19 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
             ),
         ));
     }
+    if !BACKEND_SLOT_LIMITS.contains(&config.max_backends) {
+        problems.push(Problem::error(
+            "max-backends",
+            "config",
+            "max_backends",
+            config.max_backends.to_string(),
+            format!(
+                "must be from {} to {}",
+                BACKEND_SLOT_LIMITS.start(),
+                BACKEND_SLOT_LIMITS.end()
+            ),
+        ));
+    }
     check_guard_ranges(&config.guards, "guards", problems);
     check_limits(config, problems);
     let hc = &config.health_check;
@@ -279,7 +296,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
 
 /// The data plane's capacities, which `fulcrum run` would otherwise hit.
 fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
-    use lb_common::maps::{MAX_BACKENDS, MAX_VIPS};
+    use lb_common::maps::MAX_VIPS;
     if config.vips.is_empty() {
         problems.push(
             Problem::error(
@@ -302,15 +319,16 @@ fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
         ));
     }
     let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
-    if backends >= MAX_BACKENDS as usize {
+    if backends > config.max_backends as usize {
         problems.push(Problem::error(
             "too-many-backends",
             "config",
             "backend",
             backends.to_string(),
             format!(
-                "the data plane holds at most {} backends over all VIPs",
-                MAX_BACKENDS - 1
+                "more backends over all VIPs than max_backends = {} (a backend serving \
+                 two VIPs counts twice); raise max_backends",
+                config.max_backends
             ),
         ));
     }

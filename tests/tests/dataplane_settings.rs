@@ -1,18 +1,19 @@
-//! Settings that shape the loaded program: the connection table's capacity
-//! comes from the config, not only from the compiled default.
+//! Settings that shape the loaded program: the connection table's and the
+//! backend maps' capacities come from the config, not only from the
+//! compiled defaults.
 
-use lb_common::maps::CONN_TABLE_ENTRIES;
 use lb_tests::fixture::require_root;
-use lb_userspace::dataplane::Dataplane;
+use lb_userspace::dataplane::{Capacities, Dataplane};
 
 #[test]
-fn the_connection_table_size_is_a_setting() {
+fn map_capacities_are_settings() {
     require_root();
-    let small = Dataplane::load_with(4096).expect("loads with 4096 flows");
-    assert_eq!(small.connection_table_capacity().unwrap(), 4096);
-    let default = Dataplane::load().expect("loads with the default");
-    assert_eq!(
-        default.connection_table_capacity().unwrap(),
-        CONN_TABLE_ENTRIES
-    );
+    let wanted = Capacities {
+        connection_table_size: 4096,
+        max_backends: 200_000,
+    };
+    let custom = Dataplane::load_with(wanted).expect("loads with custom capacities");
+    assert_eq!(custom.capacities().unwrap(), wanted);
+    let default = Dataplane::load().expect("loads with the defaults");
+    assert_eq!(default.capacities().unwrap(), Capacities::default());
 }

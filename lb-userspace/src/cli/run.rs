@@ -15,7 +15,11 @@ use signal_hook::{
 
 use super::OutputFormat;
 use crate::{
-    config::join_problems, dataplane::Dataplane, host, report::Report, state::DesiredState,
+    config::join_problems,
+    dataplane::{Capacities, Dataplane},
+    host,
+    report::Report,
+    state::DesiredState,
     validate::validate,
 };
 
@@ -73,7 +77,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
-    let mut dataplane = Dataplane::load_with(config.connection_table_size)?;
+    let mut dataplane = Dataplane::load_with(Capacities {
+        connection_table_size: config.connection_table_size,
+        max_backends: config.max_backends,
+    })?;
     dataplane.set_config(DataplaneConfig {
         if_mac: host::interface_mac(&interface)?.0,
         pad: [0; 2],
@@ -81,12 +88,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     dataplane.install(&state)?;
     let mode = dataplane.attach(&interface)?;
     let backends: usize = state.vips.iter().map(|v| v.backends.len()).sum();
+    let capacities = dataplane.capacities()?;
     eprintln!(
         "fulcrum: attached to {interface} ({mode} XDP); {} VIPs and {backends} backends \
-         installed and verified; connection table {} flows; SIGUSR1 prints counters, \
-         SIGINT/SIGTERM detaches",
+         installed and verified; room for {} flows and {} backends; SIGUSR1 prints \
+         counters, SIGINT/SIGTERM detaches",
         state.vips.len(),
-        dataplane.connection_table_capacity()?
+        capacities.connection_table_size,
+        capacities.max_backends
     );
     for signal in signals.forever() {
         if signal == SIGUSR1 {

@@ -23,6 +23,8 @@ pub struct Config {
     /// Capacity of the connection table (flows tracked at once; split
     /// evenly across CPUs).
     pub connection_table_size: u32,
+    /// Backend slots over all VIPs (a backend serving two VIPs uses two).
+    pub max_backends: u32,
     /// Guard thresholds, overridable per VIP.
     pub guards: Guards,
     /// Health-check defaults.

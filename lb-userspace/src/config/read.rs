@@ -254,6 +254,9 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
     let connection_table_size = top
         .optional(&mut problems, "connection_table_size", uint)
         .unwrap_or(lb_common::maps::CONN_TABLE_ENTRIES);
+    let max_backends = top
+        .optional(&mut problems, "max_backends", uint)
+        .unwrap_or(lb_common::maps::MAX_BACKENDS - 1);
     let guards = top
         .optional(&mut problems, "guards", table)
         .map(|t| read_guards(t, "guards", &mut problems))
@@ -286,6 +289,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         forwarding,
         table_size,
         connection_table_size,
+        max_backends,
         guards,
         health_check,
         api,
