@@ -39,6 +39,9 @@ use network_types::{
 #[btf_map]
 static VIP_INDEX: ArrayOfMaps<Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, 1> = ArrayOfMaps::new();
 
+/// Backend slots. The size here is a default: `fulcrum` sets the real one at
+/// load time (`max_backends`), as for the connection table and the backend
+/// counters.
 #[btf_map]
 static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
