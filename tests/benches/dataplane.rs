@@ -219,7 +219,7 @@ fn live_rate() {
         // SAFETY: a valid C string.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
         let ctx = xdp_md(frame.len(), ifindex);
-        let mut rate = |program: &Xdp| -> anyhow::Result<f64> {
+        let rate = |program: &Xdp| -> anyhow::Result<f64> {
             let result = program.test_run(TestRunOptions {
                 data_in: Some(&frame),
                 ctx_in: Some(&ctx),
