@@ -12,8 +12,8 @@ use lb_common::{
 
 use crate::{
     config::{BackendConfig, Config, MacAddr},
-    lookup_table::{BackendIdentity, TableBuilder, TableSize, WeightedBackend},
-    maglev::Maglev,
+    lookup_table::TableSize,
+    validate::build_table,
 };
 
 /// Everything `fulcrum` writes into the maps.
@@ -185,20 +185,12 @@ impl DesiredState {
                     slots: 0,
                 });
             }
-            let weighted: Vec<WeightedBackend> = backends
-                .iter()
-                .map(|b| WeightedBackend {
-                    identity: BackendIdentity::new(b.addr),
-                    weight: b.weight,
-                })
-                .collect();
-            let positions = Maglev
-                .build(&weighted, table_size)
-                .with_context(|| format!("VIP {label}"))?;
-            for &position in &positions {
-                backends[position as usize].slots += 1;
+            let built = build_table(vip, table_size).with_context(|| format!("VIP {label}"))?;
+            for (backend, &slots) in backends.iter_mut().zip(&built.slots) {
+                backend.slots = slots;
             }
-            let table = positions
+            let table = built
+                .table
                 .iter()
                 .map(|&p| backends[p as usize].backend_id)
                 .collect();

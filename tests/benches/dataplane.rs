@@ -10,7 +10,7 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use lb_tests::{
-    fixture::{Fixture, standalone_program},
+    fixture::{Fixture, standalone_program, xdp_program},
     netns::Netns,
     packet::{Frame, tcp_flags::*},
 };
@@ -56,11 +56,7 @@ fn arp() -> Vec<u8> {
 fn per_packet_cost() -> bool {
     let mut fixture = Fixture::standard();
     let mut floor_object = standalone_program("bench_floor_tx").expect("floor program");
-    let floor: &mut Xdp = floor_object
-        .program_mut("bench_floor_tx")
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let floor = xdp_program(&mut floor_object, "bench_floor_tx").expect("bench_floor_tx");
     let web4 = "198.18.0.100:80";
     let paths: Vec<(&str, Vec<u8>, bool)> = vec![
         (
@@ -198,18 +194,10 @@ fn live_rate() {
         netns.ip(&["link", "set", dev, "up"]).expect("link up");
     }
     let mut peer_object = standalone_program("lab_peer_pass").expect("peer program");
-    let peer: &mut Xdp = peer_object
-        .program_mut("lab_peer_pass")
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let peer = xdp_program(&mut peer_object, "lab_peer_pass").expect("lab_peer_pass");
     let mut fixture = Fixture::standard();
     let mut floor_object = standalone_program("bench_floor_tx").expect("floor program");
-    let floor: &mut Xdp = floor_object
-        .program_mut("bench_floor_tx")
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let floor = xdp_program(&mut floor_object, "bench_floor_tx").expect("bench_floor_tx");
     let frame = Frame::tcp("198.18.2.1:40002", "198.18.0.100:80", ACK).bytes();
     fixture.run(&frame).expect("warm-up");
     let program = fixture.dataplane.program().expect("program");

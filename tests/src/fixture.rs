@@ -111,16 +111,23 @@ pub fn require_root() {
 }
 
 /// Loads a fresh copy of the eBPF object and verifies one of its helper
-/// programs (`lab_peer_pass`, `bench_floor_tx`); the caller attaches or runs
-/// it through `program_mut`.
+/// programs (`lab_peer_pass`, `bench_floor_tx`); get it back with
+/// `xdp_program` to attach or run it.
 pub fn standalone_program(name: &str) -> anyhow::Result<aya::Ebpf> {
     let mut ebpf = aya::Ebpf::load(lb_userspace::EBPF_OBJECT)?;
-    let program: &mut aya::programs::Xdp = ebpf
+    xdp_program(&mut ebpf, name)?.load()?;
+    Ok(ebpf)
+}
+
+/// The XDP program `name` of a loaded object.
+pub fn xdp_program<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut aya::programs::Xdp> {
+    Ok(ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow::anyhow!("no program {name} in the object"))?
-        .try_into()?;
-    program.load()?;
-    Ok(ebpf)
+        .try_into()?)
 }
 
 /// A loaded program and the state installed into it.

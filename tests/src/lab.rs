@@ -19,11 +19,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::XdpMode;
 use lb_userspace::report::Report;
 
 use crate::{
-    fixture::{require_root, standalone_program},
+    fixture::{require_root, standalone_program, xdp_program},
     netns::Netns,
     traffic::{self, Tally},
 };
@@ -314,10 +314,7 @@ impl Lab {
         }
         // NAPI for the load balancer's XDP_TX on veth (see DESIGN.md).
         let mut peer_pass = standalone_program("lab_peer_pass")?;
-        let program: &mut Xdp = peer_pass
-            .program_mut("lab_peer_pass")
-            .context("lab_peer_pass program")?
-            .try_into()?;
+        let program = xdp_program(&mut peer_pass, "lab_peer_pass")?;
         switch.enter(|| {
             program.attach("p-lb", XdpMode::Driver)?;
             Ok(())
