@@ -1,16 +1,22 @@
 //! The plan: what applying a config would change, VIP by VIP — each
 //! backend's share before and after, the fraction of flows whose backend
-//! changes, the capacity taken away — and the blast-radius guards' verdicts.
-//! Pure: two validated configs in, a plan out.
+//! changes, the capacity taken away — and the guards' verdicts. It is the
+//! one gate every path that applies a config goes through. A change is
+//! judged by the guards in force (the current config's), tightened where
+//! the new config is stricter; loosening a guard is itself a change that
+//! needs `--force`. Pure: two validated configs in, a plan out.
 
-use std::net::SocketAddr;
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use serde::Serialize;
 
 use crate::{
-    config::{Config, Guards, VipConfig},
+    config::{Config, GuardOverrides, Guards, VipConfig},
     problem::Problem,
-    validate::{Validation, VipTable, backend_addr, vip_location},
+    validate::{Validation, VipTable, backend_addr, check_concentration, vip_location},
 };
 
 /// What happened to a VIP or a backend.
@@ -74,6 +80,8 @@ pub struct Plan {
     pub problems: Vec<Problem>,
     /// Guards `--force` overrode (recorded as warnings).
     pub forced: Vec<Problem>,
+    /// Whether nothing was installed, so the config's own guards applied.
+    pub first_install: bool,
 }
 
 impl Plan {
@@ -102,8 +110,9 @@ impl Validation {
     }
 }
 
-fn same_vip(a: &VipConfig, b: &VipConfig) -> bool {
-    (a.address, a.port, a.protocol) == (b.address, b.port, b.protocol)
+/// What makes two configs' VIPs the same VIP.
+fn endpoint_key(vip: &VipConfig) -> (std::net::IpAddr, u16, crate::config::Protocol) {
+    (vip.address, vip.port, vip.protocol)
 }
 
 /// Samples used to compare tables of different sizes.
@@ -132,11 +141,19 @@ fn percent(share: f64) -> String {
 }
 
 /// Plans moving from `current` (nothing installed if `None`) to `next`.
-/// With `force`, blast-radius refusals become recorded warnings.
+/// With `force`, guard loosenings and blast-radius refusals become
+/// recorded warnings.
+///
+/// With nothing installed there are no guards in force: the config's own
+/// apply, and where they are looser than the built-in defaults the plan
+/// says so in warnings.
 pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
+    let first_install = current.is_none();
+    // The defaults stand in for the rules in force when nothing is.
     let empty = Config {
         vips: Vec::new(),
         unreadable_vips: Vec::new(),
+        guards: Guards::default(),
         ..next.config.clone()
     };
     let current = current.unwrap_or(Side {
@@ -145,13 +162,22 @@ pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
     });
     let mut vips = Vec::new();
     let mut problems = Vec::new();
+    loosened_guards(
+        "guards",
+        &current.config.guards,
+        &next.config.guards,
+        |_| true,
+        &mut problems,
+    );
+    let current_vips: HashMap<_, _> = current
+        .config
+        .vips
+        .iter()
+        .zip(current.tables)
+        .map(|(vip, table)| (endpoint_key(vip), (vip, table)))
+        .collect();
     for (vip, table) in next.config.vips.iter().zip(next.tables) {
-        let old = current
-            .config
-            .vips
-            .iter()
-            .zip(current.tables)
-            .find(|(o, _)| same_vip(o, vip));
+        let old = current_vips.get(&endpoint_key(vip)).copied();
         let vip_plan = match old {
             None => vip_plan(None, Some((vip, table.as_ref())), Change::Added),
             Some((old_vip, old_table)) => vip_plan(
@@ -160,27 +186,77 @@ pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
                 Change::Changed,
             ),
         };
-        check_blast_radius(
-            &vip_plan,
-            &vip.guards.apply(&next.config.guards),
-            &mut problems,
-        );
+        // A VIP added now is judged by the global guards in force.
+        let old_overrides = old.map_or(GuardOverrides::default(), |(o, _)| o.guards);
+        let in_force = old_overrides.apply(&current.config.guards);
+        let brought = vip.guards.apply(&next.config.guards);
+        let location = format!("{} guards", plan_location(&vip_plan));
+        // A global loosening is reported once, on the global line.
+        let own = |field: &str| vip.guards.sets(field) || old_overrides.sets(field);
+        loosened_guards(&location, &in_force, &brought, own, &mut problems);
+        // Even with --force the change is judged by the rules in force, so
+        // the record names everything the override let through.
+        let judged = if first_install {
+            brought
+        } else {
+            in_force.stricter(&brought)
+        };
+        // Validation checked concentration by the guards the config
+        // brings; judge it again only where the rules in force are stricter.
+        if judged != brought
+            && let Some(table) = table
+        {
+            let mut found = Vec::new();
+            check_concentration(vip, &vip_location(vip), table, &judged, &mut found);
+            for mut problem in found {
+                problem.message.push_str(
+                    "; judged by the guards in force, not the looser ones this change brings",
+                );
+                problems.push(problem);
+            }
+        }
+        check_blast_radius(&vip_plan, &judged, &mut problems);
         vips.push(vip_plan);
     }
+    let next_endpoints: HashSet<_> = next.config.vips.iter().map(endpoint_key).collect();
     for (old_vip, old_table) in current.config.vips.iter().zip(current.tables) {
-        if !next.config.vips.iter().any(|v| same_vip(v, old_vip)) {
+        if !next_endpoints.contains(&endpoint_key(old_vip)) {
             let vip_plan = vip_plan(Some((old_vip, old_table.as_ref())), None, Change::Removed);
             let guards = old_vip.guards.apply(&current.config.guards);
             check_blast_radius(&vip_plan, &guards, &mut problems);
             vips.push(vip_plan);
         }
     }
-    let forced = resolve_blast_radius(&mut problems, force);
+    let forced = resolve_overridable(&mut problems, force, first_install);
     Plan {
         table_size: (current.config.table_size, next.config.table_size),
         vips,
         problems,
         forced,
+        first_install,
+    }
+}
+
+/// Refuses each threshold `next` loosens relative to `in_force`, among
+/// the fields `reported` selects: one problem per threshold, old → new.
+fn loosened_guards(
+    location: &str,
+    in_force: &Guards,
+    next: &Guards,
+    reported: impl Fn(&str) -> bool,
+    problems: &mut Vec<Problem>,
+) {
+    for (old, new) in in_force.values().iter().zip(next.values()) {
+        if old.loosened_by(&new) && reported(old.field) {
+            problems.push(Problem::error(
+                "guard-loosened",
+                location,
+                old.field,
+                format!("{} → {}", old.value, new.value),
+                "looser than the guard in force; a change is judged by the guards in \
+                 force, so loosening one is a change of its own",
+            ));
+        }
     }
 }
 
@@ -188,30 +264,35 @@ type Entry<'a> = (&'a VipConfig, Option<&'a VipTable>);
 
 fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change) -> VipPlan {
     let vip = after.or(before).expect("a VIP on at least one side").0;
-    let share = |entry: Option<Entry<'_>>, addr: SocketAddr| -> (Option<u32>, f64) {
-        let Some((vip, table)) = entry else {
-            return (None, 0.0);
-        };
-        vip.backends
-            .iter()
-            .position(|b| backend_addr(vip, b) == addr)
-            .map_or((None, 0.0), |i| {
-                (
-                    Some(vip.backends[i].weight),
-                    table.map_or(0.0, |t| t.share(i)),
-                )
-            })
+    let positions = |entry: Option<Entry<'_>>| -> HashMap<SocketAddr, usize> {
+        entry.map_or_else(HashMap::new, |(vip, _)| {
+            let addrs = vip.backends.iter().map(|b| backend_addr(vip, b));
+            addrs.enumerate().map(|(i, addr)| (addr, i)).collect()
+        })
+    };
+    let (positions_before, positions_after) = (positions(before), positions(after));
+    let share = |entry: Option<Entry<'_>>,
+                 positions: &HashMap<SocketAddr, usize>,
+                 addr: SocketAddr|
+     -> (Option<u32>, f64) {
+        match (entry, positions.get(&addr)) {
+            (Some((vip, table)), Some(&i)) => (
+                Some(vip.backends[i].weight),
+                table.map_or(0.0, |t| t.share(i)),
+            ),
+            _ => (None, 0.0),
+        }
     };
     let mut backends = Vec::new();
-    let listed = after.into_iter().chain(before);
-    for (side_vip, _) in listed {
+    let mut listed_addrs = HashSet::new();
+    for (side_vip, _) in after.into_iter().chain(before) {
         for backend in &side_vip.backends {
             let addr = backend_addr(side_vip, backend);
-            if backends.iter().any(|b: &BackendPlan| b.address == addr) {
+            if !listed_addrs.insert(addr) {
                 continue;
             }
-            let (weight_before, share_before) = share(before, addr);
-            let (weight_after, share_after) = share(after, addr);
+            let (weight_before, share_before) = share(before, &positions_before, addr);
+            let (weight_after, share_after) = share(after, &positions_after, addr);
             let change = match (weight_before, weight_after) {
                 (None, _) => Change::Added,
                 (_, None) => Change::Removed,
@@ -316,24 +397,34 @@ fn check_blast_radius(vip: &VipPlan, guards: &Guards, problems: &mut Vec<Problem
     }
 }
 
-/// Tells the operator what to do about a blast-radius verdict, or records
-/// that `--force` overrode it.
-fn resolve_blast_radius(problems: &mut [Problem], force: bool) -> Vec<Problem> {
+/// Tells the operator what to do about each verdict of the plan (every one
+/// may be overridden: config errors are not the plan's), or records that
+/// `--force` overrode it. On a first install, loosenings of the built-in
+/// defaults are warnings: no guards were in force.
+fn resolve_overridable(problems: &mut [Problem], force: bool, first_install: bool) -> Vec<Problem> {
     let mut forced = Vec::new();
-    for problem in problems
-        .iter_mut()
-        .filter(|p| p.code.starts_with("blast-radius"))
-    {
-        if force {
+    for problem in problems.iter_mut().filter(|p| p.is_error()) {
+        if first_install && problem.code == "guard-loosened" {
+            problem.message = format!(
+                "looser than the built-in default ({}); nothing is installed, so the \
+                 config's own guards apply",
+                problem.value
+            );
+            *problem = problem.clone().warning();
+        } else if force {
             problem.message.push_str("; overridden by --force");
             *problem = problem.clone().warning();
             forced.push(problem.clone());
         } else if problem.code == "blast-radius-removal" {
             problem.message.push_str("; confirm with --force");
-        } else {
+        } else if problem.code.starts_with("blast-radius") {
             problem
                 .message
                 .push_str("; apply in smaller steps, or override with --force");
+        } else {
+            problem
+                .message
+                .push_str("; confirm with --force (the override is recorded)");
         }
     }
     forced

@@ -3,7 +3,11 @@
 //! concentration guards are computed from the real lookup tables that would
 //! be installed, not from the weights alone.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    hash::Hash,
+    net::{IpAddr, SocketAddr},
+};
 
 use crate::{
     config::{BackendConfig, Config, Guards, VipConfig},
@@ -96,17 +100,85 @@ pub fn validate(text: &str) -> Validation {
 pub fn check(config: &Config) -> (Vec<Problem>, Vec<Option<VipTable>>) {
     let mut problems = Vec::new();
     check_globals(config, &mut problems);
-    let size = TableSize::new(config.table_size).ok();
+    let endpoints = earlier_twins(
+        config
+            .vips
+            .iter()
+            .map(|v| Some((v.address, v.port, v.protocol))),
+    );
+    let names = earlier_twins(config.vips.iter().map(|v| v.name.as_deref()));
     for (index, vip) in config.vips.iter().enumerate() {
-        check_vip(config, index, vip, &mut problems);
+        let twins = (endpoints[index], names[index]);
+        check_vip(config, vip, twins, &mut problems);
     }
     check_orphaned_backends(config, &mut problems);
-    let tables = build_tables(&config.vips, size);
-    for ((vip, table), location) in config.vips.iter().zip(&tables).zip(locations(config)) {
-        let guards = vip.guards.apply(&config.guards);
-        check_concentration(vip, &location, table.as_ref(), &guards, &mut problems);
-    }
+    let tables = build_tables(&config.vips, config.table_size);
+    let tables = config
+        .vips
+        .iter()
+        .zip(tables)
+        .map(|(vip, table)| {
+            let location = vip_location(vip);
+            match table {
+                Ok(table) => {
+                    let guards = vip.guards.apply(&config.guards);
+                    check_concentration(vip, &location, &table, &guards, &mut problems);
+                    Some(table)
+                }
+                Err(why) => {
+                    problems.push(Problem::error(
+                        "guard-unchecked",
+                        location,
+                        "backend",
+                        "",
+                        format!(
+                            "the lookup table cannot be built ({why}), so the concentration \
+                             guards (max_backend_share, min_backends) could not be checked"
+                        ),
+                    ));
+                    None
+                }
+            }
+        })
+        .collect();
     (problems, tables)
+}
+
+/// For each key, the position of the first earlier item with the same key
+/// (`None` for the first of its kind and for items without a key). One
+/// pass with a hash map, so a pool of 200,000 backends is checked in
+/// linear time.
+fn earlier_twins<K: Hash + Eq>(keys: impl IntoIterator<Item = Option<K>>) -> Vec<Option<usize>> {
+    let mut first = HashMap::new();
+    keys.into_iter()
+        .enumerate()
+        .map(|(index, key)| match first.entry(key?) {
+            Entry::Occupied(seen) => Some(*seen.get()),
+            Entry::Vacant(slot) => {
+                slot.insert(index);
+                None
+            }
+        })
+        .collect()
+}
+
+/// Which earlier backend of the same list each backend repeats: by
+/// identity (what the table sees) and by name.
+struct Twins {
+    identity: Vec<Option<usize>>,
+    name: Vec<Option<usize>>,
+}
+
+impl Twins {
+    fn of(
+        backends: &[BackendConfig],
+        identity: impl Fn(&BackendConfig) -> BackendIdentity,
+    ) -> Self {
+        Self {
+            identity: earlier_twins(backends.iter().map(|b| Some(identity(b)))),
+            name: earlier_twins(backends.iter().map(|b| b.name.as_deref())),
+        }
+    }
 }
 
 /// How problems name each VIP: `vip "name"`, else its endpoint.
@@ -115,10 +187,6 @@ pub fn vip_location(vip: &VipConfig) -> String {
         Some(name) => format!("vip {name:?}"),
         None => format!("vip {}", vip.endpoint()),
     }
-}
-
-fn locations(config: &Config) -> impl Iterator<Item = String> + '_ {
-    config.vips.iter().map(vip_location)
 }
 
 /// How problems name a backend: `backend "name"`, else its position and
@@ -297,7 +365,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
 /// The data plane's capacities, which `fulcrum run` would otherwise hit.
 fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
     use lb_common::maps::MAX_VIPS;
-    if config.vips.is_empty() {
+    if config.vips.is_empty() && config.unreadable_vips.is_empty() {
         problems.push(
             Problem::error(
                 "no-vips",
@@ -334,7 +402,13 @@ fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
-fn check_vip(config: &Config, index: usize, vip: &VipConfig, problems: &mut Vec<Problem>) {
+/// `twins`: the earlier VIPs with the same endpoint and the same name.
+fn check_vip(
+    config: &Config,
+    vip: &VipConfig,
+    twins: (Option<usize>, Option<usize>),
+    problems: &mut Vec<Problem>,
+) {
     let location = vip_location(vip);
     if let Some(why) = reserved(vip.address) {
         problems.push(Problem::error(
@@ -345,11 +419,8 @@ fn check_vip(config: &Config, index: usize, vip: &VipConfig, problems: &mut Vec<
             format!("a VIP cannot be {why}"),
         ));
     }
-    let earlier = &config.vips[..index];
-    if let Some(twin) = earlier
-        .iter()
-        .find(|o| (o.address, o.port, o.protocol) == (vip.address, vip.port, vip.protocol))
-    {
+    let (endpoint_twin, name_twin) = twins;
+    if let Some(twin) = endpoint_twin.map(|i| &config.vips[i]) {
         problems.push(Problem::error(
             "duplicate-vip",
             &location,
@@ -363,7 +434,7 @@ fn check_vip(config: &Config, index: usize, vip: &VipConfig, problems: &mut Vec<
         ));
     }
     if let Some(name) = &vip.name
-        && earlier.iter().any(|o| o.name.as_ref() == Some(name))
+        && name_twin.is_some()
     {
         problems.push(Problem::error(
             "duplicate-name",
@@ -377,13 +448,7 @@ fn check_vip(config: &Config, index: usize, vip: &VipConfig, problems: &mut Vec<
     let overrides = vip.guards.apply(&Guards::default());
     let mut own = Vec::new();
     check_guard_ranges(&overrides, &format!("{location} guards"), &mut own);
-    let overridden = |field: &str| match field {
-        "max_backend_share" => vip.guards.max_backend_share.is_some(),
-        "min_backends" => vip.guards.min_backends.is_some(),
-        "max_flows_moved" => vip.guards.max_flows_moved.is_some(),
-        _ => vip.guards.max_capacity_removed.is_some(),
-    };
-    problems.extend(own.into_iter().filter(|p| overridden(&p.field)));
+    problems.extend(own.into_iter().filter(|p| vip.guards.sets(&p.field)));
     if vip.name.as_deref() == Some("") {
         problems.push(Problem::error(
             "empty-name",
@@ -426,18 +491,21 @@ fn check_vip(config: &Config, index: usize, vip: &VipConfig, problems: &mut Vec<
             ),
         ));
     }
+    let twins = Twins::of(&vip.backends, |b| {
+        BackendIdentity::new(backend_addr(vip, b))
+    });
     for i in 0..vip.backends.len() {
-        check_backend_in_vip(vip, &location, i, problems);
+        check_backend_in_vip(vip, &location, i, &twins, problems);
     }
 }
 
 /// The checks a backend needs no VIP for: its address, MAC, name and
-/// weight, and (given `same`) whether an earlier backend is the same server.
+/// weight, and (given `twins`) whether an earlier backend is the same server.
 fn check_backend_alone(
     backends: &[BackendConfig],
     vip_location: &str,
     index: usize,
-    same: impl Fn(&BackendConfig, &BackendConfig) -> bool,
+    twins: &Twins,
     problems: &mut Vec<Problem>,
 ) {
     let backend = &backends[index];
@@ -470,7 +538,6 @@ fn check_backend_alone(
             );
         }
     }
-    let earlier = &backends[..index];
     match &backend.name {
         Some(name) if name.is_empty() => error(
             "empty-name",
@@ -478,7 +545,7 @@ fn check_backend_alone(
             "\"\"".into(),
             "a name must not be empty (leave it out to use the address)".into(),
         ),
-        Some(name) if earlier.iter().any(|o| o.name.as_ref() == Some(name)) => error(
+        Some(name) if twins.name[index].is_some() => error(
             "duplicate-name",
             "name",
             format!("{name:?}"),
@@ -494,17 +561,32 @@ fn check_backend_alone(
             format!("weights go from 0 (drain) to {MAX_WEIGHT}"),
         );
     }
-    if let Some((twin_index, twin)) = earlier.iter().enumerate().find(|(_, o)| same(o, backend)) {
-        error(
-            "duplicate-backend",
-            "address",
-            backend.address.to_string(),
-            format!(
-                "the same server is already listed as {}; listing it twice would \
-                 double its share",
-                backend_location(vip_location, twin_index, twin)
-            ),
-        );
+    if let Some(twin_index) = twins.identity[index] {
+        let twin = &backends[twin_index];
+        let twin_location = backend_location(vip_location, twin_index, twin);
+        if twin.address == backend.address {
+            error(
+                "duplicate-backend",
+                "address",
+                backend.address.to_string(),
+                format!(
+                    "the same server is already listed as {twin_location}; listing it \
+                     twice would double its share"
+                ),
+            );
+        } else {
+            error(
+                "identity-clash",
+                "address",
+                backend.address.to_string(),
+                format!(
+                    "{} is another spelling of {} ({twin_location}): an IPv4-mapped IPv6 \
+                     address is the IPv4 address, so the table would see one server \
+                     twice; list it once",
+                    backend.address, twin.address
+                ),
+            );
+        }
     }
 }
 
@@ -513,11 +595,10 @@ fn check_backend_in_vip(
     vip: &VipConfig,
     vip_location: &str,
     index: usize,
+    twins: &Twins,
     problems: &mut Vec<Problem>,
 ) {
-    let same_server =
-        |a: &BackendConfig, b: &BackendConfig| backend_addr(vip, a) == backend_addr(vip, b);
-    check_backend_alone(&vip.backends, vip_location, index, same_server, problems);
+    check_backend_alone(&vip.backends, vip_location, index, twins, problems);
     let backend = &vip.backends[index];
     let location = backend_location(vip_location, index, backend);
     let mut error = |code, field: &str, value: String, message: String| {
@@ -574,10 +655,18 @@ fn check_backend_in_vip(
 /// that needs no VIP, so one bad key does not hide the rest.
 fn check_orphaned_backends(config: &Config, problems: &mut Vec<Problem>) {
     for orphans in &config.unreadable_vips {
-        let same =
-            |a: &BackendConfig, b: &BackendConfig| (a.address, a.port) == (b.address, b.port);
+        // Without the VIP's port, an unset backend port is its own identity.
+        let twins = Twins::of(&orphans.backends, |b| {
+            BackendIdentity::new(SocketAddr::new(b.address, b.port.unwrap_or(0)))
+        });
         for index in 0..orphans.backends.len() {
-            check_backend_alone(&orphans.backends, &orphans.location, index, same, problems);
+            check_backend_alone(
+                &orphans.backends,
+                &orphans.location,
+                index,
+                &twins,
+                problems,
+            );
         }
     }
 }
@@ -588,9 +677,10 @@ pub fn backend_addr(vip: &VipConfig, backend: &BackendConfig) -> SocketAddr {
 }
 
 /// Builds every VIP's table, spread over the machine's cores.
-fn build_tables(vips: &[VipConfig], size: Option<TableSize>) -> Vec<Option<VipTable>> {
-    let Some(size) = size else {
-        return vec![None; vips.len()];
+fn build_tables(vips: &[VipConfig], size: u32) -> Vec<Result<VipTable, TableError>> {
+    let size = match TableSize::new(size) {
+        Ok(size) => size,
+        Err(why) => return vec![Err(why); vips.len()],
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = vips.len().div_ceil(workers).max(1);
@@ -600,7 +690,7 @@ fn build_tables(vips: &[VipConfig], size: Option<TableSize>) -> Vec<Option<VipTa
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|vip| build_table(vip, size).ok())
+                        .map(|vip| build_table(vip, size))
                         .collect::<Vec<_>>()
                 })
             })
@@ -643,16 +733,15 @@ fn percent(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
 }
 
-fn check_concentration(
+/// The concentration guards on the table `vip` would get: enough backends
+/// taking new flows, and none above its share limit.
+pub fn check_concentration(
     vip: &VipConfig,
     location: &str,
-    table: Option<&VipTable>,
+    table: &VipTable,
     guards: &Guards,
     problems: &mut Vec<Problem>,
 ) {
-    let Some(table) = table else {
-        return;
-    };
     let active = vip.backends.iter().filter(|b| b.weight > 0).count() as u32;
     if active < guards.min_backends {
         problems.push(Problem::error(

@@ -78,24 +78,24 @@ fn cases() -> Vec<Case> {
                 (C3_LINE, r#"{ name = "c3", address = "198.18.0.13", weight = 0 }"#)],
             &[("too-few-backends", CHECKOUT, "backend"), ("concentration", C1, "weight")]),
         case("the same backend under several names", &[(C2_LINE, r#"{ name = "c2", address = "198.18.0.11", weight = 1 }"#)],
-            &[("duplicate-backend", C2, "address")]),
+            &[("duplicate-backend", C2, "address"), ("guard-unchecked", CHECKOUT, "backend")]),
         case("the same backend, once with its port spelled out", &[(C2_LINE, r#"{ name = "c2", address = "198.18.0.11", port = 443 }"#)],
-            &[("duplicate-backend", C2, "address")]),
+            &[("duplicate-backend", C2, "address"), ("guard-unchecked", CHECKOUT, "backend")]),
         case("backend list replaced by one entry", &[(C2_ROW, ""), (C3_ROW, "")],
             &[("too-few-backends", CHECKOUT, "backend"), ("concentration", C1, "weight")]),
         case("a typo points every backend at the same IP", &[
                 (C2_LINE, r#"{ name = "c2", address = "198.18.0.11", weight = 1 }"#),
                 (C3_LINE, r#"{ name = "c3", address = "198.18.0.11", weight = 1 }"#)],
-            &[("duplicate-backend", C2, "address"), ("duplicate-backend", C3, "address")]),
+            &[("duplicate-backend", C2, "address"), ("duplicate-backend", C3, "address"), ("guard-unchecked", CHECKOUT, "backend")]),
         case("all weights zero", &[
                 (C1_LINE, r#"{ name = "c1", address = "198.18.0.11", weight = 0 }"#),
                 (C2_LINE, r#"{ name = "c2", address = "198.18.0.12", weight = 0 }"#),
                 (C3_LINE, r#"{ name = "c3", address = "198.18.0.13", weight = 0 }"#)],
-            &[("no-capacity", CHECKOUT, "weight")]),
+            &[("no-capacity", CHECKOUT, "weight"), ("guard-unchecked", CHECKOUT, "backend")]),
         case("a VIP with an empty backend list", &[(C1_ROW, ""), (C2_ROW, ""), (C3_ROW, "")],
-            &[("no-backends", CHECKOUT, "backend")]),
+            &[("no-backends", CHECKOUT, "backend"), ("guard-unchecked", CHECKOUT, "backend")]),
         case("a VIP with no backend key", &[("protocol = \"udp\"\nbackend = [", "protocol = \"udp\"\nunused = [")],
-            &[("unknown-key", DNS6, "unused"), ("no-backends", DNS6, "backend")]),
+            &[("unknown-key", DNS6, "unused"), ("no-backends", DNS6, "backend"), ("guard-unchecked", DNS6, "backend")]),
         // Shape: syntax, keys, types.
         case("broken syntax", &[("[[vip]]\nname = \"checkout\"", "[[vip]\nname = \"checkout\"")],
             &[("syntax", "config", "line 4, column 6")]),
@@ -164,7 +164,7 @@ fn cases() -> Vec<Case> {
             &[("weight-range", C1, "weight"), ("weight-range", C2, "weight"), ("weight-range", C3, "weight")]),
         // Tables and guards.
         case("table size not prime", &[("interface = \"eth1\"", "interface = \"eth1\"\ntable_size = 65536")],
-            &[("table-size", "config", "table_size")]),
+            &[("table-size", "config", "table_size"), ("guard-unchecked", CHECKOUT, "backend"), ("guard-unchecked", DNS6, "backend")]),
         case("connection table too small", &[("interface = \"eth1\"", "interface = \"eth1\"\nconnection_table_size = 10")],
             &[("connection-table-size", "config", "connection_table_size")]),
         case("max_backends below the backends configured", &[("interface = \"eth1\"", "interface = \"eth1\"\nmax_backends = 4")],
@@ -208,7 +208,13 @@ fn cases() -> Vec<Case> {
         case("an empty backend name", &[(C2_LINE, r#"{ name = "", address = "198.18.0.12", weight = 1 }"#)],
             &[("empty-name", "vip \"checkout\" backend \"\"", "name")]),
         case("one IPv6 backend spelt two ways", &[(r#"{ name = "d2", address = "2001:2::12" }"#, r#"{ address = "2001:0002:0000::0011" }"#)],
-            &[("duplicate-backend", "vip \"dns6\" backend #2 (2001:2::11)", "address")]),
+            &[("duplicate-backend", "vip \"dns6\" backend #2 (2001:2::11)", "address"), ("guard-unchecked", DNS6, "backend")]),
+        case("one backend as IPv4 and as IPv4-mapped IPv6", &[(C2_LINE, r#"{ name = "c2", address = "::ffff:198.18.0.11", weight = 1 }"#)],
+            &[("identity-clash", C2, "address"), ("family-mismatch", C2, "address"), ("guard-unchecked", CHECKOUT, "backend")]),
+        case("the same IPv4-mapped clash in a VIP with an unreadable key", &[
+                ("protocol = \"tcp\"", "protocol = \"tcpp\""),
+                (C2_LINE, r#"{ name = "c2", address = "::ffff:198.18.0.11", weight = 1 }"#)],
+            &[("invalid-value", CHECKOUT, "protocol"), ("identity-clash", C2, "address")]),
         case("unchanged text is valid (control)", &[(EXTRA, EXTRA)], &[]),
     ]
 }
@@ -333,4 +339,221 @@ fn an_empty_config_is_valid_but_warned_about() {
     let validation = validate("");
     assert!(validation.is_valid());
     assert_eq!(validation.problems[0].code, "no-vips");
+}
+
+#[test]
+fn a_config_whose_only_vip_is_unreadable_is_not_called_empty() {
+    let text = "[[vip]]\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcpp\"\n\
+                backend = [{ address = \"198.18.0.1\" }, { address = \"198.18.0.2\" }]\n";
+    let validation = validate(text);
+    let codes: Vec<_> = validation.problems.iter().map(|p| p.code).collect();
+    assert_eq!(codes, vec!["invalid-value"], "{:?}", validation.problems);
+}
+
+/// Changes the plan must refuse without `--force` because they loosen the
+/// guards in force: each names the current config's edits, the new
+/// config's edits, and exactly the errors that must come back.
+struct PlanCase {
+    name: &'static str,
+    current: Vec<(&'static str, &'static str)>,
+    next: Vec<(&'static str, &'static str)>,
+    refused: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+fn plan_case(
+    name: &'static str,
+    current: &[(&'static str, &'static str)],
+    next: &[(&'static str, &'static str)],
+    refused: &[(&'static str, &'static str, &'static str)],
+) -> PlanCase {
+    PlanCase {
+        name,
+        current: current.to_vec(),
+        next: next.to_vec(),
+        refused: refused.to_vec(),
+    }
+}
+
+const CHECKOUT_PLAN: &str = "vip \"checkout\" (198.18.100.1:443/tcp)";
+const CHECKOUT_PLAN_GUARDS: &str = "vip \"checkout\" (198.18.100.1:443/tcp) guards";
+const SOLO_PLAN_GUARDS: &str = "vip \"solo\" (198.18.100.2:80/tcp) guards";
+const INTERFACE: &str = "interface = \"eth1\"";
+const CHECKOUT_PROTOCOL: &str = "protocol = \"tcp\"";
+const SEED_WEIGHTS: [(&str, &str); 3] = [
+    (
+        C1_LINE,
+        r#"{ name = "c1", address = "198.18.0.11", weight = 100 }"#,
+    ),
+    (
+        C2_LINE,
+        r#"{ name = "c2", address = "198.18.0.12", weight = 0 }"#,
+    ),
+    (
+        C3_LINE,
+        r#"{ name = "c3", address = "198.18.0.13", weight = 0 }"#,
+    ),
+];
+const ALL_LOOSE: &str = "{ min_backends = 1, max_backend_share = 1.0, max_flows_moved = 1.0, max_capacity_removed = 1.0 }";
+const DNS6_END: &str = "{ name = \"d2\", address = \"2001:2::12\" },\n]\n";
+const SOLO: &str = "{ name = \"d2\", address = \"2001:2::12\" },\n]\n\n[[vip]]\nname = \"solo\"\naddress = \"198.18.100.2\"\nport = 80\nprotocol = \"tcp\"\n\
+                    guards = { min_backends = 1, max_backend_share = 1.0 }\n\
+                    backend = [{ name = \"s1\", address = \"198.18.0.21\" }]\n";
+
+fn seed_with(guards_edit: (&'static str, &'static str)) -> Vec<(&'static str, &'static str)> {
+    let mut edits = SEED_WEIGHTS.to_vec();
+    edits.push(guards_edit);
+    edits
+}
+
+#[rustfmt::skip]
+fn plan_cases() -> Vec<PlanCase> {
+    let seed_vip = seed_with((CHECKOUT_PROTOCOL, "protocol = \"tcp\"\nguards = { min_backends = 1, max_backend_share = 1.0, max_flows_moved = 1.0, max_capacity_removed = 1.0 }"));
+    let seed_global = seed_with((INTERFACE, "interface = \"eth1\"\nguards = { min_backends = 1, max_backend_share = 1.0, max_flows_moved = 1.0, max_capacity_removed = 1.0 }"));
+    assert!(seed_vip[3].1.contains(ALL_LOOSE) && seed_global[3].1.contains(ALL_LOOSE));
+    let outage = [
+        ("too-few-backends", CHECKOUT, "backend"),
+        ("concentration", C1, "weight"),
+        ("blast-radius-flows", CHECKOUT_PLAN, "flows_moved"),
+        ("blast-radius-capacity", CHECKOUT_PLAN, "capacity_removed"),
+    ];
+    let loosened_all = |location| [
+        ("guard-loosened", location, "max_backend_share"),
+        ("guard-loosened", location, "min_backends"),
+        ("guard-loosened", location, "max_flows_moved"),
+        ("guard-loosened", location, "max_capacity_removed"),
+    ];
+    vec![
+        plan_case("a VIP's guards loosened", &[],
+            &[(CHECKOUT_PROTOCOL, "protocol = \"tcp\"\nguards = { max_backend_share = 0.8 }")],
+            &[("guard-loosened", CHECKOUT_PLAN_GUARDS, "max_backend_share")]),
+        plan_case("the global guards loosened", &[],
+            &[(INTERFACE, "interface = \"eth1\"\nguards = { max_flows_moved = 0.9, min_backends = 1 }")],
+            &[("guard-loosened", "guards", "min_backends"), ("guard-loosened", "guards", "max_flows_moved")]),
+        plan_case("a stricter override dropped", &[(CHECKOUT_PROTOCOL, "protocol = \"tcp\"\nguards = { max_backend_share = 0.4 }")],
+            &[],
+            &[("guard-loosened", CHECKOUT_PLAN_GUARDS, "max_backend_share")]),
+        plan_case("a VIP added with looser guards than the global ones in force", &[],
+            &[(DNS6_END, SOLO)],
+            &[("guard-loosened", SOLO_PLAN_GUARDS, "max_backend_share"), ("guard-loosened", SOLO_PLAN_GUARDS, "min_backends"),
+              ("too-few-backends", "vip \"solo\"", "backend"), ("concentration", "vip \"solo\" backend \"s1\"", "weight")]),
+        plan_case("the seed's outage, with the VIP's guards loosened", &[], &seed_vip,
+            &[&loosened_all(CHECKOUT_PLAN_GUARDS)[..], &outage[..]].concat()),
+        plan_case("the seed's outage, with the global guards loosened", &[], &seed_global,
+            &[&loosened_all("guards")[..], &outage[..]].concat()),
+        plan_case("tightening a guard (accepted)", &[],
+            &[(INTERFACE, "interface = \"eth1\"\nguards = { max_flows_moved = 0.2 }"),
+              (CHECKOUT_PROTOCOL, "protocol = \"tcp\"\nguards = { max_backend_share = 0.4, min_backends = 3 }")],
+            &[]),
+        plan_case("a global loosening under a VIP override that holds (only the global line)",
+            &[(CHECKOUT_PROTOCOL, "protocol = \"tcp\"\nguards = { max_backend_share = 0.4 }")],
+            &[(CHECKOUT_PROTOCOL, "protocol = \"tcp\"\nguards = { max_backend_share = 0.4 }"),
+              (INTERFACE, "interface = \"eth1\"\nguards = { max_backend_share = 0.9 }")],
+            &[("guard-loosened", "guards", "max_backend_share")]),
+    ]
+}
+
+fn edited(edits: &[(&str, &str)], name: &str) -> String {
+    let mut text = GOOD.to_string();
+    for (from, to) in edits {
+        assert!(
+            text.contains(from),
+            "{name}: edit target {from:?} not in the config"
+        );
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+type Found = BTreeSet<(String, String, String)>;
+
+fn found<'a>(problems: impl IntoIterator<Item = &'a lb_userspace::problem::Problem>) -> Found {
+    problems
+        .into_iter()
+        .map(|p| (p.code.to_string(), p.location.clone(), p.field.clone()))
+        .collect()
+}
+
+#[test]
+fn a_change_is_judged_by_the_guards_in_force() {
+    use lb_userspace::plan::plan;
+    let mut failures = Vec::new();
+    for case in plan_cases() {
+        let current = validate(&edited(&case.current, case.name));
+        let next = validate(&edited(&case.next, case.name));
+        assert!(
+            current.is_valid(),
+            "{}: current {:?}",
+            case.name,
+            current.problems
+        );
+        assert!(
+            next.is_valid(),
+            "{}: next alone is valid by its own guards: {:?}",
+            case.name,
+            next.problems
+        );
+        let judge = |force| plan(current.side(), next.side().unwrap(), force);
+        let refused = judge(false);
+        let want: Found = case
+            .refused
+            .iter()
+            .map(|(c, l, f)| (c.to_string(), l.to_string(), f.to_string()))
+            .collect();
+        let got = found(refused.problems.iter().filter(|p| p.is_error()));
+        if got != want {
+            failures.push(format!(
+                "{}:\n    expected {want:?}\n    got      {got:?}",
+                case.name
+            ));
+        }
+        if refused.accepted() != case.refused.is_empty() {
+            failures.push(format!(
+                "{}: accepted without --force = {}",
+                case.name,
+                refused.accepted()
+            ));
+        }
+        let forced = judge(true);
+        // Everything refused is recorded as overridden, the outage included.
+        let want_forced = want.clone();
+        if !forced.accepted() || found(&forced.forced) != want_forced {
+            failures.push(format!(
+                "{}: with --force: accepted = {}, recorded {:?}, expected {want_forced:?}",
+                case.name,
+                forced.accepted(),
+                found(&forced.forced)
+            ));
+        }
+        if forced
+            .forced
+            .iter()
+            .any(|p| !p.message.contains("overridden by --force"))
+        {
+            failures.push(format!("{}: a forced override does not say so", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_first_install_uses_the_configs_own_guards_and_says_where_they_are_loose() {
+    use lb_userspace::plan::plan;
+    let next = validate(&edited(&[(DNS6_END, SOLO)], "first install"));
+    let planned = plan(None, next.side().unwrap(), false);
+    assert!(planned.accepted(), "{:?}", planned.problems);
+    assert!(planned.first_install);
+    assert!(planned.forced.is_empty());
+    let warned = found(&planned.problems);
+    let want: Found = ["max_backend_share", "min_backends"]
+        .iter()
+        .map(|f| {
+            (
+                "guard-loosened".to_string(),
+                SOLO_PLAN_GUARDS.to_string(),
+                f.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(warned, want);
+    assert!(planned.problems.iter().all(|p| !p.is_error()));
 }

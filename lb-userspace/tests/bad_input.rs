@@ -1,34 +1,11 @@
 //! `fulcrum run` with bad input: each case must end with exactly one error
 //! line on stderr and exit status 1, before anything is loaded or attached.
 
-use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, process::Command};
+mod common;
 
-fn fulcrum() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fulcrum"))
-}
+use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("fulcrum-bad-input-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{Scratch, fulcrum};
 
 /// Runs `command` and checks: exit 1, one stderr line containing `needle`.
 fn fails_with(mut command: Command, needle: &str) {

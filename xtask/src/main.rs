@@ -56,9 +56,17 @@ fn run(task: Task) -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
-            // The end-to-end tests run the real `fulcrum` binary.
-            cargo(&["build", "--release", "-p", "lb-userspace", "--bins"])?;
-            cargo_test(&["test", "--workspace", "--release", "--", "--test-threads=1"])
+            // The end-to-end tests run the real `fulcrum` binary. The `ci`
+            // profile is release with overflow checks on.
+            cargo(&["build", "--profile", "ci", "-p", "lb-userspace", "--bins"])?;
+            cargo_test(&[
+                "test",
+                "--workspace",
+                "--profile",
+                "ci",
+                "--",
+                "--test-threads=1",
+            ])
         }
         Task::Lab { args } => {
             setup::run()?;

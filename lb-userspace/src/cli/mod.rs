@@ -5,7 +5,14 @@ pub mod plan;
 pub mod run;
 pub mod validate;
 
+use std::path::Path;
+
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{
+    problem::Problem,
+    validate::{Validation, validate},
+};
 
 /// How results are printed.
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,5 +51,25 @@ impl Cli {
             Command::Validate(args) => validate::run(args),
             Command::Plan(args) => plan::run(args),
         }
+    }
+}
+
+/// Reads and validates a config file. A file that cannot be read is one
+/// more problem of the outcome, so every outcome can be reported the same
+/// way (JSON consumers always get a document).
+pub fn load_config(path: &Path) -> Validation {
+    match std::fs::read_to_string(path) {
+        Ok(text) => validate(&text),
+        Err(why) => Validation {
+            config: None,
+            problems: vec![Problem::error(
+                "unreadable-file",
+                path.display().to_string(),
+                "",
+                "",
+                format!("cannot read the config: {why}"),
+            )],
+            tables: Vec::new(),
+        },
     }
 }

@@ -5,15 +5,16 @@
 
 use std::{fmt::Write as _, path::PathBuf};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use super::OutputFormat;
+use super::{OutputFormat, load_config};
 use crate::{
+    config::join_problems,
     plan::{Change, Plan, VipPlan, plan},
     problem::Problem,
-    validate::{Validation, validate},
+    validate::Validation,
 };
 
 /// Arguments of `fulcrum plan`.
@@ -24,7 +25,8 @@ pub struct PlanArgs {
     /// The config in force now; without it, the plan starts from nothing.
     #[arg(long)]
     pub against: Option<PathBuf>,
-    /// Override the blast-radius guards (the override is recorded).
+    /// Override the blast-radius guards and accept loosened guards (each
+    /// override is recorded).
     #[arg(long)]
     pub force: bool,
     /// Output format.
@@ -32,60 +34,77 @@ pub struct PlanArgs {
     pub format: OutputFormat,
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Validation> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    Ok(validate(&text))
-}
-
+/// Every outcome of `fulcrum plan` as one JSON document: `accepted` and
+/// `error` always, the plan's fields when a plan could be made.
 #[derive(Serialize)]
 struct Output<'a> {
     accepted: bool,
+    /// Why no plan could be made (`null` when one was).
+    error: Option<String>,
     /// Problems of the new config itself.
     config_problems: &'a [Problem],
+    /// Problems of the current config (`--against`).
+    current_problems: &'a [Problem],
     #[serde(flatten)]
-    plan: &'a Plan,
+    plan: Option<&'a Plan>,
+}
+
+/// Why no plan can be made, if none can.
+fn unplannable(args: &PlanArgs, next: &Validation, current: Option<&Validation>) -> Option<String> {
+    // A current config with errors may have lost VIPs while being read; a
+    // plan against it could wave through a change it should refuse.
+    if let (Some(path), Some(current)) = (&args.against, current)
+        && !current.is_valid()
+    {
+        return Some(format!(
+            "the current config {} is not valid, so no safe plan can be made against it: {}",
+            path.display(),
+            join_problems(&current.errors())
+        ));
+    }
+    if next.config.is_none() {
+        return Some(format!(
+            "{} cannot be read: {}",
+            args.file.display(),
+            join_problems(&next.problems)
+        ));
+    }
+    None
 }
 
 /// Computes and prints the plan.
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
-    let next = load(&args.file)?;
-    let current = args.against.as_ref().map(load).transpose()?;
-    // A current config with errors may have lost VIPs while being read; a
-    // plan against it could wave through a change it should refuse.
-    if let (Some(path), Some(validation)) = (&args.against, &current)
-        && !validation.is_valid()
-    {
-        bail!(
-            "the current config {} is not valid, so no safe plan can be made against it: {}",
-            path.display(),
-            crate::config::join_problems(&validation.errors())
-        );
-    }
-    let current_side = current.as_ref().and_then(Validation::side);
-    let Some(next_side) = next.side() else {
-        if let OutputFormat::Json = args.format {
-            let output = serde_json::json!({"accepted": false, "config_problems": next.problems});
-            println!("{}", serde_json::to_string_pretty(&output)?);
-        }
-        bail!(
-            "{} does not parse: {}",
-            args.file.display(),
-            crate::config::join_problems(&next.problems)
-        );
+    let next = load_config(&args.file);
+    let current = args.against.as_deref().map(load_config);
+    let error = unplannable(&args, &next, current.as_ref());
+    let planned = match (&error, next.side()) {
+        (None, Some(next_side)) => Some(plan(
+            current.as_ref().and_then(Validation::side),
+            next_side,
+            args.force,
+        )),
+        _ => None,
     };
-    let planned = plan(current_side, next_side, args.force);
-    let accepted = next.is_valid() && planned.accepted();
+    let accepted = next.is_valid() && planned.as_ref().is_some_and(Plan::accepted);
     match args.format {
         OutputFormat::Json => {
             let output = Output {
                 accepted,
+                error: error.clone(),
                 config_problems: &next.problems,
-                plan: &planned,
+                current_problems: current.as_ref().map_or(&[], |c| &c.problems),
+                plan: planned.as_ref(),
             };
             println!("{}", serde_json::to_string_pretty(&output)?);
         }
-        OutputFormat::Text => print!("{}", render(&args, &next.problems, &planned, accepted)),
+        OutputFormat::Text => {
+            if let Some(planned) = &planned {
+                print!("{}", render(&args, &next.problems, planned, accepted));
+            }
+        }
+    }
+    if let Some(error) = error {
+        bail!(error);
     }
     if !accepted {
         bail!("plan refused: see the errors above");
@@ -142,10 +161,10 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
 
 fn render(args: &PlanArgs, config_problems: &[Problem], plan: &Plan, accepted: bool) -> String {
     let mut out = String::new();
-    let against = args
-        .against
-        .as_ref()
-        .map_or("nothing installed".to_string(), |p| p.display().to_string());
+    let against = args.against.as_ref().map_or(
+        "nothing installed (the config's own guards apply)".to_string(),
+        |p| p.display().to_string(),
+    );
     let _ = writeln!(out, "plan: {} against {against}", args.file.display());
     let (size_before, size_after) = plan.table_size;
     if args.against.is_some() && size_before != size_after {
@@ -174,11 +193,12 @@ fn render(args: &PlanArgs, config_problems: &[Problem], plan: &Plan, accepted: b
         }
     }
     for forced in &plan.forced {
-        let _ = writeln!(
-            out,
-            "forced: {} {} ({})",
-            forced.location, forced.value, forced.code
-        );
+        let what = if forced.field.is_empty() {
+            forced.value.clone()
+        } else {
+            format!("{} {}", forced.field, forced.value)
+        };
+        let _ = writeln!(out, "forced: {}: {what} ({})", forced.location, forced.code);
     }
     let errors = problems.iter().filter(|p| p.is_error()).count();
     let verdict = if accepted {

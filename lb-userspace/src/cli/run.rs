@@ -18,6 +18,7 @@ use crate::{
     config::join_problems,
     dataplane::{Capacities, Dataplane},
     host,
+    plan::plan,
     report::Report,
     state::DesiredState,
     validate::validate,
@@ -59,8 +60,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             join_problems(&validation.errors())
         );
     }
-    for warning in &validation.problems {
+    // Every path that applies a config goes through the plan's gate; from
+    // nothing installed it judges by the config's own guards and warns
+    // where they are looser than the defaults.
+    let planned = plan(None, validation.side().expect("valid implies read"), false);
+    for warning in validation.problems.iter().chain(&planned.problems) {
         eprintln!("fulcrum: {warning}");
+    }
+    if !planned.accepted() {
+        bail!("plan refused: {}", join_problems(&planned.problems));
     }
     let config = validation.config.expect("valid implies read");
     let Some(interface) = args.interface.or(config.interface.clone()) else {

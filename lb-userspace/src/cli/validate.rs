@@ -4,14 +4,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use super::OutputFormat;
+use super::{OutputFormat, load_config};
 use crate::{
     problem::Problem,
-    validate::{Validation, backend_addr, validate},
+    validate::{Validation, backend_addr},
 };
 
 /// Arguments of `fulcrum validate`.
@@ -79,9 +79,7 @@ fn shares(validation: &Validation) -> Vec<VipShares> {
 
 /// Validates the file and prints the verdict.
 pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading config {}", args.file.display()))?;
-    let validation = validate(&text);
+    let validation = load_config(&args.file);
     let errors = validation.problems.iter().filter(|p| p.is_error()).count();
     let warnings = validation.problems.len() - errors;
     let valid = validation.is_valid();

@@ -78,6 +78,56 @@ impl Default for Guards {
     }
 }
 
+/// One guard threshold as the plan compares it: its config name, its
+/// value, and which way is looser.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GuardValue {
+    /// The config key, e.g. `max_backend_share`.
+    pub field: &'static str,
+    /// The value (`min_backends` as a whole number).
+    pub value: f64,
+    /// Whether a larger value allows more (every threshold but `min_backends`).
+    pub larger_is_looser: bool,
+}
+
+impl GuardValue {
+    /// Whether `next` allows more than `self` (same field).
+    pub fn loosened_by(&self, next: &GuardValue) -> bool {
+        if self.larger_is_looser {
+            next.value > self.value
+        } else {
+            next.value < self.value
+        }
+    }
+}
+
+impl Guards {
+    /// Every threshold, in config order.
+    pub fn values(&self) -> [GuardValue; 4] {
+        let value = |field, value, larger_is_looser| GuardValue {
+            field,
+            value,
+            larger_is_looser,
+        };
+        [
+            value("max_backend_share", self.max_backend_share, true),
+            value("min_backends", f64::from(self.min_backends), false),
+            value("max_flows_moved", self.max_flows_moved, true),
+            value("max_capacity_removed", self.max_capacity_removed, true),
+        ]
+    }
+
+    /// Threshold by threshold, the stricter of `self` and `other`.
+    pub fn stricter(&self, other: &Guards) -> Guards {
+        Guards {
+            max_backend_share: self.max_backend_share.min(other.max_backend_share),
+            min_backends: self.min_backends.max(other.min_backends),
+            max_flows_moved: self.max_flows_moved.min(other.max_flows_moved),
+            max_capacity_removed: self.max_capacity_removed.min(other.max_capacity_removed),
+        }
+    }
+}
+
 /// Per-VIP guard overrides; unset fields use the global value.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GuardOverrides {
@@ -101,6 +151,17 @@ impl GuardOverrides {
             max_capacity_removed: self
                 .max_capacity_removed
                 .unwrap_or(global.max_capacity_removed),
+        }
+    }
+
+    /// Whether this VIP sets `field` itself.
+    pub fn sets(&self, field: &str) -> bool {
+        match field {
+            "max_backend_share" => self.max_backend_share.is_some(),
+            "min_backends" => self.min_backends.is_some(),
+            "max_flows_moved" => self.max_flows_moved.is_some(),
+            "max_capacity_removed" => self.max_capacity_removed.is_some(),
+            _ => false,
         }
     }
 }

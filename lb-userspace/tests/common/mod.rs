@@ -1,0 +1,34 @@
+//! What the binary-level tests share: the `fulcrum` binary under test and
+//! a scratch directory that removes itself.
+
+use std::{path::PathBuf, process::Command};
+
+/// The `fulcrum` binary cargo built for these tests.
+pub fn fulcrum() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+}
+
+/// A temporary directory, removed on drop (also when a test fails).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh directory named after the test.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("fulcrum-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Writes `text` to `name` inside the directory.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
