@@ -2,8 +2,19 @@
 //! values, capacities and counter indexes. Both sides compile this one file, so
 //! a layout change cannot reach only one of them.
 
-/// Maximum number of VIPs; also the length of the outer lookup-table map.
+/// Maximum number of VIPs.
 pub const MAX_VIPS: u32 = 1024;
+/// Lookup tables come in two banks of `MAX_VIPS`: an apply writes every
+/// table into the bank not in use, then one swap of the VIP index (whose
+/// slots name each VIP's table) makes all of them live together.
+pub const TABLE_BANKS: u32 = 2;
+/// Length of the outer lookup-table map: `table_id = bank * MAX_VIPS + vip_id`.
+pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
+
+/// The version of every map layout in this file. `fulcrum` stamps it into
+/// the pinned `META` map and refuses to adopt a pinned instance with
+/// another: bump it with any change to a key, value or map here.
+pub const LAYOUT_VERSION: u32 = 1;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -92,10 +103,26 @@ pub const VIP_SLOT_USED: u32 = 1;
 pub struct VipSlot {
     /// The VIP's address, port and protocol.
     pub key: VipKey,
-    /// Index into the outer lookup-table map and the per-VIP counters.
+    /// The VIP's stable id: its counters, and what its flows' connection
+    /// entries and backend slots name.
     pub vip_id: u32,
     /// `VIP_SLOT_USED` when the slot holds a VIP.
     pub flags: u32,
+    /// Index of its lookup table in the outer map (`bank * MAX_VIPS + vip_id`).
+    pub table_id: u32,
+}
+
+/// The value of the userspace-only `META` map (one entry): what `fulcrum`
+/// needs to know before it adopts a pinned instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// `LAYOUT_VERSION` of the `fulcrum` that created the maps.
+    pub layout_version: u32,
+    /// The table bank in use.
+    pub bank: u32,
+    /// The config generation in force.
+    pub generation: u64,
 }
 
 /// The backend slot is in use.
@@ -252,7 +279,7 @@ pub mod names {
     pub const VIP_INDEX: &str = "VIP_INDEX";
     /// `Array<Backend>`.
     pub const BACKENDS: &str = "BACKENDS";
-    /// `ArrayOfMaps<Array<u32>>` indexed by `vip_id`.
+    /// `ArrayOfMaps<Array<u32>>` indexed by table id (`bank * MAX_VIPS + vip_id`).
     pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
     /// `LruHashMap<FlowKey, FlowState>`.
     pub const CONN_TABLE: &str = "CONN_TABLE";
@@ -264,8 +291,22 @@ pub mod names {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     /// `Array<DataplaneConfig>` with one entry.
     pub const CONFIG: &str = "CONFIG";
+    /// `Array<Meta>` with one entry; created and pinned by `fulcrum`, not
+    /// part of the eBPF object.
+    pub const META: &str = "META";
     /// Name of the XDP program.
     pub const PROGRAM: &str = "fulcrum_xdp";
+    /// The maps of the eBPF object, every one pinned.
+    pub const OBJECT_MAPS: [&str; 8] = [
+        VIP_INDEX,
+        BACKENDS,
+        LOOKUP_TABLES,
+        CONN_TABLE,
+        BACKEND_STATS,
+        VIP_STATS,
+        GLOBAL_STATS,
+        CONFIG,
+    ];
 }
 
 #[cfg(feature = "user")]
@@ -279,6 +320,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
+    unsafe impl aya::Pod for super::Meta {}
 }
 
 #[cfg(test)]
@@ -289,7 +331,8 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipSlot>(), 28);
+        assert_eq!(size_of::<VipSlot>(), 32);
+        assert_eq!(size_of::<Meta>(), 16);
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowState>(), 8);

@@ -17,9 +17,9 @@ use lb_common::{
     flow_hash::{flow_hash, table_slot, vip_home_slot},
     maps::{
         BACKEND_ACTIVE, BPF_F_NO_COMMON_LRU, Backend, CONN_TABLE_ENTRIES, DataplaneConfig,
-        FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowState, MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason,
-        TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED,
-        VipKey, VipSlot,
+        FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowState, LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS,
+        PROTO_TCP, Reason, TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS,
+        VIP_SLOT_USED, VipKey, VipSlot,
     },
 };
 use lb_ebpf::{
@@ -45,12 +45,13 @@ static VIP_INDEX: ArrayOfMaps<Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, 1> =
 #[btf_map]
 static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// One lookup table per VIP. The template is tiny: `BPF_F_INNER_MAP` lets
-/// each real table have its own size, which slot 0 records.
+/// One lookup table per VIP in each of two banks; the VIP index names the
+/// one in use. The template is tiny: `BPF_F_INNER_MAP` lets each real table
+/// have its own size, which slot 0 records.
 #[btf_map]
 static LOOKUP_TABLES: ArrayOfMaps<
     Array<u32, 2, { TABLE_MAP_FLAGS as usize }>,
-    { MAX_VIPS as usize },
+    { LOOKUP_TABLE_IDS as usize },
 > = ArrayOfMaps::new();
 
 #[btf_map]
@@ -248,10 +249,13 @@ fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey) -> Result<Flow, Verdi
     Ok(Flow { key, opens })
 }
 
-/// The VIP id of `key` in the index, probing from its home slot until an
-/// empty slot or the probe bound.
+/// The VIP id and table id of `key` in the index, probing from its home
+/// slot until an empty slot or the probe bound.
 #[inline(always)]
-fn find_vip(index: &Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, key: &VipKey) -> Option<u32> {
+fn find_vip(
+    index: &Array<VipSlot, { VIP_INDEX_SLOTS as usize }>,
+    key: &VipKey,
+) -> Option<(u32, u32)> {
     let home = vip_home_slot(key);
     for probe in 0..VIP_INDEX_MAX_PROBES {
         let slot = index.get((home + probe) & (VIP_INDEX_SLOTS - 1))?;
@@ -259,15 +263,16 @@ fn find_vip(index: &Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, key: &VipKey) 
             return None;
         }
         if slot.key.same(key) {
-            return Some(slot.vip_id);
+            return Some((slot.vip_id, slot.table_id));
         }
     }
     None
 }
 
-/// The VIP a flow is addressed to: exact port first, then the any-port VIP.
+/// The VIP a flow is addressed to (its id and table id): exact port first,
+/// then the any-port VIP.
 #[inline(always)]
-fn lookup_vip(key: &FlowKey) -> Option<u32> {
+fn lookup_vip(key: &FlowKey) -> Option<(u32, u32)> {
     let index = VIP_INDEX.get(0)?;
     let mut vip = VipKey {
         addr: key.dst_addr,
@@ -275,8 +280,8 @@ fn lookup_vip(key: &FlowKey) -> Option<u32> {
         proto: key.proto,
         family: key.family,
     };
-    if let Some(vip_id) = find_vip(index, &vip) {
-        return Some(vip_id);
+    if let Some(found) = find_vip(index, &vip) {
+        return Some(found);
     }
     vip.port = 0;
     find_vip(index, &vip)
@@ -302,8 +307,8 @@ fn tracked_flow(key: &FlowKey) -> Option<(u32, u32, Backend)> {
 
 /// The backend the VIP's lookup table assigns to a new flow.
 #[inline(always)]
-fn table_backend(key: &FlowKey, vip_id: u32) -> Option<(u32, Backend)> {
-    let table = LOOKUP_TABLES.get(vip_id)?;
+fn table_backend(key: &FlowKey, vip_id: u32, table_id: u32) -> Option<(u32, Backend)> {
+    let table = LOOKUP_TABLES.get(table_id)?;
     let size = *table.get(0)?;
     let slot = table_slot(flow_hash(key), size)?;
     let backend_id = *table.get(slot)?;
@@ -337,11 +342,11 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
             (vip_id, backend_id, backend, false)
         }
         None => {
-            let Some(vip_id) = lookup_vip(&flow.key) else {
+            let Some((vip_id, table_id)) = lookup_vip(&flow.key) else {
                 return pass(Reason::PassNotVip);
             };
             count(Reason::ConnMiss);
-            let Some((backend_id, backend)) = table_backend(&flow.key, vip_id) else {
+            let Some((backend_id, backend)) = table_backend(&flow.key, vip_id, table_id) else {
                 return discard(Reason::DropNoBackend);
             };
             let state = FlowState { backend_id, vip_id };

@@ -4,7 +4,6 @@
 use std::{
     ffi::CString,
     net::{IpAddr, SocketAddr, UdpSocket},
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -81,15 +80,40 @@ pub fn require_interface(interface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The MAC address of `interface`.
+/// The MAC address of `interface`, asked of the kernel with
+/// `SIOCGIFHWADDR` in this process's network namespace (`/sys/class/net`
+/// shows the namespace sysfs was mounted in, which may be another).
 pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
-    let path = Path::new("/sys/class/net").join(interface).join("address");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.trim()
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))
-        .with_context(|| format!("MAC of {interface}"))
+    let name = interface.as_bytes();
+    anyhow::ensure!(
+        !name.is_empty() && name.len() < libc::IFNAMSIZ,
+        "not an interface name: {interface:?}"
+    );
+    // SAFETY: an all-zero ifreq is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in request.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: plain socket creation.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening a socket for SIOCGIFHWADDR");
+    }
+    // SAFETY: `socket` is ours; `request` is a valid ifreq with a NUL-terminated name.
+    let result = unsafe { libc::ioctl(socket, libc::SIOCGIFHWADDR, &mut request) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(socket) };
+    if result < 0 {
+        return Err(error).with_context(|| format!("MAC of {interface}"));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hardware-address member.
+    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, &src) in mac.iter_mut().zip(&data) {
+        *dst = src as u8;
+    }
+    Ok(MacAddr(mac))
 }
 
 #[derive(Deserialize)]

@@ -5,7 +5,10 @@
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod durable;
+pub mod gate;
 pub mod host;
+pub mod installed;
 pub mod lookup_table;
 pub mod maglev;
 pub mod plan;

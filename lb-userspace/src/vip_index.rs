@@ -20,19 +20,20 @@ pub enum VipIndexError {
     Full(VipKey),
 }
 
-/// Lays out `(key, vip_id)` pairs into `VIP_INDEX_SLOTS` slots.
-pub fn build(entries: &[(VipKey, u32)]) -> Result<Vec<VipSlot>, VipIndexError> {
+/// Lays out VIP slots (key, VIP id and table id; `flags` is set here)
+/// into `VIP_INDEX_SLOTS` slots.
+pub fn build(entries: &[VipSlot]) -> Result<Vec<VipSlot>, VipIndexError> {
     let mut slots = vec![VipSlot::default(); VIP_INDEX_SLOTS as usize];
-    for &(key, vip_id) in entries {
+    for entry in entries {
+        let key = entry.key;
         let home = vip_home_slot(&key);
         let mut placed = false;
         for probe in 0..VIP_INDEX_MAX_PROBES {
             let slot = &mut slots[((home + probe) & (VIP_INDEX_SLOTS - 1)) as usize];
             if slot.flags & VIP_SLOT_USED == 0 {
                 *slot = VipSlot {
-                    key,
-                    vip_id,
                     flags: VIP_SLOT_USED,
+                    ..*entry
                 };
                 placed = true;
                 break;
@@ -56,13 +57,13 @@ mod tests {
     use crate::state::vip_key;
 
     /// Finds `key` the way the XDP program does.
-    fn find(slots: &[VipSlot], key: &VipKey) -> Option<u32> {
+    fn find(slots: &[VipSlot], key: &VipKey) -> Option<(u32, u32)> {
         let home = vip_home_slot(key);
         (0..VIP_INDEX_MAX_PROBES)
             .map(|probe| &slots[((home + probe) & (VIP_INDEX_SLOTS - 1)) as usize])
             .take_while(|slot| slot.flags & VIP_SLOT_USED != 0)
             .find(|slot| slot.key.same(key))
-            .map(|slot| slot.vip_id)
+            .map(|slot| (slot.vip_id, slot.table_id))
     }
 
     fn key(n: u32, port: u16) -> VipKey {
@@ -70,12 +71,22 @@ mod tests {
         vip_key([198, 18 + (a & 1), b, c].into(), port, 6)
     }
 
+    /// A slot for `key` with VIP id `id` (its table id, too).
+    fn entry(key: VipKey, id: u32) -> VipSlot {
+        VipSlot {
+            key,
+            vip_id: id,
+            flags: 0,
+            table_id: id + MAX_VIPS,
+        }
+    }
+
     #[test]
     fn every_vip_is_found_and_others_are_not() {
-        let entries: Vec<_> = (0..MAX_VIPS).map(|n| (key(n, 80), n)).collect();
+        let entries: Vec<_> = (0..MAX_VIPS).map(|n| entry(key(n, 80), n)).collect();
         let slots = build(&entries).unwrap();
-        for &(k, id) in &entries {
-            assert_eq!(find(&slots, &k), Some(id));
+        for e in &entries {
+            assert_eq!(find(&slots, &e.key), Some((e.vip_id, e.table_id)));
         }
         for n in 0..5000 {
             assert_eq!(find(&slots, &key(n, 81)), None);
@@ -84,14 +95,14 @@ mod tests {
 
     #[test]
     fn duplicates_are_refused() {
-        let entries = [(key(1, 80), 0), (key(1, 80), 1)];
+        let entries = [entry(key(1, 80), 0), entry(key(1, 80), 1)];
         assert_eq!(build(&entries), Err(VipIndexError::Duplicate(key(1, 80))));
     }
 
     #[test]
     fn port_zero_is_its_own_key() {
-        let slots = build(&[(key(1, 0), 7)]).unwrap();
-        assert_eq!(find(&slots, &key(1, 0)), Some(7));
+        let slots = build(&[entry(key(1, 0), 7)]).unwrap();
+        assert_eq!(find(&slots, &key(1, 0)), Some((7, 7 + MAX_VIPS)));
         assert_eq!(find(&slots, &key(1, 80)), None);
     }
 }

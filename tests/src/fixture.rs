@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use aya::{TestRun as _, TestRunOptions};
-use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters};
+use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters, VipSlot};
 use lb_userspace::{
     config::{Config, MacAddr},
-    dataplane::Dataplane,
+    dataplane::{Dataplane, table_id},
     state::{DesiredState, vip_key},
 };
 
@@ -184,11 +184,13 @@ impl Fixture {
             .expect("config map");
         dataplane.install(&state).expect("state installs");
         let (addr, port) = TABLELESS_VIP;
-        let mut entries: Vec<_> = state.vips.iter().map(|v| (v.key, v.vip_id)).collect();
-        entries.push((
-            vip_key(addr.parse().expect("address"), port, 6),
-            TABLELESS_VIP_ID,
-        ));
+        let mut entries = dataplane.read_vip_index().expect("VIP index reads back");
+        entries.push(VipSlot {
+            key: vip_key(addr.parse().expect("address"), port, 6),
+            vip_id: TABLELESS_VIP_ID,
+            flags: 0,
+            table_id: table_id(dataplane.bank(), TABLELESS_VIP_ID),
+        });
         dataplane
             .install_vip_index(&entries)
             .expect("VIP index with the tableless VIP");

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
         mpsc,
     },
@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
-use lb_userspace::report::Report;
+use lb_userspace::{dataplane::pins::PinDir, report::Report};
 
 use crate::{
     fixture::{require_root, standalone_program, xdp_program},
@@ -60,13 +60,38 @@ struct Fulcrum {
     log: Vec<String>,
 }
 
+/// Where a lab's `fulcrum` pins its data plane and keeps its records: its
+/// own directories, so that labs never share or touch the host's.
+#[derive(Clone, Debug)]
+struct Places {
+    pin_root: PathBuf,
+    state_root: PathBuf,
+}
+
+impl Places {
+    fn args(&self) -> [&std::ffi::OsStr; 4] {
+        [
+            "--pin-root".as_ref(),
+            self.pin_root.as_os_str(),
+            "--state-root".as_ref(),
+            self.state_root.as_os_str(),
+        ]
+    }
+}
+
 impl Fulcrum {
-    fn start(lb: &Netns, config: &Path) -> anyhow::Result<Self> {
+    fn start(lb: &Netns, config: &Path, places: &Places) -> anyhow::Result<Self> {
         let binary = fulcrum_binary()?;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", lb.name()])
+        // nsenter enters only the network namespace: `ip netns exec` would
+        // also give fulcrum a private mount namespace, whose bpffs (and its
+        // pins) would vanish with the process.
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lb.name()))
+            .arg("--")
             .arg(&binary)
-            .args(["run", "--stats-format", "json", "--config"])
+            .args(["run", "--stats-format", "json"])
+            .args(places.args())
+            .arg("--config")
             .arg(config)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -91,7 +116,7 @@ impl Fulcrum {
             let left = deadline.saturating_duration_since(Instant::now());
             match fulcrum.stderr.recv_timeout(left) {
                 Ok(line) => {
-                    let ready = line.contains("attached to");
+                    let ready = line.contains("fulcrum: serving on");
                     fulcrum.log.push(line);
                     if ready {
                         return Ok(fulcrum);
@@ -111,11 +136,11 @@ impl Fulcrum {
         }
     }
 
-    /// Sends SIGTERM, waits, and parses every counter report it printed
-    /// (one per SIGUSR1, then the final one).
-    fn stop(mut self) -> anyhow::Result<Vec<Report>> {
+    /// Sends `signal`, waits, and parses every counter report it printed
+    /// (one per SIGUSR1, then, after SIGTERM, the final one).
+    fn stop(mut self, signal: i32) -> anyhow::Result<Vec<Report>> {
         // SAFETY: signalling the child we started, by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
@@ -133,20 +158,27 @@ impl Fulcrum {
             .context("fulcrum stdout")?
             .read_to_string(&mut stdout)?;
         self.log.extend(self.stderr.try_iter());
+        if signal != libc::SIGTERM {
+            return parse_reports(&stdout);
+        }
         if !status.success() {
             bail!("fulcrum exited with {status}:\n{}", self.log.join("\n"));
         }
-        let reports = stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                serde_json::from_str(line)
-                    .with_context(|| format!("parsing fulcrum's counters: {line}"))
-            })
-            .collect::<anyhow::Result<Vec<Report>>>()?;
+        let reports = parse_reports(&stdout)?;
         anyhow::ensure!(!reports.is_empty(), "fulcrum printed no counters on exit");
         Ok(reports)
     }
+}
+
+fn parse_reports(stdout: &str) -> anyhow::Result<Vec<Report>> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line)
+                .with_context(|| format!("parsing fulcrum's counters: {line}"))
+        })
+        .collect()
 }
 
 impl Drop for Fulcrum {
@@ -187,7 +219,8 @@ pub struct Lab {
     id: String,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
-    fulcrum: Option<Fulcrum>,
+    fulcrum: Mutex<Option<Fulcrum>>,
+    places: Places,
     /// The backends, in config order.
     pub backends: Vec<BackendSpec>,
     config_dir: PathBuf,
@@ -330,7 +363,12 @@ impl Lab {
             id: id.clone(),
             stop,
             servers: Vec::new(),
-            fulcrum: None,
+            fulcrum: Mutex::new(None),
+            places: Places {
+                pin_root: Path::new(lb_userspace::dataplane::pins::DEFAULT_ROOT)
+                    .with_file_name(format!("fulcrum-lab-{id}")),
+                state_root: config_dir.join("state"),
+            },
             backends: backends.to_vec(),
             config_dir,
             _peer_pass: peer_pass,
@@ -351,8 +389,52 @@ impl Lab {
         std::fs::create_dir_all(&lab.config_dir)?;
         let config = lab.config_dir.join("fulcrum.toml");
         std::fs::write(&config, fulcrum_config(backends))?;
-        lab.fulcrum = Some(Fulcrum::start(&lab.lb, &config)?);
+        lab.start_fulcrum()?;
         Ok(lab)
+    }
+
+    /// The lab's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.config_dir.join("fulcrum.toml")
+    }
+
+    /// Starts `fulcrum run` (it adopts the pinned data plane if there is one)
+    /// and returns once it serves; returns what it said on stderr.
+    pub fn start_fulcrum(&self) -> anyhow::Result<Vec<String>> {
+        let mut slot = self.fulcrum.lock().expect("fulcrum lock");
+        anyhow::ensure!(slot.is_none(), "fulcrum is already running");
+        let fulcrum = Fulcrum::start(&self.lb, &self.config_path(), &self.places)?;
+        let log = fulcrum.log.clone();
+        *slot = Some(fulcrum);
+        Ok(log)
+    }
+
+    /// `kill -9` of `fulcrum run`; returns the counter reports it printed.
+    pub fn kill_fulcrum(&self) -> anyhow::Result<Vec<Report>> {
+        self.take_fulcrum()?.stop(libc::SIGKILL)
+    }
+
+    fn take_fulcrum(&self) -> anyhow::Result<Fulcrum> {
+        self.fulcrum
+            .lock()
+            .expect("fulcrum lock")
+            .take()
+            .context("fulcrum is not running")
+    }
+
+    /// Runs `fulcrum detach` for the load balancer's interface.
+    pub fn detach(&self) -> anyhow::Result<()> {
+        let status = Command::new(fulcrum_binary()?)
+            .args(["detach", "--interface", "eth0"])
+            .args(self.places.args())
+            .status()?;
+        anyhow::ensure!(status.success(), "fulcrum detach failed: {status}");
+        Ok(())
+    }
+
+    /// The client's namespace, for traffic of a test's own.
+    pub fn client(&self) -> &Netns {
+        &self.client
     }
 
     /// The prefix of every namespace this lab created.
@@ -362,7 +444,11 @@ impl Lab {
 
     /// The PID of the running `fulcrum run`, if any.
     pub fn fulcrum_pid(&self) -> Option<u32> {
-        self.fulcrum.as_ref().map(|f| f.child.id())
+        self.fulcrum
+            .lock()
+            .expect("fulcrum lock")
+            .as_ref()
+            .map(|f| f.child.id())
     }
 
     /// Runs `tcp` connections and `udp` flows against each VIP family. UDP
@@ -405,11 +491,8 @@ impl Lab {
 
     /// Stops `fulcrum` (SIGTERM) and returns every counter report it
     /// printed; the last one is from its exit.
-    pub fn stop_fulcrum(&mut self) -> anyhow::Result<Vec<Report>> {
-        self.fulcrum
-            .take()
-            .context("fulcrum is not running")?
-            .stop()
+    pub fn stop_fulcrum(&self) -> anyhow::Result<Vec<Report>> {
+        self.take_fulcrum()?.stop(libc::SIGTERM)
     }
 
     /// Whether an XDP program is attached to the load balancer's interface.
@@ -429,7 +512,11 @@ impl Drop for Lab {
         for server in self.servers.drain(..) {
             let _ = server.join();
         }
-        drop(self.fulcrum.take());
+        drop(self.fulcrum.lock().map(|mut f| f.take()));
+        // The data plane outlives fulcrum by design: remove its pins too.
+        let pins = PinDir::new(&self.places.pin_root, "eth0");
+        let _ = pins.remove();
+        let _ = std::fs::remove_dir_all(&self.places.pin_root);
         let _ = std::fs::remove_dir_all(&self.config_dir);
     }
 }

@@ -1,10 +1,11 @@
 //! Real traffic for the lab: backend servers that answer every TCP
-//! connection and UDP datagram with their own name, and clients that open
-//! connections or send datagrams to a VIP and tally who answered.
+//! connection (and every line sent on it after) and every UDP datagram with
+//! their own name, and clients that open connections, keep long-lived
+//! sessions, or send datagrams to a VIP and tally who answered.
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     sync::{
@@ -106,9 +107,10 @@ pub fn start_servers(
         threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 if readable(listener.as_raw_fd())
-                    && let Ok((mut stream, _)) = listener.accept()
+                    && let Ok((stream, _)) = listener.accept()
                 {
-                    let _ = stream.write_all(reply.as_bytes());
+                    let (stop, reply) = (stop.clone(), reply.clone());
+                    std::thread::spawn(move || serve_connection(stream, &reply, &stop));
                 }
             }
         }));
@@ -129,14 +131,68 @@ pub fn start_servers(
     Ok(threads)
 }
 
-fn tcp_once(vip: SocketAddr) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&vip, IO_TIMEOUT).context("connect")?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+/// Answers a connection with `reply` at once and after every chunk the
+/// client sends, until the client closes it or `stop` is set.
+fn serve_connection(mut stream: TcpStream, reply: &str, stop: &AtomicBool) {
+    if stream.write_all(reply.as_bytes()).is_err() {
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(POLL_MS as u64)));
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {
+                if stream.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn read_name(reader: &mut BufReader<TcpStream>) -> anyhow::Result<String> {
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).context("read")?;
+    reader.read_line(&mut answer).context("read")?;
     let name = answer.trim();
     anyhow::ensure!(!name.is_empty(), "empty answer");
     Ok(name.to_string())
+}
+
+fn tcp_once(vip: SocketAddr) -> anyhow::Result<String> {
+    let stream = TcpStream::connect_timeout(&vip, IO_TIMEOUT).context("connect")?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    read_name(&mut BufReader::new(stream))
+}
+
+/// A long-lived TCP connection to a VIP and the backend that answered it.
+pub struct Session {
+    reader: BufReader<TcpStream>,
+    /// Who answered when it opened.
+    pub backend: String,
+}
+
+impl Session {
+    /// Opens a connection to `vip` from the client namespace.
+    pub fn open(client: &Netns, vip: SocketAddr) -> anyhow::Result<Self> {
+        let stream = client.enter(|| Ok(TcpStream::connect_timeout(&vip, IO_TIMEOUT)?))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        let mut reader = BufReader::new(stream);
+        let backend = read_name(&mut reader)?;
+        Ok(Self { reader, backend })
+    }
+
+    /// Sends a line on the open connection; returns who answered.
+    pub fn ask(&mut self) -> anyhow::Result<String> {
+        self.reader.get_mut().write_all(b"?\n").context("write")?;
+        read_name(&mut self.reader)
+    }
 }
 
 /// Opens `count` TCP connections to `vip` from the client namespace (the

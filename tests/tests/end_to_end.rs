@@ -24,7 +24,7 @@ fn traffic_follows_weights_and_counters_agree() {
             weight,
         })
         .collect();
-    let mut lab = Lab::start(&backends).expect("lab starts");
+    let lab = Lab::start(&backends).expect("lab starts");
     assert!(lab.lb_has_xdp().unwrap(), "fulcrum attached XDP to the LB");
     let traffic = lab
         .drive(TCP_CONNECTIONS, UDP_FLOWS, 20000)
@@ -38,7 +38,12 @@ fn traffic_follows_weights_and_counters_agree() {
         reports[0].vips, report.vips,
         "no traffic between the two reports, so they agree"
     );
-    assert!(!lab.lb_has_xdp().unwrap(), "fulcrum detached on SIGTERM");
+    assert!(
+        lab.lb_has_xdp().unwrap(),
+        "SIGTERM leaves the data plane attached and forwarding"
+    );
+    lab.detach().expect("fulcrum detach");
+    assert!(!lab.lb_has_xdp().unwrap(), "fulcrum detach detached it");
     eprintln!("{}", report.to_text());
 
     let total_weight: u32 = backends.iter().map(|b| b.weight).sum();

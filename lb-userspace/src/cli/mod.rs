@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, all returning `anyhow` errors
 //! that `main` prints as one line before exiting with status 1.
 
+pub mod detach;
 pub mod plan;
 pub mod run;
 pub mod validate;
@@ -35,8 +36,10 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand)]
 pub enum Command {
-    /// Load the XDP program, install a config and forward until SIGINT/SIGTERM.
+    /// Run the controller: adopt or load the pinned data plane and apply the config.
     Run(run::RunArgs),
+    /// Detach the data plane from an interface and remove its pins.
+    Detach(detach::DetachArgs),
     /// Check a config file and report every problem in it.
     Validate(validate::ValidateArgs),
     /// Show what applying a config would change, and whether the guards allow it.
@@ -48,6 +51,7 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run(args) => run::run(args),
+            Command::Detach(args) => detach::run(args),
             Command::Validate(args) => validate::run(args),
             Command::Plan(args) => plan::run(args),
         }

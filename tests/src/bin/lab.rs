@@ -63,7 +63,7 @@ fn run() -> anyhow::Result<()> {
         bail!("the lab runs 1 to 16 backends");
     }
     eprintln!("lab: starting namespaces, backends and fulcrum run");
-    let mut lab = Lab::start(&backends)?;
+    let lab = Lab::start(&backends)?;
     eprintln!("lab: driving TCP and UDP traffic at IPv4 and IPv6 VIPs for {seconds} s");
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut totals: Traffic = Vec::new();

@@ -1,19 +1,24 @@
-//! The handle on the loaded XDP program: loading and attaching it, writing
-//! VIPs, backends and whole lookup tables into its maps, and reading its
-//! counters back. Everything that touches aya lives here.
+//! The handle on the XDP program and its maps: loading it (or adopting a
+//! pinned instance), attaching it, writing backends and whole lookup tables,
+//! making one apply live in one step, and reading counters back. Everything
+//! that touches aya lives in this folder.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+mod mmap;
+pub mod pins;
+
+use std::collections::HashMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, Xdp, XdpMode, links::PinnedLink, xdp::XdpLinkId},
 };
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, MAX_BACKENDS, Reason,
-    TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey,
-    names,
+    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, LAYOUT_VERSION, MAX_BACKENDS,
+    MAX_VIPS, Meta, Reason, TABLE_BANKS, TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TrafficCounters,
+    VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
 };
+use mmap::MappedU32Array;
 
 use crate::{
     state::DesiredState,
@@ -77,11 +82,27 @@ pub enum DataplaneError {
         /// The expected table size.
         size: usize,
     },
+    /// A pinned instance this `fulcrum` cannot safely adopt.
+    #[error("the pinned data plane at {path}: {why}")]
+    Pinned {
+        /// Its pin directory.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Pinning or unpinning failed.
+    #[error("{what}: {source}")]
+    Pin {
+        /// What was being pinned or removed.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// A lookup table is empty or too large.
-    #[error("lookup table for VIP {vip_id} has {len} slots; it needs 1..={max}")]
+    #[error("lookup table {table_id} has {len} slots; it needs 1..={max}")]
     TableSize {
-        /// The VIP.
-        vip_id: u32,
+        /// The table.
+        table_id: u32,
         /// The rejected length.
         len: usize,
         /// The largest accepted length.
@@ -131,11 +152,53 @@ impl std::fmt::Display for AttachMode {
     }
 }
 
-/// The loaded XDP program and its maps.
+/// How the program is attached, if it is.
+enum Link {
+    /// Not attached.
+    None,
+    /// Attached by this process; detached when it exits.
+    Owned(XdpLinkId),
+    /// Attached through a pinned link, which outlives every process.
+    Pinned(PinnedLink),
+}
+
+/// The XDP program's maps, and the program itself when this process loaded it.
 pub struct Dataplane {
-    ebpf: Ebpf,
-    link: Option<XdpLinkId>,
+    maps: HashMap<&'static str, Map>,
+    /// The loaded object; `None` for an adopted instance, whose program
+    /// runs from its pin.
+    ebpf: Option<Ebpf>,
+    link: Link,
     installed: Option<DesiredState>,
+    /// The table bank the VIP index points into.
+    bank: u32,
+    /// Applies made live so far (kept in `META`, so it survives restarts).
+    generation: u64,
+}
+
+/// An apply written into the bank not in use and verified there, but not
+/// live yet: `commit` makes it live in one step.
+#[must_use = "a staged state is not live until committed"]
+pub struct Staged {
+    state: DesiredState,
+    bank: u32,
+}
+
+impl Staged {
+    /// The generation it will have once committed.
+    pub fn state(&self) -> &DesiredState {
+        &self.state
+    }
+
+    /// The table bank it was written into.
+    pub fn bank(&self) -> u32 {
+        self.bank
+    }
+}
+
+/// The id of VIP `vip_id`'s lookup table in `bank`.
+pub fn table_id(bank: u32, vip_id: u32) -> u32 {
+    bank * MAX_VIPS + vip_id
 }
 
 impl Dataplane {
@@ -157,11 +220,30 @@ impl Dataplane {
             what: "verifying the XDP program".into(),
             source,
         })?;
-        Ok(Self {
-            ebpf,
-            link: None,
+        let mut maps = HashMap::new();
+        for name in names::OBJECT_MAPS {
+            let map = ebpf.take_map(name).ok_or(DataplaneError::Missing(name))?;
+            maps.insert(name, map);
+        }
+        let meta = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            4,
+            size_of::<Meta>() as u32,
+            1,
+            0,
+        );
+        let meta = MapData::create(meta, "fulcrum_meta", None).map_err(map_err(names::META))?;
+        maps.insert(names::META, Map::Array(meta));
+        let mut dataplane = Self {
+            maps,
+            ebpf: Some(ebpf),
+            link: Link::None,
             installed: None,
-        })
+            bank: 0,
+            generation: 0,
+        };
+        dataplane.write_meta()?;
+        Ok(dataplane)
     }
 
     fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -176,13 +258,17 @@ impl Dataplane {
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
     pub fn program(&mut self) -> Result<&mut Xdp> {
-        Self::xdp_program(&mut self.ebpf)
+        let ebpf = self.ebpf.as_mut().ok_or(DataplaneError::Missing(
+            "program (adopted instances run from their pin)",
+        ))?;
+        Self::xdp_program(ebpf)
     }
 
     /// Attaches to `interface`: native mode first, generic if the driver
-    /// refuses. The program stays attached until `detach` or drop.
+    /// refuses. The program stays attached until `detach` or drop, unless
+    /// the link is pinned (`pins::Pins::pin_link`).
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode> {
-        let program = Self::xdp_program(&mut self.ebpf)?;
+        let program = self.program()?;
         let (link, mode) = match program.attach(interface, XdpMode::Driver) {
             Ok(link) => (link, AttachMode::Native),
             Err(ProgramError::UnknownInterface { name }) => {
@@ -201,29 +287,66 @@ impl Dataplane {
                 (link, AttachMode::Generic)
             }
         };
-        self.link = Some(link);
+        self.link = Link::Owned(link);
         Ok(mode)
     }
 
-    /// Detaches the program if it is attached.
+    /// Whether the program is attached (by this process or through a pin).
+    pub fn is_attached(&self) -> bool {
+        !matches!(self.link, Link::None)
+    }
+
+    /// Detaches the program if it is attached, pinned or not. A pinned
+    /// link's pin is removed, which releases the link.
     pub fn detach(&mut self) -> Result<()> {
-        if let Some(link) = self.link.take() {
-            Self::xdp_program(&mut self.ebpf)?
-                .detach(link)
-                .map_err(|source| DataplaneError::Program {
-                    what: "detaching".into(),
+        match std::mem::replace(&mut self.link, Link::None) {
+            Link::None => {}
+            Link::Owned(link) => {
+                self.program()?
+                    .detach(link)
+                    .map_err(|source| DataplaneError::Program {
+                        what: "detaching".into(),
+                        source,
+                    })?;
+            }
+            Link::Pinned(pinned) => {
+                // Dropping the last reference to the link detaches it.
+                drop(pinned.unpin().map_err(|source| DataplaneError::Pin {
+                    what: "removing the link's pin".into(),
                     source,
-                })?;
+                })?);
+            }
         }
         Ok(())
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or(DataplaneError::Missing(name))
+    /// The generation in force (0 before the first apply).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
-        self.ebpf.map(name).ok_or(DataplaneError::Missing(name))
+    /// The table bank in use.
+    pub fn bank(&self) -> u32 {
+        self.bank
+    }
+
+    fn write_meta(&mut self) -> Result<()> {
+        let meta = Meta {
+            layout_version: LAYOUT_VERSION,
+            bank: self.bank,
+            generation: self.generation,
+        };
+        let mut array: Array<_, Meta> =
+            Array::try_from(self.map_mut(names::META)?).map_err(map_err(names::META))?;
+        array.set(0, meta, 0).map_err(map_err(names::META))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
+        self.maps.get_mut(name).ok_or(DataplaneError::Missing(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map> {
+        self.maps.get(name).ok_or(DataplaneError::Missing(name))
     }
 
     /// Sets the interface-wide settings (the source MAC of forwarded frames).
@@ -270,8 +393,9 @@ impl Dataplane {
         outer_map.set(index, &inner, 0).map_err(map_err(outer))
     }
 
-    /// Replaces the whole VIP index in one atomic step.
-    pub fn install_vip_index(&mut self, entries: &[(VipKey, u32)]) -> Result<()> {
+    /// Replaces the whole VIP index in one atomic step. Each entry names
+    /// its VIP's key, id and table id.
+    pub fn install_vip_index(&mut self, entries: &[VipSlot]) -> Result<()> {
         let slots = vip_index::build(entries)?;
         let used = (0u32..)
             .zip(slots)
@@ -279,17 +403,17 @@ impl Dataplane {
         self.swap_in(names::VIP_INDEX, 0, (VIP_INDEX_SLOTS, 0), used)
     }
 
-    /// Installs a VIP's whole lookup table in one atomic step (slot 0 holds
-    /// the size). The table is written through mmap into a fresh inner map,
-    /// then one outer-map update swaps it in: packets see the old table or
-    /// the new one, never a mix.
-    pub fn install_table(&mut self, vip_id: u32, table: &[u32]) -> Result<()> {
+    /// Installs a whole lookup table as table `table_id` in one atomic step
+    /// (slot 0 holds the size). The table is written through mmap into a
+    /// fresh inner map, then one outer-map update swaps it in: packets see
+    /// the old table or the new one, never a mix.
+    pub fn install_table(&mut self, table_id: u32, table: &[u32]) -> Result<()> {
         const MAX_SLOTS: u32 = (u32::MAX >> 4) - TABLE_HEADER_SLOTS;
         let size = u32::try_from(table.len())
             .ok()
             .filter(|&size| size > 0 && size <= MAX_SLOTS)
             .ok_or(DataplaneError::TableSize {
-                vip_id,
+                table_id,
                 len: table.len(),
                 max: MAX_SLOTS,
             })?;
@@ -314,17 +438,17 @@ impl Dataplane {
             ArrayOfMaps::try_from(self.map_mut(names::LOOKUP_TABLES)?)
                 .map_err(map_err(names::LOOKUP_TABLES))?;
         outer
-            .set(vip_id, &inner, 0)
+            .set(table_id, &inner, 0)
             .map_err(map_err(names::LOOKUP_TABLES))
     }
 
-    /// Reads back the lookup table the kernel holds for `vip_id` (without the
-    /// size header), to verify an install.
-    pub fn read_table(&self, vip_id: u32) -> Result<Vec<u32>> {
+    /// Reads back the lookup table the kernel holds as `table_id` (without
+    /// the size header), to verify an install.
+    pub fn read_table(&self, table_id: u32) -> Result<Vec<u32>> {
         let outer: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(names::LOOKUP_TABLES)?)
             .map_err(map_err(names::LOOKUP_TABLES))?;
         let inner = outer
-            .get(&vip_id, 0)
+            .get(&table_id, 0)
             .map_err(map_err(names::LOOKUP_TABLES))?;
         let entries = inner.info().map_err(map_err("lookup table"))?.max_entries();
         let view = MappedU32Array::map(&inner, entries, false)?;
@@ -336,7 +460,7 @@ impl Dataplane {
 
     fn max_entries(&self, name: &'static str) -> Result<u32> {
         let data: &MapData = match self.map(name)? {
-            aya::maps::Map::LruHashMap(data) | aya::maps::Map::Array(data) => data,
+            Map::LruHashMap(data) | Map::Array(data) => data,
             _ => return Err(DataplaneError::Missing(name)),
         };
         Ok(data.info().map_err(map_err(name))?.max_entries())
@@ -355,15 +479,22 @@ impl Dataplane {
         self.installed.as_ref()
     }
 
-    /// Writes a whole desired state: backends, then each VIP's table, then
-    /// the VIP index that makes the kernel use them. Reads every table back and
-    /// fails if the kernel holds anything else. Only then are backend slots
-    /// the previous state used and this one does not freed, so their flows
-    /// are hashed into the new tables.
+    /// Installs a whole desired state and makes it live: `stage`, then
+    /// `commit`.
     pub fn install(&mut self, state: &DesiredState) -> Result<()> {
+        let staged = self.stage(state)?;
+        self.commit(staged)
+    }
+
+    /// Writes a state into the table bank not in use, without making it
+    /// live: its backends (new ones in slots nothing refers to yet), then
+    /// every VIP's table, each read back and compared. Packets still see
+    /// the state in force. Refuses a state that renumbers a backend.
+    pub fn stage(&mut self, state: &DesiredState) -> Result<Staged> {
         if let Some(previous) = &self.installed {
             check_stable_ids(previous, state)?;
         }
+        let bank = (self.bank + 1) % TABLE_BANKS;
         for vip in &state.vips {
             for backend in &vip.backends {
                 self.set_backend(
@@ -375,12 +506,19 @@ impl Dataplane {
                     },
                 )?;
             }
-            self.install_table(vip.vip_id, &vip.table)?;
+            self.install_table(table_id(bank, vip.vip_id), &vip.table)?;
         }
-        let entries: Vec<_> = state.vips.iter().map(|v| (v.key, v.vip_id)).collect();
-        self.install_vip_index(&entries)?;
+        self.verify_tables(state, bank)?;
+        Ok(Staged {
+            state: state.clone(),
+            bank,
+        })
+    }
+
+    /// Fails unless the kernel holds every table of `state` in `bank`.
+    pub fn verify_tables(&self, state: &DesiredState, bank: u32) -> Result<()> {
         for vip in &state.vips {
-            let held = self.read_table(vip.vip_id)?;
+            let held = self.read_table(table_id(bank, vip.vip_id))?;
             let differing = held.len().abs_diff(vip.table.len())
                 + held
                     .iter()
@@ -395,14 +533,57 @@ impl Dataplane {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Makes a staged state live in one step: one swap of the VIP index,
+    /// whose slots point every VIP at its table in the staged bank. Then
+    /// records the generation and frees the backend slots only the previous
+    /// state used, so their flows are hashed into the new tables.
+    pub fn commit(&mut self, staged: Staged) -> Result<()> {
+        let Staged { state, bank } = staged;
+        let entries: Vec<VipSlot> = state
+            .vips
+            .iter()
+            .map(|v| VipSlot {
+                key: v.key,
+                vip_id: v.vip_id,
+                flags: 0,
+                table_id: table_id(bank, v.vip_id),
+            })
+            .collect();
+        self.install_vip_index(&entries)?;
+        self.bank = bank;
+        self.generation += 1;
+        self.write_meta()?;
         if let Some(previous) = self.installed.take() {
             let kept: std::collections::HashSet<u32> = state.backend_ids().collect();
             for gone in previous.backend_ids().filter(|id| !kept.contains(id)) {
                 self.remove_backend(gone)?;
             }
         }
-        self.installed = Some(state.clone());
+        self.installed = Some(state);
         Ok(())
+    }
+
+    /// The VIP index the kernel holds: its used slots.
+    pub fn read_vip_index(&self) -> Result<Vec<VipSlot>> {
+        let outer: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(names::VIP_INDEX)?)
+            .map_err(map_err(names::VIP_INDEX))?;
+        let inner = outer.get(&0, 0).map_err(map_err(names::VIP_INDEX))?;
+        let index: Array<_, VipSlot> =
+            Array::try_from(Map::Array(inner)).map_err(map_err(names::VIP_INDEX))?;
+        (0..VIP_INDEX_SLOTS)
+            .map(|i| index.get(&i, 0).map_err(map_err(names::VIP_INDEX)))
+            .filter(|slot| slot.as_ref().map_or(true, |s| s.flags & VIP_SLOT_USED != 0))
+            .collect()
+    }
+
+    /// The backend slot `backend_id` as the kernel holds it.
+    pub fn read_backend(&self, backend_id: u32) -> Result<Backend> {
+        let array: Array<_, Backend> =
+            Array::try_from(self.map(names::BACKENDS)?).map_err(map_err(names::BACKENDS))?;
+        array.get(&backend_id, 0).map_err(map_err(names::BACKENDS))
     }
 
     fn sum_counters(values: PerCpuValues<TrafficCounters>) -> TrafficCounters {
@@ -456,7 +637,7 @@ fn check_stable_ids(previous: &DesiredState, next: &DesiredState) -> Result<()> 
     let owner = |v: &crate::state::VipState, b: &crate::state::BackendState| {
         ((v.key, b.addr), format!("{} of VIP {}", b.addr, v.label))
     };
-    let before: std::collections::HashMap<u32, _> = previous
+    let before: HashMap<u32, _> = previous
         .vips
         .iter()
         .flat_map(|v| v.backends.iter().map(move |b| (b.backend_id, owner(v, b))))
@@ -476,75 +657,4 @@ fn check_stable_ids(previous: &DesiredState, next: &DesiredState) -> Result<()> 
         }
     }
     Ok(())
-}
-
-/// An mmap view of a `BPF_F_MMAPABLE` array of `u32`: the kernel lays the
-/// values out 8 bytes apart (it rounds element sizes up to 8).
-struct MappedU32Array {
-    base: *mut u8,
-    len: usize,
-    entries: u32,
-}
-
-const MMAP_ELEMENT_SIZE: usize = 8;
-
-impl MappedU32Array {
-    fn map(map: &MapData, entries: u32, writable: bool) -> Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let len = (entries as usize * MMAP_ELEMENT_SIZE).div_ceil(page) * page;
-        let protection = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks
-        // that the length fits the map.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                protection,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
-        }
-        Ok(Self {
-            base: base.cast(),
-            len,
-            entries,
-        })
-    }
-
-    /// The address of element `index`.
-    fn element(&self, index: u32) -> *mut u32 {
-        assert!(
-            index < self.entries,
-            "index {index} beyond {}",
-            self.entries
-        );
-        // SAFETY: in bounds (checked above); the mapping is 8-byte aligned.
-        unsafe { self.base.add(index as usize * MMAP_ELEMENT_SIZE).cast() }
-    }
-
-    fn get(&self, index: u32) -> u32 {
-        // SAFETY: a valid, aligned element of the live mapping.
-        unsafe { self.element(index).read_volatile() }
-    }
-
-    fn set(&mut self, index: u32, value: u32) {
-        // SAFETY: as in `get`; `map` was asked for a writable mapping.
-        unsafe { self.element(index).write_volatile(value) }
-    }
-}
-
-impl Drop for MappedU32Array {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
 }

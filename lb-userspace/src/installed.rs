@@ -1,0 +1,183 @@
+//! The record of what is installed, kept beside the pins (in a directory
+//! per interface, by default under `/run/fulcrum`): for each table bank,
+//! the config text it was built from, its generation, and the ids and MACs
+//! it gave VIPs and backends. A bank's record is written durably before the
+//! bank goes live, so a restarted controller rebuilds exactly the state the
+//! kernel holds, checks it against the kernel, and plans from it.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use lb_common::maps::LAYOUT_VERSION;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{Config, MacAddr},
+    durable,
+    lookup_table::TableSize,
+    state::{BackendState, DesiredState, VipState, vip_key},
+};
+
+/// Where installed records live unless told otherwise.
+pub const DEFAULT_ROOT: &str = "/run/fulcrum";
+
+/// What one table bank holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The map layout it was written for.
+    pub layout_version: u32,
+    /// The generation the bank went live as.
+    pub generation: u64,
+    /// The config text it was built from.
+    pub config: String,
+    /// The ids and MACs it gave.
+    pub vips: Vec<RecordedVip>,
+}
+
+/// A VIP's ids.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordedVip {
+    /// Its address.
+    pub address: IpAddr,
+    /// Its port.
+    pub port: u16,
+    /// Its IP protocol number.
+    pub protocol: u8,
+    /// Its id.
+    pub vip_id: u32,
+    /// Its backends.
+    pub backends: Vec<RecordedBackend>,
+}
+
+/// A backend's id and MAC.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordedBackend {
+    /// Its identity.
+    pub address: SocketAddr,
+    /// Its slot.
+    pub backend_id: u32,
+    /// The MAC it was installed with.
+    pub mac: [u8; 6],
+}
+
+impl Record {
+    /// The record of `state`, built from `config` text, as `generation`.
+    pub fn of(state: &DesiredState, config: &str, generation: u64) -> Self {
+        Self {
+            layout_version: LAYOUT_VERSION,
+            generation,
+            config: config.to_string(),
+            vips: state
+                .vips
+                .iter()
+                .map(|v| RecordedVip {
+                    address: ip_of(&v.key.addr, v.key.family),
+                    port: v.key.port,
+                    protocol: v.key.proto,
+                    vip_id: v.vip_id,
+                    backends: v
+                        .backends
+                        .iter()
+                        .map(|b| RecordedBackend {
+                            address: b.addr,
+                            backend_id: b.backend_id,
+                            mac: b.mac.0,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds the config and the exact state this record describes: the
+    /// same ids, MACs and tables.
+    pub fn state(&self) -> anyhow::Result<(Config, DesiredState)> {
+        let config = Config::parse(&self.config).context("the recorded config")?;
+        let skeleton = DesiredState {
+            table_size: TableSize::new(config.table_size)?,
+            vips: self
+                .vips
+                .iter()
+                .map(|v| VipState {
+                    label: String::new(),
+                    key: vip_key(v.address, v.port, v.protocol),
+                    vip_id: v.vip_id,
+                    backends: v
+                        .backends
+                        .iter()
+                        .map(|b| BackendState {
+                            label: String::new(),
+                            backend_id: b.backend_id,
+                            addr: b.address,
+                            weight: 0,
+                            mac: MacAddr(b.mac),
+                            slots: 0,
+                        })
+                        .collect(),
+                    table: Vec::new(),
+                })
+                .collect(),
+        };
+        let state = DesiredState::build_from(&config, Some(&skeleton), |backend| {
+            skeleton
+                .vips
+                .iter()
+                .flat_map(|v| &v.backends)
+                .find(|b| b.addr.ip() == backend.address)
+                .map(|b| b.mac)
+                .with_context(|| format!("no recorded MAC for {}", backend.address))
+        })?;
+        Ok((config, state))
+    }
+}
+
+fn ip_of(bytes: &[u8; 16], family: u8) -> IpAddr {
+    if family == lb_common::maps::FAMILY_IPV4 {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        IpAddr::from(*bytes)
+    }
+}
+
+/// The record directory of one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordDir(PathBuf);
+
+impl RecordDir {
+    /// `<root>/<interface>`.
+    pub fn new(root: &Path, interface: &str) -> Self {
+        Self(root.join(interface))
+    }
+
+    fn bank_path(&self, bank: u32) -> PathBuf {
+        self.0.join(format!("bank-{bank}.json"))
+    }
+
+    /// Writes bank `bank`'s record durably (before the bank goes live).
+    pub fn write(&self, bank: u32, record: &Record) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.0)
+            .with_context(|| format!("creating {}", self.0.display()))?;
+        let text = serde_json::to_vec(record)?;
+        durable::write(&self.bank_path(bank), &text, 0o600)
+    }
+
+    /// Bank `bank`'s record.
+    pub fn read(&self, bank: u32) -> anyhow::Result<Record> {
+        let path = self.bank_path(bank);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Removes every record.
+    pub fn remove(&self) -> anyhow::Result<()> {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.0.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
