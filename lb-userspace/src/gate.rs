@@ -4,15 +4,21 @@
 //! record it durably; then make it live in one step. A refusal or a failure
 //! at any step leaves the state in force untouched.
 
+use std::path::Path;
+
 use crate::{
     config::{BackendConfig, MacAddr},
     dataplane::Dataplane,
+    durable,
     installed::{Record, RecordDir},
     plan::{Plan, plan},
     problem::Problem,
     state::DesiredState,
     validate::{Validation, validate},
 };
+
+/// The mode of a config file the controller writes back.
+const CONFIG_MODE: u32 = 0o600;
 
 /// The config in force: its text and its validation (tables included).
 #[derive(Clone, Debug)]
@@ -53,14 +59,19 @@ pub enum Verdict {
 }
 
 /// Takes `text` through the gate: on success it is live and recorded.
-/// `mac_of` finds each backend's MAC. Errors are failures to install,
-/// after which the previous state is still the one in force.
+/// With `persist`, `text` is also written durably to that config file
+/// after the new tables are verified and before they go live (and the old
+/// text is put back if going live fails), so a change is never reported
+/// applied without being on disk. `mac_of` finds each backend's MAC.
+/// Errors are failures to install, after which the previous state is
+/// still the one in force.
 pub fn apply(
     dataplane: &mut Dataplane,
     records: &RecordDir,
     in_force: Option<&InForce>,
     text: &str,
     force: bool,
+    persist: Option<&Path>,
     mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
 ) -> anyhow::Result<Verdict> {
     let next = InForce::new(text.to_string());
@@ -89,7 +100,15 @@ pub fn apply(
     let staged = dataplane.stage(&state)?;
     let generation = dataplane.generation() + 1;
     records.write(staged.bank(), &Record::of(&state, text, generation))?;
-    dataplane.commit(staged)?;
+    if let Some(path) = persist {
+        durable::write(path, text.as_bytes(), CONFIG_MODE)?;
+    }
+    if let Err(e) = dataplane.commit(staged) {
+        if let (Some(path), Some(old)) = (persist, in_force) {
+            durable::write(path, old.text.as_bytes(), CONFIG_MODE)?;
+        }
+        return Err(e.into());
+    }
     Ok(Verdict::Applied {
         plan: planned,
         in_force: Box::new(next),

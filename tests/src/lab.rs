@@ -66,9 +66,12 @@ struct Fulcrum {
 struct Places {
     pin_root: PathBuf,
     state_root: PathBuf,
+    socket: PathBuf,
+    journal: PathBuf,
 }
 
 impl Places {
+    /// Where pins and records are: for `run` and `detach --interface`.
     fn args(&self) -> [&std::ffi::OsStr; 4] {
         [
             "--pin-root".as_ref(),
@@ -91,6 +94,10 @@ impl Fulcrum {
             .arg(&binary)
             .args(["run", "--stats-format", "json"])
             .args(places.args())
+            .arg("--socket")
+            .arg(&places.socket)
+            .arg("--journal")
+            .arg(&places.journal)
             .arg("--config")
             .arg(config)
             .stdout(Stdio::piped())
@@ -368,6 +375,8 @@ impl Lab {
                 pin_root: Path::new(lb_userspace::dataplane::pins::DEFAULT_ROOT)
                     .with_file_name(format!("fulcrum-lab-{id}")),
                 state_root: config_dir.join("state"),
+                socket: config_dir.join("run").join("api.sock"),
+                journal: config_dir.join("journal.jsonl"),
             },
             backends: backends.to_vec(),
             config_dir,
@@ -420,6 +429,40 @@ impl Lab {
             .expect("fulcrum lock")
             .take()
             .context("fulcrum is not running")
+    }
+
+    /// Runs a `fulcrum` CLI verb against this lab's daemon (its socket
+    /// added); returns the exit code, stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let output = Command::new(fulcrum_binary()?)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.places.socket)
+            .output()?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    /// The daemon's API socket.
+    pub fn socket(&self) -> &Path {
+        &self.places.socket
+    }
+
+    /// The daemon's apply journal.
+    pub fn journal(&self) -> &Path {
+        &self.places.journal
+    }
+
+    /// What `fulcrum run` printed on stderr so far.
+    pub fn fulcrum_log(&self) -> Vec<String> {
+        let mut slot = self.fulcrum.lock().expect("fulcrum lock");
+        slot.as_mut().map_or_else(Vec::new, |f| {
+            f.log.extend(f.stderr.try_iter());
+            f.log.clone()
+        })
     }
 
     /// Runs `fulcrum detach` for the load balancer's interface.

@@ -1,40 +1,55 @@
-//! `fulcrum detach --interface IFACE`: removes the data plane pinned for an
-//! interface: its link (which detaches the program), its maps and its
-//! installed records. Works whatever version of `fulcrum` pinned it, and
-//! without a running controller.
+//! `fulcrum detach`: removes the data plane. Without `--interface` it asks
+//! the running daemon, which detaches, removes its pins and exits. With
+//! `--interface IFACE` it removes the data plane pinned for that interface
+//! directly: its link (which detaches the program), its maps and its
+//! installed records. That works without a daemon and whatever version of
+//! `fulcrum` pinned it.
 
 use anyhow::Context as _;
 use clap::Args;
 
-use super::run::Places;
+use super::{client::Connection, run::Places};
 
 /// Arguments of `fulcrum detach`.
 #[derive(Args)]
 pub struct DetachArgs {
-    /// The interface whose data plane to remove.
+    /// Remove the data plane pinned for this interface directly, without
+    /// the daemon.
     #[arg(long, short)]
-    pub interface: String,
+    pub interface: Option<String>,
     #[command(flatten)]
     pub places: Places,
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// Detaches and removes the pins.
 pub fn run(args: DetachArgs) -> anyhow::Result<()> {
-    let (pins, records) = args.places.of(&args.interface);
+    let Some(interface) = &args.interface else {
+        let answer = args
+            .connection
+            .call("POST", "/v1/detach", None)
+            .context("fulcrum detach")?;
+        return args.connection.finish(&answer, |body| {
+            format!(
+                "detached from {}\n",
+                body["interface"].as_str().unwrap_or("?")
+            )
+        });
+    };
+    let (pins, records) = args.places.of(interface);
     let removed = pins
         .remove()
-        .with_context(|| format!("detaching from {}", args.interface))?;
+        .with_context(|| format!("detaching from {interface}"))?;
     records.remove()?;
     if removed {
         eprintln!(
-            "fulcrum: detached from {} and removed {}",
-            args.interface,
+            "fulcrum: detached from {interface} and removed {}",
             pins.path().display()
         );
     } else {
         eprintln!(
-            "fulcrum: nothing pinned for {} at {}",
-            args.interface,
+            "fulcrum: nothing pinned for {interface} at {}",
             pins.path().display()
         );
     }

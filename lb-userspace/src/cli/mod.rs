@@ -1,9 +1,14 @@
 //! The command line: one file per subcommand, all returning `anyhow` errors
 //! that `main` prints as one line before exiting with status 1.
 
+pub mod apply;
+pub mod backend;
+pub mod client;
 pub mod detach;
+pub mod explain;
 pub mod plan;
 pub mod run;
+pub mod status;
 pub mod validate;
 
 use std::path::Path;
@@ -38,8 +43,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller: adopt or load the pinned data plane and apply the config.
     Run(run::RunArgs),
-    /// Detach the data plane from an interface and remove its pins.
+    /// Detach the data plane and remove its pins (through the daemon, or
+    /// directly with --interface).
     Detach(detach::DetachArgs),
+    /// Show what the daemon has installed, with counters.
+    Status(status::StatusArgs),
+    /// Apply a whole config through the daemon's gate.
+    Apply(apply::ApplyArgs),
+    /// Add, remove, drain or reweight one backend through the daemon's gate.
+    Backend(backend::BackendArgs),
+    /// Which backend a flow goes to, and why.
+    Explain(explain::ExplainArgs),
     /// Check a config file and report every problem in it.
     Validate(validate::ValidateArgs),
     /// Show what applying a config would change, and whether the guards allow it.
@@ -52,6 +66,10 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(args),
             Command::Detach(args) => detach::run(args),
+            Command::Status(args) => status::run(args),
+            Command::Apply(args) => apply::run(args),
+            Command::Backend(args) => backend::run(args),
+            Command::Explain(args) => explain::run(args),
             Command::Validate(args) => validate::run(args),
             Command::Plan(args) => plan::run(args),
         }

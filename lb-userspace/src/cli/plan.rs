@@ -1,7 +1,8 @@
 //! `fulcrum plan FILE [--against CURRENT]`: what applying FILE would do,
 //! per VIP: each backend's share before and after (numbers and a bar), the
 //! flows that move, the capacity taken away, and every warning and guard
-//! verdict. Exit status 0 only when the plan could be applied.
+//! verdict. Without `--against` it plans against what the running daemon
+//! has installed. Exit status 0 only when the plan could be applied.
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -9,7 +10,11 @@ use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use super::{OutputFormat, load_config};
+use super::{
+    OutputFormat,
+    client::{self, Connection},
+    load_config,
+};
 use crate::{
     config::join_problems,
     plan::{Change, Plan, VipPlan, plan},
@@ -22,9 +27,13 @@ use crate::{
 pub struct PlanArgs {
     /// The config to apply (TOML).
     pub file: PathBuf,
-    /// The config in force now; without it, the plan starts from nothing.
+    /// The config in force now; without it, what the running daemon has
+    /// installed.
     #[arg(long)]
     pub against: Option<PathBuf>,
+    /// The daemon's API socket (without `--against`).
+    #[arg(long, default_value = client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     /// Override the blast-radius guards and accept loosened guards (each
     /// override is recorded).
     #[arg(long)]
@@ -53,12 +62,15 @@ struct Output<'a> {
 fn unplannable(args: &PlanArgs, next: &Validation, current: Option<&Validation>) -> Option<String> {
     // A current config with errors may have lost VIPs while being read; a
     // plan against it could wave through a change it should refuse.
-    if let (Some(path), Some(current)) = (&args.against, current)
+    if let Some(current) = current
         && !current.is_valid()
     {
+        let name = args
+            .against
+            .as_ref()
+            .map_or("installed".to_string(), |p| p.display().to_string());
         return Some(format!(
-            "the current config {} is not valid, so no safe plan can be made against it: {}",
-            path.display(),
+            "the current config {name} is not valid, so no safe plan can be made against it: {}",
             join_problems(&current.errors())
         ));
     }
@@ -72,10 +84,28 @@ fn unplannable(args: &PlanArgs, next: &Validation, current: Option<&Validation>)
     None
 }
 
+/// What the daemon has installed, validated.
+fn installed(args: &PlanArgs) -> anyhow::Result<Validation> {
+    let connection = Connection {
+        socket: args.socket.clone(),
+        format: args.format,
+    };
+    let answer = connection.call("GET", "/v1/config", None)?;
+    let text = answer.body["config"]
+        .as_str()
+        .filter(|_| answer.ok())
+        .ok_or_else(|| anyhow::anyhow!("the daemon gave no config: {}", answer.reason()))?;
+    Ok(crate::validate::validate(text))
+}
+
 /// Computes and prints the plan.
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let next = load_config(&args.file);
-    let current = args.against.as_deref().map(load_config);
+    let current = match &args.against {
+        Some(path) => load_config(path),
+        None => installed(&args)?,
+    };
+    let current = Some(current);
     let error = unplannable(&args, &next, current.as_ref());
     let planned = match (&error, next.side()) {
         (None, Some(next_side)) => Some(plan(
@@ -161,13 +191,15 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
 
 fn render(args: &PlanArgs, config_problems: &[Problem], plan: &Plan, accepted: bool) -> String {
     let mut out = String::new();
-    let against = args.against.as_ref().map_or(
-        "nothing installed (the config's own guards apply)".to_string(),
-        |p| p.display().to_string(),
-    );
+    let against = args
+        .against
+        .as_ref()
+        .map_or("what the daemon has installed".to_string(), |p| {
+            p.display().to_string()
+        });
     let _ = writeln!(out, "plan: {} against {against}", args.file.display());
     let (size_before, size_after) = plan.table_size;
-    if args.against.is_some() && size_before != size_after {
+    if !plan.first_install && size_before != size_after {
         let _ = writeln!(
             out,
             "table_size: {size_before} → {size_after}: every VIP's table is rebuilt"

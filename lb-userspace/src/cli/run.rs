@@ -1,14 +1,16 @@
 //! `fulcrum run`: the controller. It adopts the data plane pinned for the
 //! interface if there is one (checking that the kernel holds what the
 //! installed record says), else loads, pins and attaches a new one (native
-//! XDP, else generic). Either way the config file then goes through the
-//! change gate. SIGHUP re-reads the file through the same gate; SIGUSR1
-//! prints the counters; SIGINT/SIGTERM exit and leave the data plane
-//! forwarding, unless `--detach-on-exit`.
+//! XDP, else generic). Either way the config file goes through the change
+//! gate. Then it serves the admin API; API changes, SIGHUP and edits of the
+//! file all go through the same gate, one at a time. SIGUSR1 prints the
+//! counters; SIGINT/SIGTERM exit and leave the data plane forwarding,
+//! unless `--detach-on-exit`.
 
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
+    sync::mpsc,
     time::Duration,
 };
 
@@ -23,6 +25,11 @@ use signal_hook::{
 use super::OutputFormat;
 use crate::{
     config::{BackendConfig, MacAddr, join_problems},
+    daemon::{
+        Controller, Door,
+        api::{self, Job, Request},
+        journal::{self, Journal},
+    },
     dataplane::{
         Capacities, Dataplane,
         pins::{self, PinDir},
@@ -53,6 +60,12 @@ pub struct RunArgs {
     /// they allow (each override is recorded).
     #[arg(long)]
     pub force: bool,
+    /// The admin API's Unix socket; overrides `[api].socket`.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// The apply journal (JSON lines).
+    #[arg(long, default_value = journal::DEFAULT_PATH)]
+    pub journal: PathBuf,
     #[command(flatten)]
     pub places: Places,
 }
@@ -111,20 +124,15 @@ fn read_config(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))
 }
 
-/// Tells the operator what the gate decided; errors when it refused.
+/// Tells the operator what the gate decided at start-up; errors when it
+/// refused.
 fn announce(verdict: &Verdict, what: &str) -> anyhow::Result<()> {
     match verdict {
         Verdict::Applied {
             plan, generation, ..
         } => {
-            for problem in &plan.problems {
+            for problem in plan.problems.iter().chain(&plan.forced) {
                 eprintln!("fulcrum: {problem}");
-            }
-            for forced in &plan.forced {
-                eprintln!(
-                    "fulcrum: forced: {} {} {} ({})",
-                    forced.location, forced.field, forced.value, forced.code
-                );
             }
             eprintln!("fulcrum: {what}: applied and verified as generation {generation}");
             Ok(())
@@ -138,7 +146,36 @@ fn announce(verdict: &Verdict, what: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the controller until a signal stops it.
+/// What the controller thread reacts to.
+enum Event {
+    Api(Job),
+    Signal(i32),
+    /// The config file's new text.
+    FileChanged(String),
+}
+
+/// How often the config file is checked for edits.
+const FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Sends the config file's text whenever it changes on disk.
+fn watch_file(path: PathBuf, mut last: String, events: mpsc::Sender<Event>) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(FILE_POLL);
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            if text != last {
+                last.clone_from(&text);
+                if events.send(Event::FileChanged(text)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Runs the controller until a signal (or `fulcrum detach`) stops it.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let text = read_config(&args.config)?;
     let first = InForce::new(text.clone());
@@ -158,19 +195,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     host::require_bpf_privileges()?;
     host::require_interface(&interface)?;
-    let mac_of = |backend: &BackendConfig| -> anyhow::Result<MacAddr> {
-        match backend.mac {
-            Some(mac) => Ok(mac),
-            None => host::resolve_mac(backend.address, &interface, NEIGHBOUR_TIMEOUT),
-        }
-    };
     if host::ensure_bpffs()? {
         eprintln!("fulcrum: mounted bpffs at {}", host::BPFFS);
     }
-    let mut signals =
+    let signals =
         Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP]).context("installing signal handlers")?;
+    let socket = args.socket.clone().unwrap_or(config.api.socket.clone());
     let (pins, records) = args.places.of(&interface);
-    let (mut dataplane, mut in_force) = match Dataplane::adopt(&pins)? {
+    let journal = Journal::new(&args.journal);
+    let adopted = Dataplane::adopt(&pins)?;
+    let mut controller = match adopted {
         Some(mut dataplane) => {
             let bank = dataplane.live_bank()?;
             let record = records.read(bank).context(
@@ -187,72 +221,101 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 record.generation,
                 record.vips.len()
             );
-            (dataplane, Some(InForce::new(record.config)))
+            let in_force = InForce::new(record.config);
+            let mut controller = Controller::new(
+                dataplane,
+                (pins.clone(), records.clone()),
+                in_force,
+                &args.config,
+                journal,
+                &interface,
+            );
+            if controller.config_text() != text {
+                // The file changed while no controller ran.
+                controller.change(text.clone(), args.force, None, Door::Start);
+            }
+            controller
         }
-        None => (
-            start_fresh(&args, &interface, &config, &pins, &records, &text, mac_of)?,
-            None,
-        ),
+        None => {
+            let dataplane = start_fresh(&args, &interface, &config, &pins, &records, &text)?;
+            Controller::new(
+                dataplane,
+                (pins.clone(), records.clone()),
+                first,
+                &args.config,
+                journal,
+                &interface,
+            )
+        }
     };
-    if in_force.as_ref().is_some_and(|f| f.text == text) {
-        eprintln!("fulcrum: {} is what is installed", args.config.display());
-    } else if let Some(current) = &in_force {
-        // Adopted, and the file changed while no controller ran.
-        let verdict = gate::apply(
-            &mut dataplane,
-            &records,
-            Some(current),
-            &text,
-            args.force,
-            mac_of,
-        )?;
-        match announce(&verdict, &args.config.display().to_string()) {
-            Ok(()) => {
-                if let Verdict::Applied { in_force: next, .. } = verdict {
-                    in_force = Some(*next);
+    let (events, inbox) = mpsc::channel();
+    let (jobs, job_inbox) = mpsc::channel::<Job>();
+    let server = api::serve(&socket, jobs)?;
+    {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            for job in job_inbox {
+                if events.send(Event::Api(job)).is_err() {
+                    return;
                 }
             }
-            Err(e) => eprintln!("fulcrum: {e:#}; the installed state stays in force"),
-        }
-    } else {
-        in_force = Some(first);
+        });
     }
-    let capacities = dataplane.capacities()?;
+    {
+        let events = events.clone();
+        let mut signals = signals;
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                if events.send(Event::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    watch_file(args.config.clone(), text, events);
+    let capacities = controller.dataplane.capacities()?;
     eprintln!(
-        "fulcrum: serving on {interface}; room for {} flows and {} backends; SIGHUP \
-         re-reads {}, SIGUSR1 prints counters, SIGINT/SIGTERM exit",
+        "fulcrum: serving on {interface}; API on {}; room for {} flows and {} backends; \
+         edits of {} (or SIGHUP) are applied through the gate, SIGUSR1 prints counters, \
+         SIGINT/SIGTERM exit",
+        socket.display(),
         capacities.connection_table_size,
         capacities.max_backends,
         args.config.display()
     );
-    for signal in signals.forever() {
-        match signal {
-            SIGUSR1 => report(&dataplane, args.stats_format),
-            SIGHUP => {
-                let reload = read_config(&args.config).and_then(|text| {
-                    let verdict = gate::apply(
-                        &mut dataplane,
-                        &records,
-                        in_force.as_ref(),
-                        &text,
-                        false,
-                        mac_of,
-                    )?;
-                    announce(&verdict, &format!("SIGHUP: {}", args.config.display()))?;
-                    Ok(verdict)
-                });
-                match reload {
-                    Ok(Verdict::Applied { in_force: next, .. }) => in_force = Some(*next),
-                    Ok(Verdict::Refused { .. }) => {}
-                    Err(e) => eprintln!("fulcrum: {e:#}; the installed state stays in force"),
+    for event in inbox {
+        match event {
+            Event::Api(job) => {
+                let detaching = matches!(job.request, Request::Detach);
+                let reply = controller.handle(job.request, job.uid);
+                let detached = detaching && reply.status == 200;
+                let _ = job.reply.send(reply);
+                if detached {
+                    // Let the answer reach the caller before the socket goes.
+                    std::thread::sleep(Duration::from_millis(100));
+                    drop(server);
+                    return Ok(());
                 }
             }
-            _ => break,
+            Event::Signal(SIGUSR1) => report(&controller.dataplane, args.stats_format),
+            Event::Signal(SIGHUP) => match read_config(&args.config) {
+                Ok(text) => {
+                    controller.change(text, false, None, Door::Sighup);
+                }
+                Err(e) => eprintln!("fulcrum: SIGHUP: {e:#}; the installed state stays in force"),
+            },
+            Event::FileChanged(text) => {
+                if text != controller.config_text() {
+                    controller.change(text, false, None, Door::FileChanged);
+                }
+            }
+            Event::Signal(_) => break,
         }
     }
-    report(&dataplane, args.stats_format);
+    drop(server);
+    report(&controller.dataplane, args.stats_format);
     if args.detach_on_exit {
-        dataplane.detach()?;
+        controller.dataplane.detach()?;
         pins.remove()?;
         records.remove()?;
         eprintln!("fulcrum: detached from {interface} and removed its pins");
@@ -275,7 +338,6 @@ fn start_fresh(
     pins: &PinDir,
     records: &RecordDir,
     text: &str,
-    mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
 ) -> anyhow::Result<Dataplane> {
     let mut dataplane = Dataplane::load_with(Capacities {
         connection_table_size: config.connection_table_size,
@@ -285,9 +347,23 @@ fn start_fresh(
         if_mac: host::interface_mac(interface)?.0,
         pad: [0; 2],
     })?;
+    let mac_of = |backend: &BackendConfig| -> anyhow::Result<MacAddr> {
+        match backend.mac {
+            Some(mac) => Ok(mac),
+            None => host::resolve_mac(backend.address, interface, NEIGHBOUR_TIMEOUT),
+        }
+    };
     let started = (|| {
         dataplane.pin(pins)?;
-        let verdict = gate::apply(&mut dataplane, records, None, text, args.force, mac_of)?;
+        let verdict = gate::apply(
+            &mut dataplane,
+            records,
+            None,
+            text,
+            args.force,
+            None,
+            mac_of,
+        )?;
         announce(&verdict, &args.config.display().to_string())?;
         let mode = dataplane.attach(interface)?;
         dataplane.pin_link(pins)?;

@@ -196,11 +196,7 @@ fn mac(value: &Value) -> Result<MacAddr, String> {
 }
 
 fn protocol(value: &Value) -> Result<Protocol, String> {
-    match value.as_str() {
-        Some("tcp") => Ok(Protocol::Tcp),
-        Some("udp") => Ok(Protocol::Udp),
-        _ => Err("expected \"tcp\" or \"udp\"".into()),
-    }
+    value.as_str().unwrap_or_default().parse()
 }
 
 fn forwarding(value: &Value) -> Result<Forwarding, String> {

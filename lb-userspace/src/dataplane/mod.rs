@@ -10,13 +10,16 @@ use std::collections::HashMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, ArrayOfMaps, HashMap as KernelHashMap, Map, MapData, MapError, PerCpuArray,
+        PerCpuValues,
+    },
     programs::{ProgramError, Xdp, XdpMode, links::PinnedLink, xdp::XdpLinkId},
 };
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, LAYOUT_VERSION, MAX_BACKENDS,
-    MAX_VIPS, Meta, Reason, TABLE_BANKS, TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TrafficCounters,
-    VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
+    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FlowKey, FlowState,
+    LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, Reason, TABLE_BANKS, TABLE_HEADER_SLOTS,
+    TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
 };
 use mmap::MappedU32Array;
 
@@ -577,6 +580,18 @@ impl Dataplane {
             .map(|i| index.get(&i, 0).map_err(map_err(names::VIP_INDEX)))
             .filter(|slot| slot.as_ref().map_or(true, |s| s.flags & VIP_SLOT_USED != 0))
             .collect()
+    }
+
+    /// The connection-table entry of a flow, if the kernel tracks it.
+    pub fn connection(&self, key: &FlowKey) -> Result<Option<FlowState>> {
+        let table: KernelHashMap<_, FlowKey, FlowState> =
+            KernelHashMap::try_from(self.map(names::CONN_TABLE)?)
+                .map_err(map_err(names::CONN_TABLE))?;
+        match table.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::CONN_TABLE)(e)),
+        }
     }
 
     /// The backend slot `backend_id` as the kernel holds it.

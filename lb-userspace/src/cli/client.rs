@@ -1,0 +1,125 @@
+//! The API's client side, shared by every verb that talks to the daemon:
+//! one HTTP/1 request with a JSON body over the daemon's Unix socket, and
+//! the verdict turned into an exit status. A daemon that is not running is
+//! one line on stderr and exit status 1.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use super::OutputFormat;
+
+/// Where the daemon's API listens unless told otherwise (`[api].socket`).
+pub const DEFAULT_SOCKET: &str = "/run/fulcrum/api.sock";
+
+/// How a verb reaches the daemon and prints its answer.
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// The daemon's API socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+/// An answer: the HTTP status and the JSON body.
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Value,
+}
+
+impl Answer {
+    /// Whether the daemon said yes.
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body's `error`, or what the status means.
+    pub fn reason(&self) -> String {
+        match self.body["error"].as_str() {
+            Some(error) => error.to_string(),
+            None if self.body["problems"].is_array() || self.status == 422 => {
+                "refused: see the reasons above; nothing changed".into()
+            }
+            None => format!("HTTP {}", self.status),
+        }
+    }
+}
+
+async fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Answer> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        anyhow::anyhow!(
+            "no fulcrum daemon answers on {} ({e}); is `fulcrum run` running?",
+            socket.display()
+        )
+    })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("talking HTTP to the daemon")?;
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "fulcrum")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("the daemon did not answer")?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the daemon's answer")?
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the daemon's answer is not JSON (HTTP {status})"))?;
+    Ok(Answer { status, body })
+}
+
+impl Connection {
+    /// Sends one request (`body` as JSON for POSTs) and returns the answer.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Answer> {
+        let bytes = body
+            .map(serde_json::to_vec)
+            .transpose()?
+            .unwrap_or_default();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the client's runtime")?
+            .block_on(exchange(&self.socket, method, path, bytes))
+    }
+
+    /// Prints `answer` (JSON as is, or `text` of it) and turns a refusal
+    /// into an error.
+    pub fn finish(
+        &self,
+        answer: &Answer,
+        text: impl FnOnce(&Value) -> String,
+    ) -> anyhow::Result<()> {
+        match self.format {
+            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&answer.body)?),
+            OutputFormat::Text => print!("{}", text(&answer.body)),
+        }
+        if !answer.ok() {
+            bail!("{}", answer.reason());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! The admin API: HTTP/1 with JSON bodies on a Unix socket (mode 0600, in a
+//! directory only root can write), served on tokio. Handlers only parse
+//! and check requests; each one is handed to the controller thread, which
+//! serializes them, so two concurrent applies never interleave. The caller's
+//! uid comes from the socket's peer credentials and goes to the journal.
+
+use std::{
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::mpsc,
+};
+
+use anyhow::{Context as _, bail};
+use axum::{
+    Json, Router,
+    extract::{
+        ConnectInfo, DefaultBodyLimit, State, connect_info::Connected, rejection::JsonRejection,
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    serve::IncomingStream,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::{net::UnixListener, sync::oneshot};
+
+use super::edit::{Action, BackendEdit};
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// `POST /v1/apply` and `POST /v1/plan`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    /// The whole config, as TOML text.
+    pub config: String,
+    /// Override the guards (recorded).
+    #[serde(default)]
+    pub force: bool,
+    /// Refuse unless this is the generation in force.
+    #[serde(default)]
+    pub if_generation: Option<u64>,
+}
+
+/// `POST /v1/backend`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRequest {
+    /// What to do.
+    pub action: Action,
+    /// The VIP: its name, or `address:port/protocol`.
+    pub vip: String,
+    /// The backend: its name or address (`add`: its address).
+    pub backend: String,
+    /// The weight (`set-weight`, optional for `add`).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// A name for a new backend.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A MAC for a new backend.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// A port for a new backend.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Override the guards (recorded).
+    #[serde(default)]
+    pub force: bool,
+    /// Refuse unless this is the generation in force.
+    #[serde(default)]
+    pub if_generation: Option<u64>,
+}
+
+impl BackendRequest {
+    /// The config edit it asks for.
+    pub fn edit(&self) -> BackendEdit {
+        BackendEdit {
+            action: self.action.clone(),
+            vip: self.vip.clone(),
+            backend: self.backend.clone(),
+            weight: self.weight,
+            name: self.name.clone(),
+            mac: self.mac.clone(),
+            port: self.port,
+        }
+    }
+}
+
+/// `POST /v1/explain`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The client's address and port.
+    pub source: String,
+    /// The VIP's address and port.
+    pub destination: String,
+}
+
+/// What the controller is asked to do.
+#[derive(Debug)]
+pub enum Request {
+    /// `GET /v1/status`.
+    Status,
+    /// `GET /v1/config`: the config text in force.
+    Config,
+    /// `POST /v1/plan`.
+    Plan(ApplyRequest),
+    /// `POST /v1/apply`.
+    Apply(ApplyRequest),
+    /// `POST /v1/backend`.
+    Backend(BackendRequest),
+    /// `POST /v1/explain`.
+    Explain(ExplainRequest),
+    /// `POST /v1/detach`.
+    Detach,
+}
+
+/// An HTTP status and a JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Value,
+}
+
+impl Reply {
+    /// 200 with `body`.
+    pub fn ok(body: Value) -> Self {
+        Self { status: 200, body }
+    }
+
+    /// `status` with `{"error": message}`.
+    pub fn error(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+}
+
+/// A request, who made it, and where the answer goes.
+#[derive(Debug)]
+pub struct Job {
+    /// What to do.
+    pub request: Request,
+    /// The caller's uid.
+    pub uid: Option<u32>,
+    /// The answer.
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// The peer's uid, from `SO_PEERCRED`.
+#[derive(Clone, Copy, Debug)]
+struct Caller(Option<u32>);
+
+impl Connected<IncomingStream<'_, UnixListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        Self(stream.io().peer_cred().ok().map(|c| c.uid()))
+    }
+}
+
+type Jobs = mpsc::Sender<Job>;
+
+async fn submit(jobs: &Jobs, caller: Caller, request: Request) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        request,
+        uid: caller.0,
+        reply,
+    };
+    if jobs.send(job).is_err() {
+        return respond(Reply::error(503, "the controller is shutting down"));
+    }
+    match answer.await {
+        Ok(reply) => respond(reply),
+        Err(_) => respond(Reply::error(500, "the controller dropped the request")),
+    }
+}
+
+fn respond(reply: Reply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(reply.body)).into_response()
+}
+
+/// A malformed body: the parser's 4xx (400 bad JSON, 413 too large, 415
+/// not JSON, 422 unknown fields or wrong types) with its reason, in JSON
+/// like every answer.
+fn bad_body(rejection: JsonRejection) -> Response {
+    respond(Reply::error(
+        rejection.status().as_u16(),
+        format!("bad request body: {}", rejection.body_text()),
+    ))
+}
+
+async fn status(State(jobs): State<Jobs>, ConnectInfo(caller): ConnectInfo<Caller>) -> Response {
+    submit(&jobs, caller, Request::Status).await
+}
+
+async fn config(State(jobs): State<Jobs>, ConnectInfo(caller): ConnectInfo<Caller>) -> Response {
+    submit(&jobs, caller, Request::Config).await
+}
+
+async fn detach(State(jobs): State<Jobs>, ConnectInfo(caller): ConnectInfo<Caller>) -> Response {
+    submit(&jobs, caller, Request::Detach).await
+}
+
+macro_rules! json_route {
+    ($name:ident, $body:ty, $variant:ident) => {
+        async fn $name(
+            State(jobs): State<Jobs>,
+            ConnectInfo(caller): ConnectInfo<Caller>,
+            body: Result<Json<$body>, JsonRejection>,
+        ) -> Response {
+            match body {
+                Ok(Json(body)) => submit(&jobs, caller, Request::$variant(body)).await,
+                Err(rejection) => bad_body(rejection),
+            }
+        }
+    };
+}
+
+json_route!(plan, ApplyRequest, Plan);
+json_route!(apply, ApplyRequest, Apply);
+json_route!(backend, BackendRequest, Backend);
+json_route!(explain, ExplainRequest, Explain);
+
+/// Prepares the socket's directory and path: the directory must not be
+/// writable by anyone but root (or this process's user), and a socket
+/// another controller still serves is not taken over.
+fn prepare(socket: &Path) -> anyhow::Result<()> {
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .context("the API socket needs a directory")?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let meta = std::fs::metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if (meta.uid() != 0 && meta.uid() != me) || meta.mode() & 0o022 != 0 {
+        bail!(
+            "the API socket's directory {} may be written by others (owner uid {}, mode {:o}); \
+             use a directory only root can write",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            bail!(
+                "another fulcrum already serves the API on {}",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    Ok(())
+}
+
+/// The running API server; dropping it stops the server and removes the socket.
+pub struct Server {
+    socket: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Starts serving the API on `socket`; requests go to `jobs`.
+pub fn serve(socket: &Path, jobs: Jobs) -> anyhow::Result<Server> {
+    prepare(socket)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the API's runtime")?;
+    let listener = runtime
+        .block_on(async { UnixListener::bind(socket) })
+        .with_context(|| format!("binding the API socket {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} mode 0600", socket.display()))?;
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/config", get(config))
+        .route("/v1/plan", post(plan))
+        .route("/v1/apply", post(apply))
+        .route("/v1/backend", post(backend))
+        .route("/v1/explain", post(explain))
+        .route("/v1/detach", post(detach))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(jobs);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("fulcrum-api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let service = app.into_make_service_with_connect_info::<Caller>();
+                let server = axum::serve(listener, service).with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                });
+                if let Err(e) = server.await {
+                    eprintln!("fulcrum: the API server stopped: {e}");
+                }
+            });
+        })
+        .context("starting the API thread")?;
+    Ok(Server {
+        socket: socket.to_path_buf(),
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}

@@ -1,0 +1,393 @@
+//! The controller daemon behind `fulcrum run`: the state in force, and
+//! every door a change comes by (the API's apply and backend verbs, SIGHUP,
+//! an edit of the config file) taken through the one gate, written back to
+//! the file before it is reported, and journalled.
+
+pub mod api;
+pub mod edit;
+pub mod journal;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    config::{BackendConfig, MacAddr, Protocol},
+    dataplane::{Dataplane, pins::PinDir},
+    gate::{self, InForce, Verdict},
+    host,
+    installed::RecordDir,
+    plan::{Change, Plan, plan},
+    problem::Problem,
+    report::Report,
+    state::flow_key,
+};
+use api::{ApplyRequest, BackendRequest, ExplainRequest, Reply, Request};
+use journal::{Entry, Journal};
+
+const NEIGHBOUR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Which door a change came by.
+#[derive(Clone, Debug)]
+pub enum Door {
+    /// The API, with the caller's uid and the verb.
+    Api(Option<u32>, String),
+    /// SIGHUP: the file re-read.
+    Sighup,
+    /// The config file changed on disk.
+    FileChanged,
+    /// Start-up, for a file that changed while no controller ran.
+    Start,
+}
+
+impl Door {
+    fn name(&self) -> String {
+        match self {
+            Door::Api(_, verb) => format!("api {verb}"),
+            Door::Sighup => "sighup".into(),
+            Door::FileChanged => "file".into(),
+            Door::Start => "start".into(),
+        }
+    }
+
+    fn uid(&self) -> Option<u32> {
+        match self {
+            Door::Api(uid, _) => *uid,
+            _ => None,
+        }
+    }
+}
+
+/// The running controller's state.
+pub struct Controller {
+    /// The data plane.
+    pub dataplane: Dataplane,
+    /// Its pins.
+    pub pins: PinDir,
+    records: RecordDir,
+    in_force: InForce,
+    config_path: PathBuf,
+    journal: Journal,
+    interface: String,
+}
+
+fn summary(plan: &Plan) -> Vec<String> {
+    plan.vips
+        .iter()
+        .filter(|v| v.change != Change::Unchanged)
+        .map(|v| {
+            format!(
+                "{} {}: {:?}, {:.1}% of flows move, {:.1}% of capacity removed",
+                v.name,
+                v.endpoint,
+                v.change,
+                v.flows_moved * 100.0,
+                v.capacity_removed * 100.0
+            )
+        })
+        .collect()
+}
+
+fn lines(problems: &[Problem]) -> Vec<String> {
+    problems.iter().map(ToString::to_string).collect()
+}
+
+impl Controller {
+    /// A controller for `dataplane`, whose installed state is `in_force`.
+    pub fn new(
+        dataplane: Dataplane,
+        (pins, records): (PinDir, RecordDir),
+        in_force: InForce,
+        config_path: &Path,
+        journal: Journal,
+        interface: &str,
+    ) -> Self {
+        Self {
+            dataplane,
+            pins,
+            records,
+            in_force,
+            config_path: config_path.to_path_buf(),
+            journal,
+            interface: interface.to_string(),
+        }
+    }
+
+    /// The config text in force.
+    pub fn config_text(&self) -> &str {
+        &self.in_force.text
+    }
+
+    /// The config file the controller runs with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Answers one API request.
+    pub fn handle(&mut self, request: Request, uid: Option<u32>) -> Reply {
+        match request {
+            Request::Status => self.status(),
+            Request::Config => Reply::ok(json!({
+                "generation": self.dataplane.generation(),
+                "config": self.in_force.text,
+            })),
+            Request::Plan(request) => self.plan(&request),
+            Request::Apply(request) => self.change(
+                request.config,
+                request.force,
+                request.if_generation,
+                Door::Api(uid, "apply".into()),
+            ),
+            Request::Backend(request) => self.backend(request, uid),
+            Request::Explain(request) => self.explain(&request),
+            Request::Detach => self.detach(),
+        }
+    }
+
+    fn status(&self) -> Reply {
+        let Some(state) = self.dataplane.installed() else {
+            return Reply::error(503, "nothing is installed");
+        };
+        match Report::collect(&self.dataplane, state) {
+            Ok(report) => Reply::ok(json!({
+                "interface": self.interface,
+                "attached": self.dataplane.is_attached(),
+                "generation": self.dataplane.generation(),
+                "bank": self.dataplane.bank(),
+                "config": self.config_path.display().to_string(),
+                "pins": self.pins.path().display().to_string(),
+                "vips": report.vips,
+                "reasons": report.reasons,
+            })),
+            Err(e) => Reply::error(500, format!("reading the counters: {e}")),
+        }
+    }
+
+    fn plan(&self, request: &ApplyRequest) -> Reply {
+        let next = InForce::new(request.config.clone());
+        let Some(next_side) = next.validation.side() else {
+            return Reply {
+                status: 422,
+                body: json!({
+                    "accepted": false,
+                    "error": "the config cannot be read",
+                    "config_problems": next.validation.problems,
+                    "current_problems": [],
+                }),
+            };
+        };
+        let planned = plan(self.in_force.validation.side(), next_side, request.force);
+        let accepted = next.validation.is_valid() && planned.accepted();
+        let mut body = json!({
+            "accepted": accepted,
+            "error": null,
+            "config_problems": next.validation.problems,
+            "current_problems": [],
+            "generation": self.dataplane.generation(),
+        });
+        if let (Value::Object(body), Ok(Value::Object(plan))) =
+            (&mut body, serde_json::to_value(&planned))
+        {
+            body.extend(plan);
+        }
+        Reply {
+            status: if accepted { 200 } else { 422 },
+            body,
+        }
+    }
+
+    fn mac_of(interface: &str) -> impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr> + '_ {
+        move |backend| match backend.mac {
+            Some(mac) => Ok(mac),
+            None => host::resolve_mac(backend.address, interface, NEIGHBOUR_TIMEOUT),
+        }
+    }
+
+    /// Takes `text` through the gate. For the API, the file is rewritten
+    /// (durably) before the change goes live and before it is reported.
+    pub fn change(
+        &mut self,
+        text: String,
+        force: bool,
+        if_generation: Option<u64>,
+        door: Door,
+    ) -> Reply {
+        let generation = self.dataplane.generation();
+        if let Some(expected) = if_generation
+            && expected != generation
+        {
+            return Reply::error(
+                409,
+                format!(
+                    "the generation in force is {generation}, not {expected}: the state changed; plan again"
+                ),
+            );
+        }
+        let persist = matches!(door, Door::Api(..)).then_some(self.config_path.as_path());
+        let interface = self.interface.clone();
+        let result = gate::apply(
+            &mut self.dataplane,
+            &self.records,
+            Some(&self.in_force),
+            &text,
+            force,
+            persist,
+            Self::mac_of(&interface),
+        );
+        let (reply, entry_result, plan, reasons) = match result {
+            Ok(Verdict::Applied {
+                plan,
+                in_force,
+                generation,
+            }) => {
+                self.in_force = *in_force;
+                let body = json!({
+                    "applied": true,
+                    "generation": generation,
+                    "forced": plan.forced,
+                    "warnings": plan.problems,
+                    "vips": plan.vips,
+                });
+                (Reply::ok(body), "applied", Some(plan), Vec::new())
+            }
+            Ok(Verdict::Refused { problems, plan }) => {
+                let body = json!({
+                    "applied": false,
+                    "generation": generation,
+                    "problems": problems,
+                    "vips": plan.as_ref().map(|p| &p.vips),
+                });
+                let reasons = lines(&problems);
+                (Reply { status: 422, body }, "refused", plan, reasons)
+            }
+            Err(e) => {
+                let message = format!("{e:#}; the previous state stays in force");
+                let body = json!({"applied": false, "generation": generation, "error": message});
+                (Reply { status: 500, body }, "failed", None, vec![message])
+            }
+        };
+        let entry = Entry {
+            time: journal::now(),
+            uid: door.uid(),
+            source: &door.name(),
+            generation: self.dataplane.generation(),
+            result: entry_result,
+            plan: plan.as_ref().map(summary).unwrap_or_default(),
+            forced: plan.as_ref().map(|p| lines(&p.forced)).unwrap_or_default(),
+            reasons,
+        };
+        if let Err(e) = self.journal.append(&entry) {
+            eprintln!("fulcrum: the journal: {e:#}");
+        }
+        match entry_result {
+            "applied" => eprintln!(
+                "fulcrum: {}: applied and verified as generation {}",
+                door.name(),
+                self.dataplane.generation()
+            ),
+            _ => eprintln!(
+                "fulcrum: {}: {}: {}; the installed state stays in force",
+                door.name(),
+                entry_result.to_uppercase(),
+                entry.reasons.join("; ")
+            ),
+        }
+        reply
+    }
+
+    fn backend(&mut self, request: BackendRequest, uid: Option<u32>) -> Reply {
+        let edit = request.edit();
+        let verb = format!("backend {}", edit.action.verb());
+        match edit::apply(&self.in_force.text, &edit) {
+            Ok(text) => self.change(
+                text,
+                request.force,
+                request.if_generation,
+                Door::Api(uid, verb),
+            ),
+            Err(e @ (edit::EditError::UnknownVip(_) | edit::EditError::UnknownBackend { .. })) => {
+                Reply::error(404, e.to_string())
+            }
+            Err(e) => Reply::error(400, e.to_string()),
+        }
+    }
+
+    fn explain(&self, request: &ExplainRequest) -> Reply {
+        let protocol = match request.protocol.parse::<Protocol>() {
+            Ok(p) => p,
+            Err(e) => return Reply::error(400, format!("protocol: {e}")),
+        };
+        let parse = |what: &str, text: &str| {
+            text.parse::<SocketAddr>()
+                .map_err(|e| Reply::error(400, format!("{what} {text:?}: {e} (want ADDRESS:PORT)")))
+        };
+        let (source, destination) = match (
+            parse("source", &request.source),
+            parse("destination", &request.destination),
+        ) {
+            (Ok(s), Ok(d)) => (s, d),
+            (Err(e), _) | (_, Err(e)) => return e,
+        };
+        let Some(state) = self.dataplane.installed() else {
+            return Reply::error(503, "nothing is installed");
+        };
+        let key = flow_key(source, destination, protocol.number());
+        let Some(vip) = state.vip_for(&key) else {
+            return Reply::error(404, format!("{destination}/{protocol} is not a VIP"));
+        };
+        let hash = lb_common::flow_hash::flow_hash(&key);
+        let tracked = match self.dataplane.connection(&key) {
+            Ok(tracked) => tracked,
+            Err(e) => return Reply::error(500, format!("reading the connection table: {e}")),
+        };
+        let by_id = |id: u32| vip.backends.iter().find(|b| b.backend_id == id);
+        if let Some(flow) = tracked
+            && flow.vip_id == vip.vip_id
+            && let Some(backend) = by_id(flow.backend_id)
+        {
+            return Reply::ok(json!({
+                "vip": vip.label,
+                "backend": backend.label,
+                "address": backend.addr.to_string(),
+                "via": "connection-table",
+                "why": "an established flow: the connection table pins it to this backend",
+                "hash": hash,
+            }));
+        }
+        let slot = lb_common::flow_hash::table_slot(hash, vip.table.len() as u32);
+        match state.backend_for(&key) {
+            Some(backend) => Reply::ok(json!({
+                "vip": vip.label,
+                "backend": backend.label,
+                "address": backend.addr.to_string(),
+                "via": "table",
+                "slot": slot,
+                "why": format!("a new flow: its hash {hash:#010x} picks slot {} of {}", slot.unwrap_or(0), vip.table.len()),
+                "hash": hash,
+            })),
+            None => Reply::error(404, "the VIP's table has no backend for this flow"),
+        }
+    }
+
+    fn detach(&mut self) -> Reply {
+        let result = self
+            .dataplane
+            .detach()
+            .map_err(anyhow::Error::from)
+            .and_then(|()| self.pins.remove().map_err(anyhow::Error::from))
+            .and_then(|_| self.records.remove());
+        match result {
+            Ok(()) => {
+                eprintln!(
+                    "fulcrum: detached from {} on request; exiting",
+                    self.interface
+                );
+                Reply::ok(json!({"detached": true, "interface": self.interface}))
+            }
+            Err(e) => Reply::error(500, format!("detaching: {e:#}")),
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The controller's doors, as an operator meets them, against a running
+//! `fulcrum run` in the namespace lab: every CLI verb's exit code and JSON
+//! shape; the seed's mistake refused at every door (`apply`, `backend
+//! set-weight`, an edit of the file, SIGHUP) with the traffic split
+//! unchanged; bad API input answered with a 4xx that changes nothing; a
+//! socket only root may use; concurrent applies serialized.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    lab::{BackendSpec, Lab, TCP_PORT, VIP4, fulcrum_binary},
+    traffic,
+};
+use serde_json::Value;
+
+fn lab(backends: usize) -> Lab {
+    let specs: Vec<BackendSpec> = (1..=backends)
+        .map(|i| BackendSpec {
+            name: format!("b{i}"),
+            weight: 1,
+        })
+        .collect();
+    Lab::start(&specs).expect("lab starts")
+}
+
+/// Runs a verb with `--format json`; returns the exit code and the one JSON
+/// document it printed.
+fn json(lab: &Lab, args: &[&str]) -> (i32, Value) {
+    let mut args = args.to_vec();
+    args.extend(["--format", "json"]);
+    let (code, stdout, stderr) = lab.cli(&args).expect("fulcrum runs");
+    let document = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("{args:?}: stdout is not one JSON document ({e}): {stdout:?}; stderr: {stderr}")
+    });
+    (code, document)
+}
+
+fn generation(lab: &Lab) -> u64 {
+    let (code, status) = json(lab, &["status"]);
+    assert_eq!(code, 0, "{status}");
+    status["generation"].as_u64().expect("a generation")
+}
+
+/// Each backend's expected share of VIP `web4`, from `status`.
+fn web4_shares(lab: &Lab) -> Vec<(String, f64)> {
+    let (_, status) = json(lab, &["status"]);
+    let vip = status["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "web4")
+        .expect("web4 in status")
+        .clone();
+    vip["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["expected_share"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// 400 new connections to `web4`: every one answered, and no backend far
+/// from an equal share.
+fn assert_even_split(lab: &Lab, backends: usize) {
+    let web4 = SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT);
+    let tally = traffic::tcp_connections(lab.client(), web4, 400, 4).expect("traffic");
+    assert_eq!(tally.failures, 0, "{:?}", tally.first_error);
+    for name in (1..=backends).map(|i| format!("b{i}")) {
+        let share = tally.share(&name);
+        assert!(
+            (share - 1.0 / backends as f64).abs() < 0.1,
+            "{name} took {share:.2} of new connections"
+        );
+    }
+}
+
+#[test]
+fn every_verb_answers_with_its_exit_code_and_json_shape() {
+    let lab = lab(4);
+    let (code, status) = json(&lab, &["status"]);
+    assert_eq!(code, 0);
+    for key in ["interface", "attached", "generation", "vips", "reasons"] {
+        assert!(status.get(key).is_some(), "status has {key}: {status}");
+    }
+    assert_eq!(status["attached"], true);
+    let start = status["generation"].as_u64().unwrap();
+
+    let (code, explained) = json(
+        &lab,
+        &["explain", "tcp", "198.18.0.2:40000", "198.18.100.1:80"],
+    );
+    assert_eq!(code, 0, "{explained}");
+    assert_eq!(explained["via"], "table");
+    assert!(
+        explained["slot"].is_u64() && explained["backend"].is_string(),
+        "{explained}"
+    );
+    let (code, not_a_vip) = json(
+        &lab,
+        &["explain", "tcp", "198.18.0.2:40000", "198.18.100.9:80"],
+    );
+    assert_eq!(code, 1);
+    assert!(not_a_vip["error"].as_str().unwrap().contains("not a VIP"));
+
+    let config = lab.config_path();
+    let config = config.to_str().unwrap();
+    let (code, planned) = json(&lab, &["plan", config]);
+    assert_eq!(
+        (code, &planned["accepted"]),
+        (0, &Value::Bool(true)),
+        "{planned}"
+    );
+    let (code, applied) = json(&lab, &["apply", config]);
+    assert_eq!(
+        (code, &applied["applied"]),
+        (0, &Value::Bool(true)),
+        "{applied}"
+    );
+    assert_eq!(applied["generation"], start + 1);
+
+    let steps: [&[&str]; 5] = [
+        &["backend", "set-weight", "web4", "b1", "2"],
+        &["backend", "set-weight", "web4", "b1", "1"],
+        &["backend", "drain", "web4", "b4"],
+        &[
+            "backend",
+            "add",
+            "web4",
+            "198.18.0.30",
+            "--name",
+            "b9",
+            "--mac",
+            "02:00:00:00:00:30",
+        ],
+        &["backend", "remove", "web4", "b9"],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let (code, answer) = json(&lab, step);
+        assert_eq!(code, 0, "{step:?}: {answer}");
+        assert_eq!(answer["applied"], true, "{step:?}");
+        assert_eq!(answer["generation"], start + 2 + i as u64, "{step:?}");
+    }
+    let on_disk = std::fs::read_to_string(lab.config_path()).unwrap();
+    assert!(
+        on_disk.contains("weight = 0"),
+        "the drain is in the file:\n{on_disk}"
+    );
+    let (code, unknown) = json(&lab, &["backend", "drain", "web4", "b7"]);
+    assert_eq!(code, 1);
+    assert!(
+        unknown["error"].as_str().unwrap().contains("no backend"),
+        "{unknown}"
+    );
+    let (code, unknown) = json(&lab, &["backend", "drain", "nope", "b1"]);
+    assert_eq!(code, 1);
+    assert!(
+        unknown["error"].as_str().unwrap().contains("no VIP"),
+        "{unknown}"
+    );
+
+    let journal = std::fs::read_to_string(lab.journal()).unwrap();
+    let entries: Vec<Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 6, "one line per apply:\n{journal}");
+    for entry in &entries {
+        assert_eq!(entry["uid"], 0, "{entry}");
+        assert_eq!(entry["result"], "applied", "{entry}");
+    }
+    assert_eq!(entries[2]["source"], "api backend set-weight");
+
+    // No daemon: one line, exit 1, for every verb.
+    for verb in [
+        &["status"][..],
+        &["apply", config],
+        &["explain", "tcp", "1.2.3.4:1", "5.6.7.8:2"],
+    ] {
+        let output = Command::new(fulcrum_binary().unwrap())
+            .args(verb)
+            .args(["--socket", "/nonexistent/fulcrum.sock"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{verb:?}");
+        assert_eq!(stderr.lines().count(), 1, "{verb:?}: {stderr}");
+        assert!(stderr.contains("no fulcrum daemon answers"), "{stderr}");
+    }
+
+    let (code, detached) = json(&lab, &["detach"]);
+    assert_eq!(
+        (code, &detached["detached"]),
+        (0, &Value::Bool(true)),
+        "{detached}"
+    );
+    assert!(!lab.lb_has_xdp().unwrap(), "detach removed the program");
+}
+
+/// The lab's config with backend `name` of `web4` (the first VIP) at `weight`.
+fn with_weight(text: &str, name: &str, weight: u32) -> String {
+    let at = text
+        .find(&format!("name = \"{name}\""))
+        .expect("the backend");
+    let weight_at = at + text[at..].find("weight = 1").expect("its weight");
+    format!(
+        "{}weight = {weight}{}",
+        &text[..weight_at],
+        &text[weight_at + "weight = 1".len()..]
+    )
+}
+
+/// The seed's outage: one backend of `web4` takes (nearly) everything.
+fn seed(text: &str) -> String {
+    with_weight(text, "b1", 100)
+}
+
+fn wait_for_log(lab: &Lab, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = lab.fulcrum_log();
+        if log.iter().any(|l| l.contains(needle)) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_seeds_mistake_is_refused_at_every_door() {
+    let lab = lab(4);
+    let before = generation(&lab);
+    let shares = web4_shares(&lab);
+    let good = std::fs::read_to_string(lab.config_path()).unwrap();
+    let bad = seed(&good);
+    assert_ne!(good, bad, "the edit applies");
+    let scratch = lab.config_path().with_extension("seed.toml");
+    std::fs::write(&scratch, &bad).unwrap();
+
+    let (code, refused) = json(&lab, &["apply", scratch.to_str().unwrap()]);
+    assert_eq!(
+        (code, &refused["applied"]),
+        (1, &Value::Bool(false)),
+        "{refused}"
+    );
+    let (code, refused) = json(&lab, &["backend", "set-weight", "web4", "b1", "100"]);
+    assert_eq!(
+        (code, &refused["applied"]),
+        (1, &Value::Bool(false)),
+        "{refused}"
+    );
+    let codes: Vec<&str> = refused["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"concentration"), "{codes:?}");
+
+    std::fs::write(lab.config_path(), &bad).unwrap();
+    let log = wait_for_log(&lab, "file: REFUSED");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("file: REFUSED") && l.contains("[concentration]")),
+        "{log:?}"
+    );
+    // SAFETY: signalling the daemon this lab started, by its PID.
+    unsafe { libc::kill(lab.fulcrum_pid().unwrap() as i32, libc::SIGHUP) };
+    let log = wait_for_log(&lab, "sighup: REFUSED");
+    assert!(log.iter().any(|l| l.contains("sighup: REFUSED")), "{log:?}");
+
+    assert_eq!(generation(&lab), before, "nothing was applied");
+    assert_eq!(web4_shares(&lab), shares, "the tables are unchanged");
+    assert_even_split(&lab, 4);
+    let journal = std::fs::read_to_string(lab.journal()).unwrap();
+    let refusals = journal
+        .lines()
+        .filter(|l| l.contains("\"result\":\"refused\""))
+        .count();
+    assert_eq!(
+        refusals, 4,
+        "every door's refusal is journalled:\n{journal}"
+    );
+}
+
+/// Sends one raw HTTP request on the API socket; returns the status code.
+fn raw(socket: &Path, method: &str, path: &str, body: &[u8]) -> u16 {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: fulcrum\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before reading a large body to its end.
+    let _ = stream.write_all(body);
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
+}
+
+#[test]
+fn bad_api_input_gets_a_4xx_and_changes_nothing() {
+    let lab = lab(3);
+    let before = generation(&lab);
+    let text = std::fs::read_to_string(lab.config_path()).unwrap();
+    let huge = format!(r#"{{"config": "{}"}}"#, "#".repeat(2 << 20));
+    let cases: [(&str, &str, Vec<u8>, u16); 8] = [
+        (
+            "malformed JSON",
+            "/v1/apply",
+            b"{\"config\": ".to_vec(),
+            400,
+        ),
+        ("a body over 1 MiB", "/v1/apply", huge.into_bytes(), 413),
+        (
+            "an unknown field",
+            "/v1/apply",
+            serde_json::json!({"config": text, "forse": true})
+                .to_string()
+                .into_bytes(),
+            422,
+        ),
+        (
+            "a wrong type",
+            "/v1/apply",
+            serde_json::json!({"config": text, "force": "yes"})
+                .to_string()
+                .into_bytes(),
+            422,
+        ),
+        (
+            "an unknown VIP",
+            "/v1/backend",
+            br#"{"action": "drain", "vip": "nope", "backend": "b1"}"#.to_vec(),
+            404,
+        ),
+        (
+            "an unknown backend",
+            "/v1/backend",
+            br#"{"action": "drain", "vip": "web4", "backend": "b9"}"#.to_vec(),
+            404,
+        ),
+        (
+            "an unknown action",
+            "/v1/backend",
+            br#"{"action": "explode", "vip": "web4", "backend": "b1"}"#.to_vec(),
+            422,
+        ),
+        (
+            "an unreadable config",
+            "/v1/apply",
+            br#"{"config": "[[vip]"}"#.to_vec(),
+            422,
+        ),
+    ];
+    for (name, path, body, want) in cases {
+        let got = raw(lab.socket(), "POST", path, &body);
+        assert_eq!(got, want, "{name}");
+        assert_eq!(generation(&lab), before, "{name} changed nothing");
+    }
+    assert_eq!(
+        std::fs::read_to_string(lab.config_path()).unwrap(),
+        text,
+        "the file is untouched"
+    );
+}
+
+#[test]
+fn only_root_may_use_the_socket() {
+    let lab = lab(2);
+    let mode = std::fs::metadata(lab.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the socket is 0600");
+    // A copy of the binary that an unprivileged user may run.
+    let dir = std::env::temp_dir().join(format!("fulcrum-api-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("fulcrum");
+    std::fs::copy(fulcrum_binary().unwrap(), &binary).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&binary)
+        .args(["status", "--socket"])
+        .arg(lab.socket())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+}
+
+#[test]
+fn concurrent_applies_are_serialized() {
+    let lab = lab(4);
+    let start = generation(&lab);
+    let good = std::fs::read_to_string(lab.config_path()).unwrap();
+    let heavier = |name: &str| with_weight(&good, name, 2);
+    let dir = lab.config_path().with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<_> = ["b1", "b2"]
+        .iter()
+        .map(|name| {
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, heavier(name)).unwrap();
+            path
+        })
+        .collect();
+    let generation_flag = start.to_string();
+    let results: Vec<(i32, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|path| {
+                let args = [
+                    "apply",
+                    path.to_str().unwrap(),
+                    "--if-generation",
+                    &generation_flag,
+                ];
+                let lab = &lab;
+                scope.spawn(move || json(lab, &args))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners = results.iter().filter(|(code, _)| *code == 0).count();
+    assert_eq!(winners, 1, "exactly one apply wins: {results:?}");
+    let loser = results.iter().find(|(code, _)| *code != 0).unwrap();
+    assert!(
+        loser.1["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("not {start}")),
+        "the other is told the state changed: {loser:?}"
+    );
+    assert_eq!(generation(&lab), start + 1);
+}
