@@ -2,16 +2,19 @@
 //! times, while long-lived TCP connections stay open and new connections
 //! and UDP flows keep coming: no connection fails, no open connection
 //! changes backend, and the counters keep rising instead of resetting,
-//! because every restart adopts the pinned data plane.
+//! because every restart adopts the pinned data plane. And 50 applies
+//! killed at random points: the kernel always holds one whole config, and
+//! after the restart the file on disk is that config.
 
 use std::{
     net::{IpAddr, SocketAddr},
+    process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use lb_tests::{
-    lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP4},
+    lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP4, fulcrum_binary},
     traffic::{self, Session, Tally},
 };
 use lb_userspace::report::Report;
@@ -113,4 +116,144 @@ fn kill_9_of_the_controller_loses_nothing() {
     );
     lab.detach().expect("fulcrum detach");
     assert!(!lab.lb_has_xdp().unwrap());
+}
+
+/// The first VIP's table shares for a config text, as validation builds them.
+fn table_shares(text: &str) -> Vec<u32> {
+    let validation = lb_userspace::validate::validate(text);
+    validation.tables[0]
+        .as_ref()
+        .expect("a table")
+        .slots
+        .clone()
+}
+
+/// The first VIP's (`web4`) table shares the daemon reports, in slots.
+fn installed_shares(lab: &Lab, table_size: f64) -> Vec<u32> {
+    let (code, stdout, stderr) = lab.cli(&["status", "--format", "json"]).expect("status");
+    assert_eq!(code, 0, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    status["vips"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| (b["expected_share"].as_f64().unwrap() * table_size).round() as u32)
+        .collect()
+}
+
+/// A small deterministic generator (no dependency): the seed is printed,
+/// so a failing run can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn applies_killed_at_random_points_leave_old_or_new_never_a_mix() {
+    const APPLIES: usize = 50;
+    let backends: Vec<BackendSpec> = ["b1", "b2", "b3", "b4"]
+        .into_iter()
+        .map(|name| BackendSpec {
+            name: name.into(),
+            weight: 1,
+        })
+        .collect();
+    let lab = Lab::start(&backends).expect("lab starts");
+    let even = std::fs::read_to_string(lab.config_path()).unwrap();
+    // The other state: b1 of every VIP at weight 2 (within every guard).
+    let heavy = even.replace(
+        "name = \"b1\"\naddress = \"198.18.0.11\"\nweight = 1",
+        "name = \"b1\"\naddress = \"198.18.0.11\"\nweight = 2",
+    );
+    assert_ne!(even, heavy);
+    let dir = lab.config_path().with_extension("variants");
+    std::fs::create_dir_all(&dir).unwrap();
+    let variants = [
+        (even.clone(), dir.join("even.toml")),
+        (heavy.clone(), dir.join("heavy.toml")),
+    ];
+    for (text, path) in &variants {
+        std::fs::write(path, text).unwrap();
+    }
+    let shares = [table_shares(&even), table_shares(&heavy)];
+    let table_size = f64::from(shares[0].iter().sum::<u32>());
+    // Kill points spread over the time one apply takes from the CLI's start.
+    let mut window = Duration::ZERO;
+    for (_, path) in variants.iter().rev() {
+        let started = std::time::Instant::now();
+        let status = Command::new(fulcrum_binary().unwrap())
+            .arg("apply")
+            .arg(path)
+            .arg("--socket")
+            .arg(lab.socket())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "a plain apply works");
+        window = window.max(started.elapsed());
+    }
+    let window_us = (window.as_micros() as u64 * 3 / 2).max(1000);
+    eprintln!("one apply takes {window:?}; kills fall within {window_us} us of its start");
+    let seed = std::process::id() as u64 ^ 0x5eed;
+    eprintln!("random kill points from seed {seed}");
+    let mut random = Lcg(seed);
+    let mut outcomes = [0usize; 2];
+    for round in 0..APPLIES {
+        let now = std::fs::read_to_string(lab.config_path()).unwrap();
+        let target = usize::from(now == even);
+        let mut apply = Command::new(fulcrum_binary().unwrap())
+            .args(["apply"])
+            .arg(&variants[target].1)
+            .arg("--socket")
+            .arg(lab.socket())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fulcrum apply starts");
+        std::thread::sleep(Duration::from_micros(random.below(window_us)));
+        lab.kill_fulcrum().expect("kill -9");
+        let _ = apply.wait();
+        let log = lab.start_fulcrum().expect("fulcrum restarts and adopts");
+        assert!(
+            log.iter().any(|l| l.contains("adopted the data plane")),
+            "round {round}: {log:?}"
+        );
+        let on_disk = std::fs::read_to_string(lab.config_path()).unwrap();
+        assert!(
+            on_disk == even || on_disk == heavy,
+            "round {round}: the file is one of the two configs, not a mix"
+        );
+        let installed = installed_shares(&lab, table_size);
+        let held = shares.iter().position(|s| *s == installed);
+        assert!(
+            held.is_some(),
+            "round {round}: the kernel holds {installed:?}, neither {:?} nor {:?}",
+            shares[0],
+            shares[1]
+        );
+        assert_eq!(
+            Some(usize::from(on_disk == heavy)),
+            held,
+            "round {round}: after the restart the file and the kernel agree"
+        );
+        outcomes[usize::from(held == Some(target))] += 1;
+    }
+    eprintln!(
+        "{APPLIES} applies killed at random points: {} landed, {} did not; every time the \
+         kernel held one whole config and the file matched it",
+        outcomes[1], outcomes[0]
+    );
+    assert!(
+        outcomes[0] > 0 && outcomes[1] > 0,
+        "kills fell both before and after the switch: {outcomes:?}"
+    );
+    lab.stop_fulcrum().expect("fulcrum stops");
+    lab.detach().expect("detach");
 }
