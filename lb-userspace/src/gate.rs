@@ -96,7 +96,12 @@ pub fn apply(
         });
     }
     let config = next.validation.config.as_ref().expect("valid implies read");
-    let state = DesiredState::build_from(config, dataplane.installed(), mac_of)?;
+    let state = DesiredState::build_with(
+        config,
+        &next.validation.tables,
+        dataplane.installed(),
+        mac_of,
+    )?;
     let staged = dataplane.stage(&state)?;
     let generation = dataplane.generation() + 1;
     records.write(staged.bank(), &Record::of(&state, text, generation))?;

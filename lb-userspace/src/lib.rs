@@ -2,6 +2,16 @@
 //! and the data-plane handle that loads the XDP program and fills its maps.
 //! The binary and the tests are thin layers over this.
 
+/// Prints one `fulcrum: ...` line on stderr. A closed or broken stderr is
+/// ignored: the controller keeps serving (where `eprintln!` would panic).
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), "fulcrum: {}", format_args!($($arg)*));
+    }};
+}
+
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -13,7 +13,7 @@ use lb_common::{
 use crate::{
     config::{BackendConfig, Config, MacAddr},
     lookup_table::TableSize,
-    validate::build_table,
+    validate::{VipTable, build_table},
 };
 
 /// Everything `fulcrum` writes into the maps.
@@ -141,6 +141,18 @@ impl DesiredState {
     pub fn build_from(
         config: &Config,
         previous: Option<&DesiredState>,
+        mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
+    ) -> anyhow::Result<Self> {
+        Self::build_with(config, &[], previous, mac_of)
+    }
+
+    /// Like `build_from`, with the tables validation already built for
+    /// `config` (one per VIP, in config order; a missing one is built), so
+    /// each table of an apply is built once.
+    pub fn build_with(
+        config: &Config,
+        tables: &[Option<VipTable>],
+        previous: Option<&DesiredState>,
         mut mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
     ) -> anyhow::Result<Self> {
         let table_size = TableSize::new(config.table_size)?;
@@ -185,7 +197,12 @@ impl DesiredState {
                     slots: 0,
                 });
             }
-            let built = build_table(vip, table_size).with_context(|| format!("VIP {label}"))?;
+            let built = match tables.get(vips.len()).and_then(Option::as_ref) {
+                Some(built) => std::borrow::Cow::Borrowed(built),
+                None => std::borrow::Cow::Owned(
+                    build_table(vip, table_size).with_context(|| format!("VIP {label}"))?,
+                ),
+            };
             for (backend, &slots) in backends.iter_mut().zip(&built.slots) {
                 backend.slots = slots;
             }

@@ -78,6 +78,9 @@ fn run(task: Task) -> Result<()> {
         Task::Bench => {
             setup::run()?;
             cargo(&["bench", "-p", "lb-tests", "--bench", "dataplane"])?;
+            // The apply bench drives the real `fulcrum` binary.
+            cargo(&["build", "--release", "-p", "lb-userspace", "--bins"])?;
+            cargo(&["bench", "-p", "lb-tests", "--bench", "apply"])?;
             cargo(&["bench", "-p", "lb-userspace", "--bench", "control_plane"])
         }
     }

@@ -43,13 +43,13 @@ pub fn run(args: DetachArgs) -> anyhow::Result<()> {
         .with_context(|| format!("detaching from {interface}"))?;
     records.remove()?;
     if removed {
-        eprintln!(
-            "fulcrum: detached from {interface} and removed {}",
+        crate::note!(
+            "detached from {interface} and removed {}",
             pins.path().display()
         );
     } else {
-        eprintln!(
-            "fulcrum: nothing pinned for {interface} at {}",
+        crate::note!(
+            "nothing pinned for {interface} at {}",
             pins.path().display()
         );
     }

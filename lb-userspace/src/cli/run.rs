@@ -106,7 +106,7 @@ fn print_report(report: &Report, format: OutputFormat) {
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        eprintln!("fulcrum: counters not printed: {e}");
+        crate::note!("counters not printed: {e}");
     }
 }
 
@@ -114,9 +114,9 @@ fn report(dataplane: &Dataplane, format: OutputFormat) {
     match dataplane.installed() {
         Some(state) => match Report::collect(dataplane, state) {
             Ok(report) => print_report(&report, format),
-            Err(e) => eprintln!("fulcrum: reading the counters failed: {e:#}"),
+            Err(e) => crate::note!("reading the counters failed: {e:#}"),
         },
-        None => eprintln!("fulcrum: nothing installed yet, no counters"),
+        None => crate::note!("nothing installed yet, no counters"),
     }
 }
 
@@ -132,9 +132,9 @@ fn announce(verdict: &Verdict, what: &str) -> anyhow::Result<()> {
             plan, generation, ..
         } => {
             for problem in plan.problems.iter().chain(&plan.forced) {
-                eprintln!("fulcrum: {problem}");
+                crate::note!("{problem}");
             }
-            eprintln!("fulcrum: {what}: applied and verified as generation {generation}");
+            crate::note!("{what}: applied and verified as generation {generation}");
             Ok(())
         }
         Verdict::Refused { problems, .. } => {
@@ -187,7 +187,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     for warning in &first.validation.problems {
-        eprintln!("fulcrum: {warning}");
+        crate::note!("{warning}");
     }
     let config = first.validation.config.clone().expect("valid implies read");
     let Some(interface) = args.interface.clone().or(config.interface.clone()) else {
@@ -196,7 +196,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     host::require_bpf_privileges()?;
     host::require_interface(&interface)?;
     if host::ensure_bpffs()? {
-        eprintln!("fulcrum: mounted bpffs at {}", host::BPFFS);
+        crate::note!("mounted bpffs at {}", host::BPFFS);
     }
     let signals =
         Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP]).context("installing signal handlers")?;
@@ -214,8 +214,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             dataplane
                 .adopt_state(state, bank, record.generation)
                 .context("the kernel does not hold what the installed record says")?;
-            eprintln!(
-                "fulcrum: adopted the data plane attached to {interface} (pinned at {}): \
+            crate::note!(
+                "adopted the data plane attached to {interface} (pinned at {}): \
                  generation {}, {} VIPs; forwarding never stopped",
                 pins.path().display(),
                 record.generation,
@@ -274,8 +274,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     watch_file(args.config.clone(), text, events);
     let capacities = controller.dataplane.capacities()?;
-    eprintln!(
-        "fulcrum: serving on {interface}; API on {}; room for {} flows and {} backends; \
+    crate::note!(
+        "serving on {interface}; API on {}; room for {} flows and {} backends; \
          edits of {} (or SIGHUP) are applied through the gate, SIGUSR1 prints counters, \
          SIGINT/SIGTERM exit",
         socket.display(),
@@ -302,7 +302,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 Ok(text) => {
                     controller.change(text, false, None, Door::Sighup);
                 }
-                Err(e) => eprintln!("fulcrum: SIGHUP: {e:#}; the installed state stays in force"),
+                Err(e) => crate::note!("SIGHUP: {e:#}; the installed state stays in force"),
             },
             Event::FileChanged(text) => {
                 if text != controller.config_text() {
@@ -318,10 +318,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         controller.dataplane.detach()?;
         pins.remove()?;
         records.remove()?;
-        eprintln!("fulcrum: detached from {interface} and removed its pins");
+        crate::note!("detached from {interface} and removed its pins");
     } else {
-        eprintln!(
-            "fulcrum: exiting; the data plane stays attached to {interface} and keeps \
+        crate::note!(
+            "exiting; the data plane stays attached to {interface} and keeps \
              forwarding (pinned at {}); `fulcrum detach --interface {interface}` removes it",
             pins.path().display()
         );
@@ -367,8 +367,8 @@ fn start_fresh(
         announce(&verdict, &args.config.display().to_string())?;
         let mode = dataplane.attach(interface)?;
         dataplane.pin_link(pins)?;
-        eprintln!(
-            "fulcrum: attached to {interface} ({mode} XDP), pinned at {}",
+        crate::note!(
+            "attached to {interface} ({mode} XDP), pinned at {}",
             pins.path().display()
         );
         anyhow::Ok(())

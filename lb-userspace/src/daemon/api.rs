@@ -319,7 +319,7 @@ pub fn serve(socket: &Path, jobs: Jobs) -> anyhow::Result<Server> {
                     let _ = stopped.await;
                 });
                 if let Err(e) = server.await {
-                    eprintln!("fulcrum: the API server stopped: {e}");
+                    crate::note!("the API server stopped: {e}");
                 }
             });
         })

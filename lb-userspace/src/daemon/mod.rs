@@ -280,16 +280,16 @@ impl Controller {
             reasons,
         };
         if let Err(e) = self.journal.append(&entry) {
-            eprintln!("fulcrum: the journal: {e:#}");
+            crate::note!("the journal: {e:#}");
         }
         match entry_result {
-            "applied" => eprintln!(
-                "fulcrum: {}: applied and verified as generation {}",
+            "applied" => crate::note!(
+                "{}: applied and verified as generation {}",
                 door.name(),
                 self.dataplane.generation()
             ),
-            _ => eprintln!(
-                "fulcrum: {}: {}: {}; the installed state stays in force",
+            _ => crate::note!(
+                "{}: {}: {}; the installed state stays in force",
                 door.name(),
                 entry_result.to_uppercase(),
                 entry.reasons.join("; ")
@@ -381,10 +381,7 @@ impl Controller {
             .and_then(|_| self.records.remove());
         match result {
             Ok(()) => {
-                eprintln!(
-                    "fulcrum: detached from {} on request; exiting",
-                    self.interface
-                );
+                crate::note!("detached from {} on request; exiting", self.interface);
                 Reply::ok(json!({"detached": true, "interface": self.interface}))
             }
             Err(e) => Reply::error(500, format!("detaching: {e:#}")),

@@ -6,7 +6,10 @@
 mod mmap;
 pub mod pins;
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -117,6 +120,98 @@ type Result<T> = std::result::Result<T, DataplaneError>;
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
+}
+
+/// A fresh lookup table (slot 0 holds the size), filled through mmap;
+/// not referenced by anything yet.
+fn new_table(table_id: u32, table: &[u32]) -> Result<MapData> {
+    const MAX_SLOTS: u32 = (u32::MAX >> 4) - TABLE_HEADER_SLOTS;
+    let size = u32::try_from(table.len())
+        .ok()
+        .filter(|&size| size > 0 && size <= MAX_SLOTS)
+        .ok_or(DataplaneError::TableSize {
+            table_id,
+            len: table.len(),
+            max: MAX_SLOTS,
+        })?;
+    let entries = size + TABLE_HEADER_SLOTS;
+    let params = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        4,
+        entries,
+        TABLE_MAP_FLAGS,
+    );
+    let inner = MapData::create(params, "fulcrum_table", None)
+        .map_err(map_err("lookup table (new inner map)"))?;
+    {
+        let mut view = MappedU32Array::map(&inner, entries, true)?;
+        view.set(0, size);
+        for (slot, &backend_id) in (TABLE_HEADER_SLOTS..).zip(table) {
+            view.set(slot, backend_id);
+        }
+    }
+    Ok(inner)
+}
+
+/// A lookup table's slots (without the size header), read through mmap.
+fn read_inner(inner: &MapData) -> Result<Vec<u32>> {
+    let entries = inner.info().map_err(map_err("lookup table"))?.max_entries();
+    let view = MappedU32Array::map(inner, entries, false)?;
+    let size = view.get(0).min(entries.saturating_sub(TABLE_HEADER_SLOTS));
+    Ok((TABLE_HEADER_SLOTS..TABLE_HEADER_SLOTS + size)
+        .map(|slot| view.get(slot))
+        .collect())
+}
+
+/// `BPF_MAP_UPDATE_BATCH` of `u32` keys and values into the map `map`.
+fn batch_update(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    /// The batch part of `union bpf_attr` (include/uapi/linux/bpf.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; `keys`
+    // and `values` outlive the call and hold `count` elements each.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if attr.count as usize != keys.len() {
+        return Err(std::io::Error::other(format!(
+            "the batch updated {} of {} entries",
+            attr.count,
+            keys.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Map sizes chosen at load time.
@@ -407,58 +502,49 @@ impl Dataplane {
     }
 
     /// Installs a whole lookup table as table `table_id` in one atomic step
-    /// (slot 0 holds the size). The table is written through mmap into a
-    /// fresh inner map, then one outer-map update swaps it in: packets see
-    /// the old table or the new one, never a mix.
+    /// (slot 0 holds the size): a fresh inner map, filled through mmap, then
+    /// one outer-map update swaps it in: packets see the old table or the
+    /// new one, never a mix.
     pub fn install_table(&mut self, table_id: u32, table: &[u32]) -> Result<()> {
-        const MAX_SLOTS: u32 = (u32::MAX >> 4) - TABLE_HEADER_SLOTS;
-        let size = u32::try_from(table.len())
-            .ok()
-            .filter(|&size| size > 0 && size <= MAX_SLOTS)
-            .ok_or(DataplaneError::TableSize {
-                table_id,
-                len: table.len(),
-                max: MAX_SLOTS,
-            })?;
-        let entries = size + TABLE_HEADER_SLOTS;
-        let params = aya_obj::Map::new_from_params(
-            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
-            4,
-            4,
-            entries,
-            TABLE_MAP_FLAGS,
-        );
-        let inner = MapData::create(params, "fulcrum_table", None)
-            .map_err(map_err("lookup table (new inner map)"))?;
-        {
-            let mut view = MappedU32Array::map(&inner, entries, true)?;
-            view.set(0, size);
-            for (slot, &backend_id) in (TABLE_HEADER_SLOTS..).zip(table) {
-                view.set(slot, backend_id);
-            }
-        }
-        let mut outer: ArrayOfMaps<_, MapData> =
-            ArrayOfMaps::try_from(self.map_mut(names::LOOKUP_TABLES)?)
-                .map_err(map_err(names::LOOKUP_TABLES))?;
+        let inner = new_table(table_id, table)?;
+        self.set_tables(&[(table_id, &inner)])
+    }
+
+    /// Points outer lookup-table slots at inner maps, all in one
+    /// `BPF_MAP_UPDATE_BATCH` (Linux 5.6). Each single update of a
+    /// map-of-maps waits for an RCU grace period (milliseconds); the batch
+    /// waits once, which is what makes a 100-VIP apply fast.
+    fn set_tables(&mut self, entries: &[(u32, &MapData)]) -> Result<()> {
+        let Map::ArrayOfMaps(outer) = self.map(names::LOOKUP_TABLES)? else {
+            return Err(DataplaneError::Missing(names::LOOKUP_TABLES));
+        };
+        let keys: Vec<u32> = entries.iter().map(|(id, _)| *id).collect();
+        let values: Vec<u32> = entries
+            .iter()
+            .map(|(_, inner)| inner.fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        batch_update(outer.fd().as_fd(), &keys, &values).map_err(|source| DataplaneError::Map {
+            map: names::LOOKUP_TABLES,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "BPF_MAP_UPDATE_BATCH",
+                io_error: source,
+            }),
+        })
+    }
+
+    /// The inner map the kernel holds as table `table_id`.
+    fn table_map(&self, table_id: u32) -> Result<MapData> {
+        let outer: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(names::LOOKUP_TABLES)?)
+            .map_err(map_err(names::LOOKUP_TABLES))?;
         outer
-            .set(table_id, &inner, 0)
+            .get(&table_id, 0)
             .map_err(map_err(names::LOOKUP_TABLES))
     }
 
     /// Reads back the lookup table the kernel holds as `table_id` (without
     /// the size header), to verify an install.
     pub fn read_table(&self, table_id: u32) -> Result<Vec<u32>> {
-        let outer: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(names::LOOKUP_TABLES)?)
-            .map_err(map_err(names::LOOKUP_TABLES))?;
-        let inner = outer
-            .get(&table_id, 0)
-            .map_err(map_err(names::LOOKUP_TABLES))?;
-        let entries = inner.info().map_err(map_err("lookup table"))?.max_entries();
-        let view = MappedU32Array::map(&inner, entries, false)?;
-        let size = view.get(0).min(entries.saturating_sub(TABLE_HEADER_SLOTS));
-        Ok((TABLE_HEADER_SLOTS..TABLE_HEADER_SLOTS + size)
-            .map(|slot| view.get(slot))
-            .collect())
+        read_inner(&self.table_map(table_id)?)
     }
 
     fn max_entries(&self, name: &'static str) -> Result<u32> {
@@ -509,8 +595,31 @@ impl Dataplane {
                     },
                 )?;
             }
-            self.install_table(table_id(bank, vip.vip_id), &vip.table)?;
         }
+        // A table the state in force already holds is shared, not rewritten.
+        let live: HashMap<u32, &Vec<u32>> = self
+            .installed
+            .iter()
+            .flat_map(|s| &s.vips)
+            .map(|v| (v.vip_id, &v.table))
+            .collect();
+        let mut inner = Vec::with_capacity(state.vips.len());
+        let mut fresh = Vec::new();
+        for vip in &state.vips {
+            if live.get(&vip.vip_id).is_some_and(|t| **t == vip.table) {
+                inner.push((vip.vip_id, self.table_map(table_id(self.bank, vip.vip_id))?));
+            } else {
+                fresh.push(vip);
+            }
+        }
+        inner.extend(in_parallel(&fresh, |vip| {
+            new_table(table_id(bank, vip.vip_id), &vip.table).map(|map| (vip.vip_id, map))
+        })?);
+        let entries: Vec<(u32, &MapData)> = inner
+            .iter()
+            .map(|(vip_id, map)| (table_id(bank, *vip_id), map))
+            .collect();
+        self.set_tables(&entries)?;
         self.verify_tables(state, bank)?;
         Ok(Staged {
             state: state.clone(),
@@ -518,10 +627,16 @@ impl Dataplane {
         })
     }
 
-    /// Fails unless the kernel holds every table of `state` in `bank`.
+    /// Fails unless the kernel holds every table of `state` in `bank`
+    /// (read back through the outer map, compared in parallel).
     pub fn verify_tables(&self, state: &DesiredState, bank: u32) -> Result<()> {
-        for vip in &state.vips {
-            let held = self.read_table(table_id(bank, vip.vip_id))?;
+        let held = state
+            .vips
+            .iter()
+            .map(|vip| Ok((vip, self.table_map(table_id(bank, vip.vip_id))?)))
+            .collect::<Result<Vec<_>>>()?;
+        in_parallel(&held, |(vip, inner)| {
+            let held = read_inner(inner)?;
             let differing = held.len().abs_diff(vip.table.len())
                 + held
                     .iter()
@@ -535,7 +650,8 @@ impl Dataplane {
                     size: vip.table.len(),
                 });
             }
-        }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -644,6 +760,27 @@ impl Dataplane {
             })
             .collect()
     }
+}
+
+/// `work` on every item, spread over the machine's cores; the results in
+/// order, or the first error.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = items.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| part.iter().map(&work).collect::<Result<Vec<R>>>()))
+            .collect();
+        let mut results = Vec::with_capacity(items.len());
+        for handle in handles {
+            results.extend(handle.join().expect("a table worker panicked")?);
+        }
+        Ok(results)
+    })
 }
 
 /// Every backend id both states use must name the same backend of the same
