@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -139,6 +139,10 @@ pub struct Backend {
     /// The VIP this slot serves; a connection-table entry is only honoured
     /// while its backend slot still belongs to the flow's VIP.
     pub vip_id: u32,
+    /// Bumped each time the slot is given to a new backend; a connection
+    /// entry is honoured only while it names the slot's current generation,
+    /// so a reused slot never inherits another backend's flows.
+    pub generation: u32,
 }
 
 /// Key of the connection table and input of the flow hash: the 5-tuple.
@@ -172,6 +176,8 @@ pub struct FlowState {
     pub backend_id: u32,
     /// VIP the flow belongs to.
     pub vip_id: u32,
+    /// The backend slot's generation when the flow was pinned to it.
+    pub generation: u32,
 }
 
 /// Traffic counters kept per backend and per VIP (per CPU in the kernel).
@@ -333,9 +339,9 @@ mod tests {
         assert_eq!(size_of::<VipKey>(), 20);
         assert_eq!(size_of::<VipSlot>(), 32);
         assert_eq!(size_of::<Meta>(), 16);
-        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowState>(), 8);
+        assert_eq!(size_of::<FlowState>(), 12);
         assert_eq!(size_of::<TrafficCounters>(), 24);
         assert_eq!(size_of::<DataplaneConfig>(), 8);
     }

@@ -295,13 +295,15 @@ fn live_backend(backend_id: u32, vip_id: u32) -> Option<Backend> {
 }
 
 /// An established flow from the connection table: its VIP, backend id and
-/// backend, if that backend slot still serves the VIP.
+/// backend, if that backend slot still serves the VIP and still holds the
+/// backend the flow was pinned to (same generation).
 #[inline(always)]
 fn tracked_flow(key: &FlowKey) -> Option<(u32, u32, Backend)> {
     let state = CONN_TABLE.get_ptr(key)?;
     // SAFETY: map values are valid while the program runs.
     let state = unsafe { *state };
     live_backend(state.backend_id, state.vip_id)
+        .filter(|backend| backend.generation == state.generation)
         .map(|backend| (state.vip_id, state.backend_id, backend))
 }
 
@@ -349,7 +351,11 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
             let Some((backend_id, backend)) = table_backend(&flow.key, vip_id, table_id) else {
                 return discard(Reason::DropNoBackend);
             };
-            let state = FlowState { backend_id, vip_id };
+            let state = FlowState {
+                backend_id,
+                vip_id,
+                generation: backend.generation,
+            };
             // A full LRU evicts its oldest entry; failure here only costs a
             // re-hash on the next packet, so the result is deliberately ignored.
             let _ = CONN_TABLE.insert(flow.key, state, 0);

@@ -164,3 +164,66 @@ fn a_state_that_renumbers_backends_is_refused() {
     let expected = fixture.state.backend_for(&frame.flow()).unwrap().backend_id;
     assert_eq!(went, expected, "the refused state changed nothing");
 }
+
+/// The standard config with web4's b1 replaced by a new backend b9.
+fn b1_replaced_by_b9() -> lb_userspace::config::Config {
+    let b1 = r#"{ name = "b1", address = "198.18.1.1", weight = 1, mac = "02:00:00:00:01:01" }"#;
+    let b9 = r#"{ name = "b9", address = "198.18.1.9", weight = 1, mac = "02:00:00:00:01:09" }"#;
+    assert!(STANDARD_CONFIG.contains(b1));
+    lb_userspace::config::Config::parse(&STANDARD_CONFIG.replacen(b1, b9, 1)).unwrap()
+}
+
+#[test]
+fn a_reused_backend_slot_inherits_no_flows_and_no_counters() {
+    let mut fixture = Fixture::standard();
+    let b1 = fixture.state.vips[0].backends[0].backend_id;
+    let ports: Vec<u16> = (0..300).map(|i| 46000 + 2 * i).collect();
+    let on_b1: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|&p| forwarded_to(&mut fixture, &client(p, SYN)) == b1)
+        .collect();
+    assert!(!on_b1.is_empty(), "some flows start on b1");
+    assert!(fixture.dataplane.backend_counters(b1).unwrap().packets > 0);
+
+    // b1 leaves; later b9 arrives and gets b1's freed slot.
+    let gone =
+        DesiredState::build_from(&without_b1(), Some(&fixture.state), |b| Ok(b.mac.unwrap()))
+            .unwrap();
+    fixture.dataplane.install(&gone).unwrap();
+    let next = DesiredState::build_from(&b1_replaced_by_b9(), Some(&gone), |b| Ok(b.mac.unwrap()))
+        .unwrap();
+    let b9 = next.vips[0]
+        .backends
+        .iter()
+        .find(|b| b.label == "b9")
+        .unwrap();
+    assert_eq!(b9.backend_id, b1, "b9 reuses b1's slot");
+    fixture.dataplane.install(&next).unwrap();
+    assert_eq!(
+        fixture.dataplane.backend_counters(b1).unwrap(),
+        Default::default(),
+        "b9 starts with zeroed counters, not b1's"
+    );
+
+    // b1's old flows are hashed into the new table, never handed to b9
+    // through their stale connection entries.
+    let mut elsewhere = 0;
+    for port in on_b1 {
+        let frame = client(port, ACK);
+        let run = fixture.run(&frame.bytes()).expect("test run");
+        assert_eq!(run.action, xdp_action::TX);
+        let choice = next.backend_for(&frame.flow()).unwrap();
+        assert_eq!(
+            run.output[..6],
+            choice.mac.0,
+            "flow from port {port} went to its table choice {}",
+            choice.label
+        );
+        elsewhere += usize::from(choice.backend_id != b9.backend_id);
+    }
+    assert!(
+        elsewhere > 0,
+        "some old flows hash away from b9, so a stale entry would show"
+    );
+}

@@ -104,6 +104,14 @@ pub enum DataplaneError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A system call outside the maps failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// A lookup table is empty or too large.
     #[error("lookup table {table_id} has {len} slots; it needs 1..={max}")]
     TableSize {
@@ -466,7 +474,28 @@ impl Dataplane {
     /// Frees backend slot `backend_id`. Connections pinned to it stop being
     /// honoured, so their next packet is hashed into the current table.
     pub fn remove_backend(&mut self, backend_id: u32) -> Result<()> {
-        self.set_backend(backend_id, Backend::default())
+        let generation = self.read_backend(backend_id)?.generation;
+        self.set_backend(
+            backend_id,
+            Backend {
+                generation,
+                ..Backend::default()
+            },
+        )
+    }
+
+    /// Zeroes entry `index` of a per-CPU traffic-counter map.
+    fn zero_counters(&mut self, name: &'static str, index: u32) -> Result<()> {
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| DataplaneError::Io { what, source }
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io("counting CPUs")(e))?;
+        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])
+            .map_err(io("zeroed per-CPU counters"))?;
+        let mut array: PerCpuArray<_, TrafficCounters> =
+            PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        array.set(index, zeros, 0).map_err(map_err(name))
     }
 
     /// Fills a fresh inner array of `len` entries with `entries`, then makes
@@ -584,16 +613,41 @@ impl Dataplane {
             check_stable_ids(previous, state)?;
         }
         let bank = (self.bank + 1) % TABLE_BANKS;
+        let (kept_vips, kept_backends): (
+            std::collections::HashSet<u32>,
+            std::collections::HashSet<u32>,
+        ) = self.installed.as_ref().map_or_else(Default::default, |s| {
+            (
+                s.vips.iter().map(|v| v.vip_id).collect(),
+                s.backend_ids().collect(),
+            )
+        });
         for vip in &state.vips {
+            if !kept_vips.contains(&vip.vip_id) {
+                // A new VIP's id may have served another VIP before.
+                self.zero_counters(names::VIP_STATS, vip.vip_id)?;
+            }
             for backend in &vip.backends {
-                self.set_backend(
-                    backend.backend_id,
-                    Backend {
-                        mac: backend.mac.0,
-                        flags: BACKEND_ACTIVE,
-                        vip_id: vip.vip_id,
+                let slot = self.read_backend(backend.backend_id)?;
+                let kept = kept_backends.contains(&backend.backend_id);
+                let wanted = Backend {
+                    mac: backend.mac.0,
+                    flags: BACKEND_ACTIVE,
+                    vip_id: vip.vip_id,
+                    // A slot given to a new backend gets a new generation, so
+                    // connection entries of its previous owner are not honoured.
+                    generation: if kept {
+                        slot.generation
+                    } else {
+                        slot.generation.wrapping_add(1)
                     },
-                )?;
+                };
+                if !kept {
+                    self.zero_counters(names::BACKEND_STATS, backend.backend_id)?;
+                }
+                if slot != wanted {
+                    self.set_backend(backend.backend_id, wanted)?;
+                }
             }
         }
         // A table the state in force already holds is shared, not rewritten.
