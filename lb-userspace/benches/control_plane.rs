@@ -5,10 +5,10 @@
 use std::{fmt::Write as _, time::Instant};
 
 use lb_userspace::{
-    lookup_table::{BackendIdentity, DEFAULT_SIZE, TableBuilder, WeightedBackend},
-    maglev::Maglev,
-    plan::plan,
-    validate::validate,
+    policy::plan::plan,
+    policy::validate::validate,
+    table::maglev::Maglev,
+    table::{BackendIdentity, DEFAULT_SIZE, TableBuilder, WeightedBackend},
 };
 
 const ROUNDS: usize = 5;

@@ -1,6 +1,11 @@
-//! The `fulcrum` controller as a library: config, the lookup-table builder,
-//! and the data-plane handle that loads the XDP program and fills its maps.
-//! The binary and the tests are thin layers over this.
+//! The `fulcrum` controller as a library, in the order a change travels:
+//! `table` (how a VIP's lookup table is built) and `config` (what the
+//! operator wrote), `policy` (validation and the plan that judges a change
+//! by the guards in force), `dataplane` (the state the kernel maps hold, and
+//! the handle that loads, pins, fills and reads them), `daemon` (the gate
+//! every change goes through, its records and journal, the admin API), and
+//! `cli`. Each layer imports only the ones before it. The binary and the
+//! tests are thin layers over this.
 
 /// Prints one `fulcrum: ...` line on stderr. A closed or broken stderr is
 /// ignored: the controller keeps serving (where `eprintln!` would panic).
@@ -16,18 +21,10 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
-pub mod durable;
-pub mod gate;
-pub mod host;
-pub mod installed;
-pub mod lookup_table;
-pub mod maglev;
-pub mod plan;
+pub mod net;
+pub mod policy;
 pub mod problem;
-pub mod report;
-pub mod state;
-pub mod validate;
-pub mod vip_index;
+pub mod table;
 
 /// The compiled XDP program, built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

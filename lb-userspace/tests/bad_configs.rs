@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use lb_userspace::validate::validate;
+use lb_userspace::policy::validate::validate;
 
 const GOOD: &str = r#"
 interface = "eth1"
@@ -475,7 +475,7 @@ fn found<'a>(problems: impl IntoIterator<Item = &'a lb_userspace::problem::Probl
 
 #[test]
 fn a_change_is_judged_by_the_guards_in_force() {
-    use lb_userspace::plan::plan;
+    use lb_userspace::policy::plan::plan;
     let mut failures = Vec::new();
     for case in plan_cases() {
         let current = validate(&edited(&case.current, case.name));
@@ -537,7 +537,7 @@ fn a_change_is_judged_by_the_guards_in_force() {
 
 #[test]
 fn a_first_install_uses_the_configs_own_guards_and_says_where_they_are_loose() {
-    use lb_userspace::plan::plan;
+    use lb_userspace::policy::plan::plan;
     let next = validate(&edited(&[(DNS6_END, SOLO)], "first install"));
     let planned = plan(None, next.side().unwrap(), false);
     assert!(planned.accepted(), "{:?}", planned.problems);

@@ -6,9 +6,9 @@
 use std::fmt::Write as _;
 
 use lb_userspace::{
-    lookup_table::TableSize,
-    plan::plan,
-    validate::{Validation, validate},
+    policy::plan::plan,
+    policy::validate::{Validation, validate},
+    table::TableSize,
 };
 use proptest::prelude::*;
 

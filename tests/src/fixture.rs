@@ -8,8 +8,8 @@ use aya::{TestRun as _, TestRunOptions};
 use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters, VipSlot};
 use lb_userspace::{
     config::{Config, MacAddr},
+    dataplane::state::{DesiredState, vip_key},
     dataplane::{Dataplane, table_id},
-    state::{DesiredState, vip_key},
 };
 
 use crate::packet::LB_MAC;

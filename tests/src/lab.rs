@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
-use lb_userspace::{dataplane::pins::PinDir, report::Report};
+use lb_userspace::{dataplane::pins::PinDir, dataplane::report::Report};
 
 use crate::{
     fixture::{require_root, standalone_program, xdp_program},

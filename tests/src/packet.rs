@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_common::maps::{FlowKey, PROTO_TCP, PROTO_UDP};
-use lb_userspace::state::flow_key;
+use lb_userspace::dataplane::state::flow_key;
 
 /// The MAC of the client-side router in test frames.
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];

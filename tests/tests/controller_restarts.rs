@@ -17,7 +17,7 @@ use lb_tests::{
     lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP4, fulcrum_binary},
     traffic::{self, Session, Tally},
 };
-use lb_userspace::report::Report;
+use lb_userspace::dataplane::report::Report;
 
 const KILLS: usize = 5;
 const SESSIONS: usize = 12;
@@ -120,7 +120,7 @@ fn kill_9_of_the_controller_loses_nothing() {
 
 /// The first VIP's table shares for a config text, as validation builds them.
 fn table_shares(text: &str) -> Vec<u32> {
-    let validation = lb_userspace::validate::validate(text);
+    let validation = lb_userspace::policy::validate::validate(text);
     validation.tables[0]
         .as_ref()
         .expect("a table")

@@ -6,7 +6,7 @@ use lb_tests::{
     fixture::{Fixture, STANDARD_CONFIG, xdp_action},
     packet::{Frame, tcp_flags::*},
 };
-use lb_userspace::state::DesiredState;
+use lb_userspace::dataplane::state::DesiredState;
 
 const WEB4: &str = "198.18.0.100:80";
 

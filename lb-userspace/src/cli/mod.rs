@@ -16,8 +16,8 @@ use std::path::Path;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
+    policy::validate::{Validation, validate},
     problem::Problem,
-    validate::{Validation, validate},
 };
 
 /// How results are printed.

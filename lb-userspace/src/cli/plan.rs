@@ -17,9 +17,9 @@ use super::{
 };
 use crate::{
     config::join_problems,
-    plan::{Change, Plan, VipPlan, plan},
+    policy::plan::{Change, Plan, VipPlan, plan},
+    policy::validate::Validation,
     problem::Problem,
-    validate::Validation,
 };
 
 /// Arguments of `fulcrum plan`.
@@ -95,7 +95,7 @@ fn installed(args: &PlanArgs) -> anyhow::Result<Validation> {
         .as_str()
         .filter(|_| answer.ok())
         .ok_or_else(|| anyhow::anyhow!("the daemon gave no config: {}", answer.reason()))?;
-    Ok(crate::validate::validate(text))
+    Ok(crate::policy::validate::validate(text))
 }
 
 /// Computes and prints the plan.

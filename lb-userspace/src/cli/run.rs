@@ -28,16 +28,17 @@ use crate::{
     daemon::{
         Controller, Door,
         api::{self, Job, Request},
+        gate::{self, InForce, Verdict},
         journal::{self, Journal},
+        records::{self, RecordDir},
     },
     dataplane::{
         Capacities, Dataplane,
         pins::{self, PinDir},
+        report::Report,
+        system,
     },
-    gate::{self, InForce, Verdict},
-    host, installed,
-    installed::RecordDir,
-    report::Report,
+    net,
 };
 
 /// Arguments of `fulcrum run`.
@@ -77,7 +78,7 @@ pub struct Places {
     #[arg(long, default_value = pins::DEFAULT_ROOT)]
     pub pin_root: PathBuf,
     /// The directory under which each interface's installed records live.
-    #[arg(long, default_value = installed::DEFAULT_ROOT)]
+    #[arg(long, default_value = records::DEFAULT_ROOT)]
     pub state_root: PathBuf,
 }
 
@@ -193,10 +194,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let Some(interface) = args.interface.clone().or(config.interface.clone()) else {
         bail!("no interface: set `interface` in the config or pass --interface");
     };
-    host::require_bpf_privileges()?;
-    host::require_interface(&interface)?;
-    if host::ensure_bpffs()? {
-        crate::note!("mounted bpffs at {}", host::BPFFS);
+    system::require_bpf_privileges()?;
+    net::require_interface(&interface)?;
+    if system::ensure_bpffs()? {
+        crate::note!("mounted bpffs at {}", system::BPFFS);
     }
     let signals =
         Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP]).context("installing signal handlers")?;
@@ -344,13 +345,13 @@ fn start_fresh(
         max_backends: config.max_backends,
     })?;
     dataplane.set_config(DataplaneConfig {
-        if_mac: host::interface_mac(interface)?.0,
+        if_mac: net::interface_mac(interface)?.0,
         pad: [0; 2],
     })?;
     let mac_of = |backend: &BackendConfig| -> anyhow::Result<MacAddr> {
         match backend.mac {
             Some(mac) => Ok(mac),
-            None => host::resolve_mac(backend.address, interface, NEIGHBOUR_TIMEOUT),
+            None => net::resolve_mac(backend.address, interface, NEIGHBOUR_TIMEOUT),
         }
     };
     let started = (|| {

@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::client::Connection;
-use crate::report::Report;
+use crate::dataplane::report::Report;
 
 /// Arguments of `fulcrum status`.
 #[derive(Args)]

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::{OutputFormat, load_config};
 use crate::{
+    policy::validate::{Validation, backend_addr},
     problem::Problem,
-    validate::{Validation, backend_addr},
 };
 
 /// Arguments of `fulcrum validate`.

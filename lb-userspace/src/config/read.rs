@@ -11,7 +11,7 @@ use super::{
     Api, BackendConfig, CheckKind, Config, Forwarding, GuardOverrides, Guards, HealthCheck,
     MacAddr, Protocol, UnreadableVip, VipConfig,
 };
-use crate::{lookup_table::DEFAULT_SIZE, problem::Problem};
+use crate::{problem::Problem, table::DEFAULT_SIZE};
 
 /// Longest value echoed in a message.
 const MAX_RENDERED: usize = 60;
@@ -168,7 +168,7 @@ fn weight(value: &Value) -> Result<u32, String> {
 fn table_size(value: &Value) -> Result<u32, String> {
     integer_in(
         value,
-        &format!("one of the primes {:?}", crate::lookup_table::ALLOWED_SIZES),
+        &format!("one of the primes {:?}", crate::table::ALLOWED_SIZES),
     )
 }
 

@@ -4,8 +4,11 @@
 //! the file before it is reported, and journalled.
 
 pub mod api;
+pub mod durable;
 pub mod edit;
+pub mod gate;
 pub mod journal;
+pub mod records;
 
 use std::{
     net::SocketAddr,
@@ -16,16 +19,16 @@ use serde_json::{Value, json};
 
 use crate::{
     config::{BackendConfig, MacAddr, Protocol},
+    daemon::records::RecordDir,
+    dataplane::report::Report,
+    dataplane::state::flow_key,
     dataplane::{Dataplane, pins::PinDir},
-    gate::{self, InForce, Verdict},
-    host,
-    installed::RecordDir,
-    plan::{Change, Plan, plan},
+    net,
+    policy::plan::{Change, Plan, plan},
     problem::Problem,
-    report::Report,
-    state::flow_key,
 };
 use api::{ApplyRequest, BackendRequest, ExplainRequest, Reply, Request};
+use gate::{InForce, Verdict};
 use journal::{Entry, Journal};
 
 const NEIGHBOUR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -202,7 +205,7 @@ impl Controller {
     fn mac_of(interface: &str) -> impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr> + '_ {
         move |backend| match backend.mac {
             Some(mac) => Ok(mac),
-            None => host::resolve_mac(backend.address, interface, NEIGHBOUR_TIMEOUT),
+            None => net::resolve_mac(backend.address, interface, NEIGHBOUR_TIMEOUT),
         }
     }
 

@@ -5,6 +5,10 @@
 
 mod mmap;
 pub mod pins;
+pub mod report;
+pub mod state;
+pub mod system;
+pub mod vip_index;
 
 use std::{
     collections::HashMap,
@@ -25,11 +29,9 @@ use lb_common::maps::{
     TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
 };
 use mmap::MappedU32Array;
+use vip_index::VipIndexError;
 
-use crate::{
-    state::DesiredState,
-    vip_index::{self, VipIndexError},
-};
+use crate::dataplane::state::DesiredState;
 
 /// Errors from the data plane, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -840,7 +842,7 @@ fn in_parallel<T: Sync, R: Send>(
 /// Every backend id both states use must name the same backend of the same
 /// VIP.
 fn check_stable_ids(previous: &DesiredState, next: &DesiredState) -> Result<()> {
-    let owner = |v: &crate::state::VipState, b: &crate::state::BackendState| {
+    let owner = |v: &state::VipState, b: &state::BackendState| {
         ((v.key, b.addr), format!("{} of VIP {}", b.addr, v.label))
     };
     let before: HashMap<u32, _> = previous

@@ -15,7 +15,7 @@ use aya::{
 use lb_common::maps::{LAYOUT_VERSION, Meta, VipKey, names};
 
 use super::{Dataplane, DataplaneError, Link, Result, map_err};
-use crate::state::DesiredState;
+use crate::dataplane::state::DesiredState;
 
 /// Where pins live unless told otherwise.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/fulcrum";

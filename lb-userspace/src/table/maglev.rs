@@ -4,7 +4,7 @@
 //! Unlike Katran's default, shares follow weights at any weight scale (1:10
 //! gets 1:10 of the slots), and the result does not depend on input order.
 
-use crate::lookup_table::{Table, TableBuilder, TableError, TableSize, WeightedBackend, quotas};
+use crate::table::{Table, TableBuilder, TableError, TableSize, WeightedBackend, quotas};
 
 const OFFSET_SEED: u64 = 0x6d61_676c_6576_0001;
 const SKIP_SEED: u64 = 0x6d61_676c_6576_0002;
@@ -97,7 +97,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::lookup_table::{BackendIdentity, DEFAULT_SIZE};
+    use crate::table::{BackendIdentity, DEFAULT_SIZE};
 
     fn backend(n: u32, weight: u32) -> WeightedBackend {
         let [_, b, c, d] = n.to_be_bytes();

@@ -8,13 +8,13 @@ use std::path::Path;
 
 use crate::{
     config::{BackendConfig, MacAddr},
+    daemon::durable,
+    daemon::records::{Record, RecordDir},
     dataplane::Dataplane,
-    durable,
-    installed::{Record, RecordDir},
-    plan::{Plan, plan},
+    dataplane::state::DesiredState,
+    policy::plan::{Plan, plan},
+    policy::validate::{Validation, validate},
     problem::Problem,
-    state::DesiredState,
-    validate::{Validation, validate},
 };
 
 /// The mode of a config file the controller writes back.

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, MacAddr},
-    durable,
-    lookup_table::TableSize,
-    state::{BackendState, DesiredState, VipState, vip_key},
+    daemon::durable,
+    dataplane::state::{BackendState, DesiredState, VipState, vip_key},
+    table::TableSize,
 };
 
 /// Where installed records live unless told otherwise.

@@ -2,6 +2,8 @@
 //! identity and a weight), which table sizes are allowed, and the one trait
 //! every table algorithm implements. Maglev is the first implementation.
 
+pub mod maglev;
+
 use std::net::{IpAddr, SocketAddr};
 
 /// Table sizes the data plane accepts: primes, so that Maglev's skip is

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, GuardOverrides, Guards, VipConfig},
+    policy::validate::{Validation, VipTable, backend_addr, check_concentration, vip_location},
     problem::Problem,
-    validate::{Validation, VipTable, backend_addr, check_concentration, vip_location},
 };
 
 /// What happened to a VIP or a backend.
@@ -433,7 +433,7 @@ fn resolve_overridable(problems: &mut [Problem], force: bool, first_install: boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::validate;
+    use crate::policy::validate::validate;
 
     fn pool(weights: &[u32], extra: &str) -> String {
         let mut text = format!(

@@ -12,8 +12,8 @@ use lb_common::{
 
 use crate::{
     config::{BackendConfig, Config, MacAddr},
-    lookup_table::TableSize,
-    validate::{VipTable, build_table},
+    policy::validate::{VipTable, build_table},
+    table::TableSize,
 };
 
 /// Everything `fulcrum` writes into the maps.

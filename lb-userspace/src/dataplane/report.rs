@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    dataplane::state::DesiredState,
     dataplane::{Dataplane, DataplaneError},
-    state::DesiredState,
 };
 
 /// Counters of the whole data plane.

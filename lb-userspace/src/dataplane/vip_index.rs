@@ -54,7 +54,7 @@ mod tests {
     use lb_common::maps::MAX_VIPS;
 
     use super::*;
-    use crate::state::vip_key;
+    use crate::dataplane::state::vip_key;
 
     /// Finds `key` the way the XDP program does.
     fn find(slots: &[VipSlot], key: &VipKey) -> Option<(u32, u32)> {

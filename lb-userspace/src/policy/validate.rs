@@ -11,11 +11,11 @@ use std::{
 
 use crate::{
     config::{BackendConfig, Config, Guards, VipConfig},
-    lookup_table::{
+    problem::Problem,
+    table::maglev::Maglev,
+    table::{
         ALLOWED_SIZES, BackendIdentity, Table, TableBuilder, TableError, TableSize, WeightedBackend,
     },
-    maglev::Maglev,
-    problem::Problem,
 };
 
 /// The largest weight a backend may have.
