@@ -480,6 +480,22 @@ impl Lab {
         &self.client
     }
 
+    /// The load balancer's namespace.
+    pub fn lb(&self) -> &Netns {
+        &self.lb
+    }
+
+    /// Backend `index`'s namespace (config order) and its IPv4 and IPv6
+    /// addresses.
+    pub fn backend_host(&self, index: usize) -> (&Netns, Ipv4Addr, Ipv6Addr) {
+        let host_index = FIRST_BACKEND_INDEX + index as u8;
+        (
+            &self.backend_hosts[index],
+            ipv4_of(host_index),
+            ipv6_of(host_index),
+        )
+    }
+
     /// The prefix of every namespace this lab created.
     pub fn id(&self) -> &str {
         &self.id

@@ -462,3 +462,115 @@ fn concurrent_applies_are_serialized() {
     );
     assert_eq!(generation(&lab), start + 1);
 }
+
+/// Waits until `fulcrum run` has logged a line containing `needle`.
+fn wait_until_logged(lab: &Lab, needle: &str) -> bool {
+    wait_for_log(lab, needle).iter().any(|l| l.contains(needle))
+}
+
+#[test]
+fn a_backend_without_a_mac_is_held_out_and_the_guards_judge_the_rest() {
+    let lab = lab(4);
+    // No host answers at 198.18.0.40: after the resolution timeout it is
+    // held out of the table, shown in status, and traffic is unaffected.
+    let (code, added) = json(
+        &lab,
+        &["backend", "add", "web4", "198.18.0.40", "--name", "b9"],
+    );
+    assert_eq!(
+        (code, &added["applied"]),
+        (0, &Value::Bool(true)),
+        "{added}"
+    );
+    let warnings: Vec<&str> = added["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap())
+        .collect();
+    assert!(warnings.contains(&"no-mac"), "{warnings:?}");
+    let (_, status) = json(&lab, &["status"]);
+    let b9 = status["vips"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "b9")
+        .expect("b9 in status")
+        .clone();
+    assert_eq!(b9["held_out"], true, "{b9}");
+    assert_eq!(b9["expected_share"], 0.0, "{b9}");
+    assert_even_split(&lab, 4);
+
+    // Three of four backends unresolvable: held out, only one would be
+    // left, and the concentration guards refuse it.
+    let before = generation(&lab);
+    let text = std::fs::read_to_string(lab.config_path()).unwrap();
+    let mut dark = text.clone();
+    for (from, to) in [
+        ("198.18.0.12", "198.18.0.42"),
+        ("198.18.0.13", "198.18.0.43"),
+        ("198.18.0.14", "198.18.0.44"),
+    ] {
+        dark = dark.replacen(
+            &format!("address = \"{from}\""),
+            &format!("address = \"{to}\""),
+            1,
+        );
+    }
+    let path = lab.config_path().with_extension("dark.toml");
+    std::fs::write(&path, dark).unwrap();
+    let (code, refused) = json(&lab, &["apply", path.to_str().unwrap(), "--force"]);
+    assert_eq!(code, 1, "{refused}");
+    let codes: Vec<&str> = refused["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"too-few-backends"), "{codes:?}");
+    assert_eq!(generation(&lab), before);
+    assert_even_split(&lab, 4);
+}
+
+#[test]
+fn a_backend_mac_change_is_followed() {
+    let lab = lab(3);
+    assert_even_split(&lab, 3);
+    let (host, v4, v6) = lab.backend_host(0);
+    let new_mac = "02:f0:00:00:00:99";
+    host.ip(&["link", "set", "eth0", "address", new_mac])
+        .unwrap();
+    // The load balancer's kernel learns the new MAC (as a gratuitous ARP
+    // would teach it); fulcrum follows within its neighbour poll.
+    lab.lb()
+        .ip(&[
+            "neigh",
+            "replace",
+            &v4.to_string(),
+            "lladdr",
+            new_mac,
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    lab.lb()
+        .ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            &v6.to_string(),
+            "lladdr",
+            new_mac,
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    assert!(
+        wait_until_logged(&lab, "neighbours: applied"),
+        "fulcrum followed the MAC change: {:?}",
+        lab.fulcrum_log()
+    );
+    assert_even_split(&lab, 3);
+    let journal = std::fs::read_to_string(lab.journal()).unwrap();
+    assert!(journal.contains("\"source\":\"neighbours\""), "{journal}");
+}

@@ -24,7 +24,7 @@ use signal_hook::{
 
 use super::OutputFormat;
 use crate::{
-    config::{BackendConfig, MacAddr, join_problems},
+    config::join_problems,
     daemon::{
         Controller, Door,
         api::{self, Job, Request},
@@ -38,7 +38,7 @@ use crate::{
         report::Report,
         system,
     },
-    net,
+    net::{self, neighbours},
 };
 
 /// Arguments of `fulcrum run`.
@@ -91,8 +91,6 @@ impl Places {
         )
     }
 }
-
-const NEIGHBOUR_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Prints a counter report; a closed stdout is reported once on stderr and
 /// never stops the controller.
@@ -153,7 +151,13 @@ enum Event {
     Signal(i32),
     /// The config file's new text.
     FileChanged(String),
+    /// Time to look at the neighbour table again.
+    Neighbours,
 }
+
+/// How often backend MACs are looked up again (changes are followed, and
+/// held-out backends join once they resolve).
+const NEIGHBOUR_POLL: Duration = Duration::from_secs(2);
 
 /// How often the config file is checked for edits.
 const FILE_POLL: Duration = Duration::from_secs(1);
@@ -222,7 +226,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 record.generation,
                 record.vips.len()
             );
-            let in_force = InForce::new(record.config);
+            let in_force = InForce::holding_out(record.config, record.held_out);
             let mut controller = Controller::new(
                 dataplane,
                 (pins.clone(), records.clone()),
@@ -273,6 +277,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
     }
+    {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            while events.send(Event::Neighbours).is_ok() {
+                std::thread::sleep(NEIGHBOUR_POLL);
+            }
+        });
+    }
     watch_file(args.config.clone(), text, events);
     let capacities = controller.dataplane.capacities()?;
     crate::note!(
@@ -310,6 +322,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     controller.change(text, false, None, Door::FileChanged);
                 }
             }
+            Event::Neighbours => controller.refresh_neighbours(),
             Event::Signal(_) => break,
         }
     }
@@ -348,11 +361,12 @@ fn start_fresh(
         if_mac: net::interface_mac(interface)?.0,
         pad: [0; 2],
     })?;
-    let mac_of = |backend: &BackendConfig| -> anyhow::Result<MacAddr> {
-        match backend.mac {
-            Some(mac) => Ok(mac),
-            None => net::resolve_mac(backend.address, interface, NEIGHBOUR_TIMEOUT),
-        }
+    let resolve = |wanted: &[std::net::IpAddr]| {
+        neighbours::resolve(
+            wanted,
+            net::ifindex(interface)?,
+            neighbours::RESOLVE_TIMEOUT,
+        )
     };
     let started = (|| {
         dataplane.pin(pins)?;
@@ -363,7 +377,7 @@ fn start_fresh(
             text,
             args.force,
             None,
-            mac_of,
+            &resolve,
         )?;
         announce(&verdict, &args.config.display().to_string())?;
         let mode = dataplane.attach(interface)?;

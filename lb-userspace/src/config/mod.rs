@@ -240,6 +240,34 @@ pub struct VipConfig {
     pub backends: Vec<BackendConfig>,
 }
 
+impl Config {
+    /// Sets every backend at one of `addresses` that has no MAC in the
+    /// config to weight 0: the table holds it out, the guards still judge
+    /// the rest.
+    pub fn hold_out(&mut self, addresses: &[IpAddr]) {
+        for backend in self.vips.iter_mut().flat_map(|v| &mut v.backends) {
+            if backend.mac.is_none() && addresses.contains(&backend.address) {
+                backend.weight = 0;
+            }
+        }
+    }
+
+    /// The addresses of backends whose MAC must come from the neighbour
+    /// table (no `mac` in the config), each once.
+    pub fn unresolved_addresses(&self) -> Vec<IpAddr> {
+        let mut addresses: Vec<IpAddr> = self
+            .vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .filter(|b| b.mac.is_none())
+            .map(|b| b.address)
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+}
+
 impl VipConfig {
     /// `name` if given, else `address:port/protocol`.
     pub fn label(&self) -> String {

@@ -1,41 +1,64 @@
 //! The one gate every change goes through, whichever door it comes by:
-//! validate; plan against what is installed, judged by the guards in force;
-//! build the state; stage it into the idle table bank and read it back;
-//! record it durably; then make it live in one step. A refusal or a failure
-//! at any step leaves the state in force untouched.
+//! validate; find the backends' MACs (a backend without one is held out of
+//! the table at weight 0, and the guards judge what is left); plan against
+//! what is installed, judged by the guards in force; build the state; stage
+//! it into the idle table bank and read it back; record it durably; then
+//! make it live in one step. A refusal or a failure at any step leaves the
+//! state in force untouched.
 
-use std::path::Path;
+use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use crate::{
-    config::{BackendConfig, MacAddr},
+    config::MacAddr,
     daemon::durable,
     daemon::records::{Record, RecordDir},
     dataplane::Dataplane,
     dataplane::state::DesiredState,
     policy::plan::{Plan, plan},
-    policy::validate::{Validation, validate},
+    policy::validate::{Validation, validate_with},
     problem::Problem,
 };
 
 /// The mode of a config file the controller writes back.
 const CONFIG_MODE: u32 = 0o600;
 
-/// The config in force: its text and its validation (tables included).
+/// The MAC a held-out backend's slot carries: it is in no table, so no
+/// frame is ever sent to it. Validation refuses it in a config.
+pub const HELD_OUT_MAC: MacAddr = MacAddr([0; 6]);
+
+/// The config in force: its text, the backends held out for want of a
+/// MAC, and the validation of what is installed (the text with those
+/// backends at weight 0; tables included).
 #[derive(Clone, Debug)]
 pub struct InForce {
-    /// The config text.
+    /// The config text, as the operator wrote it.
     pub text: String,
-    /// Its validation.
+    /// Backends without a MAC, held at weight 0.
+    pub held_out: Vec<IpAddr>,
+    /// The validation of what is installed.
     pub validation: Validation,
 }
 
 impl InForce {
-    /// Validates `text` as the config in force.
+    /// Validates `text` as the config in force, nothing held out.
     pub fn new(text: String) -> Self {
-        let validation = validate(&text);
-        Self { text, validation }
+        Self::holding_out(text, Vec::new())
+    }
+
+    /// Validates `text` with the backends at `held_out` at weight 0.
+    pub fn holding_out(text: String, held_out: Vec<IpAddr>) -> Self {
+        let validation = validate_with(&text, |config| config.hold_out(&held_out));
+        Self {
+            text,
+            held_out,
+            validation,
+        }
     }
 }
+
+/// Finds the MACs of the given backend addresses; the ones it cannot find
+/// are missing from the answer.
+pub type Resolve<'a> = &'a dyn Fn(&[IpAddr]) -> anyhow::Result<HashMap<IpAddr, MacAddr>>;
 
 /// What the gate decided.
 #[derive(Debug)]
@@ -62,9 +85,9 @@ pub enum Verdict {
 /// With `persist`, `text` is also written durably to that config file
 /// after the new tables are verified and before they go live (and the old
 /// text is put back if going live fails), so a change is never reported
-/// applied without being on disk. `mac_of` finds each backend's MAC.
-/// Errors are failures to install, after which the previous state is
-/// still the one in force.
+/// applied without being on disk. `resolve` finds the MACs the config
+/// does not give. Errors are failures to install, after which the previous
+/// state is still the one in force.
 pub fn apply(
     dataplane: &mut Dataplane,
     records: &RecordDir,
@@ -72,17 +95,51 @@ pub fn apply(
     text: &str,
     force: bool,
     persist: Option<&Path>,
-    mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
+    resolve: Resolve<'_>,
 ) -> anyhow::Result<Verdict> {
-    let next = InForce::new(text.to_string());
-    let Some(next_side) = next.validation.side() else {
+    let written = InForce::new(text.to_string());
+    let Some(config) = written
+        .validation
+        .config
+        .as_ref()
+        .filter(|_| written.validation.is_valid())
+    else {
         return Ok(Verdict::Refused {
-            problems: next.validation.problems.clone(),
+            problems: written.validation.errors(),
             plan: None,
         });
     };
+    let wanted = config.unresolved_addresses();
+    let macs = if wanted.is_empty() {
+        HashMap::new()
+    } else {
+        resolve(&wanted)?
+    };
+    let held_out: Vec<IpAddr> = wanted
+        .into_iter()
+        .filter(|a| !macs.contains_key(a))
+        .collect();
+    let next = if held_out.is_empty() {
+        written
+    } else {
+        InForce::holding_out(text.to_string(), held_out.clone())
+    };
+    let next_side = next.validation.side().expect("read above");
     let current_side = in_force.and_then(|c| c.validation.side());
-    let planned = plan(current_side, next_side, force);
+    let mut planned = plan(current_side, next_side, force);
+    for address in &held_out {
+        planned.problems.push(
+            Problem::error(
+                "no-mac",
+                "backend",
+                "address",
+                address.to_string(),
+                "no MAC in the neighbour table: held out of the tables (weight 0) until it \
+                 resolves; the guards judged the others",
+            )
+            .warning(),
+        );
+    }
     if !next.validation.is_valid() || !planned.accepted() {
         let problems = next
             .validation
@@ -100,11 +157,19 @@ pub fn apply(
         config,
         &next.validation.tables,
         dataplane.installed(),
-        mac_of,
+        |backend| {
+            Ok(backend
+                .mac
+                .or_else(|| macs.get(&backend.address).copied())
+                .unwrap_or(HELD_OUT_MAC))
+        },
     )?;
     let staged = dataplane.stage(&state)?;
     let generation = dataplane.generation() + 1;
-    records.write(staged.bank(), &Record::of(&state, text, generation))?;
+    records.write(
+        staged.bank(),
+        &Record::of(&state, text, &held_out, generation),
+    )?;
     if let Some(path) = persist {
         durable::write(path, text.as_bytes(), CONFIG_MODE)?;
     }

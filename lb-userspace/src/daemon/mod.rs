@@ -11,27 +11,26 @@ pub mod journal;
 pub mod records;
 
 use std::{
-    net::SocketAddr,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use serde_json::{Value, json};
 
 use crate::{
-    config::{BackendConfig, MacAddr, Protocol},
+    config::{MacAddr, Protocol},
     daemon::records::RecordDir,
     dataplane::report::Report,
     dataplane::state::flow_key,
     dataplane::{Dataplane, pins::PinDir},
-    net,
+    net::{self, neighbours},
     policy::plan::{Change, Plan, plan},
     problem::Problem,
 };
 use api::{ApplyRequest, BackendRequest, ExplainRequest, Reply, Request};
 use gate::{InForce, Verdict};
 use journal::{Entry, Journal};
-
-const NEIGHBOUR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Which door a change came by.
 #[derive(Clone, Debug)]
@@ -44,6 +43,8 @@ pub enum Door {
     FileChanged,
     /// Start-up, for a file that changed while no controller ran.
     Start,
+    /// The neighbour table: a backend's MAC appeared or changed.
+    Neighbours,
 }
 
 impl Door {
@@ -53,6 +54,7 @@ impl Door {
             Door::Sighup => "sighup".into(),
             Door::FileChanged => "file".into(),
             Door::Start => "start".into(),
+            Door::Neighbours => "neighbours".into(),
         }
     }
 
@@ -202,10 +204,56 @@ impl Controller {
         }
     }
 
-    fn mac_of(interface: &str) -> impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr> + '_ {
-        move |backend| match backend.mac {
-            Some(mac) => Ok(mac),
-            None => net::resolve_mac(backend.address, interface, NEIGHBOUR_TIMEOUT),
+    /// Looks at the neighbour table again. A held-out backend that now has
+    /// a MAC, or a backend whose MAC changed, re-applies the config in force
+    /// through the gate (door `neighbours`; unchanged tables are shared, so
+    /// a MAC change rewrites only backend slots). Bringing held-out capacity
+    /// back may move more flows than the blast-radius guard allows at once;
+    /// that is the point of the change, so it is forced, and the journal
+    /// records it.
+    pub fn refresh_neighbours(&mut self) {
+        let wanted = self
+            .in_force
+            .validation
+            .config
+            .as_ref()
+            .map(crate::config::Config::unresolved_addresses)
+            .unwrap_or_default();
+        if wanted.is_empty() {
+            return;
+        }
+        let table = match net::ifindex(&self.interface).and_then(neighbours::table) {
+            Ok(table) => table,
+            Err(e) => {
+                crate::note!("reading the neighbour table: {e:#}");
+                return;
+            }
+        };
+        let installed: HashMap<IpAddr, MacAddr> = self
+            .dataplane
+            .installed()
+            .iter()
+            .flat_map(|s| &s.vips)
+            .flat_map(|v| &v.backends)
+            .map(|b| (b.addr.ip(), b.mac))
+            .collect();
+        let changed = wanted.iter().any(|address| {
+            matches!((table.get(address), installed.get(address)), (Some(now), Some(was)) if now != was)
+        });
+        if changed {
+            self.change(self.in_force.text.clone(), true, None, Door::Neighbours);
+        }
+    }
+
+    /// Finds backend MACs in the neighbour table of the served interface.
+    fn resolver(&self) -> impl Fn(&[IpAddr]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> + use<> {
+        let interface = self.interface.clone();
+        move |wanted| {
+            neighbours::resolve(
+                wanted,
+                net::ifindex(&interface)?,
+                neighbours::RESOLVE_TIMEOUT,
+            )
         }
     }
 
@@ -230,7 +278,7 @@ impl Controller {
             );
         }
         let persist = matches!(door, Door::Api(..)).then_some(self.config_path.as_path());
-        let interface = self.interface.clone();
+        let resolve = self.resolver();
         let result = gate::apply(
             &mut self.dataplane,
             &self.records,
@@ -238,7 +286,7 @@ impl Controller {
             &text,
             force,
             persist,
-            Self::mac_of(&interface),
+            &resolve,
         );
         let (reply, entry_result, plan, reasons) = match result {
             Ok(Verdict::Applied {

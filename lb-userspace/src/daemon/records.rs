@@ -33,6 +33,9 @@ pub struct Record {
     pub generation: u64,
     /// The config text it was built from.
     pub config: String,
+    /// Backends held out of the tables for want of a MAC.
+    #[serde(default)]
+    pub held_out: Vec<IpAddr>,
     /// The ids and MACs it gave.
     pub vips: Vec<RecordedVip>,
 }
@@ -65,11 +68,12 @@ pub struct RecordedBackend {
 
 impl Record {
     /// The record of `state`, built from `config` text, as `generation`.
-    pub fn of(state: &DesiredState, config: &str, generation: u64) -> Self {
+    pub fn of(state: &DesiredState, config: &str, held_out: &[IpAddr], generation: u64) -> Self {
         Self {
             layout_version: LAYOUT_VERSION,
             generation,
             config: config.to_string(),
+            held_out: held_out.to_vec(),
             vips: state
                 .vips
                 .iter()
@@ -93,9 +97,10 @@ impl Record {
     }
 
     /// Rebuilds the config and the exact state this record describes: the
-    /// same ids, MACs and tables.
+    /// same ids, MACs and tables (held-out backends at weight 0).
     pub fn state(&self) -> anyhow::Result<(Config, DesiredState)> {
-        let config = Config::parse(&self.config).context("the recorded config")?;
+        let mut config = Config::parse(&self.config).context("the recorded config")?;
+        config.hold_out(&self.held_out);
         let skeleton = DesiredState {
             table_size: TableSize::new(config.table_size)?,
             vips: self

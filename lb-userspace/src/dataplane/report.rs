@@ -54,6 +54,9 @@ pub struct BackendReport {
     pub bytes: u64,
     /// Flows assigned.
     pub new_flows: u64,
+    /// Held out of the table: no MAC could be found for it.
+    #[serde(default)]
+    pub held_out: bool,
 }
 
 impl Report {
@@ -78,6 +81,7 @@ impl Report {
                     packets: counters.packets,
                     bytes: counters.bytes,
                     new_flows: counters.new_flows,
+                    held_out: backend.mac.0 == [0; 6],
                 });
             }
             vips.push(VipReport {
@@ -113,7 +117,7 @@ impl Report {
             for b in &vip.backends {
                 let _ = writeln!(
                     out,
-                    "  {:<12} {:<24} {:>6} {:>8.1}% {:>8.1}% {:>10} {:>12} {:>10}",
+                    "  {:<12} {:<24} {:>6} {:>8.1}% {:>8.1}% {:>10} {:>12} {:>10}{}",
                     b.name,
                     b.address,
                     b.weight,
@@ -121,7 +125,12 @@ impl Report {
                     b.observed_share * 100.0,
                     b.packets,
                     b.bytes,
-                    b.new_flows
+                    b.new_flows,
+                    if b.held_out {
+                        "  (no MAC: held out of the table)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -1,26 +1,27 @@
 //! What `fulcrum` learns from the network it serves: interfaces and their
-//! MACs, and backend MACs from the neighbour table.
+//! MACs here, backend MACs in `neighbours`.
 
-use std::{
-    ffi::CString,
-    net::{IpAddr, SocketAddr, UdpSocket},
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::ffi::CString;
 
 use anyhow::{Context as _, bail};
-use serde::Deserialize;
 
 use crate::config::MacAddr;
 
+pub mod neighbours;
+
 /// Fails with a clear message if `interface` does not exist.
 pub fn require_interface(interface: &str) -> anyhow::Result<()> {
+    ifindex(interface).map(drop)
+}
+
+/// The index of `interface` in this network namespace.
+pub fn ifindex(interface: &str) -> anyhow::Result<u32> {
     let name = CString::new(interface).context("interface name contains NUL")?;
     // SAFETY: valid C string.
-    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
-        bail!("unknown interface {interface:?}");
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => bail!("unknown interface {interface:?}"),
+        index => Ok(index),
     }
-    Ok(())
 }
 
 /// The MAC address of `interface`, asked of the kernel with
@@ -57,77 +58,4 @@ pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
         *dst = src as u8;
     }
     Ok(MacAddr(mac))
-}
-
-#[derive(Deserialize)]
-struct Neighbour {
-    lladdr: Option<String>,
-    #[serde(default)]
-    state: Vec<String>,
-}
-
-fn lookup_neighbour(addr: IpAddr, interface: &str) -> anyhow::Result<Option<MacAddr>> {
-    let output = Command::new("ip")
-        .args([
-            "-j",
-            "neigh",
-            "show",
-            "to",
-            &addr.to_string(),
-            "dev",
-            interface,
-        ])
-        .output()
-        .context("running `ip neigh` (is iproute2 installed?)")?;
-    if !output.status.success() {
-        bail!(
-            "`ip neigh show to {addr} dev {interface}` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let entries: Vec<Neighbour> = if output.stdout.iter().all(u8::is_ascii_whitespace) {
-        Vec::new()
-    } else {
-        serde_json::from_slice(&output.stdout).context("parsing `ip -j neigh` output")?
-    };
-    for entry in entries {
-        let unusable = entry
-            .state
-            .iter()
-            .any(|s| s == "INCOMPLETE" || s == "FAILED");
-        if let (Some(mac), false) = (entry.lladdr, unusable) {
-            return mac
-                .parse()
-                .map(Some)
-                .map_err(|e: String| anyhow::anyhow!(e));
-        }
-    }
-    Ok(None)
-}
-
-/// The MAC of on-link backend `addr` from the neighbour table. If it is not
-/// known yet, one empty UDP datagram to the backend's discard port makes the
-/// kernel resolve it (ARP or neighbour discovery); we wait up to `timeout`.
-pub fn resolve_mac(addr: IpAddr, interface: &str, timeout: Duration) -> anyhow::Result<MacAddr> {
-    if let Some(mac) = lookup_neighbour(addr, interface)? {
-        return Ok(mac);
-    }
-    let bind: SocketAddr = match addr {
-        IpAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
-        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(bind).context("opening a UDP socket to resolve a MAC")?;
-    // A send error (no route) shows up below as "not resolved".
-    let _ = socket.send_to(&[], SocketAddr::new(addr, 9));
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        if let Some(mac) = lookup_neighbour(addr, interface)? {
-            return Ok(mac);
-        }
-    }
-    bail!(
-        "no MAC for {addr} on {interface} after {timeout:?}: is the backend on this L2 \
-         segment and up? (or set `mac` in the config)"
-    )
 }

@@ -79,7 +79,16 @@ impl Validation {
 
 /// Reads and validates config text.
 pub fn validate(text: &str) -> Validation {
-    let (config, mut problems) = Config::read(text);
+    validate_with(text, |_| {})
+}
+
+/// Reads config text, lets `adjust` change what was read (for example, hold
+/// backends without a MAC at weight 0), and validates the result.
+pub fn validate_with(text: &str, adjust: impl FnOnce(&mut Config)) -> Validation {
+    let (mut config, mut problems) = Config::read(text);
+    if let Some(config) = &mut config {
+        adjust(config);
+    }
     let Some(config) = config else {
         return Validation {
             config: None,
