@@ -42,6 +42,20 @@ fn json(lab: &Lab, args: &[&str]) -> (i32, Value) {
     (code, document)
 }
 
+/// The codes of a list of problems in an answer (`problems`, `warnings`).
+fn codes<'a>(answer: &'a Value, list: &str) -> Vec<&'a str> {
+    answer[list]
+        .as_array()
+        .map(|problems| problems.iter().filter_map(|p| p["code"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// Checks a verb's exit code and whether the answer says it applied.
+fn assert_applied(code: i32, answer: &Value, applied: bool) {
+    let want = (if applied { 0 } else { 1 }, &Value::Bool(applied));
+    assert_eq!((code, &answer["applied"]), want, "{answer}");
+}
+
 fn generation(lab: &Lab) -> u64 {
     let (code, status) = json(lab, &["status"]);
     assert_eq!(code, 0, "{status}");
@@ -123,11 +137,7 @@ fn every_verb_answers_with_its_exit_code_and_json_shape() {
         "{planned}"
     );
     let (code, applied) = json(&lab, &["apply", config]);
-    assert_eq!(
-        (code, &applied["applied"]),
-        (0, &Value::Bool(true)),
-        "{applied}"
-    );
+    assert_applied(code, &applied, true);
     assert_eq!(applied["generation"], start + 1);
 
     let steps: [&[&str]; 5] = [
@@ -249,23 +259,10 @@ fn the_seeds_mistake_is_refused_at_every_door() {
     std::fs::write(&scratch, &bad).unwrap();
 
     let (code, refused) = json(&lab, &["apply", scratch.to_str().unwrap()]);
-    assert_eq!(
-        (code, &refused["applied"]),
-        (1, &Value::Bool(false)),
-        "{refused}"
-    );
+    assert_applied(code, &refused, false);
     let (code, refused) = json(&lab, &["backend", "set-weight", "web4", "b1", "100"]);
-    assert_eq!(
-        (code, &refused["applied"]),
-        (1, &Value::Bool(false)),
-        "{refused}"
-    );
-    let codes: Vec<&str> = refused["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["code"].as_str().unwrap())
-        .collect();
+    assert_applied(code, &refused, false);
+    let codes = codes(&refused, "problems");
     assert!(codes.contains(&"concentration"), "{codes:?}");
 
     std::fs::write(lab.config_path(), &bad).unwrap();
@@ -477,17 +474,8 @@ fn a_backend_without_a_mac_is_held_out_and_the_guards_judge_the_rest() {
         &lab,
         &["backend", "add", "web4", "198.18.0.40", "--name", "b9"],
     );
-    assert_eq!(
-        (code, &added["applied"]),
-        (0, &Value::Bool(true)),
-        "{added}"
-    );
-    let warnings: Vec<&str> = added["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["code"].as_str().unwrap())
-        .collect();
+    assert_applied(code, &added, true);
+    let warnings = codes(&added, "warnings");
     assert!(warnings.contains(&"no-mac"), "{warnings:?}");
     let (_, status) = json(&lab, &["status"]);
     let b9 = status["vips"][0]["backends"]
@@ -521,12 +509,7 @@ fn a_backend_without_a_mac_is_held_out_and_the_guards_judge_the_rest() {
     std::fs::write(&path, dark).unwrap();
     let (code, refused) = json(&lab, &["apply", path.to_str().unwrap(), "--force"]);
     assert_eq!(code, 1, "{refused}");
-    let codes: Vec<&str> = refused["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["code"].as_str().unwrap())
-        .collect();
+    let codes = codes(&refused, "problems");
     assert!(codes.contains(&"too-few-backends"), "{codes:?}");
     assert_eq!(generation(&lab), before);
     assert_even_split(&lab, 4);
