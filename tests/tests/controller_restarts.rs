@@ -2,7 +2,9 @@
 //! times, while long-lived TCP connections stay open and new connections
 //! and UDP flows keep coming: no connection fails, no open connection
 //! changes backend, and the counters keep rising instead of resetting,
-//! because every restart adopts the pinned data plane. And 50 applies
+//! because every restart adopts the pinned data plane, and swaps its own
+//! build of the XDP program into the pinned link (the upgrade path: new
+//! data-plane code on the same maps, no detach). And 50 applies
 //! killed at random points: the kernel always holds one whole config, and
 //! after the restart the file on disk is that config.
 
@@ -45,6 +47,7 @@ fn kill_9_of_the_controller_loses_nothing() {
         .expect("long-lived connections open");
     let stop = AtomicBool::new(false);
     let mut flows_seen = Vec::new();
+    let mut programs = Vec::new();
     let (tally, rounds) = std::thread::scope(|scope| {
         let background = scope.spawn(|| {
             let mut tally = Tally::default();
@@ -80,6 +83,17 @@ fn kill_9_of_the_controller_loses_nothing() {
                 log.iter().any(|l| l.contains("adopted the data plane")),
                 "kill {kill}: the restart adopts: {log:?}"
             );
+            let program = log
+                .iter()
+                .find_map(|l| l.split("XDP program (id ").nth(1))
+                .and_then(|rest| rest.split(')').next())
+                .unwrap_or_else(|| panic!("kill {kill}: the restart swaps its program in: {log:?}"))
+                .to_string();
+            assert!(
+                !programs.contains(&program),
+                "kill {kill}: a new program each time"
+            );
+            programs.push(program);
         }
         stop.store(true, Ordering::Relaxed);
         background
@@ -111,7 +125,8 @@ fn kill_9_of_the_controller_loses_nothing() {
     );
     eprintln!(
         "{KILLS} kills: {} connections and flows answered, 0 failed; {SESSIONS} \
-         long-lived connections kept their backend; new flows counted: {flows_seen:?}",
+         long-lived connections kept their backend; new flows counted: {flows_seen:?}; \
+         programs swapped in: {programs:?}",
         tally.answered()
     );
     lab.detach().expect("fulcrum detach");

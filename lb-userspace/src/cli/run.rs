@@ -226,6 +226,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 record.generation,
                 record.vips.len()
             );
+            match dataplane.upgrade_program(&pins) {
+                Ok(id) => crate::note!(
+                    "this build's XDP program (id {id}) replaced the running one in place, \
+                     on the same maps"
+                ),
+                Err(e) => crate::note!("kept the running XDP program: {e}"),
+            }
             let in_force = InForce::holding_out(record.config, record.held_out);
             let mut controller = Controller::new(
                 dataplane,

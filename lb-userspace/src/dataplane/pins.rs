@@ -6,7 +6,14 @@
 //! layout version, so a `fulcrum` refuses maps it does not understand
 //! instead of misreading them.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::CString,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{Array, Map, MapData},
@@ -79,6 +86,61 @@ impl PinDir {
         std::fs::remove_dir_all(&self.0).map_err(self.io("removing the pins in"))?;
         Ok(true)
     }
+}
+
+/// `BPF_OBJ_GET`: a new fd for the object pinned at `path`.
+fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: a valid attr of the size passed; `path` outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, size_of::<ObjAttr>()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_LINK_UPDATE`: makes `link` run `program` instead, atomically.
+fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> std::io::Result<()> {
+    #[repr(C)]
+    struct LinkUpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    let attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: program.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    // SAFETY: a valid attr of the size passed.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            &attr,
+            size_of::<LinkUpdateAttr>(),
+        )
+    };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn pin_error(what: &str) -> impl Fn(aya::pin::PinError) -> DataplaneError + '_ {
@@ -185,6 +247,51 @@ impl Dataplane {
             bank: meta.bank,
             generation: meta.generation,
         }))
+    }
+
+    /// Puts this build's XDP program in place of the adopted instance's, in
+    /// one step: the new program is loaded against the pinned maps
+    /// (tables, connection table, counters stay as they are), verified,
+    /// and swapped into the pinned link with `BPF_LINK_UPDATE` (Linux 5.7).
+    /// Packets see the old program or the new one; none is dropped. This is
+    /// how an upgrade of `fulcrum` ships new data-plane code. Returns the
+    /// new program's id.
+    pub fn upgrade_program(&mut self, dir: &PinDir) -> Result<u32> {
+        let mut loader = aya::EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = names::OBJECT_MAPS
+            .iter()
+            .map(|&name| (name, dir.path().join(name)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
+        let program = Self::xdp_program(&mut ebpf)?;
+        program.load().map_err(|source| DataplaneError::Program {
+            what: "verifying the new XDP program against the pinned maps".into(),
+            source,
+        })?;
+        let program_fd = program.fd().map_err(|source| DataplaneError::Program {
+            what: "the new XDP program".into(),
+            source,
+        })?;
+        let link =
+            bpf_obj_get(&dir.path().join(LINK)).map_err(dir.io("opening the link pin in"))?;
+        link_update(link.as_fd(), program_fd.as_fd())
+            .map_err(dir.io("swapping the program of the link in"))?;
+        let id = program
+            .info()
+            .map_err(|source| DataplaneError::Program {
+                what: "the new XDP program's id".into(),
+                source,
+            })?
+            .id();
+        // The program pin follows: a later adoption sees what runs.
+        let pin = dir.path().join(PROGRAM);
+        let _ = std::fs::remove_file(&pin);
+        program.pin(&pin).map_err(pin_error("the program"))?;
+        self.ebpf = Some(ebpf);
+        Ok(id)
     }
 
     /// Takes `state` as what is installed, after checking that the kernel
