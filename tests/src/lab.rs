@@ -83,15 +83,14 @@ impl Places {
 }
 
 impl Fulcrum {
-    fn start(lb: &Netns, config: &Path, places: &Places) -> anyhow::Result<Self> {
-        let binary = fulcrum_binary()?;
+    fn start(lb: &Netns, binary: &Path, config: &Path, places: &Places) -> anyhow::Result<Self> {
         // nsenter enters only the network namespace: `ip netns exec` would
         // also give fulcrum a private mount namespace, whose bpffs (and its
         // pins) would vanish with the process.
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", lb.name()))
             .arg("--")
-            .arg(&binary)
+            .arg(binary)
             .args(["run", "--stats-format", "json"])
             .args(places.args())
             .arg("--socket")
@@ -203,19 +202,29 @@ pub fn fulcrum_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("FULCRUM_BIN") {
         return Ok(path.into());
     }
+    binary_near_tests(
+        "fulcrum",
+        "build it (`cargo build --release -p lb-userspace`) or set FULCRUM_BIN",
+    )
+}
+
+/// A second build of `fulcrum` (a different build input) for the upgrade
+/// test: `fulcrum-upgrade` beside `fulcrum`, which `cargo xtask test` makes.
+pub fn fulcrum_upgrade_binary() -> anyhow::Result<PathBuf> {
+    binary_near_tests(
+        "fulcrum-upgrade",
+        "`cargo xtask test` builds it before the tests",
+    )
+}
+
+fn binary_near_tests(name: &str, how: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the running executable")?;
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("fulcrum"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .with_context(|| {
-            format!(
-                "no fulcrum binary near {}; build it (`cargo build --release -p lb-userspace`) \
-                 or set FULCRUM_BIN",
-                exe.display()
-            )
-        })
+        .with_context(|| format!("no {name} binary near {}; {how}", exe.display()))
 }
 
 /// Client traffic per VIP name.
@@ -410,9 +419,14 @@ impl Lab {
     /// Starts `fulcrum run` (it adopts the pinned data plane if there is one)
     /// and returns once it serves; returns what it said on stderr.
     pub fn start_fulcrum(&self) -> anyhow::Result<Vec<String>> {
+        self.start_fulcrum_from(&fulcrum_binary()?)
+    }
+
+    /// Starts `fulcrum run` from `binary` (another build, for an upgrade).
+    pub fn start_fulcrum_from(&self, binary: &Path) -> anyhow::Result<Vec<String>> {
         let mut slot = self.fulcrum.lock().expect("fulcrum lock");
         anyhow::ensure!(slot.is_none(), "fulcrum is already running");
-        let fulcrum = Fulcrum::start(&self.lb, &self.config_path(), &self.places)?;
+        let fulcrum = Fulcrum::start(&self.lb, binary, &self.config_path(), &self.places)?;
         let log = fulcrum.log.clone();
         *slot = Some(fulcrum);
         Ok(log)

@@ -1,5 +1,5 @@
 //! The data plane outlives its controller. `kill -9` of `fulcrum run`, five
-//! times, while long-lived TCP connections stay open and new connections
+//! times (the last restart being an upgrade to another build), while long-lived TCP connections stay open and new connections
 //! and UDP flows keep coming: no connection fails, no open connection
 //! changes backend, and the counters keep rising instead of resetting,
 //! because every restart adopts the pinned data plane, and swaps its own
@@ -16,7 +16,7 @@ use std::{
 };
 
 use lb_tests::{
-    lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP4, fulcrum_binary},
+    lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP4, fulcrum_binary, fulcrum_upgrade_binary},
     traffic::{self, Session, Tally},
 };
 use lb_userspace::dataplane::report::Report;
@@ -78,7 +78,20 @@ fn kill_9_of_the_controller_loses_nothing() {
                     "kill {kill}: no controller running"
                 );
             }
-            let log = lab.start_fulcrum().expect("fulcrum restarts");
+            // The last restart is an upgrade, to another build of fulcrum.
+            let log = if kill + 1 == KILLS {
+                let upgrade = fulcrum_upgrade_binary().expect("the upgrade build");
+                let log = lab
+                    .start_fulcrum_from(&upgrade)
+                    .expect("the upgrade starts");
+                assert!(
+                    log.iter().any(|l| l.contains("(upgrade-test) starting")),
+                    "the other build runs: {log:?}"
+                );
+                log
+            } else {
+                lab.start_fulcrum().expect("fulcrum restarts")
+            };
             assert!(
                 log.iter().any(|l| l.contains("adopted the data plane")),
                 "kill {kill}: the restart adopts: {log:?}"

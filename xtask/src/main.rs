@@ -56,6 +56,15 @@ fn run(task: Task) -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            // The restart tests upgrade to a second build of `fulcrum`, made
+            // from a different build input, as an operator's upgrade would be.
+            cargo_with(
+                &["build", "--profile", "ci", "-p", "lb-userspace", "--bins"],
+                &[("FULCRUM_BUILD_NOTE", UPGRADE_NOTE)],
+            )?;
+            let dir = target_dir().join("ci");
+            std::fs::copy(dir.join("fulcrum"), dir.join("fulcrum-upgrade"))
+                .context("keeping the upgrade build as target/ci/fulcrum-upgrade")?;
             // The end-to-end tests run the real `fulcrum` binary. The `ci`
             // profile is release with overflow checks on.
             cargo(&["build", "--profile", "ci", "-p", "lb-userspace", "--bins"])?;
@@ -103,11 +112,28 @@ fn check_status(args: &[&str], status: std::process::ExitStatus) -> Result<()> {
 
 /// Runs cargo with `args`.
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with(args, &[])
+}
+
+/// Runs cargo with `args` and extra environment variables.
+fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let status = cargo_command(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     check_status(args, status)
 }
+
+/// Cargo's target directory for this workspace.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        Into::into,
+    )
+}
+
+/// The build note of the second `fulcrum` build the restart tests upgrade to.
+const UPGRADE_NOTE: &str = "upgrade-test";
 
 /// Runs `cargo test`, echoing its output, and closes with one line that
 /// totals every test binary's result (the last binary alone is often an

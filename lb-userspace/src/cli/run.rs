@@ -208,6 +208,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let socket = args.socket.clone().unwrap_or(config.api.socket.clone());
     let (pins, records) = args.places.of(&interface);
     let journal = Journal::new(&args.journal);
+    crate::note!(
+        "fulcrum {}{} starting",
+        env!("CARGO_PKG_VERSION"),
+        // Set at build time, so that two builds of one version can be told apart.
+        option_env!("FULCRUM_BUILD_NOTE").map_or_else(String::new, |n| format!(" ({n})"))
+    );
     let adopted = Dataplane::adopt(&pins)?;
     let mut controller = match adopted {
         Some(mut dataplane) => {
