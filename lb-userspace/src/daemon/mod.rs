@@ -408,7 +408,7 @@ impl Controller {
                 "hash": hash,
             }));
         }
-        let slot = lb_common::flow_hash::table_slot(hash, vip.table.len() as u32);
+        let slot = lb_common::flow_hash::table_slot(hash, vip.table.table.len() as u32);
         match state.backend_for(&key) {
             Some(backend) => Reply::ok(json!({
                 "vip": vip.label,
@@ -416,7 +416,7 @@ impl Controller {
                 "address": backend.addr.to_string(),
                 "via": "table",
                 "slot": slot,
-                "why": format!("a new flow: its hash {hash:#010x} picks slot {} of {}", slot.unwrap_or(0), vip.table.len()),
+                "why": format!("a new flow: its hash {hash:#010x} picks slot {} of {}", slot.unwrap_or(0), vip.table.table.len()),
                 "hash": hash,
             })),
             None => Reply::error(404, "the VIP's table has no backend for this flow"),

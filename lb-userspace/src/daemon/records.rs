@@ -18,6 +18,7 @@ use crate::{
     config::{Config, MacAddr},
     daemon::durable,
     dataplane::state::{BackendState, DesiredState, VipState, vip_key},
+    policy::validate::VipTable,
     table::TableSize,
 };
 
@@ -119,10 +120,9 @@ impl Record {
                             addr: b.address,
                             weight: 0,
                             mac: MacAddr(b.mac),
-                            slots: 0,
                         })
                         .collect(),
-                    table: Vec::new(),
+                    table: VipTable::default(),
                 })
                 .collect(),
         };

@@ -653,23 +653,24 @@ impl Dataplane {
             }
         }
         // A table the state in force already holds is shared, not rewritten.
-        let live: HashMap<u32, &Vec<u32>> = self
+        let live: HashMap<u32, Vec<u32>> = self
             .installed
             .iter()
             .flat_map(|s| &s.vips)
-            .map(|v| (v.vip_id, &v.table))
+            .map(|v| (v.vip_id, v.kernel_table()))
             .collect();
         let mut inner = Vec::with_capacity(state.vips.len());
         let mut fresh = Vec::new();
         for vip in &state.vips {
-            if live.get(&vip.vip_id).is_some_and(|t| **t == vip.table) {
+            let table = vip.kernel_table();
+            if live.get(&vip.vip_id) == Some(&table) {
                 inner.push((vip.vip_id, self.table_map(table_id(self.bank, vip.vip_id))?));
             } else {
-                fresh.push(vip);
+                fresh.push((vip.vip_id, table));
             }
         }
-        inner.extend(in_parallel(&fresh, |vip| {
-            new_table(table_id(bank, vip.vip_id), &vip.table).map(|map| (vip.vip_id, map))
+        inner.extend(in_parallel(&fresh, |(vip_id, table)| {
+            new_table(table_id(bank, *vip_id), table).map(|map| (*vip_id, map))
         })?);
         let entries: Vec<(u32, &MapData)> = inner
             .iter()
@@ -693,17 +694,18 @@ impl Dataplane {
             .collect::<Result<Vec<_>>>()?;
         in_parallel(&held, |(vip, inner)| {
             let held = read_inner(inner)?;
-            let differing = held.len().abs_diff(vip.table.len())
+            let want = vip.kernel_table();
+            let differing = held.len().abs_diff(want.len())
                 + held
                     .iter()
-                    .zip(&vip.table)
+                    .zip(&want)
                     .filter(|(held, want)| held != want)
                     .count();
             if differing > 0 {
                 return Err(DataplaneError::Verify {
                     vip: vip.label.clone(),
                     differing,
-                    size: vip.table.len(),
+                    size: want.len(),
                 });
             }
             Ok(())

@@ -66,13 +66,13 @@ impl Report {
         for vip in &state.vips {
             let totals = dataplane.vip_counters(vip.vip_id)?;
             let mut backends = Vec::with_capacity(vip.backends.len());
-            for backend in &vip.backends {
+            for (index, backend) in vip.backends.iter().enumerate() {
                 let counters = dataplane.backend_counters(backend.backend_id)?;
                 backends.push(BackendReport {
                     name: backend.label.clone(),
                     address: backend.addr.to_string(),
                     weight: backend.weight,
-                    expected_share: vip.expected_share(backend),
+                    expected_share: vip.expected_share(index),
                     observed_share: if totals.new_flows == 0 {
                         0.0
                     } else {

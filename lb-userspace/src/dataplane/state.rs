@@ -34,10 +34,10 @@ pub struct VipState {
     pub key: VipKey,
     /// Index of its lookup table and counters.
     pub vip_id: u32,
-    /// Its backends, in config order.
+    /// Its backends, in config order (the table's positions index them).
     pub backends: Vec<BackendState>,
-    /// Lookup table: slot -> backend slot id.
-    pub table: Vec<u32>,
+    /// Its lookup table: the one validation built and the plan judged.
+    pub table: VipTable,
 }
 
 /// One backend as installed.
@@ -53,8 +53,6 @@ pub struct BackendState {
     pub weight: u32,
     /// Destination MAC for L2 DSR.
     pub mac: MacAddr,
-    /// Lookup-table slots it holds.
-    pub slots: u32,
 }
 
 /// The map key of a VIP.
@@ -194,23 +192,12 @@ impl DesiredState {
                     addr,
                     weight: backend.weight,
                     mac,
-                    slots: 0,
                 });
             }
-            let built = match tables.get(vips.len()).and_then(Option::as_ref) {
-                Some(built) => std::borrow::Cow::Borrowed(built),
-                None => std::borrow::Cow::Owned(
-                    build_table(vip, table_size).with_context(|| format!("VIP {label}"))?,
-                ),
+            let table = match tables.get(vips.len()).and_then(Option::as_ref) {
+                Some(built) => built.clone(),
+                None => build_table(vip, table_size).with_context(|| format!("VIP {label}"))?,
             };
-            for (backend, &slots) in backends.iter_mut().zip(&built.slots) {
-                backend.slots = slots;
-            }
-            let table = built
-                .table
-                .iter()
-                .map(|&p| backends[p as usize].backend_id)
-                .collect();
             vips.push(VipState {
                 label,
                 key,
@@ -248,16 +235,25 @@ impl DesiredState {
     /// on a SYN or a connection-table miss).
     pub fn backend_for(&self, flow: &FlowKey) -> Option<&BackendState> {
         let vip = self.vip_for(flow)?;
-        let slot = table_slot(flow_hash(flow), vip.table.len() as u32)?;
-        let backend_id = vip.table[(slot - lb_common::maps::TABLE_HEADER_SLOTS) as usize];
-        vip.backends.iter().find(|b| b.backend_id == backend_id)
+        let slot = table_slot(flow_hash(flow), vip.table.table.len() as u32)?;
+        let position = vip.table.table[(slot - lb_common::maps::TABLE_HEADER_SLOTS) as usize];
+        vip.backends.get(position as usize)
     }
 }
 
 impl VipState {
-    /// A backend's share of the table, 0.0..=1.0.
-    pub fn expected_share(&self, backend: &BackendState) -> f64 {
-        f64::from(backend.slots) / self.table.len() as f64
+    /// Backend `index`'s (config order) share of the table, 0.0..=1.0.
+    pub fn expected_share(&self, index: usize) -> f64 {
+        self.table.share(index)
+    }
+
+    /// The table as the kernel holds it: slot -> backend slot id.
+    pub fn kernel_table(&self) -> Vec<u32> {
+        self.table
+            .table
+            .iter()
+            .map(|&position| self.backends[position as usize].backend_id)
+            .collect()
     }
 }
 
@@ -305,7 +301,7 @@ mod tests {
             .flat_map(|v| v.backends.iter().map(|b| b.backend_id))
             .collect();
         assert_eq!(ids, vec![1, 2, 3]);
-        assert_eq!(state.vips[0].backends[1].slots, 3070, "3/4 of 4093");
+        assert_eq!(state.vips[0].table.slots[1], 3070, "3/4 of 4093");
     }
 
     #[test]

@@ -32,8 +32,10 @@ pub const BACKEND_SLOT_LIMITS: std::ops::RangeInclusive<u32> = 1..=((1 << 20) - 
 /// 64 Mi flows (several GiB of kernel memory).
 pub const CONNECTION_TABLE_SIZES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
 
-/// The lookup table a VIP would get, with each backend's slot count.
-#[derive(Clone, Debug, PartialEq)]
+/// The lookup table a VIP would get, with each backend's slot count: the
+/// one model of a VIP's table, built once by validation, judged by the
+/// plan, and installed (as `VipState::table`).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct VipTable {
     /// Backend identities, in config order.
     pub identities: Vec<BackendIdentity>,
