@@ -460,6 +460,11 @@ impl Lab {
         ))
     }
 
+    /// `--pin-root` and `--state-root` as this lab's `fulcrum run` has them.
+    pub fn place_args(&self) -> Vec<std::ffi::OsString> {
+        self.places.args().iter().map(|&a| a.to_owned()).collect()
+    }
+
     /// The daemon's API socket.
     pub fn socket(&self) -> &Path {
         &self.places.socket

@@ -136,9 +136,11 @@ fn every_verb_answers_with_its_exit_code_and_json_shape() {
         (0, &Value::Bool(true)),
         "{planned}"
     );
+    // The config in force again: nothing to do, the generation stays.
     let (code, applied) = json(&lab, &["apply", config]);
     assert_applied(code, &applied, true);
-    assert_eq!(applied["generation"], start + 1);
+    assert_eq!(applied["generation"], start, "{applied}");
+    assert_eq!(applied["unchanged"], true, "{applied}");
 
     let steps: [&[&str]; 5] = [
         &["backend", "set-weight", "web4", "b1", "2"],
@@ -160,7 +162,7 @@ fn every_verb_answers_with_its_exit_code_and_json_shape() {
         let (code, answer) = json(&lab, step);
         assert_eq!(code, 0, "{step:?}: {answer}");
         assert_eq!(answer["applied"], true, "{step:?}");
-        assert_eq!(answer["generation"], start + 2 + i as u64, "{step:?}");
+        assert_eq!(answer["generation"], start + 1 + i as u64, "{step:?}");
     }
     let on_disk = std::fs::read_to_string(lab.config_path()).unwrap();
     assert!(
@@ -185,12 +187,20 @@ fn every_verb_answers_with_its_exit_code_and_json_shape() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(entries.len(), 6, "one line per apply:\n{journal}");
-    for entry in &entries {
+    assert_eq!(
+        entries.len(),
+        6,
+        "the first install and each apply:\n{journal}"
+    );
+    assert_eq!(entries[0]["source"], "start", "{}", entries[0]);
+    for entry in &entries[1..] {
         assert_eq!(entry["uid"], 0, "{entry}");
-        assert_eq!(entry["result"], "applied", "{entry}");
     }
-    assert_eq!(entries[2]["source"], "api backend set-weight");
+    assert!(
+        entries.iter().all(|e| e["result"] == "applied"),
+        "{journal}"
+    );
+    assert_eq!(entries[1]["source"], "api backend set-weight");
 
     // No daemon: one line, exit 1, for every verb.
     for verb in [
@@ -207,6 +217,14 @@ fn every_verb_answers_with_its_exit_code_and_json_shape() {
         assert_eq!(output.status.code(), Some(1), "{verb:?}");
         assert_eq!(stderr.lines().count(), 1, "{verb:?}: {stderr}");
         assert!(stderr.contains("no fulcrum daemon answers"), "{stderr}");
+        let json_output = Command::new(fulcrum_binary().unwrap())
+            .args(verb)
+            .args(["--socket", "/nonexistent/fulcrum.sock", "--format", "json"])
+            .output()
+            .unwrap();
+        let document: Value = serde_json::from_slice(&json_output.stdout)
+            .unwrap_or_else(|e| panic!("{verb:?} --format json: one JSON document ({e})"));
+        assert!(document["error"].is_string(), "{verb:?}: {document}");
     }
 
     let (code, detached) = json(&lab, &["detach"]);
@@ -289,6 +307,62 @@ fn the_seeds_mistake_is_refused_at_every_door() {
         refusals, 4,
         "every door's refusal is journalled:\n{journal}"
     );
+
+    // The refused edit is still on disk: an API change must not overwrite it.
+    let (code, blocked) = json(&lab, &["backend", "drain", "web4", "b4"]);
+    assert_eq!(code, 1, "{blocked}");
+    let error = blocked["error"].as_str().unwrap();
+    assert!(
+        error.contains("differs from the config in force"),
+        "{error}"
+    );
+    // The file put back equals what is in force: nothing to apply, and a
+    // SIGHUP of the config in force does not bump the generation either.
+    std::fs::write(lab.config_path(), &good).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling the daemon this lab started, by its PID.
+    unsafe { libc::kill(lab.fulcrum_pid().unwrap() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(generation(&lab), before, "no-ops keep the generation");
+}
+
+#[test]
+fn a_second_controller_and_live_only_settings_are_refused() {
+    let lab = lab(2);
+    let before = generation(&lab);
+    let output = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.lb().name()))
+        .arg("--")
+        .arg(fulcrum_binary().unwrap())
+        .args(["run", "--config"])
+        .arg(lab.config_path())
+        .args(lab.place_args())
+        .arg("--socket")
+        .arg(lab.socket().with_file_name("second.sock"))
+        .arg("--journal")
+        .arg(lab.journal().with_extension("second"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another fulcrum (pid"), "{stderr}");
+    assert!(
+        !stderr.contains("adopted"),
+        "refused before adopting: {stderr}"
+    );
+    assert_eq!(generation(&lab), before);
+
+    let text = std::fs::read_to_string(lab.config_path()).unwrap();
+    let moved = lab.config_path().with_extension("eth1.toml");
+    std::fs::write(
+        &moved,
+        text.replacen("interface = \"eth0\"", "interface = \"eth1\"", 1),
+    )
+    .unwrap();
+    let (code, refused) = json(&lab, &["apply", moved.to_str().unwrap(), "--force"]);
+    assert_applied(code, &refused, false);
+    assert_eq!(codes(&refused, "problems"), ["needs-restart"], "{refused}");
+    assert_eq!(generation(&lab), before);
 }
 
 /// Sends one raw HTTP request on the API socket; returns the status code.

@@ -70,7 +70,8 @@ pub fn change_text(body: &Value) -> String {
 /// Sends the config and prints the verdict.
 pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     let config = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading config {}", args.file.display()))?;
+        .with_context(|| format!("reading config {}", args.file.display()))
+        .map_err(|e| args.connection.fail(e))?;
     let request = json!({
         "config": config,
         "force": args.force,
@@ -78,7 +79,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     });
     let answer = args
         .connection
-        .call("POST", "/v1/apply", Some(&request))
+        .request("POST", "/v1/apply", Some(&request))
         .context("fulcrum apply")?;
     args.connection.finish(&answer, change_text)
 }

@@ -105,7 +105,7 @@ pub fn run(args: BackendArgs) -> anyhow::Result<()> {
     }
     let answer = args
         .connection
-        .call("POST", "/v1/backend", Some(&request))
+        .request("POST", "/v1/backend", Some(&request))
         .with_context(|| format!("fulcrum backend {action}"))?;
     args.connection.finish(&answer, change_text)
 }

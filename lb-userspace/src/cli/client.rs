@@ -106,6 +106,26 @@ impl Connection {
             .block_on(exchange(&self.socket, method, path, bytes))
     }
 
+    /// Sends one request; a failure before any answer (no daemon, say) is
+    /// also printed as `{"error": ...}` when JSON was asked for, so a JSON
+    /// reader always gets one document.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Answer> {
+        self.call(method, path, body).map_err(|e| self.fail(e))
+    }
+
+    /// `error`, printed as a JSON document first when JSON was asked for.
+    pub fn fail(&self, error: anyhow::Error) -> anyhow::Error {
+        if let OutputFormat::Json = self.format {
+            println!("{}", serde_json::json!({ "error": format!("{error:#}") }));
+        }
+        error
+    }
+
     /// Prints `answer` (JSON as is, or `text` of it) and turns a refusal
     /// into an error.
     pub fn finish(

@@ -28,7 +28,7 @@ pub fn run(args: DetachArgs) -> anyhow::Result<()> {
     let Some(interface) = &args.interface else {
         let answer = args
             .connection
-            .call("POST", "/v1/detach", None)
+            .request("POST", "/v1/detach", None)
             .context("fulcrum detach")?;
         return args.connection.finish(&answer, |body| {
             format!(
@@ -38,20 +38,34 @@ pub fn run(args: DetachArgs) -> anyhow::Result<()> {
         });
     };
     let (pins, records) = args.places.of(interface);
-    let removed = pins
-        .remove()
-        .with_context(|| format!("detaching from {interface}"))?;
-    records.remove()?;
-    if removed {
-        crate::note!(
-            "detached from {interface} and removed {}",
+    (|| {
+        // Not from under a running controller: it would keep writing into
+        // maps that no longer forward anything.
+        let _lock = records
+            .lock()
+            .context("a controller is running; `fulcrum detach` without --interface asks it")?;
+        let removed = pins
+            .remove()
+            .with_context(|| format!("detaching from {interface}"))?;
+        records.remove()?;
+        anyhow::ensure!(
+            removed,
+            "nothing pinned for {interface} at {} (is --pin-root the one `fulcrum run` used?)",
             pins.path().display()
         );
-    } else {
-        crate::note!(
-            "nothing pinned for {interface} at {}",
-            pins.path().display()
-        );
+        Ok(())
+    })()
+    .map_err(|e| args.connection.fail(e))?;
+    let done = format!(
+        "detached from {interface} and removed {}",
+        pins.path().display()
+    );
+    match args.connection.format {
+        super::OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({"detached": true, "interface": interface, "pins": pins.path()})
+        ),
+        super::OutputFormat::Text => println!("{done}"),
     }
     Ok(())
 }

@@ -43,7 +43,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
     });
     let answer = args
         .connection
-        .call("POST", "/v1/explain", Some(&request))
+        .request("POST", "/v1/explain", Some(&request))
         .context("fulcrum explain")?;
     args.connection.finish(&answer, text)
 }

@@ -31,6 +31,9 @@ pub struct PlanArgs {
     /// installed.
     #[arg(long)]
     pub against: Option<PathBuf>,
+    /// Plan a first install: nothing installed, no daemon asked.
+    #[arg(long, conflicts_with = "against")]
+    pub from_nothing: bool,
     /// The daemon's API socket (without `--against`).
     #[arg(long, default_value = client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -102,10 +105,10 @@ fn installed(args: &PlanArgs) -> anyhow::Result<Validation> {
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let next = load_config(&args.file);
     let current = match &args.against {
-        Some(path) => load_config(path),
-        None => installed(&args)?,
+        Some(path) => Some(load_config(path)),
+        None if args.from_nothing => None,
+        None => Some(installed(&args)?),
     };
-    let current = Some(current);
     let error = unplannable(&args, &next, current.as_ref());
     let planned = match (&error, next.side()) {
         (None, Some(next_side)) => Some(plan(
@@ -191,12 +194,11 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
 
 fn render(args: &PlanArgs, config_problems: &[Problem], plan: &Plan, accepted: bool) -> String {
     let mut out = String::new();
-    let against = args
-        .against
-        .as_ref()
-        .map_or("what the daemon has installed".to_string(), |p| {
-            p.display().to_string()
-        });
+    let against = match &args.against {
+        Some(path) => path.display().to_string(),
+        None if args.from_nothing => "nothing installed (the config's own guards apply)".into(),
+        None => "what the daemon has installed".into(),
+    };
     let _ = writeln!(out, "plan: {} against {against}", args.file.display());
     let (size_before, size_after) = plan.table_size;
     if !plan.first_install && size_before != size_after {

@@ -39,6 +39,7 @@ use crate::{
         system,
     },
     net::{self, neighbours},
+    policy::plan::Plan,
 };
 
 /// Arguments of `fulcrum run`.
@@ -149,8 +150,8 @@ fn announce(verdict: &Verdict, what: &str) -> anyhow::Result<()> {
 enum Event {
     Api(Job),
     Signal(i32),
-    /// The config file's new text.
-    FileChanged(String),
+    /// The config file changed on disk.
+    FileChanged,
     /// Time to look at the neighbour table again.
     Neighbours,
 }
@@ -172,7 +173,7 @@ fn watch_file(path: PathBuf, mut last: String, events: mpsc::Sender<Event>) {
             };
             if text != last {
                 last.clone_from(&text);
-                if events.send(Event::FileChanged(text)).is_err() {
+                if events.send(Event::FileChanged).is_err() {
                     return;
                 }
             }
@@ -207,6 +208,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP]).context("installing signal handlers")?;
     let socket = args.socket.clone().unwrap_or(config.api.socket.clone());
     let (pins, records) = args.places.of(&interface);
+    // One controller per data plane: a second one would write into the bank
+    // the first just made live. Held until this process exits.
+    let _lock = records
+        .lock()
+        .with_context(|| format!("taking control of {interface}"))?;
     let journal = Journal::new(&args.journal);
     crate::note!(
         "fulcrum {}{} starting",
@@ -255,15 +261,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             controller
         }
         None => {
-            let dataplane = start_fresh(&args, &interface, &config, &pins, &records, &text)?;
-            Controller::new(
+            let (dataplane, plan) =
+                start_fresh(&args, &interface, &config, &pins, &records, &text)?;
+            let controller = Controller::new(
                 dataplane,
                 (pins.clone(), records.clone()),
                 first,
                 &args.config,
                 journal,
                 &interface,
-            )
+            );
+            controller.journal(&Door::Start, "applied", Some(&plan), Vec::new());
+            controller
         }
     };
     let (events, inbox) = mpsc::channel();
@@ -330,9 +339,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 Err(e) => crate::note!("SIGHUP: {e:#}; the installed state stays in force"),
             },
-            Event::FileChanged(text) => {
-                if text != controller.config_text() {
-                    controller.change(text, false, None, Door::FileChanged);
+            Event::FileChanged => {
+                // Read the file now, not when the watcher saw it: the API may
+                // have written it since, and an older text must not undo that.
+                match read_config(&args.config) {
+                    Ok(text) if text != controller.config_text() => {
+                        controller.change(text, false, None, Door::FileChanged);
+                    }
+                    Ok(_) => {}
+                    Err(e) => crate::note!("{e:#}; the installed state stays in force"),
                 }
             }
             Event::Neighbours => controller.refresh_neighbours(),
@@ -349,8 +364,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         crate::note!(
             "exiting; the data plane stays attached to {interface} and keeps \
-             forwarding (pinned at {}); `fulcrum detach --interface {interface}` removes it",
-            pins.path().display()
+             forwarding (pinned at {}); `fulcrum detach --interface {interface} \
+             --pin-root {} --state-root {}` removes it",
+            pins.path().display(),
+            args.places.pin_root.display(),
+            args.places.state_root.display()
         );
     }
     Ok(())
@@ -365,7 +383,7 @@ fn start_fresh(
     pins: &PinDir,
     records: &RecordDir,
     text: &str,
-) -> anyhow::Result<Dataplane> {
+) -> anyhow::Result<(Dataplane, Plan)> {
     let mut dataplane = Dataplane::load_with(Capacities {
         connection_table_size: config.connection_table_size,
         max_backends: config.max_backends,
@@ -393,20 +411,25 @@ fn start_fresh(
             &resolve,
         )?;
         announce(&verdict, &args.config.display().to_string())?;
+        let Verdict::Applied { plan, .. } = verdict else {
+            unreachable!("announce fails on a refusal");
+        };
         let mode = dataplane.attach(interface)?;
         dataplane.pin_link(pins)?;
         crate::note!(
             "attached to {interface} ({mode} XDP), pinned at {}",
             pins.path().display()
         );
-        anyhow::Ok(())
+        anyhow::Ok(plan)
     })();
-    if let Err(e) = started {
-        // Nothing half-made stays behind: no pins without a link.
-        let _ = dataplane.detach();
-        let _ = pins.remove();
-        let _ = records.remove();
-        return Err(e);
+    match started {
+        Ok(plan) => Ok((dataplane, plan)),
+        Err(e) => {
+            // Nothing half-made stays behind: no pins without a link.
+            let _ = dataplane.detach();
+            let _ = pins.remove();
+            let _ = records.remove();
+            Err(e)
+        }
     }
-    Ok(dataplane)
 }

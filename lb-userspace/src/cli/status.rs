@@ -36,7 +36,7 @@ fn text(body: &Value) -> String {
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let answer = args
         .connection
-        .call("GET", "/v1/status", None)
+        .request("GET", "/v1/status", None)
         .context("fulcrum status")?;
     args.connection.finish(&answer, text)
 }

@@ -307,6 +307,10 @@ pub fn serve(socket: &Path, jobs: Jobs) -> anyhow::Result<Server> {
         .route("/v1/backend", post(backend))
         .route("/v1/explain", post(explain))
         .route("/v1/detach", post(detach))
+        .fallback(|| async { respond(Reply::error(404, "no such API path; see the README")) })
+        .method_not_allowed_fallback(|| async {
+            respond(Reply::error(405, "wrong method for this API path"))
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(jobs);
     let (stop, stopped) = oneshot::channel::<()>();

@@ -161,6 +161,11 @@ pub fn apply(text: &str, edit: &BackendEdit) -> Result<String, EditError> {
         },
         Action::Drain | Action::SetWeight => {
             let weight = match edit.action {
+                Action::Drain if edit.weight.is_some() => {
+                    return Err(EditError::Invalid(
+                        "drain sets the weight to 0; it takes no weight".into(),
+                    ));
+                }
                 Action::Drain => 0,
                 _ => edit
                     .weight

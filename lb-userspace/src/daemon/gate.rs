@@ -9,7 +9,7 @@
 use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use crate::{
-    config::MacAddr,
+    config::{Config, MacAddr},
     daemon::durable,
     daemon::records::{Record, RecordDir},
     dataplane::Dataplane,
@@ -54,6 +54,23 @@ impl InForce {
             validation,
         }
     }
+}
+
+/// The settings a running controller cannot change live, that differ.
+fn settings_needing_restart(current: &Config, next: &Config) -> Vec<&'static str> {
+    [
+        ("interface", current.interface != next.interface),
+        ("api.socket", current.api.socket != next.api.socket),
+        ("api.metrics", current.api.metrics != next.api.metrics),
+        (
+            "connection_table_size",
+            current.connection_table_size != next.connection_table_size,
+        ),
+        ("max_backends", current.max_backends != next.max_backends),
+    ]
+    .into_iter()
+    .filter_map(|(field, differs)| differs.then_some(field))
+    .collect()
 }
 
 /// Finds the MACs of the given backend addresses; the ones it cannot find
@@ -109,6 +126,28 @@ pub fn apply(
             plan: None,
         });
     };
+    if let Some(current) = in_force.and_then(|c| c.validation.config.as_ref()) {
+        let changed = settings_needing_restart(current, config);
+        if !changed.is_empty() {
+            let problems = changed
+                .into_iter()
+                .map(|field| {
+                    Problem::error(
+                        "needs-restart",
+                        "config",
+                        field,
+                        "",
+                        "the running data plane was set up with the old value; change it \
+                         with a restart (`fulcrum detach`, then `fulcrum run`), not a live apply",
+                    )
+                })
+                .collect();
+            return Ok(Verdict::Refused {
+                problems,
+                plan: None,
+            });
+        }
+    }
     let wanted = config.unresolved_addresses();
     let macs = if wanted.is_empty() {
         HashMap::new()

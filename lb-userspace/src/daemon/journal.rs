@@ -17,17 +17,17 @@ pub const DEFAULT_PATH: &str = "/var/lib/fulcrum/journal.jsonl";
 
 /// One journal line.
 #[derive(Debug, Serialize)]
-pub struct Entry<'a> {
+pub struct Entry {
     /// Seconds since the Unix epoch.
     pub time: f64,
     /// The caller's uid (`None` for the daemon's own doors: start, SIGHUP, the file).
     pub uid: Option<u32>,
     /// Which door the change came by: `api apply`, `api backend set-weight`, `sighup`, ...
-    pub source: &'a str,
+    pub source: String,
     /// The generation after the change (unchanged when refused).
     pub generation: u64,
     /// `applied`, `refused` or `failed`.
-    pub result: &'a str,
+    pub result: &'static str,
     /// Per VIP: `name: change, flows moved, capacity removed`.
     pub plan: Vec<String>,
     /// The overrides `--force` let through.
@@ -47,7 +47,7 @@ impl Journal {
     }
 
     /// Appends one entry and syncs it to disk.
-    pub fn append(&self, entry: &Entry<'_>) -> anyhow::Result<()> {
+    pub fn append(&self, entry: &Entry) -> anyhow::Result<()> {
         if let Some(dir) = self.0.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

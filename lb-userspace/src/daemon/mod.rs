@@ -277,7 +277,41 @@ impl Controller {
                 ),
             );
         }
+        if text == self.in_force.text && !matches!(door, Door::Neighbours) {
+            return Reply::ok(json!({
+                "applied": true,
+                "unchanged": true,
+                "generation": generation,
+                "forced": [],
+                "warnings": [],
+                "vips": [],
+            }));
+        }
         let persist = matches!(door, Door::Api(..)).then_some(self.config_path.as_path());
+        if persist.is_some() {
+            // An edit of the file that is not in force (refused, or not seen
+            // yet) would be overwritten by the write-back: refuse instead.
+            match std::fs::read_to_string(&self.config_path) {
+                Ok(on_disk) if on_disk == self.in_force.text => {}
+                Ok(_) => {
+                    return Reply::error(
+                        409,
+                        format!(
+                            "{} differs from the config in force (an edit that was refused or \
+                             is not applied yet); apply or revert that edit first, so that \
+                             this change does not overwrite it",
+                            self.config_path.display()
+                        ),
+                    );
+                }
+                Err(e) => {
+                    return Reply::error(
+                        500,
+                        format!("reading {}: {e}", self.config_path.display()),
+                    );
+                }
+            }
+        }
         let resolve = self.resolver();
         let result = gate::apply(
             &mut self.dataplane,
@@ -320,19 +354,7 @@ impl Controller {
                 (Reply { status: 500, body }, "failed", None, vec![message])
             }
         };
-        let entry = Entry {
-            time: journal::now(),
-            uid: door.uid(),
-            source: &door.name(),
-            generation: self.dataplane.generation(),
-            result: entry_result,
-            plan: plan.as_ref().map(summary).unwrap_or_default(),
-            forced: plan.as_ref().map(|p| lines(&p.forced)).unwrap_or_default(),
-            reasons,
-        };
-        if let Err(e) = self.journal.append(&entry) {
-            crate::note!("the journal: {e:#}");
-        }
+        let entry = self.journal(&door, entry_result, plan.as_ref(), reasons);
         match entry_result {
             "applied" => crate::note!(
                 "{}: applied and verified as generation {}",
@@ -347,6 +369,31 @@ impl Controller {
             ),
         }
         reply
+    }
+
+    /// Appends one journal line for a decision of the gate (a failure to
+    /// write it is logged, never fatal); returns the entry.
+    pub fn journal(
+        &self,
+        door: &Door,
+        result: &'static str,
+        plan: Option<&Plan>,
+        reasons: Vec<String>,
+    ) -> Entry {
+        let entry = Entry {
+            time: journal::now(),
+            uid: door.uid(),
+            source: door.name(),
+            generation: self.dataplane.generation(),
+            result,
+            plan: plan.map(summary).unwrap_or_default(),
+            forced: plan.map(|p| lines(&p.forced)).unwrap_or_default(),
+            reasons,
+        };
+        if let Err(e) = self.journal.append(&entry) {
+            crate::note!("the journal: {e:#}");
+        }
+        entry
     }
 
     fn backend(&mut self, request: BackendRequest, uid: Option<u32>) -> Reply {
@@ -385,6 +432,12 @@ impl Controller {
         let Some(state) = self.dataplane.installed() else {
             return Reply::error(503, "nothing is installed");
         };
+        if source.is_ipv4() != destination.is_ipv4() {
+            return Reply::error(
+                400,
+                format!("{source} and {destination} are of different address families"),
+            );
+        }
         let key = flow_key(source, destination, protocol.number());
         let Some(vip) = state.vip_for(&key) else {
             return Reply::error(404, format!("{destination}/{protocol} is not a VIP"));

@@ -176,6 +176,38 @@ impl RecordDir {
         serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
+    /// Takes the interface's controller lock (`flock` on a file beside the
+    /// records), or fails naming the process that holds it. The lock goes
+    /// with the returned file, so a crashed controller never leaves it.
+    pub fn lock(&self) -> anyhow::Result<std::fs::File> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        use std::os::fd::AsRawFd as _;
+        std::fs::create_dir_all(&self.0)
+            .with_context(|| format!("creating {}", self.0.display()))?;
+        let path = self.0.join("controller.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "another fulcrum (pid {}) controls this data plane ({}); stop it first",
+                holder.trim(),
+                path.display()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(file)
+    }
+
     /// Removes every record.
     pub fn remove(&self) -> anyhow::Result<()> {
         match std::fs::remove_dir_all(&self.0) {
