@@ -29,23 +29,32 @@ pub struct ApplyArgs {
 /// The text of a change's outcome: applied (with overrides and warnings) or
 /// refused (with every reason).
 pub fn change_text(body: &Value) -> String {
+    // As `Problem`'s own Display; overrides are listed once, as `forced:`.
+    let line = |p: &Value| {
+        let text = |key: &str| p[key].as_str().unwrap_or("").to_string();
+        let mut out = format!("{}: {}", text("severity"), text("location"));
+        if !text("field").is_empty() {
+            out += &format!(": {}", text("field"));
+            if !text("value").is_empty() {
+                out += &format!(" = {}", text("value"));
+            }
+        }
+        format!("{out}: {} [{}]\n", text("message"), text("code"))
+    };
     let list = |key: &str| {
         body[key]
             .as_array()
             .map(|items| {
                 items
                     .iter()
-                    .map(|p| {
-                        format!(
-                            "{}: {}: {} = {}: {} [{}]\n",
-                            p["severity"].as_str().unwrap_or("error"),
-                            p["location"].as_str().unwrap_or(""),
-                            p["field"].as_str().unwrap_or(""),
-                            p["value"].as_str().unwrap_or(""),
-                            p["message"].as_str().unwrap_or(""),
-                            p["code"].as_str().unwrap_or("")
-                        )
+                    .filter(|p| {
+                        key != "warnings"
+                            || !p["message"]
+                                .as_str()
+                                .unwrap_or("")
+                                .ends_with("overridden by --force")
                     })
+                    .map(line)
                     .collect::<String>()
             })
             .unwrap_or_default()

@@ -84,11 +84,12 @@ fn summary(plan: &Plan) -> Vec<String> {
         .iter()
         .filter(|v| v.change != Change::Unchanged)
         .map(|v| {
+            let change = serde_json::to_value(v.change).unwrap_or_default();
             format!(
-                "{} {}: {:?}, {:.1}% of flows move, {:.1}% of capacity removed",
+                "{} {}: {}, {:.1}% of flows move, {:.1}% of capacity removed",
                 v.name,
                 v.endpoint,
-                v.change,
+                change.as_str().unwrap_or("changed"),
                 v.flows_moved * 100.0,
                 v.capacity_removed * 100.0
             )
