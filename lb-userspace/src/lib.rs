@@ -22,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod net;
+pub mod parallel;
 pub mod policy;
 pub mod problem;
 pub mod table;

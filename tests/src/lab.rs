@@ -50,6 +50,18 @@ pub struct BackendSpec {
     pub weight: u32,
 }
 
+impl BackendSpec {
+    /// `count` backends `b1`, `b2`, ... of weight 1.
+    pub fn equal(count: usize) -> Vec<Self> {
+        (1..=count)
+            .map(|i| Self {
+                name: format!("b{i}"),
+                weight: 1,
+            })
+            .collect()
+    }
+}
+
 /// The four VIPs the lab serves, by name.
 pub const VIP_NAMES: [&str; 4] = ["web4", "dns4", "web6", "dns6"];
 

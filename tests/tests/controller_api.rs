@@ -21,13 +21,7 @@ use lb_tests::{
 use serde_json::Value;
 
 fn lab(backends: usize) -> Lab {
-    let specs: Vec<BackendSpec> = (1..=backends)
-        .map(|i| BackendSpec {
-            name: format!("b{i}"),
-            weight: 1,
-        })
-        .collect();
-    Lab::start(&specs).expect("lab starts")
+    Lab::start(&BackendSpec::equal(backends)).expect("lab starts")
 }
 
 /// Runs a verb with `--format json`; returns the exit code and the one JSON

@@ -31,14 +31,7 @@ fn new_flows(reports: &[Report]) -> u64 {
 
 #[test]
 fn kill_9_of_the_controller_loses_nothing() {
-    let backends: Vec<BackendSpec> = ["b1", "b2", "b3"]
-        .into_iter()
-        .map(|name| BackendSpec {
-            name: name.into(),
-            weight: 1,
-        })
-        .collect();
-    let lab = Lab::start(&backends).expect("lab starts");
+    let lab = Lab::start(&BackendSpec::equal(3)).expect("lab starts");
     let web4 = SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT);
     let dns4 = SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT);
     let mut sessions: Vec<Session> = (0..SESSIONS)
@@ -186,14 +179,7 @@ impl Lcg {
 #[test]
 fn applies_killed_at_random_points_leave_old_or_new_never_a_mix() {
     const APPLIES: usize = 50;
-    let backends: Vec<BackendSpec> = ["b1", "b2", "b3", "b4"]
-        .into_iter()
-        .map(|name| BackendSpec {
-            name: name.into(),
-            weight: 1,
-        })
-        .collect();
-    let lab = Lab::start(&backends).expect("lab starts");
+    let lab = Lab::start(&BackendSpec::equal(4)).expect("lab starts");
     let even = std::fs::read_to_string(lab.config_path()).unwrap();
     // The other state: b1 of every VIP at weight 2 (within every guard).
     let heavy = even.replace(

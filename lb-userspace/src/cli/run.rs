@@ -392,13 +392,7 @@ fn start_fresh(
         if_mac: net::interface_mac(interface)?.0,
         pad: [0; 2],
     })?;
-    let resolve = |wanted: &[std::net::IpAddr]| {
-        neighbours::resolve(
-            wanted,
-            net::ifindex(interface)?,
-            neighbours::RESOLVE_TIMEOUT,
-        )
-    };
+    let resolve = neighbours::resolver(interface);
     let started = (|| {
         dataplane.pin(pins)?;
         let verdict = gate::apply(

@@ -246,18 +246,6 @@ impl Controller {
         }
     }
 
-    /// Finds backend MACs in the neighbour table of the served interface.
-    fn resolver(&self) -> impl Fn(&[IpAddr]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> + use<> {
-        let interface = self.interface.clone();
-        move |wanted| {
-            neighbours::resolve(
-                wanted,
-                net::ifindex(&interface)?,
-                neighbours::RESOLVE_TIMEOUT,
-            )
-        }
-    }
-
     /// Takes `text` through the gate. For the API, the file is rewritten
     /// (durably) before the change goes live and before it is reported.
     pub fn change(
@@ -313,7 +301,7 @@ impl Controller {
                 }
             }
         }
-        let resolve = self.resolver();
+        let resolve = neighbours::resolver(&self.interface);
         let result = gate::apply(
             &mut self.dataplane,
             &self.records,

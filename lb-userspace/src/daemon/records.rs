@@ -126,13 +126,15 @@ impl Record {
                 })
                 .collect(),
         };
+        // A MAC belongs to an address on the segment, whatever the VIP; the
+        // first recorded one wins.
+        let mut macs = std::collections::HashMap::new();
+        for backend in skeleton.vips.iter().flat_map(|v| &v.backends) {
+            macs.entry(backend.addr.ip()).or_insert(backend.mac);
+        }
         let state = DesiredState::build_from(&config, Some(&skeleton), |backend| {
-            skeleton
-                .vips
-                .iter()
-                .flat_map(|v| &v.backends)
-                .find(|b| b.addr.ip() == backend.address)
-                .map(|b| b.mac)
+            macs.get(&backend.address)
+                .copied()
                 .with_context(|| format!("no recorded MAC for {}", backend.address))
         })?;
         Ok((config, state))

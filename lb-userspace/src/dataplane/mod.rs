@@ -669,9 +669,12 @@ impl Dataplane {
                 fresh.push((vip.vip_id, table));
             }
         }
-        inner.extend(in_parallel(&fresh, |(vip_id, table)| {
+        let filled = crate::parallel::map(&fresh, |(vip_id, table)| {
             new_table(table_id(bank, *vip_id), table).map(|map| (*vip_id, map))
-        })?);
+        });
+        for table in filled {
+            inner.push(table?);
+        }
         let entries: Vec<(u32, &MapData)> = inner
             .iter()
             .map(|(vip_id, map)| (table_id(bank, *vip_id), map))
@@ -692,7 +695,7 @@ impl Dataplane {
             .iter()
             .map(|vip| Ok((vip, self.table_map(table_id(bank, vip.vip_id))?)))
             .collect::<Result<Vec<_>>>()?;
-        in_parallel(&held, |(vip, inner)| {
+        let checks = crate::parallel::map(&held, |(vip, inner)| {
             let held = read_inner(inner)?;
             let want = vip.kernel_table();
             let differing = held.len().abs_diff(want.len())
@@ -709,8 +712,8 @@ impl Dataplane {
                 });
             }
             Ok(())
-        })?;
-        Ok(())
+        });
+        checks.into_iter().collect()
     }
 
     /// Makes a staged state live in one step: one swap of the VIP index,
@@ -818,27 +821,6 @@ impl Dataplane {
             })
             .collect()
     }
-}
-
-/// `work` on every item, spread over the machine's cores; the results in
-/// order, or the first error.
-fn in_parallel<T: Sync, R: Send>(
-    items: &[T],
-    work: impl Fn(&T) -> Result<R> + Sync,
-) -> Result<Vec<R>> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = items.len().div_ceil(workers).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(|| part.iter().map(&work).collect::<Result<Vec<R>>>()))
-            .collect();
-        let mut results = Vec::with_capacity(items.len());
-        for handle in handles {
-            results.extend(handle.join().expect("a table worker panicked")?);
-        }
-        Ok(results)
-    })
 }
 
 /// Every backend id both states use must name the same backend of the same

@@ -12,7 +12,7 @@ use lb_common::{
 
 use crate::{
     config::{BackendConfig, Config, MacAddr},
-    policy::validate::{VipTable, build_table},
+    policy::validate::{VipTable, backend_addr, build_table},
     table::TableSize,
 };
 
@@ -176,7 +176,7 @@ impl DesiredState {
             };
             let mut backends = Vec::with_capacity(vip.backends.len());
             for backend in &vip.backends {
-                let addr = SocketAddr::new(backend.address, backend.port.unwrap_or(vip.port));
+                let addr = backend_addr(vip, backend);
                 let kept = old.and_then(|o| o.backends.iter().find(|b| b.addr == addr));
                 let backend_id = match kept {
                     Some(kept) => kept.backend_id,

@@ -6,7 +6,7 @@
 //! handle (the gate holds such backends out of the tables).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
@@ -80,6 +80,15 @@ fn probe(address: IpAddr) {
     }
 }
 
+/// What the gate resolves MACs with: `resolve` on `interface`, with
+/// `RESOLVE_TIMEOUT`.
+pub fn resolver(
+    interface: &str,
+) -> impl Fn(&[IpAddr]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> + use<> {
+    let interface = interface.to_string();
+    move |wanted| resolve(wanted, super::ifindex(&interface)?, RESOLVE_TIMEOUT)
+}
+
 /// The MACs of `wanted` on interface `ifindex`, resolved all at once
 /// within `timeout`. Addresses missing from the answer could not be
 /// resolved.
@@ -102,6 +111,7 @@ pub fn resolve(
             known = table(ifindex)?;
         }
     }
+    let wanted: HashSet<&IpAddr> = wanted.iter().collect();
     known.retain(|address, _| wanted.contains(address));
     Ok(known)
 }

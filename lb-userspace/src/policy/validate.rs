@@ -693,24 +693,7 @@ fn build_tables(vips: &[VipConfig], size: u32) -> Vec<Result<VipTable, TableErro
         Ok(size) => size,
         Err(why) => return vec![Err(why); vips.len()],
     };
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = vips.len().div_ceil(workers).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = vips
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|vip| build_table(vip, size))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("table builder thread"))
-            .collect()
-    })
+    crate::parallel::map(vips, |vip| build_table(vip, size))
 }
 
 /// The table one VIP would get.
