@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -232,11 +232,16 @@ pub enum Reason {
     ConnHit = 10,
     /// Informational: connection-table miss or SYN, hashed into the table.
     ConnMiss = 11,
+    /// Informational: a new flow's entry went into the connection table.
+    ConnInsert = 12,
+    /// Informational: the connection table refused a new flow's entry (the
+    /// flow is hashed again on its next packet).
+    ConnInsertFailed = 13,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Tx,
         Reason::PassNotIp,
         Reason::PassNotVip,
@@ -249,6 +254,8 @@ impl Reason {
         Reason::Ipv4Options,
         Reason::ConnHit,
         Reason::ConnMiss,
+        Reason::ConnInsert,
+        Reason::ConnInsertFailed,
     ];
 
     /// Whether this reason is a verdict (every packet moves exactly one
@@ -259,6 +266,30 @@ impl Reason {
 
     /// Length of the global counter array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// The verdict class of this reason: `tx`, `pass` or `drop` for the
+    /// verdicts, `info` for the informational counters.
+    pub const fn action(self) -> &'static str {
+        match self {
+            Reason::Tx => "tx",
+            Reason::PassNotIp
+            | Reason::PassNotVip
+            | Reason::PassOtherProtocol
+            | Reason::PassFragment
+            | Reason::PassUnsupported => "pass",
+            Reason::DropTruncated | Reason::DropMalformed | Reason::DropNoBackend => "drop",
+            Reason::Ipv4Options
+            | Reason::ConnHit
+            | Reason::ConnMiss
+            | Reason::ConnInsert
+            | Reason::ConnInsertFailed => "info",
+        }
+    }
+
+    /// Its reason by metric label.
+    pub fn by_name(name: &str) -> Option<Reason> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
 
     /// The metric label for this reason.
     pub const fn name(self) -> &'static str {
@@ -275,6 +306,8 @@ impl Reason {
             Reason::Ipv4Options => "ipv4_options",
             Reason::ConnHit => "conn_hit",
             Reason::ConnMiss => "conn_miss",
+            Reason::ConnInsert => "conn_insert",
+            Reason::ConnInsertFailed => "conn_insert_failed",
         }
     }
 }
@@ -351,7 +384,13 @@ mod tests {
         for (index, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, index, "{}", reason.name());
         }
-        let informational = [Reason::Ipv4Options, Reason::ConnHit, Reason::ConnMiss];
+        let informational = [
+            Reason::Ipv4Options,
+            Reason::ConnHit,
+            Reason::ConnMiss,
+            Reason::ConnInsert,
+            Reason::ConnInsertFailed,
+        ];
         for reason in Reason::ALL {
             assert_eq!(
                 reason.is_verdict(),

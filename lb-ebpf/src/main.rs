@@ -356,9 +356,12 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
                 vip_id,
                 generation: backend.generation,
             };
-            // A full LRU evicts its oldest entry; failure here only costs a
-            // re-hash on the next packet, so the result is deliberately ignored.
-            let _ = CONN_TABLE.insert(flow.key, state, 0);
+            // A full LRU evicts its oldest entry; a failure only costs a
+            // re-hash on the next packet, so it is counted, not fatal.
+            count(match CONN_TABLE.insert(flow.key, state, 0) {
+                Ok(()) => Reason::ConnInsert,
+                Err(_) => Reason::ConnInsertFailed,
+            });
             (vip_id, backend_id, backend, true)
         }
     };

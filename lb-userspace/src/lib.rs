@@ -2,7 +2,8 @@
 //! `table` (how a VIP's lookup table is built) and `config` (what the
 //! operator wrote), `policy` (validation and the plan that judges a change
 //! by the guards in force), `dataplane` (the state the kernel maps hold, and
-//! the handle that loads, pins, fills and reads them), `daemon` (the gate
+//! the handle that loads, pins, fills and reads them), `monitor` (the
+//! counters as reports, the imbalance detector, the metrics), `daemon` (the gate
 //! every change goes through, its records and journal, the admin API), and
 //! `cli`. Each layer imports only the ones before it. The binary and the
 //! tests are thin layers over this.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod monitor;
 pub mod net;
 pub mod parallel;
 pub mod policy;

@@ -9,7 +9,7 @@ use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters, VipSlot};
 use lb_userspace::{
     config::{Config, MacAddr},
     dataplane::state::{DesiredState, vip_key},
-    dataplane::{Dataplane, table_id},
+    dataplane::{Capacities, Dataplane, table_id},
 };
 
 use crate::packet::LB_MAC;
@@ -175,7 +175,11 @@ impl Fixture {
                 .ok_or_else(|| anyhow::anyhow!("test backends carry their MACs"))
         })
         .expect("test config builds");
-        let mut dataplane = Dataplane::load().expect("XDP program loads and verifies");
+        let mut dataplane = Dataplane::load_with(Capacities {
+            connection_table_size: config.connection_table_size,
+            max_backends: config.max_backends,
+        })
+        .expect("XDP program loads and verifies");
         dataplane
             .set_config(DataplaneConfig {
                 if_mac: LB_MAC,
@@ -224,29 +228,17 @@ impl Fixture {
 
     /// Reads every counter.
     pub fn snapshot(&self) -> Snapshot {
-        let reasons = self
-            .dataplane
-            .reason_counters()
-            .expect("reason counters")
+        let counters = self.dataplane.counters().expect("counters");
+        let reasons = Reason::ALL
             .into_iter()
-            .map(|(reason, count)| (reason.name(), count))
+            .map(|reason| (reason.name(), counters.reason(reason)))
             .collect();
         let mut backends = BTreeMap::new();
         let mut vips = BTreeMap::new();
         for vip in &self.state.vips {
-            vips.insert(
-                vip.vip_id,
-                self.dataplane
-                    .vip_counters(vip.vip_id)
-                    .expect("vip counters"),
-            );
+            vips.insert(vip.vip_id, counters.vip(vip.vip_id));
             for backend in &vip.backends {
-                backends.insert(
-                    backend.backend_id,
-                    self.dataplane
-                        .backend_counters(backend.backend_id)
-                        .expect("backend counters"),
-                );
+                backends.insert(backend.backend_id, counters.backend(backend.backend_id));
             }
         }
         Snapshot {

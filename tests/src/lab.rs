@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
-use lb_userspace::{dataplane::pins::PinDir, dataplane::report::Report};
+use lb_userspace::{dataplane::pins::PinDir, monitor::report::Report};
 
 use crate::{
     fixture::{require_root, standalone_program, xdp_program},
@@ -40,6 +40,9 @@ const LB_INDEX: u8 = 3;
 const CLIENT_INDEX: u8 = 2;
 const FIRST_BACKEND_INDEX: u8 = 11;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where the daemon serves `/metrics`, inside the load balancer's namespace
+/// (the config's default).
+pub const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9487);
 
 /// A backend to start: its name and weight.
 #[derive(Clone, Debug)]
@@ -331,6 +334,12 @@ static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 impl Lab {
     /// Builds the namespaces, starts the backend servers and `fulcrum run`.
     pub fn start(backends: &[BackendSpec]) -> anyhow::Result<Self> {
+        Self::start_with(backends, "")
+    }
+
+    /// As `start`, with `extra` (top-level TOML tables) appended to the
+    /// generated config.
+    pub fn start_with(backends: &[BackendSpec], extra: &str) -> anyhow::Result<Self> {
         require_root();
         let id = format!(
             "fl{}-{}",
@@ -418,7 +427,7 @@ impl Lab {
         }
         std::fs::create_dir_all(&lab.config_dir)?;
         let config = lab.config_dir.join("fulcrum.toml");
-        std::fs::write(&config, fulcrum_config(backends))?;
+        std::fs::write(&config, fulcrum_config(backends) + extra)?;
         lab.start_fulcrum()?;
         Ok(lab)
     }
@@ -480,6 +489,19 @@ impl Lab {
     /// The daemon's API socket.
     pub fn socket(&self) -> &Path {
         &self.places.socket
+    }
+
+    /// The client host's addresses.
+    pub fn client_addrs(&self) -> (Ipv4Addr, Ipv6Addr) {
+        (ipv4_of(CLIENT_INDEX), ipv6_of(CLIENT_INDEX))
+    }
+
+    /// One scrape of the daemon's `/metrics` (at the default address, in
+    /// the load balancer's namespace), parsed.
+    pub fn scrape(&self) -> anyhow::Result<crate::scrape::Samples> {
+        let (status, body) = crate::scrape::http_get(&self.lb, METRICS, "/metrics")?;
+        anyhow::ensure!(status == 200, "GET /metrics answered {status}: {body}");
+        crate::scrape::Samples::parse(&body)
     }
 
     /// The daemon's apply journal.

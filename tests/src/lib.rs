@@ -6,4 +6,6 @@ pub mod fixture;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod prometheus;
+pub mod scrape;
 pub mod traffic;

@@ -19,7 +19,7 @@ use lb_tests::{
     lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP4, fulcrum_binary, fulcrum_upgrade_binary},
     traffic::{self, Session, Tally},
 };
-use lb_userspace::dataplane::report::Report;
+use lb_userspace::monitor::report::Report;
 
 const KILLS: usize = 5;
 const SESSIONS: usize = 12;

@@ -184,7 +184,7 @@ fn a_reused_backend_slot_inherits_no_flows_and_no_counters() {
         .filter(|&p| forwarded_to(&mut fixture, &client(p, SYN)) == b1)
         .collect();
     assert!(!on_b1.is_empty(), "some flows start on b1");
-    assert!(fixture.dataplane.backend_counters(b1).unwrap().packets > 0);
+    assert!(fixture.dataplane.counters().unwrap().backend(b1).packets > 0);
 
     // b1 leaves; later b9 arrives and gets b1's freed slot.
     let gone =
@@ -201,7 +201,7 @@ fn a_reused_backend_slot_inherits_no_flows_and_no_counters() {
     assert_eq!(b9.backend_id, b1, "b9 reuses b1's slot");
     fixture.dataplane.install(&next).unwrap();
     assert_eq!(
-        fixture.dataplane.backend_counters(b1).unwrap(),
+        fixture.dataplane.counters().unwrap().backend(b1),
         Default::default(),
         "b9 starts with zeroed counters, not b1's"
     );

@@ -56,6 +56,7 @@ fn run(task: Task) -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            check_alert_rules()?;
             // The restart tests upgrade to a second build of `fulcrum`, made
             // from a different build input, as an operator's upgrade would be.
             cargo_with(
@@ -90,6 +91,7 @@ fn run(task: Task) -> Result<()> {
             // The apply bench drives the real `fulcrum` binary.
             cargo(&["build", "--release", "-p", "lb-userspace", "--bins"])?;
             cargo(&["bench", "-p", "lb-tests", "--bench", "apply"])?;
+            cargo(&["bench", "-p", "lb-tests", "--bench", "metrics"])?;
             cargo(&["bench", "-p", "lb-userspace", "--bench", "control_plane"])
         }
     }
@@ -122,6 +124,26 @@ fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     check_status(args, status)
+}
+
+/// `promtool check rules` and `promtool test rules` on the shipped alert
+/// rules and their unit tests.
+fn check_alert_rules() -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for args in [
+        ["check", "rules", "fulcrum-rules.yml"],
+        ["test", "rules", "fulcrum-rules.test.yml"],
+    ] {
+        let status = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .status()
+            .context("running promtool (from Debian's prometheus package)")?;
+        if !status.success() {
+            bail!("`promtool {}` failed ({status})", args.join(" "));
+        }
+    }
+    Ok(())
 }
 
 /// Cargo's target directory for this workspace.

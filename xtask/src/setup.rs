@@ -17,6 +17,10 @@ const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "iproute2",
     "ethtool",
+    // The monitoring tests: a real Prometheus and promtool for the alert
+    // rules, and tmux for `fulcrum top` in a real terminal.
+    "prometheus",
+    "tmux",
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const TOOLCHAIN: &str = "debian-bpf";

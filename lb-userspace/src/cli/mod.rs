@@ -9,6 +9,7 @@ pub mod explain;
 pub mod plan;
 pub mod run;
 pub mod status;
+pub mod top;
 pub mod validate;
 
 use std::path::Path;
@@ -48,6 +49,8 @@ pub enum Command {
     Detach(detach::DetachArgs),
     /// Show what the daemon has installed, with counters.
     Status(status::StatusArgs),
+    /// A live view of the daemon's counters, rates and shares (q quits).
+    Top(top::TopArgs),
     /// Apply a whole config through the daemon's gate.
     Apply(apply::ApplyArgs),
     /// Add, remove, drain or reweight one backend through the daemon's gate.
@@ -67,6 +70,7 @@ impl Cli {
             Command::Run(args) => run::run(args),
             Command::Detach(args) => detach::run(args),
             Command::Status(args) => status::run(args),
+            Command::Top(args) => top::run(args),
             Command::Apply(args) => apply::run(args),
             Command::Backend(args) => backend::run(args),
             Command::Explain(args) => explain::run(args),

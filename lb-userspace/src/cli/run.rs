@@ -31,13 +31,14 @@ use crate::{
         gate::{self, InForce, Verdict},
         journal::{self, Journal},
         records::{self, RecordDir},
+        scrape,
     },
     dataplane::{
         Capacities, Dataplane,
         pins::{self, PinDir},
-        report::Report,
         system,
     },
+    monitor::report::Report,
     net::{self, neighbours},
     policy::plan::Plan,
 };
@@ -62,6 +63,10 @@ pub struct RunArgs {
     /// they allow (each override is recorded).
     #[arg(long)]
     pub force: bool,
+    /// The metrics address (`ADDRESS:PORT`); overrides `[api].metrics`.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// The admin API's Unix socket; overrides `[api].socket`.
     #[arg(long)]
     pub socket: Option<PathBuf>,
@@ -110,13 +115,10 @@ fn print_report(report: &Report, format: OutputFormat) {
     }
 }
 
-fn report(dataplane: &Dataplane, format: OutputFormat) {
-    match dataplane.installed() {
-        Some(state) => match Report::collect(dataplane, state) {
-            Ok(report) => print_report(&report, format),
-            Err(e) => crate::note!("reading the counters failed: {e:#}"),
-        },
-        None => crate::note!("nothing installed yet, no counters"),
+fn report(controller: &Controller, format: OutputFormat) {
+    match controller.report() {
+        Ok(report) => print_report(&report, format),
+        Err(e) => crate::note!("reading the counters failed: {e:#}"),
     }
 }
 
@@ -253,7 +255,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 &args.config,
                 journal,
                 &interface,
-            );
+            )?;
             if controller.config_text() != text {
                 // The file changed while no controller ran.
                 controller.change(text.clone(), args.force, None, Door::Start);
@@ -263,18 +265,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None => {
             let (dataplane, plan) =
                 start_fresh(&args, &interface, &config, &pins, &records, &text)?;
-            let controller = Controller::new(
+            let mut controller = Controller::new(
                 dataplane,
                 (pins.clone(), records.clone()),
                 first,
                 &args.config,
                 journal,
                 &interface,
-            );
-            controller.journal(&Door::Start, "applied", Some(&plan), Vec::new());
+            )?;
+            controller.started(&plan);
             controller
         }
     };
+    controller.file_seen(&text);
+    controller.monitor().spawn_sampler();
+    let metrics_address = args.metrics.unwrap_or(config.api.metrics);
+    let metrics = scrape::serve(metrics_address, controller.monitor())?;
     let (events, inbox) = mpsc::channel();
     let (jobs, job_inbox) = mpsc::channel::<Job>();
     let server = api::serve(&socket, jobs)?;
@@ -310,9 +316,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     watch_file(args.config.clone(), text, events);
     let capacities = controller.dataplane.capacities()?;
     crate::note!(
-        "serving on {interface}; API on {}; room for {} flows and {} backends; \
-         edits of {} (or SIGHUP) are applied through the gate, SIGUSR1 prints counters, \
-         SIGINT/SIGTERM exit",
+        "serving on {interface}; API on {}; metrics on http://{metrics_address}/metrics; \
+         room for {} flows and {} backends; edits of {} (or SIGHUP) are applied through \
+         the gate, SIGUSR1 prints counters, SIGINT/SIGTERM exit",
         socket.display(),
         capacities.connection_table_size,
         capacities.max_backends,
@@ -329,10 +335,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     // Let the answer reach the caller before the socket goes.
                     std::thread::sleep(Duration::from_millis(100));
                     drop(server);
+                    drop(metrics);
                     return Ok(());
                 }
             }
-            Event::Signal(SIGUSR1) => report(&controller.dataplane, args.stats_format),
+            Event::Signal(SIGUSR1) => report(&controller, args.stats_format),
             Event::Signal(SIGHUP) => match read_config(&args.config) {
                 Ok(text) => {
                     controller.change(text, false, None, Door::Sighup);
@@ -346,7 +353,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     Ok(text) if text != controller.config_text() => {
                         controller.change(text, false, None, Door::FileChanged);
                     }
-                    Ok(_) => {}
+                    Ok(text) => controller.file_seen(&text),
                     Err(e) => crate::note!("{e:#}; the installed state stays in force"),
                 }
             }
@@ -355,7 +362,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     drop(server);
-    report(&controller.dataplane, args.stats_format);
+    drop(metrics);
+    report(&controller, args.stats_format);
     if args.detach_on_exit {
         controller.dataplane.detach()?;
         pins.remove()?;

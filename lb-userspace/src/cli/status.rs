@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::client::Connection;
-use crate::dataplane::report::Report;
+use crate::monitor::report::Report;
 
 /// Arguments of `fulcrum status`.
 #[derive(Args)]

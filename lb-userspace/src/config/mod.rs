@@ -31,6 +31,8 @@ pub struct Config {
     pub health_check: HealthCheck,
     /// Where the admin API and the metrics listen.
     pub api: Api,
+    /// When a backend's observed share of new flows counts as skew.
+    pub imbalance: Imbalance,
     /// The virtual services.
     pub vips: Vec<VipConfig>,
     /// VIPs whose own keys could not be read, kept so that their backends
@@ -219,6 +221,34 @@ impl Default for Api {
         Self {
             socket: "/run/fulcrum/api.sock".into(),
             metrics: ([127, 0, 0, 1], 9487).into(),
+        }
+    }
+}
+
+/// The imbalance detector's settings: a backend is flagged when, over the
+/// last `window_s` seconds, its share of a VIP's new flows stayed at least
+/// `factor` times its share of the table (and significantly so) for
+/// `for_s` seconds, while the VIP took at least `min_flow_rate` new flows
+/// per second.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Imbalance {
+    /// Observed ÷ expected share at or above which a backend is skewed.
+    pub factor: f64,
+    /// The window over which observed shares are measured, in seconds.
+    pub window_s: u64,
+    /// How long the skew must last before it is flagged, in seconds.
+    pub for_s: u64,
+    /// New flows per second a VIP needs before its shares are judged.
+    pub min_flow_rate: f64,
+}
+
+impl Default for Imbalance {
+    fn default() -> Self {
+        Self {
+            factor: 1.5,
+            window_s: 60,
+            for_s: 120,
+            min_flow_rate: 10.0,
         }
     }
 }

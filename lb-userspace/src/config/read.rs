@@ -9,7 +9,7 @@ use toml::{Table, Value};
 
 use super::{
     Api, BackendConfig, CheckKind, Config, Forwarding, GuardOverrides, Guards, HealthCheck,
-    MacAddr, Protocol, UnreadableVip, VipConfig,
+    Imbalance, MacAddr, Protocol, UnreadableVip, VipConfig,
 };
 use crate::{problem::Problem, table::DEFAULT_SIZE};
 
@@ -153,12 +153,24 @@ fn millis(value: &Value) -> Result<u64, String> {
     integer_in(value, "a whole number of milliseconds")
 }
 
-fn fraction(value: &Value) -> Result<f64, String> {
+fn finite(value: &Value, what: &str) -> Result<f64, String> {
     match value {
         Value::Float(f) if f.is_finite() => Ok(*f),
         Value::Integer(i) => Ok(*i as f64),
-        _ => Err("expected a number from 0 to 1".into()),
+        _ => Err(format!("expected {what}")),
     }
+}
+
+fn fraction(value: &Value) -> Result<f64, String> {
+    finite(value, "a number from 0 to 1")
+}
+
+fn number(value: &Value) -> Result<f64, String> {
+    finite(value, "a number")
+}
+
+fn seconds(value: &Value) -> Result<u64, String> {
+    integer_in(value, "a whole number of seconds")
 }
 
 fn weight(value: &Value) -> Result<u32, String> {
@@ -266,6 +278,10 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .optional(&mut problems, "api", table)
         .map(|t| read_api(t, &mut problems))
         .unwrap_or_default();
+    let imbalance = top
+        .optional(&mut problems, "imbalance", table)
+        .map(|t| read_imbalance(t, &mut problems))
+        .unwrap_or_default();
     let mut vips = Vec::new();
     let mut unreadable_vips = Vec::new();
     for (i, t) in top
@@ -289,6 +305,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         guards,
         health_check,
         api,
+        imbalance,
         vips,
         unreadable_vips,
     };
@@ -344,6 +361,27 @@ fn read_api(t: &Table, problems: &mut Vec<Problem>) -> Api {
     };
     s.finish(problems);
     api
+}
+
+fn read_imbalance(t: &Table, problems: &mut Vec<Problem>) -> Imbalance {
+    let mut s = Section::new(t, "imbalance");
+    let defaults = Imbalance::default();
+    let imbalance = Imbalance {
+        factor: s
+            .optional(problems, "factor", number)
+            .unwrap_or(defaults.factor),
+        window_s: s
+            .optional(problems, "window_s", seconds)
+            .unwrap_or(defaults.window_s),
+        for_s: s
+            .optional(problems, "for_s", seconds)
+            .unwrap_or(defaults.for_s),
+        min_flow_rate: s
+            .optional(problems, "min_flow_rate", number)
+            .unwrap_or(defaults.min_flow_rate),
+    };
+    s.finish(problems);
+    imbalance
 }
 
 /// `vip "name"`, else `vip <address>:<port>/<protocol>` as written, else

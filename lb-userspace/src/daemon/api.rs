@@ -267,9 +267,10 @@ fn prepare(socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The running API server; dropping it stops the server and removes the socket.
+/// A server on a thread of its own; dropping it stops the server (and
+/// removes its socket file, if it has one).
 pub struct Server {
-    socket: PathBuf,
+    remove: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -282,18 +283,62 @@ impl Drop for Server {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        let _ = std::fs::remove_file(&self.socket);
+        if let Some(path) = &self.remove {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+impl Server {
+    /// Runs the server `serve` makes (given the future that completes when
+    /// it should stop) on a thread named `name`, in `runtime`, until the
+    /// server is dropped.
+    pub fn start<F>(
+        name: &str,
+        runtime: tokio::runtime::Runtime,
+        serve: impl FnOnce(Stopped) -> F + Send + 'static,
+        remove: Option<PathBuf>,
+    ) -> anyhow::Result<Self>
+    where
+        F: IntoFuture<Output = std::io::Result<()>>,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let label = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let stopped: Stopped = Box::pin(async {
+                    let _ = stopped.await;
+                });
+                if let Err(e) = runtime.block_on(serve(stopped).into_future()) {
+                    crate::note!("{label} stopped: {e}");
+                }
+            })
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            remove,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Completes when a server should stop.
+pub type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A tokio runtime with `workers` threads.
+pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")
 }
 
 /// Starts serving the API on `socket`; requests go to `jobs`.
 pub fn serve(socket: &Path, jobs: Jobs) -> anyhow::Result<Server> {
     prepare(socket)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the API's runtime")?;
+    let runtime = runtime(2)?;
     let listener = runtime
         .block_on(async { UnixListener::bind(socket) })
         .with_context(|| format!("binding the API socket {}", socket.display()))?;
@@ -313,24 +358,11 @@ pub fn serve(socket: &Path, jobs: Jobs) -> anyhow::Result<Server> {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(jobs);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("fulcrum-api".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let service = app.into_make_service_with_connect_info::<Caller>();
-                let server = axum::serve(listener, service).with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                });
-                if let Err(e) = server.await {
-                    crate::note!("the API server stopped: {e}");
-                }
-            });
-        })
-        .context("starting the API thread")?;
-    Ok(Server {
-        socket: socket.to_path_buf(),
-        stop: Some(stop),
-        thread: Some(thread),
-    })
+    let service = app.into_make_service_with_connect_info::<Caller>();
+    Server::start(
+        "fulcrum-api",
+        runtime,
+        move |stopped| axum::serve(listener, service).with_graceful_shutdown(stopped),
+        Some(socket.to_path_buf()),
+    )
 }

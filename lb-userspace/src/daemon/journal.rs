@@ -4,13 +4,19 @@
 //! plan summary, every forced override, and the result.
 
 use std::{
-    fs::OpenOptions,
-    io::Write as _,
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::monitor::LastChange;
+
+/// How much of the journal's end `last_changes` reads.
+const TAIL: u64 = 8 << 20;
 
 /// Where the journal lives unless told otherwise.
 pub const DEFAULT_PATH: &str = "/var/lib/fulcrum/journal.jsonl";
@@ -30,10 +36,24 @@ pub struct Entry {
     pub result: &'static str,
     /// Per VIP: `name: change, flows moved, capacity removed`.
     pub plan: Vec<String>,
+    /// The endpoints (`address:port/protocol`) of the VIPs an applied
+    /// change changed.
+    pub changed: Vec<String>,
     /// The overrides `--force` let through.
     pub forced: Vec<String>,
     /// Why it was refused or failed.
     pub reasons: Vec<String>,
+}
+
+/// What `last_changes` reads of a line.
+#[derive(Deserialize)]
+struct Applied {
+    time: f64,
+    source: String,
+    generation: u64,
+    result: String,
+    #[serde(default)]
+    changed: Vec<String>,
 }
 
 /// The append-only journal file.
@@ -44,6 +64,45 @@ impl Journal {
     /// The journal at `path` (created with its directory on first write).
     pub fn new(path: &Path) -> Self {
         Self(path.to_path_buf())
+    }
+
+    /// Per VIP endpoint, the last applied change that changed it, from the
+    /// journal's last 8 MiB (empty when there is no journal; lines it
+    /// cannot read are skipped).
+    pub fn last_changes(&self) -> HashMap<String, LastChange> {
+        let mut changes = HashMap::new();
+        let Ok(mut file) = File::open(&self.0) else {
+            return changes;
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        let from = len.saturating_sub(TAIL);
+        if file.seek(SeekFrom::Start(from)).is_err() {
+            return changes;
+        }
+        let mut lines = BufReader::new(file).lines();
+        if from > 0 {
+            // The seek landed inside a line.
+            lines.next();
+        }
+        for line in lines.map_while(Result::ok) {
+            let Ok(entry) = serde_json::from_str::<Applied>(&line) else {
+                continue;
+            };
+            if entry.result != "applied" {
+                continue;
+            }
+            for endpoint in entry.changed {
+                changes.insert(
+                    endpoint,
+                    LastChange {
+                        generation: entry.generation,
+                        time: entry.time,
+                        source: entry.source.clone(),
+                    },
+                );
+            }
+        }
+        changes
     }
 
     /// Appends one entry and syncs it to disk.
@@ -62,11 +121,4 @@ impl Journal {
             .and_then(|()| file.sync_data())
             .with_context(|| format!("appending to the journal {}", self.0.display()))
     }
-}
-
-/// Now, in seconds since the Unix epoch.
-pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -9,11 +9,13 @@ pub mod edit;
 pub mod gate;
 pub mod journal;
 pub mod records;
+pub mod scrape;
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde_json::{Value, json};
@@ -21,9 +23,9 @@ use serde_json::{Value, json};
 use crate::{
     config::{MacAddr, Protocol},
     daemon::records::RecordDir,
-    dataplane::report::Report,
     dataplane::state::flow_key,
     dataplane::{Dataplane, pins::PinDir},
+    monitor::{Attachment, LastChange, Monitor, View, unix_now},
     net::{self, neighbours},
     policy::plan::{Change, Plan, plan},
     problem::Problem,
@@ -77,6 +79,9 @@ pub struct Controller {
     config_path: PathBuf,
     journal: Journal,
     interface: String,
+    monitor: Arc<Monitor>,
+    /// Per VIP endpoint, the apply that last changed it.
+    changes: HashMap<String, LastChange>,
 }
 
 fn summary(plan: &Plan) -> Vec<String> {
@@ -97,12 +102,32 @@ fn summary(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
+/// The endpoints of the VIPs a plan changes.
+fn changed_vips(plan: &Plan) -> Vec<String> {
+    plan.vips
+        .iter()
+        .filter(|v| v.change != Change::Unchanged)
+        .map(|v| v.endpoint.clone())
+        .collect()
+}
+
+/// The imbalance detector's settings of the config in force.
+fn imbalance_settings(in_force: &InForce) -> crate::config::Imbalance {
+    in_force
+        .validation
+        .config
+        .as_ref()
+        .map(|c| c.imbalance.clone())
+        .unwrap_or_default()
+}
+
 fn lines(problems: &[Problem]) -> Vec<String> {
     problems.iter().map(ToString::to_string).collect()
 }
 
 impl Controller {
-    /// A controller for `dataplane`, whose installed state is `in_force`.
+    /// A controller for `dataplane`, whose installed state is `in_force`;
+    /// its monitor starts from the journal's record of past changes.
     pub fn new(
         dataplane: Dataplane,
         (pins, records): (PinDir, RecordDir),
@@ -110,8 +135,22 @@ impl Controller {
         config_path: &Path,
         journal: Journal,
         interface: &str,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        let changes = journal.last_changes();
+        let view = dataplane
+            .installed()
+            .map(|state| View::of(state, dataplane.generation(), &changes))
+            .unwrap_or_default();
+        let monitor = Monitor::new(
+            dataplane.counter_reader()?,
+            Attachment {
+                pins: pins.clone(),
+                interface: interface.to_string(),
+            },
+            view,
+            imbalance_settings(&in_force),
+        );
+        Ok(Self {
             dataplane,
             pins,
             records,
@@ -119,7 +158,14 @@ impl Controller {
             config_path: config_path.to_path_buf(),
             journal,
             interface: interface.to_string(),
-        }
+            monitor,
+            changes,
+        })
+    }
+
+    /// The monitor, for the sampler and the metrics server.
+    pub fn monitor(&self) -> Arc<Monitor> {
+        self.monitor.clone()
     }
 
     /// The config text in force.
@@ -154,22 +200,30 @@ impl Controller {
     }
 
     fn status(&self) -> Reply {
-        let Some(state) = self.dataplane.installed() else {
+        if self.dataplane.installed().is_none() {
             return Reply::error(503, "nothing is installed");
-        };
-        match Report::collect(&self.dataplane, state) {
-            Ok(report) => Reply::ok(json!({
-                "interface": self.interface,
-                "attached": self.dataplane.is_attached(),
-                "generation": self.dataplane.generation(),
-                "bank": self.dataplane.bank(),
-                "config": self.config_path.display().to_string(),
-                "pins": self.pins.path().display().to_string(),
-                "vips": report.vips,
-                "reasons": report.reasons,
-            })),
-            Err(e) => Reply::error(500, format!("reading the counters: {e}")),
         }
+        let report = match self.monitor.report() {
+            Ok((report, _)) => report,
+            Err(e) => return Reply::error(500, format!("reading the counters: {e}")),
+        };
+        let mut body = json!({
+            "interface": self.interface,
+            "bank": self.dataplane.bank(),
+            "config": self.config_path.display().to_string(),
+            "pins": self.pins.path().display().to_string(),
+        });
+        if let (Value::Object(body), Ok(Value::Object(report))) =
+            (&mut body, serde_json::to_value(&report))
+        {
+            body.extend(report);
+        }
+        Reply::ok(body)
+    }
+
+    /// Reads every counter, with the window's shares and flags.
+    pub fn report(&self) -> std::io::Result<crate::monitor::report::Report> {
+        self.monitor.report().map(|(report, _)| report)
     }
 
     fn plan(&self, request: &ApplyRequest) -> Reply {
@@ -281,7 +335,8 @@ impl Controller {
             // An edit of the file that is not in force (refused, or not seen
             // yet) would be overwritten by the write-back: refuse instead.
             match std::fs::read_to_string(&self.config_path) {
-                Ok(on_disk) if on_disk == self.in_force.text => {}
+                // Writing back what is on disk overwrites nothing.
+                Ok(on_disk) if on_disk == self.in_force.text || on_disk == text => {}
                 Ok(_) => {
                     return Reply::error(
                         409,
@@ -311,6 +366,7 @@ impl Controller {
             persist,
             &resolve,
         );
+        let mut codes = Vec::new();
         let (reply, entry_result, plan, reasons) = match result {
             Ok(Verdict::Applied {
                 plan,
@@ -318,6 +374,7 @@ impl Controller {
                 generation,
             }) => {
                 self.in_force = *in_force;
+                self.installed(&plan, &door);
                 let body = json!({
                     "applied": true,
                     "generation": generation,
@@ -328,6 +385,7 @@ impl Controller {
                 (Reply::ok(body), "applied", Some(plan), Vec::new())
             }
             Ok(Verdict::Refused { problems, plan }) => {
+                codes = problems.iter().map(|p| p.code).collect();
                 let body = json!({
                     "applied": false,
                     "generation": generation,
@@ -338,12 +396,19 @@ impl Controller {
                 (Reply { status: 422, body }, "refused", plan, reasons)
             }
             Err(e) => {
+                codes.push("install-failed");
                 let message = format!("{e:#}; the previous state stays in force");
                 let body = json!({"applied": false, "generation": generation, "error": message});
                 (Reply { status: 500, body }, "failed", None, vec![message])
             }
         };
         let entry = self.journal(&door, entry_result, plan.as_ref(), reasons);
+        self.monitor.decided(entry_result, &codes);
+        match door {
+            Door::FileChanged | Door::Sighup | Door::Start => self.file_seen(&text),
+            Door::Api(..) if entry_result == "applied" => self.monitor.file_in_force(true),
+            Door::Api(..) | Door::Neighbours => {}
+        }
         match entry_result {
             "applied" => crate::note!(
                 "{}: applied and verified as generation {}",
@@ -360,9 +425,41 @@ impl Controller {
         reply
     }
 
+    /// A plan was applied by `door`: the VIPs it changed were last changed
+    /// now, and the monitor watches the new state.
+    fn installed(&mut self, plan: &Plan, door: &Door) {
+        let change = LastChange {
+            generation: self.dataplane.generation(),
+            time: unix_now(),
+            source: door.name(),
+        };
+        for endpoint in changed_vips(plan) {
+            self.changes.insert(endpoint, change.clone());
+        }
+        if let Some(state) = self.dataplane.installed() {
+            self.monitor.install(
+                View::of(state, self.dataplane.generation(), &self.changes),
+                imbalance_settings(&self.in_force),
+            );
+        }
+    }
+
+    /// The config file was read with `text`: is that the config in force?
+    pub fn file_seen(&self, text: &str) {
+        self.monitor.file_in_force(text == self.in_force.text);
+    }
+
+    /// The first install of a fresh start, which `plan` described: journalled
+    /// and watched like any applied change.
+    pub fn started(&mut self, plan: &Plan) {
+        self.journal(&Door::Start, "applied", Some(plan), Vec::new());
+        self.installed(plan, &Door::Start);
+        self.monitor.decided("applied", &[]);
+    }
+
     /// Appends one journal line for a decision of the gate (a failure to
     /// write it is logged, never fatal); returns the entry.
-    pub fn journal(
+    fn journal(
         &self,
         door: &Door,
         result: &'static str,
@@ -370,12 +467,16 @@ impl Controller {
         reasons: Vec<String>,
     ) -> Entry {
         let entry = Entry {
-            time: journal::now(),
+            time: unix_now(),
             uid: door.uid(),
             source: door.name(),
             generation: self.dataplane.generation(),
             result,
             plan: plan.map(summary).unwrap_or_default(),
+            changed: match result {
+                "applied" => plan.map(changed_vips).unwrap_or_default(),
+                _ => Vec::new(),
+            },
             forced: plan.map(|p| lines(&p.forced)).unwrap_or_default(),
             reasons,
         };

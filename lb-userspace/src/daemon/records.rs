@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Config, MacAddr},
     daemon::durable,
-    dataplane::state::{BackendState, DesiredState, VipState, vip_key},
+    dataplane::state::{BackendState, DesiredState, VipState, ip_from, vip_key},
     policy::validate::VipTable,
     table::TableSize,
 };
@@ -79,7 +79,7 @@ impl Record {
                 .vips
                 .iter()
                 .map(|v| RecordedVip {
-                    address: ip_of(&v.key.addr, v.key.family),
+                    address: ip_from(&v.key.addr, v.key.family),
                     port: v.key.port,
                     protocol: v.key.proto,
                     vip_id: v.vip_id,
@@ -138,14 +138,6 @@ impl Record {
                 .with_context(|| format!("no recorded MAC for {}", backend.address))
         })?;
         Ok((config, state))
-    }
-}
-
-fn ip_of(bytes: &[u8; 16], family: u8) -> IpAddr {
-    if family == lb_common::maps::FAMILY_IPV4 {
-        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
-    } else {
-        IpAddr::from(*bytes)
     }
 }
 

@@ -3,9 +3,9 @@
 //! making one apply live in one step, and reading counters back. Everything
 //! that touches aya lives in this folder.
 
+pub mod counters;
 mod mmap;
 pub mod pins;
-pub mod report;
 pub mod state;
 pub mod system;
 pub mod vip_index;
@@ -23,10 +23,11 @@ use aya::{
     },
     programs::{ProgramError, Xdp, XdpMode, links::PinnedLink, xdp::XdpLinkId},
 };
+use counters::{BatchAttr, CounterReader, Counters, batch_call};
 use lb_common::maps::{
     BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FlowKey, FlowState,
-    LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, Reason, TABLE_BANKS, TABLE_HEADER_SLOTS,
-    TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
+    LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS,
+    TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
 };
 use mmap::MappedU32Array;
 use vip_index::VipIndexError;
@@ -176,19 +177,6 @@ fn read_inner(inner: &MapData) -> Result<Vec<u32>> {
 
 /// `BPF_MAP_UPDATE_BATCH` of `u32` keys and values into the map `map`.
 fn batch_update(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
-    /// The batch part of `union bpf_attr` (include/uapi/linux/bpf.h).
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     assert_eq!(keys.len(), values.len(), "one value per key");
     if keys.is_empty() {
@@ -201,19 +189,7 @@ fn batch_update(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::R
         map_fd: map.as_raw_fd() as u32,
         ..Default::default()
     };
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; `keys`
-    // and `values` outlive the call and hold `count` elements each.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    if result < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    batch_call(BPF_MAP_UPDATE_BATCH, &mut attr)?;
     if attr.count as usize != keys.len() {
         return Err(std::io::Error::other(format!(
             "the batch updated {} of {} entries",
@@ -778,49 +754,49 @@ impl Dataplane {
         array.get(&backend_id, 0).map_err(map_err(names::BACKENDS))
     }
 
-    fn sum_counters(values: PerCpuValues<TrafficCounters>) -> TrafficCounters {
-        values
-            .iter()
-            .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-                new_flows: sum.new_flows + cpu.new_flows,
+    /// A reader of the counter maps with handles of its own, for other
+    /// threads.
+    pub fn counter_reader(&self) -> Result<CounterReader> {
+        let handle = |name: &'static str| {
+            let Map::PerCpuArray(data) = self.map(name)? else {
+                return Err(DataplaneError::Missing(name));
+            };
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| DataplaneError::Io {
+                    what: format!("duplicating the {name} handle"),
+                    source,
+                })
+        };
+        CounterReader::new(
+            handle(names::BACKEND_STATS)?,
+            handle(names::VIP_STATS)?,
+            handle(names::GLOBAL_STATS)?,
+        )
+        .map_err(|source| DataplaneError::Io {
+            what: "counting CPUs".into(),
+            source,
+        })
+    }
+
+    /// Every counter the installed state uses, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let (backends, vips) = self.installed.as_ref().map_or((0, 0), counted_ids);
+        self.counter_reader()?
+            .read(backends, vips)
+            .map_err(|source| DataplaneError::Io {
+                what: "reading the counters".into(),
+                source,
             })
     }
+}
 
-    fn traffic(&self, name: &'static str, index: u32) -> Result<TrafficCounters> {
-        let array: PerCpuArray<_, TrafficCounters> =
-            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
-        array
-            .get(&index, 0)
-            .map(Self::sum_counters)
-            .map_err(map_err(name))
-    }
-
-    /// Traffic forwarded to one backend slot, summed over CPUs.
-    pub fn backend_counters(&self, backend_id: u32) -> Result<TrafficCounters> {
-        self.traffic(names::BACKEND_STATS, backend_id)
-    }
-
-    /// Traffic forwarded for one VIP, summed over CPUs.
-    pub fn vip_counters(&self, vip_id: u32) -> Result<TrafficCounters> {
-        self.traffic(names::VIP_STATS, vip_id)
-    }
-
-    /// The global per-reason counters, summed over CPUs, in `Reason::ALL` order.
-    pub fn reason_counters(&self) -> Result<Vec<(Reason, u64)>> {
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(names::GLOBAL_STATS)?)
-            .map_err(map_err(names::GLOBAL_STATS))?;
-        Reason::ALL
-            .iter()
-            .map(|&reason| {
-                array
-                    .get(&(reason as u32), 0)
-                    .map(|values| (reason, values.iter().sum()))
-                    .map_err(map_err(names::GLOBAL_STATS))
-            })
-            .collect()
-    }
+/// How many backend and VIP counter entries cover `state`'s ids.
+pub fn counted_ids(state: &DesiredState) -> (u32, u32) {
+    let backends = state.backend_ids().max().map_or(0, |id| id + 1);
+    let vips = state.vips.iter().map(|v| v.vip_id + 1).max().unwrap_or(0);
+    (backends, vips)
 }
 
 /// Every backend id both states use must name the same backend of the same

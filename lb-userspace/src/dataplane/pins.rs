@@ -65,6 +65,19 @@ impl PinDir {
         }
     }
 
+    /// The interface index the pinned XDP link is attached to, as the
+    /// kernel reports it now: `None` when no link is pinned, or when the
+    /// link lost its interface (the interface was deleted).
+    pub fn attached_ifindex(&self) -> std::io::Result<Option<u32>> {
+        let link = self.0.join(LINK);
+        if !link.exists() {
+            return Ok(None);
+        }
+        let fd = bpf_obj_get(&link)?;
+        let ifindex = link_xdp_ifindex(fd.as_fd())?;
+        Ok((ifindex != 0).then_some(ifindex))
+    }
+
     /// Detaches the instance pinned here, if any, and removes every pin.
     /// Works whatever the instance's layout version: it reads no map.
     /// Returns whether there was anything to remove.
@@ -110,6 +123,56 @@ fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of an XDP link: the ifindex it is attached to
+/// (0 once its interface is gone).
+fn link_xdp_ifindex(link: BorrowedFd<'_>) -> std::io::Result<u32> {
+    /// `struct bpf_link_info` up to the XDP member of its union.
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfo {
+        kind: u32,
+        id: u32,
+        prog_id: u32,
+        pad: u32,
+        xdp_ifindex: u32,
+        rest: [u32; 15],
+    }
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    let mut info = LinkInfo::default();
+    let attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<LinkInfo>() as u32,
+        info: &raw mut info as u64,
+    };
+    // SAFETY: a valid attr of the size passed; `info` outlives the call and
+    // is `info_len` bytes long.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if info.kind != BPF_LINK_TYPE_XDP {
+        return Err(std::io::Error::other(format!(
+            "the pinned link is of type {}, not XDP",
+            info.kind
+        )));
+    }
+    Ok(info.xdp_ifindex)
 }
 
 /// `BPF_LINK_UPDATE`: makes `link` run `program` instead, atomically.

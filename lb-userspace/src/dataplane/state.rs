@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Context as _;
 use lb_common::{
     flow_hash::{flow_hash, table_slot},
-    maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, VipKey},
+    maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, PROTO_TCP, PROTO_UDP, VipKey},
 };
 
 use crate::{
@@ -53,6 +53,15 @@ pub struct BackendState {
     pub weight: u32,
     /// Destination MAC for L2 DSR.
     pub mac: MacAddr,
+}
+
+/// The address a key's bytes and family tag hold.
+pub fn ip_from(bytes: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_IPV4 {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        IpAddr::from(*bytes)
+    }
 }
 
 /// The map key of a VIP.
@@ -242,6 +251,19 @@ impl DesiredState {
 }
 
 impl VipState {
+    /// `address:port/protocol`, as the config's `VipConfig::endpoint`.
+    pub fn endpoint(&self) -> String {
+        let protocol = match self.key.proto {
+            PROTO_TCP => "tcp".to_string(),
+            PROTO_UDP => "udp".to_string(),
+            other => other.to_string(),
+        };
+        format!(
+            "{}/{protocol}",
+            SocketAddr::new(ip_from(&self.key.addr, self.key.family), self.key.port)
+        )
+    }
+
     /// Backend `index`'s (config order) share of the table, 0.0..=1.0.
     pub fn expected_share(&self, index: usize) -> f64 {
         self.table.share(index)

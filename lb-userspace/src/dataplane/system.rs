@@ -19,10 +19,12 @@ pub fn require_bpf_privileges() -> anyhow::Result<()> {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .context("no CapEff line in /proc/self/status")?;
     let has = |cap: u32| effective & (1 << cap) != 0;
-    if !(has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))) {
+    // CAP_SYS_ADMIN too: reading a lookup table back goes through
+    // BPF_MAP_GET_FD_BY_ID, which the kernel allows only with it.
+    if !(has(CAP_NET_ADMIN) && has(CAP_BPF) && has(CAP_SYS_ADMIN)) {
         bail!(
-            "missing privileges: loading and attaching XDP needs root \
-             (CAP_BPF and CAP_NET_ADMIN)"
+            "missing privileges: loading, attaching and verifying XDP needs root \
+             (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)"
         );
     }
     Ok(())

@@ -350,6 +350,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
             "must start with '/'",
         );
     }
+    check_imbalance(&config.imbalance, problems);
     if !config.api.socket.is_absolute() {
         problems.push(Problem::error(
             "api-socket",
@@ -369,6 +370,47 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
                 "metrics are served beyond this host; make sure that is intended",
             )
             .warning(),
+        );
+    }
+}
+
+/// The imbalance detector's settings must be able to flag skew at all.
+fn check_imbalance(settings: &crate::config::Imbalance, problems: &mut Vec<Problem>) {
+    let mut bad = |field: &str, value: String, message: &str| {
+        problems.push(Problem::error(
+            "imbalance",
+            "imbalance",
+            field,
+            value,
+            message,
+        ));
+    };
+    if !(settings.factor > 1.0 && settings.factor <= 100.0) {
+        bad(
+            "factor",
+            settings.factor.to_string(),
+            "must be above 1 and at most 100 (observed ÷ expected share)",
+        );
+    }
+    if !(2..=3600).contains(&settings.window_s) {
+        bad(
+            "window_s",
+            settings.window_s.to_string(),
+            "must be from 2 to 3600 seconds",
+        );
+    }
+    if settings.for_s > 86_400 {
+        bad(
+            "for_s",
+            settings.for_s.to_string(),
+            "must be at most 86400 seconds",
+        );
+    }
+    if !(0.0..=1e9).contains(&settings.min_flow_rate) {
+        bad(
+            "min_flow_rate",
+            settings.min_flow_rate.to_string(),
+            "must be from 0 to 1e9 new flows per second",
         );
     }
 }

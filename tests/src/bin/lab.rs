@@ -86,7 +86,7 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(report: &lb_userspace::dataplane::report::Report, traffic: &[(&str, Tally)]) {
+fn print_table(report: &lb_userspace::monitor::report::Report, traffic: &[(&str, Tally)]) {
     for (vip, tally) in traffic {
         let Some(kernel) = report.vips.iter().find(|v| v.name == *vip) else {
             continue;

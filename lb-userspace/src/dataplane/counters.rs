@@ -1,0 +1,166 @@
+//! Every traffic counter of the data plane read at once: one
+//! `BPF_MAP_LOOKUP_BATCH` per per-CPU map instead of one lookup per entry,
+//! so 100,000 backends cost a few system calls. The reader holds its own
+//! handles on the counter maps, so the sampler and the metrics server read
+//! them from their own threads while the controller applies changes.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+};
+
+use lb_common::maps::{Reason, TrafficCounters};
+
+/// Counters summed over CPUs: per backend slot and per VIP id (indexed by
+/// id, up to the largest id asked for), and per reason.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    /// Indexed by backend id.
+    pub backends: Vec<TrafficCounters>,
+    /// Indexed by VIP id.
+    pub vips: Vec<TrafficCounters>,
+    /// Indexed by `Reason`.
+    pub reasons: Vec<u64>,
+}
+
+impl Counters {
+    /// Backend slot `id`'s counters (zero beyond what was read).
+    pub fn backend(&self, id: u32) -> TrafficCounters {
+        self.backends.get(id as usize).copied().unwrap_or_default()
+    }
+
+    /// VIP `id`'s counters (zero beyond what was read).
+    pub fn vip(&self, id: u32) -> TrafficCounters {
+        self.vips.get(id as usize).copied().unwrap_or_default()
+    }
+
+    /// One reason's count.
+    pub fn reason(&self, reason: Reason) -> u64 {
+        self.reasons.get(reason as usize).copied().unwrap_or(0)
+    }
+}
+
+/// Reads the three counter maps; cheap to share between threads.
+#[derive(Debug)]
+pub struct CounterReader {
+    backends: OwnedFd,
+    vips: OwnedFd,
+    reasons: OwnedFd,
+    cpus: usize,
+}
+
+/// The batch part of `union bpf_attr` (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct BatchAttr {
+    pub(crate) in_batch: u64,
+    pub(crate) out_batch: u64,
+    pub(crate) keys: u64,
+    pub(crate) values: u64,
+    pub(crate) count: u32,
+    pub(crate) map_fd: u32,
+    pub(crate) elem_flags: u64,
+    pub(crate) flags: u64,
+}
+
+/// Runs the batch command `command` with `attr`.
+pub(crate) fn batch_call(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the
+    // caller's buffers it points to outlive the call and hold `count`
+    // elements each.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Reads entries `0..len` of the per-CPU array behind `map`, whose values
+/// are `value_words` u64 words per CPU: `len * cpus * value_words` words,
+/// entry-major. One call, or a few if the kernel stops early.
+fn read_per_cpu(map: &OwnedFd, len: u32, cpus: usize, value_words: usize) -> io::Result<Vec<u64>> {
+    let stride = cpus * value_words;
+    let mut values = vec![0u64; len as usize * stride];
+    let mut keys = vec![0u32; len as usize];
+    let mut done = 0u32;
+    let mut next = 0u32;
+    while done < len {
+        let mut out = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if done == 0 { 0 } else { &raw const next as u64 },
+            out_batch: &raw mut out as u64,
+            keys: keys[done as usize..].as_mut_ptr() as u64,
+            values: values[done as usize * stride..].as_mut_ptr() as u64,
+            count: len - done,
+            map_fd: map.as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        done += attr.count;
+        next = out;
+        match result {
+            Ok(()) => {}
+            // ENOENT: the array ended; whatever was asked beyond it stays 0.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        if attr.count == 0 {
+            break;
+        }
+    }
+    Ok(values)
+}
+
+/// Sums per-CPU `TrafficCounters` (three u64 words per CPU).
+fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
+    words
+        .chunks_exact(cpus * 3)
+        .map(|entry| {
+            entry
+                .chunks_exact(3)
+                .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
+                    packets: sum.packets + cpu[0],
+                    bytes: sum.bytes + cpu[1],
+                    new_flows: sum.new_flows + cpu[2],
+                })
+        })
+        .collect()
+}
+
+impl CounterReader {
+    /// A reader over the given maps (`BACKEND_STATS`, `VIP_STATS`,
+    /// `GLOBAL_STATS` handles).
+    pub fn new(backends: OwnedFd, vips: OwnedFd, reasons: OwnedFd) -> io::Result<Self> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| io::Error::new(e.kind(), what))?;
+        Ok(Self {
+            backends,
+            vips,
+            reasons,
+            cpus,
+        })
+    }
+
+    /// Reads backend slots `0..backends`, VIP ids `0..vips` and every reason.
+    pub fn read(&self, backends: u32, vips: u32) -> io::Result<Counters> {
+        const _: () = assert!(size_of::<TrafficCounters>() == 3 * size_of::<u64>());
+        let cpus = self.cpus;
+        let reasons = read_per_cpu(&self.reasons, Reason::COUNT, cpus, 1)?
+            .chunks_exact(cpus)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .collect();
+        Ok(Counters {
+            backends: traffic(&read_per_cpu(&self.backends, backends, cpus, 3)?, cpus),
+            vips: traffic(&read_per_cpu(&self.vips, vips, cpus, 3)?, cpus),
+            reasons,
+        })
+    }
+}

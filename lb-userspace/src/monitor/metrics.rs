@@ -1,0 +1,403 @@
+//! The Prometheus exposition: a report and the controller's facts encoded
+//! as OpenMetrics text by `prometheus-client`, through collectors made for
+//! each scrape (the values are read fresh each time, so nothing is
+//! registered twice or kept between scrapes). With 100,000 backends the
+//! text is tens of megabytes, so its families are encoded in parts, one per
+//! core, and joined. Every name and label is listed in the README.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{
+        DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric as _,
+        text::{encode_eof, encode_registry},
+    },
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use super::{
+    Facts,
+    report::{BackendReport, Report, VipReport},
+};
+use crate::parallel;
+use lb_common::maps::Reason;
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Decision results the apply counters always carry (from zero, so that a
+/// first refusal shows as an increase).
+const RESULTS: [&str; 3] = ["applied", "refused", "failed"];
+
+type Encoded = Result<(), std::fmt::Error>;
+
+/// One metric family: its name (without the prefix, and for counters
+/// without `_total`), help and type.
+struct Family<'a> {
+    name: &'a str,
+    help: &'a str,
+    kind: MetricType,
+}
+
+impl Family<'_> {
+    fn encode<L, V>(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) -> Encoded
+    where
+        L: EncodeLabelSet,
+        V: EncodeCounterValue + EncodeGaugeValue + std::fmt::Debug,
+    {
+        let mut family = encoder.encode_descriptor(self.name, self.help, None, self.kind)?;
+        for (labels, value) in samples {
+            let metric = family.encode_family(&labels)?;
+            match self.kind {
+                MetricType::Counter => ConstCounter::new(value).encode(metric)?,
+                _ => ConstGauge::new(value).encode(metric)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+const fn counter<'a>(name: &'a str, help: &'a str) -> Family<'a> {
+    Family {
+        name,
+        help,
+        kind: MetricType::Counter,
+    }
+}
+
+const fn gauge<'a>(name: &'a str, help: &'a str) -> Family<'a> {
+    Family {
+        name,
+        help,
+        kind: MetricType::Gauge,
+    }
+}
+
+/// The label set of a family without labels.
+const NO_LABELS: [(&str, &str); 0] = [];
+
+fn flag(on: bool) -> u64 {
+    u64::from(on)
+}
+
+/// A share to six decimals: what a dashboard shows, in half the text.
+fn share(value: f64) -> f64 {
+    (value * 1e6).round() / 1e6
+}
+
+#[derive(Debug)]
+struct Scrape {
+    report: Report,
+    facts: Facts,
+}
+
+/// The parts the exposition is encoded in, in order; each is a run of
+/// whole families.
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    /// VIPs, global counters and the controller's facts.
+    Summary,
+    /// Backend info and packets.
+    BackendInfo,
+    /// Backend bytes and new flows.
+    BackendTraffic,
+    /// Expected and observed shares.
+    BackendShares,
+    /// Imbalance flags.
+    BackendFlags,
+}
+
+const PARTS: [Part; 5] = [
+    Part::Summary,
+    Part::BackendInfo,
+    Part::BackendTraffic,
+    Part::BackendShares,
+    Part::BackendFlags,
+];
+
+impl Scrape {
+    fn per_vip<V>(
+        &self,
+        value: impl Fn(&VipReport) -> V,
+    ) -> impl Iterator<Item = ([(&'static str, &str); 1], V)> {
+        self.report
+            .vips
+            .iter()
+            .map(move |v| ([("vip", v.name.as_str())], value(v)))
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&VipReport, &BackendReport)> {
+        self.report
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+    }
+
+    fn per_backend<V>(
+        &self,
+        value: impl Fn(&BackendReport) -> V,
+    ) -> impl Iterator<Item = ([(&'static str, &str); 2], V)> {
+        self.pairs().map(move |(v, b)| {
+            (
+                [("vip", v.name.as_str()), ("backend", b.name.as_str())],
+                value(b),
+            )
+        })
+    }
+
+    fn vips(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        gauge("vip_info", "A VIP: its address:port/protocol (always 1).").encode(
+            encoder,
+            self.report.vips.iter().map(|v| {
+                (
+                    [("vip", v.name.as_str()), ("endpoint", v.endpoint.as_str())],
+                    1u64,
+                )
+            }),
+        )?;
+        counter("vip_packets", "Packets forwarded for the VIP.")
+            .encode(encoder, self.per_vip(|v| v.packets))?;
+        counter("vip_bytes", "Bytes forwarded for the VIP (whole frames).")
+            .encode(encoder, self.per_vip(|v| v.bytes))?;
+        counter(
+            "vip_new_flows",
+            "Flows the VIP's lookup table assigned (SYNs and connection-table misses).",
+        )
+        .encode(encoder, self.per_vip(|v| v.new_flows))?;
+        gauge(
+            "vip_new_flow_rate",
+            "New flows per second over the imbalance detector's window.",
+        )
+        .encode(encoder, self.per_vip(|v| share(v.flow_rate)))?;
+        gauge(
+            "vip_imbalance_ratio",
+            "The largest observed / expected share of the VIP's backends over the window \
+             (0 without new flows).",
+        )
+        .encode(encoder, self.per_vip(|v| share(v.imbalance_ratio)))
+    }
+
+    fn backend_info(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        let weights: Vec<String> = self.pairs().map(|(_, b)| b.weight.to_string()).collect();
+        gauge(
+            "backend_info",
+            "A backend: its address:port, its configured weight, and whether it is held out \
+             of the table for want of a MAC (always 1).",
+        )
+        .encode(
+            encoder,
+            self.pairs().zip(&weights).map(|((v, b), weight)| {
+                (
+                    [
+                        ("vip", v.name.as_str()),
+                        ("backend", b.name.as_str()),
+                        ("address", b.address.as_str()),
+                        ("weight", weight.as_str()),
+                        ("held_out", if b.held_out { "true" } else { "false" }),
+                    ],
+                    1u64,
+                )
+            }),
+        )?;
+        counter("backend_packets", "Packets forwarded to the backend.")
+            .encode(encoder, self.per_backend(|b| b.packets))
+    }
+
+    fn backend_traffic(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        counter(
+            "backend_bytes",
+            "Bytes forwarded to the backend (whole frames).",
+        )
+        .encode(encoder, self.per_backend(|b| b.bytes))?;
+        counter(
+            "backend_new_flows",
+            "Flows the lookup table assigned to the backend.",
+        )
+        .encode(encoder, self.per_backend(|b| b.new_flows))
+    }
+
+    fn backend_shares(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        gauge(
+            "backend_expected_share",
+            "The backend's share of the installed lookup table (0 to 1).",
+        )
+        .encode(encoder, self.per_backend(|b| share(b.expected_share)))?;
+        gauge(
+            "backend_observed_share",
+            "The backend's share of its VIP's new flows over the imbalance detector's window \
+             (0 to 1).",
+        )
+        .encode(encoder, self.per_backend(|b| share(b.observed_share)))
+    }
+
+    fn backend_flags(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        gauge(
+            "backend_imbalanced",
+            "1 while the imbalance detector flags the backend: its observed share stayed \
+             above factor x its expected share for for_s seconds.",
+        )
+        .encode(encoder, self.per_backend(|b| flag(b.imbalanced)))
+    }
+
+    fn global(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        let count = |reason: Reason| self.report.reasons.get(reason.name()).copied().unwrap_or(0);
+        counter(
+            "packets",
+            "Packets by verdict: action tx, pass or drop, and the reason.",
+        )
+        .encode(
+            encoder,
+            Reason::ALL
+                .into_iter()
+                .filter(|r| r.is_verdict())
+                .map(|r| ([("action", r.action()), ("reason", r.name())], count(r))),
+        )?;
+        counter(
+            "conn_table_lookups",
+            "Connection-table lookups by result: hit (an established flow) or miss.",
+        )
+        .encode(
+            encoder,
+            [
+                ([("result", "hit")], count(Reason::ConnHit)),
+                ([("result", "miss")], count(Reason::ConnMiss)),
+            ],
+        )?;
+        counter(
+            "conn_table_inserts",
+            "New flows written to the connection table, by result: ok or failed.",
+        )
+        .encode(
+            encoder,
+            [
+                ([("result", "ok")], count(Reason::ConnInsert)),
+                ([("result", "failed")], count(Reason::ConnInsertFailed)),
+            ],
+        )?;
+        counter(
+            "ipv4_options_packets",
+            "IPv4 packets with header options that were parsed.",
+        )
+        .encode(encoder, [(NO_LABELS, count(Reason::Ipv4Options))])?;
+        gauge(
+            "dataplane_attached",
+            "1 while the kernel has the XDP program attached to the interface.",
+        )
+        .encode(encoder, [(NO_LABELS, flag(self.report.attached))])?;
+        gauge("config_generation", "The config generation in force.")
+            .encode(encoder, [(NO_LABELS, self.report.generation)])
+    }
+
+    fn controller(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        let facts = &self.facts;
+        counter(
+            "apply_decisions",
+            "Changes the gate decided since the daemon started, by result: applied, refused \
+             or failed.",
+        )
+        .encode(
+            encoder,
+            RESULTS.iter().map(|&result| {
+                let n = facts.applies.get(result).copied().unwrap_or(0);
+                ([("result", result)], n)
+            }),
+        )?;
+        counter(
+            "apply_refusals",
+            "Problems that made the gate refuse a change, by problem code.",
+        )
+        .encode(
+            encoder,
+            facts
+                .refusals
+                .iter()
+                .map(|(&code, &n)| ([("code", code)], n)),
+        )?;
+        if let Some((time, result)) = facts.last_apply {
+            gauge(
+                "last_apply_timestamp_seconds",
+                "When the gate last decided a change (Unix time).",
+            )
+            .encode(encoder, [(NO_LABELS, time)])?;
+            gauge(
+                "last_apply_success",
+                "1 when the last change the gate decided was applied, 0 when it was refused \
+                 or failed.",
+            )
+            .encode(encoder, [(NO_LABELS, flag(result == "applied"))])?;
+        }
+        if let Some(in_force) = facts.file_in_force {
+            gauge(
+                "config_file_in_force",
+                "1 when the config file on disk is the config in force; 0 while an edit of \
+                 it (or a SIGHUP) stands refused and the installed state is older than the file.",
+            )
+            .encode(encoder, [(NO_LABELS, flag(in_force))])?;
+        }
+        gauge("build_info", "The fulcrum build (always 1).")
+            .encode(encoder, [([("version", env!("CARGO_PKG_VERSION"))], 1u64)])
+    }
+}
+
+/// One part of one scrape, as a collector.
+#[derive(Debug)]
+struct PartOf(Arc<Scrape>, Part);
+
+impl Collector for PartOf {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Encoded {
+        let scrape = &self.0;
+        match self.1 {
+            Part::Summary => {
+                scrape.vips(&mut encoder)?;
+                scrape.global(&mut encoder)?;
+                scrape.controller(&mut encoder)
+            }
+            Part::BackendInfo => scrape.backend_info(&mut encoder),
+            Part::BackendTraffic => scrape.backend_traffic(&mut encoder),
+            Part::BackendShares => scrape.backend_shares(&mut encoder),
+            Part::BackendFlags => scrape.backend_flags(&mut encoder),
+        }
+    }
+}
+
+/// About how many bytes a part takes: its per-backend lines at ~80 bytes.
+fn estimate(scrape: &Scrape, part: Part) -> usize {
+    let backends: usize = scrape.report.vips.iter().map(|v| v.backends.len()).sum();
+    let families = match part {
+        Part::Summary => return 16 << 10,
+        Part::BackendFlags => 1,
+        _ => 2,
+    };
+    backends * families * 80
+}
+
+/// The OpenMetrics text of `report` and `facts`, every name prefixed
+/// `fulcrum_`, in parts to be sent one after the other.
+pub fn exposition(report: Report, facts: Facts) -> Vec<String> {
+    let scrape = Arc::new(Scrape { report, facts });
+    let parts = parallel::map(&PARTS, |&part| {
+        let mut registry = Registry::with_prefix("fulcrum");
+        registry.register_collector(Box::new(PartOf(scrape.clone(), part)));
+        let mut text = String::with_capacity(estimate(&scrape, part));
+        encode_registry(&mut text, &registry).map(|()| text)
+    });
+    let mut texts = Vec::with_capacity(parts.len() + 1);
+    for part in parts {
+        match part {
+            Ok(part) => texts.push(part),
+            // Writing into a String cannot fail; a label the encoder
+            // refuses would, and is reported in the text, not as a panic.
+            Err(e) => return vec![format!("# encoding failed: {e}\n# EOF\n")],
+        }
+    }
+    let mut eof = String::new();
+    let _ = encode_eof(&mut eof);
+    texts.push(eof);
+    texts
+}

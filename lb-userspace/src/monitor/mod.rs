@@ -1,0 +1,367 @@
+//! Watching the data plane run: the installed state as the monitor sees it
+//! (names, expected shares, the apply that last changed each VIP), a
+//! sampler that reads every counter each second into the imbalance
+//! detector's window and logs each flag that goes up or down, the
+//! controller's own facts (generation, applies, refusals), and the report
+//! that `status`, `top` and `/metrics` are all made from.
+
+pub mod metrics;
+pub mod report;
+pub mod window;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::Imbalance,
+    dataplane::{counted_ids, counters::CounterReader, pins::PinDir, state::DesiredState},
+};
+use report::Report;
+use window::{Transition, Window};
+
+/// How often the sampler reads the counters.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The apply that last changed a VIP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastChange {
+    /// The generation it made.
+    pub generation: u64,
+    /// When, in seconds since the Unix epoch.
+    pub time: f64,
+    /// Which door it came by (`api backend set-weight`, `file`, ...).
+    pub source: String,
+}
+
+/// The installed state, as the monitor reports it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    /// The generation in force.
+    pub generation: u64,
+    /// The VIPs, in config order.
+    pub vips: Vec<VipView>,
+    /// How many backend and VIP counter entries cover their ids.
+    pub counted: (u32, u32),
+}
+
+/// One installed VIP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VipView {
+    /// Its label.
+    pub name: String,
+    /// `address:port/protocol`.
+    pub endpoint: String,
+    /// Its id (counters).
+    pub vip_id: u32,
+    /// Its backends, in config order.
+    pub backends: Vec<BackendView>,
+    /// The apply that last changed it, when known.
+    pub last_change: Option<LastChange>,
+}
+
+/// One installed backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendView {
+    /// Its label.
+    pub name: String,
+    /// `address:port`.
+    pub address: String,
+    /// Its slot (counters).
+    pub backend_id: u32,
+    /// Its configured weight.
+    pub weight: u32,
+    /// Its share of the installed table.
+    pub expected_share: f64,
+    /// Held out of the table for want of a MAC.
+    pub held_out: bool,
+}
+
+impl View {
+    /// The view of `state`, installed as `generation`; `changes` maps VIP
+    /// endpoints to the apply that last changed them.
+    pub fn of(
+        state: &DesiredState,
+        generation: u64,
+        changes: &HashMap<String, LastChange>,
+    ) -> Self {
+        let vips = state
+            .vips
+            .iter()
+            .map(|vip| {
+                let endpoint = vip.endpoint();
+                VipView {
+                    name: vip.label.clone(),
+                    last_change: changes.get(&endpoint).cloned(),
+                    endpoint,
+                    vip_id: vip.vip_id,
+                    backends: vip
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .map(|(index, b)| BackendView {
+                            name: b.label.clone(),
+                            address: b.addr.to_string(),
+                            backend_id: b.backend_id,
+                            weight: b.weight,
+                            expected_share: vip.expected_share(index),
+                            held_out: b.mac.0 == [0; 6],
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Self {
+            generation,
+            vips,
+            counted: counted_ids(state),
+        }
+    }
+
+    /// The ids of VIPs that are new in `self` or whose backends or shares
+    /// differ from `old`'s.
+    fn changed_since(&self, old: &View) -> Vec<u32> {
+        let before: HashMap<u32, &VipView> = old.vips.iter().map(|v| (v.vip_id, v)).collect();
+        self.vips
+            .iter()
+            .filter(|v| {
+                before
+                    .get(&v.vip_id)
+                    .is_none_or(|o| o.backends != v.backends)
+            })
+            .map(|v| v.vip_id)
+            .collect()
+    }
+}
+
+/// What the controller did, for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Facts {
+    /// The last apply decision: when (Unix seconds) and its result.
+    pub last_apply: Option<(f64, &'static str)>,
+    /// Decisions by result (`applied`, `refused`, `failed`).
+    pub applies: BTreeMap<&'static str, u64>,
+    /// Refusals by problem code.
+    pub refusals: BTreeMap<&'static str, u64>,
+    /// Whether the config file on disk is the config in force, as last seen.
+    pub file_in_force: Option<bool>,
+}
+
+/// Where the data plane should be attached, to check that it still is.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    /// Its pins (the link pin among them).
+    pub pins: PinDir,
+    /// The interface.
+    pub interface: String,
+}
+
+impl Attachment {
+    /// Whether the kernel has the pinned link attached to the interface.
+    pub fn holds(&self) -> bool {
+        match (
+            self.pins.attached_ifindex(),
+            crate::net::ifindex(&self.interface),
+        ) {
+            (Ok(Some(attached)), Ok(ifindex)) => attached == ifindex,
+            _ => false,
+        }
+    }
+}
+
+struct State {
+    view: Arc<View>,
+    window: Window,
+    facts: Facts,
+}
+
+/// The monitor, shared by the controller, the sampler and the metrics
+/// server.
+pub struct Monitor {
+    reader: CounterReader,
+    attachment: Attachment,
+    state: Mutex<State>,
+}
+
+impl Monitor {
+    /// A monitor of `view`, reading through `reader`.
+    pub fn new(
+        reader: CounterReader,
+        attachment: Attachment,
+        view: View,
+        settings: Imbalance,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            reader,
+            attachment,
+            state: Mutex::new(State {
+                view: Arc::new(view),
+                window: Window::new(settings),
+                facts: Facts::default(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere never leaves the state half-updated in a way
+        // that matters more than losing the monitor would.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new state went live: VIPs whose tables changed start their window
+    /// afresh.
+    pub fn install(&self, view: View, settings: Imbalance) {
+        let mut state = self.lock();
+        let changed = view.changed_since(&state.view);
+        state.window.restart(settings, &changed, Instant::now());
+        state.view = Arc::new(view);
+    }
+
+    /// Counts one decision of the gate; `codes` are a refusal's problem codes.
+    pub fn decided(&self, result: &'static str, codes: &[&'static str]) {
+        let mut state = self.lock();
+        let facts = &mut state.facts;
+        facts.last_apply = Some((unix_now(), result));
+        *facts.applies.entry(result).or_default() += 1;
+        for code in codes {
+            *facts.refusals.entry(code).or_default() += 1;
+        }
+    }
+
+    /// The config file was seen to be (or not to be) the config in force.
+    pub fn file_in_force(&self, in_force: bool) {
+        self.lock().facts.file_in_force = Some(in_force);
+    }
+
+    /// Reads every counter into the window and logs the flags that went up
+    /// or down.
+    pub fn sample(&self) -> io::Result<()> {
+        let view = self.lock().view.clone();
+        let (backends, vips) = view.counted;
+        let counters = self.reader.read(backends, vips)?;
+        let transitions = self.lock().window.observe(Instant::now(), &view, &counters);
+        let settings = self.lock().window.settings().clone();
+        for transition in transitions {
+            log_transition(&view, &settings, &transition);
+        }
+        Ok(())
+    }
+
+    /// Reads every counter now and reports them with the window's shares
+    /// and flags, and the controller's facts.
+    pub fn report(&self) -> io::Result<(Report, Facts)> {
+        let view = self.lock().view.clone();
+        let (backends, vips) = view.counted;
+        let counters = self.reader.read(backends, vips)?;
+        let attached = self.attachment.holds();
+        let state = self.lock();
+        let report = Report::build(&view, &counters, &state.window, attached);
+        Ok((report, state.facts.clone()))
+    }
+
+    /// Samples every `SAMPLE_EVERY` on a thread of its own until the
+    /// monitor is dropped.
+    pub fn spawn_sampler(self: &Arc<Self>) {
+        let monitor: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("fulcrum-sampler".into())
+            .spawn(move || {
+                let mut failing = false;
+                loop {
+                    std::thread::sleep(SAMPLE_EVERY);
+                    let Some(monitor) = monitor.upgrade() else {
+                        return;
+                    };
+                    match monitor.sample() {
+                        Ok(()) => failing = false,
+                        Err(e) if !failing => {
+                            failing = true;
+                            crate::note!("the sampler cannot read the counters: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+            .map(drop)
+            .unwrap_or_else(|e| crate::note!("the sampler did not start: {e}"));
+    }
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How long ago `time` (Unix seconds) was, for people.
+pub fn ago(time: f64) -> String {
+    let seconds = (unix_now() - time).max(0.0) as u64;
+    match seconds {
+        0..120 => format!("{seconds} s ago"),
+        120..7200 => format!("{} min ago", seconds / 60),
+        _ => format!("{} h ago", seconds / 3600),
+    }
+}
+
+/// `generation N (source, T ago)`, or that no change is known.
+pub fn describe_change(change: Option<&LastChange>) -> String {
+    change.map_or_else(
+        || "no apply since the journal began".into(),
+        |c| {
+            format!(
+                "generation {} ({}, {})",
+                c.generation,
+                c.source,
+                ago(c.time)
+            )
+        },
+    )
+}
+
+fn log_transition(view: &View, settings: &Imbalance, t: &Transition) {
+    let Some(vip) = view.vips.iter().find(|v| v.vip_id == t.vip_id) else {
+        return;
+    };
+    let Some(backend) = vip.backends.iter().find(|b| b.backend_id == t.backend_id) else {
+        return;
+    };
+    let shares = format!(
+        "{:.1}% of new flows over the last {:.0} s against an expected {:.1}% ({:.2}x; {:.1} new flows/s)",
+        t.judgement.observed_share * 100.0,
+        t.vip.span.as_secs_f64(),
+        backend.expected_share * 100.0,
+        t.judgement.ratio,
+        t.vip.flow_rate,
+    );
+    if t.raised {
+        crate::note!(
+            "WARNING imbalance: VIP {} ({}): backend {} ({}) takes {shares}, at least {}x for {} s; \
+             the VIP was last changed by {}; see `fulcrum status` and docs/runbook.md",
+            vip.name,
+            vip.endpoint,
+            backend.name,
+            backend.address,
+            settings.factor,
+            t.judgement
+                .skewed_for
+                .map_or(settings.for_s, |d| d.as_secs()),
+            describe_change(vip.last_change.as_ref()),
+        );
+    } else {
+        crate::note!(
+            "imbalance cleared: VIP {} ({}): backend {} ({}) takes {shares}",
+            vip.name,
+            vip.endpoint,
+            backend.name,
+            backend.address,
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! The counters report: per VIP and per backend, the share the table
+//! promises next to the share of new flows observed over the detector's
+//! window, the imbalance flags, packets, bytes and flows since the maps
+//! were created, plus the global verdict counters. `status` prints it as
+//! text or JSON, `top` draws it, `/metrics` exports it.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use lb_common::maps::Reason;
+use serde::{Deserialize, Serialize};
+
+use super::{LastChange, View, describe_change, window::Window};
+use crate::dataplane::counters::Counters;
+
+/// Counters of the whole data plane.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Report {
+    /// Whether the kernel has the program attached to the interface.
+    #[serde(default)]
+    pub attached: bool,
+    /// The generation in force.
+    #[serde(default)]
+    pub generation: u64,
+    /// The detector's window, in seconds.
+    #[serde(default)]
+    pub window_s: u64,
+    /// Per VIP.
+    pub vips: Vec<VipReport>,
+    /// Global per-reason counters by name.
+    pub reasons: BTreeMap<String, u64>,
+}
+
+/// Counters of one VIP.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct VipReport {
+    /// Label.
+    pub name: String,
+    /// `address:port/protocol`.
+    #[serde(default)]
+    pub endpoint: String,
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Flows assigned.
+    pub new_flows: u64,
+    /// New flows per second over the window.
+    #[serde(default)]
+    pub flow_rate: f64,
+    /// The largest observed ÷ expected share of its backends over the
+    /// window (0 without new flows).
+    #[serde(default)]
+    pub imbalance_ratio: f64,
+    /// The apply that last changed it.
+    #[serde(default)]
+    pub last_change: Option<LastChange>,
+    /// Per backend.
+    pub backends: Vec<BackendReport>,
+}
+
+/// Counters of one backend.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct BackendReport {
+    /// Label.
+    pub name: String,
+    /// Address and port.
+    pub address: String,
+    /// Configured weight.
+    pub weight: u32,
+    /// Share of the lookup table (0..1).
+    pub expected_share: f64,
+    /// Share of the VIP's new flows over the window (0..1; 0 without any).
+    pub observed_share: f64,
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Flows assigned.
+    pub new_flows: u64,
+    /// Held out of the table: no MAC could be found for it.
+    #[serde(default)]
+    pub held_out: bool,
+    /// Flagged by the imbalance detector.
+    #[serde(default)]
+    pub imbalanced: bool,
+    /// How long it has been above the factor, in seconds, if it is now.
+    #[serde(default)]
+    pub skewed_for_s: Option<u64>,
+}
+
+impl Report {
+    /// The report of `view` with `counters` and the window's judgements.
+    pub fn build(view: &View, counters: &Counters, window: &Window, attached: bool) -> Self {
+        let vips = view
+            .vips
+            .iter()
+            .map(|vip| {
+                let totals = counters.vip(vip.vip_id);
+                let judged = window.vip(vip.vip_id);
+                VipReport {
+                    name: vip.name.clone(),
+                    endpoint: vip.endpoint.clone(),
+                    packets: totals.packets,
+                    bytes: totals.bytes,
+                    new_flows: totals.new_flows,
+                    flow_rate: judged.flow_rate,
+                    imbalance_ratio: judged.imbalance_ratio,
+                    last_change: vip.last_change.clone(),
+                    backends: vip
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let c = counters.backend(b.backend_id);
+                            let judged = window.backend(vip.vip_id, b.backend_id);
+                            BackendReport {
+                                name: b.name.clone(),
+                                address: b.address.clone(),
+                                weight: b.weight,
+                                expected_share: b.expected_share,
+                                observed_share: judged.observed_share,
+                                packets: c.packets,
+                                bytes: c.bytes,
+                                new_flows: c.new_flows,
+                                held_out: b.held_out,
+                                imbalanced: judged.imbalanced,
+                                skewed_for_s: judged.skewed_for.map(|d| d.as_secs()),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let reasons = Reason::ALL
+            .iter()
+            .map(|&r| (r.name().to_string(), counters.reason(r)))
+            .collect();
+        Self {
+            attached,
+            generation: view.generation,
+            window_s: window.settings().window_s,
+            vips,
+            reasons,
+        }
+    }
+
+    /// Every flagged backend, as `(vip, backend)`.
+    pub fn imbalanced(&self) -> impl Iterator<Item = (&VipReport, &BackendReport)> {
+        self.vips.iter().flat_map(|v| {
+            v.backends
+                .iter()
+                .filter(|b| b.imbalanced)
+                .map(move |b| (v, b))
+        })
+    }
+
+    /// A table for people; flagged backends first, as a headline.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (vip, b) in self.imbalanced() {
+            let _ = writeln!(
+                out,
+                "IMBALANCE: VIP {} backend {} takes {:.1}% of new flows against {:.1}% expected \
+                 ({:.2}x) for {} s; last change: {}",
+                vip.name,
+                b.name,
+                b.observed_share * 100.0,
+                b.expected_share * 100.0,
+                b.observed_share / b.expected_share.max(f64::MIN_POSITIVE),
+                b.skewed_for_s.unwrap_or(0),
+                describe_change(vip.last_change.as_ref()),
+            );
+        }
+        for vip in &self.vips {
+            let _ = writeln!(
+                out,
+                "VIP {} ({}): {} flows, {} packets, {} bytes; {:.1} new flows/s, imbalance {:.2} \
+                 over {} s",
+                vip.name,
+                vip.endpoint,
+                vip.new_flows,
+                vip.packets,
+                vip.bytes,
+                vip.flow_rate,
+                vip.imbalance_ratio,
+                self.window_s
+            );
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<24} {:>6} {:>9} {:>9} {:>10} {:>12} {:>10}",
+                "backend", "address", "weight", "expected", "observed", "packets", "bytes", "flows"
+            );
+            for b in &vip.backends {
+                let mark = match (b.held_out, b.imbalanced) {
+                    (true, _) => "  (no MAC: held out of the table)",
+                    (false, true) => "  IMBALANCED",
+                    (false, false) => "",
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<12} {:<24} {:>6} {:>8.1}% {:>8.1}% {:>10} {:>12} {:>10}{mark}",
+                    b.name,
+                    b.address,
+                    b.weight,
+                    b.expected_share * 100.0,
+                    b.observed_share * 100.0,
+                    b.packets,
+                    b.bytes,
+                    b.new_flows,
+                );
+            }
+        }
+        let _ = writeln!(out, "verdicts: {}", self.nonzero_reasons());
+        out
+    }
+
+    /// The reason counters that moved, as `name=count` words.
+    pub fn nonzero_reasons(&self) -> String {
+        self.reasons
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
