@@ -189,6 +189,52 @@ fn metrics_agree_with_the_kernel_and_survive_a_restart() {
     lab.stop_fulcrum().expect("fulcrum stops");
 }
 
+#[test]
+fn a_severed_link_is_reported_and_a_restart_attaches_again() {
+    let lab = Lab::start(&BackendSpec::equal(3)).expect("lab starts");
+    lab.drive(20, 20, 20000).expect("traffic");
+    let attached = |samples: &Samples| counter(samples, "fulcrum_dataplane_attached", &[]);
+    assert_eq!(attached(&lab.scrape().expect("a scrape")), 1.0);
+
+    // Detached from outside: the metric and status say so at once.
+    lab.sever_link().expect("BPF_LINK_DETACH");
+    assert!(
+        !lab.lb_has_xdp().unwrap(),
+        "nothing attached to eth0 any more"
+    );
+    let detached = lab.scrape().expect("a scrape");
+    assert_eq!(
+        attached(&detached),
+        0.0,
+        "the metric reads the kernel's link"
+    );
+    let (_, text, _) = lab.cli(&["status"]).expect("status");
+    assert!(text.contains("NOT attached"), "{text}");
+
+    // A restart attaches the pinned data plane again, on the same maps.
+    lab.kill_fulcrum().expect("kill -9");
+    let log = lab.start_fulcrum().expect("fulcrum restarts");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("was no longer attached to eth0")),
+        "the restart says what it found: {log:?}"
+    );
+    assert!(lab.lb_has_xdp().unwrap(), "attached again");
+    let traffic = lab.drive(20, 20, 21000).expect("traffic after the restart");
+    for (vip, tally) in &traffic {
+        assert_eq!(tally.failures, 0, "{vip}: every flow answered");
+    }
+    let after = lab.scrape().expect("a scrape");
+    assert_eq!(attached(&after), 1.0);
+    let web4 = [("vip", "web4")];
+    assert!(
+        counter(&after, "fulcrum_vip_new_flows_total", &web4)
+            >= counter(&detached, "fulcrum_vip_new_flows_total", &web4) + 20.0,
+        "the same counters go on counting"
+    );
+    lab.stop_fulcrum().expect("fulcrum stops");
+}
+
 /// Every `fulcrum_...` metric name in the dashboard's queries.
 fn metric_names(dashboard: &str) -> std::collections::BTreeSet<String> {
     fn walk(value: &Value, names: &mut std::collections::BTreeSet<String>) {

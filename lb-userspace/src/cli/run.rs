@@ -233,19 +233,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             dataplane
                 .adopt_state(state, bank, record.generation)
                 .context("the kernel does not hold what the installed record says")?;
-            crate::note!(
-                "adopted the data plane attached to {interface} (pinned at {}): \
-                 generation {}, {} VIPs; forwarding never stopped",
-                pins.path().display(),
-                record.generation,
-                record.vips.len()
-            );
-            match dataplane.upgrade_program(&pins) {
-                Ok(id) => crate::note!(
-                    "this build's XDP program (id {id}) replaced the running one in place, \
-                     on the same maps"
-                ),
-                Err(e) => crate::note!("kept the running XDP program: {e}"),
+            let ifindex = net::ifindex(&interface)?;
+            if pins.attached_ifindex().ok().flatten() == Some(ifindex) {
+                crate::note!(
+                    "adopted the data plane attached to {interface} (pinned at {}): \
+                     generation {}, {} VIPs; forwarding never stopped",
+                    pins.path().display(),
+                    record.generation,
+                    record.vips.len()
+                );
+                match dataplane.upgrade_program(&pins) {
+                    Ok(id) => crate::note!(
+                        "this build's XDP program (id {id}) replaced the running one in \
+                         place, on the same maps"
+                    ),
+                    Err(e) => crate::note!("kept the running XDP program: {e}"),
+                }
+            } else {
+                // Detached from outside, or the interface was made again:
+                // the pinned link forwards nothing. Attach again, on the
+                // same maps (tables, connection table, counters).
+                let mode = dataplane.reattach(&pins, &interface).with_context(|| {
+                    format!("attaching the adopted data plane to {interface} again")
+                })?;
+                crate::note!(
+                    "WARNING the pinned data plane (generation {}, {} VIPs) was no longer \
+                     attached to {interface}, so nothing was forwarded; attached it again \
+                     ({mode} XDP) on the same maps",
+                    record.generation,
+                    record.vips.len()
+                );
             }
             let in_force = InForce::holding_out(record.config, record.held_out);
             let mut controller = Controller::new(

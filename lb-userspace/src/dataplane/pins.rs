@@ -21,7 +21,7 @@ use aya::{
 };
 use lb_common::maps::{LAYOUT_VERSION, Meta, VipKey, names};
 
-use super::{Dataplane, DataplaneError, Link, Result, map_err};
+use super::{AttachMode, Dataplane, DataplaneError, Link, Result, map_err};
 use crate::dataplane::state::DesiredState;
 
 /// Where pins live unless told otherwise.
@@ -320,6 +320,44 @@ impl Dataplane {
     /// how an upgrade of `fulcrum` ships new data-plane code. Returns the
     /// new program's id.
     pub fn upgrade_program(&mut self, dir: &PinDir) -> Result<u32> {
+        let link =
+            bpf_obj_get(&dir.path().join(LINK)).map_err(dir.io("opening the link pin in"))?;
+        let (ebpf, id) = Self::load_against(dir, |program| {
+            let program_fd = program.fd().map_err(|source| DataplaneError::Program {
+                what: "the new XDP program".into(),
+                source,
+            })?;
+            link_update(link.as_fd(), program_fd.as_fd())
+                .map_err(dir.io("swapping the program of the link in"))
+        })?;
+        self.ebpf = Some(ebpf);
+        Ok(id)
+    }
+
+    /// Attaches this build's XDP program to `interface` again, on the
+    /// pinned maps, with a new pinned link in place of the old one: for an
+    /// adopted instance whose link lost its interface (detached from
+    /// outside, or the interface was deleted and made again), which
+    /// forwards nothing. Established flows keep their connection entries.
+    pub fn reattach(&mut self, dir: &PinDir, interface: &str) -> Result<AttachMode> {
+        let (ebpf, _) = Self::load_against(dir, |_| Ok(()))?;
+        self.ebpf = Some(ebpf);
+        self.link = Link::None;
+        let mode = self.attach(interface)?;
+        let old = dir.path().join(LINK);
+        std::fs::remove_file(&old).map_err(dir.io("removing the old link pin in"))?;
+        self.pin_link(dir)?;
+        Ok(mode)
+    }
+
+    /// Loads and verifies this build's program against the maps pinned in
+    /// `dir`, runs `install` on it (which puts it to work), then pins it in
+    /// place of the old program pin, so that a later adoption sees what
+    /// runs. Returns the object and the program's id.
+    fn load_against(
+        dir: &PinDir,
+        install: impl FnOnce(&mut aya::programs::Xdp) -> Result<()>,
+    ) -> Result<(aya::Ebpf, u32)> {
         let mut loader = aya::EbpfLoader::new();
         let paths: Vec<(&str, PathBuf)> = names::OBJECT_MAPS
             .iter()
@@ -334,14 +372,7 @@ impl Dataplane {
             what: "verifying the new XDP program against the pinned maps".into(),
             source,
         })?;
-        let program_fd = program.fd().map_err(|source| DataplaneError::Program {
-            what: "the new XDP program".into(),
-            source,
-        })?;
-        let link =
-            bpf_obj_get(&dir.path().join(LINK)).map_err(dir.io("opening the link pin in"))?;
-        link_update(link.as_fd(), program_fd.as_fd())
-            .map_err(dir.io("swapping the program of the link in"))?;
+        install(program)?;
         let id = program
             .info()
             .map_err(|source| DataplaneError::Program {
@@ -349,12 +380,10 @@ impl Dataplane {
                 source,
             })?
             .id();
-        // The program pin follows: a later adoption sees what runs.
         let pin = dir.path().join(PROGRAM);
         let _ = std::fs::remove_file(&pin);
         program.pin(&pin).map_err(pin_error("the program"))?;
-        self.ebpf = Some(ebpf);
-        Ok(id)
+        Ok((ebpf, id))
     }
 
     /// Takes `state` as what is installed, after checking that the kernel

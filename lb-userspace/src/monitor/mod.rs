@@ -266,9 +266,13 @@ impl Monitor {
         Ok((report, state.facts.clone()))
     }
 
-    /// Samples every `SAMPLE_EVERY` on a thread of its own until the
-    /// monitor is dropped.
+    /// Samples now (the window's first baseline, before any traffic the
+    /// daemon serves), then every `SAMPLE_EVERY` on a thread of its own
+    /// until the monitor is dropped.
     pub fn spawn_sampler(self: &Arc<Self>) {
+        if let Err(e) = self.sample() {
+            crate::note!("the sampler cannot read the counters: {e}");
+        }
         let monitor: Weak<Self> = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("fulcrum-sampler".into())
