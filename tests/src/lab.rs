@@ -532,36 +532,19 @@ impl Lab {
     /// the pinned link stays, but no longer has an interface
     /// (`BPF_LINK_DETACH`, Linux 5.9).
     pub fn sever_link(&self) -> anyhow::Result<()> {
-        #[repr(C)]
-        struct ObjAttr {
-            pathname: u64,
-            bpf_fd: u32,
-            file_flags: u32,
-        }
-        const BPF_OBJ_GET: libc::c_long = 7;
+        use std::os::fd::AsRawFd as _;
         const BPF_LINK_DETACH: libc::c_long = 34;
         let path = self.places.pin_root.join("eth0").join("link");
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-        let attr = ObjAttr {
-            pathname: c_path.as_ptr() as u64,
-            bpf_fd: 0,
-            file_flags: 0,
-        };
-        // SAFETY: a valid attr of the size passed; the path outlives the call.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, size_of::<ObjAttr>()) };
+        let link = lb_userspace::dataplane::pins::bpf_obj_get(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let attr = [link.as_raw_fd() as u32, 0, 0, 0];
+        // SAFETY: the link_fd member of bpf_attr, zero-padded; our own fd.
+        let result = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, &attr, 16usize) };
         anyhow::ensure!(
-            fd >= 0,
-            "opening {}: {}",
-            path.display(),
+            result == 0,
+            "BPF_LINK_DETACH: {}",
             std::io::Error::last_os_error()
         );
-        let link_fd = [fd as u32, 0, 0, 0];
-        // SAFETY: the link_fd member of bpf_attr, padded; our own fd.
-        let result = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, &link_fd, 16usize) };
-        let error = std::io::Error::last_os_error();
-        // SAFETY: closing the fd we just opened.
-        unsafe { libc::close(fd as i32) };
-        anyhow::ensure!(result == 0, "BPF_LINK_DETACH: {error}");
         Ok(())
     }
 

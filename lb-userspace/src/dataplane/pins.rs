@@ -102,7 +102,7 @@ impl PinDir {
 }
 
 /// `BPF_OBJ_GET`: a new fd for the object pinned at `path`.
-fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+pub fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     #[repr(C)]
     struct ObjAttr {
         pathname: u64,
