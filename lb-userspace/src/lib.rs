@@ -2,7 +2,8 @@
 //! `table` (how a VIP's lookup table is built) and `config` (what the
 //! operator wrote), `policy` (validation and the plan that judges a change
 //! by the guards in force), `dataplane` (the state the kernel maps hold, and
-//! the handle that loads, pins, fills and reads them), `monitor` (the
+//! the handle that loads, pins, fills and reads them), `health` (the active
+//! checks of every backend, and what they found), `monitor` (the
 //! counters as reports, the imbalance detector, the metrics), `daemon` (the gate
 //! every change goes through, its records and journal, the admin API), and
 //! `cli`. Each layer imports only the ones before it. The binary and the
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod monitor;
 pub mod net;
 pub mod parallel;

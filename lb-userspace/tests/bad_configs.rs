@@ -30,6 +30,7 @@ backend = [
   { name = "d1", address = "2001:2::11" },
   { name = "d2", address = "2001:2::12" },
 ]
+health_check = { port = 8053 }
 "#;
 
 const CHECKOUT: &str = "vip \"checkout\"";
@@ -193,6 +194,12 @@ fn cases() -> Vec<Case> {
             &[("invalid-value", "health_check", "kind")]),
         case("HTTP path without a slash", &[("interface = \"eth1\"", "interface = \"eth1\"\nhealth_check = { kind = \"http\", http_path = \"healthz\" }")],
             &[("health-check", "health_check", "http_path")]),
+        case("HTTP statuses backwards", &[("interface = \"eth1\"", "interface = \"eth1\"\nhealth_check = { http_status = [\"300-200\"] }")],
+            &[("invalid-value", "health_check", "http_status")]),
+        case("panic threshold above 1, no damping budget", &[("interface = \"eth1\"", "interface = \"eth1\"\nhealth_check = { panic_threshold = 1.5, max_changes_per_minute = 0 }")],
+            &[("health-check", "health_check", "panic_threshold"), ("health-check", "health_check", "max_changes_per_minute")]),
+        case("a VIP's and a backend's bad overrides, reported where written", &[("protocol = \"tcp\"", "protocol = \"tcp\"\nhealth_check = { fall = 0, address = \"198.18.0.1\" }"), (C1_LINE, r#"{ name = "c1", address = "198.18.0.11", health_check = { rise = 0, address = "198.18.0.99", port = 8080 } }"#)],
+            &[("health-check", "vip \"checkout\" health_check", "fall"), ("unknown-key", "vip \"checkout\" health_check", "address"), ("health-check", "vip \"checkout\" backend \"c1\" health_check", "rise")]),
         case("relative API socket", &[("interface = \"eth1\"", "interface = \"eth1\"\napi = { socket = \"fulcrum.sock\" }")],
             &[("api-socket", "api", "socket")]),
         case("metrics address without a port", &[("interface = \"eth1\"", "interface = \"eth1\"\napi = { metrics = \"127.0.0.1\" }")],

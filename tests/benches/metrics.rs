@@ -24,6 +24,7 @@ use lb_userspace::{
     config::Imbalance,
     daemon::scrape,
     dataplane::{counted_ids, pins::PinDir},
+    health::Checker,
     monitor::{Attachment, Monitor, View, metrics},
 };
 
@@ -125,7 +126,10 @@ fn main() {
         }
     );
 
+    // No health checks: the bench's backends do not exist.
+    let checker = Checker::start(Vec::new(), |_| {}).expect("a checker");
     let monitor = Monitor::new(
+        Arc::new(checker),
         fixture.dataplane.counter_reader().expect("a reader"),
         Attachment {
             pins: PinDir::new(Path::new("/nonexistent"), "bench"),

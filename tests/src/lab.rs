@@ -242,14 +242,35 @@ fn binary_near_tests(name: &str, how: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no {name} binary near {}; {how}", exe.display()))
 }
 
+/// One backend's running servers.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The UDP addresses every backend serves.
+const UDP_SERVED: [SocketAddr; 2] = [
+    SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT),
+    SocketAddr::new(IpAddr::V6(VIP6), UDP_PORT),
+];
+
 /// Client traffic per VIP name.
 pub type Traffic = Vec<(&'static str, Tally)>;
 
 /// A running lab. Drop tears it all down.
 pub struct Lab {
     id: String,
-    stop: Arc<AtomicBool>,
-    servers: Vec<JoinHandle<()>>,
+    /// Per backend: its servers' stop flag and threads.
+    servers: Mutex<Vec<Servers>>,
     fulcrum: Mutex<Option<Fulcrum>>,
     places: Places,
     /// The backends, in config order.
@@ -315,6 +336,10 @@ fn fulcrum_config(backends: &[BackendSpec]) -> String {
         text += &format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{addr}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
         );
+        if protocol == "udp" {
+            // A UDP service is checked at its host's TCP port.
+            text += &format!("[vip.health_check]\nkind = \"tcp\"\nport = {TCP_PORT}\n");
+        }
         for (i, backend) in (FIRST_BACKEND_INDEX..).zip(backends) {
             let address = match addr {
                 IpAddr::V4(_) => ipv4_of(i).to_string(),
@@ -390,16 +415,10 @@ impl Lab {
             Ok(())
         })?;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let udp = [
-            SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT),
-            SocketAddr::new(IpAddr::V6(VIP6), UDP_PORT),
-        ];
         let config_dir = std::env::temp_dir().join(&id);
-        let mut lab = Self {
+        let lab = Self {
             id: id.clone(),
-            stop,
-            servers: Vec::new(),
+            servers: Mutex::new(Vec::new()),
             fulcrum: Mutex::new(None),
             places: Places {
                 pin_root: Path::new(lb_userspace::dataplane::pins::DEFAULT_ROOT)
@@ -416,20 +435,53 @@ impl Lab {
             backend_hosts,
             _switch: switch,
         };
-        for (host, backend) in lab.backend_hosts.iter().zip(backends) {
-            lab.servers.extend(traffic::start_servers(
-                host,
-                &backend.name,
-                TCP_PORT,
-                &udp,
-                &lab.stop,
-            )?);
+        for index in 0..backends.len() {
+            let servers = lab.serve(index)?;
+            lab.servers.lock().expect("servers lock").push(servers);
         }
         std::fs::create_dir_all(&lab.config_dir)?;
         let config = lab.config_dir.join("fulcrum.toml");
         std::fs::write(&config, fulcrum_config(backends) + extra)?;
         lab.start_fulcrum()?;
         Ok(lab)
+    }
+
+    /// Starts backend `index`'s servers (TCP and UDP, answering with its name).
+    fn serve(&self, index: usize) -> anyhow::Result<Servers> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = traffic::start_servers(
+            &self.backend_hosts[index],
+            &self.backends[index].name,
+            TCP_PORT,
+            &UDP_SERVED,
+            &stop,
+        )?;
+        Ok(Servers { stop, threads })
+    }
+
+    /// Stops backend `index`'s servers: its port refuses connections, and
+    /// its open connections close, as when the service dies.
+    pub fn stop_backend(&self, index: usize) {
+        let mut servers = self.servers.lock().expect("servers lock");
+        let stopped = std::mem::replace(
+            &mut servers[index],
+            Servers {
+                stop: Arc::new(AtomicBool::new(true)),
+                threads: Vec::new(),
+            },
+        );
+        stopped.stop();
+    }
+
+    /// Starts backend `index`'s servers again.
+    pub fn start_backend(&self, index: usize) -> anyhow::Result<()> {
+        let started = self.serve(index)?;
+        let old = std::mem::replace(
+            &mut self.servers.lock().expect("servers lock")[index],
+            started,
+        );
+        old.stop();
+        Ok(())
     }
 
     /// The lab's config file.
@@ -640,9 +692,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for server in self.servers.drain(..) {
-            let _ = server.join();
+        if let Ok(mut servers) = self.servers.lock() {
+            for backend in servers.drain(..) {
+                backend.stop();
+            }
         }
         drop(self.fulcrum.lock().map(|mut f| f.take()));
         // The data plane outlives fulcrum by design: remove its pins too.

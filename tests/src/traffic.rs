@@ -10,7 +10,7 @@ use std::{
     os::fd::AsRawFd as _,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -129,6 +129,38 @@ pub fn start_servers(
         }));
     }
     Ok(threads)
+}
+
+/// An HTTP health endpoint on `port` in `host`: every request is answered
+/// `200 OK` after `delay_ms` (read at each request), until `stop` is set.
+pub fn health_endpoint(
+    host: &Netns,
+    port: u16,
+    delay_ms: &Arc<AtomicU64>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let listener = host.enter(|| {
+        TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).context("binding the health endpoint")
+    })?;
+    let (delay_ms, stop) = (delay_ms.clone(), stop.clone());
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if readable(listener.as_raw_fd())
+                && let Ok((mut stream, _)) = listener.accept()
+            {
+                let delay = Duration::from_millis(delay_ms.load(Ordering::Relaxed));
+                std::thread::spawn(move || {
+                    let mut request = [0u8; 1024];
+                    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                    let _ = stream.read(&mut request);
+                    std::thread::sleep(delay);
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                });
+            }
+        }
+    }))
 }
 
 /// Answers a connection with `reply` at once and after every chunk the

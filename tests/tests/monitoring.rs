@@ -177,6 +177,14 @@ fn metrics_agree_with_the_kernel_and_survive_a_restart() {
     )
     .expect("the dashboard");
     let queried = metric_names(&dashboard);
+    // Health checks start at a random point of their first interval.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refused = refused;
+    while !refused.names().contains("fulcrum_backend_check_seconds") {
+        assert!(Instant::now() < deadline, "no health check within 10 s");
+        std::thread::sleep(Duration::from_millis(500));
+        refused = lab.scrape().expect("a scrape");
+    }
     assert!(queried.len() >= 10, "the dashboard queries {queried:?}");
     let exported = refused.names();
     for name in &queried {

@@ -154,8 +154,11 @@ enum Event {
     Signal(i32),
     /// The config file changed on disk.
     FileChanged,
-    /// Time to look at the neighbour table again.
+    /// Time to look at the neighbour table again (and at health changes
+    /// damping held back).
     Neighbours,
+    /// A backend's health checks changed its state.
+    Health(crate::health::Transition),
 }
 
 /// How often backend MACs are looked up again (changes are followed, and
@@ -222,6 +225,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         // Set at build time, so that two builds of one version can be told apart.
         option_env!("FULCRUM_BUILD_NOTE").map_or_else(String::new, |n| format!(" ({n})"))
     );
+    let (events, inbox) = mpsc::channel();
+    let notify = {
+        let events = events.clone();
+        move |transition| {
+            let _ = events.send(Event::Health(transition));
+        }
+    };
     let adopted = Dataplane::adopt(&pins)?;
     let mut controller = match adopted {
         Some(mut dataplane) => {
@@ -269,9 +279,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 dataplane,
                 (pins.clone(), records.clone()),
                 in_force,
-                &args.config,
-                journal,
+                (&args.config, journal),
                 &interface,
+                notify,
             )?;
             if controller.config_text() != text {
                 // The file changed while no controller ran.
@@ -286,9 +296,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 dataplane,
                 (pins.clone(), records.clone()),
                 first,
-                &args.config,
-                journal,
+                (&args.config, journal),
                 &interface,
+                notify,
             )?;
             controller.started(&plan);
             controller
@@ -298,7 +308,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     controller.monitor().spawn_sampler();
     let metrics_address = args.metrics.unwrap_or(config.api.metrics);
     let metrics = scrape::serve(metrics_address, controller.monitor())?;
-    let (events, inbox) = mpsc::channel();
     let (jobs, job_inbox) = mpsc::channel::<Job>();
     let server = api::serve(&socket, jobs)?;
     {
@@ -374,7 +383,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     Err(e) => crate::note!("{e:#}; the installed state stays in force"),
                 }
             }
-            Event::Neighbours => controller.refresh_neighbours(),
+            Event::Neighbours => {
+                controller.refresh_neighbours();
+                controller.reconcile_health();
+            }
+            Event::Health(transition) => {
+                crate::note!(
+                    "health: VIP {} backend {} is {}: {}",
+                    transition.key.vip,
+                    transition.key.backend,
+                    if transition.up { "up" } else { "DOWN" },
+                    transition.reason
+                );
+                controller.reconcile_health();
+            }
             Event::Signal(_) => break,
         }
     }
@@ -420,15 +442,13 @@ fn start_fresh(
     let resolve = neighbours::resolver(interface);
     let started = (|| {
         dataplane.pin(pins)?;
-        let verdict = gate::apply(
-            &mut dataplane,
-            records,
-            None,
+        let proposal = gate::Proposal {
             text,
-            args.force,
-            None,
-            &resolve,
-        )?;
+            force: args.force,
+            persist: None,
+            down: &[],
+        };
+        let verdict = gate::apply(&mut dataplane, records, None, &proposal, &resolve)?;
         announce(&verdict, &args.config.display().to_string())?;
         let Verdict::Applied { plan, .. } = verdict else {
             unreachable!("announce fails on a refusal");

@@ -9,10 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{OutputFormat, load_config};
-use crate::{
-    policy::validate::{Validation, backend_addr},
-    problem::Problem,
-};
+use crate::{policy::validate::Validation, problem::Problem};
 
 /// Arguments of `fulcrum validate`.
 #[derive(Args)]
@@ -67,7 +64,7 @@ fn shares(validation: &Validation) -> Vec<VipShares> {
                     .enumerate()
                     .map(|(i, b)| BackendShare {
                         name: b.label(),
-                        address: backend_addr(vip, b).to_string(),
+                        address: vip.backend_addr(b).to_string(),
                         weight: b.weight,
                         share: table.share(i),
                     })

@@ -173,11 +173,14 @@ impl GuardOverrides {
 pub enum CheckKind {
     /// A TCP connect succeeds.
     Tcp,
-    /// An HTTP GET answers 2xx.
+    /// An HTTP GET answers with an expected status.
     Http,
+    /// Not checked: always counted healthy.
+    None,
 }
 
-/// Health-check settings.
+/// Health-check settings: the global defaults (`[health_check]`), with
+/// what a VIP's and then a backend's own `health_check` table override.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthCheck {
     /// What is checked.
@@ -186,12 +189,23 @@ pub struct HealthCheck {
     pub interval_ms: u64,
     /// Time a check may take.
     pub timeout_ms: u64,
-    /// Consecutive successes that make a backend healthy.
+    /// Consecutive successes that make a down backend healthy again.
     pub rise: u32,
-    /// Consecutive failures that make it unhealthy.
+    /// Consecutive failures that make a backend down.
     pub fall: u32,
     /// Path for HTTP checks.
     pub http_path: String,
+    /// HTTP status codes that count as healthy, as inclusive ranges.
+    pub http_status: Vec<(u16, u16)>,
+    /// A VIP whose healthy backends would hold less than this share of its
+    /// weight goes into panic mode and keeps them all (0..=1).
+    pub panic_threshold: f64,
+    /// At most this many health-driven table changes per VIP per minute;
+    /// more are held back (damping).
+    pub max_changes_per_minute: u32,
+    /// The port every check goes to, unless a VIP or backend says
+    /// otherwise; `None`: the backend's own port.
+    pub port: Option<u16>,
 }
 
 impl Default for HealthCheck {
@@ -203,8 +217,77 @@ impl Default for HealthCheck {
             rise: 2,
             fall: 3,
             http_path: "/".into(),
+            http_status: vec![(200, 299)],
+            panic_threshold: 0.5,
+            max_changes_per_minute: 6,
+            port: None,
         }
     }
+}
+
+/// The `health_check` table (global, a VIP's or a backend's): each key
+/// given replaces the one above it. `port` and `address` (a backend's
+/// only) say where checks go, when not to the backend's own address and
+/// port.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HealthOverrides {
+    /// `kind`.
+    pub kind: Option<CheckKind>,
+    /// `interval_ms`.
+    pub interval_ms: Option<u64>,
+    /// `timeout_ms`.
+    pub timeout_ms: Option<u64>,
+    /// `rise`.
+    pub rise: Option<u32>,
+    /// `fall`.
+    pub fall: Option<u32>,
+    /// `http_path`.
+    pub http_path: Option<String>,
+    /// `http_status`.
+    pub http_status: Option<Vec<(u16, u16)>>,
+    /// `panic_threshold` (a VIP's only).
+    pub panic_threshold: Option<f64>,
+    /// `max_changes_per_minute` (a VIP's only).
+    pub max_changes_per_minute: Option<u32>,
+    /// The address checked (a backend's only).
+    pub address: Option<IpAddr>,
+    /// The port checked.
+    pub port: Option<u16>,
+}
+
+impl HealthOverrides {
+    /// `base` with these overrides applied.
+    pub fn apply(&self, base: &HealthCheck) -> HealthCheck {
+        HealthCheck {
+            kind: self.kind.unwrap_or(base.kind),
+            interval_ms: self.interval_ms.unwrap_or(base.interval_ms),
+            timeout_ms: self.timeout_ms.unwrap_or(base.timeout_ms),
+            rise: self.rise.unwrap_or(base.rise),
+            fall: self.fall.unwrap_or(base.fall),
+            http_path: self
+                .http_path
+                .clone()
+                .unwrap_or_else(|| base.http_path.clone()),
+            http_status: self
+                .http_status
+                .clone()
+                .unwrap_or_else(|| base.http_status.clone()),
+            panic_threshold: self.panic_threshold.unwrap_or(base.panic_threshold),
+            max_changes_per_minute: self
+                .max_changes_per_minute
+                .unwrap_or(base.max_changes_per_minute),
+            port: self.port.or(base.port),
+        }
+    }
+}
+
+/// One backend's check, every setting resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedCheck {
+    /// The settings.
+    pub settings: HealthCheck,
+    /// Where the check goes.
+    pub target: SocketAddr,
 }
 
 /// Where the controller listens.
@@ -266,11 +349,34 @@ pub struct VipConfig {
     pub protocol: Protocol,
     /// Guard overrides for this VIP.
     pub guards: GuardOverrides,
+    /// Health-check overrides for this VIP's backends.
+    pub health_check: HealthOverrides,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
 }
 
 impl Config {
+    /// Sets every backend in `down` (its VIP's endpoint and its identity)
+    /// to weight 0: the health checker found it dead.
+    pub fn take_down(&mut self, down: &[(String, SocketAddr)]) {
+        if down.is_empty() {
+            return;
+        }
+        for vip in &mut self.vips {
+            let endpoint = vip.endpoint();
+            let hit: Vec<bool> = vip
+                .backends
+                .iter()
+                .map(|b| down.contains(&(endpoint.clone(), vip.backend_addr(b))))
+                .collect();
+            for (backend, hit) in vip.backends.iter_mut().zip(hit) {
+                if hit {
+                    backend.weight = 0;
+                }
+            }
+        }
+    }
+
     /// Sets every backend at one of `addresses` that has no MAC in the
     /// config to weight 0: the table holds it out, the guards still judge
     /// the rest.
@@ -299,6 +405,37 @@ impl Config {
 }
 
 impl VipConfig {
+    /// A backend's identity: its address and port (the VIP's port unless
+    /// it names its own).
+    pub fn backend_addr(&self, backend: &BackendConfig) -> SocketAddr {
+        SocketAddr::new(backend.address, backend.port.unwrap_or(self.port))
+    }
+
+    /// The VIP's health-check settings: the config's, with its overrides.
+    pub fn health(&self, global: &HealthCheck) -> HealthCheck {
+        self.health_check.apply(global)
+    }
+
+    /// `backend`'s check: the VIP's settings with the backend's overrides,
+    /// aimed at its `health_check.address` (else its address) and at the
+    /// first port given of: its `health_check.port`, the VIP's, the global
+    /// one, its own port, the VIP's port.
+    pub fn check_of(&self, backend: &BackendConfig, global: &HealthCheck) -> ResolvedCheck {
+        let settings = backend.health_check.apply(&self.health(global));
+        let port = backend
+            .health_check
+            .port
+            .or(self.health_check.port)
+            .or(global.port)
+            .or(backend.port)
+            .unwrap_or(self.port);
+        let address = backend.health_check.address.unwrap_or(backend.address);
+        ResolvedCheck {
+            settings,
+            target: SocketAddr::new(address, port),
+        }
+    }
+
     /// `name` if given, else `address:port/protocol`.
     pub fn label(&self) -> String {
         match &self.name {
@@ -330,6 +467,8 @@ pub struct BackendConfig {
     pub weight: u32,
     /// The backend's MAC; looked up in the neighbour table when absent.
     pub mac: Option<MacAddr>,
+    /// Health-check overrides for this backend, and where its check goes.
+    pub health_check: HealthOverrides,
 }
 
 impl BackendConfig {

@@ -9,7 +9,7 @@ use toml::{Table, Value};
 
 use super::{
     Api, BackendConfig, CheckKind, Config, Forwarding, GuardOverrides, Guards, HealthCheck,
-    Imbalance, MacAddr, Protocol, UnreadableVip, VipConfig,
+    HealthOverrides, Imbalance, MacAddr, Protocol, UnreadableVip, VipConfig,
 };
 use crate::{problem::Problem, table::DEFAULT_SIZE};
 
@@ -222,7 +222,8 @@ fn check_kind(value: &Value) -> Result<CheckKind, String> {
     match value.as_str() {
         Some("tcp") => Ok(CheckKind::Tcp),
         Some("http") => Ok(CheckKind::Http),
-        _ => Err("expected \"tcp\" or \"http\"".into()),
+        Some("none") => Ok(CheckKind::None),
+        _ => Err("expected \"tcp\", \"http\" or \"none\"".into()),
     }
 }
 
@@ -272,8 +273,9 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .apply(&Guards::default());
     let health_check = top
         .optional(&mut problems, "health_check", table)
-        .map(|t| read_health_check(t, &mut problems))
-        .unwrap_or_default();
+        .map(|t| read_health_check(t, "health_check", HealthScope::Global, &mut problems))
+        .unwrap_or_default()
+        .apply(&HealthCheck::default());
     let api = top
         .optional(&mut problems, "api", table)
         .map(|t| read_api(t, &mut problems))
@@ -324,27 +326,70 @@ fn read_guards(t: &Table, location: &str, problems: &mut Vec<Problem>) -> GuardO
     overrides
 }
 
-fn read_health_check(t: &Table, problems: &mut Vec<Problem>) -> HealthCheck {
-    let mut s = Section::new(t, "health_check");
-    let defaults = HealthCheck::default();
-    let check = HealthCheck {
-        kind: s
-            .optional(problems, "kind", check_kind)
-            .unwrap_or(defaults.kind),
-        interval_ms: s
-            .optional(problems, "interval_ms", millis)
-            .unwrap_or(defaults.interval_ms),
-        timeout_ms: s
-            .optional(problems, "timeout_ms", millis)
-            .unwrap_or(defaults.timeout_ms),
-        rise: s.optional(problems, "rise", uint).unwrap_or(defaults.rise),
-        fall: s.optional(problems, "fall", uint).unwrap_or(defaults.fall),
-        http_path: s
-            .optional(problems, "http_path", string)
-            .unwrap_or(defaults.http_path),
+/// Which `health_check` table is read: the global one, a VIP's or a
+/// backend's. Each allows its own keys; the others are unknown keys there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HealthScope {
+    Global,
+    Vip,
+    Backend,
+}
+
+fn read_health_check(
+    t: &Table,
+    location: &str,
+    scope: HealthScope,
+    problems: &mut Vec<Problem>,
+) -> HealthOverrides {
+    let mut s = Section::new(t, location);
+    let mut overrides = HealthOverrides {
+        kind: s.optional(problems, "kind", check_kind),
+        interval_ms: s.optional(problems, "interval_ms", millis),
+        timeout_ms: s.optional(problems, "timeout_ms", millis),
+        rise: s.optional(problems, "rise", uint),
+        fall: s.optional(problems, "fall", uint),
+        http_path: s.optional(problems, "http_path", string),
+        http_status: s.optional(problems, "http_status", status_ranges),
+        ..HealthOverrides::default()
     };
+    if scope != HealthScope::Backend {
+        overrides.panic_threshold = s.optional(problems, "panic_threshold", fraction);
+        overrides.max_changes_per_minute = s.optional(problems, "max_changes_per_minute", uint);
+    }
+    overrides.port = s.optional(problems, "port", port);
+    if scope == HealthScope::Backend {
+        overrides.address = s.optional(problems, "address", ip);
+    }
     s.finish(problems);
-    check
+    overrides
+}
+
+/// `http_status`: a list of codes (`200`) and inclusive ranges (`"200-299"`).
+fn status_ranges(value: &Value) -> Result<Vec<(u16, u16)>, String> {
+    const WANT: &str =
+        "expected a list of HTTP status codes (100 to 599) and ranges like \"200-299\"";
+    let items = value.as_array().ok_or(WANT)?;
+    let code = |n: i64| u16::try_from(n).ok().filter(|c| (100..=599).contains(c));
+    let ranges = items
+        .iter()
+        .map(|item| match item {
+            Value::Integer(n) => code(*n).map(|c| (c, c)),
+            Value::String(text) => {
+                let (low, high) = text.split_once('-')?;
+                let (low, high) = (
+                    code(low.trim().parse().ok()?)?,
+                    code(high.trim().parse().ok()?)?,
+                );
+                (low <= high).then_some((low, high))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or(WANT)?;
+    if ranges.is_empty() {
+        return Err(WANT.into());
+    }
+    Ok(ranges)
 }
 
 fn read_api(t: &Table, problems: &mut Vec<Problem>) -> Api {
@@ -415,6 +460,13 @@ fn read_vip(
         .optional(problems, "guards", table)
         .map(|g| read_guards(g, &format!("{location} guards"), problems))
         .unwrap_or_default();
+    let health_check = s
+        .optional(problems, "health_check", table)
+        .map(|h| {
+            let location = format!("{location} health_check");
+            read_health_check(h, &location, HealthScope::Vip, problems)
+        })
+        .unwrap_or_default();
     let backends = s
         .optional(problems, "backend", tables)
         .unwrap_or_default()
@@ -430,6 +482,7 @@ fn read_vip(
             port,
             protocol,
             guards,
+            health_check,
             backends,
         }),
         _ => Err(UnreadableVip { location, backends }),
@@ -447,12 +500,20 @@ fn read_backend(
         (_, Some(Value::String(address))) => format!("#{} ({address})", index + 1),
         _ => format!("#{}", index + 1),
     };
-    let mut s = Section::new(t, format!("{vip_location} backend {label}"));
+    let location = format!("{vip_location} backend {label}");
+    let mut s = Section::new(t, location.clone());
     let name = s.optional(problems, "name", string);
     let address = s.required(problems, "address", ip);
     let port = s.optional(problems, "port", port);
     let weight = s.optional(problems, "weight", weight).unwrap_or(1);
     let mac = s.optional(problems, "mac", mac);
+    let health_check = s
+        .optional(problems, "health_check", table)
+        .map(|h| {
+            let location = format!("{location} health_check");
+            read_health_check(h, &location, HealthScope::Backend, problems)
+        })
+        .unwrap_or_default();
     s.finish(problems);
     Some(BackendConfig {
         name,
@@ -460,6 +521,7 @@ fn read_backend(
         port,
         weight,
         mac,
+        health_check,
     })
 }
 

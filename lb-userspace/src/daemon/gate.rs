@@ -14,6 +14,7 @@ use crate::{
     daemon::records::{Record, RecordDir},
     dataplane::Dataplane,
     dataplane::state::DesiredState,
+    policy::health::Down,
     policy::plan::{Plan, plan},
     policy::validate::{Validation, validate_with},
     problem::Problem,
@@ -77,6 +78,19 @@ fn settings_needing_restart(current: &Config, next: &Config) -> Vec<&'static str
 /// are missing from the answer.
 pub type Resolve<'a> = &'a dyn Fn(&[IpAddr]) -> anyhow::Result<HashMap<IpAddr, MacAddr>>;
 
+/// A change put to the gate.
+#[derive(Clone, Copy, Debug)]
+pub struct Proposal<'a> {
+    /// The whole config text.
+    pub text: &'a str,
+    /// Override the guards (recorded).
+    pub force: bool,
+    /// The config file to write `text` to before it goes live, if any.
+    pub persist: Option<&'a Path>,
+    /// Backends health checks took down, left out of what is installed.
+    pub down: &'a [Down],
+}
+
 /// What the gate decided.
 #[derive(Debug)]
 pub enum Verdict {
@@ -109,11 +123,15 @@ pub fn apply(
     dataplane: &mut Dataplane,
     records: &RecordDir,
     in_force: Option<&InForce>,
-    text: &str,
-    force: bool,
-    persist: Option<&Path>,
+    proposal: &Proposal<'_>,
     resolve: Resolve<'_>,
 ) -> anyhow::Result<Verdict> {
+    let Proposal {
+        text,
+        force,
+        persist,
+        down,
+    } = *proposal;
     let written = InForce::new(text.to_string());
     let Some(config) = written
         .validation
@@ -191,18 +209,37 @@ pub fn apply(
             plan: Some(planned),
         });
     }
-    let config = next.validation.config.as_ref().expect("valid implies read");
-    let state = DesiredState::build_with(
-        config,
-        &next.validation.tables,
-        dataplane.installed(),
-        |backend| {
-            Ok(backend
-                .mac
-                .or_else(|| macs.get(&backend.address).copied())
-                .unwrap_or(HELD_OUT_MAC))
-        },
-    )?;
+    // The plan judged the operator's config; what is installed also leaves
+    // out the backends health checks took down (their VIPs' tables are
+    // built again without them).
+    let judged = next.validation.config.as_ref().expect("valid implies read");
+    let (config, tables);
+    let (config, tables) = if down.is_empty() {
+        (judged, &next.validation.tables)
+    } else {
+        let mut taken = judged.clone();
+        taken.take_down(down);
+        tables = taken
+            .vips
+            .iter()
+            .zip(&next.validation.tables)
+            .map(|(vip, table)| {
+                let endpoint = vip.endpoint();
+                table
+                    .clone()
+                    .filter(|_| !down.iter().any(|(e, _)| *e == endpoint))
+            })
+            .collect::<Vec<_>>();
+        config = taken;
+        (&config, &tables)
+    };
+    let mut state = DesiredState::build_with(config, tables, dataplane.installed(), |backend| {
+        Ok(backend
+            .mac
+            .or_else(|| macs.get(&backend.address).copied())
+            .unwrap_or(HELD_OUT_MAC))
+    })?;
+    state.mark_down(down);
     let staged = dataplane.stage(&state)?;
     let generation = dataplane.generation() + 1;
     records.write(

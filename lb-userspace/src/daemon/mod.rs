@@ -7,6 +7,7 @@ pub mod api;
 pub mod durable;
 pub mod edit;
 pub mod gate;
+pub mod health;
 pub mod journal;
 pub mod records;
 pub mod scrape;
@@ -18,12 +19,13 @@ use std::{
     sync::Arc,
 };
 
+use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::{
     config::{MacAddr, Protocol},
     daemon::records::RecordDir,
-    dataplane::state::flow_key,
+    dataplane::state::{DesiredState, flow_key},
     dataplane::{Dataplane, pins::PinDir},
     monitor::{Attachment, LastChange, Monitor, View, unix_now},
     net::{self, neighbours},
@@ -47,6 +49,8 @@ pub enum Door {
     Start,
     /// The neighbour table: a backend's MAC appeared or changed.
     Neighbours,
+    /// Health checks: backends went down or came back.
+    Health(health::HealthChange),
 }
 
 impl Door {
@@ -57,6 +61,15 @@ impl Door {
             Door::FileChanged => "file".into(),
             Door::Start => "start".into(),
             Door::Neighbours => "neighbours".into(),
+            Door::Health(_) => "health".into(),
+        }
+    }
+
+    /// What the door itself says changed: health changes per VIP.
+    fn details(&self) -> (&[String], &[String]) {
+        match self {
+            Door::Health(change) => (&change.details, &change.vips),
+            _ => (&[], &[]),
         }
     }
 
@@ -82,6 +95,7 @@ pub struct Controller {
     monitor: Arc<Monitor>,
     /// Per VIP endpoint, the apply that last changed it.
     changes: HashMap<String, LastChange>,
+    health: health::HealthControl,
 }
 
 fn summary(plan: &Plan) -> Vec<String> {
@@ -127,21 +141,33 @@ fn lines(problems: &[Problem]) -> Vec<String> {
 
 impl Controller {
     /// A controller for `dataplane`, whose installed state is `in_force`;
-    /// its monitor starts from the journal's record of past changes.
+    /// its monitor starts from the journal's record of past changes, and
+    /// its health checks report to `notify`.
     pub fn new(
         dataplane: Dataplane,
         (pins, records): (PinDir, RecordDir),
         in_force: InForce,
-        config_path: &Path,
-        journal: Journal,
+        (config_path, journal): (&Path, Journal),
         interface: &str,
+        notify: impl Fn(crate::health::Transition) + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
+        let down = dataplane
+            .installed()
+            .map(DesiredState::down_backends)
+            .unwrap_or_default();
+        let config = in_force
+            .validation
+            .config
+            .as_ref()
+            .context("the config in force cannot be read")?;
+        let health = health::HealthControl::start(config, &down, notify)?;
         let changes = journal.last_changes();
         let view = dataplane
             .installed()
             .map(|state| View::of(state, dataplane.generation(), &changes))
             .unwrap_or_default();
         let monitor = Monitor::new(
+            health.checker(),
             dataplane.counter_reader()?,
             Attachment {
                 pins: pins.clone(),
@@ -160,6 +186,7 @@ impl Controller {
             interface: interface.to_string(),
             monitor,
             changes,
+            health,
         })
     }
 
@@ -320,7 +347,7 @@ impl Controller {
                 ),
             );
         }
-        if text == self.in_force.text && !matches!(door, Door::Neighbours) {
+        if text == self.in_force.text && !matches!(door, Door::Neighbours | Door::Health(_)) {
             return Reply::ok(json!({
                 "applied": true,
                 "unchanged": true,
@@ -357,13 +384,18 @@ impl Controller {
             }
         }
         let resolve = neighbours::resolver(&self.interface);
+        let down = self.health.down();
+        let proposal = gate::Proposal {
+            text: &text,
+            force,
+            persist,
+            down: &down,
+        };
         let result = gate::apply(
             &mut self.dataplane,
             &self.records,
             Some(&self.in_force),
-            &text,
-            force,
-            persist,
+            &proposal,
             &resolve,
         );
         let mut codes = Vec::new();
@@ -407,7 +439,7 @@ impl Controller {
         match door {
             Door::FileChanged | Door::Sighup | Door::Start => self.file_seen(&text),
             Door::Api(..) if entry_result == "applied" => self.monitor.file_in_force(true),
-            Door::Api(..) | Door::Neighbours => {}
+            Door::Api(..) | Door::Neighbours | Door::Health(_) => {}
         }
         match entry_result {
             "applied" => crate::note!(
@@ -433,14 +465,45 @@ impl Controller {
             time: unix_now(),
             source: door.name(),
         };
-        for endpoint in changed_vips(plan) {
+        for endpoint in changed_vips(plan)
+            .into_iter()
+            .chain(door.details().1.to_vec())
+        {
             self.changes.insert(endpoint, change.clone());
+        }
+        if !matches!(door, Door::Health(_))
+            && let Some(config) = &self.in_force.validation.config
+        {
+            self.health.retarget(config);
         }
         if let Some(state) = self.dataplane.installed() {
             self.monitor.install(
                 View::of(state, self.dataplane.generation(), &self.changes),
                 imbalance_settings(&self.in_force),
             );
+        }
+    }
+
+    /// Takes the health checker's findings to the tables, by the door
+    /// `health`, as far as the panic policy and damping allow.
+    pub fn reconcile_health(&mut self) {
+        let Some(config) = self.in_force.validation.config.clone() else {
+            return;
+        };
+        let before = self.health.down();
+        let change = self.health.reconcile(&config);
+        self.monitor
+            .health_verdicts(self.health.verdicts(), self.health.changes());
+        if let Some(change) = change {
+            let reply = self.change(
+                self.in_force.text.clone(),
+                false,
+                None,
+                Door::Health(change),
+            );
+            if reply.status != 200 {
+                self.health.undo(&before);
+            }
         }
     }
 
@@ -472,9 +535,19 @@ impl Controller {
             source: door.name(),
             generation: self.dataplane.generation(),
             result,
-            plan: plan.map(summary).unwrap_or_default(),
+            plan: plan
+                .map(summary)
+                .unwrap_or_default()
+                .into_iter()
+                .chain(door.details().0.iter().cloned())
+                .collect(),
             changed: match result {
-                "applied" => plan.map(changed_vips).unwrap_or_default(),
+                "applied" => plan
+                    .map(changed_vips)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(door.details().1.iter().cloned())
+                    .collect(),
                 _ => Vec::new(),
             },
             forced: plan.map(|p| lines(&p.forced)).unwrap_or_default(),

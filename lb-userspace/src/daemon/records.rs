@@ -37,6 +37,9 @@ pub struct Record {
     /// Backends held out of the tables for want of a MAC.
     #[serde(default)]
     pub held_out: Vec<IpAddr>,
+    /// Backends the health checker took out: VIP endpoint and identity.
+    #[serde(default)]
+    pub down: Vec<(String, SocketAddr)>,
     /// The ids and MACs it gave.
     pub vips: Vec<RecordedVip>,
 }
@@ -75,6 +78,7 @@ impl Record {
             generation,
             config: config.to_string(),
             held_out: held_out.to_vec(),
+            down: state.down_backends(),
             vips: state
                 .vips
                 .iter()
@@ -98,10 +102,14 @@ impl Record {
     }
 
     /// Rebuilds the config and the exact state this record describes: the
-    /// same ids, MACs and tables (held-out backends at weight 0).
+    /// same ids, MACs and tables (held-out and dead backends at weight 0).
+    /// The config returned holds out only the backends without a MAC: it
+    /// is the operator's config as the plan judges it.
     pub fn state(&self) -> anyhow::Result<(Config, DesiredState)> {
         let mut config = Config::parse(&self.config).context("the recorded config")?;
         config.hold_out(&self.held_out);
+        let judged = config.clone();
+        config.take_down(&self.down);
         let skeleton = DesiredState {
             table_size: TableSize::new(config.table_size)?,
             vips: self
@@ -120,6 +128,7 @@ impl Record {
                             addr: b.address,
                             weight: 0,
                             mac: MacAddr(b.mac),
+                            down: false,
                         })
                         .collect(),
                     table: VipTable::default(),
@@ -132,12 +141,13 @@ impl Record {
         for backend in skeleton.vips.iter().flat_map(|v| &v.backends) {
             macs.entry(backend.addr.ip()).or_insert(backend.mac);
         }
-        let state = DesiredState::build_from(&config, Some(&skeleton), |backend| {
+        let mut state = DesiredState::build_from(&config, Some(&skeleton), |backend| {
             macs.get(&backend.address)
                 .copied()
                 .with_context(|| format!("no recorded MAC for {}", backend.address))
         })?;
-        Ok((config, state))
+        state.mark_down(&self.down);
+        Ok((judged, state))
     }
 }
 

@@ -608,9 +608,12 @@ impl Dataplane {
             for backend in &vip.backends {
                 let slot = self.read_backend(backend.backend_id)?;
                 let kept = kept_backends.contains(&backend.backend_id);
+                // A backend found dead stays active until the tables that
+                // leave it out are live (`commit` clears it then).
+                let active = !backend.down || (kept && slot.flags & BACKEND_ACTIVE != 0);
                 let wanted = Backend {
                     mac: backend.mac.0,
-                    flags: BACKEND_ACTIVE,
+                    flags: if active { BACKEND_ACTIVE } else { 0 },
                     vip_id: vip.vip_id,
                     // A slot given to a new backend gets a new generation, so
                     // connection entries of its previous owner are not honoured.
@@ -712,6 +715,19 @@ impl Dataplane {
         self.bank = bank;
         self.generation += 1;
         self.write_meta()?;
+        // Dead backends' slots go inactive once no table names them: their
+        // flows are hashed again, into the tables just made live.
+        for backend in state
+            .vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .filter(|b| b.down)
+        {
+            let slot = self.read_backend(backend.backend_id)?;
+            if slot.flags & BACKEND_ACTIVE != 0 {
+                self.set_backend(backend.backend_id, Backend { flags: 0, ..slot })?;
+            }
+        }
         if let Some(previous) = self.installed.take() {
             let kept: std::collections::HashSet<u32> = state.backend_ids().collect();
             for gone in previous.backend_ids().filter(|id| !kept.contains(id)) {

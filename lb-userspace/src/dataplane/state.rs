@@ -12,7 +12,7 @@ use lb_common::{
 
 use crate::{
     config::{BackendConfig, Config, MacAddr},
-    policy::validate::{VipTable, backend_addr, build_table},
+    policy::validate::{VipTable, build_table},
     table::TableSize,
 };
 
@@ -53,6 +53,9 @@ pub struct BackendState {
     pub weight: u32,
     /// Destination MAC for L2 DSR.
     pub mac: MacAddr,
+    /// Found dead by the health checker: out of the table, and its slot
+    /// inactive, so its flows are hashed again into the table.
+    pub down: bool,
 }
 
 /// The address a key's bytes and family tag hold.
@@ -185,7 +188,7 @@ impl DesiredState {
             };
             let mut backends = Vec::with_capacity(vip.backends.len());
             for backend in &vip.backends {
-                let addr = backend_addr(vip, backend);
+                let addr = vip.backend_addr(backend);
                 let kept = old.and_then(|o| o.backends.iter().find(|b| b.addr == addr));
                 let backend_id = match kept {
                     Some(kept) => kept.backend_id,
@@ -201,6 +204,7 @@ impl DesiredState {
                     addr,
                     weight: backend.weight,
                     mac,
+                    down: false,
                 });
             }
             let table = match tables.get(vips.len()).and_then(Option::as_ref) {
@@ -216,6 +220,32 @@ impl DesiredState {
             });
         }
         Ok(Self { table_size, vips })
+    }
+
+    /// Marks the backends in `down` (VIP endpoint, backend identity) dead.
+    pub fn mark_down(&mut self, down: &[(String, SocketAddr)]) {
+        for vip in &mut self.vips {
+            let endpoint = vip.endpoint();
+            for backend in &mut vip.backends {
+                backend.down = down
+                    .iter()
+                    .any(|(e, a)| *e == endpoint && *a == backend.addr);
+            }
+        }
+    }
+
+    /// The backends marked dead: VIP endpoint and identity.
+    pub fn down_backends(&self) -> Vec<(String, SocketAddr)> {
+        self.vips
+            .iter()
+            .flat_map(|v| {
+                let endpoint = v.endpoint();
+                v.backends
+                    .iter()
+                    .filter(|b| b.down)
+                    .map(move |b| (endpoint.clone(), b.addr))
+            })
+            .collect()
     }
 
     /// Every backend id in use.
@@ -360,6 +390,7 @@ mod tests {
             port: None,
             weight: 1,
             mac: None,
+            health_check: Default::default(),
         });
         changed.vips.swap(0, 1);
         let next =

@@ -19,7 +19,7 @@ use prometheus_client::{
 
 use super::{
     Facts,
-    report::{BackendReport, Report, VipReport},
+    report::{BackendReport, Report, VipHealthReport, VipReport},
 };
 use crate::parallel;
 use lb_common::maps::Reason;
@@ -180,7 +180,55 @@ impl Scrape {
             "The largest observed / expected share of the VIP's backends over the window \
              (0 without new flows).",
         )
-        .encode(encoder, self.per_vip(|v| share(v.imbalance_ratio)))
+        .encode(encoder, self.per_vip(|v| share(v.imbalance_ratio)))?;
+        let health = |value: fn(&VipHealthReport) -> u64| {
+            self.report.vips.iter().filter_map(move |v| {
+                v.health
+                    .as_ref()
+                    .map(|h| ([("vip", v.name.as_str())], value(h)))
+            })
+        };
+        gauge(
+            "vip_panic",
+            "1 while the VIP is in panic: too few of its backends are healthy, so it keeps \
+             them all in its table (fail open).",
+        )
+        .encode(encoder, health(|h| flag(h.panic)))?;
+        gauge(
+            "vip_healthy_backends",
+            "The VIP's backends (weight above 0) whose health checks pass.",
+        )
+        .encode(encoder, health(|h| h.healthy as u64))?;
+        gauge(
+            "vip_failures_to_panic",
+            "How many more of the VIP's healthy backends could fail, heaviest first, before \
+             it panics.",
+        )
+        .encode(encoder, health(|h| h.failures_to_panic as u64))?;
+        counter(
+            "vip_health_changes",
+            "Table changes health checks asked for: applied, or held back by damping.",
+        )
+        .encode(
+            encoder,
+            self.report.vips.iter().flat_map(|v| {
+                let changes = v
+                    .health
+                    .as_ref()
+                    .map(|h| h.changes.clone())
+                    .unwrap_or_default();
+                [
+                    (
+                        [("vip", v.name.as_str()), ("result", "applied")],
+                        changes.applied,
+                    ),
+                    (
+                        [("vip", v.name.as_str()), ("result", "damped")],
+                        changes.damped,
+                    ),
+                ]
+            }),
+        )
     }
 
     fn backend_info(&self, encoder: &mut DescriptorEncoder) -> Encoded {
@@ -242,7 +290,32 @@ impl Scrape {
             "1 while the imbalance detector flags the backend: its observed share stayed \
              above factor x its expected share for for_s seconds.",
         )
-        .encode(encoder, self.per_backend(|b| flag(b.imbalanced)))
+        .encode(encoder, self.per_backend(|b| flag(b.imbalanced)))?;
+        // Health: only backends that are checked (kind "none" is not).
+        let checked = |value: fn(&BackendReport) -> Option<f64>| {
+            self.pairs().filter_map(move |(v, b)| {
+                value(b).map(|x| ([("vip", v.name.as_str()), ("backend", b.name.as_str())], x))
+            })
+        };
+        gauge(
+            "backend_healthy",
+            "1 while the backend's health checks pass, 0 while they fail (it is out of the \
+             table unless its VIP is in panic).",
+        )
+        .encode(
+            encoder,
+            checked(|b| match b.health.as_str() {
+                "up" => Some(1.0),
+                "down" => Some(0.0),
+                _ => None,
+            }),
+        )?;
+        gauge(
+            "backend_check_seconds",
+            "The latency of the backend's last health check (to connect, or to the HTTP \
+             status line; the timeout when it timed out).",
+        )
+        .encode(encoder, checked(|b| b.check_ms.map(|ms| share(ms / 1e3))))
     }
 
     fn global(&self, encoder: &mut DescriptorEncoder) -> Encoded {

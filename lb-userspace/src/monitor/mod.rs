@@ -12,6 +12,7 @@ pub mod window;
 use std::{
     collections::{BTreeMap, HashMap},
     io,
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, Weak},
     time::{Duration, Instant},
 };
@@ -21,8 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::Imbalance,
     dataplane::{counted_ids, counters::CounterReader, pins::PinDir, state::DesiredState},
+    health::Checker,
+    policy::health::VipHealth,
 };
-use report::Report;
+use report::{Healths, Report};
 use window::{Transition, Window};
 
 /// How often the sampler reads the counters.
@@ -80,6 +83,10 @@ pub struct BackendView {
     pub expected_share: f64,
     /// Held out of the table for want of a MAC.
     pub held_out: bool,
+    /// Its identity (address and port), as health checks name it.
+    pub socket: SocketAddr,
+    /// Out of the table because its checks fail.
+    pub down: bool,
 }
 
 impl View {
@@ -111,6 +118,8 @@ impl View {
                             weight: b.weight,
                             expected_share: vip.expected_share(index),
                             held_out: b.mac.0 == [0; 6],
+                            socket: b.addr,
+                            down: b.down,
                         })
                         .collect(),
                 }
@@ -137,6 +146,15 @@ impl View {
             .map(|v| v.vip_id)
             .collect()
     }
+}
+
+/// Health-driven table changes of one VIP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    /// Table changes health checks made.
+    pub applied: u64,
+    /// Changes held back by damping.
+    pub damped: u64,
 }
 
 /// What the controller did, for `/metrics`.
@@ -178,11 +196,14 @@ struct State {
     view: Arc<View>,
     window: Window,
     facts: Facts,
+    verdicts: Vec<VipHealth>,
+    health_changes: BTreeMap<String, Changes>,
 }
 
 /// The monitor, shared by the controller, the sampler and the metrics
 /// server.
 pub struct Monitor {
+    checker: Arc<Checker>,
     reader: CounterReader,
     attachment: Attachment,
     state: Mutex<State>,
@@ -191,20 +212,31 @@ pub struct Monitor {
 impl Monitor {
     /// A monitor of `view`, reading through `reader`.
     pub fn new(
+        checker: Arc<Checker>,
         reader: CounterReader,
         attachment: Attachment,
         view: View,
         settings: Imbalance,
     ) -> Arc<Self> {
         Arc::new(Self {
+            checker,
             reader,
             attachment,
             state: Mutex::new(State {
                 view: Arc::new(view),
                 window: Window::new(settings),
                 facts: Facts::default(),
+                verdicts: Vec::new(),
+                health_changes: BTreeMap::new(),
             }),
         })
+    }
+
+    /// The panic policy's verdicts and the health-driven changes per VIP.
+    pub fn health_verdicts(&self, verdicts: &[VipHealth], changes: &BTreeMap<String, Changes>) {
+        let mut state = self.lock();
+        state.verdicts = verdicts.to_vec();
+        state.health_changes = changes.clone();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -261,8 +293,19 @@ impl Monitor {
         let (backends, vips) = view.counted;
         let counters = self.reader.read(backends, vips)?;
         let attached = self.attachment.holds();
+        let health = self.checker.states();
         let state = self.lock();
-        let report = Report::build(&view, &counters, &state.window, attached);
+        let report = Report::build(
+            &view,
+            &counters,
+            &state.window,
+            attached,
+            &Healths {
+                states: &health,
+                verdicts: &state.verdicts,
+                changes: &state.health_changes,
+            },
+        );
         Ok((report, state.facts.clone()))
     }
 

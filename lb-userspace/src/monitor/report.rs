@@ -4,13 +4,30 @@
 //! were created, plus the global verdict counters. `status` prints it as
 //! text or JSON, `top` draws it, `/metrics` exports it.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+};
 
 use lb_common::maps::Reason;
 use serde::{Deserialize, Serialize};
 
-use super::{LastChange, View, describe_change, window::Window};
-use crate::dataplane::counters::Counters;
+use super::{Changes, LastChange, View, describe_change, window::Window};
+use crate::{
+    dataplane::counters::Counters,
+    health::{Health, Key},
+    policy::health::VipHealth,
+};
+
+/// What health checks know, for a report.
+pub struct Healths<'a> {
+    /// Every checked backend's health.
+    pub states: &'a HashMap<Key, Health>,
+    /// The panic policy's verdicts per VIP.
+    pub verdicts: &'a [VipHealth],
+    /// Health-driven changes per VIP endpoint.
+    pub changes: &'a BTreeMap<String, Changes>,
+}
 
 /// Counters of the whole data plane.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -54,8 +71,32 @@ pub struct VipReport {
     /// The apply that last changed it.
     #[serde(default)]
     pub last_change: Option<LastChange>,
+    /// The panic policy's verdict: healthy backends, panic, and how far
+    /// it is from panic.
+    #[serde(default)]
+    pub health: Option<VipHealthReport>,
     /// Per backend.
     pub backends: Vec<BackendReport>,
+}
+
+/// A VIP's health, as `status` shows it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct VipHealthReport {
+    /// In panic: every backend kept in the table (fail open).
+    pub panic: bool,
+    /// Backends with a positive weight.
+    pub backends: usize,
+    /// Of those, the healthy ones.
+    pub healthy: usize,
+    /// How many more healthy backends could fail, heaviest first, before
+    /// panic.
+    pub failures_to_panic: usize,
+    /// The healthy share of the weight below which it panics.
+    pub panic_threshold: f64,
+    /// The fewest healthy backends before it panics.
+    pub min_backends: u32,
+    /// Health-driven table changes, applied and held back by damping.
+    pub changes: Changes,
 }
 
 /// Counters of one backend.
@@ -86,11 +127,34 @@ pub struct BackendReport {
     /// How long it has been above the factor, in seconds, if it is now.
     #[serde(default)]
     pub skewed_for_s: Option<u64>,
+    /// `up`, `down` (checks fail; out of the table unless the VIP is in
+    /// panic) or `unchecked`.
+    #[serde(default)]
+    pub health: String,
+    /// Out of the table because its checks fail.
+    #[serde(default)]
+    pub taken_down: bool,
+    /// The last check's latency, in milliseconds.
+    #[serde(default)]
+    pub check_ms: Option<f64>,
+    /// The moving average of check latencies, in milliseconds.
+    #[serde(default)]
+    pub check_avg_ms: Option<f64>,
+    /// Why the last check failed.
+    #[serde(default)]
+    pub check_error: Option<String>,
 }
 
 impl Report {
     /// The report of `view` with `counters` and the window's judgements.
-    pub fn build(view: &View, counters: &Counters, window: &Window, attached: bool) -> Self {
+    pub fn build(
+        view: &View,
+        counters: &Counters,
+        window: &Window,
+        attached: bool,
+        healths: &Healths<'_>,
+    ) -> Self {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         let vips = view
             .vips
             .iter()
@@ -106,12 +170,33 @@ impl Report {
                     flow_rate: judged.flow_rate,
                     imbalance_ratio: judged.imbalance_ratio,
                     last_change: vip.last_change.clone(),
+                    health: healths
+                        .verdicts
+                        .iter()
+                        .find(|v| v.endpoint == vip.endpoint)
+                        .map(|v| VipHealthReport {
+                            panic: v.panic,
+                            backends: v.backends,
+                            healthy: v.healthy,
+                            failures_to_panic: v.failures_to_panic,
+                            panic_threshold: v.panic_threshold,
+                            min_backends: v.min_backends,
+                            changes: healths
+                                .changes
+                                .get(&vip.endpoint)
+                                .cloned()
+                                .unwrap_or_default(),
+                        }),
                     backends: vip
                         .backends
                         .iter()
                         .map(|b| {
                             let c = counters.backend(b.backend_id);
                             let judged = window.backend(vip.vip_id, b.backend_id);
+                            let health = healths.states.get(&Key {
+                                vip: vip.endpoint.clone(),
+                                backend: b.socket,
+                            });
                             BackendReport {
                                 name: b.name.clone(),
                                 address: b.address.clone(),
@@ -124,6 +209,16 @@ impl Report {
                                 held_out: b.held_out,
                                 imbalanced: judged.imbalanced,
                                 skewed_for_s: judged.skewed_for.map(|d| d.as_secs()),
+                                health: match health {
+                                    Some(h) if h.up => "up",
+                                    Some(_) => "down",
+                                    None => "unchecked",
+                                }
+                                .into(),
+                                taken_down: b.down,
+                                check_ms: health.and_then(|h| h.last_latency).map(ms),
+                                check_avg_ms: health.and_then(|h| h.latency_avg).map(ms),
+                                check_error: health.and_then(|h| h.last_error.clone()),
                             }
                         })
                         .collect(),
@@ -170,11 +265,35 @@ impl Report {
                 describe_change(vip.last_change.as_ref()),
             );
         }
+        for vip in self
+            .vips
+            .iter()
+            .filter(|v| v.health.as_ref().is_some_and(|h| h.panic))
+        {
+            let h = vip.health.as_ref().expect("filtered");
+            let _ = writeln!(
+                out,
+                "PANIC: VIP {}: only {} of {} backends pass their health checks; all are kept \
+                 in the table (fail open)",
+                vip.name, h.healthy, h.backends
+            );
+        }
         for vip in &self.vips {
+            let health = vip.health.as_ref().map_or_else(String::new, |h| {
+                let state = if h.panic {
+                    "PANIC".to_string()
+                } else {
+                    format!("{} more failures to panic", h.failures_to_panic)
+                };
+                format!(
+                    "; healthy {}/{} ({state}; {} health changes, {} damped)",
+                    h.healthy, h.backends, h.changes.applied, h.changes.damped
+                )
+            });
             let _ = writeln!(
                 out,
                 "VIP {} ({}): {} flows, {} packets, {} bytes; {:.1} new flows/s, imbalance {:.2} \
-                 over {} s",
+                 over {} s{health}",
                 vip.name,
                 vip.endpoint,
                 vip.new_flows,
@@ -186,18 +305,34 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  {:<12} {:<24} {:>6} {:>9} {:>9} {:>10} {:>12} {:>10}",
-                "backend", "address", "weight", "expected", "observed", "packets", "bytes", "flows"
+                "  {:<12} {:<24} {:>6} {:>9} {:>9} {:>10} {:>12} {:>10} {:>14}",
+                "backend",
+                "address",
+                "weight",
+                "expected",
+                "observed",
+                "packets",
+                "bytes",
+                "flows",
+                "health"
             );
             for b in &vip.backends {
-                let mark = match (b.held_out, b.imbalanced) {
-                    (true, _) => "  (no MAC: held out of the table)",
-                    (false, true) => "  IMBALANCED",
-                    (false, false) => "",
+                let mark = match (b.held_out, b.imbalanced, b.taken_down) {
+                    (true, _, _) => "  (no MAC: held out of the table)".to_string(),
+                    (false, _, true) => format!(
+                        "  DOWN, out of the table: {}",
+                        b.check_error.as_deref().unwrap_or("checks fail")
+                    ),
+                    (false, true, false) => "  IMBALANCED".into(),
+                    (false, false, false) => String::new(),
+                };
+                let health = match b.check_ms {
+                    Some(ms) => format!("{} {ms:.0}ms", b.health),
+                    None => b.health.clone(),
                 };
                 let _ = writeln!(
                     out,
-                    "  {:<12} {:<24} {:>6} {:>8.1}% {:>8.1}% {:>10} {:>12} {:>10}{mark}",
+                    "  {:<12} {:<24} {:>6} {:>8.1}% {:>8.1}% {:>10} {:>12} {:>10} {:>14}{mark}",
                     b.name,
                     b.address,
                     b.weight,
@@ -206,6 +341,7 @@ impl Report {
                     b.packets,
                     b.bytes,
                     b.new_flows,
+                    health,
                 );
             }
         }

@@ -298,6 +298,8 @@ mod tests {
                         weight: 1,
                         expected_share: share,
                         held_out: false,
+                        socket: format!("198.18.0.{}:80", i + 10).parse().unwrap(),
+                        down: false,
                     })
                     .collect(),
             }],

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, GuardOverrides, Guards, VipConfig},
-    policy::validate::{Validation, VipTable, backend_addr, check_concentration, vip_location},
+    policy::validate::{Validation, VipTable, check_concentration, vip_location},
     problem::Problem,
 };
 
@@ -266,7 +266,7 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
     let vip = after.or(before).expect("a VIP on at least one side").0;
     let positions = |entry: Option<Entry<'_>>| -> HashMap<SocketAddr, usize> {
         entry.map_or_else(HashMap::new, |(vip, _)| {
-            let addrs = vip.backends.iter().map(|b| backend_addr(vip, b));
+            let addrs = vip.backends.iter().map(|b| vip.backend_addr(b));
             addrs.enumerate().map(|(i, addr)| (addr, i)).collect()
         })
     };
@@ -287,7 +287,7 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
     let mut listed_addrs = HashSet::new();
     for (side_vip, _) in after.into_iter().chain(before) {
         for backend in &side_vip.backends {
-            let addr = backend_addr(side_vip, backend);
+            let addr = side_vip.backend_addr(backend);
             if !listed_addrs.insert(addr) {
                 continue;
             }

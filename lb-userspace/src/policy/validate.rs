@@ -10,7 +10,9 @@ use std::{
 };
 
 use crate::{
-    config::{BackendConfig, Config, Guards, VipConfig},
+    config::{
+        BackendConfig, CheckKind, Config, Guards, HealthCheck, HealthOverrides, Protocol, VipConfig,
+    },
     problem::Problem,
     table::maglev::Maglev,
     table::{
@@ -317,39 +319,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
     }
     check_guard_ranges(&config.guards, "guards", problems);
     check_limits(config, problems);
-    let hc = &config.health_check;
-    let mut health = |field: &str, value: String, message: &str| {
-        problems.push(Problem::error(
-            "health-check",
-            "health_check",
-            field,
-            value,
-            message,
-        ));
-    };
-    if hc.interval_ms == 0 {
-        health("interval_ms", "0".into(), "must be above 0");
-    }
-    if hc.timeout_ms == 0 || hc.timeout_ms >= hc.interval_ms {
-        health(
-            "timeout_ms",
-            hc.timeout_ms.to_string(),
-            "must be above 0 and below interval_ms",
-        );
-    }
-    if hc.rise == 0 {
-        health("rise", "0".into(), "must be at least 1");
-    }
-    if hc.fall == 0 {
-        health("fall", "0".into(), "must be at least 1");
-    }
-    if !hc.http_path.starts_with('/') {
-        health(
-            "http_path",
-            format!("{:?}", hc.http_path),
-            "must start with '/'",
-        );
-    }
+    check_health(config, problems);
     check_imbalance(&config.imbalance, problems);
     if !config.api.socket.is_absolute() {
         problems.push(Problem::error(
@@ -370,6 +340,125 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
                 "metrics are served beyond this host; make sure that is intended",
             )
             .warning(),
+        );
+    }
+}
+
+/// Every health-check setting in force somewhere: the global one, each
+/// VIP's and each backend's (reported where the override is written).
+fn check_health(config: &Config, problems: &mut Vec<Problem>) {
+    let global = &config.health_check;
+    check_health_settings(global, "health_check", problems);
+    for vip in &config.vips {
+        let location = format!("vip {:?}", vip.label());
+        let at_vip = vip.health(global);
+        check_overrides(
+            &vip.health_check,
+            &at_vip,
+            &format!("{location} health_check"),
+            problems,
+        );
+        for backend in &vip.backends {
+            check_overrides(
+                &backend.health_check,
+                &backend.health_check.apply(&at_vip),
+                &format!("{location} backend {:?} health_check", backend.label()),
+                problems,
+            );
+            let check = vip.check_of(backend, global);
+            let own_port = check.settings.port.is_some();
+            if vip.protocol == Protocol::Udp && check.settings.kind != CheckKind::None && !own_port
+            {
+                problems.push(
+                    Problem::error(
+                        "udp-health-check",
+                        format!("{location} backend {:?}", backend.label()),
+                        "health_check.port",
+                        check.target.to_string(),
+                        "a UDP service is checked over TCP at its own port, where nothing may \
+                         listen; set health_check.port (the VIP's or the backend's) to a TCP \
+                         or HTTP health port, or kind = \"none\"",
+                    )
+                    .warning(),
+                );
+            }
+        }
+    }
+}
+
+/// The settings an override table resolves to, where it sets the values
+/// at fault: a value it inherits was reported where it is written.
+fn check_overrides(
+    overrides: &HealthOverrides,
+    resolved: &HealthCheck,
+    location: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let mut found = Vec::new();
+    check_health_settings(resolved, location, &mut found);
+    let sets = |field: &str| match field {
+        "interval_ms" => overrides.interval_ms.is_some(),
+        "timeout_ms" => overrides.timeout_ms.is_some() || overrides.interval_ms.is_some(),
+        "rise" => overrides.rise.is_some(),
+        "fall" => overrides.fall.is_some(),
+        "http_path" => overrides.http_path.is_some(),
+        "panic_threshold" => overrides.panic_threshold.is_some(),
+        "max_changes_per_minute" => overrides.max_changes_per_minute.is_some(),
+        _ => true,
+    };
+    problems.extend(found.into_iter().filter(|p| sets(&p.field)));
+}
+
+/// One resolved set of health-check settings at `location`.
+fn check_health_settings(hc: &HealthCheck, location: &str, problems: &mut Vec<Problem>) {
+    let mut health = |field: &str, value: String, message: &str| {
+        problems.push(Problem::error(
+            "health-check",
+            location,
+            field,
+            value,
+            message,
+        ));
+    };
+    if hc.interval_ms == 0 || hc.interval_ms > 3_600_000 {
+        health(
+            "interval_ms",
+            hc.interval_ms.to_string(),
+            "must be from 1 to 3600000",
+        );
+    }
+    if hc.timeout_ms == 0 || hc.timeout_ms >= hc.interval_ms {
+        health(
+            "timeout_ms",
+            hc.timeout_ms.to_string(),
+            "must be above 0 and below interval_ms",
+        );
+    }
+    if !(1..=100).contains(&hc.rise) {
+        health("rise", hc.rise.to_string(), "must be from 1 to 100");
+    }
+    if !(1..=100).contains(&hc.fall) {
+        health("fall", hc.fall.to_string(), "must be from 1 to 100");
+    }
+    if !hc.http_path.starts_with('/') || hc.http_path.chars().any(char::is_whitespace) {
+        health(
+            "http_path",
+            format!("{:?}", hc.http_path),
+            "must start with '/' and hold no spaces",
+        );
+    }
+    if !(0.0..=1.0).contains(&hc.panic_threshold) {
+        health(
+            "panic_threshold",
+            hc.panic_threshold.to_string(),
+            "must be from 0 to 1 (a share of the VIP's weight)",
+        );
+    }
+    if hc.max_changes_per_minute == 0 {
+        health(
+            "max_changes_per_minute",
+            "0".into(),
+            "must be at least 1, or health checks could never take a dead backend out",
         );
     }
 }
@@ -544,9 +633,7 @@ fn check_vip(
             ),
         ));
     }
-    let twins = Twins::of(&vip.backends, |b| {
-        BackendIdentity::new(backend_addr(vip, b))
-    });
+    let twins = Twins::of(&vip.backends, |b| BackendIdentity::new(vip.backend_addr(b)));
     for i in 0..vip.backends.len() {
         check_backend_in_vip(vip, &location, i, &twins, problems);
     }
@@ -724,11 +811,6 @@ fn check_orphaned_backends(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
-/// A backend's address and effective port: its identity.
-pub fn backend_addr(vip: &VipConfig, backend: &BackendConfig) -> SocketAddr {
-    SocketAddr::new(backend.address, backend.port.unwrap_or(vip.port))
-}
-
 /// Builds every VIP's table, spread over the machine's cores.
 fn build_tables(vips: &[VipConfig], size: u32) -> Vec<Result<VipTable, TableError>> {
     let size = match TableSize::new(size) {
@@ -743,7 +825,7 @@ pub fn build_table(vip: &VipConfig, size: TableSize) -> Result<VipTable, TableEr
     let identities: Vec<BackendIdentity> = vip
         .backends
         .iter()
-        .map(|b| BackendIdentity::new(backend_addr(vip, b)))
+        .map(|b| BackendIdentity::new(vip.backend_addr(b)))
         .collect();
     let weighted: Vec<WeightedBackend> = identities
         .iter()

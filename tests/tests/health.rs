@@ -1,0 +1,328 @@
+//! Health checks in the namespace lab, against a running `fulcrum run`
+//! with fast checks, and long-lived TCP connections open to every backend
+//! throughout: a dead backend leaves the table and comes back, no
+//! connection to another backend breaks, and two dead of three put the VIP
+//! in panic (every backend kept) instead of piling it onto the third. UDP
+//! flows pinned to a dead backend reach a live one on their next datagram.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP4},
+    traffic::{self, Session},
+};
+use serde_json::Value;
+
+/// Checks every 300 ms, down after 2 failures, up after 2 successes.
+const FAST_CHECKS: &str =
+    "\n[health_check]\ninterval_ms = 300\ntimeout_ms = 200\nrise = 2\nfall = 2\n";
+/// interval x fall + interval, as the issue bounds detection, plus the
+/// time for the change to go through the gate.
+const DETECTION: Duration = Duration::from_millis(300 * 2 + 300 + 1500);
+
+fn web4() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT)
+}
+
+fn status(lab: &Lab) -> Value {
+    let (code, stdout, stderr) = lab.cli(&["status", "--format", "json"]).expect("status");
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    serde_json::from_str(&stdout).expect("JSON")
+}
+
+fn vip<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .expect("the VIP")
+}
+
+fn backend<'a>(status: &'a Value, vip_name: &str, name: &str) -> &'a Value {
+    vip(status, vip_name)["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .expect("the backend")
+}
+
+/// Waits until `ready` holds for the status, or `limit` passes.
+fn wait_for(lab: &Lab, limit: Duration, ready: impl Fn(&Value) -> bool) -> (Value, Duration) {
+    let started = Instant::now();
+    loop {
+        let now = status(lab);
+        if ready(&now) {
+            return (now, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not within {limit:?}; status: {now:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Long-lived connections to web4 until every backend has at least two.
+fn sessions(lab: &Lab, backends: &[&str]) -> Vec<Session> {
+    let mut open = Vec::new();
+    for _ in 0..200 {
+        if backends
+            .iter()
+            .all(|b| open.iter().filter(|s: &&Session| s.backend == *b).count() >= 2)
+        {
+            return open;
+        }
+        open.push(Session::open(lab.client(), web4()).expect("a connection"));
+    }
+    panic!("200 connections did not reach every backend twice");
+}
+
+#[test]
+fn a_dead_backend_leaves_the_table_and_comes_back_without_breaking_others() {
+    let lab = Lab::start_with(&BackendSpec::equal(3), FAST_CHECKS).expect("lab starts");
+    let mut open = sessions(&lab, &["b1", "b2", "b3"]);
+    // UDP flows pinned to b2 in the connection table.
+    let dns4 = SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT);
+    let pinned: Vec<u16> = (30000..30060)
+        .filter(|&port| {
+            let tally = traffic::udp_flows(lab.client(), dns4, 1, port).expect("a UDP flow");
+            tally.answers.contains_key("b2")
+        })
+        .collect();
+    assert!(!pinned.is_empty(), "some UDP flows land on b2");
+
+    // (a) b2's service dies.
+    let stopped = Instant::now();
+    lab.stop_backend(1);
+    let (down, _) = wait_for(&lab, DETECTION, |s| {
+        ["web4", "dns4"]
+            .iter()
+            .all(|v| backend(s, v, "b2")["taken_down"] == true)
+    });
+    eprintln!(
+        "b2 out of the table {:?} after it stopped",
+        stopped.elapsed()
+    );
+    let b2 = backend(&down, "web4", "b2");
+    assert_eq!(b2["health"], "down", "{b2}");
+    assert_eq!(b2["expected_share"], 0.0, "{b2}");
+    for name in ["b1", "b3"] {
+        let share = backend(&down, "web4", name)["expected_share"]
+            .as_f64()
+            .unwrap();
+        assert!((share - 0.5).abs() < 0.01, "{name}: {share}");
+    }
+    assert_eq!(vip(&down, "web4")["health"]["panic"], false);
+    // Every new connection succeeds, on the others.
+    let tally = traffic::tcp_connections(lab.client(), web4(), 200, 4).expect("connections");
+    assert_eq!(tally.failures, 0, "{tally:?}");
+    assert_eq!(tally.answers.get("b2"), None, "{tally:?}");
+    // No connection to another backend broke.
+    for session in open.iter_mut().filter(|s| s.backend != "b2") {
+        let name = session.backend.clone();
+        assert_eq!(session.ask().expect("still open"), name);
+    }
+    // The UDP flows pinned to b2 go back through the table on their next
+    // datagram (the same 5-tuple), and reach a live backend.
+    for &port in &pinned {
+        let tally = traffic::udp_flows(lab.client(), dns4, 1, port).expect("a UDP flow");
+        assert_eq!(tally.failures, 0, "port {port}: {tally:?}");
+        assert!(!tally.answers.contains_key("b2"), "port {port}: {tally:?}");
+    }
+    let journal = std::fs::read_to_string(lab.journal()).expect("the journal");
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.contains("\"source\":\"health\"") && l.contains("down 198.18.0.12:80")),
+        "the health change is journalled: {journal}"
+    );
+
+    // A restart of the daemon keeps b2 out: the record says it is down,
+    // and it must pass `rise` checks to come back.
+    lab.kill_fulcrum().expect("kill -9");
+    lab.start_fulcrum().expect("fulcrum restarts");
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = status(&lab);
+    assert_eq!(
+        backend(&restarted, "web4", "b2")["taken_down"],
+        true,
+        "still out after the restart"
+    );
+    let journal = std::fs::read_to_string(lab.journal()).expect("the journal");
+    assert!(
+        !journal.contains("back 198.18.0.12:80"),
+        "the restart never put b2 back while it failed: {journal}"
+    );
+
+    // (b) b2 comes back: after `rise` checks it has its share again.
+    lab.start_backend(1).expect("b2 restarts");
+    let (back, _) = wait_for(&lab, DETECTION, |s| {
+        backend(s, "web4", "b2")["taken_down"] == false
+            && backend(s, "web4", "b2")["health"] == "up"
+    });
+    let share = backend(&back, "web4", "b2")["expected_share"]
+        .as_f64()
+        .unwrap();
+    assert!((share - 1.0 / 3.0).abs() < 0.01, "{share}");
+    let tally = traffic::tcp_connections(lab.client(), web4(), 300, 4).expect("connections");
+    assert_eq!(tally.failures, 0, "{tally:?}");
+    assert!(
+        tally.share("b2") > 0.2,
+        "b2 takes new flows again: {tally:?}"
+    );
+    for session in open.iter_mut().filter(|s| s.backend != "b2") {
+        let name = session.backend.clone();
+        assert_eq!(session.ask().expect("still open"), name);
+    }
+    lab.stop_fulcrum().expect("fulcrum stops");
+}
+
+#[test]
+fn two_dead_of_three_is_panic_not_concentration() {
+    let lab = Lab::start_with(&BackendSpec::equal(3), FAST_CHECKS).expect("lab starts");
+    let mut open = sessions(&lab, &["b1", "b2", "b3"]);
+    lab.stop_backend(0);
+    lab.stop_backend(1);
+    let (panic, _) = wait_for(&lab, DETECTION * 2, |s| {
+        vip(s, "web4")["health"]["panic"] == true
+            && ["b1", "b2"]
+                .iter()
+                .all(|b| backend(s, "web4", b)["health"] == "down")
+            && ["b1", "b2", "b3"]
+                .iter()
+                .all(|b| backend(s, "web4", b)["taken_down"] == false)
+    });
+    // The table is the configured one: b3 keeps its third, no more.
+    for name in ["b1", "b2", "b3"] {
+        let share = backend(&panic, "web4", name)["expected_share"]
+            .as_f64()
+            .unwrap();
+        assert!((share - 1.0 / 3.0).abs() < 0.01, "{name}: {share}");
+    }
+    // Connections to the dead ones are refused (fail open), and b3 takes
+    // its third of the attempts, not all of them.
+    let tally = traffic::tcp_connections(lab.client(), web4(), 300, 4).expect("connections");
+    let b3 = tally.answers.get("b3").copied().unwrap_or(0) as f64 / 300.0;
+    assert!(
+        (0.2..0.45).contains(&b3),
+        "b3 takes its share of new flows, no more: {tally:?}"
+    );
+    for session in open.iter_mut().filter(|s| s.backend == "b3") {
+        assert_eq!(session.ask().expect("still open"), "b3");
+    }
+    assert!(
+        lab.fulcrum_log()
+            .iter()
+            .any(|l| l.contains("WARNING panic: VIP web4")),
+        "the alarm is in the log: {:?}",
+        lab.fulcrum_log()
+    );
+    let (_, text, _) = lab.cli(&["status"]).expect("status");
+    assert!(text.contains("PANIC: VIP web4"), "{text}");
+    let samples = lab.scrape().expect("a scrape");
+    assert_eq!(
+        samples.get("fulcrum_vip_panic", &[("vip", "web4")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        samples.get(
+            "fulcrum_backend_healthy",
+            &[("vip", "web4"), ("backend", "b1")]
+        ),
+        Some(0.0)
+    );
+    lab.stop_fulcrum().expect("fulcrum stops");
+}
+
+#[test]
+fn a_flapping_backend_changes_the_table_no_more_than_damping_allows() {
+    let settings = "\n[health_check]\ninterval_ms = 150\ntimeout_ms = 100\nrise = 1\nfall = 1\n\
+                    max_changes_per_minute = 4\n";
+    let lab = Lab::start_with(&BackendSpec::equal(3), settings).expect("lab starts");
+    // b3 goes up and down every second, for 12 s.
+    for _ in 0..6 {
+        lab.stop_backend(2);
+        std::thread::sleep(Duration::from_secs(1));
+        lab.start_backend(2).expect("b3 restarts");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let now = status(&lab);
+    let changes = &vip(&now, "web4")["health"]["changes"];
+    let applied = changes["applied"].as_u64().unwrap();
+    assert!(
+        (1..=4).contains(&applied),
+        "at most 4 table changes in the minute: {changes}"
+    );
+    assert!(
+        changes["damped"].as_u64().unwrap() >= 1,
+        "the rest were held back and counted: {changes}"
+    );
+    let samples = lab.scrape().expect("a scrape");
+    let damped = [("vip", "web4"), ("result", "damped")];
+    assert!(samples.get("fulcrum_vip_health_changes_total", &damped) >= Some(1.0));
+    lab.stop_fulcrum().expect("fulcrum stops");
+}
+
+#[test]
+fn a_slow_health_endpoint_shows_in_the_check_latency_before_it_fails() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    const PORT: u16 = 8081;
+    let settings = format!(
+        "\n[health_check]\nkind = \"http\"\nport = {PORT}\nhttp_path = \"/health\"\n\
+         interval_ms = 400\ntimeout_ms = 300\nrise = 2\nfall = 2\n"
+    );
+    let lab = Lab::start_with(&BackendSpec::equal(3), &settings).expect("lab starts");
+    let stop = Arc::new(AtomicBool::new(false));
+    let delays: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let endpoints: Vec<_> = delays
+        .iter()
+        .enumerate()
+        .map(|(i, delay)| {
+            traffic::health_endpoint(lab.backend_host(i).0, PORT, delay, &stop)
+                .expect("a health endpoint")
+        })
+        .collect();
+    let fast = |s: &Value| {
+        let b1 = backend(s, "web4", "b1");
+        b1["health"] == "up" && b1["check_ms"].as_f64().is_some_and(|ms| ms < 50.0)
+    };
+    wait_for(&lab, Duration::from_secs(5), fast);
+    // b1's endpoint slows to 150 ms: its latency rises, it stays up.
+    delays[0].store(150, Ordering::Relaxed);
+    let (slow, _) = wait_for(&lab, Duration::from_secs(5), |s| {
+        backend(s, "web4", "b1")["check_avg_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 100.0)
+    });
+    let b1 = backend(&slow, "web4", "b1");
+    assert_eq!(b1["health"], "up", "{b1}");
+    assert_eq!(b1["taken_down"], false, "{b1}");
+    let samples = lab.scrape().expect("a scrape");
+    let latency = samples
+        .get(
+            "fulcrum_backend_check_seconds",
+            &[("vip", "web4"), ("backend", "b1")],
+        )
+        .expect("the latency metric");
+    assert!(latency > 0.1, "{latency}");
+    // Slower than the timeout: it fails, and leaves the table.
+    delays[0].store(500, Ordering::Relaxed);
+    let (down, _) = wait_for(&lab, Duration::from_secs(5), |s| {
+        backend(s, "web4", "b1")["taken_down"] == true
+    });
+    let error = backend(&down, "web4", "b1")["check_error"].clone();
+    assert!(error.to_string().contains("timed out"), "{error}");
+    stop.store(true, Ordering::Relaxed);
+    for endpoint in endpoints {
+        let _ = endpoint.join();
+    }
+    lab.stop_fulcrum().expect("fulcrum stops");
+}
