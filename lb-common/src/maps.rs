@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -168,6 +168,11 @@ pub struct FlowKey {
     pub pad: [u8; 2],
 }
 
+/// The client sent a FIN or RST on the flow: it is closing, and no longer
+/// counts as active (its entry stays, so late segments still reach its
+/// backend).
+pub const FLOW_CLOSING: u32 = 1;
+
 /// Value of the connection table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,6 +183,10 @@ pub struct FlowState {
     pub vip_id: u32,
     /// The backend slot's generation when the flow was pinned to it.
     pub generation: u32,
+    /// `DataplaneConfig::epoch` when the flow last sent a packet.
+    pub seen: u32,
+    /// `FLOW_CLOSING`, or 0.
+    pub flags: u32,
 }
 
 /// Traffic counters kept per backend and per VIP (per CPU in the kernel).
@@ -200,6 +209,9 @@ pub struct DataplaneConfig {
     pub if_mac: [u8; 6],
     /// Reserved; zero.
     pub pad: [u8; 2],
+    /// A coarse clock `fulcrum` advances every second (seconds of the
+    /// host's monotonic clock): flows record it as `FlowState::seen`.
+    pub epoch: u32,
 }
 
 /// Why a packet got the verdict it got. Each value is an index of the global
@@ -374,9 +386,9 @@ mod tests {
         assert_eq!(size_of::<Meta>(), 16);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowState>(), 12);
+        assert_eq!(size_of::<FlowState>(), 20);
         assert_eq!(size_of::<TrafficCounters>(), 24);
-        assert_eq!(size_of::<DataplaneConfig>(), 8);
+        assert_eq!(size_of::<DataplaneConfig>(), 12);
     }
 
     #[test]

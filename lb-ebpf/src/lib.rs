@@ -64,9 +64,26 @@ pub fn tcp_opens_flow(flags: u8) -> bool {
     flags & (SYN | ACK) == SYN
 }
 
+/// A TCP segment with FIN or RST: the client is closing its connection.
+#[inline(always)]
+pub fn tcp_closes_flow(flags: u8) -> bool {
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+    flags & (FIN | RST) != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fin_and_rst_close_a_flow() {
+        assert!(tcp_closes_flow(0x11), "FIN+ACK");
+        assert!(tcp_closes_flow(0x04), "RST");
+        assert!(tcp_closes_flow(0x14), "RST+ACK");
+        assert!(!tcp_closes_flow(0x10), "ACK");
+        assert!(!tcp_closes_flow(0x02), "SYN");
+    }
 
     #[test]
     fn vlan_tags_are_recognised_raw() {

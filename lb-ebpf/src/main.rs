@@ -17,14 +17,14 @@ use lb_common::{
     flow_hash::{flow_hash, table_slot, vip_home_slot},
     maps::{
         BACKEND_ACTIVE, BPF_F_NO_COMMON_LRU, Backend, CONN_TABLE_ENTRIES, DataplaneConfig,
-        FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowState, LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS,
-        PROTO_TCP, Reason, TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS,
-        VIP_SLOT_USED, VipKey, VipSlot,
+        FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FlowKey, FlowState, LOOKUP_TABLE_IDS, MAX_BACKENDS,
+        MAX_VIPS, PROTO_TCP, Reason, TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES,
+        VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot,
     },
 };
 use lb_ebpf::{
     IPV6_NEXT_FRAGMENT, ipv4_header_len, ipv4_is_fragment, ipv6_is_extension, is_balanced_protocol,
-    is_vlan, tcp_opens_flow,
+    is_vlan, tcp_closes_flow, tcp_opens_flow,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -94,10 +94,12 @@ const fn discard(reason: Reason) -> Verdict {
     }
 }
 
-/// A parsed flow: its 5-tuple and whether it opens a new connection.
+/// A parsed flow: its 5-tuple, whether it opens a new connection, and
+/// whether it closes one (a TCP FIN or RST).
 struct Flow {
     key: FlowKey,
     opens: bool,
+    closes: bool,
 }
 
 #[xdp]
@@ -228,7 +230,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
 
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey) -> Result<Flow, Verdict> {
-    let opens = if key.proto == PROTO_TCP {
+    let (opens, closes) = if key.proto == PROTO_TCP {
         let tcp = header::<TcpHdr>(ctx, l4).ok_or(discard(Reason::DropTruncated))?;
         // SAFETY: bounds checked by `header`.
         let tcp = unsafe { &*tcp };
@@ -237,16 +239,16 @@ fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey) -> Result<Flow, Verdi
         // Byte 13 of the TCP header holds CWR..FIN.
         // SAFETY: within the 20 bytes checked above.
         let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
-        tcp_opens_flow(flags)
+        (tcp_opens_flow(flags), tcp_closes_flow(flags))
     } else {
         let udp = header::<UdpHdr>(ctx, l4).ok_or(discard(Reason::DropTruncated))?;
         // SAFETY: bounds checked by `header`.
         let udp = unsafe { &*udp };
         key.src_port = u16::from_be_bytes(udp.src);
         key.dst_port = u16::from_be_bytes(udp.dst);
-        false
+        (false, false)
     };
-    Ok(Flow { key, opens })
+    Ok(Flow { key, opens, closes })
 }
 
 /// The VIP id and table id of `key` in the index, probing from its home
@@ -298,13 +300,13 @@ fn live_backend(backend_id: u32, vip_id: u32) -> Option<Backend> {
 /// backend, if that backend slot still serves the VIP and still holds the
 /// backend the flow was pinned to (same generation).
 #[inline(always)]
-fn tracked_flow(key: &FlowKey) -> Option<(u32, u32, Backend)> {
-    let state = CONN_TABLE.get_ptr(key)?;
+fn tracked_flow(key: &FlowKey) -> Option<(u32, u32, Backend, *mut FlowState)> {
+    let entry = CONN_TABLE.get_ptr_mut(key)?;
     // SAFETY: map values are valid while the program runs.
-    let state = unsafe { *state };
+    let state = unsafe { *entry };
     live_backend(state.backend_id, state.vip_id)
         .filter(|backend| backend.generation == state.generation)
-        .map(|backend| (state.vip_id, state.backend_id, backend))
+        .map(|backend| (state.vip_id, state.backend_id, backend, entry))
 }
 
 /// The backend the VIP's lookup table assigns to a new flow.
@@ -333,14 +335,28 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
     // An established flow is found by its 5-tuple alone: the entry names its
     // VIP, and a backend slot is honoured only while it serves that VIP, so
     // the VIP probe is needed only for SYNs and connection-table misses.
+    let Some(config) = CONFIG.get(0) else {
+        return discard(Reason::DropNoBackend);
+    };
     let tracked = if flow.opens {
         None
     } else {
         tracked_flow(&flow.key)
     };
+    let closing = if flow.closes { FLOW_CLOSING } else { 0 };
     let (vip_id, backend_id, backend, new_flow) = match tracked {
-        Some((vip_id, backend_id, backend)) => {
+        Some((vip_id, backend_id, backend, entry)) => {
             count(Reason::ConnHit);
+            // SAFETY: the entry stays valid while the program runs; a racing
+            // writer on another CPU can only store the same kind of values.
+            unsafe {
+                if (*entry).seen != config.epoch {
+                    (*entry).seen = config.epoch;
+                }
+                if closing != 0 {
+                    (*entry).flags |= closing;
+                }
+            }
             (vip_id, backend_id, backend, false)
         }
         None => {
@@ -355,6 +371,8 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
                 backend_id,
                 vip_id,
                 generation: backend.generation,
+                seen: config.epoch,
+                flags: closing,
             };
             // A full LRU evicts its oldest entry; a failure only costs a
             // re-hash on the next packet, so it is counted, not fatal.
@@ -364,9 +382,6 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
             });
             (vip_id, backend_id, backend, true)
         }
-    };
-    let Some(config) = CONFIG.get(0) else {
-        return discard(Reason::DropNoBackend);
     };
     // SAFETY: `eth` was bounds-checked in `process` and the frame has not
     // been resized since.

@@ -86,7 +86,7 @@ fn during_scrapes<T>(monitor: &Arc<Monitor>, measure: impl FnOnce() -> T) -> (T,
     let result = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                let (report, facts) = monitor.report().expect("a report");
+                let (report, facts) = monitor.report(false).expect("a report");
                 std::hint::black_box(metrics::exposition(report, facts));
                 scrapes.fetch_add(1, Ordering::Relaxed);
             }
@@ -130,7 +130,10 @@ fn main() {
     let checker = Checker::start(Vec::new(), |_| {}).expect("a checker");
     let monitor = Monitor::new(
         Arc::new(checker),
-        fixture.dataplane.counter_reader().expect("a reader"),
+        (
+            fixture.dataplane.counter_reader().expect("a reader"),
+            fixture.dataplane.epoch_clock().expect("a clock"),
+        ),
         Attachment {
             pins: PinDir::new(Path::new("/nonexistent"), "bench"),
             interface: "lo".into(),
@@ -141,7 +144,7 @@ fn main() {
     monitor.sample().expect("a sample");
     let mut size = 0;
     let in_process_ms = time_ms(10, || {
-        let (report, facts) = monitor.report().expect("a report");
+        let (report, facts) = monitor.report(false).expect("a report");
         size = metrics::exposition(report, facts)
             .iter()
             .map(String::len)
@@ -149,9 +152,9 @@ fn main() {
     });
     let sample_ms = time_ms(10, || monitor.sample().expect("a sample"));
     let report_ms = time_ms(10, || {
-        std::hint::black_box(monitor.report().expect("a report"));
+        std::hint::black_box(monitor.report(false).expect("a report"));
     });
-    let (report, facts) = monitor.report().expect("a report");
+    let (report, facts) = monitor.report(false).expect("a report");
     let encode_ms = time_ms(10, || {
         std::hint::black_box(metrics::exposition(report.clone(), facts.clone()));
     });

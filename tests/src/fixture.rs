@@ -184,6 +184,7 @@ impl Fixture {
             .set_config(DataplaneConfig {
                 if_mac: LB_MAC,
                 pad: [0; 2],
+                epoch: 0,
             })
             .expect("config map");
         dataplane.install(&state).expect("state installs");

@@ -227,3 +227,41 @@ fn a_reused_backend_slot_inherits_no_flows_and_no_counters() {
         "some old flows hash away from b9, so a stale entry would show"
     );
 }
+
+#[test]
+fn a_flow_records_when_it_was_seen_and_when_its_client_closed_it() {
+    use lb_common::maps::{DataplaneConfig, FLOW_CLOSING};
+    let mut fixture = Fixture::standard();
+    let epoch = |fixture: &mut Fixture, epoch: u32| {
+        fixture
+            .dataplane
+            .set_config(DataplaneConfig {
+                if_mac: lb_tests::packet::LB_MAC,
+                pad: [0; 2],
+                epoch,
+            })
+            .expect("config map");
+    };
+    let flow = client(43000, SYN);
+    epoch(&mut fixture, 100);
+    let backend = forwarded_to(&mut fixture, &flow);
+    let entry = |fixture: &Fixture| {
+        fixture
+            .dataplane
+            .connection(&flow.flow())
+            .expect("the connection table")
+            .expect("an entry")
+    };
+    assert_eq!((entry(&fixture).seen, entry(&fixture).flags), (100, 0));
+    epoch(&mut fixture, 105);
+    forwarded_to(&mut fixture, &client(43000, ACK));
+    assert_eq!(entry(&fixture).seen, 105, "every packet refreshes it");
+    forwarded_to(&mut fixture, &client(43000, FIN | ACK));
+    assert_eq!(entry(&fixture).flags & FLOW_CLOSING, FLOW_CLOSING);
+    // Late segments after the FIN still reach the same backend.
+    assert_eq!(forwarded_to(&mut fixture, &client(43000, ACK)), backend);
+    // A new connection on the same 5-tuple starts afresh.
+    epoch(&mut fixture, 110);
+    forwarded_to(&mut fixture, &client(43000, SYN));
+    assert_eq!((entry(&fixture).seen, entry(&fixture).flags), (110, 0));
+}

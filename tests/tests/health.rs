@@ -326,3 +326,68 @@ fn a_slow_health_endpoint_shows_in_the_check_latency_before_it_fails() {
     }
     lab.stop_fulcrum().expect("fulcrum stops");
 }
+
+#[test]
+fn draining_keeps_connections_and_wait_returns_when_they_close() {
+    let lab = Lab::start(&BackendSpec::equal(3)).expect("lab starts");
+    let mut open = sessions(&lab, &["b1", "b2", "b3"]);
+    let on_b2 = open.iter().filter(|s| s.backend == "b2").count() as u64;
+    let before = status(&lab);
+    let active = backend(&before, "web4", "b2")["active_flows"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        active >= on_b2,
+        "status counts b2's {on_b2} open connections: {active}"
+    );
+
+    // Drain b2 and wait for it, in the background.
+    let drain = std::process::Command::new(lb_tests::lab::fulcrum_binary().unwrap())
+        .args([
+            "backend",
+            "drain",
+            "web4",
+            "b2",
+            "--wait",
+            "--timeout",
+            "60",
+        ])
+        .arg("--socket")
+        .arg(lab.socket())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fulcrum backend drain --wait");
+    wait_for(&lab, Duration::from_secs(10), |s| {
+        backend(s, "web4", "b2")["expected_share"] == 0.0
+    });
+    // b2's connections live on; new ones never reach it.
+    for session in open.iter_mut() {
+        let name = session.backend.clone();
+        assert_eq!(session.ask().expect("still open"), name);
+    }
+    let tally = traffic::tcp_connections(lab.client(), web4(), 200, 4).expect("connections");
+    assert_eq!(tally.failures, 0, "{tally:?}");
+    assert_eq!(tally.answers.get("b2"), None, "{tally:?}");
+    let draining = status(&lab);
+    assert!(
+        backend(&draining, "web4", "b2")["active_flows"]
+            .as_u64()
+            .unwrap()
+            >= on_b2,
+        "b2's connections are still counted"
+    );
+
+    // The clients close their connections to b2: the wait ends.
+    open.retain(|s| s.backend != "b2");
+    let output = drain.wait_with_output().expect("drain ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("b2: 0 active flows"), "{stderr}");
+    assert!(stderr.contains("b2 is drained"), "{stderr}");
+    for session in open.iter_mut() {
+        let name = session.backend.clone();
+        assert_eq!(session.ask().expect("others still open"), name);
+    }
+    lab.stop_fulcrum().expect("fulcrum stops");
+}

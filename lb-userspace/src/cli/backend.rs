@@ -2,7 +2,9 @@
 //! backend change, made by the daemon on the config in force and taken
 //! through the same gate as `apply`.
 
-use anyhow::Context as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -61,6 +63,13 @@ pub enum BackendAction {
     Drain {
         #[command(flatten)]
         target: Target,
+        /// Then wait until the backend's active flows reach zero, printing
+        /// the count (on stderr) as it falls.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        timeout: u64,
     },
     /// Set a backend's weight.
     SetWeight {
@@ -87,7 +96,7 @@ pub fn run(args: BackendArgs) -> anyhow::Result<()> {
             json!({"name": name, "mac": mac, "port": port}),
         ),
         BackendAction::Remove { target } => ("remove", target, None, json!({})),
-        BackendAction::Drain { target } => ("drain", target, None, json!({})),
+        BackendAction::Drain { target, .. } => ("drain", target, None, json!({})),
         BackendAction::SetWeight { target, weight } => {
             ("set-weight", target, Some(*weight), json!({}))
         }
@@ -107,5 +116,77 @@ pub fn run(args: BackendArgs) -> anyhow::Result<()> {
         .connection
         .request("POST", "/v1/backend", Some(&request))
         .with_context(|| format!("fulcrum backend {action}"))?;
-    args.connection.finish(&answer, change_text)
+    args.connection.finish(&answer, change_text)?;
+    if let BackendAction::Drain {
+        target,
+        wait: true,
+        timeout,
+    } = &args.action
+    {
+        wait_drained(&args.connection, target, Duration::from_secs(*timeout))?;
+    }
+    Ok(())
+}
+
+/// The backend's active flows, from `status`.
+fn active_flows(connection: &Connection, target: &Target) -> anyhow::Result<u64> {
+    let answer = connection.call("GET", "/v1/status", None)?;
+    anyhow::ensure!(answer.ok(), "fulcrum status: {}", answer.reason());
+    let vip = answer.body["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == target.vip.as_str() || v["endpoint"] == target.vip.as_str())
+        .with_context(|| format!("no VIP {} in status", target.vip))?;
+    let backend = vip["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| {
+            b["name"] == target.backend.as_str()
+                || b["address"].as_str().is_some_and(|a| {
+                    a == target.backend
+                        || a.rsplit_once(':')
+                            .is_some_and(|(ip, _)| ip.trim_matches(['[', ']']) == target.backend)
+                })
+        })
+        .with_context(|| {
+            format!(
+                "no backend {} of VIP {} in status",
+                target.backend, target.vip
+            )
+        })?;
+    backend["active_flows"]
+        .as_u64()
+        .context("status does not count active flows")
+}
+
+/// Polls until the backend has no active flow, or `timeout` passes.
+fn wait_drained(connection: &Connection, target: &Target, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        let flows = active_flows(connection, target)?;
+        if last != Some(flows) {
+            crate::note!("{}: {flows} active flows", target.backend);
+            last = Some(flows);
+        }
+        if flows == 0 {
+            crate::note!(
+                "{} is drained ({:.0} s)",
+                target.backend,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            bail!(
+                "{} still has {flows} active flows after {} s; its established flows go on \
+                 (a flow counts while it sent a packet in the last minute and was not closed)",
+                target.backend,
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

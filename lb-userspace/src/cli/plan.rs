@@ -170,7 +170,12 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
             vip.capacity_removed * 100.0
         ),
     };
-    let _ = writeln!(out, "\n{} {}: {change}", vip.name, vip.endpoint);
+    let health = match (vip.panic, vip.failures_to_panic) {
+        (true, _) => "; PANIC with the backends down now (all kept)".to_string(),
+        (false, Some(n)) => format!("; {n} more failures to panic"),
+        (false, None) => String::new(),
+    };
+    let _ = writeln!(out, "\n{} {}: {change}{health}", vip.name, vip.endpoint);
     let _ = writeln!(
         out,
         "  {:<16} {:>14}  {:<28} {:<28}",

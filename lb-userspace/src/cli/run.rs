@@ -438,6 +438,7 @@ fn start_fresh(
     dataplane.set_config(DataplaneConfig {
         if_mac: net::interface_mac(interface)?.0,
         pad: [0; 2],
+        epoch: crate::dataplane::clock::epoch_now(),
     })?;
     let resolve = neighbours::resolver(interface);
     let started = (|| {

@@ -101,11 +101,6 @@ impl HealthControl {
         self.checker.retarget(targets(config));
     }
 
-    /// Every backend's health now.
-    pub fn states(&self) -> HashMap<Key, Health> {
-        self.checker.states()
-    }
-
     /// The panic policy's last verdicts, per VIP.
     pub fn verdicts(&self) -> &[VipHealth] {
         &self.verdicts
@@ -116,19 +111,19 @@ impl HealthControl {
         &self.changes
     }
 
-    /// Judges `config` against the checker's findings. Returns the change
-    /// to install when a VIP's dead backends differ from what its table
-    /// leaves out and its damping budget allows it; a VIP whose budget is
-    /// spent waits (and is counted) until a later call.
-    pub fn reconcile(&mut self, config: &Config) -> Option<HealthChange> {
-        let states = self.checker.states();
-        // A backend the tables leave out (after a restart, the checker
-        // starts it up) stays out until it passed `rise` checks in a row.
+    /// The backends the checker finds dead, for `config`: failing checks,
+    /// or out of the tables and not yet past `rise` checks (after a
+    /// restart the checker starts every backend up).
+    pub fn dead(&self, config: &Config) -> BTreeSet<Down> {
+        self.dead_in(config, &self.checker.states())
+    }
+
+    fn dead_in(&self, config: &Config, states: &HashMap<Key, Health>) -> BTreeSet<Down> {
         let rises: HashMap<Key, u32> = targets(config)
             .into_iter()
             .map(|t| (t.key, t.check.settings.rise))
             .collect();
-        let dead: BTreeSet<Down> = states
+        states
             .iter()
             .filter(|(key, h)| {
                 let out = self
@@ -138,7 +133,16 @@ impl HealthControl {
                 !h.up || (out && h.successes < rises.get(*key).copied().unwrap_or(1))
             })
             .map(|(k, _)| (k.vip.clone(), k.backend))
-            .collect();
+            .collect()
+    }
+
+    /// Judges `config` against the checker's findings. Returns the change
+    /// to install when a VIP's dead backends differ from what its table
+    /// leaves out and its damping budget allows it; a VIP whose budget is
+    /// spent waits (and is counted) until a later call.
+    pub fn reconcile(&mut self, config: &Config) -> Option<HealthChange> {
+        let states = self.checker.states();
+        let dead = self.dead_in(config, &states);
         let verdicts = judge(config, &dead);
         let now = Instant::now();
         let mut details = Vec::new();

@@ -168,7 +168,7 @@ impl Controller {
             .unwrap_or_default();
         let monitor = Monitor::new(
             health.checker(),
-            dataplane.counter_reader()?,
+            (dataplane.counter_reader()?, dataplane.epoch_clock()?),
             Attachment {
                 pins: pins.clone(),
                 interface: interface.to_string(),
@@ -230,7 +230,7 @@ impl Controller {
         if self.dataplane.installed().is_none() {
             return Reply::error(503, "nothing is installed");
         }
-        let report = match self.monitor.report() {
+        let report = match self.monitor.report(true) {
             Ok((report, _)) => report,
             Err(e) => return Reply::error(500, format!("reading the counters: {e}")),
         };
@@ -250,7 +250,7 @@ impl Controller {
 
     /// Reads every counter, with the window's shares and flags.
     pub fn report(&self) -> std::io::Result<crate::monitor::report::Report> {
-        self.monitor.report().map(|(report, _)| report)
+        self.monitor.report(true).map(|(report, _)| report)
     }
 
     fn plan(&self, request: &ApplyRequest) -> Reply {
@@ -266,7 +266,12 @@ impl Controller {
                 }),
             };
         };
-        let planned = plan(self.in_force.validation.side(), next_side, request.force);
+        let mut planned = plan(self.in_force.validation.side(), next_side, request.force);
+        if let (Some(config), Some(in_force)) =
+            (&next.validation.config, &self.in_force.validation.config)
+        {
+            planned.judge_health(config, &self.health.dead(in_force));
+        }
         let accepted = next.validation.is_valid() && planned.accepted();
         let mut body = json!({
             "accepted": accepted,

@@ -22,7 +22,7 @@ use crate::monitor::{Monitor, metrics};
 async fn scrape(State(monitor): State<Arc<Monitor>>) -> Response {
     let encoded = tokio::task::spawn_blocking(move || {
         monitor
-            .report()
+            .report(false)
             .map(|(report, facts)| metrics::exposition(report, facts))
     })
     .await;

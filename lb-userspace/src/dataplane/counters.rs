@@ -9,7 +9,15 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
 };
 
-use lb_common::maps::{Reason, TrafficCounters};
+use std::collections::HashMap;
+
+use lb_common::maps::{FLOW_CLOSING, FlowKey, FlowState, Reason, TrafficCounters};
+
+use super::clock::epoch_now;
+
+/// A flow counts as active while it sent a packet within this many seconds
+/// and the client has not closed it (FIN or RST).
+pub const ACTIVE_IDLE_S: u32 = 60;
 
 /// Counters summed over CPUs: per backend slot and per VIP id (indexed by
 /// id, up to the largest id asked for), and per reason.
@@ -46,6 +54,7 @@ pub struct CounterReader {
     backends: OwnedFd,
     vips: OwnedFd,
     reasons: OwnedFd,
+    flows: OwnedFd,
     cpus: usize,
 }
 
@@ -138,15 +147,59 @@ fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
 
 impl CounterReader {
     /// A reader over the given maps (`BACKEND_STATS`, `VIP_STATS`,
-    /// `GLOBAL_STATS` handles).
-    pub fn new(backends: OwnedFd, vips: OwnedFd, reasons: OwnedFd) -> io::Result<Self> {
+    /// `GLOBAL_STATS` and `CONN_TABLE` handles).
+    pub fn new(
+        backends: OwnedFd,
+        vips: OwnedFd,
+        reasons: OwnedFd,
+        flows: OwnedFd,
+    ) -> io::Result<Self> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| io::Error::new(e.kind(), what))?;
         Ok(Self {
             backends,
             vips,
             reasons,
+            flows,
             cpus,
         })
+    }
+
+    /// Active flows per (VIP id, backend id), estimated from the connection
+    /// table: entries seen within `ACTIVE_IDLE_S` and not closed by the
+    /// client. One pass over the table, in batches.
+    pub fn active_flows(&self) -> io::Result<HashMap<(u32, u32), u64>> {
+        const CHUNK: usize = 4096;
+        let now = epoch_now();
+        let mut active = HashMap::new();
+        let mut keys = vec![FlowKey::default(); CHUNK];
+        let mut values = vec![FlowState::default(); CHUNK];
+        let (mut token, mut next) = (0u64, 0u64);
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { &raw const token as u64 },
+                out_batch: &raw mut next as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: CHUNK as u32,
+                map_fd: self.flows.as_fd().as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            let result = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            for state in &values[..attr.count as usize] {
+                if state.flags & FLOW_CLOSING == 0 && now.wrapping_sub(state.seen) <= ACTIVE_IDLE_S
+                {
+                    *active.entry((state.vip_id, state.backend_id)).or_default() += 1;
+                }
+            }
+            match result {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(active),
+                Err(e) => return Err(e),
+            }
+            first = false;
+            token = next;
+        }
     }
 
     /// Reads backend slots `0..backends`, VIP ids `0..vips` and every reason.

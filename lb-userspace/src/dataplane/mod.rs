@@ -3,6 +3,7 @@
 //! making one apply live in one step, and reading counters back. Everything
 //! that touches aya lives in this folder.
 
+pub mod clock;
 pub mod counters;
 mod mmap;
 pub mod pins;
@@ -774,7 +775,7 @@ impl Dataplane {
     /// threads.
     pub fn counter_reader(&self) -> Result<CounterReader> {
         let handle = |name: &'static str| {
-            let Map::PerCpuArray(data) = self.map(name)? else {
+            let (Map::PerCpuArray(data) | Map::LruHashMap(data)) = self.map(name)? else {
                 return Err(DataplaneError::Missing(name));
             };
             data.fd()
@@ -789,11 +790,28 @@ impl Dataplane {
             handle(names::BACKEND_STATS)?,
             handle(names::VIP_STATS)?,
             handle(names::GLOBAL_STATS)?,
+            handle(names::CONN_TABLE)?,
         )
         .map_err(|source| DataplaneError::Io {
             what: "counting CPUs".into(),
             source,
         })
+    }
+
+    /// A clock that advances the data plane's epoch, for another thread.
+    pub fn epoch_clock(&self) -> Result<clock::EpochClock> {
+        let Map::Array(data) = self.map(names::CONFIG)? else {
+            return Err(DataplaneError::Missing(names::CONFIG));
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DataplaneError::Io {
+                what: "duplicating the CONFIG handle".into(),
+                source,
+            })?;
+        clock::EpochClock::new(fd)
     }
 
     /// Every counter the installed state uses, summed over CPUs.

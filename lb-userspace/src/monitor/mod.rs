@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Imbalance,
-    dataplane::{counted_ids, counters::CounterReader, pins::PinDir, state::DesiredState},
+    dataplane::{
+        clock::EpochClock, counted_ids, counters::CounterReader, pins::PinDir, state::DesiredState,
+    },
     health::Checker,
     policy::health::VipHealth,
 };
@@ -205,6 +207,7 @@ struct State {
 pub struct Monitor {
     checker: Arc<Checker>,
     reader: CounterReader,
+    clock: Mutex<EpochClock>,
     attachment: Attachment,
     state: Mutex<State>,
 }
@@ -213,7 +216,7 @@ impl Monitor {
     /// A monitor of `view`, reading through `reader`.
     pub fn new(
         checker: Arc<Checker>,
-        reader: CounterReader,
+        (reader, clock): (CounterReader, EpochClock),
         attachment: Attachment,
         view: View,
         settings: Imbalance,
@@ -221,6 +224,7 @@ impl Monitor {
         Arc::new(Self {
             checker,
             reader,
+            clock: Mutex::new(clock),
             attachment,
             state: Mutex::new(State {
                 view: Arc::new(view),
@@ -272,9 +276,14 @@ impl Monitor {
         self.lock().facts.file_in_force = Some(in_force);
     }
 
-    /// Reads every counter into the window and logs the flags that went up
-    /// or down.
+    /// Advances the data plane's epoch, then reads every counter into the
+    /// window and logs the flags that went up or down.
     pub fn sample(&self) -> io::Result<()> {
+        if let Ok(mut clock) = self.clock.lock()
+            && let Err(e) = clock.tick()
+        {
+            return Err(io::Error::other(format!("advancing the epoch: {e}")));
+        }
         let view = self.lock().view.clone();
         let (backends, vips) = view.counted;
         let counters = self.reader.read(backends, vips)?;
@@ -287,8 +296,14 @@ impl Monitor {
     }
 
     /// Reads every counter now and reports them with the window's shares
-    /// and flags, and the controller's facts.
-    pub fn report(&self) -> io::Result<(Report, Facts)> {
+    /// and flags, and the controller's facts; with `flows`, also each
+    /// backend's active flows (one pass over the connection table).
+    pub fn report(&self, flows: bool) -> io::Result<(Report, Facts)> {
+        let active = if flows {
+            Some(self.reader.active_flows()?)
+        } else {
+            None
+        };
         let view = self.lock().view.clone();
         let (backends, vips) = view.counted;
         let counters = self.reader.read(backends, vips)?;
@@ -305,6 +320,7 @@ impl Monitor {
                 verdicts: &state.verdicts,
                 changes: &state.health_changes,
             },
+            active.as_ref(),
         );
         Ok((report, state.facts.clone()))
     }

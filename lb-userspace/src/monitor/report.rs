@@ -134,6 +134,10 @@ pub struct BackendReport {
     /// Out of the table because its checks fail.
     #[serde(default)]
     pub taken_down: bool,
+    /// Flows on it now, estimated from the connection table (sent a packet
+    /// in the last minute, not closed by the client); `status` only.
+    #[serde(default)]
+    pub active_flows: Option<u64>,
     /// The last check's latency, in milliseconds.
     #[serde(default)]
     pub check_ms: Option<f64>,
@@ -153,6 +157,7 @@ impl Report {
         window: &Window,
         attached: bool,
         healths: &Healths<'_>,
+        active: Option<&HashMap<(u32, u32), u64>>,
     ) -> Self {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         let vips = view
@@ -216,6 +221,9 @@ impl Report {
                                 }
                                 .into(),
                                 taken_down: b.down,
+                                active_flows: active.map(|a| {
+                                    a.get(&(vip.vip_id, b.backend_id)).copied().unwrap_or(0)
+                                }),
                                 check_ms: health.and_then(|h| h.last_latency).map(ms),
                                 check_avg_ms: health.and_then(|h| h.latency_avg).map(ms),
                                 check_error: health.and_then(|h| h.last_error.clone()),
@@ -305,7 +313,7 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  {:<12} {:<24} {:>6} {:>9} {:>9} {:>10} {:>12} {:>10} {:>14}",
+                "  {:<12} {:<24} {:>6} {:>9} {:>9} {:>10} {:>12} {:>10} {:>7} {:>14}",
                 "backend",
                 "address",
                 "weight",
@@ -314,6 +322,7 @@ impl Report {
                 "packets",
                 "bytes",
                 "flows",
+                "active",
                 "health"
             );
             for b in &vip.backends {
@@ -332,7 +341,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "  {:<12} {:<24} {:>6} {:>8.1}% {:>8.1}% {:>10} {:>12} {:>10} {:>14}{mark}",
+                    "  {:<12} {:<24} {:>6} {:>8.1}% {:>8.1}% {:>10} {:>12} {:>10} {:>7} {:>14}{mark}",
                     b.name,
                     b.address,
                     b.weight,
@@ -341,6 +350,8 @@ impl Report {
                     b.packets,
                     b.bytes,
                     b.new_flows,
+                    b.active_flows
+                        .map_or_else(|| "-".to_string(), |n| n.to_string()),
                     health,
                 );
             }

@@ -7,7 +7,7 @@
 //! needs `--force`. Pure: two validated configs in, a plan out.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::SocketAddr,
 };
 
@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, GuardOverrides, Guards, VipConfig},
+    policy::health::{Down, judge},
     policy::validate::{Validation, VipTable, check_concentration, vip_location},
     problem::Problem,
 };
@@ -67,6 +68,12 @@ pub struct VipPlan {
     pub capacity_removed: f64,
     /// Its backends: the new config's order, then removed ones.
     pub backends: Vec<BackendPlan>,
+    /// After the change, how many more of its healthy backends could fail,
+    /// heaviest first, before it panics (`None` for a removed VIP).
+    pub failures_to_panic: Option<usize>,
+    /// After the change, it would be in panic (with the backends found
+    /// dead now).
+    pub panic: bool,
 }
 
 /// A whole plan.
@@ -228,12 +235,27 @@ pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
         }
     }
     let forced = resolve_overridable(&mut problems, force, first_install);
-    Plan {
+    let mut plan = Plan {
         table_size: (current.config.table_size, next.config.table_size),
         vips,
         problems,
         forced,
         first_install,
+    };
+    plan.judge_health(next.config, &BTreeSet::new());
+    plan
+}
+
+impl Plan {
+    /// Fills in each VIP's distance to panic under `next` (the planned
+    /// config), with the backends in `down` found dead.
+    pub fn judge_health(&mut self, next: &Config, down: &BTreeSet<Down>) {
+        let verdicts = judge(next, down);
+        for vip in &mut self.vips {
+            let verdict = verdicts.iter().find(|v| v.endpoint == vip.endpoint);
+            vip.failures_to_panic = verdict.map(|v| v.failures_to_panic);
+            vip.panic = verdict.is_some_and(|v| v.panic);
+        }
     }
 }
 
@@ -346,6 +368,8 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
         flows_moved,
         capacity_removed,
         backends,
+        failures_to_panic: None,
+        panic: false,
     }
 }
 
