@@ -335,18 +335,20 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
     // An established flow is found by its 5-tuple alone: the entry names its
     // VIP, and a backend slot is honoured only while it serves that VIP, so
     // the VIP probe is needed only for SYNs and connection-table misses.
-    let Some(config) = CONFIG.get(0) else {
-        return discard(Reason::DropNoBackend);
-    };
     let tracked = if flow.opens {
         None
     } else {
         tracked_flow(&flow.key)
     };
     let closing = if flow.closes { FLOW_CLOSING } else { 0 };
-    let (vip_id, backend_id, backend, new_flow) = match tracked {
+    // The config map is read only on the paths that forward: a non-VIP
+    // packet never pays for it.
+    let (vip_id, backend_id, backend, new_flow, config) = match tracked {
         Some((vip_id, backend_id, backend, entry)) => {
             count(Reason::ConnHit);
+            let Some(config) = CONFIG.get(0) else {
+                return discard(Reason::DropNoBackend);
+            };
             // SAFETY: the entry stays valid while the program runs; a racing
             // writer on another CPU can only store the same kind of values.
             unsafe {
@@ -357,7 +359,7 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
                     (*entry).flags |= closing;
                 }
             }
-            (vip_id, backend_id, backend, false)
+            (vip_id, backend_id, backend, false, config)
         }
         None => {
             let Some((vip_id, table_id)) = lookup_vip(&flow.key) else {
@@ -365,6 +367,9 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
             };
             count(Reason::ConnMiss);
             let Some((backend_id, backend)) = table_backend(&flow.key, vip_id, table_id) else {
+                return discard(Reason::DropNoBackend);
+            };
+            let Some(config) = CONFIG.get(0) else {
                 return discard(Reason::DropNoBackend);
             };
             let state = FlowState {
@@ -380,7 +385,7 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
                 Ok(()) => Reason::ConnInsert,
                 Err(_) => Reason::ConnInsertFailed,
             });
-            (vip_id, backend_id, backend, true)
+            (vip_id, backend_id, backend, true, config)
         }
     };
     // SAFETY: `eth` was bounds-checked in `process` and the frame has not

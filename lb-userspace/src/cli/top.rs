@@ -340,7 +340,7 @@ const RED_BOLD: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
 const BOLD: Style = Style::new().add_modifier(Modifier::BOLD);
 const DIM: Style = Style::new().add_modifier(Modifier::DIM);
 /// The backend table's fixed columns after the name and the address:
-/// header and width. The health column waits for health checks.
+/// header and width. Health is `up`, `DOWN` or `-` (not checked).
 const NUMBER_COLUMNS: [(&str, u16); 5] = [
     ("weight", 6),
     ("health", 6),
@@ -479,8 +479,12 @@ impl Top {
     }
 
     fn draw_vip(&self, frame: &mut Frame, area: Rect, vip: &VipReport) {
+        let panic = vip.health.as_ref().is_some_and(|h| h.panic);
         let imbalanced = vip.backends.iter().any(|b| b.imbalanced);
-        let flag = if imbalanced {
+        let alarm = panic || imbalanced;
+        let flag = if panic {
+            Span::styled(" PANIC: all backends kept ", RED_BOLD)
+        } else if imbalanced {
             Span::styled(
                 format!(" IMBALANCED {:.2}x ", vip.imbalance_ratio),
                 RED_BOLD,
@@ -494,7 +498,7 @@ impl Top {
         ]);
         let block = Block::new()
             .borders(Borders::TOP)
-            .border_style(if imbalanced { RED_BOLD } else { DIM })
+            .border_style(if alarm { RED_BOLD } else { DIM })
             .title(title)
             .title_top(Line::from(flag).right_aligned());
         let inner = block.inner(area);
@@ -562,8 +566,11 @@ impl Top {
                 Cell::from(b.name.clone()).style(name_style),
                 Cell::from(b.address.clone()),
                 right(b.weight.to_string()),
-                // Health checks do not exist yet.
-                right("-".into()),
+                match b.health.as_str() {
+                    "down" => right("DOWN".into()).style(RED_BOLD),
+                    "up" => right("up".into()),
+                    _ => right("-".into()),
+                },
                 right(packets),
                 right(bytes),
                 right(flows),
