@@ -32,6 +32,8 @@ pub struct HealthChange {
 /// The controller's health state.
 pub struct HealthControl {
     checker: Arc<Checker>,
+    /// Per checked backend, its `rise` (kept from the last targets).
+    rises: HashMap<Key, u32>,
     /// Per VIP endpoint: the dead backends its installed table leaves out.
     applied: BTreeMap<String, Vec<SocketAddr>>,
     /// Per VIP endpoint: when its health-driven changes were applied.
@@ -60,6 +62,24 @@ pub fn targets(config: &Config) -> Vec<Target> {
         .collect()
 }
 
+/// `down`, grouped by VIP endpoint.
+fn grouped(down: &[Down]) -> BTreeMap<String, Vec<SocketAddr>> {
+    let mut by_vip: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    for (vip, backend) in down {
+        by_vip.entry(vip.clone()).or_default().push(*backend);
+    }
+    by_vip
+}
+
+/// Each target's `rise`: the passing checks a backend the tables leave out
+/// needs before it comes back.
+fn rises(targets: &[Target]) -> HashMap<Key, u32> {
+    targets
+        .iter()
+        .map(|t| (t.key.clone(), t.check.settings.rise))
+        .collect()
+}
+
 impl HealthControl {
     /// Starts checking every backend of `config`; transitions go to
     /// `notify`. `down` is what the installed state already leaves out.
@@ -68,14 +88,13 @@ impl HealthControl {
         down: &[Down],
         notify: impl Fn(Transition) + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
-        let checker = Arc::new(Checker::start(targets(config), notify)?);
-        let mut applied: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
-        for (vip, backend) in down {
-            applied.entry(vip.clone()).or_default().push(*backend);
-        }
+        let targets = targets(config);
+        let rises = rises(&targets);
+        let checker = Arc::new(Checker::start(targets, notify)?);
         Ok(Self {
             checker,
-            applied,
+            rises,
+            applied: grouped(down),
             recent: HashMap::new(),
             waiting: BTreeSet::new(),
             changes: BTreeMap::new(),
@@ -97,8 +116,10 @@ impl HealthControl {
     }
 
     /// Checks what `config` (the config in force) has.
-    pub fn retarget(&self, config: &Config) {
-        self.checker.retarget(targets(config));
+    pub fn retarget(&mut self, config: &Config) {
+        let targets = targets(config);
+        self.rises = rises(&targets);
+        self.checker.retarget(targets);
     }
 
     /// The panic policy's last verdicts, per VIP.
@@ -111,18 +132,14 @@ impl HealthControl {
         &self.changes
     }
 
-    /// The backends the checker finds dead, for `config`: failing checks,
-    /// or out of the tables and not yet past `rise` checks (after a
-    /// restart the checker starts every backend up).
-    pub fn dead(&self, config: &Config) -> BTreeSet<Down> {
-        self.dead_in(config, &self.checker.states())
+    /// The backends the checker finds dead: failing checks, or out of the
+    /// tables and not yet past `rise` checks (after a restart the checker
+    /// starts every backend up).
+    pub fn dead(&self) -> BTreeSet<Down> {
+        self.dead_in(&self.checker.states())
     }
 
-    fn dead_in(&self, config: &Config, states: &HashMap<Key, Health>) -> BTreeSet<Down> {
-        let rises: HashMap<Key, u32> = targets(config)
-            .into_iter()
-            .map(|t| (t.key, t.check.settings.rise))
-            .collect();
+    fn dead_in(&self, states: &HashMap<Key, Health>) -> BTreeSet<Down> {
         states
             .iter()
             .filter(|(key, h)| {
@@ -130,7 +147,7 @@ impl HealthControl {
                     .applied
                     .get(&key.vip)
                     .is_some_and(|b| b.contains(&key.backend));
-                !h.up || (out && h.successes < rises.get(*key).copied().unwrap_or(1))
+                !h.up || (out && h.successes < self.rises.get(*key).copied().unwrap_or(1))
             })
             .map(|(k, _)| (k.vip.clone(), k.backend))
             .collect()
@@ -142,7 +159,7 @@ impl HealthControl {
     /// spent waits (and is counted) until a later call.
     pub fn reconcile(&mut self, config: &Config) -> Option<HealthChange> {
         let states = self.checker.states();
-        let dead = self.dead_in(config, &states);
+        let dead = self.dead_in(&states);
         let verdicts = judge(config, &dead);
         let now = Instant::now();
         let mut details = Vec::new();
@@ -260,9 +277,6 @@ impl HealthControl {
     /// Forgets a change the gate did not install: the tables still leave
     /// out what they did before.
     pub fn undo(&mut self, before: &[Down]) {
-        self.applied.clear();
-        for (vip, backend) in before {
-            self.applied.entry(vip.clone()).or_default().push(*backend);
-        }
+        self.applied = grouped(before);
     }
 }

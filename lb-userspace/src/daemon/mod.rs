@@ -267,10 +267,8 @@ impl Controller {
             };
         };
         let mut planned = plan(self.in_force.validation.side(), next_side, request.force);
-        if let (Some(config), Some(in_force)) =
-            (&next.validation.config, &self.in_force.validation.config)
-        {
-            planned.judge_health(config, &self.health.dead(in_force));
+        if let Some(config) = &next.validation.config {
+            planned.judge_health(config, &self.health.dead());
         }
         let accepted = next.validation.is_valid() && planned.accepted();
         let mut body = json!({

@@ -25,12 +25,6 @@ pub fn epoch_now() -> u32 {
 /// Advances the epoch in the config map, from any thread.
 pub struct EpochClock(Array<MapData, DataplaneConfig>);
 
-impl std::fmt::Debug for EpochClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EpochClock")
-    }
-}
-
 impl EpochClock {
     /// A clock over the config map behind `fd`.
     pub fn new(fd: OwnedFd) -> Result<Self> {
