@@ -14,13 +14,19 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
 pub const MAX_BACKENDS: u32 = 65536;
-/// Default capacity of the connection table (LRU; old flows are evicted).
+/// Default capacity of the connection table, in entries.
 pub const CONN_TABLE_ENTRIES: u32 = 262_144;
+/// Ways of each connection-table set: a flow can sit in any of the 8 ways
+/// of the one set its hash names.
+pub const FLOW_WAYS: usize = 8;
+/// Default number of connection-table sets (a power of two); `fulcrum`
+/// sets the real one at load time from `connection_table_size`.
+pub const CONN_TABLE_SETS: u32 = CONN_TABLE_ENTRIES / FLOW_WAYS as u32;
 /// Lookup-table slot 0 holds the table's size M; slots 1..=M hold backend ids.
 /// Keeping M inside the table means one atomic outer-map update swaps both.
 pub const TABLE_HEADER_SLOTS: u32 = 1;
@@ -35,11 +41,6 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Flags of every lookup table (the inner-map template and each table must
 /// agree exactly).
 pub const TABLE_MAP_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
-
-/// `BPF_F_NO_COMMON_LRU`: one LRU list per CPU for the connection table, so
-/// inserting a new flow takes no lock shared with other CPUs (Linux 4.10).
-/// Measured here: a new flow's insert costs about a quarter less.
-pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Address family tags used in keys.
 pub const FAMILY_IPV4: u8 = 4;
@@ -168,15 +169,40 @@ pub struct FlowKey {
     pub pad: [u8; 2],
 }
 
+impl FlowKey {
+    /// The key as five words, for comparing without `memcmp`.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 5] {
+        // SAFETY: FlowKey is 40 bytes of plain integers with no padding
+        // (the layout test checks the size), aligned to 8.
+        unsafe { core::mem::transmute(*self) }
+    }
+
+    /// Key equality in five word compares.
+    #[inline(always)]
+    pub fn same(&self, other: &FlowKey) -> bool {
+        let (a, b) = (self.words(), other.words());
+        a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+    }
+}
+
 /// The client sent a FIN or RST on the flow: it is closing, and no longer
 /// counts as active (its entry stays, so late segments still reach its
-/// backend).
+/// backend, until a new flow needs the way).
 pub const FLOW_CLOSING: u32 = 1;
+/// The flow has sent only one packet so far (a SYN, or the first packet of
+/// a flow the table did not know). A spoofed flood is made of such flows:
+/// they may only take free, idle, closing or other unproven ways, never one
+/// of an established flow. The flow's second packet proves it.
+pub const FLOW_UNPROVEN: u32 = 2;
 
-/// Value of the connection table.
+/// One way of a connection-table set: a flow and the backend it is pinned
+/// to. One cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowState {
+pub struct FlowEntry {
+    /// The flow's 5-tuple.
+    pub key: FlowKey,
     /// Backend slot the flow is pinned to.
     pub backend_id: u32,
     /// VIP the flow belongs to.
@@ -185,8 +211,23 @@ pub struct FlowState {
     pub generation: u32,
     /// `DataplaneConfig::epoch` when the flow last sent a packet.
     pub seen: u32,
-    /// `FLOW_CLOSING`, or 0.
+    /// `FLOW_CLOSING` and `FLOW_UNPROVEN` bits.
     pub flags: u32,
+    /// `flow_hash::flow_check` of the way's tag and this entry's backend,
+    /// VIP and generation.
+    pub check: u32,
+}
+
+/// Value of the connection table: one set of `FLOW_WAYS` ways. The tags
+/// come first, so a miss reads one cache line; a zero tag is an empty way.
+/// A writer clears the tag, writes the entry, then sets the tag.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSet {
+    /// `flow_hash::flow_tag` of each way's flow, or 0.
+    pub tags: [u32; FLOW_WAYS],
+    /// The ways.
+    pub entries: [FlowEntry; FLOW_WAYS],
 }
 
 /// Traffic counters kept per backend and per VIP (per CPU in the kernel).
@@ -210,8 +251,18 @@ pub struct DataplaneConfig {
     /// Reserved; zero.
     pub pad: [u8; 2],
     /// A coarse clock `fulcrum` advances every second (seconds of the
-    /// host's monotonic clock): flows record it as `FlowState::seen`.
+    /// host's monotonic clock): flows record it as `FlowEntry::seen`.
     pub epoch: u32,
+    /// The connection table's number of sets minus one (a power of two
+    /// minus one); `Dataplane::set_config` fills it from the map.
+    pub flow_set_mask: u32,
+    /// Seconds after which an idle TCP flow's entry expires: its next
+    /// packet is hashed again, and a new flow may take its way.
+    pub tcp_idle_s: u32,
+    /// The same for UDP.
+    pub udp_idle_s: u32,
+    /// The flow hash's secret seed.
+    pub seed: crate::flow_hash::FlowSeed,
 }
 
 /// Why a packet got the verdict it got. Each value is an index of the global
@@ -246,14 +297,22 @@ pub enum Reason {
     ConnMiss = 11,
     /// Informational: a new flow's entry went into the connection table.
     ConnInsert = 12,
-    /// Informational: the connection table refused a new flow's entry (the
-    /// flow is hashed again on its next packet).
+    /// Informational: a new flow found no way it may take (its set holds
+    /// only established flows): it is forwarded by the lookup table, not
+    /// tracked, and hashed again on its next packet. A flood of spoofed new
+    /// flows shows here instead of evicting established ones.
     ConnInsertFailed = 13,
+    /// Informational: a new flow's entry took the way of another flow
+    /// (unproven, closing or idle past its timeout).
+    ConnEvicted = 14,
+    /// Informational: a flow came back after idling past its protocol's
+    /// timeout: it was hashed again as a new flow.
+    ConnExpired = 15,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Tx,
         Reason::PassNotIp,
         Reason::PassNotVip,
@@ -268,6 +327,8 @@ impl Reason {
         Reason::ConnMiss,
         Reason::ConnInsert,
         Reason::ConnInsertFailed,
+        Reason::ConnEvicted,
+        Reason::ConnExpired,
     ];
 
     /// Whether this reason is a verdict (every packet moves exactly one
@@ -294,7 +355,9 @@ impl Reason {
             | Reason::ConnHit
             | Reason::ConnMiss
             | Reason::ConnInsert
-            | Reason::ConnInsertFailed => "info",
+            | Reason::ConnInsertFailed
+            | Reason::ConnEvicted
+            | Reason::ConnExpired => "info",
         }
     }
 
@@ -320,6 +383,8 @@ impl Reason {
             Reason::ConnMiss => "conn_miss",
             Reason::ConnInsert => "conn_insert",
             Reason::ConnInsertFailed => "conn_insert_failed",
+            Reason::ConnEvicted => "conn_evicted",
+            Reason::ConnExpired => "conn_expired",
         }
     }
 }
@@ -332,7 +397,7 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     /// `ArrayOfMaps<Array<u32>>` indexed by table id (`bank * MAX_VIPS + vip_id`).
     pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
-    /// `LruHashMap<FlowKey, FlowState>`.
+    /// `Array<FlowSet>`: the connection table, set-associative.
     pub const CONN_TABLE: &str = "CONN_TABLE";
     /// `PerCpuArray<TrafficCounters>` indexed by backend id.
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -368,7 +433,8 @@ mod pod {
     unsafe impl aya::Pod for super::VipSlot {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::FlowSet {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::Meta {}
@@ -386,9 +452,10 @@ mod tests {
         assert_eq!(size_of::<Meta>(), 16);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowState>(), 20);
+        assert_eq!(size_of::<FlowEntry>(), 64);
+        assert_eq!(size_of::<FlowSet>(), 32 + 8 * 64);
         assert_eq!(size_of::<TrafficCounters>(), 24);
-        assert_eq!(size_of::<DataplaneConfig>(), 12);
+        assert_eq!(size_of::<DataplaneConfig>(), 40);
     }
 
     #[test]
@@ -402,6 +469,8 @@ mod tests {
             Reason::ConnMiss,
             Reason::ConnInsert,
             Reason::ConnInsertFailed,
+            Reason::ConnEvicted,
+            Reason::ConnExpired,
         ];
         for reason in Reason::ALL {
             assert_eq!(

@@ -9,17 +9,17 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, ArrayOfMaps, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::{
-    flow_hash::{flow_hash, table_slot, vip_home_slot},
+    flow_hash::{flow_check, flow_hash, flow_set, flow_tag, table_slot, vip_home_slot},
     maps::{
-        BACKEND_ACTIVE, BPF_F_NO_COMMON_LRU, Backend, CONN_TABLE_ENTRIES, DataplaneConfig,
-        FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FlowKey, FlowState, LOOKUP_TABLE_IDS, MAX_BACKENDS,
-        MAX_VIPS, PROTO_TCP, Reason, TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES,
-        VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot,
+        BACKEND_ACTIVE, Backend, CONN_TABLE_SETS, DataplaneConfig, FAMILY_IPV4, FAMILY_IPV6,
+        FLOW_CLOSING, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowSet, LOOKUP_TABLE_IDS,
+        MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason, TABLE_MAP_FLAGS, TrafficCounters,
+        VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot,
     },
 };
 use lb_ebpf::{
@@ -54,13 +54,12 @@ static LOOKUP_TABLES: ArrayOfMaps<
     { LOOKUP_TABLE_IDS as usize },
 > = ArrayOfMaps::new();
 
+/// The connection table: sets of `FLOW_WAYS` ways, indexed by the flow
+/// hash. One table shared by every CPU (a flow is found whichever CPU its
+/// packets reach), with no lock and no allocation: an insert overwrites a
+/// way. The size here is a default; `fulcrum` sets the real one.
 #[btf_map]
-static CONN_TABLE: LruHashMap<
-    FlowKey,
-    FlowState,
-    { CONN_TABLE_ENTRIES as usize },
-    { BPF_F_NO_COMMON_LRU as usize },
-> = LruHashMap::new();
+static CONN_TABLE: Array<FlowSet, { CONN_TABLE_SETS as usize }> = Array::new();
 
 #[btf_map]
 static BACKEND_STATS: PerCpuArray<TrafficCounters, { MAX_BACKENDS as usize }> = PerCpuArray::new();
@@ -94,8 +93,8 @@ const fn discard(reason: Reason) -> Verdict {
     }
 }
 
-/// A parsed flow: its 5-tuple, whether it opens a new connection, and
-/// whether it closes one (a TCP FIN or RST).
+/// A parsed flow: its 5-tuple, whether it opens a new connection (a SYN),
+/// and whether it closes one (a TCP FIN or RST).
 struct Flow {
     key: FlowKey,
     opens: bool,
@@ -296,25 +295,151 @@ fn live_backend(backend_id: u32, vip_id: u32) -> Option<Backend> {
     (backend.flags & BACKEND_ACTIVE != 0 && backend.vip_id == vip_id).then_some(backend)
 }
 
-/// An established flow from the connection table: its VIP, backend id and
-/// backend, if that backend slot still serves the VIP and still holds the
-/// backend the flow was pinned to (same generation).
+/// Where a flow belongs in the connection table: its hash, its tag, its set
+/// and the way that holds its 5-tuple, if one does.
+struct Place {
+    hash: u64,
+    tag: u32,
+    set: Option<*mut FlowSet>,
+    way: Option<usize>,
+}
+
 #[inline(always)]
-fn tracked_flow(key: &FlowKey) -> Option<(u32, u32, Backend, *mut FlowState)> {
-    let entry = CONN_TABLE.get_ptr_mut(key)?;
+fn locate(key: &FlowKey, config: &DataplaneConfig) -> Place {
+    let hash = flow_hash(key, &config.seed);
+    let tag = flow_tag(hash);
+    let set = CONN_TABLE.get_ptr_mut(flow_set(hash, config.flow_set_mask));
+    let way = set.and_then(|set| {
+        // SAFETY: map values are valid while the program runs.
+        let set = unsafe { &*set };
+        (0..FLOW_WAYS).find(|&way| set.tags[way] == tag && set.entries[way].key.same(key))
+    });
+    Place {
+        hash,
+        tag,
+        set,
+        way,
+    }
+}
+
+/// Seconds a flow of `proto` may idle before its entry expires.
+#[inline(always)]
+fn idle_limit(config: &DataplaneConfig, proto: u8) -> u32 {
+    if proto == PROTO_TCP {
+        config.tcp_idle_s
+    } else {
+        config.udp_idle_s
+    }
+}
+
+/// An established flow: the VIP, backend id and backend its entry names,
+/// if the entry is whole (its check holds), has not idled past its
+/// timeout, and its backend slot still serves the VIP with the same
+/// backend (same generation). Refreshes the entry's clock and marks.
+#[inline(always)]
+fn tracked_flow(
+    place: &Place,
+    flow: &Flow,
+    config: &DataplaneConfig,
+) -> Option<(u32, u32, Backend)> {
+    let (set, way) = (place.set?, place.way?);
+    // SAFETY: map values are valid while the program runs; `way` is a way
+    // index found by `place`.
+    let entry = unsafe { &mut (*set).entries[way] };
+    let state = *entry;
+    if state.check != flow_check(place.tag, state.backend_id, state.vip_id, state.generation) {
+        return None;
+    }
+    if config.epoch.wrapping_sub(state.seen) > idle_limit(config, flow.key.proto) {
+        count(Reason::ConnExpired);
+        return None;
+    }
+    let backend = live_backend(state.backend_id, state.vip_id)
+        .filter(|backend| backend.generation == state.generation)?;
+    // A racing writer on another CPU can only store the same kind of values.
+    if state.seen != config.epoch {
+        entry.seen = config.epoch;
+    }
+    let flags = (state.flags & !FLOW_UNPROVEN) | closing(flow);
+    if flags != state.flags {
+        entry.flags = flags;
+    }
+    Some((state.vip_id, state.backend_id, backend))
+}
+
+#[inline(always)]
+fn closing(flow: &Flow) -> u32 {
+    if flow.closes { FLOW_CLOSING } else { 0 }
+}
+
+/// A way a new flow may take when no way holds its 5-tuple: an empty way,
+/// else the longest-idle of the ways it may reclaim (unproven, closing, or
+/// idle past their timeout), never an established flow's. The flag says
+/// whether it evicts another flow.
+#[inline(always)]
+fn free_way(set: &FlowSet, config: &DataplaneConfig) -> Option<(usize, bool)> {
+    let mut best: Option<(usize, bool)> = None;
+    let mut best_age = 0;
+    for way in 0..FLOW_WAYS {
+        if set.tags[way] == 0 {
+            return Some((way, false));
+        }
+        let entry = &set.entries[way];
+        let age = config.epoch.wrapping_sub(entry.seen);
+        let reclaimable = entry.flags & (FLOW_CLOSING | FLOW_UNPROVEN) != 0
+            || age > idle_limit(config, entry.key.proto);
+        if reclaimable && (best.is_none() || age > best_age) {
+            best = Some((way, true));
+            best_age = age;
+        }
+    }
+    best
+}
+
+/// Records a new flow, unproven until its next packet, in its own way or
+/// a free one; counts the insert, an eviction, or that it found no way.
+#[inline(always)]
+fn track(place: &Place, flow: &Flow, entry: FlowEntry, config: &DataplaneConfig) {
+    let Some(set) = place.set else {
+        count(Reason::ConnInsertFailed);
+        return;
+    };
     // SAFETY: map values are valid while the program runs.
-    let state = unsafe { *entry };
-    live_backend(state.backend_id, state.vip_id)
-        .filter(|backend| backend.generation == state.generation)
-        .map(|backend| (state.vip_id, state.backend_id, backend, entry))
+    let set = unsafe { &mut *set };
+    let Some((way, evicts)) = place
+        .way
+        .map(|way| (way, false))
+        .or_else(|| free_way(set, config))
+    else {
+        count(Reason::ConnInsertFailed);
+        return;
+    };
+    let entry = FlowEntry {
+        key: flow.key,
+        flags: FLOW_UNPROVEN | closing(flow),
+        check: flow_check(place.tag, entry.backend_id, entry.vip_id, entry.generation),
+        ..entry
+    };
+    // Clear the tag, write the entry, set the tag: a reader on another CPU
+    // sees an empty way or a whole entry (and the check catches the rest).
+    // SAFETY: `way` < FLOW_WAYS; plain stores into the map value.
+    unsafe {
+        core::ptr::write_volatile(&mut set.tags[way], 0);
+        core::ptr::write_volatile(&mut set.entries[way], entry);
+        core::ptr::write_volatile(&mut set.tags[way], place.tag);
+    }
+    count(Reason::ConnInsert);
+    if evicts {
+        count(Reason::ConnEvicted);
+    }
 }
 
 /// The backend the VIP's lookup table assigns to a new flow.
 #[inline(always)]
-fn table_backend(key: &FlowKey, vip_id: u32, table_id: u32) -> Option<(u32, Backend)> {
+fn table_backend(hash: u64, vip_id: u32, table_id: u32) -> Option<(u32, Backend)> {
     let table = LOOKUP_TABLES.get(table_id)?;
     let size = *table.get(0)?;
-    let slot = table_slot(flow_hash(key), size)?;
+    let slot = table_slot(hash, size)?;
     let backend_id = *table.get(slot)?;
     live_backend(backend_id, vip_id).map(|backend| (backend_id, backend))
 }
@@ -334,31 +459,22 @@ fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, new_flow: boo
 fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
     // An established flow is found by its 5-tuple alone: the entry names its
     // VIP, and a backend slot is honoured only while it serves that VIP, so
-    // the VIP probe is needed only for SYNs and connection-table misses.
-    let tracked = if flow.opens {
-        None
+    // the VIP probe is needed only for SYNs and connection-table misses. A
+    // SYN always takes the lookup table's current choice, and reads the
+    // config only once it is known to be for a VIP.
+    let (place, tracked) = if flow.opens {
+        (None, None)
     } else {
-        tracked_flow(&flow.key)
+        let Some(config) = CONFIG.get(0) else {
+            return discard(Reason::DropNoBackend);
+        };
+        let place = locate(&flow.key, config);
+        let tracked = tracked_flow(&place, flow, config).map(|found| (found, config));
+        (Some(place), tracked)
     };
-    let closing = if flow.closes { FLOW_CLOSING } else { 0 };
-    // The config map is read only on the paths that forward: a non-VIP
-    // packet never pays for it.
     let (vip_id, backend_id, backend, new_flow, config) = match tracked {
-        Some((vip_id, backend_id, backend, entry)) => {
+        Some(((vip_id, backend_id, backend), config)) => {
             count(Reason::ConnHit);
-            let Some(config) = CONFIG.get(0) else {
-                return discard(Reason::DropNoBackend);
-            };
-            // SAFETY: the entry stays valid while the program runs; a racing
-            // writer on another CPU can only store the same kind of values.
-            unsafe {
-                if (*entry).seen != config.epoch {
-                    (*entry).seen = config.epoch;
-                }
-                if closing != 0 {
-                    (*entry).flags |= closing;
-                }
-            }
             (vip_id, backend_id, backend, false, config)
         }
         None => {
@@ -366,25 +482,21 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
                 return pass(Reason::PassNotVip);
             };
             count(Reason::ConnMiss);
-            let Some((backend_id, backend)) = table_backend(&flow.key, vip_id, table_id) else {
-                return discard(Reason::DropNoBackend);
-            };
             let Some(config) = CONFIG.get(0) else {
                 return discard(Reason::DropNoBackend);
             };
-            let state = FlowState {
+            let place = place.unwrap_or_else(|| locate(&flow.key, config));
+            let Some((backend_id, backend)) = table_backend(place.hash, vip_id, table_id) else {
+                return discard(Reason::DropNoBackend);
+            };
+            let entry = FlowEntry {
                 backend_id,
                 vip_id,
                 generation: backend.generation,
                 seen: config.epoch,
-                flags: closing,
+                ..FlowEntry::default()
             };
-            // A full LRU evicts its oldest entry; a failure only costs a
-            // re-hash on the next packet, so it is counted, not fatal.
-            count(match CONN_TABLE.insert(flow.key, state, 0) {
-                Ok(()) => Reason::ConnInsert,
-                Err(_) => Reason::ConnInsertFailed,
-            });
+            track(&place, flow, entry, config);
             (vip_id, backend_id, backend, true, config)
         }
     };

@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use aya::{TestRun as _, TestRunOptions};
-use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters, VipSlot};
+use lb_common::{
+    flow_hash::FlowSeed,
+    maps::{DataplaneConfig, Reason, TrafficCounters, VipSlot},
+};
 use lb_userspace::{
     config::{Config, MacAddr},
     dataplane::state::{DesiredState, vip_key},
@@ -73,6 +76,9 @@ backend = [
 
 /// A VIP that is in the VIP map but has no lookup table (`vip_id` unused
 /// by the config), to exercise the no-backend drop.
+/// The flow hash seed the fixture's data plane uses.
+pub const TEST_SEED: FlowSeed = FlowSeed([0x5eed_0000_0000_0001, 0x5eed_0000_0000_0002]);
+
 pub const TABLELESS_VIP: (&str, u16) = ("198.18.0.102", 80);
 const TABLELESS_VIP_ID: u32 = 900;
 
@@ -161,6 +167,15 @@ pub struct Snapshot {
 }
 
 impl Fixture {
+    /// Sets the data plane's clock to `epoch`, keeping the rest of its
+    /// config.
+    pub fn set_epoch(&mut self, epoch: u32) {
+        let config = self.dataplane.config().expect("config map");
+        self.dataplane
+            .set_config(DataplaneConfig { epoch, ..config })
+            .expect("config map");
+    }
+
     /// Loads the program with `STANDARD_CONFIG`.
     pub fn standard() -> Self {
         Self::with_config(STANDARD_CONFIG)
@@ -183,8 +198,10 @@ impl Fixture {
         dataplane
             .set_config(DataplaneConfig {
                 if_mac: LB_MAC,
-                pad: [0; 2],
-                epoch: 0,
+                tcp_idle_s: config.idle.tcp_s,
+                udp_idle_s: config.idle.udp_s,
+                seed: TEST_SEED,
+                ..DataplaneConfig::default()
             })
             .expect("config map");
         dataplane.install(&state).expect("state installs");

@@ -3,6 +3,7 @@
 //! namespaces with real traffic.
 
 pub mod fixture;
+pub mod flood;
 pub mod lab;
 pub mod netns;
 pub mod packet;

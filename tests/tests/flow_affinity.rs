@@ -3,7 +3,7 @@
 //! only when their backend is gone, and then only to the new table's choice.
 
 use lb_tests::{
-    fixture::{Fixture, STANDARD_CONFIG, xdp_action},
+    fixture::{Fixture, STANDARD_CONFIG, TEST_SEED, xdp_action},
     packet::{Frame, tcp_flags::*},
 };
 use lb_userspace::dataplane::state::DesiredState;
@@ -37,7 +37,7 @@ fn a_flow_stays_on_its_backend() {
         let first = forwarded_to(&mut fixture, &client(port, SYN));
         let predicted = fixture
             .state
-            .backend_for(&client(port, SYN).flow())
+            .backend_for(&client(port, SYN).flow(), &TEST_SEED)
             .unwrap();
         assert_eq!(first, predicted.backend_id, "kernel and userspace disagree");
         for flags in [ACK, ACK | PSH, ACK, FIN | ACK] {
@@ -64,7 +64,9 @@ fn only_flows_of_moved(
     for (&port, &was) in ports.iter().zip(before) {
         let now = forwarded_to(fixture, &client(port, ACK));
         if was == gone {
-            let choice = next.backend_for(&client(port, ACK).flow()).unwrap();
+            let choice = next
+                .backend_for(&client(port, ACK).flow(), &TEST_SEED)
+                .unwrap();
             assert_eq!(
                 now, choice.backend_id,
                 "a moved flow left the new table's choice"
@@ -75,15 +77,6 @@ fn only_flows_of_moved(
         }
     }
     assert!(moved > 0, "no flow was on the backend that went away");
-}
-
-/// The standard state with web4's b3 drained (weight 0).
-fn b3_drained() -> DesiredState {
-    let b3 = r#"name = "b3", address = "198.18.1.3", weight = 2"#;
-    assert!(STANDARD_CONFIG.contains(b3));
-    let text = STANDARD_CONFIG.replacen(b3, &b3.replace("weight = 2", "weight = 0"), 1);
-    let config = lb_userspace::config::Config::parse(&text).unwrap();
-    DesiredState::build(&config, |b| Ok(b.mac.unwrap())).unwrap()
 }
 
 #[test]
@@ -98,14 +91,20 @@ fn draining_keeps_flows_and_removal_moves_them_to_the_new_choice() {
     assert!(before.contains(&b3), "some flows start on b3");
 
     // Drain b3 (weight 0): established flows stay, new flows avoid it.
-    let drained = b3_drained();
+    let drained = lb_tests::flood::b3_drained(&fixture.state);
     fixture.dataplane.install(&drained).unwrap();
     for (&port, &was) in ports.iter().zip(&before) {
         assert_eq!(forwarded_to(&mut fixture, &client(port, ACK)), was);
         let fresh = client(port + 1000, SYN);
         let went = forwarded_to(&mut fixture, &fresh);
         assert_ne!(went, b3, "a new flow reached the drained backend");
-        assert_eq!(went, drained.backend_for(&fresh.flow()).unwrap().backend_id);
+        assert_eq!(
+            went,
+            drained
+                .backend_for(&fresh.flow(), &TEST_SEED)
+                .unwrap()
+                .backend_id
+        );
     }
 
     // Remove b3: its flows move, each to the new table's choice; the
@@ -116,7 +115,9 @@ fn draining_keeps_flows_and_removal_moves_them_to_the_new_choice() {
     for (&port, &was) in ports.iter().zip(&before) {
         if was == b3 {
             let again = forwarded_to(&mut fixture, &client(port, ACK));
-            let choice = drained.backend_for(&client(port, ACK).flow()).unwrap();
+            let choice = drained
+                .backend_for(&client(port, ACK).flow(), &TEST_SEED)
+                .unwrap();
             assert_eq!(again, choice.backend_id);
         }
     }
@@ -161,7 +162,11 @@ fn a_state_that_renumbers_backends_is_refused() {
     let web4 = "198.18.0.100:80";
     let frame = Frame::tcp("198.18.2.1:45000", web4, SYN);
     let went = forwarded_to(&mut fixture, &frame);
-    let expected = fixture.state.backend_for(&frame.flow()).unwrap().backend_id;
+    let expected = fixture
+        .state
+        .backend_for(&frame.flow(), &TEST_SEED)
+        .unwrap()
+        .backend_id;
     assert_eq!(went, expected, "the refused state changed nothing");
 }
 
@@ -213,7 +218,7 @@ fn a_reused_backend_slot_inherits_no_flows_and_no_counters() {
         let frame = client(port, ACK);
         let run = fixture.run(&frame.bytes()).expect("test run");
         assert_eq!(run.action, xdp_action::TX);
-        let choice = next.backend_for(&frame.flow()).unwrap();
+        let choice = next.backend_for(&frame.flow(), &TEST_SEED).unwrap();
         assert_eq!(
             run.output[..6],
             choice.mac.0,
@@ -230,18 +235,9 @@ fn a_reused_backend_slot_inherits_no_flows_and_no_counters() {
 
 #[test]
 fn a_flow_records_when_it_was_seen_and_when_its_client_closed_it() {
-    use lb_common::maps::{DataplaneConfig, FLOW_CLOSING};
+    use lb_common::maps::{FLOW_CLOSING, FLOW_UNPROVEN};
     let mut fixture = Fixture::standard();
-    let epoch = |fixture: &mut Fixture, epoch: u32| {
-        fixture
-            .dataplane
-            .set_config(DataplaneConfig {
-                if_mac: lb_tests::packet::LB_MAC,
-                pad: [0; 2],
-                epoch,
-            })
-            .expect("config map");
-    };
+    let epoch = |fixture: &mut Fixture, epoch: u32| fixture.set_epoch(epoch);
     let flow = client(43000, SYN);
     epoch(&mut fixture, 100);
     let backend = forwarded_to(&mut fixture, &flow);
@@ -252,10 +248,18 @@ fn a_flow_records_when_it_was_seen_and_when_its_client_closed_it() {
             .expect("the connection table")
             .expect("an entry")
     };
-    assert_eq!((entry(&fixture).seen, entry(&fixture).flags), (100, 0));
+    assert_eq!(
+        (entry(&fixture).seen, entry(&fixture).flags),
+        (100, FLOW_UNPROVEN),
+        "a SYN alone does not prove a flow"
+    );
     epoch(&mut fixture, 105);
     forwarded_to(&mut fixture, &client(43000, ACK));
-    assert_eq!(entry(&fixture).seen, 105, "every packet refreshes it");
+    assert_eq!(
+        (entry(&fixture).seen, entry(&fixture).flags),
+        (105, 0),
+        "every packet refreshes it, and the second proves it"
+    );
     forwarded_to(&mut fixture, &client(43000, FIN | ACK));
     assert_eq!(entry(&fixture).flags & FLOW_CLOSING, FLOW_CLOSING);
     // Late segments after the FIN still reach the same backend.
@@ -263,5 +267,8 @@ fn a_flow_records_when_it_was_seen_and_when_its_client_closed_it() {
     // A new connection on the same 5-tuple starts afresh.
     epoch(&mut fixture, 110);
     forwarded_to(&mut fixture, &client(43000, SYN));
-    assert_eq!((entry(&fixture).seen, entry(&fixture).flags), (110, 0));
+    assert_eq!(
+        (entry(&fixture).seen, entry(&fixture).flags),
+        (110, FLOW_UNPROVEN)
+    );
 }

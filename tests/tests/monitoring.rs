@@ -110,6 +110,26 @@ fn metrics_agree_with_the_kernel_and_survive_a_restart() {
             &[("result", "hit")]
         ) > 0.0
     );
+    // The connection table: its capacity, and its ways by state add up to
+    // it; the lab's established flows are in it (its table is small enough
+    // to be read whole).
+    let capacity = counter(&before, "fulcrum_conn_table_capacity", &[]);
+    assert_eq!(capacity, 262_144.0);
+    assert_eq!(total("fulcrum_conn_table_ways"), capacity);
+    let live = ["established", "unproven", "closing"]
+        .iter()
+        .map(|state| counter(&before, "fulcrum_conn_table_ways", &[("state", state)]))
+        .sum::<f64>();
+    assert!(live > 0.0, "the lab's flows hold ways");
+    let fill = counter(&before, "fulcrum_conn_table_fill_ratio", &[]);
+    assert!(
+        (fill - live / capacity).abs() < 1e-9,
+        "{fill} vs {live}/{capacity}"
+    );
+    assert_eq!(
+        counter(&before, "fulcrum_conn_table_evictions_total", &[]),
+        0.0
+    );
     assert_eq!(counter(&before, "fulcrum_dataplane_attached", &[]), 1.0);
     assert_eq!(
         counter(&before, "fulcrum_config_generation", &[]),
@@ -279,12 +299,15 @@ fn ports_hashing_to(lab: &Lab, target: &str, from: u16, count: usize) -> Vec<u16
     let text = std::fs::read_to_string(lab.config_path()).unwrap();
     let config = Config::parse(&text).unwrap();
     let state = DesiredState::build(&config, |_| Ok(MacAddr([2, 0, 0, 0, 0, 1]))).unwrap();
+    let seed = config.flow_hash_seed.expect("the lab sets the seed").0;
     let client = IpAddr::V4(lab.client_addrs().0);
     let vip = SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT);
     let ports: Vec<u16> = (from..u16::MAX)
         .filter(|&port| {
             let key = flow_key(SocketAddr::new(client, port), vip, PROTO_UDP);
-            state.backend_for(&key).is_some_and(|b| b.label == target)
+            state
+                .backend_for(&key, &seed)
+                .is_some_and(|b| b.label == target)
         })
         .take(count)
         .collect();

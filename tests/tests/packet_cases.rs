@@ -5,7 +5,7 @@
 
 use lb_common::maps::Reason;
 use lb_tests::{
-    fixture::{Fixture, Snapshot, TABLELESS_VIP, xdp_action},
+    fixture::{Fixture, Snapshot, TABLELESS_VIP, TEST_SEED, xdp_action},
     packet::{Frame, LB_MAC, tcp_flags::*},
 };
 
@@ -379,7 +379,7 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
             .expect("forward cases hit a VIP");
         let backend = fixture
             .state
-            .backend_for(&flow)
+            .backend_for(&flow, &TEST_SEED)
             .expect("the table has a backend for the flow");
         expected_output[..6].copy_from_slice(&backend.mac.0);
         expected_output[6..12].copy_from_slice(&LB_MAC);

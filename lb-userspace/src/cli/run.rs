@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use lb_common::maps::DataplaneConfig;
+use lb_common::{flow_hash::FlowSeed, maps::DataplaneConfig};
 use signal_hook::{
     consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1},
     iterator::Signals,
@@ -31,7 +31,7 @@ use crate::{
         gate::{self, InForce, Verdict},
         journal::{self, Journal},
         records::{self, RecordDir},
-        scrape,
+        scrape, seed,
     },
     dataplane::{
         Capacities, Dataplane,
@@ -232,6 +232,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = events.send(Event::Health(transition));
         }
     };
+    let (seed, seed_from) =
+        seed::resolve(config.flow_hash_seed, &seed::path_beside(&args.journal))?;
     let adopted = Dataplane::adopt(&pins)?;
     let mut controller = match adopted {
         Some(mut dataplane) => {
@@ -243,6 +245,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             dataplane
                 .adopt_state(state, bank, record.generation)
                 .context("the kernel does not hold what the installed record says")?;
+            if dataplane.config()?.seed != seed {
+                crate::note!(
+                    "WARNING the pinned data plane hashes flows with another seed than {seed_from}; \
+                     it keeps its own, since its connection table is placed by it. The new seed \
+                     takes effect after `fulcrum detach`, which forgets every tracked flow"
+                );
+            }
             let ifindex = net::ifindex(&interface)?;
             if pins.attached_ifindex().ok().flatten() == Some(ifindex) {
                 crate::note!(
@@ -291,7 +300,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => {
             let (dataplane, plan) =
-                start_fresh(&args, &interface, &config, &pins, &records, &text)?;
+                start_fresh(&args, &interface, &config, (&pins, &records), &text, seed)?;
+            crate::note!("flows are hashed with {seed_from}");
             let mut controller = Controller::new(
                 dataplane,
                 (pins.clone(), records.clone()),
@@ -427,9 +437,9 @@ fn start_fresh(
     args: &RunArgs,
     interface: &str,
     config: &crate::config::Config,
-    pins: &PinDir,
-    records: &RecordDir,
+    (pins, records): (&PinDir, &RecordDir),
     text: &str,
+    seed: FlowSeed,
 ) -> anyhow::Result<(Dataplane, Plan)> {
     let mut dataplane = Dataplane::load_with(Capacities {
         connection_table_size: config.connection_table_size,
@@ -437,8 +447,11 @@ fn start_fresh(
     })?;
     dataplane.set_config(DataplaneConfig {
         if_mac: net::interface_mac(interface)?.0,
-        pad: [0; 2],
         epoch: crate::dataplane::clock::epoch_now(),
+        tcp_idle_s: config.idle.tcp_s,
+        udp_idle_s: config.idle.udp_s,
+        seed,
+        ..DataplaneConfig::default()
     })?;
     let resolve = neighbours::resolver(interface);
     let started = (|| {

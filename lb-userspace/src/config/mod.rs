@@ -20,9 +20,14 @@ pub struct Config {
     pub forwarding: Forwarding,
     /// Lookup-table size M, one of the allowed primes.
     pub table_size: u32,
-    /// Capacity of the connection table (flows tracked at once; split
-    /// evenly across CPUs).
+    /// Capacity of the connection table (flows tracked at once, shared by
+    /// every CPU; rounded up to a power of two sets of 8 ways).
     pub connection_table_size: u32,
+    /// When idle flows' connection entries expire.
+    pub idle: IdleTimeouts,
+    /// The flow hash's secret seed; `None` makes `fulcrum run` use the
+    /// host's own (generated once and kept beside the journal).
+    pub flow_hash_seed: Option<Secret>,
     /// Backend slots over all VIPs (a backend serving two VIPs uses two).
     pub max_backends: u32,
     /// Guard thresholds, overridable per VIP.
@@ -38,6 +43,62 @@ pub struct Config {
     /// VIPs whose own keys could not be read, kept so that their backends
     /// are still checked. Always empty in a config that parsed cleanly.
     pub unreadable_vips: Vec<UnreadableVip>,
+}
+
+/// Seconds a flow may idle before its connection entry expires: its next
+/// packet is hashed again as a new flow, and a new flow may take its way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleTimeouts {
+    /// For TCP (`tcp_idle_s`; default 900, as IPVS).
+    pub tcp_s: u32,
+    /// For UDP (`udp_idle_s`; default 60).
+    pub udp_s: u32,
+}
+
+impl Default for IdleTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_s: 900,
+            udp_s: 60,
+        }
+    }
+}
+
+/// The flow hash seed from the config: 32 hex digits. Never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Secret(pub lb_common::flow_hash::FlowSeed);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    /// 32 hex digits (128 bits), not all zero.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let hex = text.trim();
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(
+                "expected 32 hex digits (128 bits), e.g. from `openssl rand -hex 16`".into(),
+            );
+        }
+        let half = |i: usize| u64::from_str_radix(&hex[i * 16..(i + 1) * 16], 16);
+        let seed = [half(0), half(1)];
+        match seed {
+            [Ok(0), Ok(0)] => Err("an all-zero seed is no secret".into()),
+            [Ok(a), Ok(b)] => Ok(Secret(lb_common::flow_hash::FlowSeed([a, b]))),
+            _ => Err("expected 32 hex digits".into()),
+        }
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}{:016x}", self.0.0[0], self.0.0[1])
+    }
 }
 
 /// The backends of a VIP whose address, port or protocol could not be read.

@@ -9,7 +9,7 @@ use toml::{Table, Value};
 
 use super::{
     Api, BackendConfig, CheckKind, Config, Forwarding, GuardOverrides, Guards, HealthCheck,
-    HealthOverrides, Imbalance, MacAddr, Protocol, UnreadableVip, VipConfig,
+    HealthOverrides, IdleTimeouts, Imbalance, MacAddr, Protocol, Secret, UnreadableVip, VipConfig,
 };
 use crate::{problem::Problem, table::DEFAULT_SIZE};
 
@@ -263,6 +263,18 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
     let connection_table_size = top
         .optional(&mut problems, "connection_table_size", uint)
         .unwrap_or(lb_common::maps::CONN_TABLE_ENTRIES);
+    let defaults = IdleTimeouts::default();
+    let idle = IdleTimeouts {
+        tcp_s: top
+            .optional(&mut problems, "tcp_idle_s", uint)
+            .unwrap_or(defaults.tcp_s),
+        udp_s: top
+            .optional(&mut problems, "udp_idle_s", uint)
+            .unwrap_or(defaults.udp_s),
+    };
+    let flow_hash_seed = top.optional(&mut problems, "flow_hash_seed", |v| {
+        string(v).and_then(|s| s.parse::<Secret>())
+    });
     let max_backends = top
         .optional(&mut problems, "max_backends", uint)
         .unwrap_or(lb_common::maps::MAX_BACKENDS - 1);
@@ -303,6 +315,8 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         forwarding,
         table_size,
         connection_table_size,
+        idle,
+        flow_hash_seed,
         max_backends,
         guards,
         health_check,

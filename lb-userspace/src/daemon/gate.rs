@@ -68,6 +68,10 @@ fn settings_needing_restart(current: &Config, next: &Config) -> Vec<&'static str
             current.connection_table_size != next.connection_table_size,
         ),
         ("max_backends", current.max_backends != next.max_backends),
+        (
+            "flow_hash_seed",
+            current.flow_hash_seed != next.flow_hash_seed,
+        ),
     ]
     .into_iter()
     .filter_map(|(field, differs)| differs.then_some(field))

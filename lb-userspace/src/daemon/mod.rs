@@ -11,6 +11,7 @@ pub mod health;
 pub mod journal;
 pub mod records;
 pub mod scrape;
+pub mod seed;
 
 use std::{
     collections::HashMap,
@@ -608,7 +609,11 @@ impl Controller {
         let Some(vip) = state.vip_for(&key) else {
             return Reply::error(404, format!("{destination}/{protocol} is not a VIP"));
         };
-        let hash = lb_common::flow_hash::flow_hash(&key);
+        let seed = match self.dataplane.config() {
+            Ok(config) => config.seed,
+            Err(e) => return Reply::error(500, format!("reading the data plane's config: {e}")),
+        };
+        let hash = lb_common::flow_hash::flow_hash(&key, &seed);
         let tracked = match self.dataplane.connection(&key) {
             Ok(tracked) => tracked,
             Err(e) => return Reply::error(500, format!("reading the connection table: {e}")),
@@ -628,7 +633,7 @@ impl Controller {
             }));
         }
         let slot = lb_common::flow_hash::table_slot(hash, vip.table.table.len() as u32);
-        match state.backend_for(&key) {
+        match state.backend_for(&key, &seed) {
             Some(backend) => Reply::ok(json!({
                 "vip": vip.label,
                 "backend": backend.label,

@@ -112,6 +112,7 @@ impl Record {
         config.take_down(&self.down);
         let skeleton = DesiredState {
             table_size: TableSize::new(config.table_size)?,
+            idle: config.idle,
             vips: self
                 .vips
                 .iter()

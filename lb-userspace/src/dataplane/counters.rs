@@ -11,9 +11,10 @@ use std::{
 
 use std::collections::HashMap;
 
-use lb_common::maps::{FLOW_CLOSING, FlowKey, FlowState, Reason, TrafficCounters};
+use aya::maps::{Array, MapData};
+use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters};
 
-use super::clock::epoch_now;
+use super::flows::{self, Census};
 
 /// A flow counts as active while it sent a packet within this many seconds
 /// and the client has not closed it (FIN or RST).
@@ -48,15 +49,24 @@ impl Counters {
     }
 }
 
-/// Reads the three counter maps; cheap to share between threads.
-#[derive(Debug)]
+/// Reads the three counter maps and the connection table; cheap to share
+/// between threads.
 pub struct CounterReader {
     backends: OwnedFd,
     vips: OwnedFd,
     reasons: OwnedFd,
     flows: OwnedFd,
+    config: Array<MapData, DataplaneConfig>,
     cpus: usize,
+    /// Sets of the connection table.
+    sets: u32,
+    /// Where the next fill sample starts.
+    sample_at: std::sync::atomic::AtomicU32,
 }
+
+/// Sets of the connection table one fill sample reads (all of a table of
+/// the default size, a window of a larger one).
+pub const CENSUS_SETS: u32 = 4096;
 
 /// The batch part of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]
@@ -91,7 +101,7 @@ pub(crate) fn batch_call(command: libc::c_long, attr: &mut BatchAttr) -> io::Res
     Ok(())
 }
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+pub(crate) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// Reads entries `0..len` of the per-CPU array behind `map`, whose values
 /// are `value_words` u64 words per CPU: `len * cpus * value_words` words,
@@ -147,59 +157,72 @@ fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
 
 impl CounterReader {
     /// A reader over the given maps (`BACKEND_STATS`, `VIP_STATS`,
-    /// `GLOBAL_STATS` and `CONN_TABLE` handles).
+    /// `GLOBAL_STATS`, `CONN_TABLE` and `CONFIG` handles).
     pub fn new(
         backends: OwnedFd,
         vips: OwnedFd,
         reasons: OwnedFd,
         flows: OwnedFd,
+        config: OwnedFd,
     ) -> io::Result<Self> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| io::Error::new(e.kind(), what))?;
+        let config = MapData::from_fd(config)
+            .map_err(io::Error::other)
+            .and_then(|data| {
+                Array::try_from(aya::maps::Map::Array(data)).map_err(io::Error::other)
+            })?;
+        let sets = MapData::from_fd(flows.try_clone()?)
+            .and_then(|data| data.info())
+            .map_err(io::Error::other)?
+            .max_entries();
         Ok(Self {
             backends,
             vips,
             reasons,
             flows,
+            config,
             cpus,
+            sets,
+            sample_at: Default::default(),
         })
     }
 
-    /// Active flows per (VIP id, backend id), estimated from the connection
-    /// table: entries seen within `ACTIVE_IDLE_S` and not closed by the
-    /// client. One pass over the table, in batches.
+    /// The data plane's settings (clock, timeouts, seed) as the kernel
+    /// holds them.
+    pub fn config(&self) -> io::Result<DataplaneConfig> {
+        self.config.get(&0, 0).map_err(io::Error::other)
+    }
+
+    /// Active flows per (VIP id, backend id), from one pass over the
+    /// connection table: established flows that sent a packet within
+    /// `ACTIVE_IDLE_S` (see `flows::WayState`).
     pub fn active_flows(&self) -> io::Result<HashMap<(u32, u32), u64>> {
-        const CHUNK: usize = 4096;
-        let now = epoch_now();
-        let mut active = HashMap::new();
-        let mut keys = vec![FlowKey::default(); CHUNK];
-        let mut values = vec![FlowState::default(); CHUNK];
-        let (mut token, mut next) = (0u64, 0u64);
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { &raw const token as u64 },
-                out_batch: &raw mut next as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: CHUNK as u32,
-                map_fd: self.flows.as_fd().as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            let result = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            for state in &values[..attr.count as usize] {
-                if state.flags & FLOW_CLOSING == 0 && now.wrapping_sub(state.seen) <= ACTIVE_IDLE_S
-                {
-                    *active.entry((state.vip_id, state.backend_id)).or_default() += 1;
-                }
-            }
-            match result {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(active),
-                Err(e) => return Err(e),
-            }
-            first = false;
-            token = next;
+        flows::active_flows(
+            self.flows.as_fd(),
+            self.sets,
+            &self.config()?,
+            ACTIVE_IDLE_S,
+        )
+    }
+
+    /// The connection table's ways by state, from a window of at most
+    /// `CENSUS_SETS` sets that moves on at each call, and the table's
+    /// size in sets.
+    pub fn census(&self) -> io::Result<(Census, u32)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let config = self.config()?;
+        let window = CENSUS_SETS.min(self.sets);
+        let first = self.sample_at.fetch_add(window, Relaxed) % self.sets.max(1);
+        let mut census = Census::default();
+        let read = flows::scan(self.flows.as_fd(), first, window, |set| {
+            census.add(set, &config)
+        })?;
+        if read < window {
+            flows::scan(self.flows.as_fd(), 0, window - read, |set| {
+                census.add(set, &config)
+            })?;
         }
+        Ok((census, self.sets))
     }
 
     /// Reads backend slots `0..backends`, VIP ids `0..vips` and every reason.

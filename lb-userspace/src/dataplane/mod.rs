@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod counters;
+pub mod flows;
 mod mmap;
 pub mod pins;
 pub mod state;
@@ -18,17 +19,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, ArrayOfMaps, HashMap as KernelHashMap, Map, MapData, MapError, PerCpuArray,
-        PerCpuValues,
-    },
+    maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, XdpMode, links::PinnedLink, xdp::XdpLinkId},
 };
 use counters::{BatchAttr, CounterReader, Counters, batch_call};
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FlowKey, FlowState,
-    LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS,
-    TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
+    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowEntry, FlowKey,
+    FlowSet, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS,
+    TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
 };
 use mmap::MappedU32Array;
 use vip_index::VipIndexError;
@@ -204,7 +202,8 @@ fn batch_update(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::R
 /// Map sizes chosen at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacities {
-    /// Flows the connection table holds.
+    /// Flows the connection table holds: a power of two sets of
+    /// `FLOW_WAYS` ways, rounded up from what was asked.
     pub connection_table_size: u32,
     /// Backend slots over all VIPs (slot 0 is never used).
     pub max_backends: u32,
@@ -282,6 +281,12 @@ impl Staged {
 }
 
 /// The id of VIP `vip_id`'s lookup table in `bank`.
+/// Sets of a connection table for `flows` flows: a power of two, at
+/// least one.
+pub fn connection_table_sets(flows: u32) -> u32 {
+    flows.div_ceil(FLOW_WAYS as u32).max(1).next_power_of_two()
+}
+
 pub fn table_id(bank: u32, vip_id: u32) -> u32 {
     bank * MAX_VIPS + vip_id
 }
@@ -296,7 +301,10 @@ impl Dataplane {
     pub fn load_with(capacities: Capacities) -> Result<Self> {
         let backend_entries = capacities.max_backends.saturating_add(1);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::CONN_TABLE, capacities.connection_table_size)
+            .map_max_entries(
+                names::CONN_TABLE,
+                connection_table_sets(capacities.connection_table_size),
+            )
             .map_max_entries(names::BACKENDS, backend_entries)
             .map_max_entries(names::BACKEND_STATS, backend_entries)
             .load(crate::EBPF_OBJECT)?;
@@ -434,11 +442,24 @@ impl Dataplane {
         self.maps.get(name).ok_or(DataplaneError::Missing(name))
     }
 
-    /// Sets the interface-wide settings (the source MAC of forwarded frames).
+    /// Sets the interface-wide settings (the source MAC of forwarded
+    /// frames, the flow timeouts and the flow hash seed). The connection
+    /// table's set mask comes from the map itself.
     pub fn set_config(&mut self, config: DataplaneConfig) -> Result<()> {
+        let config = DataplaneConfig {
+            flow_set_mask: self.max_entries(names::CONN_TABLE)? - 1,
+            ..config
+        };
         let mut array: Array<_, DataplaneConfig> =
             Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
         array.set(0, config, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// The interface-wide settings as the kernel holds them.
+    pub fn config(&self) -> Result<DataplaneConfig> {
+        let array: Array<_, DataplaneConfig> =
+            Array::try_from(self.map(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
+        array.get(&0, 0).map_err(map_err(names::CONFIG))
     }
 
     /// Writes backend slot `backend_id` (1-based; 0 means none).
@@ -557,7 +578,7 @@ impl Dataplane {
 
     fn max_entries(&self, name: &'static str) -> Result<u32> {
         let data: &MapData = match self.map(name)? {
-            Map::LruHashMap(data) | Map::Array(data) => data,
+            Map::Array(data) => data,
             _ => return Err(DataplaneError::Missing(name)),
         };
         Ok(data.info().map_err(map_err(name))?.max_entries())
@@ -566,7 +587,9 @@ impl Dataplane {
     /// The capacities the kernel actually gave the maps.
     pub fn capacities(&self) -> Result<Capacities> {
         Ok(Capacities {
-            connection_table_size: self.max_entries(names::CONN_TABLE)?,
+            connection_table_size: self
+                .max_entries(names::CONN_TABLE)?
+                .saturating_mul(FLOW_WAYS as u32),
             max_backends: self.max_entries(names::BACKENDS)?.saturating_sub(1),
         })
     }
@@ -713,6 +736,14 @@ impl Dataplane {
             })
             .collect();
         self.install_vip_index(&entries)?;
+        let config = self.config()?;
+        if (config.tcp_idle_s, config.udp_idle_s) != (state.idle.tcp_s, state.idle.udp_s) {
+            self.set_config(DataplaneConfig {
+                tcp_idle_s: state.idle.tcp_s,
+                udp_idle_s: state.idle.udp_s,
+                ..config
+            })?;
+        }
         self.bank = bank;
         self.generation += 1;
         self.write_meta()?;
@@ -752,16 +783,14 @@ impl Dataplane {
             .collect()
     }
 
-    /// The connection-table entry of a flow, if the kernel tracks it.
-    pub fn connection(&self, key: &FlowKey) -> Result<Option<FlowState>> {
-        let table: KernelHashMap<_, FlowKey, FlowState> =
-            KernelHashMap::try_from(self.map(names::CONN_TABLE)?)
-                .map_err(map_err(names::CONN_TABLE))?;
-        match table.get(key, 0) {
-            Ok(state) => Ok(Some(state)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(names::CONN_TABLE)(e)),
-        }
+    /// The connection-table entry of a flow, if the kernel holds a whole
+    /// one (found where the kernel would look, under its seed).
+    pub fn connection(&self, key: &FlowKey) -> Result<Option<FlowEntry>> {
+        let (set, tag) = flows::locate(key, &self.config()?);
+        let table: Array<_, FlowSet> =
+            Array::try_from(self.map(names::CONN_TABLE)?).map_err(map_err(names::CONN_TABLE))?;
+        let set = table.get(&set, 0).map_err(map_err(names::CONN_TABLE))?;
+        Ok(flows::find(&set, key, tag))
     }
 
     /// The backend slot `backend_id` as the kernel holds it.
@@ -775,7 +804,7 @@ impl Dataplane {
     /// threads.
     pub fn counter_reader(&self) -> Result<CounterReader> {
         let handle = |name: &'static str| {
-            let (Map::PerCpuArray(data) | Map::LruHashMap(data)) = self.map(name)? else {
+            let (Map::PerCpuArray(data) | Map::Array(data)) = self.map(name)? else {
                 return Err(DataplaneError::Missing(name));
             };
             data.fd()
@@ -791,6 +820,7 @@ impl Dataplane {
             handle(names::VIP_STATS)?,
             handle(names::GLOBAL_STATS)?,
             handle(names::CONN_TABLE)?,
+            handle(names::CONFIG)?,
         )
         .map_err(|source| DataplaneError::Io {
             what: "counting CPUs".into(),

@@ -6,12 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context as _;
 use lb_common::{
-    flow_hash::{flow_hash, table_slot},
+    flow_hash::{FlowSeed, flow_hash, table_slot},
     maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, PROTO_TCP, PROTO_UDP, VipKey},
 };
 
 use crate::{
-    config::{BackendConfig, Config, MacAddr},
+    config::{BackendConfig, Config, IdleTimeouts, MacAddr},
     policy::validate::{VipTable, build_table},
     table::TableSize,
 };
@@ -21,6 +21,8 @@ use crate::{
 pub struct DesiredState {
     /// Lookup-table size shared by all VIPs.
     pub table_size: TableSize,
+    /// When idle flows expire (written into the config map on commit).
+    pub idle: IdleTimeouts,
     /// The VIPs, in config order.
     pub vips: Vec<VipState>,
 }
@@ -219,7 +221,11 @@ impl DesiredState {
                 table,
             });
         }
-        Ok(Self { table_size, vips })
+        Ok(Self {
+            table_size,
+            idle: config.idle,
+            vips,
+        })
     }
 
     /// Marks the backends in `down` (VIP endpoint, backend identity) dead.
@@ -270,11 +276,12 @@ impl DesiredState {
             .or_else(|| self.vips.iter().find(|v| v.key == any_port))
     }
 
-    /// The backend the lookup table gives a new flow (what the kernel does
-    /// on a SYN or a connection-table miss).
-    pub fn backend_for(&self, flow: &FlowKey) -> Option<&BackendState> {
+    /// The backend the lookup table gives a new flow under the data
+    /// plane's `seed` (what the kernel does on a SYN or a connection-table
+    /// miss).
+    pub fn backend_for(&self, flow: &FlowKey, seed: &FlowSeed) -> Option<&BackendState> {
         let vip = self.vip_for(flow)?;
-        let slot = table_slot(flow_hash(flow), vip.table.table.len() as u32)?;
+        let slot = table_slot(flow_hash(flow, seed), vip.table.table.len() as u32)?;
         let position = vip.table.table[(slot - lb_common::maps::TABLE_HEADER_SLOTS) as usize];
         vip.backends.get(position as usize)
     }
@@ -376,7 +383,13 @@ mod tests {
             "[2001:2::100]:5353".parse().unwrap(),
             17,
         );
-        assert_eq!(state.backend_for(&any).unwrap().backend_id, 3);
+        assert_eq!(
+            state
+                .backend_for(&any, &FlowSeed::default())
+                .unwrap()
+                .backend_id,
+            3
+        );
     }
 
     #[test]

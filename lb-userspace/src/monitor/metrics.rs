@@ -344,7 +344,9 @@ impl Scrape {
         )?;
         counter(
             "conn_table_inserts",
-            "New flows written to the connection table, by result: ok or failed.",
+            "New flows written to the connection table, by result: ok, or failed when their \
+             set held only established flows (the flow is forwarded by the lookup table, \
+             untracked).",
         )
         .encode(
             encoder,
@@ -353,6 +355,40 @@ impl Scrape {
                 ([("result", "failed")], count(Reason::ConnInsertFailed)),
             ],
         )?;
+        counter(
+            "conn_table_evictions",
+            "New flows' entries that took another flow's way (an unproven, closing or idle \
+             flow's; never an established one's).",
+        )
+        .encode(encoder, [(NO_LABELS, count(Reason::ConnEvicted))])?;
+        counter(
+            "conn_table_expired",
+            "Flows that came back after idling past their protocol's timeout, hashed again.",
+        )
+        .encode(encoder, [(NO_LABELS, count(Reason::ConnExpired))])?;
+        let connections = &self.report.connections;
+        gauge(
+            "conn_table_capacity",
+            "Flows the connection table can hold.",
+        )
+        .encode(encoder, [(NO_LABELS, connections.capacity)])?;
+        gauge(
+            "conn_table_ways",
+            "Connection-table ways by state (empty, established, unproven, closing, idle), \
+             estimated from a sample of its sets.",
+        )
+        .encode(
+            encoder,
+            connections
+                .ways
+                .iter()
+                .map(|(state, n)| ([("state", state.as_str())], *n)),
+        )?;
+        gauge(
+            "conn_table_fill_ratio",
+            "Connection-table ways holding a flow not idle past its timeout, over the capacity.",
+        )
+        .encode(encoder, [(NO_LABELS, connections.fill)])?;
         counter(
             "ipv4_options_packets",
             "IPv4 packets with header options that were parsed.",

@@ -27,7 +27,7 @@ use crate::{
     health::Checker,
     policy::health::VipHealth,
 };
-use report::{Healths, Report};
+use report::{ConnectionsReport, Healths, Report};
 use window::{Transition, Window};
 
 /// How often the sampler reads the counters.
@@ -307,12 +307,13 @@ impl Monitor {
         let view = self.lock().view.clone();
         let (backends, vips) = view.counted;
         let counters = self.reader.read(backends, vips)?;
+        let (census, sets) = self.reader.census()?;
         let attached = self.attachment.holds();
         let health = self.checker.states();
         let state = self.lock();
         let report = Report::build(
             &view,
-            &counters,
+            (&counters, ConnectionsReport::of(&census, sets)),
             &state.window,
             attached,
             &Healths {

@@ -9,12 +9,15 @@ use std::{
     fmt::Write as _,
 };
 
-use lb_common::maps::Reason;
+use lb_common::maps::{FLOW_WAYS, Reason};
 use serde::{Deserialize, Serialize};
 
 use super::{Changes, LastChange, View, describe_change, window::Window};
 use crate::{
-    dataplane::counters::Counters,
+    dataplane::{
+        counters::Counters,
+        flows::{Census, WayState},
+    },
     health::{Health, Key},
     policy::health::VipHealth,
 };
@@ -45,6 +48,48 @@ pub struct Report {
     pub vips: Vec<VipReport>,
     /// Global per-reason counters by name.
     pub reasons: BTreeMap<String, u64>,
+    /// The connection table's size and fill.
+    #[serde(default)]
+    pub connections: ConnectionsReport,
+}
+
+/// The connection table: its capacity and how its ways are used, estimated
+/// from a sample of its sets (all of them in a table of up to
+/// `CENSUS_SETS` sets).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ConnectionsReport {
+    /// Flows it can hold (ways).
+    pub capacity: u64,
+    /// Ways by state (`flows::WayState` names), scaled to the whole table.
+    pub ways: BTreeMap<String, u64>,
+    /// Ways holding a flow that is not idle past its timeout, over the
+    /// capacity.
+    pub fill: f64,
+    /// Sets the estimate read.
+    pub sampled_sets: u32,
+}
+
+impl ConnectionsReport {
+    /// The report of a census of `census.total()` ways from a table of
+    /// `sets` sets.
+    pub fn of(census: &Census, sets: u32) -> Self {
+        let capacity = u64::from(sets) * FLOW_WAYS as u64;
+        let sampled = census.total().max(1);
+        let scale = |n: u64| (n as f64 * capacity as f64 / sampled as f64).round() as u64;
+        let live = [WayState::Established, WayState::Unproven, WayState::Closing]
+            .iter()
+            .map(|&s| census.count(s))
+            .sum::<u64>();
+        Self {
+            capacity,
+            ways: WayState::ALL
+                .iter()
+                .map(|&s| (s.name().to_string(), scale(census.count(s))))
+                .collect(),
+            fill: live as f64 / sampled as f64,
+            sampled_sets: (census.total() / FLOW_WAYS as u64) as u32,
+        }
+    }
 }
 
 /// Counters of one VIP.
@@ -153,7 +198,7 @@ impl Report {
     /// The report of `view` with `counters` and the window's judgements.
     pub fn build(
         view: &View,
-        counters: &Counters,
+        (counters, connections): (&Counters, ConnectionsReport),
         window: &Window,
         attached: bool,
         healths: &Healths<'_>,
@@ -243,6 +288,7 @@ impl Report {
             window_s: window.settings().window_s,
             vips,
             reasons,
+            connections,
         }
     }
 
@@ -356,6 +402,18 @@ impl Report {
                 );
             }
         }
+        let c = &self.connections;
+        let _ = writeln!(
+            out,
+            "connection table: {:.1}% full of {} ways ({})",
+            c.fill * 100.0,
+            c.capacity,
+            c.ways
+                .iter()
+                .map(|(state, n)| format!("{state} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let _ = writeln!(out, "verdicts: {}", self.nonzero_reasons());
         out
     }

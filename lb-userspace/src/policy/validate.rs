@@ -34,6 +34,9 @@ pub const BACKEND_SLOT_LIMITS: std::ops::RangeInclusive<u32> = 1..=((1 << 20) - 
 /// 64 Mi flows (several GiB of kernel memory).
 pub const CONNECTION_TABLE_SIZES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
 
+/// Allowed flow idle timeouts, in seconds (up to a week).
+pub const IDLE_TIMEOUTS: std::ops::RangeInclusive<u32> = 2..=604_800;
+
 /// The lookup table a VIP would get, with each backend's slot count: the
 /// one model of a VIP's table, built once by validation, judged by the
 /// plan, and installed (as `VipState::table`).
@@ -303,6 +306,24 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
                 CONNECTION_TABLE_SIZES.end()
             ),
         ));
+    }
+    for (key, seconds) in [
+        ("tcp_idle_s", config.idle.tcp_s),
+        ("udp_idle_s", config.idle.udp_s),
+    ] {
+        if !IDLE_TIMEOUTS.contains(&seconds) {
+            problems.push(Problem::error(
+                "idle-timeout",
+                "config",
+                key,
+                seconds.to_string(),
+                format!(
+                    "must be from {} to {} seconds (the data plane's clock ticks once a second)",
+                    IDLE_TIMEOUTS.start(),
+                    IDLE_TIMEOUTS.end()
+                ),
+            ));
+        }
     }
     if !BACKEND_SLOT_LIMITS.contains(&config.max_backends) {
         problems.push(Problem::error(
