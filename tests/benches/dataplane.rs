@@ -9,7 +9,7 @@ use aya::{
     TestRun as _, TestRunAttrs, TestRunOptions,
     programs::{Xdp, XdpMode},
 };
-use lb_common::maps::CONN_TABLE_ENTRIES;
+use lb_common::maps::{CONN_TABLE_ENTRIES, Reason};
 use lb_tests::{
     fixture::{Fixture, standalone_program, xdp_program},
     flood::syn_flood,
@@ -286,6 +286,45 @@ fn flood_survival() {
     );
 }
 
+/// Flows all established from one CPU (as skewed RSS sends them): how
+/// many the connection table still holds. A table split per CPU would
+/// hold at most its share.
+fn one_cpu_retention() {
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    let client = |i: usize| format!("198.19.{}.{}:{}", (i >> 8) & 255, i & 255, 2000 + (i >> 16));
+    let web4 = "198.18.0.100:80";
+    println!(
+        "\none CPU (pinned: {pinned}): distinct flows established (SYN, ACK), then one ACK each:"
+    );
+    for flows in [65_536usize, 131_072, 196_608] {
+        let mut fixture = Fixture::standard();
+        for i in 0..flows {
+            for flags in [SYN, ACK] {
+                fixture
+                    .run(&Frame::tcp(&client(i), web4, flags).bytes())
+                    .expect("test run");
+            }
+        }
+        let before = fixture.snapshot();
+        for i in 0..flows {
+            fixture
+                .run(&Frame::tcp(&client(i), web4, ACK).bytes())
+                .expect("test run");
+        }
+        let hits = fixture.snapshot().reason_delta(&before, Reason::ConnHit);
+        println!(
+            "  {flows} flows ({:.0}% of the table): {hits} still tracked ({:.1}%)",
+            flows as f64 * 100.0 / f64::from(CONN_TABLE_ENTRIES),
+            hits as f64 * 100.0 / flows as f64
+        );
+    }
+}
+
 fn apply_latency() {
     let mut fixture = Fixture::standard();
     let vips = fixture.state.vips.len();
@@ -309,6 +348,7 @@ fn main() {
     let met = per_packet_cost();
     live_rate();
     flood_survival();
+    one_cpu_retention();
     apply_latency();
     if !met {
         eprintln!("\nnote: the per-packet target was not met (see above)");
