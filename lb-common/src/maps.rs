@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -189,15 +189,68 @@ impl FlowKey {
 /// The client sent a FIN or RST on the flow: it is closing, and no longer
 /// counts as active (its entry stays, so late segments still reach its
 /// backend, until a new flow needs the way).
-pub const FLOW_CLOSING: u32 = 1;
+pub const FLOW_CLOSING: u8 = 1;
 /// The flow has sent only one packet so far (a SYN, or the first packet of
 /// a flow the table did not know). A spoofed flood is made of such flows:
 /// they may only take free, idle, closing or other unproven ways, never one
 /// of an established flow. The flow's second packet proves it.
-pub const FLOW_UNPROVEN: u32 = 2;
+pub const FLOW_UNPROVEN: u8 = 2;
+/// The flow is not TCP (it idles out after `udp_idle_s`).
+pub const FLOW_UDP: u8 = 4;
 
-/// One way of a connection-table set: a flow and the backend it is pinned
-/// to. One cache line.
+/// Bits of `DataplaneConfig::epoch` a way records: ages are taken modulo
+/// 2^24 seconds (194 days), far beyond any idle timeout.
+pub const FLOW_SEEN_MASK: u32 = (1 << 24) - 1;
+
+/// One way's word in `FlowMeta`: the flow's tag (bits 0–31, never zero in
+/// a used way), the epoch it last sent a packet (bits 32–55) and its
+/// `FLOW_*` flags (bits 56–63). One word, so it is read and written whole.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WayWord(pub u64);
+
+impl WayWord {
+    /// The word of a way holding a flow.
+    #[inline(always)]
+    pub const fn new(tag: u32, seen: u32, flags: u8) -> WayWord {
+        WayWord(tag as u64 | (((seen & FLOW_SEEN_MASK) as u64) << 32) | ((flags as u64) << 56))
+    }
+
+    /// The flow's tag; 0 for an empty way.
+    #[inline(always)]
+    pub const fn tag(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// Seconds since the flow last sent a packet, at epoch `now`.
+    #[inline(always)]
+    pub const fn age(self, now: u32) -> u32 {
+        now.wrapping_sub((self.0 >> 32) as u32) & FLOW_SEEN_MASK
+    }
+
+    /// The low 24 bits of the epoch it last sent a packet.
+    #[inline(always)]
+    pub const fn seen(self) -> u32 {
+        ((self.0 >> 32) as u32) & FLOW_SEEN_MASK
+    }
+
+    /// Its `FLOW_*` flags.
+    #[inline(always)]
+    pub const fn flags(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+}
+
+/// The small half of a connection-table set: one word per way, in one
+/// cache line. A new flow reads only this line (of a map an eighth the
+/// size of the entries') to find its way; a hit updates only its word.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowMeta {
+    /// `WayWord`s.
+    pub ways: [u64; FLOW_WAYS],
+}
+
+/// One way's flow and the backend it is pinned to. One cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -209,24 +262,19 @@ pub struct FlowEntry {
     pub vip_id: u32,
     /// The backend slot's generation when the flow was pinned to it.
     pub generation: u32,
-    /// `DataplaneConfig::epoch` when the flow last sent a packet.
-    pub seen: u32,
-    /// `FLOW_CLOSING` and `FLOW_UNPROVEN` bits.
-    pub flags: u32,
     /// `flow_hash::flow_check` of the way's tag and this entry's backend,
     /// VIP and generation.
     pub check: u32,
+    /// Reserved; zero.
+    pub pad: [u32; 2],
 }
 
-/// Value of the connection table: one set of `FLOW_WAYS` ways. The tags
-/// come first, so a miss reads one cache line; a zero tag is an empty way.
-/// A writer clears the tag, writes the entry, then sets the tag.
+/// The large half of a connection-table set: its ways' entries. A writer
+/// clears the way's word, writes the entry, then sets the word.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowSet {
-    /// `flow_hash::flow_tag` of each way's flow, or 0.
-    pub tags: [u32; FLOW_WAYS],
-    /// The ways.
+pub struct FlowWays {
+    /// The entries.
     pub entries: [FlowEntry; FLOW_WAYS],
 }
 
@@ -397,8 +445,10 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     /// `ArrayOfMaps<Array<u32>>` indexed by table id (`bank * MAX_VIPS + vip_id`).
     pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
-    /// `Array<FlowSet>`: the connection table, set-associative.
+    /// `Array<FlowWays>`: the connection table's entries, one set each.
     pub const CONN_TABLE: &str = "CONN_TABLE";
+    /// `Array<FlowMeta>`: the connection table's way words, one set each.
+    pub const CONN_META: &str = "CONN_META";
     /// `PerCpuArray<TrafficCounters>` indexed by backend id.
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `PerCpuArray<TrafficCounters>` indexed by `vip_id`.
@@ -413,11 +463,12 @@ pub mod names {
     /// Name of the XDP program.
     pub const PROGRAM: &str = "fulcrum_xdp";
     /// The maps of the eBPF object, every one pinned.
-    pub const OBJECT_MAPS: [&str; 8] = [
+    pub const OBJECT_MAPS: [&str; 9] = [
         VIP_INDEX,
         BACKENDS,
         LOOKUP_TABLES,
         CONN_TABLE,
+        CONN_META,
         BACKEND_STATS,
         VIP_STATS,
         GLOBAL_STATS,
@@ -434,7 +485,8 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
-    unsafe impl aya::Pod for super::FlowSet {}
+    unsafe impl aya::Pod for super::FlowWays {}
+    unsafe impl aya::Pod for super::FlowMeta {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::Meta {}
@@ -453,9 +505,23 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowEntry>(), 64);
-        assert_eq!(size_of::<FlowSet>(), 32 + 8 * 64);
+        assert_eq!(size_of::<FlowWays>(), 8 * 64);
+        assert_eq!(size_of::<FlowMeta>(), 64);
         assert_eq!(size_of::<TrafficCounters>(), 24);
         assert_eq!(size_of::<DataplaneConfig>(), 40);
+    }
+
+    #[test]
+    fn a_way_word_packs_tag_clock_and_flags() {
+        let word = WayWord::new(0xdead_beef, 0x0123_4567, FLOW_UNPROVEN | FLOW_UDP);
+        assert_eq!(word.tag(), 0xdead_beef);
+        assert_eq!(word.seen(), 0x23_4567, "24 bits of the clock");
+        assert_eq!(word.flags(), FLOW_UNPROVEN | FLOW_UDP);
+        assert_eq!(word.age(0x0123_4567 + 5), 5);
+        // Across the 24-bit wrap the age is still right.
+        let old = WayWord::new(1, FLOW_SEEN_MASK - 2, 0);
+        assert_eq!(old.age(FLOW_SEEN_MASK + 4), 6);
+        assert_eq!(WayWord::default().tag(), 0, "an empty way");
     }
 
     #[test]

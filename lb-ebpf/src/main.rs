@@ -17,9 +17,10 @@ use lb_common::{
     flow_hash::{flow_check, flow_hash, flow_set, flow_tag, table_slot, vip_home_slot},
     maps::{
         BACKEND_ACTIVE, Backend, CONN_TABLE_SETS, DataplaneConfig, FAMILY_IPV4, FAMILY_IPV6,
-        FLOW_CLOSING, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowSet, LOOKUP_TABLE_IDS,
-        MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason, TABLE_MAP_FLAGS, TrafficCounters,
-        VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot,
+        FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowMeta, FlowWays,
+        LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason, TABLE_MAP_FLAGS,
+        TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot,
+        WayWord,
     },
 };
 use lb_ebpf::{
@@ -57,9 +58,14 @@ static LOOKUP_TABLES: ArrayOfMaps<
 /// The connection table: sets of `FLOW_WAYS` ways, indexed by the flow
 /// hash. One table shared by every CPU (a flow is found whichever CPU its
 /// packets reach), with no lock and no allocation: an insert overwrites a
-/// way. The size here is a default; `fulcrum` sets the real one.
+/// way. Each set is split in two maps: its way words (tag, clock, flags) in
+/// one line of `CONN_META`, its entries in `CONN_TABLE`. The sizes here are
+/// defaults; `fulcrum` sets the real ones.
 #[btf_map]
-static CONN_TABLE: Array<FlowSet, { CONN_TABLE_SETS as usize }> = Array::new();
+static CONN_META: Array<FlowMeta, { CONN_TABLE_SETS as usize }> = Array::new();
+
+#[btf_map]
+static CONN_TABLE: Array<FlowWays, { CONN_TABLE_SETS as usize }> = Array::new();
 
 #[btf_map]
 static BACKEND_STATS: PerCpuArray<TrafficCounters, { MAX_BACKENDS as usize }> = PerCpuArray::new();
@@ -295,12 +301,12 @@ fn live_backend(backend_id: u32, vip_id: u32) -> Option<Backend> {
     (backend.flags & BACKEND_ACTIVE != 0 && backend.vip_id == vip_id).then_some(backend)
 }
 
-/// Where a flow belongs in the connection table: its hash, its tag, its set
-/// and the way that holds its 5-tuple, if one does.
+/// Where a flow belongs in the connection table: its hash, its tag, its
+/// set's two halves and the way that holds its 5-tuple, if one does.
 struct Place {
     hash: u64,
     tag: u32,
-    set: Option<*mut FlowSet>,
+    set: Option<(*mut FlowMeta, *mut FlowWays)>,
     way: Option<usize>,
 }
 
@@ -308,11 +314,16 @@ struct Place {
 fn locate(key: &FlowKey, config: &DataplaneConfig) -> Place {
     let hash = flow_hash(key, &config.seed);
     let tag = flow_tag(hash);
-    let set = CONN_TABLE.get_ptr_mut(flow_set(hash, config.flow_set_mask));
-    let way = set.and_then(|set| {
-        // SAFETY: map values are valid while the program runs.
-        let set = unsafe { &*set };
-        (0..FLOW_WAYS).find(|&way| set.tags[way] == tag && set.entries[way].key.same(key))
+    let index = flow_set(hash, config.flow_set_mask);
+    let set = CONN_META
+        .get_ptr_mut(index)
+        .zip(CONN_TABLE.get_ptr_mut(index));
+    let way = set.and_then(|(meta, ways)| {
+        // SAFETY: map values are valid while the program runs; the entry
+        // is read only when the way's tag matches.
+        let (meta, ways) = unsafe { (&*meta, &*ways) };
+        (0..FLOW_WAYS)
+            .find(|&way| WayWord(meta.ways[way]).tag() == tag && ways.entries[way].key.same(key))
     });
     Place {
         hash,
@@ -322,72 +333,75 @@ fn locate(key: &FlowKey, config: &DataplaneConfig) -> Place {
     }
 }
 
-/// Seconds a flow of `proto` may idle before its entry expires.
+/// Seconds a flow may idle before its entry expires.
 #[inline(always)]
-fn idle_limit(config: &DataplaneConfig, proto: u8) -> u32 {
-    if proto == PROTO_TCP {
-        config.tcp_idle_s
-    } else {
+fn idle_limit(config: &DataplaneConfig, flags: u8) -> u32 {
+    if flags & FLOW_UDP != 0 {
         config.udp_idle_s
+    } else {
+        config.tcp_idle_s
     }
 }
 
 /// An established flow: the VIP, backend id and backend its entry names,
 /// if the entry is whole (its check holds), has not idled past its
 /// timeout, and its backend slot still serves the VIP with the same
-/// backend (same generation). Refreshes the entry's clock and marks.
+/// backend (same generation). Refreshes the way's clock and marks.
 #[inline(always)]
 fn tracked_flow(
     place: &Place,
     flow: &Flow,
     config: &DataplaneConfig,
 ) -> Option<(u32, u32, Backend)> {
-    let (set, way) = (place.set?, place.way?);
+    let ((meta, ways), way) = (place.set?, place.way?);
     // SAFETY: map values are valid while the program runs; `way` is a way
-    // index found by `place`.
-    let entry = unsafe { &mut (*set).entries[way] };
+    // index found by `locate`.
+    let (word, entry) = unsafe { (&mut (*meta).ways[way], &(*ways).entries[way]) };
     let state = *entry;
+    let seen = WayWord(*word);
     if state.check != flow_check(place.tag, state.backend_id, state.vip_id, state.generation) {
         return None;
     }
-    if config.epoch.wrapping_sub(state.seen) > idle_limit(config, flow.key.proto) {
+    if seen.age(config.epoch) > idle_limit(config, seen.flags()) {
         count(Reason::ConnExpired);
         return None;
     }
     let backend = live_backend(state.backend_id, state.vip_id)
         .filter(|backend| backend.generation == state.generation)?;
-    // A racing writer on another CPU can only store the same kind of values.
-    if state.seen != config.epoch {
-        entry.seen = config.epoch;
-    }
-    let flags = (state.flags & !FLOW_UNPROVEN) | closing(flow);
-    if flags != state.flags {
-        entry.flags = flags;
+    // One word holds the tag, the clock and the marks: a racing writer on
+    // another CPU replaces it whole, or this store does.
+    let now = WayWord::new(
+        place.tag,
+        config.epoch,
+        (seen.flags() & !FLOW_UNPROVEN) | closing(flow),
+    );
+    if now != seen {
+        *word = now.0;
     }
     Some((state.vip_id, state.backend_id, backend))
 }
 
 #[inline(always)]
-fn closing(flow: &Flow) -> u32 {
+fn closing(flow: &Flow) -> u8 {
     if flow.closes { FLOW_CLOSING } else { 0 }
 }
 
 /// A way a new flow may take when no way holds its 5-tuple: an empty way,
 /// else the longest-idle of the ways it may reclaim (unproven, closing, or
 /// idle past their timeout), never an established flow's. The flag says
-/// whether it evicts another flow.
+/// whether it evicts another flow. Reads only the set's way words.
 #[inline(always)]
-fn free_way(set: &FlowSet, config: &DataplaneConfig) -> Option<(usize, bool)> {
+fn free_way(meta: &FlowMeta, config: &DataplaneConfig) -> Option<(usize, bool)> {
     let mut best: Option<(usize, bool)> = None;
     let mut best_age = 0;
     for way in 0..FLOW_WAYS {
-        if set.tags[way] == 0 {
+        let word = WayWord(meta.ways[way]);
+        if word.tag() == 0 {
             return Some((way, false));
         }
-        let entry = &set.entries[way];
-        let age = config.epoch.wrapping_sub(entry.seen);
-        let reclaimable = entry.flags & (FLOW_CLOSING | FLOW_UNPROVEN) != 0
-            || age > idle_limit(config, entry.key.proto);
+        let age = word.age(config.epoch);
+        let reclaimable = word.flags() & (FLOW_CLOSING | FLOW_UNPROVEN) != 0
+            || age > idle_limit(config, word.flags());
         if reclaimable && (best.is_none() || age > best_age) {
             best = Some((way, true));
             best_age = age;
@@ -400,33 +414,39 @@ fn free_way(set: &FlowSet, config: &DataplaneConfig) -> Option<(usize, bool)> {
 /// a free one; counts the insert, an eviction, or that it found no way.
 #[inline(always)]
 fn track(place: &Place, flow: &Flow, entry: FlowEntry, config: &DataplaneConfig) {
-    let Some(set) = place.set else {
+    let Some((meta, ways)) = place.set else {
         count(Reason::ConnInsertFailed);
         return;
     };
     // SAFETY: map values are valid while the program runs.
-    let set = unsafe { &mut *set };
+    let (meta, ways) = unsafe { (&mut *meta, &mut *ways) };
     let Some((way, evicts)) = place
         .way
         .map(|way| (way, false))
-        .or_else(|| free_way(set, config))
+        .or_else(|| free_way(meta, config))
     else {
         count(Reason::ConnInsertFailed);
         return;
     };
     let entry = FlowEntry {
         key: flow.key,
-        flags: FLOW_UNPROVEN | closing(flow),
         check: flow_check(place.tag, entry.backend_id, entry.vip_id, entry.generation),
         ..entry
     };
-    // Clear the tag, write the entry, set the tag: a reader on another CPU
-    // sees an empty way or a whole entry (and the check catches the rest).
-    // SAFETY: `way` < FLOW_WAYS; plain stores into the map value.
+    let udp = if flow.key.proto == PROTO_TCP {
+        0
+    } else {
+        FLOW_UDP
+    };
+    let word = WayWord::new(place.tag, config.epoch, FLOW_UNPROVEN | udp | closing(flow));
+    // Clear the way's word, write the entry, set the word: a reader on
+    // another CPU sees an empty way or a whole entry (and the check catches
+    // the rest).
+    // SAFETY: `way` < FLOW_WAYS; plain stores into the map values.
     unsafe {
-        core::ptr::write_volatile(&mut set.tags[way], 0);
-        core::ptr::write_volatile(&mut set.entries[way], entry);
-        core::ptr::write_volatile(&mut set.tags[way], place.tag);
+        core::ptr::write_volatile(&mut meta.ways[way], 0);
+        core::ptr::write_volatile(&mut ways.entries[way], entry);
+        core::ptr::write_volatile(&mut meta.ways[way], word.0);
     }
     count(Reason::ConnInsert);
     if evicts {
@@ -493,7 +513,6 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
                 backend_id,
                 vip_id,
                 generation: backend.generation,
-                seen: config.epoch,
                 ..FlowEntry::default()
             };
             track(&place, flow, entry, config);

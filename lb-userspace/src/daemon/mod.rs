@@ -620,8 +620,8 @@ impl Controller {
         };
         let by_id = |id: u32| vip.backends.iter().find(|b| b.backend_id == id);
         if let Some(flow) = tracked
-            && flow.vip_id == vip.vip_id
-            && let Some(backend) = by_id(flow.backend_id)
+            && flow.entry.vip_id == vip.vip_id
+            && let Some(backend) = by_id(flow.entry.backend_id)
         {
             return Reply::ok(json!({
                 "vip": vip.label,

@@ -12,7 +12,7 @@ use std::{
 use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
-use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters};
+use lb_common::maps::{DataplaneConfig, FlowMeta, Reason, TrafficCounters};
 
 use super::flows::{self, Census};
 
@@ -55,7 +55,8 @@ pub struct CounterReader {
     backends: OwnedFd,
     vips: OwnedFd,
     reasons: OwnedFd,
-    flows: OwnedFd,
+    /// `CONN_META` and `CONN_TABLE`.
+    flows: (OwnedFd, OwnedFd),
     config: Array<MapData, DataplaneConfig>,
     cpus: usize,
     /// Sets of the connection table.
@@ -65,8 +66,9 @@ pub struct CounterReader {
 }
 
 /// Sets of the connection table one fill sample reads (all of a table of
-/// the default size, a window of a larger one).
-pub const CENSUS_SETS: u32 = 4096;
+/// the default size, a window of a larger one): their way words only, 64
+/// bytes a set.
+pub const CENSUS_SETS: u32 = 65_536;
 
 /// The batch part of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]
@@ -157,12 +159,12 @@ fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
 
 impl CounterReader {
     /// A reader over the given maps (`BACKEND_STATS`, `VIP_STATS`,
-    /// `GLOBAL_STATS`, `CONN_TABLE` and `CONFIG` handles).
+    /// `GLOBAL_STATS`, (`CONN_META`, `CONN_TABLE`) and `CONFIG` handles).
     pub fn new(
         backends: OwnedFd,
         vips: OwnedFd,
         reasons: OwnedFd,
-        flows: OwnedFd,
+        flows: (OwnedFd, OwnedFd),
         config: OwnedFd,
     ) -> io::Result<Self> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| io::Error::new(e.kind(), what))?;
@@ -171,7 +173,7 @@ impl CounterReader {
             .and_then(|data| {
                 Array::try_from(aya::maps::Map::Array(data)).map_err(io::Error::other)
             })?;
-        let sets = MapData::from_fd(flows.try_clone()?)
+        let sets = MapData::from_fd(flows.0.try_clone()?)
             .and_then(|data| data.info())
             .map_err(io::Error::other)?
             .max_entries();
@@ -198,7 +200,7 @@ impl CounterReader {
     /// `ACTIVE_IDLE_S` (see `flows::WayState`).
     pub fn active_flows(&self) -> io::Result<HashMap<(u32, u32), u64>> {
         flows::active_flows(
-            self.flows.as_fd(),
+            (self.flows.0.as_fd(), self.flows.1.as_fd()),
             self.sets,
             &self.config()?,
             ACTIVE_IDLE_S,
@@ -214,13 +216,10 @@ impl CounterReader {
         let window = CENSUS_SETS.min(self.sets);
         let first = self.sample_at.fetch_add(window, Relaxed) % self.sets.max(1);
         let mut census = Census::default();
-        let read = flows::scan(self.flows.as_fd(), first, window, |set| {
-            census.add(set, &config)
-        })?;
+        let mut add = |_, meta: &FlowMeta| census.add(meta, &config);
+        let read = flows::scan(self.flows.0.as_fd(), first, window, &mut add)?;
         if read < window {
-            flows::scan(self.flows.as_fd(), 0, window - read, |set| {
-                census.add(set, &config)
-            })?;
+            flows::scan(self.flows.0.as_fd(), 0, window - read, &mut add)?;
         }
         Ok((census, self.sets))
     }

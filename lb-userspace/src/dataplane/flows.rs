@@ -1,6 +1,7 @@
 //! Reading the connection table from userspace: one flow's entry (as the
 //! kernel finds it), active flows per backend, and the table's fill level.
-//! The table is an array of sets, read in `BPF_MAP_LOOKUP_BATCH` chunks.
+//! Each set is split in two arrays (way words, entries), read in
+//! `BPF_MAP_LOOKUP_BATCH` chunks.
 
 use std::{
     collections::HashMap,
@@ -11,8 +12,8 @@ use std::{
 use lb_common::{
     flow_hash::{flow_check, flow_hash, flow_set, flow_tag},
     maps::{
-        DataplaneConfig, FLOW_CLOSING, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowSet,
-        PROTO_TCP,
+        DataplaneConfig, FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey,
+        FlowMeta, FlowWays, WayWord,
     },
 };
 
@@ -21,16 +22,17 @@ use super::counters::{BPF_MAP_LOOKUP_BATCH, BatchAttr, batch_call};
 /// Sets read per system call.
 const CHUNK: u32 = 256;
 
-/// Calls `visit` on sets `first..first + count` (fewer if the table ends),
-/// returning how many it read.
-pub fn scan(
+/// Calls `visit` on sets `first..first + count` of one half of the table
+/// (`FlowMeta` or `FlowWays`; fewer if the table ends), returning how many
+/// it read.
+pub fn scan<T: Default + Clone>(
     table: BorrowedFd<'_>,
     first: u32,
     count: u32,
-    mut visit: impl FnMut(&FlowSet),
+    mut visit: impl FnMut(u32, &T),
 ) -> io::Result<u32> {
     let mut keys = vec![0u32; CHUNK as usize];
-    let mut values = vec![FlowSet::default(); CHUNK as usize];
+    let mut values = vec![T::default(); CHUNK as usize];
     let mut done = 0u32;
     // The kernel starts after the key in `in_batch`.
     let mut previous = first.wrapping_sub(1);
@@ -50,7 +52,9 @@ pub fn scan(
             ..BatchAttr::default()
         };
         let result = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        values[..attr.count as usize].iter().for_each(&mut visit);
+        for (key, value) in keys.iter().zip(&values).take(attr.count as usize) {
+            visit(*key, value);
+        }
         done += attr.count;
         previous = last;
         match result {
@@ -70,14 +74,30 @@ pub fn locate(key: &FlowKey, config: &DataplaneConfig) -> (u32, u32) {
     (flow_set(hash, config.flow_set_mask), flow_tag(hash))
 }
 
-/// The way of `set` that holds `key`'s whole entry, if one does.
-pub fn find(set: &FlowSet, key: &FlowKey, tag: u32) -> Option<FlowEntry> {
+/// A flow as the connection table holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// Its entry.
+    pub entry: FlowEntry,
+    /// The low 24 bits of the epoch it last sent a packet.
+    pub seen: u32,
+    /// Its `FLOW_*` flags.
+    pub flags: u8,
+}
+
+/// The way of a set that holds `key`'s whole entry, if one does.
+pub fn find(meta: &FlowMeta, ways: &FlowWays, key: &FlowKey, tag: u32) -> Option<Tracked> {
     (0..FLOW_WAYS)
-        .filter(|&way| set.tags[way] == tag)
-        .map(|way| set.entries[way])
-        .find(|entry| {
+        .filter(|&way| WayWord(meta.ways[way]).tag() == tag)
+        .map(|way| (WayWord(meta.ways[way]), ways.entries[way]))
+        .find(|(_, entry)| {
             entry.key == *key
                 && entry.check == flow_check(tag, entry.backend_id, entry.vip_id, entry.generation)
+        })
+        .map(|(word, entry)| Tracked {
+            entry,
+            seen: word.seen(),
+            flags: word.flags(),
         })
 }
 
@@ -117,22 +137,21 @@ impl WayState {
         }
     }
 
-    /// Way `way` of `set`, at `config`'s epoch and timeouts.
-    pub fn of(set: &FlowSet, way: usize, config: &DataplaneConfig) -> WayState {
-        if set.tags[way] == 0 {
+    /// A way with `word`, at `config`'s epoch and timeouts.
+    pub fn of(word: WayWord, config: &DataplaneConfig) -> WayState {
+        if word.tag() == 0 {
             return WayState::Empty;
         }
-        let entry = &set.entries[way];
-        let limit = if entry.key.proto == PROTO_TCP {
-            config.tcp_idle_s
-        } else {
+        let limit = if word.flags() & FLOW_UDP != 0 {
             config.udp_idle_s
+        } else {
+            config.tcp_idle_s
         };
-        if config.epoch.wrapping_sub(entry.seen) > limit {
+        if word.age(config.epoch) > limit {
             WayState::Idle
-        } else if entry.flags & FLOW_CLOSING != 0 {
+        } else if word.flags() & FLOW_CLOSING != 0 {
             WayState::Closing
-        } else if entry.flags & FLOW_UNPROVEN != 0 {
+        } else if word.flags() & FLOW_UNPROVEN != 0 {
             WayState::Unproven
         } else {
             WayState::Established
@@ -148,10 +167,10 @@ pub struct Census {
 }
 
 impl Census {
-    /// Counts `set`'s ways.
-    pub fn add(&mut self, set: &FlowSet, config: &DataplaneConfig) {
-        for way in 0..FLOW_WAYS {
-            let state = WayState::of(set, way, config);
+    /// Counts a set's ways.
+    pub fn add(&mut self, meta: &FlowMeta, config: &DataplaneConfig) {
+        for &word in &meta.ways {
+            let state = WayState::of(WayWord(word), config);
             self.ways[WayState::ALL.iter().position(|s| *s == state).unwrap_or(0)] += 1;
         }
     }
@@ -171,22 +190,35 @@ impl Census {
 }
 
 /// Active flows per (VIP id, backend id): established ways (see
-/// `WayState`) whose flow sent a packet within `active_s` seconds.
+/// `WayState`) whose flow sent a packet within `active_s` seconds. Reads
+/// the way words, then the entries of the sets that hold one.
 pub fn active_flows(
-    table: BorrowedFd<'_>,
+    (meta, table): (BorrowedFd<'_>, BorrowedFd<'_>),
     sets: u32,
     config: &DataplaneConfig,
     active_s: u32,
 ) -> io::Result<HashMap<(u32, u32), u64>> {
-    let mut active = HashMap::new();
-    scan(table, 0, sets, |set| {
-        for way in 0..FLOW_WAYS {
-            let entry = &set.entries[way];
-            if WayState::of(set, way, config) == WayState::Established
-                && config.epoch.wrapping_sub(entry.seen) <= active_s
+    let mut active_ways: Vec<(u32, u8)> = Vec::new();
+    scan(meta, 0, sets, |set, words: &FlowMeta| {
+        for (way, &word) in words.ways.iter().enumerate() {
+            let word = WayWord(word);
+            if WayState::of(word, config) == WayState::Established
+                && word.age(config.epoch) <= active_s
             {
-                *active.entry((entry.vip_id, entry.backend_id)).or_default() += 1;
+                active_ways.push((set, way as u8));
             }
+        }
+    })?;
+    let mut active = HashMap::new();
+    if active_ways.is_empty() {
+        return Ok(active);
+    }
+    // The entries of the active ways, in set order.
+    let mut ways = active_ways.iter().peekable();
+    scan(table, 0, sets, |set, entries: &FlowWays| {
+        while let Some(&(_, way)) = ways.next_if(|&&(s, _)| s == set) {
+            let entry = &entries.entries[way as usize];
+            *active.entry((entry.vip_id, entry.backend_id)).or_default() += 1;
         }
     })?;
     Ok(active)

@@ -24,8 +24,8 @@ use aya::{
 };
 use counters::{BatchAttr, CounterReader, Counters, batch_call};
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowEntry, FlowKey,
-    FlowSet, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS,
+    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowKey, FlowMeta,
+    FlowWays, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS,
     TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
 };
 use mmap::MappedU32Array;
@@ -303,6 +303,10 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(
                 names::CONN_TABLE,
+                connection_table_sets(capacities.connection_table_size),
+            )
+            .map_max_entries(
+                names::CONN_META,
                 connection_table_sets(capacities.connection_table_size),
             )
             .map_max_entries(names::BACKENDS, backend_entries)
@@ -785,12 +789,15 @@ impl Dataplane {
 
     /// The connection-table entry of a flow, if the kernel holds a whole
     /// one (found where the kernel would look, under its seed).
-    pub fn connection(&self, key: &FlowKey) -> Result<Option<FlowEntry>> {
+    pub fn connection(&self, key: &FlowKey) -> Result<Option<flows::Tracked>> {
         let (set, tag) = flows::locate(key, &self.config()?);
-        let table: Array<_, FlowSet> =
+        let meta: Array<_, FlowMeta> =
+            Array::try_from(self.map(names::CONN_META)?).map_err(map_err(names::CONN_META))?;
+        let ways: Array<_, FlowWays> =
             Array::try_from(self.map(names::CONN_TABLE)?).map_err(map_err(names::CONN_TABLE))?;
-        let set = table.get(&set, 0).map_err(map_err(names::CONN_TABLE))?;
-        Ok(flows::find(&set, key, tag))
+        let meta = meta.get(&set, 0).map_err(map_err(names::CONN_META))?;
+        let ways = ways.get(&set, 0).map_err(map_err(names::CONN_TABLE))?;
+        Ok(flows::find(&meta, &ways, key, tag))
     }
 
     /// The backend slot `backend_id` as the kernel holds it.
@@ -819,7 +826,7 @@ impl Dataplane {
             handle(names::BACKEND_STATS)?,
             handle(names::VIP_STATS)?,
             handle(names::GLOBAL_STATS)?,
-            handle(names::CONN_TABLE)?,
+            (handle(names::CONN_META)?, handle(names::CONN_TABLE)?),
             handle(names::CONFIG)?,
         )
         .map_err(|source| DataplaneError::Io {
