@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -111,6 +111,9 @@ pub struct VipSlot {
     pub flags: u32,
     /// Index of its lookup table in the outer map (`bank * MAX_VIPS + vip_id`).
     pub table_id: u32,
+    /// That table's size M (also in its slot 0): with it here, a new flow
+    /// reads one slot of the table, one inner-map lookup instead of two.
+    pub table_size: u32,
 }
 
 /// The value of the userspace-only `META` map (one entry): what `fulcrum`
@@ -500,7 +503,7 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipSlot>(), 32);
+        assert_eq!(size_of::<VipSlot>(), 36);
         assert_eq!(size_of::<Meta>(), 16);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);

@@ -262,7 +262,7 @@ fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey) -> Result<Flow, Verdi
 fn find_vip(
     index: &Array<VipSlot, { VIP_INDEX_SLOTS as usize }>,
     key: &VipKey,
-) -> Option<(u32, u32)> {
+) -> Option<(u32, u32, u32)> {
     let home = vip_home_slot(key);
     for probe in 0..VIP_INDEX_MAX_PROBES {
         let slot = index.get((home + probe) & (VIP_INDEX_SLOTS - 1))?;
@@ -270,7 +270,7 @@ fn find_vip(
             return None;
         }
         if slot.key.same(key) {
-            return Some((slot.vip_id, slot.table_id));
+            return Some((slot.vip_id, slot.table_id, slot.table_size));
         }
     }
     None
@@ -279,7 +279,7 @@ fn find_vip(
 /// The VIP a flow is addressed to (its id and table id): exact port first,
 /// then the any-port VIP.
 #[inline(always)]
-fn lookup_vip(key: &FlowKey) -> Option<(u32, u32)> {
+fn lookup_vip(key: &FlowKey) -> Option<(u32, u32, u32)> {
     let index = VIP_INDEX.get(0)?;
     let mut vip = VipKey {
         addr: key.dst_addr,
@@ -456,10 +456,9 @@ fn track(place: &Place, flow: &Flow, entry: FlowEntry, config: &DataplaneConfig)
 
 /// The backend the VIP's lookup table assigns to a new flow.
 #[inline(always)]
-fn table_backend(hash: u64, vip_id: u32, table_id: u32) -> Option<(u32, Backend)> {
-    let table = LOOKUP_TABLES.get(table_id)?;
-    let size = *table.get(0)?;
+fn table_backend(hash: u64, vip_id: u32, table_id: u32, size: u32) -> Option<(u32, Backend)> {
     let slot = table_slot(hash, size)?;
+    let table = LOOKUP_TABLES.get(table_id)?;
     let backend_id = *table.get(slot)?;
     live_backend(backend_id, vip_id).map(|backend| (backend_id, backend))
 }
@@ -498,7 +497,7 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
             (vip_id, backend_id, backend, false, config)
         }
         None => {
-            let Some((vip_id, table_id)) = lookup_vip(&flow.key) else {
+            let Some((vip_id, table_id, table_size)) = lookup_vip(&flow.key) else {
                 return pass(Reason::PassNotVip);
             };
             count(Reason::ConnMiss);
@@ -506,7 +505,9 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
                 return discard(Reason::DropNoBackend);
             };
             let place = place.unwrap_or_else(|| locate(&flow.key, config));
-            let Some((backend_id, backend)) = table_backend(place.hash, vip_id, table_id) else {
+            let Some((backend_id, backend)) =
+                table_backend(place.hash, vip_id, table_id, table_size)
+            else {
                 return discard(Reason::DropNoBackend);
             };
             let entry = FlowEntry {

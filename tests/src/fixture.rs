@@ -212,6 +212,7 @@ impl Fixture {
             vip_id: TABLELESS_VIP_ID,
             flags: 0,
             table_id: table_id(dataplane.bank(), TABLELESS_VIP_ID),
+            table_size: 0,
         });
         dataplane
             .install_vip_index(&entries)

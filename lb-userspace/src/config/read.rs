@@ -272,9 +272,22 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
             .optional(&mut problems, "udp_idle_s", uint)
             .unwrap_or(defaults.udp_s),
     };
-    let flow_hash_seed = top.optional(&mut problems, "flow_hash_seed", |v| {
-        string(v).and_then(|s| s.parse::<Secret>())
-    });
+    // A secret: a bad one is reported without its text.
+    let flow_hash_seed = top
+        .optional(&mut problems, "flow_hash_seed", string)
+        .and_then(|text| {
+            text.parse::<Secret>()
+                .map_err(|why| {
+                    problems.push(Problem::error(
+                        "invalid-value",
+                        "config",
+                        "flow_hash_seed",
+                        "(not shown: a secret)",
+                        why,
+                    ))
+                })
+                .ok()
+        });
     let max_backends = top
         .optional(&mut problems, "max_backends", uint)
         .unwrap_or(lb_common::maps::MAX_BACKENDS - 1);
@@ -549,6 +562,20 @@ mod tests {
             .into_iter()
             .map(|p| (p.code, p.location, p.field))
             .collect()
+    }
+
+    #[test]
+    fn a_bad_seed_is_refused_without_showing_it() {
+        let (_, problems) = read("flow_hash_seed = \"0011223344556677889900aabbccddeZ\"\n");
+        let text = format!("{problems:?}");
+        assert_eq!(problems.len(), 1, "{text}");
+        assert_eq!(problems[0].field, "flow_hash_seed");
+        assert!(!text.contains("0011223344"), "the secret leaked: {text}");
+        let (config, problems) = read("flow_hash_seed = \"00112233445566778899aabbccddeeff\"\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        let seed = config.and_then(|c| c.flow_hash_seed).expect("a seed");
+        assert_eq!(seed.0.0, [0x0011_2233_4455_6677, 0x8899_aabb_ccdd_eeff]);
+        assert_eq!(format!("{seed:?}"), "Secret(..)");
     }
 
     #[test]

@@ -729,16 +729,7 @@ impl Dataplane {
     /// state used, so their flows are hashed into the new tables.
     pub fn commit(&mut self, staged: Staged) -> Result<()> {
         let Staged { state, bank } = staged;
-        let entries: Vec<VipSlot> = state
-            .vips
-            .iter()
-            .map(|v| VipSlot {
-                key: v.key,
-                vip_id: v.vip_id,
-                flags: 0,
-                table_id: table_id(bank, v.vip_id),
-            })
-            .collect();
+        let entries: Vec<VipSlot> = state.vips.iter().map(|v| v.slot(bank)).collect();
         self.install_vip_index(&entries)?;
         let config = self.config()?;
         if (config.tcp_idle_s, config.udp_idle_s) != (state.idle.tcp_s, state.idle.udp_s) {

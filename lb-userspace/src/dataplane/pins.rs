@@ -19,7 +19,7 @@ use aya::{
     maps::{Array, Map, MapData},
     programs::links::{FdLink, PinnedLink},
 };
-use lb_common::maps::{LAYOUT_VERSION, Meta, VipKey, names};
+use lb_common::maps::{LAYOUT_VERSION, Meta, VipSlot, names};
 
 use super::{AttachMode, Dataplane, DataplaneError, Link, Result, map_err};
 use crate::dataplane::state::DesiredState;
@@ -391,17 +391,13 @@ impl Dataplane {
     /// table in the bank in use, every table matches, and every backend
     /// slot it uses holds that backend. For adopting a pinned instance.
     pub fn adopt_state(&mut self, state: DesiredState, bank: u32, generation: u64) -> Result<()> {
-        let mut held: Vec<(VipKey, u32, u32)> = self
+        let mut held: Vec<VipSlot> = self
             .read_vip_index()?
             .iter()
-            .map(|s| (s.key, s.vip_id, s.table_id))
+            .map(|s| VipSlot { flags: 0, ..*s })
             .collect();
-        let mut want: Vec<(VipKey, u32, u32)> = state
-            .vips
-            .iter()
-            .map(|v| (v.key, v.vip_id, super::table_id(bank, v.vip_id)))
-            .collect();
-        let order = |a: &(VipKey, u32, u32), b: &(VipKey, u32, u32)| a.1.cmp(&b.1);
+        let mut want: Vec<VipSlot> = state.vips.iter().map(|v| v.slot(bank)).collect();
+        let order = |a: &VipSlot, b: &VipSlot| a.vip_id.cmp(&b.vip_id);
         held.sort_by(order);
         want.sort_by(order);
         if held != want {

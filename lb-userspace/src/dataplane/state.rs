@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Context as _;
 use lb_common::{
     flow_hash::{FlowSeed, flow_hash, table_slot},
-    maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, PROTO_TCP, PROTO_UDP, VipKey},
+    maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, PROTO_TCP, PROTO_UDP, VipKey, VipSlot},
 };
 
 use crate::{
@@ -288,6 +288,17 @@ impl DesiredState {
 }
 
 impl VipState {
+    /// Its slot of the VIP index, naming its table in `bank`.
+    pub fn slot(&self, bank: u32) -> VipSlot {
+        VipSlot {
+            key: self.key,
+            vip_id: self.vip_id,
+            flags: 0,
+            table_id: super::table_id(bank, self.vip_id),
+            table_size: self.table.table.len() as u32,
+        }
+    }
+
     /// `address:port/protocol`, as the config's `VipConfig::endpoint`.
     pub fn endpoint(&self) -> String {
         let protocol = match self.key.proto {
