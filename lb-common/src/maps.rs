@@ -227,7 +227,14 @@ impl WayWord {
     /// Seconds since the flow last sent a packet, at epoch `now`.
     #[inline(always)]
     pub const fn age(self, now: u32) -> u32 {
-        now.wrapping_sub((self.0 >> 32) as u32) & FLOW_SEEN_MASK
+        now.wrapping_sub(self.seen()) & FLOW_SEEN_MASK
+    }
+
+    /// Whether the flow has idled past its protocol's timeout at `config`'s
+    /// epoch: its entry has expired.
+    #[inline(always)]
+    pub const fn idle(self, config: &DataplaneConfig) -> bool {
+        self.age(config.epoch) > config.idle_limit(self.flags())
     }
 
     /// The low 24 bits of the epoch it last sent a packet.
@@ -302,7 +309,7 @@ pub struct DataplaneConfig {
     /// Reserved; zero.
     pub pad: [u8; 2],
     /// A coarse clock `fulcrum` advances every second (seconds of the
-    /// host's monotonic clock): flows record it as `FlowEntry::seen`.
+    /// host's monotonic clock): each way records it in its `WayWord`.
     pub epoch: u32,
     /// The connection table's number of sets minus one (a power of two
     /// minus one); `Dataplane::set_config` fills it from the map.
@@ -314,6 +321,19 @@ pub struct DataplaneConfig {
     pub udp_idle_s: u32,
     /// The flow hash's secret seed.
     pub seed: crate::flow_hash::FlowSeed,
+}
+
+impl DataplaneConfig {
+    /// Seconds a flow with `FLOW_*` flags `flags` may idle before its entry
+    /// expires.
+    #[inline(always)]
+    pub const fn idle_limit(&self, flags: u8) -> u32 {
+        if flags & FLOW_UDP != 0 {
+            self.udp_idle_s
+        } else {
+            self.tcp_idle_s
+        }
+    }
 }
 
 /// Why a packet got the verdict it got. Each value is an index of the global

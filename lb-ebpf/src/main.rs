@@ -256,8 +256,8 @@ fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey) -> Result<Flow, Verdi
     Ok(Flow { key, opens, closes })
 }
 
-/// The VIP id and table id of `key` in the index, probing from its home
-/// slot until an empty slot or the probe bound.
+/// The VIP id, table id and table size of `key` in the index, probing from
+/// its home slot until an empty slot or the probe bound.
 #[inline(always)]
 fn find_vip(
     index: &Array<VipSlot, { VIP_INDEX_SLOTS as usize }>,
@@ -276,8 +276,8 @@ fn find_vip(
     None
 }
 
-/// The VIP a flow is addressed to (its id and table id): exact port first,
-/// then the any-port VIP.
+/// The VIP a flow is addressed to (its id, table id and table size): exact
+/// port first, then the any-port VIP.
 #[inline(always)]
 fn lookup_vip(key: &FlowKey) -> Option<(u32, u32, u32)> {
     let index = VIP_INDEX.get(0)?;
@@ -333,16 +333,6 @@ fn locate(key: &FlowKey, config: &DataplaneConfig) -> Place {
     }
 }
 
-/// Seconds a flow may idle before its entry expires.
-#[inline(always)]
-fn idle_limit(config: &DataplaneConfig, flags: u8) -> u32 {
-    if flags & FLOW_UDP != 0 {
-        config.udp_idle_s
-    } else {
-        config.tcp_idle_s
-    }
-}
-
 /// An established flow: the VIP, backend id and backend its entry names,
 /// if the entry is whole (its check holds), has not idled past its
 /// timeout, and its backend slot still serves the VIP with the same
@@ -362,7 +352,7 @@ fn tracked_flow(
     if state.check != flow_check(place.tag, state.backend_id, state.vip_id, state.generation) {
         return None;
     }
-    if seen.age(config.epoch) > idle_limit(config, seen.flags()) {
+    if seen.idle(config) {
         count(Reason::ConnExpired);
         return None;
     }
@@ -400,8 +390,7 @@ fn free_way(meta: &FlowMeta, config: &DataplaneConfig) -> Option<(usize, bool)> 
             return Some((way, false));
         }
         let age = word.age(config.epoch);
-        let reclaimable = word.flags() & (FLOW_CLOSING | FLOW_UNPROVEN) != 0
-            || age > idle_limit(config, word.flags());
+        let reclaimable = word.flags() & (FLOW_CLOSING | FLOW_UNPROVEN) != 0 || word.idle(config);
         if reclaimable && (best.is_none() || age > best_age) {
             best = Some((way, true));
             best_age = age;
@@ -481,30 +470,35 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
     // the VIP probe is needed only for SYNs and connection-table misses. A
     // SYN always takes the lookup table's current choice, and reads the
     // config only once it is known to be for a VIP.
-    let (place, tracked) = if flow.opens {
+    let (looked_up, tracked) = if flow.opens {
         (None, None)
     } else {
         let Some(config) = CONFIG.get(0) else {
             return discard(Reason::DropNoBackend);
         };
         let place = locate(&flow.key, config);
-        let tracked = tracked_flow(&place, flow, config).map(|found| (found, config));
-        (Some(place), tracked)
+        let tracked = tracked_flow(&place, flow, config);
+        (Some((place, config)), tracked)
     };
-    let (vip_id, backend_id, backend, new_flow, config) = match tracked {
-        Some(((vip_id, backend_id, backend), config)) => {
+    let (vip_id, backend_id, backend, new_flow, config) = match (tracked, looked_up) {
+        (Some((vip_id, backend_id, backend)), Some((_, config))) => {
             count(Reason::ConnHit);
             (vip_id, backend_id, backend, false, config)
         }
-        None => {
+        (_, looked_up) => {
             let Some((vip_id, table_id, table_size)) = lookup_vip(&flow.key) else {
                 return pass(Reason::PassNotVip);
             };
             count(Reason::ConnMiss);
-            let Some(config) = CONFIG.get(0) else {
-                return discard(Reason::DropNoBackend);
+            let (place, config) = match looked_up {
+                Some(found) => found,
+                None => {
+                    let Some(config) = CONFIG.get(0) else {
+                        return discard(Reason::DropNoBackend);
+                    };
+                    (locate(&flow.key, config), config)
+                }
             };
-            let place = place.unwrap_or_else(|| locate(&flow.key, config));
             let Some((backend_id, backend)) =
                 table_backend(place.hash, vip_id, table_id, table_size)
             else {

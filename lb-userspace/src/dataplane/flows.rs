@@ -3,21 +3,17 @@
 //! Each set is split in two arrays (way words, entries), read in
 //! `BPF_MAP_LOOKUP_BATCH` chunks.
 
-use std::{
-    collections::HashMap,
-    io,
-    os::fd::{AsRawFd as _, BorrowedFd},
-};
+use std::{collections::HashMap, io, os::fd::BorrowedFd};
 
 use lb_common::{
     flow_hash::{flow_check, flow_hash, flow_set, flow_tag},
     maps::{
-        DataplaneConfig, FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey,
-        FlowMeta, FlowWays, WayWord,
+        DataplaneConfig, FLOW_CLOSING, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowMeta,
+        FlowWays, WayWord,
     },
 };
 
-use super::counters::{BPF_MAP_LOOKUP_BATCH, BatchAttr, batch_call};
+use super::counters::lookup_batch;
 
 /// Sets read per system call.
 const CHUNK: u32 = 256;
@@ -31,38 +27,27 @@ pub fn scan<T: Default + Clone>(
     count: u32,
     mut visit: impl FnMut(u32, &T),
 ) -> io::Result<u32> {
-    let mut keys = vec![0u32; CHUNK as usize];
     let mut values = vec![T::default(); CHUNK as usize];
     let mut done = 0u32;
-    // The kernel starts after the key in `in_batch`.
-    let mut previous = first.wrapping_sub(1);
     while done < count {
-        let mut last = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: if first + done == 0 {
-                0
-            } else {
-                &raw const previous as u64
-            },
-            out_batch: &raw mut last as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK.min(count - done),
-            map_fd: table.as_raw_fd() as u32,
-            ..BatchAttr::default()
+        let asked = CHUNK.min(count - done);
+        // SAFETY: `values` holds `CHUNK` >= `asked` values of `T`, the
+        // table's value type.
+        let read = unsafe {
+            lookup_batch(
+                table,
+                first + done,
+                asked,
+                values.as_mut_ptr().cast(),
+                size_of::<T>(),
+            )?
         };
-        let result = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        for (key, value) in keys.iter().zip(&values).take(attr.count as usize) {
-            visit(*key, value);
+        for (i, value) in values.iter().take(read as usize).enumerate() {
+            visit(first + done + i as u32, value);
         }
-        done += attr.count;
-        previous = last;
-        match result {
-            Ok(()) if attr.count > 0 => {}
-            Ok(()) => break,
-            // ENOENT: the table ended.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(e),
+        done += read;
+        if read < asked {
+            break;
         }
     }
     Ok(done)
@@ -101,20 +86,30 @@ pub fn find(meta: &FlowMeta, ways: &FlowWays, key: &FlowKey, tag: u32) -> Option
         })
 }
 
-/// What a way holds, as the data plane would judge it now.
+/// What a way holds, as the data plane would judge it now. The values
+/// index `WayState::ALL` and `Census::ways`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WayState {
     /// No flow.
-    Empty,
+    Empty = 0,
     /// An established flow: proven, not closing, within its idle timeout.
-    Established,
+    Established = 1,
     /// A flow that sent one packet so far (a SYN, or a spoofed flood).
-    Unproven,
+    Unproven = 2,
     /// The client closed it (FIN or RST).
-    Closing,
+    Closing = 3,
     /// Idle past its protocol's timeout.
-    Idle,
+    Idle = 4,
 }
+
+// Each state's value is its index in `ALL`.
+const _: () = {
+    let mut i = 0;
+    while i < WayState::ALL.len() {
+        assert!(WayState::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 impl WayState {
     /// Every state, in the order metrics list them.
@@ -142,12 +137,7 @@ impl WayState {
         if word.tag() == 0 {
             return WayState::Empty;
         }
-        let limit = if word.flags() & FLOW_UDP != 0 {
-            config.udp_idle_s
-        } else {
-            config.tcp_idle_s
-        };
-        if word.age(config.epoch) > limit {
+        if word.idle(config) {
             WayState::Idle
         } else if word.flags() & FLOW_CLOSING != 0 {
             WayState::Closing
@@ -170,17 +160,13 @@ impl Census {
     /// Counts a set's ways.
     pub fn add(&mut self, meta: &FlowMeta, config: &DataplaneConfig) {
         for &word in &meta.ways {
-            let state = WayState::of(WayWord(word), config);
-            self.ways[WayState::ALL.iter().position(|s| *s == state).unwrap_or(0)] += 1;
+            self.ways[WayState::of(WayWord(word), config) as usize] += 1;
         }
     }
 
     /// Ways in `state`.
     pub fn count(&self, state: WayState) -> u64 {
-        WayState::ALL
-            .iter()
-            .position(|s| *s == state)
-            .map_or(0, |i| self.ways[i])
+        self.ways[state as usize]
     }
 
     /// Ways counted.

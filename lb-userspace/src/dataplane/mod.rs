@@ -300,15 +300,10 @@ impl Dataplane {
     /// Loads the program with maps of the given capacities.
     pub fn load_with(capacities: Capacities) -> Result<Self> {
         let backend_entries = capacities.max_backends.saturating_add(1);
+        let sets = connection_table_sets(capacities.connection_table_size);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(
-                names::CONN_TABLE,
-                connection_table_sets(capacities.connection_table_size),
-            )
-            .map_max_entries(
-                names::CONN_META,
-                connection_table_sets(capacities.connection_table_size),
-            )
+            .map_max_entries(names::CONN_TABLE, sets)
+            .map_max_entries(names::CONN_META, sets)
             .map_max_entries(names::BACKENDS, backend_entries)
             .map_max_entries(names::BACKEND_STATS, backend_entries)
             .load(crate::EBPF_OBJECT)?;
