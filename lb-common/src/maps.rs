@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -116,6 +116,51 @@ pub struct VipSlot {
     pub table_size: u32,
 }
 
+/// A filter of the VIPs' addresses (one bit per address hash, 512 bits in
+/// one cache line): a packet to an address whose bit is clear is for no
+/// VIP, and passes without a connection-table lookup or a VIP probe.
+/// Userspace keeps it a superset of the index in force (`VIP_FILTER`).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipFilter {
+    /// The bits.
+    pub bits: [u64; 8],
+}
+
+impl VipFilter {
+    /// The bit of `addr` (network order, IPv4 in the first 4 bytes):
+    /// the top 9 bits of a multiplicative hash of its four words folded.
+    #[inline(always)]
+    pub fn bit(addr: &[u8; 16]) -> u32 {
+        let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+        let folded =
+            word(0) ^ word(4).rotate_left(8) ^ word(8).rotate_left(16) ^ word(12).rotate_left(24);
+        folded.wrapping_mul(0x9e37_79b1) >> 23
+    }
+
+    /// Whether a VIP may have address `addr`.
+    #[inline(always)]
+    pub fn may_hold(&self, addr: &[u8; 16]) -> bool {
+        let bit = Self::bit(addr);
+        self.bits[(bit / 64) as usize & 7] & (1 << (bit % 64)) != 0
+    }
+
+    /// Adds `addr`.
+    pub fn insert(&mut self, addr: &[u8; 16]) {
+        let bit = Self::bit(addr);
+        self.bits[(bit / 64) as usize & 7] |= 1 << (bit % 64);
+    }
+
+    /// Both filters' addresses.
+    pub fn union(self, other: VipFilter) -> VipFilter {
+        let mut bits = self.bits;
+        for (bit, other) in bits.iter_mut().zip(other.bits) {
+            *bit |= other;
+        }
+        VipFilter { bits }
+    }
+}
+
 /// The value of the userspace-only `META` map (one entry): what `fulcrum`
 /// needs to know before it adopts a pinned instance.
 #[repr(C)]
@@ -205,7 +250,7 @@ pub const FLOW_UDP: u8 = 4;
 /// 2^24 seconds (194 days), far beyond any idle timeout.
 pub const FLOW_SEEN_MASK: u32 = (1 << 24) - 1;
 
-/// One way's word in `FlowMeta`: the flow's tag (bits 0–31, never zero in
+/// One way's word in `FlowSet::ways`: the flow's tag (bits 0–31, never zero in
 /// a used way), the epoch it last sent a packet (bits 32–55) and its
 /// `FLOW_*` flags (bits 56–63). One word, so it is read and written whole.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -250,16 +295,6 @@ impl WayWord {
     }
 }
 
-/// The small half of a connection-table set: one word per way, in one
-/// cache line. A new flow reads only this line (of a map an eighth the
-/// size of the entries') to find its way; a hit updates only its word.
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowMeta {
-    /// `WayWord`s.
-    pub ways: [u64; FLOW_WAYS],
-}
-
 /// One way's flow and the backend it is pinned to. One cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -279,11 +314,16 @@ pub struct FlowEntry {
     pub pad: [u32; 2],
 }
 
-/// The large half of a connection-table set: its ways' entries. A writer
-/// clears the way's word, writes the entry, then sets the word.
-#[repr(C)]
+/// One set of the connection table: a cache line of way words, then the
+/// ways' entries, in one map value, so that a flow's word and its entry
+/// share a page (one TLB walk for a new flow, not two). A new flow reads
+/// only the first line to find its way; a hit updates only its word. A
+/// writer clears the way's word, writes the entry, then sets the word.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowWays {
+pub struct FlowSet {
+    /// `WayWord`s.
+    pub ways: [u64; FLOW_WAYS],
     /// The entries.
     pub entries: [FlowEntry; FLOW_WAYS],
 }
@@ -464,14 +504,14 @@ impl Reason {
 pub mod names {
     /// `ArrayOfMaps<Array<VipSlot>>` with one entry: the current VIP index.
     pub const VIP_INDEX: &str = "VIP_INDEX";
+    /// `Array<VipFilter>` with one entry: the VIPs' addresses.
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     /// `Array<Backend>`.
     pub const BACKENDS: &str = "BACKENDS";
     /// `ArrayOfMaps<Array<u32>>` indexed by table id (`bank * MAX_VIPS + vip_id`).
     pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
-    /// `Array<FlowWays>`: the connection table's entries, one set each.
+    /// `Array<FlowSet>`: the connection table, one set each.
     pub const CONN_TABLE: &str = "CONN_TABLE";
-    /// `Array<FlowMeta>`: the connection table's way words, one set each.
-    pub const CONN_META: &str = "CONN_META";
     /// `PerCpuArray<TrafficCounters>` indexed by backend id.
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `PerCpuArray<TrafficCounters>` indexed by `vip_id`.
@@ -488,10 +528,10 @@ pub mod names {
     /// The maps of the eBPF object, every one pinned.
     pub const OBJECT_MAPS: [&str; 9] = [
         VIP_INDEX,
+        VIP_FILTER,
         BACKENDS,
         LOOKUP_TABLES,
         CONN_TABLE,
-        CONN_META,
         BACKEND_STATS,
         VIP_STATS,
         GLOBAL_STATS,
@@ -505,11 +545,11 @@ mod pod {
     // could leak uninitialised memory (explicit `pad` fields fill the gaps).
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipSlot {}
+    unsafe impl aya::Pod for super::VipFilter {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
-    unsafe impl aya::Pod for super::FlowWays {}
-    unsafe impl aya::Pod for super::FlowMeta {}
+    unsafe impl aya::Pod for super::FlowSet {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::Meta {}
@@ -521,15 +561,45 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
+    fn the_vip_filter_holds_its_addresses_and_few_others() {
+        let v4 = |a: u8, b: u8| {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&[198, 18, a, b]);
+            addr
+        };
+        let mut filter = VipFilter::default();
+        let vips: Vec<[u8; 16]> = (0..16).map(|i| v4(0, 100 + i)).collect();
+        for vip in &vips {
+            filter.insert(vip);
+        }
+        assert!(vips.iter().all(|vip| filter.may_hold(vip)));
+        let mut v6 = [0u8; 16];
+        v6[..4].copy_from_slice(&[0x20, 0x01, 0, 2]);
+        v6[15] = 1;
+        assert!(!VipFilter::default().may_hold(&v6));
+        // 16 addresses set at most 16 of 512 bits: other hosts of the
+        // same networks mostly fall on clear bits.
+        let others = (1..=255u8).flat_map(|a| (0..4u8).map(move |b| v4(a, b)));
+        let (passed, total) = others.fold((0, 0), |(p, t), addr| {
+            (p + u32::from(filter.may_hold(&addr)), t + 1)
+        });
+        assert!(passed * 10 < total, "{passed} of {total} others pass");
+        let mut other = VipFilter::default();
+        other.insert(&v6);
+        let both = filter.union(other);
+        assert!(both.may_hold(&v6) && vips.iter().all(|vip| both.may_hold(vip)));
+    }
+
+    #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
         assert_eq!(size_of::<VipSlot>(), 36);
+        assert_eq!(size_of::<VipFilter>(), 64);
         assert_eq!(size_of::<Meta>(), 16);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowEntry>(), 64);
-        assert_eq!(size_of::<FlowWays>(), 8 * 64);
-        assert_eq!(size_of::<FlowMeta>(), 64);
+        assert_eq!(size_of::<FlowSet>(), 9 * 64);
         assert_eq!(size_of::<TrafficCounters>(), 24);
         assert_eq!(size_of::<DataplaneConfig>(), 40);
     }

@@ -1,7 +1,9 @@
 //! Flow affinity in the real XDP program: a flow stays on its backend for
 //! its whole life, and when a VIP's table is swapped mid-stream, flows move
 //! only when their backend is gone, and then only to the new table's choice.
+//! The VIP address filter follows every install.
 
+use lb_common::maps::{Reason, VipFilter};
 use lb_tests::{
     fixture::{Fixture, STANDARD_CONFIG, TEST_SEED, xdp_action},
     packet::{Frame, tcp_flags::*},
@@ -147,6 +149,38 @@ fn removing_a_backend_through_install_keeps_every_other_flow() {
     fixture.dataplane.install(&next).unwrap();
     only_flows_of_moved(&mut fixture, &ports, &before, b1, &next);
     assert_eq!(fixture.dataplane.installed(), Some(&next));
+}
+
+#[test]
+fn a_vip_moved_to_a_new_address_is_forwarded_there_and_its_old_address_passes() {
+    let mut fixture = Fixture::standard();
+    let (old, new) = ("198.18.0.101:443", "198.18.0.111:443");
+    let syn = |to: &str| Frame::tcp("198.18.2.1:46000", to, SYN).bytes();
+    let passes_as_not_vip = |fixture: &mut Fixture, to: &str| {
+        let before = fixture.snapshot();
+        let run = fixture.run(&syn(to)).expect("test run");
+        let after = fixture.snapshot();
+        run.action == xdp_action::PASS && after.reason_delta(&before, Reason::PassNotVip) == 1
+    };
+    assert!(passes_as_not_vip(&mut fixture, new), "no VIP at {new} yet");
+    assert_eq!(fixture.run(&syn(old)).unwrap().action, xdp_action::TX);
+    let moved = lb_userspace::config::Config::parse(&STANDARD_CONFIG.replacen(
+        r#"address = "198.18.0.101""#,
+        r#"address = "198.18.0.111""#,
+        1,
+    ))
+    .unwrap();
+    let next = DesiredState::build_from(&moved, Some(&fixture.state), |b| Ok(b.mac.unwrap()))
+        .unwrap();
+    fixture.dataplane.install(&next).unwrap();
+    assert_eq!(fixture.run(&syn(new)).unwrap().action, xdp_action::TX);
+    assert!(passes_as_not_vip(&mut fixture, old), "{old} is no VIP now");
+    // The kernel's filter holds exactly the installed VIPs' addresses.
+    let mut expected = VipFilter::default();
+    for vip in &next.vips {
+        expected.insert(&vip.key.addr);
+    }
+    assert_eq!(fixture.dataplane.vip_filter().unwrap(), expected);
 }
 
 #[test]

@@ -12,9 +12,12 @@ use std::{
 use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
-use lb_common::maps::{DataplaneConfig, FlowMeta, Reason, TrafficCounters};
+use lb_common::maps::{DataplaneConfig, FlowSet, Reason, TrafficCounters};
 
-use super::flows::{self, Census};
+use super::{
+    flows::{self, Census},
+    mmap::MappedArray,
+};
 
 /// A flow counts as active while it sent a packet within this many seconds
 /// and the client has not closed it (FIN or RST).
@@ -55,19 +58,17 @@ pub struct CounterReader {
     backends: OwnedFd,
     vips: OwnedFd,
     reasons: OwnedFd,
-    /// `CONN_META` and `CONN_TABLE`.
-    flows: (OwnedFd, OwnedFd),
+    /// `CONN_TABLE`, mapped read-only.
+    flows: MappedArray<FlowSet>,
     config: Array<MapData, DataplaneConfig>,
     cpus: usize,
-    /// Sets of the connection table.
-    sets: u32,
     /// Where the next fill sample starts.
     sample_at: std::sync::atomic::AtomicU32,
 }
 
 /// Sets of the connection table one fill sample reads (all of a table of
 /// the default size, a window of a larger one): their way words only, 64
-/// bytes a set.
+/// bytes a set, read in place.
 pub const CENSUS_SETS: u32 = 65_536;
 
 /// The batch part of `union bpf_attr` (include/uapi/linux/bpf.h).
@@ -194,12 +195,12 @@ fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
 
 impl CounterReader {
     /// A reader over the given maps (`BACKEND_STATS`, `VIP_STATS`,
-    /// `GLOBAL_STATS`, (`CONN_META`, `CONN_TABLE`) and `CONFIG` handles).
+    /// `GLOBAL_STATS`, `CONN_TABLE` and `CONFIG` handles).
     pub fn new(
         backends: OwnedFd,
         vips: OwnedFd,
         reasons: OwnedFd,
-        flows: (OwnedFd, OwnedFd),
+        flows: OwnedFd,
         config: OwnedFd,
     ) -> io::Result<Self> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| io::Error::new(e.kind(), what))?;
@@ -208,10 +209,11 @@ impl CounterReader {
             .and_then(|data| {
                 Array::try_from(aya::maps::Map::Array(data)).map_err(io::Error::other)
             })?;
-        let sets = MapData::from_fd(flows.0.try_clone()?)
+        let sets = MapData::from_fd(flows.try_clone()?)
             .and_then(|data| data.info())
             .map_err(io::Error::other)?
             .max_entries();
+        let flows = MappedArray::map(flows.as_fd(), sets, false)?;
         Ok(Self {
             backends,
             vips,
@@ -219,7 +221,6 @@ impl CounterReader {
             flows,
             config,
             cpus,
-            sets,
             sample_at: Default::default(),
         })
     }
@@ -234,12 +235,11 @@ impl CounterReader {
     /// connection table: established flows that sent a packet within
     /// `ACTIVE_IDLE_S` (see `flows::WayState`).
     pub fn active_flows(&self) -> io::Result<HashMap<(u32, u32), u64>> {
-        flows::active_flows(
-            (self.flows.0.as_fd(), self.flows.1.as_fd()),
-            self.sets,
+        Ok(flows::active_flows(
+            &self.flows,
             &self.config()?,
             ACTIVE_IDLE_S,
-        )
+        ))
     }
 
     /// The connection table's ways by state, from a window of at most
@@ -248,15 +248,11 @@ impl CounterReader {
     pub fn census(&self) -> io::Result<(Census, u32)> {
         use std::sync::atomic::Ordering::Relaxed;
         let config = self.config()?;
-        let window = CENSUS_SETS.min(self.sets);
-        let first = self.sample_at.fetch_add(window, Relaxed) % self.sets.max(1);
-        let mut census = Census::default();
-        let mut add = |_, meta: &FlowMeta| census.add(meta, &config);
-        let read = flows::scan(self.flows.0.as_fd(), first, window, &mut add)?;
-        if read < window {
-            flows::scan(self.flows.0.as_fd(), 0, window - read, &mut add)?;
-        }
-        Ok((census, self.sets))
+        let sets = self.flows.len();
+        let window = CENSUS_SETS.min(sets);
+        let first = self.sample_at.fetch_add(window, Relaxed) % sets.max(1);
+        let census = Census::read(&self.flows, first, window, &config);
+        Ok((census, sets))
     }
 
     /// Reads backend slots `0..backends`, VIP ids `0..vips` and every reason.

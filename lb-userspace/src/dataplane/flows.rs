@@ -1,56 +1,25 @@
 //! Reading the connection table from userspace: one flow's entry (as the
 //! kernel finds it), active flows per backend, and the table's fill level.
-//! Each set is split in two arrays (way words, entries), read in
-//! `BPF_MAP_LOOKUP_BATCH` chunks.
+//! The table is read in place, through mmap: the way words of every set,
+//! and only the entries a question needs.
 
-use std::{collections::HashMap, io, os::fd::BorrowedFd};
+use std::collections::HashMap;
 
 use lb_common::{
     flow_hash::{flow_check, flow_hash, flow_set, flow_tag},
     maps::{
-        DataplaneConfig, FLOW_CLOSING, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowMeta,
-        FlowWays, WayWord,
+        DataplaneConfig, FLOW_CLOSING, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowSet,
+        WayWord,
     },
 };
 
-use super::counters::lookup_batch;
+use super::mmap::MappedArray;
 
-/// Sets read per system call.
-const CHUNK: u32 = 256;
-
-/// Calls `visit` on sets `first..first + count` of one half of the table
-/// (`FlowMeta` or `FlowWays`; fewer if the table ends), returning how many
-/// it read.
-pub fn scan<T: Default + Clone>(
-    table: BorrowedFd<'_>,
-    first: u32,
-    count: u32,
-    mut visit: impl FnMut(u32, &T),
-) -> io::Result<u32> {
-    let mut values = vec![T::default(); CHUNK as usize];
-    let mut done = 0u32;
-    while done < count {
-        let asked = CHUNK.min(count - done);
-        // SAFETY: `values` holds `CHUNK` >= `asked` values of `T`, the
-        // table's value type.
-        let read = unsafe {
-            lookup_batch(
-                table,
-                first + done,
-                asked,
-                values.as_mut_ptr().cast(),
-                size_of::<T>(),
-            )?
-        };
-        for (i, value) in values.iter().take(read as usize).enumerate() {
-            visit(first + done + i as u32, value);
-        }
-        done += read;
-        if read < asked {
-            break;
-        }
-    }
-    Ok(done)
+/// The way words of set `set`, read in place.
+fn way_words(table: &MappedArray<FlowSet>, set: u32) -> [u64; FLOW_WAYS] {
+    // SAFETY: `value` is a valid, aligned set of the live mapping; the
+    // kernel writes each word whole.
+    unsafe { core::ptr::addr_of!((*table.value(set)).ways).read_volatile() }
 }
 
 /// Where a flow would sit: its set and tag under the data plane's seed.
@@ -71,10 +40,10 @@ pub struct Tracked {
 }
 
 /// The way of a set that holds `key`'s whole entry, if one does.
-pub fn find(meta: &FlowMeta, ways: &FlowWays, key: &FlowKey, tag: u32) -> Option<Tracked> {
+pub fn find(set: &FlowSet, key: &FlowKey, tag: u32) -> Option<Tracked> {
     (0..FLOW_WAYS)
-        .filter(|&way| WayWord(meta.ways[way]).tag() == tag)
-        .map(|way| (WayWord(meta.ways[way]), ways.entries[way]))
+        .filter(|&way| WayWord(set.ways[way]).tag() == tag)
+        .map(|way| (WayWord(set.ways[way]), set.entries[way]))
         .find(|(_, entry)| {
             entry.key == *key
                 && entry.check == flow_check(tag, entry.backend_id, entry.vip_id, entry.generation)
@@ -157,9 +126,24 @@ pub struct Census {
 }
 
 impl Census {
+    /// Counts the ways of sets `first..first + count` (wrapping at the
+    /// table's end).
+    pub(super) fn read(
+        table: &MappedArray<FlowSet>,
+        first: u32,
+        count: u32,
+        config: &DataplaneConfig,
+    ) -> Census {
+        let mut census = Census::default();
+        for i in 0..count.min(table.len()) {
+            census.add(way_words(table, (first + i) % table.len()), config);
+        }
+        census
+    }
+
     /// Counts a set's ways.
-    pub fn add(&mut self, meta: &FlowMeta, config: &DataplaneConfig) {
-        for &word in &meta.ways {
+    fn add(&mut self, words: [u64; FLOW_WAYS], config: &DataplaneConfig) {
+        for word in words {
             self.ways[WayState::of(WayWord(word), config) as usize] += 1;
         }
     }
@@ -177,35 +161,27 @@ impl Census {
 
 /// Active flows per (VIP id, backend id): established ways (see
 /// `WayState`) whose flow sent a packet within `active_s` seconds. Reads
-/// the way words, then the entries of the sets that hold one.
-pub fn active_flows(
-    (meta, table): (BorrowedFd<'_>, BorrowedFd<'_>),
-    sets: u32,
+/// every set's way words, and the entries of the active ways only.
+pub(super) fn active_flows(
+    table: &MappedArray<FlowSet>,
     config: &DataplaneConfig,
     active_s: u32,
-) -> io::Result<HashMap<(u32, u32), u64>> {
-    let mut active_ways: Vec<(u32, u8)> = Vec::new();
-    scan(meta, 0, sets, |set, words: &FlowMeta| {
-        for (way, &word) in words.ways.iter().enumerate() {
+) -> HashMap<(u32, u32), u64> {
+    let mut active = HashMap::new();
+    for set in 0..table.len() {
+        for (way, word) in way_words(table, set).into_iter().enumerate() {
             let word = WayWord(word);
             if WayState::of(word, config) == WayState::Established
                 && word.age(config.epoch) <= active_s
             {
-                active_ways.push((set, way as u8));
+                // SAFETY: as in `way_words`; an entry being rewritten at
+                // this moment counts for the flow before or after.
+                let entry = unsafe {
+                    core::ptr::addr_of!((*table.value(set)).entries[way]).read_volatile()
+                };
+                *active.entry((entry.vip_id, entry.backend_id)).or_default() += 1;
             }
         }
-    })?;
-    let mut active = HashMap::new();
-    if active_ways.is_empty() {
-        return Ok(active);
     }
-    // The entries of the active ways, in set order.
-    let mut ways = active_ways.iter().peekable();
-    scan(table, 0, sets, |set, entries: &FlowWays| {
-        while let Some(&(_, way)) = ways.next_if(|&&(s, _)| s == set) {
-            let entry = &entries.entries[way as usize];
-            *active.entry((entry.vip_id, entry.backend_id)).or_default() += 1;
-        }
-    })?;
-    Ok(active)
+    active
 }

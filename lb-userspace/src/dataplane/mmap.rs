@@ -1,27 +1,38 @@
-//! An mmap view of a `BPF_F_MMAPABLE` array of `u32`: how lookup tables are
-//! written and read back without one syscall per slot.
+//! An mmap view of a `BPF_F_MMAPABLE` array: how lookup tables are written
+//! and read back, and how the connection table's way words are counted,
+//! without one syscall (or one copy) per value.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::{
+    io,
+    marker::PhantomData,
+    os::fd::{AsRawFd as _, BorrowedFd},
+};
 
-use aya::maps::MapData;
-
-use super::{DataplaneError, Result};
-
-/// An mmap view of a `BPF_F_MMAPABLE` array of `u32`: the kernel lays the
-/// values out 8 bytes apart (it rounds element sizes up to 8).
-pub(super) struct MappedU32Array {
+/// An mmap view of a `BPF_F_MMAPABLE` array of `T`: the kernel lays the
+/// values out back to back, each rounded up to 8 bytes.
+pub(super) struct MappedArray<T> {
     base: *mut u8,
     len: usize,
     entries: u32,
+    value: PhantomData<T>,
 }
 
-const MMAP_ELEMENT_SIZE: usize = 8;
+// SAFETY: the view owns its mapping; every access is a volatile read or
+// write of one whole value or field through `&self` (reads) or `&mut self`
+// (writes), so sharing it between threads is no different from the kernel
+// and other processes sharing the map.
+unsafe impl<T: Copy> Send for MappedArray<T> {}
+// SAFETY: as for `Send`.
+unsafe impl<T: Copy> Sync for MappedArray<T> {}
 
-impl MappedU32Array {
-    pub(super) fn map(map: &MapData, entries: u32, writable: bool) -> Result<Self> {
+impl<T: Copy> MappedArray<T> {
+    const STRIDE: usize = size_of::<T>().next_multiple_of(8);
+
+    /// Maps the `entries` values of the array behind `fd`.
+    pub(super) fn map(fd: BorrowedFd<'_>, entries: u32, writable: bool) -> io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let len = (entries as usize * MMAP_ELEMENT_SIZE).div_ceil(page) * page;
+        let len = (entries as usize * Self::STRIDE).div_ceil(page) * page;
         let protection = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -35,43 +46,50 @@ impl MappedU32Array {
                 len,
                 protection,
                 libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
+                fd.as_raw_fd(),
                 0,
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
+            return Err(io::Error::last_os_error());
         }
         Ok(Self {
             base: base.cast(),
             len,
             entries,
+            value: PhantomData,
         })
     }
 
-    /// The address of element `index`.
-    fn element(&self, index: u32) -> *mut u32 {
+    /// Values in the array.
+    pub(super) fn len(&self) -> u32 {
+        self.entries
+    }
+
+    /// The address of value `index`.
+    pub(super) fn value(&self, index: u32) -> *mut T {
         assert!(
             index < self.entries,
             "index {index} beyond {}",
             self.entries
         );
-        // SAFETY: in bounds (checked above); the mapping is 8-byte aligned.
-        unsafe { self.base.add(index as usize * MMAP_ELEMENT_SIZE).cast() }
+        // SAFETY: in bounds (checked above); the mapping is page aligned
+        // and the stride keeps every value 8-byte aligned.
+        unsafe { self.base.add(index as usize * Self::STRIDE).cast() }
     }
 
-    pub(super) fn get(&self, index: u32) -> u32 {
-        // SAFETY: a valid, aligned element of the live mapping.
-        unsafe { self.element(index).read_volatile() }
+    pub(super) fn get(&self, index: u32) -> T {
+        // SAFETY: a valid, aligned value of the live mapping.
+        unsafe { self.value(index).read_volatile() }
     }
 
-    pub(super) fn set(&mut self, index: u32, value: u32) {
+    pub(super) fn set(&mut self, index: u32, value: T) {
         // SAFETY: as in `get`; `map` was asked for a writable mapping.
-        unsafe { self.element(index).write_volatile(value) }
+        unsafe { self.value(index).write_volatile(value) }
     }
 }
 
-impl Drop for MappedU32Array {
+impl<T> Drop for MappedArray<T> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map` mapped.
         unsafe { libc::munmap(self.base.cast(), self.len) };

@@ -24,11 +24,11 @@ use aya::{
 };
 use counters::{BatchAttr, CounterReader, Counters, batch_call};
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowKey, FlowMeta,
-    FlowWays, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS,
-    TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipSlot, names,
+    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowKey, FlowSet,
+    LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS,
+    TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipFilter, VipSlot, names,
 };
-use mmap::MappedU32Array;
+use mmap::MappedArray;
 use vip_index::VipIndexError;
 
 use crate::dataplane::state::DesiredState;
@@ -155,7 +155,8 @@ fn new_table(table_id: u32, table: &[u32]) -> Result<MapData> {
     let inner = MapData::create(params, "fulcrum_table", None)
         .map_err(map_err("lookup table (new inner map)"))?;
     {
-        let mut view = MappedU32Array::map(&inner, entries, true)?;
+        let mut view = MappedArray::<u32>::map(inner.fd().as_fd(), entries, true)
+            .map_err(DataplaneError::Mmap)?;
         view.set(0, size);
         for (slot, &backend_id) in (TABLE_HEADER_SLOTS..).zip(table) {
             view.set(slot, backend_id);
@@ -167,7 +168,8 @@ fn new_table(table_id: u32, table: &[u32]) -> Result<MapData> {
 /// A lookup table's slots (without the size header), read through mmap.
 fn read_inner(inner: &MapData) -> Result<Vec<u32>> {
     let entries = inner.info().map_err(map_err("lookup table"))?.max_entries();
-    let view = MappedU32Array::map(inner, entries, false)?;
+    let view = MappedArray::<u32>::map(inner.fd().as_fd(), entries, false)
+        .map_err(DataplaneError::Mmap)?;
     let size = view.get(0).min(entries.saturating_sub(TABLE_HEADER_SLOTS));
     Ok((TABLE_HEADER_SLOTS..TABLE_HEADER_SLOTS + size)
         .map(|slot| view.get(slot))
@@ -303,7 +305,6 @@ impl Dataplane {
         let sets = connection_table_sets(capacities.connection_table_size);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::CONN_TABLE, sets)
-            .map_max_entries(names::CONN_META, sets)
             .map_max_entries(names::BACKENDS, backend_entries)
             .map_max_entries(names::BACKEND_STATS, backend_entries)
             .load(crate::EBPF_OBJECT)?;
@@ -520,13 +521,35 @@ impl Dataplane {
     }
 
     /// Replaces the whole VIP index in one atomic step. Each entry names
-    /// its VIP's key, id and table id.
+    /// its VIP's key, id and table id. The address filter holds the old
+    /// index's addresses and the new one's while the index changes, so a
+    /// packet never meets a filter without its VIP.
     pub fn install_vip_index(&mut self, entries: &[VipSlot]) -> Result<()> {
         let slots = vip_index::build(entries)?;
         let used = (0u32..)
             .zip(slots)
             .filter(|(_, slot)| slot.flags & VIP_SLOT_USED != 0);
-        self.swap_in(names::VIP_INDEX, 0, (VIP_INDEX_SLOTS, 0), used)
+        let mut filter = VipFilter::default();
+        for entry in entries {
+            filter.insert(&entry.key.addr);
+        }
+        let held = self.vip_filter()?;
+        self.set_vip_filter(held.union(filter))?;
+        self.swap_in(names::VIP_INDEX, 0, (VIP_INDEX_SLOTS, 0), used)?;
+        self.set_vip_filter(filter)
+    }
+
+    /// The VIP address filter as the kernel holds it.
+    pub fn vip_filter(&self) -> Result<VipFilter> {
+        let array: Array<_, VipFilter> =
+            Array::try_from(self.map(names::VIP_FILTER)?).map_err(map_err(names::VIP_FILTER))?;
+        array.get(&0, 0).map_err(map_err(names::VIP_FILTER))
+    }
+
+    fn set_vip_filter(&mut self, filter: VipFilter) -> Result<()> {
+        let mut array: Array<_, VipFilter> = Array::try_from(self.map_mut(names::VIP_FILTER)?)
+            .map_err(map_err(names::VIP_FILTER))?;
+        array.set(0, filter, 0).map_err(map_err(names::VIP_FILTER))
     }
 
     /// Installs a whole lookup table as table `table_id` in one atomic step
@@ -777,13 +800,10 @@ impl Dataplane {
     /// one (found where the kernel would look, under its seed).
     pub fn connection(&self, key: &FlowKey) -> Result<Option<flows::Tracked>> {
         let (set, tag) = flows::locate(key, &self.config()?);
-        let meta: Array<_, FlowMeta> =
-            Array::try_from(self.map(names::CONN_META)?).map_err(map_err(names::CONN_META))?;
-        let ways: Array<_, FlowWays> =
+        let table: Array<_, FlowSet> =
             Array::try_from(self.map(names::CONN_TABLE)?).map_err(map_err(names::CONN_TABLE))?;
-        let meta = meta.get(&set, 0).map_err(map_err(names::CONN_META))?;
-        let ways = ways.get(&set, 0).map_err(map_err(names::CONN_TABLE))?;
-        Ok(flows::find(&meta, &ways, key, tag))
+        let set = table.get(&set, 0).map_err(map_err(names::CONN_TABLE))?;
+        Ok(flows::find(&set, key, tag))
     }
 
     /// The backend slot `backend_id` as the kernel holds it.
@@ -812,7 +832,7 @@ impl Dataplane {
             handle(names::BACKEND_STATS)?,
             handle(names::VIP_STATS)?,
             handle(names::GLOBAL_STATS)?,
-            (handle(names::CONN_META)?, handle(names::CONN_TABLE)?),
+            handle(names::CONN_TABLE)?,
             handle(names::CONFIG)?,
         )
         .map_err(|source| DataplaneError::Io {
