@@ -250,7 +250,7 @@ pub const FLOW_UDP: u8 = 4;
 /// 2^24 seconds (194 days), far beyond any idle timeout.
 pub const FLOW_SEEN_MASK: u32 = (1 << 24) - 1;
 
-/// One way's word in `FlowSet::ways`: the flow's tag (bits 0–31, never zero in
+/// One way's word in `FlowMeta`: the flow's tag (bits 0–31, never zero in
 /// a used way), the epoch it last sent a packet (bits 32–55) and its
 /// `FLOW_*` flags (bits 56–63). One word, so it is read and written whole.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -295,6 +295,17 @@ impl WayWord {
     }
 }
 
+/// The small half of a connection-table set: one word per way, in one
+/// cache line. A new flow reads only this line (of a map an eighth the
+/// size of the entries', whose pages the TLB can hold) to find its way; a
+/// hit updates only its word.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowMeta {
+    /// `WayWord`s.
+    pub ways: [u64; FLOW_WAYS],
+}
+
 /// One way's flow and the backend it is pinned to. One cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -314,16 +325,11 @@ pub struct FlowEntry {
     pub pad: [u32; 2],
 }
 
-/// One set of the connection table: a cache line of way words, then the
-/// ways' entries, in one map value, so that a flow's word and its entry
-/// share a page (one TLB walk for a new flow, not two). A new flow reads
-/// only the first line to find its way; a hit updates only its word. A
-/// writer clears the way's word, writes the entry, then sets the word.
-#[repr(C, align(64))]
+/// The large half of a connection-table set: its ways' entries. A writer
+/// clears the way's word, writes the entry, then sets the word.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowSet {
-    /// `WayWord`s.
-    pub ways: [u64; FLOW_WAYS],
+pub struct FlowWays {
     /// The entries.
     pub entries: [FlowEntry; FLOW_WAYS],
 }
@@ -510,8 +516,10 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     /// `ArrayOfMaps<Array<u32>>` indexed by table id (`bank * MAX_VIPS + vip_id`).
     pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
-    /// `Array<FlowSet>`: the connection table, one set each.
+    /// `Array<FlowWays>`: the connection table's entries, one set each.
     pub const CONN_TABLE: &str = "CONN_TABLE";
+    /// `Array<FlowMeta>`: the connection table's way words, one set each.
+    pub const CONN_META: &str = "CONN_META";
     /// `PerCpuArray<TrafficCounters>` indexed by backend id.
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `PerCpuArray<TrafficCounters>` indexed by `vip_id`.
@@ -526,12 +534,13 @@ pub mod names {
     /// Name of the XDP program.
     pub const PROGRAM: &str = "fulcrum_xdp";
     /// The maps of the eBPF object, every one pinned.
-    pub const OBJECT_MAPS: [&str; 9] = [
+    pub const OBJECT_MAPS: [&str; 10] = [
         VIP_INDEX,
         VIP_FILTER,
         BACKENDS,
         LOOKUP_TABLES,
         CONN_TABLE,
+        CONN_META,
         BACKEND_STATS,
         VIP_STATS,
         GLOBAL_STATS,
@@ -549,7 +558,8 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
-    unsafe impl aya::Pod for super::FlowSet {}
+    unsafe impl aya::Pod for super::FlowWays {}
+    unsafe impl aya::Pod for super::FlowMeta {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::Meta {}
@@ -599,7 +609,8 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowEntry>(), 64);
-        assert_eq!(size_of::<FlowSet>(), 9 * 64);
+        assert_eq!(size_of::<FlowWays>(), 8 * 64);
+        assert_eq!(size_of::<FlowMeta>(), 64);
         assert_eq!(size_of::<TrafficCounters>(), 24);
         assert_eq!(size_of::<DataplaneConfig>(), 40);
     }

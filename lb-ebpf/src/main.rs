@@ -17,10 +17,10 @@ use lb_common::{
     flow_hash::{flow_check, flow_hash, flow_set, flow_tag, table_slot, vip_home_slot},
     maps::{
         BACKEND_ACTIVE, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS, DataplaneConfig, FAMILY_IPV4,
-        FAMILY_IPV6, FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowSet,
-        LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason, TABLE_MAP_FLAGS,
-        TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipFilter, VipKey,
-        VipSlot, WayWord,
+        FAMILY_IPV6, FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey,
+        FlowMeta, FlowWays, LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason,
+        TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED,
+        VipFilter, VipKey, VipSlot, WayWord,
     },
 };
 use lb_ebpf::{
@@ -62,11 +62,16 @@ static LOOKUP_TABLES: ArrayOfMaps<
 /// The connection table: sets of `FLOW_WAYS` ways, indexed by the flow
 /// hash. One table shared by every CPU (a flow is found whichever CPU its
 /// packets reach), with no lock and no allocation: an insert overwrites a
-/// way. Each set holds a line of way words (tag, clock, flags), then its
-/// entries. The size here is a default; `fulcrum` sets the real one.
-/// Mmapable, so `fulcrum` counts the way words in place.
+/// way. Each set is split in two maps: its way words (tag, clock, flags) in
+/// one line of `CONN_META`, its entries in `CONN_TABLE`. The sizes here are
+/// defaults; `fulcrum` sets the real ones. Both are mmapable, so `fulcrum`
+/// reads them in place.
 #[btf_map]
-static CONN_TABLE: Array<FlowSet, { CONN_TABLE_SETS as usize }, { BPF_F_MMAPABLE as usize }> =
+static CONN_META: Array<FlowMeta, { CONN_TABLE_SETS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
+
+#[btf_map]
+static CONN_TABLE: Array<FlowWays, { CONN_TABLE_SETS as usize }, { BPF_F_MMAPABLE as usize }> =
     Array::new();
 
 #[btf_map]
@@ -304,11 +309,11 @@ fn live_backend(backend_id: u32, vip_id: u32) -> Option<Backend> {
 }
 
 /// Where a flow belongs in the connection table: its hash, its tag, its
-/// set and the way that holds its 5-tuple, if one does.
+/// set's two halves and the way that holds its 5-tuple, if one does.
 struct Place {
     hash: u64,
     tag: u32,
-    set: Option<*mut FlowSet>,
+    set: Option<(*mut FlowMeta, *mut FlowWays)>,
     way: Option<usize>,
 }
 
@@ -317,13 +322,15 @@ fn locate(key: &FlowKey, config: &DataplaneConfig) -> Place {
     let hash = flow_hash(key, &config.seed);
     let tag = flow_tag(hash);
     let index = flow_set(hash, config.flow_set_mask);
-    let set = CONN_TABLE.get_ptr_mut(index);
-    let way = set.and_then(|set| {
+    let set = CONN_META
+        .get_ptr_mut(index)
+        .zip(CONN_TABLE.get_ptr_mut(index));
+    let way = set.and_then(|(meta, ways)| {
         // SAFETY: map values are valid while the program runs; the entry
         // is read only when the way's tag matches.
-        let set = unsafe { &*set };
+        let (meta, ways) = unsafe { (&*meta, &*ways) };
         (0..FLOW_WAYS)
-            .find(|&way| WayWord(set.ways[way]).tag() == tag && set.entries[way].key.same(key))
+            .find(|&way| WayWord(meta.ways[way]).tag() == tag && ways.entries[way].key.same(key))
     });
     Place {
         hash,
@@ -343,10 +350,10 @@ fn tracked_flow(
     flow: &Flow,
     config: &DataplaneConfig,
 ) -> Option<(u32, u32, Backend)> {
-    let (set, way) = (place.set?, place.way?);
+    let ((meta, ways), way) = (place.set?, place.way?);
     // SAFETY: map values are valid while the program runs; `way` is a way
     // index found by `locate`.
-    let (word, entry) = unsafe { (&mut (*set).ways[way], &(*set).entries[way]) };
+    let (word, entry) = unsafe { (&mut (*meta).ways[way], &(*ways).entries[way]) };
     let state = *entry;
     let seen = WayWord(*word);
     if state.check != flow_check(place.tag, state.backend_id, state.vip_id, state.generation) {
@@ -381,11 +388,11 @@ fn closing(flow: &Flow) -> u8 {
 /// idle past their timeout), never an established flow's. The flag says
 /// whether it evicts another flow. Reads only the set's way words.
 #[inline(always)]
-fn free_way(set: &FlowSet, config: &DataplaneConfig) -> Option<(usize, bool)> {
+fn free_way(meta: &FlowMeta, config: &DataplaneConfig) -> Option<(usize, bool)> {
     let mut best: Option<(usize, bool)> = None;
     let mut best_age = 0;
     for way in 0..FLOW_WAYS {
-        let word = WayWord(set.ways[way]);
+        let word = WayWord(meta.ways[way]);
         if word.tag() == 0 {
             return Some((way, false));
         }
@@ -403,16 +410,16 @@ fn free_way(set: &FlowSet, config: &DataplaneConfig) -> Option<(usize, bool)> {
 /// a free one; counts the insert, an eviction, or that it found no way.
 #[inline(always)]
 fn track(place: &Place, flow: &Flow, entry: FlowEntry, config: &DataplaneConfig) {
-    let Some(set) = place.set else {
+    let Some((meta, ways)) = place.set else {
         count(Reason::ConnInsertFailed);
         return;
     };
     // SAFETY: map values are valid while the program runs.
-    let set = unsafe { &mut *set };
+    let (meta, ways) = unsafe { (&mut *meta, &mut *ways) };
     let Some((way, evicts)) = place
         .way
         .map(|way| (way, false))
-        .or_else(|| free_way(set, config))
+        .or_else(|| free_way(meta, config))
     else {
         count(Reason::ConnInsertFailed);
         return;
@@ -433,9 +440,9 @@ fn track(place: &Place, flow: &Flow, entry: FlowEntry, config: &DataplaneConfig)
     // the rest).
     // SAFETY: `way` < FLOW_WAYS; plain stores into the map values.
     unsafe {
-        core::ptr::write_volatile(&mut set.ways[way], 0);
-        core::ptr::write_volatile(&mut set.entries[way], entry);
-        core::ptr::write_volatile(&mut set.ways[way], word.0);
+        core::ptr::write_volatile(&mut meta.ways[way], 0);
+        core::ptr::write_volatile(&mut ways.entries[way], entry);
+        core::ptr::write_volatile(&mut meta.ways[way], word.0);
     }
     count(Reason::ConnInsert);
     if evicts {

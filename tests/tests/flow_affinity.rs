@@ -170,8 +170,8 @@ fn a_vip_moved_to_a_new_address_is_forwarded_there_and_its_old_address_passes() 
         1,
     ))
     .unwrap();
-    let next = DesiredState::build_from(&moved, Some(&fixture.state), |b| Ok(b.mac.unwrap()))
-        .unwrap();
+    let next =
+        DesiredState::build_from(&moved, Some(&fixture.state), |b| Ok(b.mac.unwrap())).unwrap();
     fixture.dataplane.install(&next).unwrap();
     assert_eq!(fixture.run(&syn(new)).unwrap().action, xdp_action::TX);
     assert!(passes_as_not_vip(&mut fixture, old), "{old} is no VIP now");

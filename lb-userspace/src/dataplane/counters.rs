@@ -12,10 +12,10 @@ use std::{
 use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
-use lb_common::maps::{DataplaneConfig, FlowSet, Reason, TrafficCounters};
+use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters};
 
 use super::{
-    flows::{self, Census},
+    flows::{self, Census, MappedTable},
     mmap::MappedArray,
 };
 
@@ -58,8 +58,8 @@ pub struct CounterReader {
     backends: OwnedFd,
     vips: OwnedFd,
     reasons: OwnedFd,
-    /// `CONN_TABLE`, mapped read-only.
-    flows: MappedArray<FlowSet>,
+    /// The connection table.
+    flows: MappedTable,
     config: Array<MapData, DataplaneConfig>,
     cpus: usize,
     /// Where the next fill sample starts.
@@ -195,12 +195,12 @@ fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
 
 impl CounterReader {
     /// A reader over the given maps (`BACKEND_STATS`, `VIP_STATS`,
-    /// `GLOBAL_STATS`, `CONN_TABLE` and `CONFIG` handles).
+    /// `GLOBAL_STATS`, (`CONN_META`, `CONN_TABLE`) and `CONFIG` handles).
     pub fn new(
         backends: OwnedFd,
         vips: OwnedFd,
         reasons: OwnedFd,
-        flows: OwnedFd,
+        (meta, ways): (OwnedFd, OwnedFd),
         config: OwnedFd,
     ) -> io::Result<Self> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| io::Error::new(e.kind(), what))?;
@@ -209,11 +209,14 @@ impl CounterReader {
             .and_then(|data| {
                 Array::try_from(aya::maps::Map::Array(data)).map_err(io::Error::other)
             })?;
-        let sets = MapData::from_fd(flows.try_clone()?)
+        let sets = MapData::from_fd(meta.try_clone()?)
             .and_then(|data| data.info())
             .map_err(io::Error::other)?
             .max_entries();
-        let flows = MappedArray::map(flows.as_fd(), sets, false)?;
+        let flows = MappedTable {
+            meta: MappedArray::map(meta.as_fd(), sets, false)?,
+            ways: MappedArray::map(ways.as_fd(), sets, false)?,
+        };
         Ok(Self {
             backends,
             vips,
@@ -248,7 +251,7 @@ impl CounterReader {
     pub fn census(&self) -> io::Result<(Census, u32)> {
         use std::sync::atomic::Ordering::Relaxed;
         let config = self.config()?;
-        let sets = self.flows.len();
+        let sets = self.flows.sets();
         let window = CENSUS_SETS.min(sets);
         let first = self.sample_at.fetch_add(window, Relaxed) % sets.max(1);
         let census = Census::read(&self.flows, first, window, &config);

@@ -8,18 +8,40 @@ use std::collections::HashMap;
 use lb_common::{
     flow_hash::{flow_check, flow_hash, flow_set, flow_tag},
     maps::{
-        DataplaneConfig, FLOW_CLOSING, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowSet,
-        WayWord,
+        DataplaneConfig, FLOW_CLOSING, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey, FlowMeta,
+        FlowWays, WayWord,
     },
 };
 
 use super::mmap::MappedArray;
 
-/// The way words of set `set`, read in place.
-fn way_words(table: &MappedArray<FlowSet>, set: u32) -> [u64; FLOW_WAYS] {
-    // SAFETY: `value` is a valid, aligned set of the live mapping; the
-    // kernel writes each word whole.
-    unsafe { core::ptr::addr_of!((*table.value(set)).ways).read_volatile() }
+/// The connection table's two halves (`CONN_META`, `CONN_TABLE`), mapped
+/// read-only.
+pub struct MappedTable {
+    /// The way words.
+    pub(super) meta: MappedArray<FlowMeta>,
+    /// The entries.
+    pub(super) ways: MappedArray<FlowWays>,
+}
+
+impl MappedTable {
+    /// Sets in the table.
+    pub fn sets(&self) -> u32 {
+        self.meta.len()
+    }
+
+    /// The way words of set `set`, read in place (the kernel writes each
+    /// word whole).
+    fn way_words(&self, set: u32) -> [u64; FLOW_WAYS] {
+        self.meta.get(set).ways
+    }
+
+    /// The entry in way `way` of set `set`, read in place.
+    fn entry(&self, set: u32, way: usize) -> FlowEntry {
+        // SAFETY: `value` is a valid, aligned value of the live mapping,
+        // and `way` < FLOW_WAYS indexes its array.
+        unsafe { core::ptr::addr_of!((*self.ways.value(set)).entries[way]).read_volatile() }
+    }
 }
 
 /// Where a flow would sit: its set and tag under the data plane's seed.
@@ -40,10 +62,10 @@ pub struct Tracked {
 }
 
 /// The way of a set that holds `key`'s whole entry, if one does.
-pub fn find(set: &FlowSet, key: &FlowKey, tag: u32) -> Option<Tracked> {
+pub fn find(meta: &FlowMeta, ways: &FlowWays, key: &FlowKey, tag: u32) -> Option<Tracked> {
     (0..FLOW_WAYS)
-        .filter(|&way| WayWord(set.ways[way]).tag() == tag)
-        .map(|way| (WayWord(set.ways[way]), set.entries[way]))
+        .filter(|&way| WayWord(meta.ways[way]).tag() == tag)
+        .map(|way| (WayWord(meta.ways[way]), ways.entries[way]))
         .find(|(_, entry)| {
             entry.key == *key
                 && entry.check == flow_check(tag, entry.backend_id, entry.vip_id, entry.generation)
@@ -128,15 +150,11 @@ pub struct Census {
 impl Census {
     /// Counts the ways of sets `first..first + count` (wrapping at the
     /// table's end).
-    pub(super) fn read(
-        table: &MappedArray<FlowSet>,
-        first: u32,
-        count: u32,
-        config: &DataplaneConfig,
-    ) -> Census {
+    pub fn read(table: &MappedTable, first: u32, count: u32, config: &DataplaneConfig) -> Census {
+        let sets = table.sets();
         let mut census = Census::default();
-        for i in 0..count.min(table.len()) {
-            census.add(way_words(table, (first + i) % table.len()), config);
+        for i in 0..count.min(sets) {
+            census.add(table.way_words((first + i) % sets), config);
         }
         census
     }
@@ -162,23 +180,21 @@ impl Census {
 /// Active flows per (VIP id, backend id): established ways (see
 /// `WayState`) whose flow sent a packet within `active_s` seconds. Reads
 /// every set's way words, and the entries of the active ways only.
-pub(super) fn active_flows(
-    table: &MappedArray<FlowSet>,
+pub fn active_flows(
+    table: &MappedTable,
     config: &DataplaneConfig,
     active_s: u32,
 ) -> HashMap<(u32, u32), u64> {
     let mut active = HashMap::new();
-    for set in 0..table.len() {
-        for (way, word) in way_words(table, set).into_iter().enumerate() {
+    for set in 0..table.sets() {
+        for (way, word) in table.way_words(set).into_iter().enumerate() {
             let word = WayWord(word);
             if WayState::of(word, config) == WayState::Established
                 && word.age(config.epoch) <= active_s
             {
-                // SAFETY: as in `way_words`; an entry being rewritten at
-                // this moment counts for the flow before or after.
-                let entry = unsafe {
-                    core::ptr::addr_of!((*table.value(set)).entries[way]).read_volatile()
-                };
+                // An entry rewritten at this moment counts for the flow
+                // before or after.
+                let entry = table.entry(set, way);
                 *active.entry((entry.vip_id, entry.backend_id)).or_default() += 1;
             }
         }

@@ -24,9 +24,9 @@ use aya::{
 };
 use counters::{BatchAttr, CounterReader, Counters, batch_call};
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowKey, FlowSet,
-    LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS,
-    TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipFilter, VipSlot, names,
+    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowKey, FlowMeta,
+    FlowWays, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS,
+    TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipFilter, VipSlot, names,
 };
 use mmap::MappedArray;
 use vip_index::VipIndexError;
@@ -305,6 +305,7 @@ impl Dataplane {
         let sets = connection_table_sets(capacities.connection_table_size);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::CONN_TABLE, sets)
+            .map_max_entries(names::CONN_META, sets)
             .map_max_entries(names::BACKENDS, backend_entries)
             .map_max_entries(names::BACKEND_STATS, backend_entries)
             .load(crate::EBPF_OBJECT)?;
@@ -800,10 +801,13 @@ impl Dataplane {
     /// one (found where the kernel would look, under its seed).
     pub fn connection(&self, key: &FlowKey) -> Result<Option<flows::Tracked>> {
         let (set, tag) = flows::locate(key, &self.config()?);
-        let table: Array<_, FlowSet> =
+        let meta: Array<_, FlowMeta> =
+            Array::try_from(self.map(names::CONN_META)?).map_err(map_err(names::CONN_META))?;
+        let ways: Array<_, FlowWays> =
             Array::try_from(self.map(names::CONN_TABLE)?).map_err(map_err(names::CONN_TABLE))?;
-        let set = table.get(&set, 0).map_err(map_err(names::CONN_TABLE))?;
-        Ok(flows::find(&set, key, tag))
+        let meta = meta.get(&set, 0).map_err(map_err(names::CONN_META))?;
+        let ways = ways.get(&set, 0).map_err(map_err(names::CONN_TABLE))?;
+        Ok(flows::find(&meta, &ways, key, tag))
     }
 
     /// The backend slot `backend_id` as the kernel holds it.
@@ -832,7 +836,7 @@ impl Dataplane {
             handle(names::BACKEND_STATS)?,
             handle(names::VIP_STATS)?,
             handle(names::GLOBAL_STATS)?,
-            handle(names::CONN_TABLE)?,
+            (handle(names::CONN_META)?, handle(names::CONN_TABLE)?),
             handle(names::CONFIG)?,
         )
         .map_err(|source| DataplaneError::Io {
