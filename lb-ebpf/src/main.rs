@@ -40,7 +40,8 @@ use network_types::{
 #[btf_map]
 static VIP_INDEX: ArrayOfMaps<Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, 1> = ArrayOfMaps::new();
 
-/// The VIPs' addresses: a packet to no VIP passes after one bit test.
+/// The VIPs' addresses: a packet other than a SYN to no VIP passes after
+/// one bit test (a SYN's VIP probe is as cheap).
 #[btf_map]
 static VIP_FILTER: Array<VipFilter, 1> = Array::new();
 
@@ -472,20 +473,21 @@ fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, new_flow: boo
 
 #[inline(always)]
 fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
-    if !VIP_FILTER
-        .get(0)
-        .is_some_and(|filter| filter.may_hold(&flow.key.dst_addr))
-    {
-        return pass(Reason::PassNotVip);
-    }
     // An established flow is found by its 5-tuple alone: the entry names its
     // VIP, and a backend slot is honoured only while it serves that VIP, so
     // the VIP probe is needed only for SYNs and connection-table misses. A
     // SYN always takes the lookup table's current choice, and reads the
-    // config only once it is known to be for a VIP.
+    // config only once it is known to be for a VIP. Any other packet to an
+    // address no VIP has passes after one bit test, before the flow hash.
     let (looked_up, tracked) = if flow.opens {
         (None, None)
     } else {
+        if !VIP_FILTER
+            .get(0)
+            .is_some_and(|filter| filter.may_hold(&flow.key.dst_addr))
+        {
+            return pass(Reason::PassNotVip);
+        }
         let Some(config) = CONFIG.get(0) else {
             return discard(Reason::DropNoBackend);
         };

@@ -155,15 +155,16 @@ fn removing_a_backend_through_install_keeps_every_other_flow() {
 fn a_vip_moved_to_a_new_address_is_forwarded_there_and_its_old_address_passes() {
     let mut fixture = Fixture::standard();
     let (old, new) = ("198.18.0.101:443", "198.18.0.111:443");
-    let syn = |to: &str| Frame::tcp("198.18.2.1:46000", to, SYN).bytes();
+    // ACKs: they meet the address filter first (a SYN goes to the probe).
+    let ack = |to: &str| Frame::tcp("198.18.2.1:46000", to, ACK).bytes();
     let passes_as_not_vip = |fixture: &mut Fixture, to: &str| {
         let before = fixture.snapshot();
-        let run = fixture.run(&syn(to)).expect("test run");
+        let run = fixture.run(&ack(to)).expect("test run");
         let after = fixture.snapshot();
         run.action == xdp_action::PASS && after.reason_delta(&before, Reason::PassNotVip) == 1
     };
     assert!(passes_as_not_vip(&mut fixture, new), "no VIP at {new} yet");
-    assert_eq!(fixture.run(&syn(old)).unwrap().action, xdp_action::TX);
+    assert_eq!(fixture.run(&ack(old)).unwrap().action, xdp_action::TX);
     let moved = lb_userspace::config::Config::parse(&STANDARD_CONFIG.replacen(
         r#"address = "198.18.0.101""#,
         r#"address = "198.18.0.111""#,
@@ -173,7 +174,7 @@ fn a_vip_moved_to_a_new_address_is_forwarded_there_and_its_old_address_passes() 
     let next =
         DesiredState::build_from(&moved, Some(&fixture.state), |b| Ok(b.mac.unwrap())).unwrap();
     fixture.dataplane.install(&next).unwrap();
-    assert_eq!(fixture.run(&syn(new)).unwrap().action, xdp_action::TX);
+    assert_eq!(fixture.run(&ack(new)).unwrap().action, xdp_action::TX);
     assert!(passes_as_not_vip(&mut fixture, old), "{old} is no VIP now");
     // The kernel's filter holds exactly the installed VIPs' addresses.
     let mut expected = VipFilter::default();
