@@ -1,4 +1,4 @@
-//! `cargo xtask bench`, control plane: the Maglev builder's time, balance
+//! `cargo xtask bench`, control plane: each table builder's time, balance
 //! and disruption, and validation plus plan of a large config (1,000 VIPs x
 //! 100 backends at M = 65537) against a slightly different one.
 
@@ -7,8 +7,8 @@ use std::{fmt::Write as _, time::Instant};
 use lb_userspace::{
     policy::plan::plan,
     policy::validate::validate,
-    table::maglev::Maglev,
-    table::{BackendIdentity, DEFAULT_SIZE, TableBuilder, WeightedBackend},
+    table::{BackendIdentity, DEFAULT_SIZE, TableBuilder, WeightedBackend, moved},
+    table::{maglev::Maglev, stable::Stable},
 };
 
 const ROUNDS: usize = 5;
@@ -34,55 +34,73 @@ fn backends(n: u32) -> Vec<WeightedBackend> {
         .collect()
 }
 
-fn maglev_quality() {
+/// Each table algorithm side by side: build time, balance, and the slots
+/// that move (as a multiple of the ideal) when one of N equal backends
+/// leaves, when one joins, and when one's weight doubles; each averaged
+/// over five choices of the backend.
+fn table_quality() {
     println!(
-        "\nMaglev at M = {}: build time, balance, and slots moved when 1 of N leaves",
+        "\ntable algorithms at M = {}: build time, balance, and slots moved as a multiple of the \
+         ideal (1/N for a leave, 1/(N+1) for a join, the share gained for a doubled weight)",
         DEFAULT_SIZE.get()
     );
     println!(
-        "{:>6} {:>11} {:>9} {:>10} {:>10} {:>8}",
-        "N", "build ms", "max/mean", "moved", "ideal 1/N", "ratio"
+        "{:<8} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "builder", "N", "build ms", "max/mean", "leave", "join", "double"
     );
-    for n in [10u32, 100, 1000] {
-        let full = backends(n);
-        let mut times = Vec::new();
-        let mut table = Vec::new();
-        for _ in 0..ROUNDS {
-            let start = Instant::now();
-            table = Maglev.build(&full, DEFAULT_SIZE).expect("table");
-            times.push(start.elapsed().as_secs_f64() * 1000.0);
+    let builders: [(&str, &dyn TableBuilder); 2] = [("maglev", &Maglev), ("stable", &Stable)];
+    for (name, builder) in builders {
+        for n in [10u32, 100, 1000] {
+            let full = backends(n);
+            let build =
+                |list: &[WeightedBackend]| builder.build(list, DEFAULT_SIZE).expect("table");
+            let mut times = Vec::new();
+            let mut table = Vec::new();
+            for _ in 0..ROUNDS {
+                let start = Instant::now();
+                table = build(&full);
+                times.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            let mut load = vec![0u32; n as usize];
+            for &i in &table {
+                load[i as usize] += 1;
+            }
+            let mean = DEFAULT_SIZE.get() as f64 / f64::from(n);
+            let max_over_mean = f64::from(*load.iter().max().unwrap()) / mean;
+            let picks: Vec<usize> = (0..5).map(|k| (k * n as usize) / 5).collect();
+            let average = |change: &dyn Fn(usize) -> (Vec<WeightedBackend>, f64)| {
+                picks
+                    .iter()
+                    .map(|&pick| {
+                        let (next, ideal) = change(pick);
+                        moved((&full, &table), (&next, &build(&next))) / ideal
+                    })
+                    .sum::<f64>()
+                    / picks.len() as f64
+            };
+            let leave = average(&|pick| {
+                let mut next = full.clone();
+                next.remove(pick);
+                (next, 1.0 / f64::from(n))
+            });
+            let join = average(&|pick| {
+                let mut next = full.clone();
+                next.push(WeightedBackend {
+                    identity: BackendIdentity::new(([198, 19, 0, pick as u8], 8080).into()),
+                    weight: 100,
+                });
+                (next, 1.0 / f64::from(n + 1))
+            });
+            let double = average(&|pick| {
+                let mut next = full.clone();
+                next[pick].weight *= 2;
+                (next, 2.0 / f64::from(n + 1) - 1.0 / f64::from(n))
+            });
+            println!(
+                "{name:<8} {n:>6} {:>9.1} {max_over_mean:>9.4} {leave:>7.2}x {join:>7.2}x {double:>7.2}x",
+                median(times)
+            );
         }
-        let mut load = vec![0u32; n as usize];
-        for &i in &table {
-            load[i as usize] += 1;
-        }
-        let mean = DEFAULT_SIZE.get() as f64 / f64::from(n);
-        let max_over_mean = f64::from(*load.iter().max().unwrap()) / mean;
-        // Remove each of several backends in turn; average the moved share.
-        let trials: Vec<usize> = (0..5).map(|k| (k * n as usize) / 5).collect();
-        let mut moved_total = 0.0;
-        for &gone in &trials {
-            let mut rest = full.clone();
-            rest.remove(gone);
-            let after = Maglev.build(&rest, DEFAULT_SIZE).expect("table");
-            let moved = table
-                .iter()
-                .zip(&after)
-                .filter(|&(&before, &now)| {
-                    full[before as usize].identity != rest[now as usize].identity
-                })
-                .count();
-            moved_total += moved as f64 / DEFAULT_SIZE.get() as f64;
-        }
-        let moved = moved_total / trials.len() as f64;
-        let ideal = 1.0 / f64::from(n);
-        println!(
-            "{n:>6} {:>11.1} {max_over_mean:>9.4} {:>9.2}% {:>9.2}% {:>7.2}x",
-            median(times),
-            moved * 100.0,
-            ideal * 100.0,
-            moved / ideal
-        );
     }
 }
 
@@ -162,6 +180,6 @@ fn validate_and_plan() {
 }
 
 fn main() {
-    maglev_quality();
+    table_quality();
     validate_and_plan();
 }

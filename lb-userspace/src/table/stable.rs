@@ -1,0 +1,123 @@
+//! The stable table: a stable matching of slots and backends with exact
+//! quotas. Each backend ranks the slots by its own permutation (as in
+//! Maglev), and a backend's `j`-th slot in that order costs `j / weight`.
+//! All (backend, slot) pairs are taken in one strict order, by cost, then
+//! by identity; a pair is kept when its slot is free and its backend is
+//! under quota. The result is the unique stable matching of that order (no
+//! slot and backend would both rather have each other), which is what
+//! deferred acceptance finds, so it depends only on the set of backends.
+//!
+//! Why it moves fewer flows than Maglev: Maglev's round-robin turns tie
+//! every backend's claims to the others' quotas, so a change of quotas
+//! shifts the whole last round. Here a backend that leaves frees its slots;
+//! a backend that takes one reaches its quota one claim earlier and gives
+//! up only its costliest slot, which another takes, and so on: a chain that
+//! ends at a backend whose quota grew. At M = 65537 it moves 1.02x, 1.3x
+//! and 4.2x the ideal when 1 of 10, 100 or 1000 equal backends leaves
+//! (Maglev: 1.03x, 1.55x, 7.0x), and builds in 4-15 ms (`cargo bench -p
+//! lb-userspace --bench control_plane`).
+
+use std::{cmp::Ordering, collections::BinaryHeap};
+
+use crate::table::{Table, TableBuilder, TableError, TableSize, Walker, WeightedBackend};
+
+/// The stable-table builder.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stable;
+
+/// The next turn of the backends of one weight: their `turn`-th slots, at
+/// cost `turn / weight`. Ordered so that the cheapest turn is the greatest
+/// (`BinaryHeap` pops the greatest).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Turn {
+    turn: u64,
+    weight: u64,
+    group: usize,
+}
+
+impl Turn {
+    fn cost_cmp(&self, other: &Turn) -> Ordering {
+        (u128::from(self.turn) * u128::from(other.weight))
+            .cmp(&(u128::from(other.turn) * u128::from(self.weight)))
+    }
+}
+
+impl Ord for Turn {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .cost_cmp(self)
+            .then_with(|| other.group.cmp(&self.group))
+    }
+}
+
+impl PartialOrd for Turn {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl TableBuilder for Stable {
+    fn build(&self, backends: &[WeightedBackend], size: TableSize) -> Result<Table, TableError> {
+        // Walkers in identity order: within a cost, the lower identity
+        // looks first.
+        let (mut walkers, mut table) = Walker::start(backends, size)?;
+        // Backends of one weight take their turns together: a group holds
+        // the walkers (in identity order) still under quota.
+        let mut weights: Vec<u32> = walkers
+            .iter()
+            .map(|w| backends[w.index as usize].weight)
+            .collect();
+        weights.sort_unstable();
+        weights.dedup();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); weights.len()];
+        for (at, walker) in walkers.iter().enumerate() {
+            let weight = backends[walker.index as usize].weight;
+            groups[weights.binary_search(&weight).unwrap_or_default()].push(at);
+        }
+        let mut turns: BinaryHeap<Turn> = (0..weights.len())
+            .map(|group| Turn {
+                turn: 1,
+                weight: u64::from(weights[group]),
+                group,
+            })
+            .collect();
+        let mut left = table.len();
+        let mut tied: Vec<Turn> = Vec::new();
+        let mut merged: Vec<usize> = Vec::new();
+        while left > 0 {
+            let Some(first) = turns.pop() else {
+                break;
+            };
+            // Groups whose turns cost the same go together, in identity
+            // order across groups.
+            tied.clear();
+            tied.push(first);
+            while let Some(next) = turns.peek().filter(|t| t.cost_cmp(&first).is_eq()) {
+                tied.push(*next);
+                turns.pop();
+            }
+            merged.clear();
+            for turn in &tied {
+                merged.extend_from_slice(&groups[turn.group]);
+            }
+            if tied.len() > 1 {
+                merged.sort_unstable();
+            }
+            for &at in &merged {
+                if walkers[at].step(&mut table) {
+                    left -= 1;
+                }
+            }
+            for turn in &tied {
+                groups[turn.group].retain(|&at| walkers[at].left > 0);
+                if !groups[turn.group].is_empty() {
+                    turns.push(Turn {
+                        turn: turn.turn + 1,
+                        ..*turn
+                    });
+                }
+            }
+        }
+        Ok(table)
+    }
+}
