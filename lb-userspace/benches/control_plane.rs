@@ -102,6 +102,16 @@ fn table_quality() {
             );
         }
     }
+    // Both walk the same permutations: switching a VIP from one to the
+    // other moves few flows.
+    for n in [10u32, 100, 1000] {
+        let full = backends(n);
+        let tables = builders.map(|(_, b)| b.build(&full, DEFAULT_SIZE).expect("table"));
+        println!(
+            "switching maglev -> stable at N = {n}: {:.2}% of slots move",
+            moved((&full, &tables[0]), (&full, &tables[1])) * 100.0
+        );
+    }
 }
 
 /// A config of `VIPS` VIPs with `BACKENDS_PER_VIP` backends each; `variant`
@@ -176,6 +186,17 @@ fn validate_and_plan() {
     println!(
         "  mean flows moved per VIP (one backend drained of 100): {:.2}%",
         moved * 100.0
+    );
+    // The same config with every VIP on the stable table.
+    let stable_text = format!("table = \"stable\"\n{current_text}");
+    let start = Instant::now();
+    assert!(
+        validate(&stable_text).is_valid(),
+        "bench config must be valid"
+    );
+    println!(
+        "  validate one config with table = \"stable\":       {:.2} s",
+        start.elapsed().as_secs_f64()
     );
 }
 

@@ -166,6 +166,10 @@ fn cases() -> Vec<Case> {
         // Tables and guards.
         case("table size not prime", &[("interface = \"eth1\"", "interface = \"eth1\"\ntable_size = 65536")],
             &[("table-size", "config", "table_size"), ("guard-unchecked", CHECKOUT, "backend"), ("guard-unchecked", DNS6, "backend")]),
+        case("unknown table algorithm", &[("interface = \"eth1\"", "interface = \"eth1\"\ntable = \"ring\"")],
+            &[("invalid-value", "config", "table")]),
+        case("unknown table algorithm for one VIP", &[("name = \"dns6\"", "name = \"dns6\"\ntable = 3")],
+            &[("invalid-value", DNS6, "table")]),
         case("connection table too small", &[("interface = \"eth1\"", "interface = \"eth1\"\nconnection_table_size = 10")],
             &[("connection-table-size", "config", "connection_table_size")]),
         case("UDP idle timeout of zero", &[("interface = \"eth1\"", "interface = \"eth1\"\nudp_idle_s = 0")],

@@ -13,9 +13,16 @@ use lb_userspace::{
     config::{Config, MacAddr},
     dataplane::state::{DesiredState, vip_key},
     dataplane::{Capacities, Dataplane, table_id},
+    table::Algorithm,
 };
 
 use crate::packet::LB_MAC;
+
+/// `config` (the standard one, or a variant of it) with every VIP under
+/// the table algorithm `table`.
+pub fn standard_config(table: Algorithm, config: &str) -> String {
+    format!("table = {:?}\n{config}", table.name())
+}
 
 /// The standard test config: IPv4 and IPv6 VIPs for TCP and UDP, an
 /// any-port VIP, weights 1:1:2 on the main pool.
@@ -179,6 +186,12 @@ impl Fixture {
     /// Loads the program with `STANDARD_CONFIG`.
     pub fn standard() -> Self {
         Self::with_config(STANDARD_CONFIG)
+    }
+
+    /// Loads the program with `STANDARD_CONFIG` under the table algorithm
+    /// `table` (for every VIP).
+    pub fn standard_with(table: Algorithm) -> Self {
+        Self::with_config(&standard_config(table, STANDARD_CONFIG))
     }
 
     /// Loads the program and installs `config_text`.

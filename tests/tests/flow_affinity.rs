@@ -1,14 +1,15 @@
 //! Flow affinity in the real XDP program: a flow stays on its backend for
 //! its whole life, and when a VIP's table is swapped mid-stream, flows move
 //! only when their backend is gone, and then only to the new table's choice.
-//! The VIP address filter follows every install.
+//! The tests of tables run under every table algorithm. The VIP address
+//! filter follows every install.
 
 use lb_common::maps::{Reason, VipFilter};
 use lb_tests::{
-    fixture::{Fixture, STANDARD_CONFIG, TEST_SEED, xdp_action},
+    fixture::{Fixture, STANDARD_CONFIG, TEST_SEED, standard_config, xdp_action},
     packet::{Frame, tcp_flags::*},
 };
-use lb_userspace::dataplane::state::DesiredState;
+use lb_userspace::{dataplane::state::DesiredState, table::Algorithm};
 
 const WEB4: &str = "198.18.0.100:80";
 
@@ -32,23 +33,35 @@ fn client(port: u16, flags: u8) -> Frame {
 }
 
 #[test]
-fn a_flow_stays_on_its_backend() {
-    let mut fixture = Fixture::standard();
+fn a_flow_stays_on_its_backend_under_every_algorithm() {
+    let mut tables = Vec::new();
+    for algorithm in Algorithm::ALL {
+        let mut fixture = Fixture::standard_with(algorithm);
+        a_flow_stays_on_its_backend(&mut fixture);
+        tables.push(fixture.state.vips[0].table.table.clone());
+    }
+    assert_ne!(
+        tables[0], tables[1],
+        "the algorithms build different tables"
+    );
+}
+
+fn a_flow_stays_on_its_backend(fixture: &mut Fixture) {
     for i in 0..64u16 {
         let port = 41000 + 2 * i;
-        let first = forwarded_to(&mut fixture, &client(port, SYN));
+        let first = forwarded_to(fixture, &client(port, SYN));
         let predicted = fixture
             .state
             .backend_for(&client(port, SYN).flow(), &TEST_SEED)
             .unwrap();
         assert_eq!(first, predicted.backend_id, "kernel and userspace disagree");
         for flags in [ACK, ACK | PSH, ACK, FIN | ACK] {
-            assert_eq!(forwarded_to(&mut fixture, &client(port, flags)), first);
+            assert_eq!(forwarded_to(fixture, &client(port, flags)), first);
         }
         let udp = Frame::udp(&format!("198.18.2.9:{port}"), "198.18.0.100:53");
-        let udp_first = forwarded_to(&mut fixture, &udp);
+        let udp_first = forwarded_to(fixture, &udp);
         for _ in 0..4 {
-            assert_eq!(forwarded_to(&mut fixture, &udp), udp_first);
+            assert_eq!(forwarded_to(fixture, &udp), udp_first);
         }
     }
 }
@@ -83,11 +96,16 @@ fn only_flows_of_moved(
 
 #[test]
 fn draining_keeps_flows_and_removal_moves_them_to_the_new_choice() {
-    let mut fixture = Fixture::standard();
+    for algorithm in Algorithm::ALL {
+        draining_then_removal(&mut Fixture::standard_with(algorithm));
+    }
+}
+
+fn draining_then_removal(fixture: &mut Fixture) {
     let ports: Vec<u16> = (0..300).map(|i| 42000 + 2 * i).collect();
     let before: Vec<u32> = ports
         .iter()
-        .map(|&p| forwarded_to(&mut fixture, &client(p, SYN)))
+        .map(|&p| forwarded_to(fixture, &client(p, SYN)))
         .collect();
     let b3 = fixture.state.vips[0].backends[2].backend_id;
     assert!(before.contains(&b3), "some flows start on b3");
@@ -96,9 +114,9 @@ fn draining_keeps_flows_and_removal_moves_them_to_the_new_choice() {
     let drained = lb_tests::flood::b3_drained(&fixture.state);
     fixture.dataplane.install(&drained).unwrap();
     for (&port, &was) in ports.iter().zip(&before) {
-        assert_eq!(forwarded_to(&mut fixture, &client(port, ACK)), was);
+        assert_eq!(forwarded_to(fixture, &client(port, ACK)), was);
         let fresh = client(port + 1000, SYN);
-        let went = forwarded_to(&mut fixture, &fresh);
+        let went = forwarded_to(fixture, &fresh);
         assert_ne!(went, b3, "a new flow reached the drained backend");
         assert_eq!(
             went,
@@ -112,11 +130,11 @@ fn draining_keeps_flows_and_removal_moves_them_to_the_new_choice() {
     // Remove b3: its flows move, each to the new table's choice; the
     // others stay where they were.
     fixture.dataplane.remove_backend(b3).unwrap();
-    only_flows_of_moved(&mut fixture, &ports, &before, b3, &drained);
+    only_flows_of_moved(fixture, &ports, &before, b3, &drained);
     // Once moved, a flow stays on its new backend.
     for (&port, &was) in ports.iter().zip(&before) {
         if was == b3 {
-            let again = forwarded_to(&mut fixture, &client(port, ACK));
+            let again = forwarded_to(fixture, &client(port, ACK));
             let choice = drained
                 .backend_for(&client(port, ACK).flow(), &TEST_SEED)
                 .unwrap();
@@ -125,29 +143,36 @@ fn draining_keeps_flows_and_removal_moves_them_to_the_new_choice() {
     }
 }
 
-/// The standard config with web4's b1 removed.
-fn without_b1() -> lb_userspace::config::Config {
+/// The standard config under `algorithm` with web4's b1 removed.
+fn without_b1(algorithm: Algorithm) -> lb_userspace::config::Config {
     let b1 = r#"  { name = "b1", address = "198.18.1.1", weight = 1, mac = "02:00:00:00:01:01" },
 "#;
     assert!(STANDARD_CONFIG.contains(b1));
-    lb_userspace::config::Config::parse(&STANDARD_CONFIG.replacen(b1, "", 1)).unwrap()
+    let text = standard_config(algorithm, &STANDARD_CONFIG.replacen(b1, "", 1));
+    lb_userspace::config::Config::parse(&text).unwrap()
 }
 
 #[test]
 fn removing_a_backend_through_install_keeps_every_other_flow() {
-    let mut fixture = Fixture::standard();
+    for algorithm in Algorithm::ALL {
+        removing_b1_through_install(&mut Fixture::standard_with(algorithm), algorithm);
+    }
+}
+
+fn removing_b1_through_install(fixture: &mut Fixture, algorithm: Algorithm) {
     let ports: Vec<u16> = (0..300).map(|i| 44000 + 2 * i).collect();
     let before: Vec<u32> = ports
         .iter()
-        .map(|&p| forwarded_to(&mut fixture, &client(p, SYN)))
+        .map(|&p| forwarded_to(fixture, &client(p, SYN)))
         .collect();
     let b1 = fixture.state.vips[0].backends[0].backend_id;
     assert!(before.contains(&b1), "some flows start on b1");
-    let next =
-        DesiredState::build_from(&without_b1(), Some(&fixture.state), |b| Ok(b.mac.unwrap()))
-            .unwrap();
+    let next = DesiredState::build_from(&without_b1(algorithm), Some(&fixture.state), |b| {
+        Ok(b.mac.unwrap())
+    })
+    .unwrap();
     fixture.dataplane.install(&next).unwrap();
-    only_flows_of_moved(&mut fixture, &ports, &before, b1, &next);
+    only_flows_of_moved(fixture, &ports, &before, b1, &next);
     assert_eq!(fixture.dataplane.installed(), Some(&next));
 }
 
@@ -188,7 +213,8 @@ fn a_vip_moved_to_a_new_address_is_forwarded_there_and_its_old_address_passes() 
 fn a_state_that_renumbers_backends_is_refused() {
     let mut fixture = Fixture::standard();
     // Built from nothing, the ids shift: b2 would get b1's id.
-    let renumbered = DesiredState::build(&without_b1(), |b| Ok(b.mac.unwrap())).unwrap();
+    let renumbered =
+        DesiredState::build(&without_b1(Algorithm::default()), |b| Ok(b.mac.unwrap())).unwrap();
     let err = fixture.dataplane.install(&renumbered).unwrap_err();
     assert!(
         err.to_string().contains("backend id 1 was 198.18.1.1:80"),
@@ -205,34 +231,44 @@ fn a_state_that_renumbers_backends_is_refused() {
     assert_eq!(went, expected, "the refused state changed nothing");
 }
 
-/// The standard config with web4's b1 replaced by a new backend b9.
-fn b1_replaced_by_b9() -> lb_userspace::config::Config {
+/// The standard config under `algorithm` with web4's b1 replaced by a
+/// new backend b9.
+fn b1_replaced_by_b9(algorithm: Algorithm) -> lb_userspace::config::Config {
     let b1 = r#"{ name = "b1", address = "198.18.1.1", weight = 1, mac = "02:00:00:00:01:01" }"#;
     let b9 = r#"{ name = "b9", address = "198.18.1.9", weight = 1, mac = "02:00:00:00:01:09" }"#;
     assert!(STANDARD_CONFIG.contains(b1));
-    lb_userspace::config::Config::parse(&STANDARD_CONFIG.replacen(b1, b9, 1)).unwrap()
+    let text = standard_config(algorithm, &STANDARD_CONFIG.replacen(b1, b9, 1));
+    lb_userspace::config::Config::parse(&text).unwrap()
 }
 
 #[test]
 fn a_reused_backend_slot_inherits_no_flows_and_no_counters() {
-    let mut fixture = Fixture::standard();
+    for algorithm in Algorithm::ALL {
+        reused_slot(&mut Fixture::standard_with(algorithm), algorithm);
+    }
+}
+
+fn reused_slot(fixture: &mut Fixture, algorithm: Algorithm) {
     let b1 = fixture.state.vips[0].backends[0].backend_id;
     let ports: Vec<u16> = (0..300).map(|i| 46000 + 2 * i).collect();
     let on_b1: Vec<u16> = ports
         .iter()
         .copied()
-        .filter(|&p| forwarded_to(&mut fixture, &client(p, SYN)) == b1)
+        .filter(|&p| forwarded_to(fixture, &client(p, SYN)) == b1)
         .collect();
     assert!(!on_b1.is_empty(), "some flows start on b1");
     assert!(fixture.dataplane.counters().unwrap().backend(b1).packets > 0);
 
     // b1 leaves; later b9 arrives and gets b1's freed slot.
-    let gone =
-        DesiredState::build_from(&without_b1(), Some(&fixture.state), |b| Ok(b.mac.unwrap()))
-            .unwrap();
+    let gone = DesiredState::build_from(&without_b1(algorithm), Some(&fixture.state), |b| {
+        Ok(b.mac.unwrap())
+    })
+    .unwrap();
     fixture.dataplane.install(&gone).unwrap();
-    let next = DesiredState::build_from(&b1_replaced_by_b9(), Some(&gone), |b| Ok(b.mac.unwrap()))
-        .unwrap();
+    let next = DesiredState::build_from(&b1_replaced_by_b9(algorithm), Some(&gone), |b| {
+        Ok(b.mac.unwrap())
+    })
+    .unwrap();
     let b9 = next.vips[0]
         .backends
         .iter()

@@ -175,7 +175,15 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
         (false, Some(n)) => format!("; {n} more failures to panic"),
         (false, None) => String::new(),
     };
-    let _ = writeln!(out, "\n{} {}: {change}{health}", vip.name, vip.endpoint);
+    let table = match vip.table {
+        (before, after) if before == after => after.to_string(),
+        (before, after) => format!("{before} → {after}"),
+    };
+    let _ = writeln!(
+        out,
+        "\n{} {} (table: {table}): {change}{health}",
+        vip.name, vip.endpoint
+    );
     let _ = writeln!(
         out,
         "  {:<16} {:>14}  {:<28} {:<28}",

@@ -412,6 +412,8 @@ pub struct VipConfig {
     pub guards: GuardOverrides,
     /// Health-check overrides for this VIP's backends.
     pub health_check: HealthOverrides,
+    /// Its lookup-table algorithm: its own `table`, else the config's.
+    pub table: crate::table::Algorithm,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
 }

@@ -11,7 +11,10 @@ use super::{
     Api, BackendConfig, CheckKind, Config, Forwarding, GuardOverrides, Guards, HealthCheck,
     HealthOverrides, IdleTimeouts, Imbalance, MacAddr, Protocol, Secret, UnreadableVip, VipConfig,
 };
-use crate::{problem::Problem, table::DEFAULT_SIZE};
+use crate::{
+    problem::Problem,
+    table::{Algorithm, DEFAULT_SIZE},
+};
 
 /// Longest value echoed in a message.
 const MAX_RENDERED: usize = 60;
@@ -211,6 +214,16 @@ fn protocol(value: &Value) -> Result<Protocol, String> {
     value.as_str().unwrap_or_default().parse()
 }
 
+fn algorithm(value: &Value) -> Result<Algorithm, String> {
+    value.as_str().and_then(Algorithm::named).ok_or_else(|| {
+        let names: Vec<String> = Algorithm::ALL
+            .iter()
+            .map(|a| format!("{:?}", a.name()))
+            .collect();
+        format!("expected one of {}", names.join(", "))
+    })
+}
+
 fn forwarding(value: &Value) -> Result<Forwarding, String> {
     match value.as_str() {
         Some("l2-dsr") => Ok(Forwarding::L2Dsr),
@@ -260,6 +273,9 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
     let table_size = top
         .optional(&mut problems, "table_size", table_size)
         .unwrap_or(DEFAULT_SIZE.get());
+    let default_table = top
+        .optional(&mut problems, "table", algorithm)
+        .unwrap_or_default();
     let connection_table_size = top
         .optional(&mut problems, "connection_table_size", uint)
         .unwrap_or(lb_common::maps::CONN_TABLE_ENTRIES);
@@ -317,7 +333,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .into_iter()
         .enumerate()
     {
-        match read_vip(t, i, &mut problems) {
+        match read_vip(t, i, default_table, &mut problems) {
             Ok(vip) => vips.push(vip),
             Err(unreadable) => unreadable_vips.push(unreadable),
         }
@@ -475,6 +491,7 @@ fn vip_location(t: &Table, index: usize) -> String {
 fn read_vip(
     t: &Table,
     index: usize,
+    default_table: Algorithm,
     problems: &mut Vec<Problem>,
 ) -> Result<VipConfig, UnreadableVip> {
     let location = vip_location(t, index);
@@ -494,6 +511,9 @@ fn read_vip(
             read_health_check(h, &location, HealthScope::Vip, problems)
         })
         .unwrap_or_default();
+    let table = s
+        .optional(problems, "table", algorithm)
+        .unwrap_or(default_table);
     let backends = s
         .optional(problems, "backend", tables)
         .unwrap_or_default()
@@ -510,6 +530,7 @@ fn read_vip(
             protocol,
             guards,
             health_check,
+            table,
             backends,
         }),
         _ => Err(UnreadableVip { location, backends }),

@@ -62,6 +62,9 @@ pub struct VipPlan {
     pub endpoint: String,
     /// What happens to it.
     pub change: Change,
+    /// Its table algorithm before and after (the same one on both sides
+    /// for a VIP added or removed).
+    pub table: (&'static str, &'static str),
     /// Fraction of the flow hash space whose backend changes (0..=1).
     pub flows_moved: f64,
     /// Fraction of the current total weight taken away (0..=1).
@@ -361,10 +364,21 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
     } else {
         change
     };
+    let algorithm = |entry: Option<Entry<'_>>| entry.map(|(vip, _)| vip.table.name());
+    let table = (
+        algorithm(before).unwrap_or(vip.table.name()),
+        algorithm(after).unwrap_or(vip.table.name()),
+    );
+    let change = if change == Change::Unchanged && table.0 != table.1 {
+        Change::Changed
+    } else {
+        change
+    };
     VipPlan {
         name: vip_location(vip),
         endpoint: vip.endpoint(),
         change,
+        table,
         flows_moved,
         capacity_removed,
         backends,
@@ -565,6 +579,32 @@ mod tests {
         );
         let moved = plan.vips[0].flows_moved;
         assert!(moved > 0.3, "different sizes reshuffle the tables: {moved}");
+    }
+
+    /// A new algorithm is a change like any other: the plan shows the
+    /// flows it moves and the blast-radius guard judges them. Both
+    /// algorithms walk the same permutations, so a switch moves few.
+    #[test]
+    fn a_new_table_algorithm_is_a_change_the_guards_judge() {
+        let strict = "[guards]\nmax_flows_moved = 0.0001";
+        let before = pool(&[1, 1, 1, 1], &format!("table = \"maglev\"\n{strict}"));
+        let after = pool(&[1, 1, 1, 1], &format!("table = \"stable\"\n{strict}"));
+        let refused = plan_texts(Some(&before), &after, false);
+        let vip = &refused.vips[0];
+        assert_eq!(vip.change, Change::Changed);
+        assert_eq!(vip.table, ("maglev", "stable"));
+        assert!(
+            (0.0001..0.05).contains(&vip.flows_moved),
+            "{}",
+            vip.flows_moved
+        );
+        assert_eq!(vip.capacity_removed, 0.0);
+        let codes: Vec<_> = refused.problems.iter().map(|p| p.code).collect();
+        assert_eq!(codes, vec!["blast-radius-flows"], "{:?}", refused.problems);
+        assert!(plan_texts(Some(&before), &after, true).accepted());
+        let same = plan_texts(Some(&after), &after, false);
+        assert_eq!(same.vips[0].table, ("stable", "stable"));
+        assert_eq!(same.vips[0].change, Change::Unchanged);
     }
 
     #[test]

@@ -14,10 +14,7 @@ use crate::{
         BackendConfig, CheckKind, Config, Guards, HealthCheck, HealthOverrides, Protocol, VipConfig,
     },
     problem::Problem,
-    table::maglev::Maglev,
-    table::{
-        ALLOWED_SIZES, BackendIdentity, Table, TableBuilder, TableError, TableSize, WeightedBackend,
-    },
+    table::{ALLOWED_SIZES, BackendIdentity, Table, TableError, TableSize, WeightedBackend},
 };
 
 /// The largest weight a backend may have.
@@ -856,7 +853,7 @@ pub fn build_table(vip: &VipConfig, size: TableSize) -> Result<VipTable, TableEr
             weight: b.weight,
         })
         .collect();
-    let table = Maglev.build(&weighted, size)?;
+    let table = vip.table.builder().build(&weighted, size)?;
     let mut slots = vec![0u32; identities.len()];
     for &position in &table {
         slots[position as usize] += 1;

@@ -60,19 +60,18 @@ impl TableBuilder for Stable {
     fn build(&self, backends: &[WeightedBackend], size: TableSize) -> Result<Table, TableError> {
         // Walkers in identity order: within a cost, the lower identity
         // looks first.
-        let (mut walkers, mut table) = Walker::start(backends, size)?;
+        let (walkers, mut table) = Walker::start(backends, size)?;
         // Backends of one weight take their turns together: a group holds
-        // the walkers (in identity order) still under quota.
-        let mut weights: Vec<u32> = walkers
-            .iter()
-            .map(|w| backends[w.index as usize].weight)
-            .collect();
+        // its walkers still under quota, each with its rank in identity
+        // order, in that order.
+        let weight = |walker: &Walker| backends[walker.index as usize].weight;
+        let mut weights: Vec<u32> = walkers.iter().map(weight).collect();
         weights.sort_unstable();
         weights.dedup();
-        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); weights.len()];
-        for (at, walker) in walkers.iter().enumerate() {
-            let weight = backends[walker.index as usize].weight;
-            groups[weights.binary_search(&weight).unwrap_or_default()].push(at);
+        let mut groups: Vec<Vec<(usize, Walker)>> = weights.iter().map(|_| Vec::new()).collect();
+        for (rank, walker) in walkers.into_iter().enumerate() {
+            let group = weights.binary_search(&weight(&walker)).unwrap_or_default();
+            groups[group].push((rank, walker));
         }
         let mut turns: BinaryHeap<Turn> = (0..weights.len())
             .map(|group| Turn {
@@ -83,33 +82,54 @@ impl TableBuilder for Stable {
             .collect();
         let mut left = table.len();
         let mut tied: Vec<Turn> = Vec::new();
-        let mut merged: Vec<usize> = Vec::new();
+        let mut heads: Vec<usize> = Vec::new();
         while left > 0 {
             let Some(first) = turns.pop() else {
                 break;
             };
-            // Groups whose turns cost the same go together, in identity
-            // order across groups.
             tied.clear();
             tied.push(first);
             while let Some(next) = turns.peek().filter(|t| t.cost_cmp(&first).is_eq()) {
                 tied.push(*next);
                 turns.pop();
             }
-            merged.clear();
-            for turn in &tied {
-                merged.extend_from_slice(&groups[turn.group]);
-            }
-            if tied.len() > 1 {
-                merged.sort_unstable();
-            }
-            for &at in &merged {
-                if walkers[at].step(&mut table) {
-                    left -= 1;
+            if let [turn] = tied[..] {
+                // One weight alone at this cost (always, with equal
+                // weights): its walkers step in identity order, and those
+                // that reach their quota leave the group, in one pass.
+                groups[turn.group].retain_mut(|(_, walker)| {
+                    if walker.step(&mut table) {
+                        left -= 1;
+                    }
+                    walker.left > 0
+                });
+            } else {
+                // Several weights at one cost: their walkers step in
+                // identity order, merged from the groups' ranked lists.
+                heads.clear();
+                heads.resize(tied.len(), 0);
+                loop {
+                    let mut next: Option<(usize, usize)> = None;
+                    for (t, turn) in tied.iter().enumerate() {
+                        if let Some(&(rank, _)) = groups[turn.group].get(heads[t])
+                            && next.is_none_or(|(_, first)| rank < first)
+                        {
+                            next = Some((t, rank));
+                        }
+                    }
+                    let Some((t, _)) = next else {
+                        break;
+                    };
+                    if groups[tied[t].group][heads[t]].1.step(&mut table) {
+                        left -= 1;
+                    }
+                    heads[t] += 1;
+                }
+                for turn in &tied {
+                    groups[turn.group].retain(|(_, walker)| walker.left > 0);
                 }
             }
             for turn in &tied {
-                groups[turn.group].retain(|&at| walkers[at].left > 0);
                 if !groups[turn.group].is_empty() {
                     turns.push(Turn {
                         turn: turn.turn + 1,
