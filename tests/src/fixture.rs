@@ -13,7 +13,7 @@ use lb_userspace::{
     config::{Config, MacAddr},
     dataplane::state::{DesiredState, vip_key},
     dataplane::{Capacities, Dataplane, table_id},
-    table::Algorithm,
+    table::algorithm::Algorithm,
 };
 
 use crate::packet::LB_MAC;

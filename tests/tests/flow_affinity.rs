@@ -9,7 +9,7 @@ use lb_tests::{
     fixture::{Fixture, STANDARD_CONFIG, TEST_SEED, standard_config, xdp_action},
     packet::{Frame, tcp_flags::*},
 };
-use lb_userspace::{dataplane::state::DesiredState, table::Algorithm};
+use lb_userspace::{dataplane::state::DesiredState, table::algorithm::Algorithm};
 
 const WEB4: &str = "198.18.0.100:80";
 

@@ -413,7 +413,7 @@ pub struct VipConfig {
     /// Health-check overrides for this VIP's backends.
     pub health_check: HealthOverrides,
     /// Its lookup-table algorithm: its own `table`, else the config's.
-    pub table: crate::table::Algorithm,
+    pub table: crate::table::algorithm::Algorithm,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
 }

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     problem::Problem,
-    table::{Algorithm, DEFAULT_SIZE},
+    table::{DEFAULT_SIZE, algorithm::Algorithm},
 };
 
 /// Longest value echoed in a message.

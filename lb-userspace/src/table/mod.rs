@@ -2,8 +2,10 @@
 //! identity and a weight), which table sizes are allowed, and the one trait
 //! every table algorithm implements, and what the algorithms share (exact
 //! quotas, the order backends claim in, each backend's permutation of the
-//! slots). Maglev and the stable table implement it.
+//! slots). Maglev and the stable table implement it; `algorithm` names
+//! them for the config.
 
+pub mod algorithm;
 pub mod maglev;
 pub mod stable;
 
@@ -113,48 +115,6 @@ pub type Table = Vec<u32>;
 pub trait TableBuilder {
     /// Builds the table; entries index into `backends`.
     fn build(&self, backends: &[WeightedBackend], size: TableSize) -> Result<Table, TableError>;
-}
-
-/// The table algorithms a VIP can use: `table = "maglev"` or `"stable"`
-/// in the config, per VIP or for all. Maglev is the default: an upgrade
-/// must not change a running fleet's tables (hosts of one ECMP group
-/// would disagree while it rolls), and it builds 2-3x faster, which
-/// matters for configs of 100,000 backends; the stable table moves fewer
-/// flows on every change and is the better choice for large pools (see
-/// the README).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Algorithm {
-    /// Weighted Maglev with exact quotas.
-    #[default]
-    Maglev,
-    /// The stable table: Maglev's balance, fewer flows moved on a change.
-    Stable,
-}
-
-impl Algorithm {
-    /// Every algorithm.
-    pub const ALL: [Algorithm; 2] = [Algorithm::Maglev, Algorithm::Stable];
-
-    /// Its name in the config.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Algorithm::Maglev => "maglev",
-            Algorithm::Stable => "stable",
-        }
-    }
-
-    /// The algorithm called `name` in the config.
-    pub fn named(name: &str) -> Option<Algorithm> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// Its builder.
-    pub fn builder(self) -> &'static dyn TableBuilder {
-        match self {
-            Algorithm::Maglev => &maglev::Maglev,
-            Algorithm::Stable => &stable::Stable,
-        }
-    }
 }
 
 /// Exact slot quotas: each backend's share of `size` slots by the largest
@@ -345,7 +305,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::table::stable::Stable;
+        use crate::table::{algorithm::Algorithm, stable::Stable};
 
         /// Each algorithm's name, builder and disruption bound.
         fn builders() -> impl Iterator<Item = (&'static str, &'static dyn TableBuilder, f64)> {
