@@ -131,24 +131,31 @@ impl VipFilter {
     /// The bit of `addr` (network order, IPv4 in the first 4 bytes):
     /// the top 9 bits of a multiplicative hash of its four words folded.
     #[inline(always)]
-    pub fn bit(addr: &[u8; 16]) -> u32 {
+    fn bit(addr: &[u8; 16]) -> u32 {
         let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
         let folded =
             word(0) ^ word(4).rotate_left(8) ^ word(8).rotate_left(16) ^ word(12).rotate_left(24);
         folded.wrapping_mul(0x9e37_79b1) >> 23
     }
 
+    /// The word of `bits` and the mask within it of `addr`'s bit.
+    #[inline(always)]
+    fn position(addr: &[u8; 16]) -> (usize, u64) {
+        let bit = Self::bit(addr);
+        ((bit / 64) as usize & 7, 1 << (bit % 64))
+    }
+
     /// Whether a VIP may have address `addr`.
     #[inline(always)]
     pub fn may_hold(&self, addr: &[u8; 16]) -> bool {
-        let bit = Self::bit(addr);
-        self.bits[(bit / 64) as usize & 7] & (1 << (bit % 64)) != 0
+        let (word, mask) = Self::position(addr);
+        self.bits[word] & mask != 0
     }
 
     /// Adds `addr`.
     pub fn insert(&mut self, addr: &[u8; 16]) {
-        let bit = Self::bit(addr);
-        self.bits[(bit / 64) as usize & 7] |= 1 << (bit % 64);
+        let (word, mask) = Self::position(addr);
+        self.bits[word] |= mask;
     }
 
     /// Both filters' addresses.

@@ -6,7 +6,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
 };
 
 use std::collections::HashMap;
@@ -106,40 +106,30 @@ pub(crate) fn batch_call(command: libc::c_long, attr: &mut BatchAttr) -> io::Res
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Looks up entries `first..first + count` of the array map behind `map`
-/// in as few `BPF_MAP_LOOKUP_BATCH` calls as the kernel allows, writing
-/// entry `first + i`'s value at `values + i * value_size`. Returns how many
-/// it read: fewer than `count` if the array ends.
-///
-/// # Safety
-///
-/// `values` must have room for `count` values of `value_size` bytes, and
-/// `value_size` must be the size the kernel copies per entry.
-pub(crate) unsafe fn lookup_batch(
-    map: BorrowedFd<'_>,
-    first: u32,
-    count: u32,
-    values: *mut u8,
-    value_size: usize,
-) -> io::Result<u32> {
-    let mut keys = vec![0u32; count as usize];
+/// Reads entries `0..len` of the per-CPU array behind `map`, whose values
+/// are `value_words` u64 words per CPU: `len * cpus * value_words` words,
+/// entry-major, in as few `BPF_MAP_LOOKUP_BATCH` calls as the kernel
+/// allows; whatever was asked beyond the array stays 0.
+fn read_per_cpu(map: &OwnedFd, len: u32, cpus: usize, value_words: usize) -> io::Result<Vec<u64>> {
+    let stride = cpus * value_words;
+    let mut values = vec![0u64; len as usize * stride];
+    let mut keys = vec![0u32; len as usize];
     let mut done = 0u32;
     // The kernel starts after the key in `in_batch` (from the start
     // without one) and leaves the last key it read in `out_batch`.
-    let mut previous = first.wrapping_sub(1);
-    while done < count {
+    let mut previous = 0u32;
+    while done < len {
         let mut last = 0u32;
         let mut attr = BatchAttr {
-            in_batch: if first + done == 0 {
+            in_batch: if done == 0 {
                 0
             } else {
                 &raw const previous as u64
             },
             out_batch: &raw mut last as u64,
             keys: keys[done as usize..].as_mut_ptr() as u64,
-            // SAFETY: within the caller's buffer, since done < count.
-            values: unsafe { values.add(done as usize * value_size) } as u64,
-            count: count - done,
+            values: values[done as usize * stride..].as_mut_ptr() as u64,
+            count: len - done,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
@@ -154,26 +144,6 @@ pub(crate) unsafe fn lookup_batch(
             Err(e) => return Err(e),
         }
     }
-    Ok(done)
-}
-
-/// Reads entries `0..len` of the per-CPU array behind `map`, whose values
-/// are `value_words` u64 words per CPU: `len * cpus * value_words` words,
-/// entry-major; whatever was asked beyond the array stays 0.
-fn read_per_cpu(map: &OwnedFd, len: u32, cpus: usize, value_words: usize) -> io::Result<Vec<u64>> {
-    let stride = cpus * value_words;
-    let mut values = vec![0u64; len as usize * stride];
-    // SAFETY: `values` holds `len` entries of `stride` words, the size the
-    // kernel copies for a per-CPU array of `value_words`-word values.
-    unsafe {
-        lookup_batch(
-            map.as_fd(),
-            0,
-            len,
-            values.as_mut_ptr().cast(),
-            stride * size_of::<u64>(),
-        )?
-    };
     Ok(values)
 }
 
