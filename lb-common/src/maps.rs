@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -184,11 +184,22 @@ pub struct Meta {
 /// The backend slot is in use.
 pub const BACKEND_ACTIVE: u16 = 1;
 
+/// How a backend slot's frames leave: L2 direct server return (the frame
+/// as it came, to the backend's MAC).
+pub const FORWARD_L2_DSR: u8 = 0;
+/// IP in IP: an outer IPv4 (protocol 4 or 41) or IPv6 (next header 4 or
+/// 41) header to the backend's address, sent to the next hop's MAC.
+pub const FORWARD_IPIP: u8 = 1;
+/// GUE (variant 0): outer IP, UDP to `Encapsulation::gue_port` whose source
+/// port carries the flow hash, a 4-byte GUE header, the packet.
+pub const FORWARD_GUE: u8 = 2;
+
 /// Value of the backend array. Index 0 is never used ("no backend").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
-    /// Destination MAC written into forwarded frames (L2 DSR).
+    /// Destination MAC written into forwarded frames: the backend's (L2
+    /// DSR) or the next hop's towards it (encapsulation).
     pub mac: [u8; 6],
     /// `BACKEND_ACTIVE` when the slot is in use.
     pub flags: u16,
@@ -199,6 +210,38 @@ pub struct Backend {
     /// entry is honoured only while it names the slot's current generation,
     /// so a reused slot never inherits another backend's flows.
     pub generation: u32,
+    /// `FORWARD_*`: how frames reach this backend.
+    pub forward: u8,
+    /// The family of `addr` (`FAMILY_IPV4` or `FAMILY_IPV6`): the outer
+    /// header's, when encapsulating.
+    pub family: u8,
+    /// Reserved; zero.
+    pub pad: [u8; 2],
+    /// The backend's address (IPv4 in the first four bytes): the outer
+    /// destination, when encapsulating.
+    pub addr: [u8; 16],
+}
+
+/// What the XDP program hands its encapsulation program, which it
+/// tail-calls (so that each has a whole BPF stack of its own), about the
+/// packet at hand: one per CPU, the value of `ENCAP_JOBS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapJob {
+    /// The backend chosen, as its slot read.
+    pub backend: Backend,
+    /// Its slot.
+    pub backend_id: u32,
+    /// The VIP.
+    pub vip_id: u32,
+    /// Where the IP header starts in the frame.
+    pub l3: u16,
+    /// The family of that IP header.
+    pub family: u8,
+    /// 1 when the packet opened a new flow (for the traffic counters).
+    pub new_flow: u8,
+    /// The flow's hash: the entropy of the outer header.
+    pub hash: u64,
 }
 
 /// Key of the connection table and input of the flow hash: the 5-tuple.
@@ -353,6 +396,28 @@ pub struct TrafficCounters {
     pub new_flows: u64,
 }
 
+/// Where encapsulated frames come from and how large they may be.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Encapsulation {
+    /// The outer IPv4 source: this prefix, with the bits `source4_host`
+    /// sets taken from the flow hash (so the backend's RSS and any ECMP on
+    /// the way spread the flows).
+    pub source4: [u8; 4],
+    /// The host bits of `source4`'s prefix.
+    pub source4_host: [u8; 4],
+    /// The outer IPv6 source prefix.
+    pub source6: [u8; 16],
+    /// The host bits of `source6`'s prefix.
+    pub source6_host: [u8; 16],
+    /// The largest IP packet the egress link carries: an encapsulated
+    /// packet that would exceed it is answered with a too-big error (or
+    /// dropped, an IPv4 packet without DF).
+    pub mtu: u16,
+    /// GUE's UDP destination port (host order).
+    pub gue_port: u16,
+}
+
 /// Interface-wide settings the XDP program reads from its config map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -374,6 +439,10 @@ pub struct DataplaneConfig {
     pub udp_idle_s: u32,
     /// The flow hash's secret seed.
     pub seed: crate::flow_hash::FlowSeed,
+    /// Outer headers of encapsulated frames.
+    pub encap: Encapsulation,
+    /// Reserved; zero.
+    pub reserved: [u8; 4],
 }
 
 impl DataplaneConfig {
@@ -413,30 +482,42 @@ pub enum Reason {
     DropMalformed = 7,
     /// The VIP has no lookup table or the slot holds no backend: dropped.
     DropNoBackend = 8,
+    /// A packet for an encapsulating backend would not fit the egress MTU
+    /// once encapsulated: answered with an ICMP "fragmentation needed" or
+    /// ICMPv6 "packet too big" (`XDP_TX`), its MTU lowered by the overhead.
+    TxTooBig = 9,
+    /// The same for an IPv4 packet without DF: dropped (XDP cannot
+    /// fragment).
+    DropTooBig = 10,
+    /// The kernel refused to grow the frame for the outer headers: dropped.
+    DropEncapFailed = 11,
     /// Informational: an IPv4 header with options was parsed (not a verdict).
-    Ipv4Options = 9,
+    Ipv4Options = 12,
     /// Informational: connection-table hit (not a verdict).
-    ConnHit = 10,
+    ConnHit = 13,
     /// Informational: connection-table miss or SYN, hashed into the table.
-    ConnMiss = 11,
+    ConnMiss = 14,
     /// Informational: a new flow's entry went into the connection table.
-    ConnInsert = 12,
+    ConnInsert = 15,
     /// Informational: a new flow found no way it may take (its set holds
     /// only established flows): it is forwarded by the lookup table, not
     /// tracked, and hashed again on its next packet. A flood of spoofed new
     /// flows shows here instead of evicting established ones.
-    ConnInsertFailed = 13,
+    ConnInsertFailed = 16,
     /// Informational: a new flow's entry took the way of another flow
     /// (unproven, closing or idle past its timeout).
-    ConnEvicted = 14,
+    ConnEvicted = 17,
     /// Informational: a flow came back after idling past its protocol's
     /// timeout: it was hashed again as a new flow.
-    ConnExpired = 15,
+    ConnExpired = 18,
+    /// Informational: an ICMP error about a VIP flow (its quoted packet
+    /// came from the VIP) went to the backend that owns the flow.
+    IcmpToBackend = 19,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Tx,
         Reason::PassNotIp,
         Reason::PassNotVip,
@@ -446,6 +527,9 @@ impl Reason {
         Reason::DropTruncated,
         Reason::DropMalformed,
         Reason::DropNoBackend,
+        Reason::TxTooBig,
+        Reason::DropTooBig,
+        Reason::DropEncapFailed,
         Reason::Ipv4Options,
         Reason::ConnHit,
         Reason::ConnMiss,
@@ -453,12 +537,13 @@ impl Reason {
         Reason::ConnInsertFailed,
         Reason::ConnEvicted,
         Reason::ConnExpired,
+        Reason::IcmpToBackend,
     ];
 
     /// Whether this reason is a verdict (every packet moves exactly one
     /// verdict counter) rather than an informational counter.
     pub const fn is_verdict(self) -> bool {
-        (self as u32) <= Reason::DropNoBackend as u32
+        (self as u32) <= Reason::DropEncapFailed as u32
     }
 
     /// Length of the global counter array.
@@ -468,20 +553,25 @@ impl Reason {
     /// verdicts, `info` for the informational counters.
     pub const fn action(self) -> &'static str {
         match self {
-            Reason::Tx => "tx",
+            Reason::Tx | Reason::TxTooBig => "tx",
             Reason::PassNotIp
             | Reason::PassNotVip
             | Reason::PassOtherProtocol
             | Reason::PassFragment
             | Reason::PassUnsupported => "pass",
-            Reason::DropTruncated | Reason::DropMalformed | Reason::DropNoBackend => "drop",
+            Reason::DropTruncated
+            | Reason::DropMalformed
+            | Reason::DropNoBackend
+            | Reason::DropTooBig
+            | Reason::DropEncapFailed => "drop",
             Reason::Ipv4Options
             | Reason::ConnHit
             | Reason::ConnMiss
             | Reason::ConnInsert
             | Reason::ConnInsertFailed
             | Reason::ConnEvicted
-            | Reason::ConnExpired => "info",
+            | Reason::ConnExpired
+            | Reason::IcmpToBackend => "info",
         }
     }
 
@@ -502,6 +592,9 @@ impl Reason {
             Reason::DropTruncated => "drop_truncated",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropNoBackend => "drop_no_backend",
+            Reason::TxTooBig => "tx_too_big",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::DropEncapFailed => "drop_encap_failed",
             Reason::Ipv4Options => "ipv4_options",
             Reason::ConnHit => "conn_hit",
             Reason::ConnMiss => "conn_miss",
@@ -509,6 +602,7 @@ impl Reason {
             Reason::ConnInsertFailed => "conn_insert_failed",
             Reason::ConnEvicted => "conn_evicted",
             Reason::ConnExpired => "conn_expired",
+            Reason::IcmpToBackend => "icmp_to_backend",
         }
     }
 }
@@ -535,13 +629,19 @@ pub mod names {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     /// `Array<DataplaneConfig>` with one entry.
     pub const CONFIG: &str = "CONFIG";
+    /// `ProgramArray` with one entry: the encapsulation program.
+    pub const ENCAP_PROGRAMS: &str = "ENCAP_PROGRAMS";
+    /// `PerCpuArray<EncapJob>` with one entry.
+    pub const ENCAP_JOBS: &str = "ENCAP_JOBS";
     /// `Array<Meta>` with one entry; created and pinned by `fulcrum`, not
     /// part of the eBPF object.
     pub const META: &str = "META";
     /// Name of the XDP program.
     pub const PROGRAM: &str = "fulcrum_xdp";
+    /// Name of the encapsulation program it tail-calls.
+    pub const ENCAP_PROGRAM: &str = "fulcrum_encap";
     /// The maps of the eBPF object, every one pinned.
-    pub const OBJECT_MAPS: [&str; 10] = [
+    pub const OBJECT_MAPS: [&str; 12] = [
         VIP_INDEX,
         VIP_FILTER,
         BACKENDS,
@@ -552,6 +652,8 @@ pub mod names {
         VIP_STATS,
         GLOBAL_STATS,
         CONFIG,
+        ENCAP_PROGRAMS,
+        ENCAP_JOBS,
     ];
 }
 
@@ -569,6 +671,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowMeta {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
+    unsafe impl aya::Pod for super::Encapsulation {}
+    unsafe impl aya::Pod for super::EncapJob {}
     unsafe impl aya::Pod for super::Meta {}
 }
 
@@ -613,13 +717,15 @@ mod tests {
         assert_eq!(size_of::<VipSlot>(), 36);
         assert_eq!(size_of::<VipFilter>(), 64);
         assert_eq!(size_of::<Meta>(), 16);
-        assert_eq!(size_of::<Backend>(), 16);
+        assert_eq!(size_of::<Backend>(), 36);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowEntry>(), 64);
         assert_eq!(size_of::<FlowWays>(), 8 * 64);
         assert_eq!(size_of::<FlowMeta>(), 64);
         assert_eq!(size_of::<TrafficCounters>(), 24);
-        assert_eq!(size_of::<DataplaneConfig>(), 40);
+        assert_eq!(size_of::<Encapsulation>(), 44);
+        assert_eq!(size_of::<EncapJob>(), 56);
+        assert_eq!(size_of::<DataplaneConfig>(), 88);
     }
 
     #[test]
@@ -648,6 +754,7 @@ mod tests {
             Reason::ConnInsertFailed,
             Reason::ConnEvicted,
             Reason::ConnExpired,
+            Reason::IcmpToBackend,
         ];
         for reason in Reason::ALL {
             assert_eq!(

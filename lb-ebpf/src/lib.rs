@@ -3,6 +3,8 @@
 //! the headers in a frame and talks to the maps.
 #![cfg_attr(not(test), no_std)]
 
+pub mod outer;
+
 use lb_common::maps::{PROTO_TCP, PROTO_UDP};
 
 /// 802.1Q and 802.1ad tag ethertypes, in network byte order as read raw.
@@ -46,6 +48,19 @@ pub fn ipv6_is_extension(next_header: u8) -> bool {
         next_header,
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
     )
+}
+
+/// Whether an ICMP (`family` 4) or ICMPv6 message of type `kind` is an
+/// error that quotes the packet it is about: destination unreachable
+/// (which carries "fragmentation needed") and time exceeded; for ICMPv6
+/// also packet too big.
+#[inline(always)]
+pub fn icmp_quotes_flow(family: u8, kind: u8) -> bool {
+    if family == lb_common::maps::FAMILY_IPV4 {
+        kind == 3 || kind == 11
+    } else {
+        kind == 1 || kind == 2 || kind == 3
+    }
 }
 
 /// Whether the protocol is one the balancer forwards.
@@ -121,6 +136,16 @@ mod tests {
         for next in [6u8, 17, 58] {
             assert!(!ipv6_is_extension(next), "{next}");
         }
+    }
+
+    #[test]
+    fn icmp_errors_quote_flows_and_echoes_do_not() {
+        use lb_common::maps::{FAMILY_IPV4, FAMILY_IPV6};
+        assert!(icmp_quotes_flow(FAMILY_IPV4, 3), "destination unreachable");
+        assert!(icmp_quotes_flow(FAMILY_IPV4, 11), "time exceeded");
+        assert!(!icmp_quotes_flow(FAMILY_IPV4, 8), "echo request");
+        assert!(icmp_quotes_flow(FAMILY_IPV6, 2), "packet too big");
+        assert!(!icmp_quotes_flow(FAMILY_IPV6, 128), "echo request");
     }
 
     #[test]

@@ -1,31 +1,37 @@
 //! Fulcrum's XDP program: finds the headers of each frame, looks up the VIP,
-//! picks a backend from the connection table or the VIP's Maglev lookup table,
-//! rewrites the MACs for L2 direct server return and sends the frame back out
-//! with `XDP_TX`. Every frame moves exactly one verdict counter.
+//! picks a backend from the connection table or the VIP's lookup table,
+//! and sends the frame back out with `XDP_TX`: with the MACs rewritten for
+//! L2 direct server return, or inside an outer header (`encap`). ICMP
+//! errors about a VIP's flows go to the backend that owns the flow. Every
+//! frame moves exactly one verdict counter.
 #![no_std]
 #![no_main]
+
+mod encap;
 
 use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, ArrayOfMaps, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::{
     flow_hash::{flow_check, flow_hash, flow_set, flow_tag, table_slot, vip_home_slot},
     maps::{
-        BACKEND_ACTIVE, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS, DataplaneConfig, FAMILY_IPV4,
-        FAMILY_IPV6, FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry, FlowKey,
-        FlowMeta, FlowWays, LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason,
-        TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VIP_SLOT_USED,
-        VipFilter, VipKey, VipSlot, WayWord,
+        BACKEND_ACTIVE, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS, DataplaneConfig, EncapJob,
+        FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FORWARD_L2_DSR,
+        FlowEntry, FlowKey, FlowMeta, FlowWays, LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS,
+        PROTO_TCP, Reason, TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS,
+        VIP_SLOT_USED, VipFilter, VipKey, VipSlot, WayWord,
     },
 };
 use lb_ebpf::{
-    IPV6_NEXT_FRAGMENT, ipv4_header_len, ipv4_is_fragment, ipv6_is_extension, is_balanced_protocol,
-    is_vlan, tcp_closes_flow, tcp_opens_flow,
+    IPV6_NEXT_FRAGMENT, icmp_quotes_flow, ipv4_header_len, ipv4_is_fragment, ipv6_is_extension,
+    is_balanced_protocol, is_vlan,
+    outer::{PROTO_ICMP, PROTO_ICMPV6},
+    tcp_closes_flow, tcp_opens_flow,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -87,6 +93,14 @@ static GLOBAL_STATS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray:
 #[btf_map]
 static CONFIG: Array<DataplaneConfig, 1> = Array::new();
 
+/// The encapsulation program (`fulcrum_encap`), which `fulcrum` puts here.
+#[btf_map]
+static ENCAP_PROGRAMS: ProgramArray<1> = ProgramArray::new();
+
+/// What `fulcrum_xdp` tells `fulcrum_encap` about the packet it hands over.
+#[btf_map]
+static ENCAP_JOBS: PerCpuArray<EncapJob, 1> = PerCpuArray::new();
+
 /// What to do with a frame and which counter says why.
 struct Verdict {
     action: u32,
@@ -108,11 +122,15 @@ const fn discard(reason: Reason) -> Verdict {
 }
 
 /// A parsed flow: its 5-tuple, whether it opens a new connection (a SYN),
-/// and whether it closes one (a TCP FIN or RST).
+/// whether it closes one (a TCP FIN or RST), whether the packet is an ICMP
+/// error about the flow (the 5-tuple is then its quote's, reversed), and
+/// where its IP header starts.
 struct Flow {
     key: FlowKey,
     opens: bool,
     closes: bool,
+    icmp: bool,
+    l3: usize,
 }
 
 #[xdp]
@@ -120,6 +138,31 @@ pub fn fulcrum_xdp(ctx: XdpContext) -> u32 {
     let verdict = process(&ctx);
     count(verdict.reason);
     verdict.action
+}
+
+/// Encapsulates the packet `fulcrum_xdp` tail-called it for, as its
+/// `ENCAP_JOBS` entry says, and counts the verdict (and, once the packet
+/// goes out, its traffic). A program of its own, so that it has a whole
+/// BPF stack and is verified apart from the main path.
+#[xdp]
+pub fn fulcrum_encap(ctx: XdpContext) -> u32 {
+    let (Some(job), Some(config)) = (ENCAP_JOBS.get(0), CONFIG.get(0)) else {
+        count(Reason::DropEncapFailed);
+        return xdp_action::XDP_DROP;
+    };
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let reason = encap::encapsulate(&ctx, job, config);
+    count(reason);
+    match reason {
+        Reason::Tx => {
+            let new_flow = job.new_flow != 0;
+            add_traffic(BACKEND_STATS.get_ptr_mut(job.backend_id), bytes, new_flow);
+            add_traffic(VIP_STATS.get_ptr_mut(job.vip_id), bytes, new_flow);
+            xdp_action::XDP_TX
+        }
+        Reason::TxTooBig => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_DROP,
+    }
 }
 
 /// For the test lab: attached to the veth peer facing the load balancer.
@@ -182,9 +225,65 @@ fn process(ctx: &XdpContext) -> Verdict {
         return pass(Reason::PassNotIp);
     };
     match flow {
-        Ok(flow) => forward(ctx, eth, &flow),
+        Ok(flow) => forward(ctx, &flow),
         Err(verdict) => verdict,
     }
+}
+
+/// The 5-tuple of the packet an ICMP error at `l4` quotes, reversed (so
+/// it is the flow's as the VIP received it), if it quotes a TCP or UDP
+/// packet with its ports: an IPv4 header without options, or an IPv6
+/// header without extensions.
+#[inline(always)]
+fn parse_icmp(ctx: &XdpContext, l3: usize, l4: usize, family: u8) -> Result<Flow, Verdict> {
+    let Some(icmp) = header::<[u8; 8]>(ctx, l4) else {
+        return Err(discard(Reason::DropTruncated));
+    };
+    // SAFETY: bounds checked by `header`.
+    let kind = unsafe { (*icmp)[0] };
+    if !icmp_quotes_flow(family, kind) {
+        return Err(pass(Reason::PassOtherProtocol));
+    }
+    let quoted = l4 + 8;
+    let mut key = FlowKey {
+        family,
+        ..FlowKey::default()
+    };
+    let ports = if family == FAMILY_IPV4 {
+        let ip = header::<Ipv4Hdr>(ctx, quoted).ok_or(pass(Reason::PassOtherProtocol))?;
+        // SAFETY: bounds checked by `header`.
+        let ip = unsafe { &*ip };
+        if ip.vihl != 0x45 {
+            return Err(pass(Reason::PassOtherProtocol));
+        }
+        key.proto = ip.proto;
+        key.src_addr[..4].copy_from_slice(&ip.dst_addr);
+        key.dst_addr[..4].copy_from_slice(&ip.src_addr);
+        quoted + Ipv4Hdr::LEN
+    } else {
+        let ip = header::<Ipv6Hdr>(ctx, quoted).ok_or(pass(Reason::PassOtherProtocol))?;
+        // SAFETY: bounds checked by `header`.
+        let ip = unsafe { &*ip };
+        key.proto = ip.next_hdr;
+        key.src_addr = ip.dst_addr;
+        key.dst_addr = ip.src_addr;
+        quoted + Ipv6Hdr::LEN
+    };
+    if !is_balanced_protocol(key.proto) {
+        return Err(pass(Reason::PassOtherProtocol));
+    }
+    let ports = header::<[u8; 4]>(ctx, ports).ok_or(pass(Reason::PassOtherProtocol))?;
+    // SAFETY: bounds checked by `header`.
+    let [s0, s1, d0, d1] = unsafe { *ports };
+    key.src_port = u16::from_be_bytes([d0, d1]);
+    key.dst_port = u16::from_be_bytes([s0, s1]);
+    Ok(Flow {
+        key,
+        opens: false,
+        closes: false,
+        icmp: true,
+        l3,
+    })
 }
 
 #[inline(always)]
@@ -195,6 +294,9 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
     let header_len = ipv4_header_len(ip.vihl).ok_or(discard(Reason::DropMalformed))?;
     if ipv4_is_fragment(ip.frags) {
         return Err(pass(Reason::PassFragment));
+    }
+    if ip.proto == PROTO_ICMP {
+        return parse_icmp(ctx, l3, l3 + header_len, FAMILY_IPV4);
     }
     if !is_balanced_protocol(ip.proto) {
         return Err(pass(Reason::PassOtherProtocol));
@@ -210,7 +312,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
     };
     key.src_addr[..4].copy_from_slice(&s);
     key.dst_addr[..4].copy_from_slice(&d);
-    parse_l4(ctx, l3 + header_len, key)
+    parse_l4(ctx, l3, l3 + header_len, key)
 }
 
 #[inline(always)]
@@ -228,6 +330,9 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
     if ipv6_is_extension(next) {
         return Err(pass(Reason::PassUnsupported));
     }
+    if next == PROTO_ICMPV6 {
+        return parse_icmp(ctx, l3, l3 + Ipv6Hdr::LEN, FAMILY_IPV6);
+    }
     if !is_balanced_protocol(next) {
         return Err(pass(Reason::PassOtherProtocol));
     }
@@ -238,11 +343,11 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
         family: FAMILY_IPV6,
         ..FlowKey::default()
     };
-    parse_l4(ctx, l3 + Ipv6Hdr::LEN, key)
+    parse_l4(ctx, l3, l3 + Ipv6Hdr::LEN, key)
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey) -> Result<Flow, Verdict> {
+fn parse_l4(ctx: &XdpContext, l3: usize, l4: usize, mut key: FlowKey) -> Result<Flow, Verdict> {
     let (opens, closes) = if key.proto == PROTO_TCP {
         let tcp = header::<TcpHdr>(ctx, l4).ok_or(discard(Reason::DropTruncated))?;
         // SAFETY: bounds checked by `header`.
@@ -261,7 +366,13 @@ fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey) -> Result<Flow, Verdi
         key.dst_port = u16::from_be_bytes(udp.dst);
         (false, false)
     };
-    Ok(Flow { key, opens, closes })
+    Ok(Flow {
+        key,
+        opens,
+        closes,
+        icmp: false,
+        l3,
+    })
 }
 
 /// The VIP id, table id and table size of `key` in the index, probing from
@@ -472,7 +583,7 @@ fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, new_flow: boo
 }
 
 #[inline(always)]
-fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
+fn forward(ctx: &XdpContext, flow: &Flow) -> Verdict {
     // An established flow is found by its 5-tuple alone: the entry names its
     // VIP, and a backend slot is honoured only while it serves that VIP, so
     // the VIP probe is needed only for SYNs and connection-table misses. A
@@ -495,10 +606,10 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
         let tracked = tracked_flow(&place, flow, config);
         (Some((place, config)), tracked)
     };
-    let (vip_id, backend_id, backend, new_flow, config) = match (tracked, looked_up) {
-        (Some((vip_id, backend_id, backend)), Some((_, config))) => {
+    let (vip_id, backend_id, backend, new_flow, hash, config) = match (tracked, looked_up) {
+        (Some((vip_id, backend_id, backend)), Some((place, config))) => {
             count(Reason::ConnHit);
-            (vip_id, backend_id, backend, false, config)
+            (vip_id, backend_id, backend, false, place.hash, config)
         }
         (_, looked_up) => {
             let Some((vip_id, table_id, table_size)) = lookup_vip(&flow.key) else {
@@ -519,21 +630,51 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, flow: &Flow) -> Verdict {
             else {
                 return discard(Reason::DropNoBackend);
             };
-            let entry = FlowEntry {
-                backend_id,
-                vip_id,
-                generation: backend.generation,
-                ..FlowEntry::default()
-            };
-            track(&place, flow, entry, config);
-            (vip_id, backend_id, backend, true, config)
+            // An ICMP error follows its flow but never starts one.
+            if !flow.icmp {
+                let entry = FlowEntry {
+                    backend_id,
+                    vip_id,
+                    generation: backend.generation,
+                    ..FlowEntry::default()
+                };
+                track(&place, flow, entry, config);
+            }
+            (vip_id, backend_id, backend, !flow.icmp, place.hash, config)
         }
+    };
+    if flow.icmp {
+        count(Reason::IcmpToBackend);
+    }
+    if backend.forward != FORWARD_L2_DSR {
+        // The encapsulation program takes it from here, and counts it.
+        if let Some(job) = ENCAP_JOBS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, only this CPU uses it while we run.
+            unsafe {
+                *job = EncapJob {
+                    backend,
+                    backend_id,
+                    vip_id,
+                    l3: flow.l3 as u16,
+                    family: flow.key.family,
+                    new_flow: u8::from(new_flow),
+                    hash,
+                };
+                ENCAP_PROGRAMS.tail_call(ctx, 0);
+            }
+        }
+        return discard(Reason::DropEncapFailed);
+    }
+    // Taken again here rather than kept from `process`: with no packet
+    // pointer alive across the lookups, the verifier sees one state for
+    // every parse path that reaches them, not one per path.
+    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+        return discard(Reason::DropTruncated);
     };
     // A copy first: assigning straight from the map value makes LLVM call
     // a byte-wise memmove (the two may overlap, as far as it knows).
     let if_mac = config.if_mac;
-    // SAFETY: `eth` was bounds-checked in `process` and the frame has not
-    // been resized since.
+    // SAFETY: bounds checked by `header`.
     unsafe {
         (*eth).dst_addr = backend.mac;
         (*eth).src_addr = if_mac;

@@ -237,6 +237,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let adopted = Dataplane::adopt(&pins)?;
     let mut controller = match adopted {
         Some(mut dataplane) => {
+            dataplane.set_link_mtu(net::interface_mtu(&interface)?);
             let bank = dataplane.live_bank()?;
             let record = records.read(bank).context(
                 "the pinned data plane has no installed record; `fulcrum detach` removes it",
@@ -445,6 +446,7 @@ fn start_fresh(
         connection_table_size: config.connection_table_size,
         max_backends: config.max_backends,
     })?;
+    dataplane.set_link_mtu(net::interface_mtu(interface)?);
     dataplane.set_config(DataplaneConfig {
         if_mac: net::interface_mac(interface)?.0,
         epoch: crate::dataplane::clock::epoch_now(),

@@ -16,8 +16,10 @@ use crate::problem::Problem;
 pub struct Config {
     /// The interface to attach to (overridable on the command line).
     pub interface: Option<String>,
-    /// How frames reach backends.
+    /// How frames reach backends, unless a VIP says otherwise.
     pub forwarding: Forwarding,
+    /// Outer headers of encapsulated frames.
+    pub encapsulation: Encapsulation,
     /// Lookup-table size M, one of the allowed primes.
     pub table_size: u32,
     /// Capacity of the connection table (flows tracked at once, shared by
@@ -110,11 +112,165 @@ pub struct UnreadableVip {
     pub backends: Vec<BackendConfig>,
 }
 
-/// Forwarding modes.
+/// Forwarding modes. None changes the packet's own addresses or ports, so
+/// every mode's backends listen on the VIP's address and port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forwarding {
     /// L2 direct server return: MAC rewrite, backends on the same segment.
     L2Dsr,
+    /// IP in IP (4in4, 6in6, 6in4, 4in6) to the backend's address, through
+    /// the next hop: backends on any routable network, which decapsulate.
+    Ipip,
+    /// GUE (UDP encapsulation): like `Ipip`, with the flow's hash in the
+    /// UDP source port, for networks and NICs that spread UDP only.
+    Gue,
+}
+
+impl Forwarding {
+    /// Every mode, in config order.
+    pub const ALL: [Forwarding; 3] = [Forwarding::L2Dsr, Forwarding::Ipip, Forwarding::Gue];
+
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::L2Dsr => "l2-dsr",
+            Forwarding::Ipip => "ipip",
+            Forwarding::Gue => "gue",
+        }
+    }
+
+    /// The mode of that name.
+    pub fn named(name: &str) -> Option<Forwarding> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Whether frames are encapsulated (backends may sit behind routers).
+    pub fn encapsulates(self) -> bool {
+        self != Forwarding::L2Dsr
+    }
+
+    /// The data plane's `FORWARD_*` value.
+    pub fn kernel(self) -> u8 {
+        match self {
+            Forwarding::L2Dsr => lb_common::maps::FORWARD_L2_DSR,
+            Forwarding::Ipip => lb_common::maps::FORWARD_IPIP,
+            Forwarding::Gue => lb_common::maps::FORWARD_GUE,
+        }
+    }
+}
+
+/// An address prefix (`198.18.64.0/24`, `2001:2:0:64::/64`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    /// Its first address.
+    pub address: IpAddr,
+    /// Its length in bits.
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Its first address's bytes (4 or 16).
+    pub fn bytes(&self) -> Vec<u8> {
+        match self.address {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        }
+    }
+
+    /// The mask of its host bits, as bytes of its family's width (4 or 16).
+    pub fn host_mask(&self) -> Vec<u8> {
+        (0..self.bytes().len() as u32)
+            .map(|i| {
+                let network_bits = u32::from(self.len).saturating_sub(i * 8).min(8);
+                0xffu8.checked_shr(network_bits).unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (address, len) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a prefix like \"198.18.64.0/24\""))?;
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| format!("{address:?} is not an IPv4 or IPv6 address"))?;
+        let width = if address.is_ipv4() { 32 } else { 128 };
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|&l| l <= width)
+            .ok_or_else(|| format!("the length after / must be 0 to {width}"))?;
+        let prefix = Prefix { address, len };
+        if prefix
+            .bytes()
+            .iter()
+            .zip(prefix.host_mask())
+            .any(|(byte, host)| byte & host != 0)
+        {
+            return Err(format!(
+                "{text:?} has host bits set: the source's host bits come from each flow's hash"
+            ));
+        }
+        Ok(prefix)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.len)
+    }
+}
+
+/// The `[encapsulation]` table: where encapsulated frames come from, how
+/// large they may be, and GUE's port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encapsulation {
+    /// The outer IPv4 source prefix: each flow's source is one of its
+    /// addresses, by the flow's hash. Needed for IPv4 backends.
+    pub source4: Option<Prefix>,
+    /// The outer IPv6 source prefix. Needed for IPv6 backends.
+    pub source6: Option<Prefix>,
+    /// The largest packet the path to the backends carries; `None`: the
+    /// attached interface's MTU.
+    pub mtu: Option<u16>,
+    /// GUE's UDP destination port.
+    pub gue_port: u16,
+}
+
+impl Default for Encapsulation {
+    fn default() -> Self {
+        Self {
+            source4: None,
+            source6: None,
+            mtu: None,
+            gue_port: 6080,
+        }
+    }
+}
+
+impl Encapsulation {
+    /// The data plane's form, with `link_mtu` where no MTU is set.
+    pub fn kernel(&self, link_mtu: u16) -> lb_common::maps::Encapsulation {
+        let mut kernel = lb_common::maps::Encapsulation {
+            mtu: self.mtu.unwrap_or(link_mtu),
+            gue_port: self.gue_port,
+            ..Default::default()
+        };
+        // A prefix of the other family (validation refuses it) is left out.
+        let fill = |prefix: Option<Prefix>, source: &mut [u8], host: &mut [u8]| {
+            if let Some(prefix) = prefix.filter(|p| p.bytes().len() == source.len()) {
+                source.copy_from_slice(&prefix.bytes());
+                host.copy_from_slice(&prefix.host_mask());
+            }
+        };
+        fill(self.source4, &mut kernel.source4, &mut kernel.source4_host);
+        fill(self.source6, &mut kernel.source6, &mut kernel.source6_host);
+        kernel
+    }
 }
 
 /// Guard thresholds.
@@ -414,6 +570,9 @@ pub struct VipConfig {
     pub health_check: HealthOverrides,
     /// Its lookup-table algorithm: its own `table`, else the config's.
     pub table: crate::table::algorithm::Algorithm,
+    /// How its frames reach its backends: its own `forwarding`, else the
+    /// config's.
+    pub forwarding: Forwarding,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
 }

@@ -8,8 +8,9 @@ use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
 use toml::{Table, Value};
 
 use super::{
-    Api, BackendConfig, CheckKind, Config, Forwarding, GuardOverrides, Guards, HealthCheck,
-    HealthOverrides, IdleTimeouts, Imbalance, MacAddr, Protocol, Secret, UnreadableVip, VipConfig,
+    Api, BackendConfig, CheckKind, Config, Encapsulation, Forwarding, GuardOverrides, Guards,
+    HealthCheck, HealthOverrides, IdleTimeouts, Imbalance, MacAddr, Prefix, Protocol, Secret,
+    UnreadableVip, VipConfig,
 };
 use crate::{
     problem::Problem,
@@ -214,21 +215,39 @@ fn protocol(value: &Value) -> Result<Protocol, String> {
     value.as_str().unwrap_or_default().parse()
 }
 
+/// One of `all`, by its name in the config.
+fn one_of<T: Copy>(value: &Value, all: &[T], name: fn(T) -> &'static str) -> Result<T, String> {
+    let text = value.as_str();
+    all.iter()
+        .copied()
+        .find(|&t| Some(name(t)) == text)
+        .ok_or_else(|| {
+            let names: Vec<String> = all.iter().map(|&t| format!("{:?}", name(t))).collect();
+            format!("expected one of {}", names.join(", "))
+        })
+}
+
 fn algorithm(value: &Value) -> Result<Algorithm, String> {
-    value.as_str().and_then(Algorithm::named).ok_or_else(|| {
-        let names: Vec<String> = Algorithm::ALL
-            .iter()
-            .map(|a| format!("{:?}", a.name()))
-            .collect();
-        format!("expected one of {}", names.join(", "))
-    })
+    one_of(value, &Algorithm::ALL, Algorithm::name)
 }
 
 fn forwarding(value: &Value) -> Result<Forwarding, String> {
-    match value.as_str() {
-        Some("l2-dsr") => Ok(Forwarding::L2Dsr),
-        _ => Err("expected \"l2-dsr\" (the only forwarding mode so far)".into()),
-    }
+    one_of(value, &Forwarding::ALL, Forwarding::name)
+}
+
+fn prefix(value: &Value) -> Result<Prefix, String> {
+    value
+        .as_str()
+        .ok_or_else(|| "expected a prefix string like \"198.18.64.0/24\"".to_string())?
+        .parse()
+}
+
+fn mtu(value: &Value) -> Result<u16, String> {
+    integer_in::<u16>(value, "an MTU from 576 to 65535").and_then(|m| {
+        (m >= 576)
+            .then_some(m)
+            .ok_or("expected an MTU from 576 to 65535".into())
+    })
 }
 
 fn check_kind(value: &Value) -> Result<CheckKind, String> {
@@ -325,6 +344,14 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .optional(&mut problems, "imbalance", table)
         .map(|t| read_imbalance(t, &mut problems))
         .unwrap_or_default();
+    let encapsulation = top
+        .optional(&mut problems, "encapsulation", table)
+        .map(|t| read_encapsulation(t, &mut problems))
+        .unwrap_or_default();
+    let defaults = VipDefaults {
+        table: default_table,
+        forwarding,
+    };
     let mut vips = Vec::new();
     let mut unreadable_vips = Vec::new();
     for (i, t) in top
@@ -333,7 +360,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .into_iter()
         .enumerate()
     {
-        match read_vip(t, i, default_table, &mut problems) {
+        match read_vip(t, i, defaults, &mut problems) {
             Ok(vip) => vips.push(vip),
             Err(unreadable) => unreadable_vips.push(unreadable),
         }
@@ -351,10 +378,26 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         health_check,
         api,
         imbalance,
+        encapsulation,
         vips,
         unreadable_vips,
     };
     (Some(config), problems)
+}
+
+fn read_encapsulation(t: &Table, problems: &mut Vec<Problem>) -> Encapsulation {
+    let mut s = Section::new(t, "encapsulation");
+    let defaults = Encapsulation::default();
+    let encapsulation = Encapsulation {
+        source4: s.optional(problems, "source4", prefix),
+        source6: s.optional(problems, "source6", prefix),
+        mtu: s.optional(problems, "mtu", mtu),
+        gue_port: s
+            .optional(problems, "gue_port", port)
+            .unwrap_or(defaults.gue_port),
+    };
+    s.finish(problems);
+    encapsulation
 }
 
 fn read_guards(t: &Table, location: &str, problems: &mut Vec<Problem>) -> GuardOverrides {
@@ -488,10 +531,17 @@ fn vip_location(t: &Table, index: usize) -> String {
     }
 }
 
+/// What a VIP takes from the top level unless it says otherwise.
+#[derive(Clone, Copy)]
+struct VipDefaults {
+    table: Algorithm,
+    forwarding: Forwarding,
+}
+
 fn read_vip(
     t: &Table,
     index: usize,
-    default_table: Algorithm,
+    defaults: VipDefaults,
     problems: &mut Vec<Problem>,
 ) -> Result<VipConfig, UnreadableVip> {
     let location = vip_location(t, index);
@@ -513,7 +563,10 @@ fn read_vip(
         .unwrap_or_default();
     let table = s
         .optional(problems, "table", algorithm)
-        .unwrap_or(default_table);
+        .unwrap_or(defaults.table);
+    let forwarding = s
+        .optional(problems, "forwarding", forwarding)
+        .unwrap_or(defaults.forwarding);
     let backends = s
         .optional(problems, "backend", tables)
         .unwrap_or_default()
@@ -531,6 +584,7 @@ fn read_vip(
             guards,
             health_check,
             table,
+            forwarding,
             backends,
         }),
         _ => Err(UnreadableVip { location, backends }),

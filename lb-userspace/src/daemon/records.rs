@@ -133,8 +133,11 @@ impl Record {
                         })
                         .collect(),
                     table: VipTable::default(),
+                    // Only ids are taken from the skeleton.
+                    forwarding: config.forwarding,
                 })
                 .collect(),
+            encap: config.encapsulation.clone(),
         };
         // A MAC belongs to an address on the segment, whatever the VIP; the
         // first recorded one wins.

@@ -19,7 +19,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramError, Xdp, XdpMode, links::PinnedLink, xdp::XdpLinkId},
 };
 use counters::{BatchAttr, CounterReader, Counters, batch_call};
@@ -77,6 +77,16 @@ pub enum DataplaneError {
         was: String,
         /// What it would name.
         now: String,
+    },
+    /// A VIP encapsulates, and neither the config nor the interface gives
+    /// the MTU encapsulated packets must fit.
+    #[error(
+        "VIP {vip} encapsulates, but no MTU is known: set encapsulation.mtu (the largest \
+         packet the path to the backends carries)"
+    )]
+    NoMtu {
+        /// The first such VIP's label.
+        vip: String,
     },
     /// The kernel holds a different table than the one just installed.
     #[error(
@@ -260,6 +270,9 @@ pub struct Dataplane {
     bank: u32,
     /// Applies made live so far (kept in `META`, so it survives restarts).
     generation: u64,
+    /// The MTU of the interface it serves: encapsulated packets' limit
+    /// unless the config sets one.
+    link_mtu: u16,
 }
 
 /// An apply written into the bank not in use and verified there, but not
@@ -314,6 +327,7 @@ impl Dataplane {
             what: "verifying the XDP program".into(),
             source,
         })?;
+        Self::load_encapsulation(&mut ebpf)?;
         let mut maps = HashMap::new();
         for name in names::OBJECT_MAPS {
             let map = ebpf.take_map(name).ok_or(DataplaneError::Missing(name))?;
@@ -335,19 +349,58 @@ impl Dataplane {
             installed: None,
             bank: 0,
             generation: 0,
+            link_mtu: 0,
         };
         dataplane.write_meta()?;
         Ok(dataplane)
     }
 
     fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-        ebpf.program_mut(names::PROGRAM)
-            .ok_or(DataplaneError::Missing(names::PROGRAM))?
+        Self::xdp_named(ebpf, names::PROGRAM)
+    }
+
+    fn xdp_named<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Xdp> {
+        ebpf.program_mut(name)
+            .ok_or(DataplaneError::Missing(name))?
             .try_into()
             .map_err(|source| DataplaneError::Program {
-                what: "the program is not XDP".into(),
+                what: format!("{name} is not XDP"),
                 source,
             })
+    }
+
+    /// Loads the encapsulation program and puts it where the XDP program
+    /// tail-calls it (the entry outlives this process while the map is
+    /// pinned).
+    fn load_encapsulation(ebpf: &mut Ebpf) -> Result<()> {
+        let program = Self::xdp_named(ebpf, names::ENCAP_PROGRAM)?;
+        let program_error = |what: &str| {
+            let what = what.to_string();
+            move |source| DataplaneError::Program { what, source }
+        };
+        program
+            .load()
+            .map_err(program_error("verifying the encapsulation program"))?;
+        let fd = program
+            .fd()
+            .map_err(program_error("the encapsulation program"))?
+            .try_clone()
+            .map_err(|io_error| {
+                program_error("a copy of the encapsulation program's descriptor")(
+                    aya::sys::SyscallError {
+                        call: "dup",
+                        io_error,
+                    }
+                    .into(),
+                )
+            })?;
+        let map = ebpf
+            .map_mut(names::ENCAP_PROGRAMS)
+            .ok_or(DataplaneError::Missing(names::ENCAP_PROGRAMS))?;
+        let mut programs = ProgramArray::try_from(map).map_err(map_err(names::ENCAP_PROGRAMS))?;
+        programs
+            .set(0, &fd, 0)
+            .map_err(map_err(names::ENCAP_PROGRAMS))
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
@@ -454,6 +507,12 @@ impl Dataplane {
         let mut array: Array<_, DataplaneConfig> =
             Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
         array.set(0, config, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// Sets the MTU of the interface served, which encapsulated packets
+    /// must fit unless the config sets `encapsulation.mtu`.
+    pub fn set_link_mtu(&mut self, mtu: u16) {
+        self.link_mtu = mtu;
     }
 
     /// The interface-wide settings as the kernel holds them.
@@ -637,6 +696,13 @@ impl Dataplane {
         if let Some(previous) = &self.installed {
             check_stable_ids(previous, state)?;
         }
+        if state.encap.kernel(self.link_mtu).mtu == 0
+            && let Some(vip) = state.vips.iter().find(|v| v.forwarding.encapsulates())
+        {
+            return Err(DataplaneError::NoMtu {
+                vip: vip.label.clone(),
+            });
+        }
         let bank = (self.bank + 1) % TABLE_BANKS;
         let (kept_vips, kept_backends): (
             std::collections::HashSet<u32>,
@@ -658,18 +724,14 @@ impl Dataplane {
                 // A backend found dead stays active until the tables that
                 // leave it out are live (`commit` clears it then).
                 let active = !backend.down || (kept && slot.flags & BACKEND_ACTIVE != 0);
-                let wanted = Backend {
-                    mac: backend.mac.0,
-                    flags: if active { BACKEND_ACTIVE } else { 0 },
-                    vip_id: vip.vip_id,
-                    // A slot given to a new backend gets a new generation, so
-                    // connection entries of its previous owner are not honoured.
-                    generation: if kept {
-                        slot.generation
-                    } else {
-                        slot.generation.wrapping_add(1)
-                    },
+                // A slot given to a new backend gets a new generation, so
+                // connection entries of its previous owner are not honoured.
+                let generation = if kept {
+                    slot.generation
+                } else {
+                    slot.generation.wrapping_add(1)
                 };
+                let wanted = backend.slot(vip, active, generation);
                 if !kept {
                     self.zero_counters(names::BACKEND_STATS, backend.backend_id)?;
                 }
@@ -748,16 +810,20 @@ impl Dataplane {
     /// state used, so their flows are hashed into the new tables.
     pub fn commit(&mut self, staged: Staged) -> Result<()> {
         let Staged { state, bank } = staged;
+        // The settings first: a VIP made live below may be the first to
+        // encapsulate.
+        let config = self.config()?;
+        let wanted = DataplaneConfig {
+            tcp_idle_s: state.idle.tcp_s,
+            udp_idle_s: state.idle.udp_s,
+            encap: state.encap.kernel(self.link_mtu),
+            ..config
+        };
+        if wanted != config {
+            self.set_config(wanted)?;
+        }
         let entries: Vec<VipSlot> = state.vips.iter().map(|v| v.slot(bank)).collect();
         self.install_vip_index(&entries)?;
-        let config = self.config()?;
-        if (config.tcp_idle_s, config.udp_idle_s) != (state.idle.tcp_s, state.idle.udp_s) {
-            self.set_config(DataplaneConfig {
-                tcp_idle_s: state.idle.tcp_s,
-                udp_idle_s: state.idle.udp_s,
-                ..config
-            })?;
-        }
         self.bank = bank;
         self.generation += 1;
         self.write_meta()?;

@@ -19,7 +19,7 @@ use aya::{
     maps::{Array, Map, MapData},
     programs::links::{FdLink, PinnedLink},
 };
-use lb_common::maps::{LAYOUT_VERSION, Meta, VipSlot, names};
+use lb_common::maps::{BACKEND_ACTIVE, LAYOUT_VERSION, Meta, VipSlot, names};
 
 use super::{AttachMode, Dataplane, DataplaneError, Link, Result, map_err};
 use crate::dataplane::state::DesiredState;
@@ -309,6 +309,7 @@ impl Dataplane {
             installed: None,
             bank: meta.bank,
             generation: meta.generation,
+            link_mtu: 0,
         }))
     }
 
@@ -372,6 +373,10 @@ impl Dataplane {
             what: "verifying the new XDP program against the pinned maps".into(),
             source,
         })?;
+        // The new encapsulation program first: the old XDP program hands
+        // it jobs of the same layout (the layout version says so).
+        Self::load_encapsulation(&mut ebpf)?;
+        let program = Self::xdp_program(&mut ebpf)?;
         install(program)?;
         let id = program
             .info()
@@ -411,7 +416,8 @@ impl Dataplane {
         for vip in &state.vips {
             for backend in &vip.backends {
                 let slot = self.read_backend(backend.backend_id)?;
-                if slot.mac != backend.mac.0 || slot.vip_id != vip.vip_id {
+                let wanted = backend.slot(vip, slot.flags & BACKEND_ACTIVE != 0, slot.generation);
+                if slot != wanted {
                     return Err(DataplaneError::Verify {
                         vip: format!("{} backend {}", vip.label, backend.label),
                         differing: 1,

@@ -7,11 +7,14 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Context as _;
 use lb_common::{
     flow_hash::{FlowSeed, flow_hash, table_slot},
-    maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, PROTO_TCP, PROTO_UDP, VipKey, VipSlot},
+    maps::{
+        BACKEND_ACTIVE, Backend, FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, PROTO_TCP, PROTO_UDP,
+        VipKey, VipSlot,
+    },
 };
 
 use crate::{
-    config::{BackendConfig, Config, IdleTimeouts, MacAddr},
+    config::{BackendConfig, Config, Encapsulation, Forwarding, IdleTimeouts, MacAddr},
     policy::validate::{VipTable, build_table},
     table::TableSize,
 };
@@ -23,6 +26,9 @@ pub struct DesiredState {
     pub table_size: TableSize,
     /// When idle flows expire (written into the config map on commit).
     pub idle: IdleTimeouts,
+    /// Outer headers of encapsulated frames (written into the config map
+    /// on commit).
+    pub encap: Encapsulation,
     /// The VIPs, in config order.
     pub vips: Vec<VipState>,
 }
@@ -40,6 +46,8 @@ pub struct VipState {
     pub backends: Vec<BackendState>,
     /// Its lookup table: the one validation built and the plan judged.
     pub table: VipTable,
+    /// How its frames reach its backends.
+    pub forwarding: Forwarding,
 }
 
 /// One backend as installed.
@@ -53,11 +61,30 @@ pub struct BackendState {
     pub addr: SocketAddr,
     /// Configured weight.
     pub weight: u32,
-    /// Destination MAC for L2 DSR.
+    /// Destination MAC: the backend's (L2 DSR) or the next hop's towards
+    /// it (encapsulation).
     pub mac: MacAddr,
     /// Found dead by the health checker: out of the table, and its slot
     /// inactive, so its flows are hashed again into the table.
     pub down: bool,
+}
+
+impl BackendState {
+    /// Its slot in the backend array, serving `vip`, with `flags` and
+    /// `generation`.
+    pub fn slot(&self, vip: &VipState, active: bool, generation: u32) -> Backend {
+        let (addr, family) = ip_bytes(self.addr.ip());
+        Backend {
+            mac: self.mac.0,
+            flags: if active { BACKEND_ACTIVE } else { 0 },
+            vip_id: vip.vip_id,
+            generation,
+            forward: vip.forwarding.kernel(),
+            family,
+            pad: [0; 2],
+            addr,
+        }
+    }
 }
 
 /// The address a key's bytes and family tag hold.
@@ -219,11 +246,13 @@ impl DesiredState {
                 vip_id,
                 backends,
                 table,
+                forwarding: vip.forwarding,
             });
         }
         Ok(Self {
             table_size,
             idle: config.idle,
+            encap: config.encapsulation.clone(),
             vips,
         })
     }

@@ -24,38 +24,53 @@ pub fn ifindex(interface: &str) -> anyhow::Result<u32> {
     }
 }
 
-/// The MAC address of `interface`, asked of the kernel with
-/// `SIOCGIFHWADDR` in this process's network namespace (`/sys/class/net`
-/// shows the namespace sysfs was mounted in, which may be another).
-pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
+/// Asks the kernel about `interface` with one `SIOCGIF*` ioctl in this
+/// process's network namespace (`/sys/class/net` shows the namespace sysfs
+/// was mounted in, which may be another).
+fn ask_interface(interface: &str, request: libc::Ioctl, what: &str) -> anyhow::Result<libc::ifreq> {
     let name = interface.as_bytes();
     anyhow::ensure!(
         !name.is_empty() && name.len() < libc::IFNAMSIZ,
         "not an interface name: {interface:?}"
     );
     // SAFETY: an all-zero ifreq is valid.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, &src) in request.ifr_name.iter_mut().zip(name) {
+    let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in ifreq.ifr_name.iter_mut().zip(name) {
         *dst = src as libc::c_char;
     }
     // SAFETY: plain socket creation.
     let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if socket < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening a socket for SIOCGIFHWADDR");
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("opening a socket to ask for the {what} of {interface}"));
     }
-    // SAFETY: `socket` is ours; `request` is a valid ifreq with a NUL-terminated name.
-    let result = unsafe { libc::ioctl(socket, libc::SIOCGIFHWADDR, &mut request) };
+    // SAFETY: `socket` is ours; `ifreq` is a valid ifreq with a NUL-terminated name.
+    let result = unsafe { libc::ioctl(socket, request, &mut ifreq) };
     let error = std::io::Error::last_os_error();
     // SAFETY: closing the socket opened above.
     unsafe { libc::close(socket) };
     if result < 0 {
-        return Err(error).with_context(|| format!("MAC of {interface}"));
+        return Err(error).with_context(|| format!("{what} of {interface}"));
     }
+    Ok(ifreq)
+}
+
+/// The MAC address of `interface`.
+pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
+    let ifreq = ask_interface(interface, libc::SIOCGIFHWADDR, "MAC")?;
     // SAFETY: SIOCGIFHWADDR filled the hardware-address member.
-    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
+    let data = unsafe { ifreq.ifr_ifru.ifru_hwaddr.sa_data };
     let mut mac = [0u8; 6];
     for (dst, &src) in mac.iter_mut().zip(&data) {
         *dst = src as u8;
     }
     Ok(MacAddr(mac))
+}
+
+/// The MTU of `interface`: the largest IP packet it sends.
+pub fn interface_mtu(interface: &str) -> anyhow::Result<u16> {
+    let ifreq = ask_interface(interface, libc::SIOCGIFMTU, "MTU")?;
+    // SAFETY: SIOCGIFMTU filled the MTU member.
+    let mtu = unsafe { ifreq.ifr_ifru.ifru_mtu };
+    Ok(u16::try_from(mtu).unwrap_or(u16::MAX))
 }
