@@ -244,6 +244,78 @@ pub struct EncapJob {
     pub hash: u64,
 }
 
+/// Addresses a decapsulating host takes tunnelled packets for.
+pub const DECAP_ADDRESSES: usize = 8;
+
+/// The decapsulation program's settings (`fulcrum decap attach`): which
+/// outer destinations are this host's, and GUE's port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapConfig {
+    /// This host's IPv4 addresses; the first `count4` count.
+    pub v4: [[u8; 4]; DECAP_ADDRESSES],
+    /// This host's IPv6 addresses; the first `count6` count.
+    pub v6: [[u8; 16]; DECAP_ADDRESSES],
+    /// How many of `v4` are set.
+    pub count4: u8,
+    /// How many of `v6` are set.
+    pub count6: u8,
+    /// GUE's UDP port (host order); 0 takes no GUE.
+    pub gue_port: u16,
+}
+
+/// Why the decapsulation program did what it did with a frame: an index
+/// of its per-CPU counters. Every frame moves exactly one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapReason {
+    /// An IP-in-IP or GUE packet for this host: its inner packet passed on.
+    Decapsulated = 0,
+    /// Not IP in IP or GUE: passed untouched.
+    PassNotTunnel = 1,
+    /// A tunnelled packet for another address: passed untouched.
+    PassNotOurs = 2,
+    /// A fragment of a tunnelled packet (the stack reassembles it, and
+    /// nothing decapsulates it then): passed.
+    PassFragment = 3,
+    /// GUE with a control message or extension words, or an inner packet
+    /// of neither family: passed.
+    PassUnsupported = 4,
+    /// A header cut short: dropped.
+    DropTruncated = 5,
+    /// The kernel refused to move the frame's start: dropped.
+    DropFailed = 6,
+}
+
+impl DecapReason {
+    /// Every reason, in index order.
+    pub const ALL: [DecapReason; 7] = [
+        DecapReason::Decapsulated,
+        DecapReason::PassNotTunnel,
+        DecapReason::PassNotOurs,
+        DecapReason::PassFragment,
+        DecapReason::PassUnsupported,
+        DecapReason::DropTruncated,
+        DecapReason::DropFailed,
+    ];
+
+    /// Length of the counter array.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Its name in output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecapReason::Decapsulated => "decapsulated",
+            DecapReason::PassNotTunnel => "pass_not_tunnel",
+            DecapReason::PassNotOurs => "pass_not_ours",
+            DecapReason::PassFragment => "pass_fragment",
+            DecapReason::PassUnsupported => "pass_unsupported",
+            DecapReason::DropTruncated => "drop_truncated",
+            DecapReason::DropFailed => "drop_failed",
+        }
+    }
+}
+
 /// Key of the connection table and input of the flow hash: the 5-tuple.
 ///
 /// Addresses are in network byte order (IPv4 in the first four bytes), ports
@@ -640,6 +712,12 @@ pub mod names {
     pub const PROGRAM: &str = "fulcrum_xdp";
     /// Name of the encapsulation program it tail-calls.
     pub const ENCAP_PROGRAM: &str = "fulcrum_encap";
+    /// The decapsulation object's settings: `Array<DecapConfig>`, one entry.
+    pub const DECAP_CONFIG: &str = "DECAP_CONFIG";
+    /// The decapsulation object's counters: `PerCpuArray<u64>` by `DecapReason`.
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// The decapsulation program.
+    pub const DECAP_PROGRAM: &str = "fulcrum_decap";
     /// The maps of the eBPF object, every one pinned.
     pub const OBJECT_MAPS: [&str; 12] = [
         VIP_INDEX,
@@ -673,6 +751,7 @@ mod pod {
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::Encapsulation {}
     unsafe impl aya::Pod for super::EncapJob {}
+    unsafe impl aya::Pod for super::DecapConfig {}
     unsafe impl aya::Pod for super::Meta {}
 }
 
@@ -725,6 +804,7 @@ mod tests {
         assert_eq!(size_of::<TrafficCounters>(), 24);
         assert_eq!(size_of::<Encapsulation>(), 44);
         assert_eq!(size_of::<EncapJob>(), 56);
+        assert_eq!(size_of::<DecapConfig>(), 8 * 4 + 8 * 16 + 4);
         assert_eq!(size_of::<DataplaneConfig>(), 88);
     }
 

@@ -11,18 +11,20 @@ use lb_common::{
     flow_hash::mix64,
     maps::{DataplaneConfig, EncapJob, FAMILY_IPV4, FORWARD_GUE, PROTO_UDP, Reason},
 };
-use lb_ebpf::outer::{
-    ICMP_LEN, ICMP4_QUOTE, ICMP6_QUOTE, IPV4_LEN, IPV6_LEN, PROTO_ICMP, PROTO_ICMPV6, Sum, UDP_LEN,
-    flow_label, gue_header, gue_source_port, icmp4_too_big, icmp6_too_big, ip_in_ip, ipv4_header,
-    ipv4_packet_sum, ipv6_header, ipv6_packet_sum, overhead, source4, source6, udp_header,
+use lb_ebpf::{
+    header,
+    outer::{
+        ICMP_LEN, ICMP4_QUOTE, ICMP6_QUOTE, IPV4_LEN, IPV6_LEN, PROTO_ICMP, PROTO_ICMPV6, Sum,
+        UDP_LEN, flow_label, gue_header, gue_source_port, icmp4_too_big, icmp6_too_big, ip_in_ip,
+        ipv4_header, ipv4_packet_sum, ipv6_header, ipv6_packet_sum, overhead, source4, source6,
+        udp_header,
+    },
 };
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{Ipv4Hdr, Ipv6Hdr},
     vlan::VlanHdr,
 };
-
-use crate::header;
 
 /// What the outer headers take from the packet, read before the frame
 /// moves (moving it invalidates every pointer into it).

@@ -1,11 +1,25 @@
-//! Header decisions of the XDP program, as pure functions over header fields
-//! so that host unit tests reach them. `main.rs` is only the glue that finds
-//! the headers in a frame and talks to the maps.
+//! Header decisions of the XDP programs, as pure functions over header
+//! fields so that host unit tests reach them, and the one way they find a
+//! header in a frame. `main.rs` (the load balancer) and `decap.rs` (the
+//! backends' decapsulation) are the glue that talks to the maps.
 #![cfg_attr(not(test), no_std)]
 
 pub mod outer;
 
+use aya_ebpf::programs::XdpContext;
 use lb_common::maps::{PROTO_TCP, PROTO_UDP};
+
+/// A pointer to a `T` at `offset` in the frame, if the frame is long
+/// enough. Reads the frame's bounds afresh, so it stays right after the
+/// frame is grown or shrunk.
+#[inline(always)]
+pub fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
 
 /// 802.1Q and 802.1ad tag ethertypes, in network byte order as read raw.
 const VLAN_ETHERTYPES: [u16; 2] = [0x8100_u16.to_be(), 0x88a8_u16.to_be()];

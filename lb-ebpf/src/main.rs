@@ -9,8 +9,6 @@
 
 mod encap;
 
-use core::mem::size_of;
-
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray},
@@ -28,8 +26,8 @@ use lb_common::{
     },
 };
 use lb_ebpf::{
-    IPV6_NEXT_FRAGMENT, icmp_quotes_flow, ipv4_header_len, ipv4_is_fragment, ipv6_is_extension,
-    is_balanced_protocol, is_vlan,
+    IPV6_NEXT_FRAGMENT, header, icmp_quotes_flow, ipv4_header_len, ipv4_is_fragment,
+    ipv6_is_extension, is_balanced_protocol, is_vlan,
     outer::{PROTO_ICMP, PROTO_ICMPV6},
     tcp_closes_flow, tcp_opens_flow,
 };
@@ -186,16 +184,6 @@ fn count(reason: Reason) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *counter += 1 };
     }
-}
-
-/// A pointer to a `T` at `offset` in the frame, if the frame is long enough.
-#[inline(always)]
-fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    if start + offset + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((start + offset) as *mut T)
 }
 
 #[inline(always)]

@@ -33,3 +33,7 @@ pub mod table;
 
 /// The compiled XDP program, built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The compiled decapsulation program for backends (`fulcrum decap`).
+pub static DECAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fulcrum-decap"));

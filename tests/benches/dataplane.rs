@@ -11,7 +11,7 @@ use aya::{
 };
 use lb_common::maps::{CONN_TABLE_ENTRIES, Reason};
 use lb_tests::{
-    fixture::{Fixture, standalone_program, xdp_program},
+    fixture::{Fixture, standalone_program, test_run, xdp_program},
     flood::syn_flood,
     netns::Netns,
     packet::{Frame, tcp_flags::*},
@@ -36,16 +36,9 @@ fn ns_per_packet(program: &Xdp, frame: &[u8]) -> f64 {
 }
 
 fn ns_repeated(program: &Xdp, frame: &[u8], repeat: u32) -> f64 {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    result.duration.as_nanos() as f64
+    test_run(program, frame, repeat)
+        .expect("BPF_PROG_TEST_RUN")
+        .nanos as f64
 }
 
 fn arp() -> Vec<u8> {

@@ -143,6 +143,26 @@ pub fn xdp_program<'a>(
         .try_into()?)
 }
 
+/// Runs one frame through a loaded XDP program `repeat` times with
+/// BPF_PROG_TEST_RUN.
+pub fn test_run(program: &aya::programs::Xdp, input: &[u8], repeat: u32) -> std::io::Result<Run> {
+    let mut output = vec![0u8; input.len() + 512];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut output),
+            repeat,
+            ..Default::default()
+        })
+        .map_err(std::io::Error::other)?;
+    output.truncate(result.data_size_out as usize);
+    Ok(Run {
+        action: result.return_value,
+        output,
+        nanos: result.duration.as_nanos() as u64,
+    })
+}
+
 /// A loaded program and the state installed into it.
 pub struct Fixture {
     /// The program.
@@ -235,22 +255,8 @@ impl Fixture {
 
     /// Runs one frame through the program `repeat` times.
     pub fn run_repeated(&mut self, input: &[u8], repeat: u32) -> std::io::Result<Run> {
-        let mut output = vec![0u8; input.len() + 512];
         let program = self.dataplane.program().expect("program");
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut output),
-                repeat,
-                ..Default::default()
-            })
-            .map_err(std::io::Error::other)?;
-        output.truncate(result.data_size_out as usize);
-        Ok(Run {
-            action: result.return_value,
-            output,
-            nanos: result.duration.as_nanos() as u64,
-        })
+        test_run(program, input, repeat)
     }
 
     /// Runs one frame through the program once.

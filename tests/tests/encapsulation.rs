@@ -10,7 +10,7 @@ use lb_common::{
     maps::{FlowKey, Reason},
 };
 use lb_tests::{
-    fixture::{Fixture, TEST_SEED, xdp_action},
+    fixture::{Fixture, TEST_SEED, test_run, xdp_action, xdp_program},
     packet::{Frame, LB_MAC, ROUTER_MAC, internet_checksum, tcp_flags::*},
 };
 use lb_userspace::{config::Forwarding, dataplane::state::ip_bytes};
@@ -637,5 +637,135 @@ fn established_flows_keep_their_outer_header() {
             .iter()
             .all(|i| (8..12).contains(i) || *i == 13 || (16..18).contains(i)),
         "TCP bytes {differing:?} differ"
+    );
+}
+
+/// The decapsulation program, loaded for `addresses` and GUE port 6080.
+fn decapsulator(addresses: &[&str]) -> aya::Ebpf {
+    lb_tests::fixture::require_root();
+    let addresses: Vec<std::net::IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
+    let config = lb_userspace::dataplane::decap::settings(&addresses, 6080).expect("settings");
+    let mut ebpf = aya::Ebpf::load(lb_userspace::DECAP_OBJECT).expect("decap object loads");
+    let mut settings: aya::maps::Array<_, lb_common::maps::DecapConfig> =
+        aya::maps::Array::try_from(ebpf.map_mut("DECAP_CONFIG").expect("settings map"))
+            .expect("an array");
+    settings.set(0, config, 0).expect("settings written");
+    xdp_program(&mut ebpf, "fulcrum_decap")
+        .expect("program")
+        .load()
+        .expect("the decapsulation program verifies");
+    ebpf
+}
+
+/// The decapsulation program's counter `reason`.
+fn decap_count(ebpf: &aya::Ebpf, reason: lb_common::maps::DecapReason) -> u64 {
+    let stats: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(ebpf.map("DECAP_STATS").expect("counters"))
+            .expect("a per-CPU array");
+    stats
+        .get(&(reason as u32), 0)
+        .expect("counter")
+        .iter()
+        .sum()
+}
+
+#[test]
+fn decapsulation_gives_back_what_was_encapsulated() {
+    use lb_common::maps::DecapReason;
+    let mut fixture = Fixture::with_config(CONFIG);
+    let backends = [
+        "198.18.5.1",
+        "198.18.5.2",
+        "198.18.5.3",
+        "198.18.5.4",
+        "198.18.5.5",
+        "198.18.5.6",
+        "2001:2:0:5::1",
+        "2001:2:0:5::2",
+        "2001:2:0:5::3",
+        "2001:2:0:5::4",
+        "2001:2:0:5::5",
+        "2001:2:0:5::6",
+        "2001:2:0:5::7",
+        "2001:2:0:5::8",
+    ];
+    let mut all = decapsulator(&backends[..]);
+    let mut failures = Vec::new();
+    let mut decapsulated = 0;
+    for case in cases()
+        .iter()
+        .filter(|c| matches!(c.expect, Expect::Encapsulated))
+    {
+        let sent = fixture.run(&case.input).expect("runs");
+        if sent.action != xdp_action::TX {
+            continue;
+        }
+        let before = decap_count(&all, DecapReason::Decapsulated);
+        let program = xdp_program(&mut all, "fulcrum_decap").expect("program");
+        let got = test_run(program, &sent.output, 1).expect("runs");
+        // The packet as the client sent it, behind the tunnelled frame's
+        // MACs (a VLAN tag stays).
+        let mut want = sent.output[..12].to_vec();
+        want.extend_from_slice(&case.input[12..]);
+        if got.action != xdp_action::PASS || got.output != want {
+            failures.push(format!(
+                "{}: {} to {:02x?}",
+                case.name,
+                xdp_action::name(got.action),
+                &got.output[..got.output.len().min(40)]
+            ));
+        }
+        if decap_count(&all, DecapReason::Decapsulated) != before + 1 {
+            failures.push(format!("{}: not counted as decapsulated", case.name));
+        }
+        decapsulated += 1;
+    }
+    assert!(
+        decapsulated >= 10,
+        "only {decapsulated} cases reached the decapsulator"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Another host's tunnel, plain traffic and outer fragments pass untouched.
+    let mut other = decapsulator(&["198.18.5.200", "2001:2:0:5::200"]);
+    let tunnelled = fixture
+        .run(&Frame::tcp("198.18.2.1:40000", "198.18.0.110:80", SYN).bytes())
+        .expect("runs")
+        .output;
+    let mut fragment = tunnelled.clone();
+    fragment[14 + 6] |= 0x20;
+    let plain = Frame::tcp("198.18.2.1:40000", "198.18.5.1:22", SYN).bytes();
+    let untouched = |ebpf: &mut aya::Ebpf, name: &str, input: Vec<u8>, reason: DecapReason| {
+        let before = decap_count(ebpf, reason);
+        let program = xdp_program(ebpf, "fulcrum_decap").expect("program");
+        let got = test_run(program, &input, 1).expect("runs");
+        assert_eq!(got.action, xdp_action::PASS, "{name}");
+        assert_eq!(got.output, input, "{name}: untouched");
+        assert_eq!(
+            decap_count(ebpf, reason),
+            before + 1,
+            "{name}: counted as {}",
+            reason.name()
+        );
+    };
+    untouched(
+        &mut other,
+        "another host's tunnel",
+        tunnelled.clone(),
+        DecapReason::PassNotOurs,
+    );
+    untouched(&mut all, "plain TCP", plain, DecapReason::PassNotTunnel);
+    untouched(
+        &mut all,
+        "an outer fragment",
+        fragment,
+        DecapReason::PassFragment,
+    );
+    let program = xdp_program(&mut all, "fulcrum_decap").expect("program");
+    let cut = test_run(program, &tunnelled[..14 + 20 + 10], 1).expect("runs");
+    assert_eq!(
+        cut.action,
+        xdp_action::PASS,
+        "a cut inner packet is the stack's to drop"
     );
 }

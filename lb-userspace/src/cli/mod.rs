@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod backend;
 pub mod client;
+pub mod decap;
 pub mod detach;
 pub mod explain;
 pub mod plan;
@@ -61,6 +62,9 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Show what applying a config would change, and whether the guards allow it.
     Plan(plan::PlanArgs),
+    /// On a backend: decapsulate what a load balancer with forwarding =
+    /// "ipip" or "gue" sends it (attach, detach, status).
+    Decap(decap::DecapArgs),
 }
 
 impl Cli {
@@ -76,6 +80,7 @@ impl Cli {
             Command::Explain(args) => explain::run(args),
             Command::Validate(args) => validate::run(args),
             Command::Plan(args) => plan::run(args),
+            Command::Decap(args) => decap::run(args),
         }
     }
 }

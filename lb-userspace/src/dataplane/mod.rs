@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod counters;
+pub mod decap;
 pub mod flows;
 mod mmap;
 pub mod pins;

@@ -67,6 +67,51 @@ pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
     Ok(MacAddr(mac))
 }
 
+/// The addresses of `interface` that tunnelled packets may be sent to:
+/// every IPv4 address, and every IPv6 address but link-local ones.
+pub fn interface_addresses(interface: &str) -> anyhow::Result<Vec<std::net::IpAddr>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut first: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `first` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut first) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("listing the interfaces' addresses");
+    }
+    let mut found = Vec::new();
+    let mut entry = first;
+    while !entry.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, freed only below.
+        let node = unsafe { &*entry };
+        entry = node.ifa_next;
+        // SAFETY: ifa_name is a NUL-terminated string.
+        let name = unsafe { std::ffi::CStr::from_ptr(node.ifa_name) };
+        if name.to_bytes() != interface.as_bytes() || node.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points at a sockaddr of the family it names.
+        let address = unsafe {
+            match i32::from((*node.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let v4 = &*(node.ifa_addr as *const libc::sockaddr_in);
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
+                }
+                libc::AF_INET6 => {
+                    let v6 = &*(node.ifa_addr as *const libc::sockaddr_in6);
+                    Some(IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            }
+        };
+        match address {
+            Some(IpAddr::V6(v6)) if v6.is_unicast_link_local() => {}
+            Some(address) => found.push(address),
+            None => {}
+        }
+    }
+    // SAFETY: the list getifaddrs allocated, no longer used.
+    unsafe { libc::freeifaddrs(first) };
+    Ok(found)
+}
+
 /// The MTU of `interface`: the largest IP packet it sends.
 pub fn interface_mtu(interface: &str) -> anyhow::Result<u16> {
     let ifreq = ask_interface(interface, libc::SIOCGIFMTU, "MTU")?;
