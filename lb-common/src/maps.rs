@@ -194,6 +194,18 @@ pub const FORWARD_IPIP: u8 = 1;
 /// port carries the flow hash, a 4-byte GUE header, the packet.
 pub const FORWARD_GUE: u8 = 2;
 
+/// Bytes a forwarding mode (`FORWARD_*`) puts in front of a packet whose
+/// outer header is of `family`: the outer IP header, and for GUE a UDP
+/// header and a 4-byte GUE header.
+pub const fn encap_overhead(family: u8, forward: u8) -> usize {
+    let ip = if family == FAMILY_IPV4 { 20 } else { 40 };
+    match forward {
+        FORWARD_GUE => ip + 8 + 4,
+        FORWARD_IPIP => ip,
+        _ => 0,
+    }
+}
+
 /// Value of the backend array. Index 0 is never used ("no backend").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

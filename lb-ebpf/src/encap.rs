@@ -9,15 +9,16 @@ use aya_ebpf::{
 };
 use lb_common::{
     flow_hash::mix64,
-    maps::{DataplaneConfig, EncapJob, FAMILY_IPV4, FORWARD_GUE, PROTO_UDP, Reason},
+    maps::{
+        DataplaneConfig, EncapJob, FAMILY_IPV4, FORWARD_GUE, PROTO_UDP, Reason, encap_overhead,
+    },
 };
 use lb_ebpf::{
     header,
     outer::{
         ICMP_LEN, ICMP4_QUOTE, ICMP6_QUOTE, IPV4_LEN, IPV6_LEN, PROTO_ICMP, PROTO_ICMPV6, Sum,
         UDP_LEN, flow_label, gue_header, gue_source_port, icmp4_too_big, icmp6_too_big, ip_in_ip,
-        ipv4_header, ipv4_packet_sum, ipv6_header, ipv6_packet_sum, overhead, source4, source6,
-        udp_header,
+        ipv4_header, ipv4_packet_sum, ipv6_header, ipv6_packet_sum, source4, source6, udp_header,
     },
 };
 use network_types::{
@@ -172,7 +173,7 @@ pub fn encapsulate(ctx: &XdpContext, job: &EncapJob, config: &DataplaneConfig) -
         Err(reason) => return reason,
     };
     let encap = &config.encap;
-    let outer = overhead(backend.family, backend.forward);
+    let outer = encap_overhead(backend.family, backend.forward);
     if usize::from(inner.len) + outer > usize::from(encap.mtu) {
         let mtu = encap.mtu.saturating_sub(outer as u16);
         return too_big(ctx, l3, family, &inner, mtu);

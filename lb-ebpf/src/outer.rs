@@ -5,7 +5,7 @@
 //! forwarding mode adds. Pure functions over bytes, so host tests check
 //! them byte for byte.
 
-use lb_common::maps::{Encapsulation, FAMILY_IPV4, FORWARD_GUE, PROTO_TCP, PROTO_UDP};
+use lb_common::maps::{Encapsulation, FAMILY_IPV4, PROTO_TCP, PROTO_UDP};
 
 /// IP protocol number of IPv4 inside IP (IPIP).
 pub const PROTO_IPIP: u8 = 4;
@@ -94,22 +94,6 @@ fn fold(sum: u64) -> u16 {
     let sum = (sum & 0xffff) + (sum >> 16);
     let sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
-}
-
-/// Bytes a forwarding mode puts in front of a packet whose outer header is
-/// of `family`.
-#[inline(always)]
-pub const fn overhead(family: u8, forward: u8) -> usize {
-    let ip = if family == FAMILY_IPV4 {
-        IPV4_LEN
-    } else {
-        IPV6_LEN
-    };
-    if forward == FORWARD_GUE {
-        ip + UDP_LEN + GUE_LEN
-    } else {
-        ip
-    }
 }
 
 /// The protocol number that says "an IP packet of `family` follows".
@@ -281,7 +265,7 @@ pub const fn icmp6_too_big(mtu: u16) -> [u8; ICMP_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::maps::{FAMILY_IPV6, FORWARD_IPIP};
+    use lb_common::maps::{FAMILY_IPV6, FORWARD_GUE, FORWARD_IPIP, encap_overhead as overhead};
 
     /// RFC 1071 over a byte string, the slow way.
     fn reference(bytes: &[u8]) -> u16 {

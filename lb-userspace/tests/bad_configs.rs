@@ -152,6 +152,26 @@ fn cases() -> Vec<Case> {
             &[("family-mismatch", C1, "address")]),
         case("IPv4 backend behind an IPv6 VIP", &[(r#"{ name = "d1", address = "2001:2::11" }"#, r#"{ name = "d1", address = "198.18.0.21" }"#)],
             &[("family-mismatch", "vip \"dns6\" backend \"d1\"", "address")]),
+        // Encapsulation.
+        case("unknown forwarding mode", &[("interface = \"eth1\"", "interface = \"eth1\"\nforwarding = \"gre\"")],
+            &[("invalid-value", "config", "forwarding")]),
+        case("encapsulation without an outer source", &[("interface = \"eth1\"", "interface = \"eth1\"\nforwarding = \"ipip\"")],
+            &[("no-outer-source", "encapsulation", "source4"), ("no-outer-source", "encapsulation", "source6")]),
+        case("an IPv6 VIP encapsulating to IPv4 backends needs source4", &[
+                ("interface = \"eth1\"", "interface = \"eth1\"\n[encapsulation]\nsource6 = \"2001:2:0:64::/64\""),
+                ("name = \"dns6\"", "name = \"dns6\"\nforwarding = \"gue\""),
+                (r#"{ name = "d1", address = "2001:2::11" }"#, r#"{ name = "d1", address = "198.18.0.21" }"#)],
+            &[("no-outer-source", "encapsulation", "source4")]),
+        case("an outer source prefix of the wrong family", &[("interface = \"eth1\"", "interface = \"eth1\"\n[encapsulation]\nsource4 = \"2001:2:0:64::/64\"")],
+            &[("source-family", "encapsulation", "source4")]),
+        case("an outer source prefix with host bits", &[("interface = \"eth1\"", "interface = \"eth1\"\n[encapsulation]\nsource4 = \"198.18.64.1/24\"")],
+            &[("invalid-value", "encapsulation", "source4")]),
+        case("an MTU that leaves IPv6 clients less than 1280 bytes", &[
+                ("interface = \"eth1\"", "interface = \"eth1\"\n[encapsulation]\nsource6 = \"2001:2:0:64::/64\"\nmtu = 1300"),
+                ("name = \"dns6\"", "name = \"dns6\"\nforwarding = \"ipip\"")],
+            &[("mtu-headroom", DNS6, "forwarding")]),
+        case("an MTU below IPv4's minimum", &[("interface = \"eth1\"", "interface = \"eth1\"\n[encapsulation]\nmtu = 500")],
+            &[("invalid-value", "encapsulation", "mtu")]),
         // Ports and duplicates.
         case("backend port differs from the VIP's", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", port = 8443 }"#)],
             &[("port-mismatch", C1, "port")]),

@@ -149,6 +149,15 @@ impl Forwarding {
         self != Forwarding::L2Dsr
     }
 
+    /// Where its backends' MACs come from.
+    pub fn reach(self) -> Reach {
+        if self.encapsulates() {
+            Reach::Routed
+        } else {
+            Reach::Segment
+        }
+    }
+
     /// The data plane's `FORWARD_*` value.
     pub fn kernel(self) -> u8 {
         match self {
@@ -157,6 +166,16 @@ impl Forwarding {
             Forwarding::Gue => lb_common::maps::FORWARD_GUE,
         }
     }
+}
+
+/// Where the MAC a backend's frames go to comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reach {
+    /// Its own, from the neighbour table: it must be on the segment (L2
+    /// DSR).
+    Segment,
+    /// Its next hop's, through the routing table (encapsulation).
+    Routed,
 }
 
 /// An address prefix (`198.18.64.0/24`, `2001:2:0:64::/64`).
@@ -610,18 +629,19 @@ impl Config {
         }
     }
 
-    /// The addresses of backends whose MAC must come from the neighbour
-    /// table (no `mac` in the config), each once.
-    pub fn unresolved_addresses(&self) -> Vec<IpAddr> {
-        let mut addresses: Vec<IpAddr> = self
+    /// The addresses of backends whose MAC must come from the kernel (no
+    /// `mac` in the config), each once, with where it comes from: an
+    /// address one L2 DSR VIP uses must be on the segment for all.
+    pub fn unresolved_addresses(&self) -> Vec<(IpAddr, Reach)> {
+        let mut addresses: Vec<(IpAddr, Reach)> = self
             .vips
             .iter()
-            .flat_map(|v| &v.backends)
-            .filter(|b| b.mac.is_none())
-            .map(|b| b.address)
+            .flat_map(|v| v.backends.iter().map(|b| (b, v.forwarding.reach())))
+            .filter(|(b, _)| b.mac.is_none())
+            .map(|(b, reach)| (b.address, reach))
             .collect();
         addresses.sort();
-        addresses.dedup();
+        addresses.dedup_by_key(|(address, _)| *address);
         addresses
     }
 }

@@ -9,7 +9,7 @@
 use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use crate::{
-    config::{Config, MacAddr},
+    config::{Config, MacAddr, Reach},
     daemon::durable,
     daemon::records::{Record, RecordDir},
     dataplane::Dataplane,
@@ -80,7 +80,7 @@ fn settings_needing_restart(current: &Config, next: &Config) -> Vec<&'static str
 
 /// Finds the MACs of the given backend addresses; the ones it cannot find
 /// are missing from the answer.
-pub type Resolve<'a> = &'a dyn Fn(&[IpAddr]) -> anyhow::Result<HashMap<IpAddr, MacAddr>>;
+pub type Resolve<'a> = &'a dyn Fn(&[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>>;
 
 /// A change put to the gate.
 #[derive(Clone, Copy, Debug)]
@@ -178,6 +178,7 @@ pub fn apply(
     };
     let held_out: Vec<IpAddr> = wanted
         .into_iter()
+        .map(|(address, _)| address)
         .filter(|a| !macs.contains_key(a))
         .collect();
     let next = if held_out.is_empty() {
@@ -195,8 +196,9 @@ pub fn apply(
                 "backend",
                 "address",
                 address.to_string(),
-                "no MAC in the neighbour table: held out of the tables (weight 0) until it \
-                 resolves; the guards judged the others",
+                "no MAC for it in the neighbour table (its own, for L2 DSR on the segment; \
+                 its next hop's through the attached interface, for encapsulation): held out \
+                 of the tables (weight 0) until it resolves; the guards judged the others",
             )
             .warning(),
         );

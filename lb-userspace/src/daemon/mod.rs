@@ -308,7 +308,9 @@ impl Controller {
         if wanted.is_empty() {
             return;
         }
-        let table = match net::ifindex(&self.interface).and_then(neighbours::table) {
+        let table = match net::ifindex(&self.interface)
+            .and_then(|ifindex| neighbours::lookup(&wanted, ifindex))
+        {
             Ok(table) => table,
             Err(e) => {
                 crate::note!("reading the neighbour table: {e:#}");
@@ -323,7 +325,7 @@ impl Controller {
             .flat_map(|v| &v.backends)
             .map(|b| (b.addr.ip(), b.mac))
             .collect();
-        let changed = wanted.iter().any(|address| {
+        let changed = wanted.iter().any(|(address, _)| {
             matches!((table.get(address), installed.get(address)), (Some(now), Some(was)) if now != was)
         });
         if changed {

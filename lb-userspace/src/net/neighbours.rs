@@ -1,27 +1,139 @@
-//! Backend MACs from the kernel's neighbour table, read over netlink: one
-//! dump answers for every backend at once. Backends the table does not
-//! know yet are probed all together (an empty UDP datagram each, which
-//! makes the kernel resolve them), and the table is read again until every
-//! one is known or the time is up. What stays unknown is the caller's to
-//! handle (the gate holds such backends out of the tables).
+//! The MACs backends' frames go to, from the kernel's neighbour table, read
+//! over netlink: one dump answers for every backend at once. An L2 DSR
+//! backend's is its own (it must be on the segment); an encapsulated
+//! backend's is its next hop's, found with a route lookup (`ip route get`)
+//! that must leave through the attached interface. Backends the table does
+//! not know yet are probed all together (an empty UDP datagram each, which
+//! makes the kernel resolve the next hop), and the table is read again
+//! until every one is known or the time is up. What stays unknown is the
+//! caller's to handle (the gate holds such backends out of the tables).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use futures_util::TryStreamExt as _;
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use rtnetlink::{
+    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia},
+    },
+};
 
-use crate::config::MacAddr;
+use crate::config::{MacAddr, Reach};
 
 /// How long a start-up or an apply waits for unknown backends.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Every usable entry of the neighbour table on interface `ifindex`.
-pub fn table(ifindex: u32) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+async fn table(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+    let mut dump = handle.neighbours().get().execute();
+    let mut found = HashMap::new();
+    while let Some(entry) = dump
+        .try_next()
+        .await
+        .context("reading the neighbour table")?
+    {
+        let usable = !matches!(
+            entry.header.state,
+            NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+        );
+        if entry.header.ifindex != ifindex || !usable {
+            continue;
+        }
+        let mut address = None;
+        let mut mac = None;
+        for attribute in &entry.attributes {
+            match attribute {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                    address = Some(IpAddr::V4(*v4));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                    address = Some(IpAddr::V6(*v6));
+                }
+                NeighbourAttribute::LinkLocalAddress(bytes) => {
+                    mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr);
+                }
+                _ => {}
+            }
+        }
+        if let (Some(address), Some(mac)) = (address, mac) {
+            found.insert(address, mac);
+        }
+    }
+    Ok(found)
+}
+
+/// The next hop towards `destination` and the interface it leaves by, as
+/// the routing table says (`ip route get`: a lookup, not a dump). An
+/// on-link destination is its own next hop.
+async fn next_hop(
+    handle: &rtnetlink::Handle,
+    destination: IpAddr,
+) -> anyhow::Result<(IpAddr, u32)> {
+    let mut message = RouteMessage::default();
+    (
+        message.header.address_family,
+        message.header.destination_prefix_length,
+    ) = match destination {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+    };
+    message
+        .attributes
+        .push(RouteAttribute::Destination(destination.into()));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
+    request.header.flags = NLM_F_REQUEST;
+    let mut answers = handle
+        .clone()
+        .request(request)
+        .context("asking for a route")?;
+    while let Some(answer) = answers.next().await {
+        match answer.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                let mut interface = None;
+                let mut gateway = None;
+                for attribute in route.attributes {
+                    match attribute {
+                        RouteAttribute::Oif(index) => interface = Some(index),
+                        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => {
+                            gateway = Some(IpAddr::V4(v4));
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet6(v6))
+                        | RouteAttribute::Via(RouteVia::Inet6(v6)) => {
+                            gateway = Some(IpAddr::V6(v6));
+                        }
+                        _ => {}
+                    }
+                }
+                let interface = interface.context("a route without an interface")?;
+                return Ok((gateway.unwrap_or(destination), interface));
+            }
+            NetlinkPayload::Error(error) => {
+                anyhow::bail!("no route to {destination}: {error:?}")
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!("no answer to a route lookup for {destination}")
+}
+
+/// The MACs the backends in `wanted` are reached at through interface
+/// `ifindex`, as the kernel knows them now. Missing from the answer: not
+/// known (yet), or, for a routed backend, routed through another
+/// interface.
+pub fn lookup(
+    wanted: &[(IpAddr, Reach)],
+    ifindex: u32,
+) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -30,38 +142,19 @@ pub fn table(ifindex: u32) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
         let (connection, handle, _) =
             rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(connection);
-        let mut dump = handle.neighbours().get().execute();
+        let known = table(&handle, ifindex).await?;
         let mut found = HashMap::new();
-        while let Some(entry) = dump
-            .try_next()
-            .await
-            .context("reading the neighbour table")?
-        {
-            let usable = !matches!(
-                entry.header.state,
-                NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
-            );
-            if entry.header.ifindex != ifindex || !usable {
-                continue;
-            }
-            let mut address = None;
-            let mut mac = None;
-            for attribute in &entry.attributes {
-                match attribute {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                        address = Some(IpAddr::V4(*v4));
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                        address = Some(IpAddr::V6(*v6));
-                    }
-                    NeighbourAttribute::LinkLocalAddress(bytes) => {
-                        mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr);
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(address), Some(mac)) = (address, mac) {
-                found.insert(address, mac);
+        for &(address, reach) in wanted {
+            let hop = match reach {
+                Reach::Segment => Some(address),
+                Reach::Routed => next_hop(&handle, address)
+                    .await
+                    .ok()
+                    .filter(|&(_, interface)| interface == ifindex)
+                    .map(|(hop, _)| hop),
+            };
+            if let Some(mac) = hop.and_then(|hop| known.get(&hop)) {
+                found.insert(address, *mac);
             }
         }
         anyhow::Ok(found)
@@ -84,7 +177,7 @@ fn probe(address: IpAddr) {
 /// `RESOLVE_TIMEOUT`.
 pub fn resolver(
     interface: &str,
-) -> impl Fn(&[IpAddr]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> + use<> {
+) -> impl Fn(&[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> + use<> {
     let interface = interface.to_string();
     move |wanted| resolve(wanted, super::ifindex(&interface)?, RESOLVE_TIMEOUT)
 }
@@ -93,14 +186,14 @@ pub fn resolver(
 /// within `timeout`. Addresses missing from the answer could not be
 /// resolved.
 pub fn resolve(
-    wanted: &[IpAddr],
+    wanted: &[(IpAddr, Reach)],
     ifindex: u32,
     timeout: Duration,
 ) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
-    let mut known = table(ifindex)?;
+    let mut known = lookup(wanted, ifindex)?;
     let missing: Vec<IpAddr> = wanted
         .iter()
-        .copied()
+        .map(|&(address, _)| address)
         .filter(|a| !known.contains_key(a))
         .collect();
     if !missing.is_empty() {
@@ -108,10 +201,8 @@ pub fn resolve(
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline && missing.iter().any(|a| !known.contains_key(a)) {
             std::thread::sleep(Duration::from_millis(20));
-            known = table(ifindex)?;
+            known = lookup(wanted, ifindex)?;
         }
     }
-    let wanted: HashSet<&IpAddr> = wanted.iter().collect();
-    known.retain(|address, _| wanted.contains(address));
     Ok(known)
 }

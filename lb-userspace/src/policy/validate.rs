@@ -9,6 +9,8 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use lb_common::maps::{FAMILY_IPV4, FAMILY_IPV6, encap_overhead};
+
 use crate::{
     config::{
         BackendConfig, CheckKind, Config, Guards, HealthCheck, HealthOverrides, Protocol, VipConfig,
@@ -336,6 +338,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
         ));
     }
     check_guard_ranges(&config.guards, "guards", problems);
+    check_encapsulation(config, problems);
     check_limits(config, problems);
     check_health(config, problems);
     check_imbalance(&config.imbalance, problems);
@@ -359,6 +362,92 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
             )
             .warning(),
         );
+    }
+}
+
+/// The smallest packet a client of each family must be able to send whole
+/// (IPv6: RFC 8200; IPv4: RFC 791's 576, which TCP's default MSS assumes).
+fn minimum_path_mtu(ipv6: bool) -> u16 {
+    if ipv6 { 1280 } else { 576 }
+}
+
+/// The `[encapsulation]` settings and what encapsulating VIPs need of
+/// them: an outer source prefix of each backend family used, of the right
+/// family, and room under the MTU for the outer headers.
+fn check_encapsulation(config: &Config, problems: &mut Vec<Problem>) {
+    let encap = &config.encapsulation;
+    for (key, prefix, ipv6) in [
+        ("source4", encap.source4, false),
+        ("source6", encap.source6, true),
+    ] {
+        if let Some(prefix) = prefix
+            && prefix.address.is_ipv6() != ipv6
+        {
+            problems.push(Problem::error(
+                "source-family",
+                "encapsulation",
+                key,
+                prefix.to_string(),
+                format!(
+                    "{key} is the outer source of {} backends: give an {} prefix",
+                    if ipv6 { "IPv6" } else { "IPv4" },
+                    if ipv6 { "IPv6" } else { "IPv4" },
+                ),
+            ));
+        }
+    }
+    for vip in config.vips.iter().filter(|v| v.forwarding.encapsulates()) {
+        let location = vip_location(vip);
+        for (ipv6, key, prefix) in [
+            (false, "source4", encap.source4),
+            (true, "source6", encap.source6),
+        ] {
+            if prefix.is_none() && vip.backends.iter().any(|b| b.address.is_ipv6() == ipv6) {
+                problems.push(Problem::error(
+                    "no-outer-source",
+                    "encapsulation",
+                    key,
+                    "",
+                    format!(
+                        "{location} encapsulates to {} backends: set encapsulation.{key}, the \
+                         prefix its outer source addresses come from (route it to this host)",
+                        if ipv6 { "IPv6" } else { "IPv4" }
+                    ),
+                ));
+            }
+        }
+        let Some(mtu) = encap.mtu else {
+            continue;
+        };
+        let worst = vip
+            .backends
+            .iter()
+            .map(|b| {
+                let family = if b.address.is_ipv6() {
+                    FAMILY_IPV6
+                } else {
+                    FAMILY_IPV4
+                };
+                encap_overhead(family, vip.forwarding.kernel()) as u16
+            })
+            .max()
+            .unwrap_or(0);
+        let least = minimum_path_mtu(vip.address.is_ipv6());
+        if mtu < least + worst {
+            problems.push(Problem::error(
+                "mtu-headroom",
+                &location,
+                "forwarding",
+                vip.forwarding.name(),
+                format!(
+                    "encapsulation.mtu {mtu} leaves {} bytes for a client's packet once \
+                     encapsulated ({worst} bytes of outer headers), below the {least} every {} \
+                     client may send; raise the MTU of the path to the backends",
+                    mtu.saturating_sub(worst),
+                    family(vip.address),
+                ),
+            ));
+        }
     }
 }
 
@@ -770,7 +859,7 @@ fn check_backend_in_vip(
             "a backend cannot be the VIP itself".into(),
         );
     }
-    if backend.address.is_ipv4() != vip.address.is_ipv4() {
+    if backend.address.is_ipv4() != vip.address.is_ipv4() && !vip.forwarding.encapsulates() {
         error(
             "family-mismatch",
             "address",
@@ -778,7 +867,8 @@ fn check_backend_in_vip(
             format!(
                 "the VIP is {} and this backend {}: L2 direct server return forwards \
                  the client's packet unchanged, so the backend must have the VIP's \
-                 address family",
+                 address family (forwarding = \"ipip\" or \"gue\" carries either \
+                 family in the other)",
                 family(vip.address),
                 family(backend.address)
             ),
@@ -800,8 +890,8 @@ fn check_backend_in_vip(
                 "port",
                 port.to_string(),
                 format!(
-                    "L2 direct server return cannot change ports: the backend must \
-                     listen on the VIP's port {}",
+                    "no forwarding mode changes ports (L2 DSR rewrites MACs, IP in IP and \
+                     GUE carry the packet whole): the backend must listen on the VIP's port {}",
                     vip.port
                 ),
             );
