@@ -1,7 +1,11 @@
 //! The namespace lab: a client, the load balancer and backends, each in its
-//! own network namespace, joined by veth pairs to a bridge in a switch
-//! namespace. The real `fulcrum run` serves the VIPs with L2 direct server
-//! return; backends hold the VIPs on `lo` and answer with their names.
+//! own network namespace. Switched: all on one segment, joined by veth
+//! pairs to a bridge in a switch namespace, and the real `fulcrum run`
+//! serves the VIPs with L2 direct server return. Routed: each on a subnet
+//! of its own behind a router namespace, the path to the client of a
+//! smaller MTU, and `fulcrum run` encapsulates (IP in IP and GUE, in
+//! every family combination) to backends that decapsulate with `fulcrum
+//! decap`. Backends hold the VIPs on `lo` and answer with their names.
 //! Everything is removed on drop, also when a test fails.
 
 use std::{
@@ -266,6 +270,52 @@ const UDP_SERVED: [SocketAddr; 2] = [
 /// Client traffic per VIP name.
 pub type Traffic = Vec<(&'static str, Tally)>;
 
+/// Everything wrong with `traffic` from `drive(tcp, udp, ..)`: a flow not
+/// answered, or a backend's share further than `bound` from its weight's.
+pub fn traffic_problems(
+    traffic: &Traffic,
+    backends: &[BackendSpec],
+    (tcp, udp): (usize, u16),
+    bound: f64,
+) -> Vec<String> {
+    let total_weight: u32 = backends.iter().map(|b| b.weight).sum();
+    let mut problems = Vec::new();
+    for (vip, tally) in traffic {
+        let attempts = if vip.starts_with("web") {
+            tcp as u64
+        } else {
+            u64::from(udp)
+        };
+        if tally.failures > 0 || tally.answered() != attempts {
+            problems.push(format!(
+                "{vip}: {} of {attempts} answered, {} failed (first: {:?})",
+                tally.answered(),
+                tally.failures,
+                tally.first_error
+            ));
+        }
+        for backend in backends {
+            let want = f64::from(backend.weight) / f64::from(total_weight);
+            let got = tally.share(&backend.name);
+            eprintln!(
+                "{vip}/{}: {:.1}% (weight share {:.1}%)",
+                backend.name,
+                got * 100.0,
+                want * 100.0
+            );
+            if (got - want).abs() > bound {
+                problems.push(format!(
+                    "{vip}/{}: share {:.1}% vs weight share {:.1}%",
+                    backend.name,
+                    got * 100.0,
+                    want * 100.0
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// A running lab. Drop tears it all down.
 pub struct Lab {
     id: String,
@@ -276,12 +326,47 @@ pub struct Lab {
     /// The backends, in config order.
     pub backends: Vec<BackendSpec>,
     config_dir: PathBuf,
+    /// The client's addresses.
+    client_addrs: (Ipv4Addr, Ipv6Addr),
+    /// Each backend's own addresses, in config order.
+    backend_addrs: Vec<(Ipv4Addr, Ipv6Addr)>,
+    /// Per backend, where its decapsulation program is pinned (routed labs).
+    decap_roots: Vec<PathBuf>,
     // Namespaces are dropped (deleted) after everything using them.
     _peer_pass: aya::Ebpf,
     client: Netns,
     lb: Netns,
     backend_hosts: Vec<Netns>,
-    _switch: Netns,
+    _middle: Netns,
+}
+
+/// How a lab's hosts are joined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One segment; L2 direct server return.
+    Switched,
+    /// A router between subnets; IP-in-IP and GUE encapsulation.
+    Routed,
+}
+
+/// The MTU of the path from the router to the client in a routed lab:
+/// smaller than every link's 1500, so that replies need path MTU discovery.
+pub const CLIENT_PATH_MTU: u16 = 1400;
+
+/// The prefixes a routed lab's load balancer takes outer sources from.
+const OUTER_SOURCE4: &str = "198.18.64.0/24";
+const OUTER_SOURCE6: &str = "2001:2:0:64::/64";
+
+/// The namespaces of a lab and their addresses, as one topology wires them.
+struct Network {
+    middle: Netns,
+    client: Netns,
+    lb: Netns,
+    backend_hosts: Vec<Netns>,
+    client_addrs: (Ipv4Addr, Ipv6Addr),
+    backend_addrs: Vec<(Ipv4Addr, Ipv6Addr)>,
+    /// The middle namespace's end of the load balancer's link.
+    lb_peer: &'static str,
 }
 
 fn mac_of(index: u8) -> String {
@@ -324,30 +409,52 @@ fn add_host(switch: &Netns, name: &str, role: &str, index: u8) -> anyhow::Result
     Ok(host)
 }
 
-fn fulcrum_config(backends: &[BackendSpec]) -> String {
+/// The VIPs every lab serves: name, address, port, protocol; and in a
+/// routed lab, the family of the backend addresses behind it and its
+/// forwarding mode (every combination of families, and GUE once).
+const LAB_VIPS: [(&str, IpAddr, u16, &str, bool, &str); 4] = [
+    ("web4", IpAddr::V4(VIP4), TCP_PORT, "tcp", false, "ipip"),
+    ("dns4", IpAddr::V4(VIP4), UDP_PORT, "udp", true, "ipip"),
+    ("web6", IpAddr::V6(VIP6), TCP_PORT, "tcp", false, "ipip"),
+    ("dns6", IpAddr::V6(VIP6), UDP_PORT, "udp", true, "gue"),
+];
+
+fn fulcrum_config(
+    backends: &[BackendSpec],
+    addresses: &[(Ipv4Addr, Ipv6Addr)],
+    topology: Topology,
+) -> String {
     // A seed of the lab's own, so that tests predict the kernel's choices
     // from the config (as a group of hosts sharing one would).
     let mut text = String::from(
         "interface = \"eth0\"\nflow_hash_seed = \"6c61622d736565642d6f662d74657374\"\n",
     );
-    let vips = [
-        ("web4", IpAddr::V4(VIP4), TCP_PORT, "tcp"),
-        ("dns4", IpAddr::V4(VIP4), UDP_PORT, "udp"),
-        ("web6", IpAddr::V6(VIP6), TCP_PORT, "tcp"),
-        ("dns6", IpAddr::V6(VIP6), UDP_PORT, "udp"),
-    ];
-    for (name, addr, port, protocol) in vips {
+    if topology == Topology::Routed {
+        text += &format!(
+            "forwarding = \"ipip\"\n\n[encapsulation]\nsource4 = \"{OUTER_SOURCE4}\"\n\
+             source6 = \"{OUTER_SOURCE6}\"\n"
+        );
+    }
+    for (name, addr, port, protocol, routed_v6, forwarding) in LAB_VIPS {
         text += &format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{addr}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
         );
+        let backend_v6 = match topology {
+            Topology::Switched => addr.is_ipv6(),
+            Topology::Routed => {
+                text += &format!("forwarding = \"{forwarding}\"\n");
+                routed_v6
+            }
+        };
         if protocol == "udp" {
             // A UDP service is checked at its host's TCP port.
             text += &format!("[vip.health_check]\nkind = \"tcp\"\nport = {TCP_PORT}\n");
         }
-        for (i, backend) in (FIRST_BACKEND_INDEX..).zip(backends) {
-            let address = match addr {
-                IpAddr::V4(_) => ipv4_of(i).to_string(),
-                IpAddr::V6(_) => ipv6_of(i).to_string(),
+        for (backend, (v4, v6)) in backends.iter().zip(addresses) {
+            let address = if backend_v6 {
+                v6.to_string()
+            } else {
+                v4.to_string()
             };
             text += &format!(
                 "[[vip.backend]]\nname = \"{}\"\naddress = \"{address}\"\nweight = {}\n",
@@ -356,6 +463,167 @@ fn fulcrum_config(backends: &[BackendSpec]) -> String {
         }
     }
     text
+}
+
+/// All hosts on one bridge (L2 DSR).
+fn switched_network(id: &str, backends: &[BackendSpec]) -> anyhow::Result<Network> {
+    let switch = Netns::create(&format!("{id}-sw"))?;
+    switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+    switch.ip(&["link", "set", "br0", "up"])?;
+    let client = add_host(&switch, &format!("{id}-client"), "client", CLIENT_INDEX)?;
+    client.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+    client.ip(&[
+        "route",
+        "add",
+        "198.18.100.0/24",
+        "via",
+        &ipv4_of(LB_INDEX).to_string(),
+    ])?;
+    client.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:2:0:100::/64",
+        "via",
+        &ipv6_of(LB_INDEX).to_string(),
+    ])?;
+    let lb = add_host(&switch, &format!("{id}-lb"), "lb", LB_INDEX)?;
+    let mut backend_hosts = Vec::new();
+    let mut backend_addrs = Vec::new();
+    for (index, backend) in (FIRST_BACKEND_INDEX..).zip(backends) {
+        let host = add_host(
+            &switch,
+            &format!("{id}-{}", backend.name),
+            &backend.name,
+            index,
+        )?;
+        backend_hosts.push(host);
+        backend_addrs.push((ipv4_of(index), ipv6_of(index)));
+    }
+    Ok(Network {
+        middle: switch,
+        client,
+        lb,
+        backend_hosts,
+        client_addrs: (ipv4_of(CLIENT_INDEX), ipv6_of(CLIENT_INDEX)),
+        backend_addrs,
+        lb_peer: "p-lb",
+    })
+}
+
+/// A host on a subnet of its own (`198.18.{subnet}.0/24` and
+/// `2001:2:0:{subnet}::/64`, hex) behind the router: the host is `.{host}`,
+/// the router `.1`, and the host's default routes go to the router.
+fn add_routed_host(
+    router: &Netns,
+    name: &str,
+    router_side: &str,
+    subnet: u8,
+    host: u8,
+) -> anyhow::Result<(Netns, Ipv4Addr, Ipv6Addr)> {
+    let ns = Netns::create(name)?;
+    router.ip(&[
+        "link",
+        "add",
+        router_side,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        name,
+    ])?;
+    let v4 = |last: u8| Ipv4Addr::new(198, 18, subnet, last);
+    let v6 = |last: u8| Ipv6Addr::new(0x2001, 2, 0, u16::from(subnet), 0, 0, 0, u16::from(last));
+    router.ip(&["addr", "add", &format!("{}/24", v4(1)), "dev", router_side])?;
+    router.ip(&[
+        "addr",
+        "add",
+        &format!("{}/64", v6(1)),
+        "dev",
+        router_side,
+        "nodad",
+    ])?;
+    router.ip(&["link", "set", router_side, "up"])?;
+    ns.ip(&["addr", "add", &format!("{}/24", v4(host)), "dev", "eth0"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{}/64", v6(host)),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["route", "add", "default", "via", &v4(1).to_string()])?;
+    ns.ip(&["-6", "route", "add", "default", "via", &v6(1).to_string()])?;
+    Ok((ns, v4(host), v6(host)))
+}
+
+/// The client, the load balancer and each backend on subnets of their own
+/// behind a router (encapsulation).
+fn routed_network(id: &str, backends: &[BackendSpec]) -> anyhow::Result<Network> {
+    let router = Netns::create(&format!("{id}-rt"))?;
+    router.sysctl("net/ipv4/ip_forward", "1")?;
+    router.sysctl("net/ipv6/conf/all/forwarding", "1")?;
+    router.sysctl("net/ipv4/conf/all/rp_filter", "0")?;
+    router.sysctl("net/ipv4/conf/default/rp_filter", "0")?;
+    let (client, client4, client6) =
+        add_routed_host(&router, &format!("{id}-client"), "rt-cl", 2, CLIENT_INDEX)?;
+    client.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+    // The path to the client carries less than its own link (as a tunnel
+    // on the way would): the router's routes towards it have the smaller
+    // MTU, so it answers full-size packets for the client as too big, and
+    // the client still sends (and advertises) full-size ones.
+    // Locked: IPv6 forwarding honours a route's MTU only then. The metric
+    // of the connected route (0 for IPv4, 256 for IPv6), which it replaces.
+    let mtu = CLIENT_PATH_MTU.to_string();
+    for (family, prefix, metric) in [
+        ("-4", "198.18.2.0/24", "0"),
+        ("-6", "2001:2:0:2::/64", "256"),
+    ] {
+        router.ip(&[
+            family, "route", "replace", prefix, "dev", "rt-cl", "metric", metric, "mtu", "lock",
+            &mtu,
+        ])?;
+    }
+    let (lb, lb4, lb6) = add_routed_host(&router, &format!("{id}-lb"), "rt-lb", 0, LB_INDEX)?;
+    // The VIPs and the outer sources are the load balancer's.
+    for prefix in ["198.18.100.0/24", OUTER_SOURCE4] {
+        router.ip(&["route", "add", prefix, "via", &lb4.to_string()])?;
+    }
+    for prefix in ["2001:2:0:100::/64", OUTER_SOURCE6] {
+        router.ip(&["-6", "route", "add", prefix, "via", &lb6.to_string()])?;
+    }
+    let mut backend_hosts = Vec::new();
+    let mut backend_addrs = Vec::new();
+    for (subnet, backend) in (FIRST_BACKEND_INDEX..).zip(backends) {
+        let (host, v4, v6) = add_routed_host(
+            &router,
+            &format!("{id}-{}", backend.name),
+            &format!("rt-{}", backend.name),
+            subnet,
+            FIRST_BACKEND_INDEX,
+        )?;
+        for key in [
+            "net/ipv4/conf/all/rp_filter",
+            "net/ipv4/conf/default/rp_filter",
+        ] {
+            host.sysctl(key, "0")?;
+        }
+        backend_hosts.push(host);
+        backend_addrs.push((v4, v6));
+    }
+    Ok(Network {
+        middle: router,
+        client,
+        lb,
+        backend_hosts,
+        client_addrs: (client4, client6),
+        backend_addrs,
+        lb_peer: "rt-lb",
+    })
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -369,85 +637,127 @@ impl Lab {
     /// As `start`, with `extra` (top-level TOML tables) appended to the
     /// generated config.
     pub fn start_with(backends: &[BackendSpec], extra: &str) -> anyhow::Result<Self> {
+        Self::build(backends, extra, Topology::Switched)
+    }
+
+    /// A routed lab: backends behind a router, reached by encapsulation
+    /// (see the module doc), with `extra` appended to the config.
+    pub fn start_routed(backends: &[BackendSpec], extra: &str) -> anyhow::Result<Self> {
+        Self::build(backends, extra, Topology::Routed)
+    }
+
+    fn build(backends: &[BackendSpec], extra: &str, topology: Topology) -> anyhow::Result<Self> {
         require_root();
         let id = format!(
             "fl{}-{}",
             std::process::id(),
             LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let switch = Netns::create(&format!("{id}-sw"))?;
-        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
-        switch.ip(&["link", "set", "br0", "up"])?;
-        let client = add_host(&switch, &format!("{id}-client"), "client", CLIENT_INDEX)?;
-        client.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
-        client.ip(&[
-            "route",
-            "add",
-            "198.18.100.0/24",
-            "via",
-            &ipv4_of(LB_INDEX).to_string(),
-        ])?;
-        client.ip(&[
-            "-6",
-            "route",
-            "add",
-            "2001:2:0:100::/64",
-            "via",
-            &ipv6_of(LB_INDEX).to_string(),
-        ])?;
-        let lb = add_host(&switch, &format!("{id}-lb"), "lb", LB_INDEX)?;
-        let mut backend_hosts = Vec::new();
-        for (index, backend) in (FIRST_BACKEND_INDEX..).zip(backends) {
-            let host = add_host(
-                &switch,
-                &format!("{id}-{}", backend.name),
-                &backend.name,
-                index,
-            )?;
+        let network = match topology {
+            Topology::Switched => switched_network(&id, backends)?,
+            Topology::Routed => routed_network(&id, backends)?,
+        };
+        for host in &network.backend_hosts {
             host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
             host.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
             host.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
             host.sysctl("net/ipv4/conf/all/arp_ignore", "1")?;
             host.sysctl("net/ipv4/conf/all/arp_announce", "2")?;
-            backend_hosts.push(host);
         }
         // NAPI for the load balancer's XDP_TX on veth (see DESIGN.md).
         let mut peer_pass = standalone_program("lab_peer_pass")?;
         let program = xdp_program(&mut peer_pass, "lab_peer_pass")?;
-        switch.enter(|| {
-            program.attach("p-lb", XdpMode::Driver)?;
+        let lb_peer = network.lb_peer;
+        network.middle.enter(|| {
+            program.attach(lb_peer, XdpMode::Driver)?;
             Ok(())
         })?;
 
         let config_dir = std::env::temp_dir().join(&id);
+        let pin_root = |what: &str| {
+            Path::new(lb_userspace::dataplane::pins::DEFAULT_ROOT)
+                .with_file_name(format!("fulcrum-lab-{id}{what}"))
+        };
+        let decap_roots = match topology {
+            Topology::Switched => Vec::new(),
+            Topology::Routed => backends
+                .iter()
+                .map(|b| pin_root(&format!("-decap-{}", b.name)))
+                .collect(),
+        };
         let lab = Self {
             id: id.clone(),
             servers: Mutex::new(Vec::new()),
             fulcrum: Mutex::new(None),
             places: Places {
-                pin_root: Path::new(lb_userspace::dataplane::pins::DEFAULT_ROOT)
-                    .with_file_name(format!("fulcrum-lab-{id}")),
+                pin_root: pin_root(""),
                 state_root: config_dir.join("state"),
                 socket: config_dir.join("run").join("api.sock"),
                 journal: config_dir.join("journal.jsonl"),
             },
             backends: backends.to_vec(),
             config_dir,
+            client_addrs: network.client_addrs,
+            backend_addrs: network.backend_addrs,
+            decap_roots,
             _peer_pass: peer_pass,
-            client,
-            lb,
-            backend_hosts,
-            _switch: switch,
+            client: network.client,
+            lb: network.lb,
+            backend_hosts: network.backend_hosts,
+            _middle: network.middle,
         };
+        for (index, root) in lab.decap_roots.iter().enumerate() {
+            lab.decap(index, root, "attach")?;
+        }
         for index in 0..backends.len() {
             let servers = lab.serve(index)?;
             lab.servers.lock().expect("servers lock").push(servers);
         }
         std::fs::create_dir_all(&lab.config_dir)?;
         let config = lab.config_dir.join("fulcrum.toml");
-        std::fs::write(&config, fulcrum_config(backends) + extra)?;
+        let text = fulcrum_config(backends, &lab.backend_addrs, topology) + extra;
+        std::fs::write(&config, text)?;
         lab.start_fulcrum()?;
         Ok(lab)
+    }
+
+    /// Runs `fulcrum decap <verb> eth0` in backend `index`'s namespace,
+    /// pinned under `root` (nsenter: the host's bpffs, see `Fulcrum`).
+    fn decap(&self, index: usize, root: &Path, verb: &str) -> anyhow::Result<String> {
+        let output = Command::new("nsenter")
+            .arg(format!(
+                "--net=/run/netns/{}",
+                self.backend_hosts[index].name()
+            ))
+            .arg("--")
+            .arg(fulcrum_binary()?)
+            .args(["decap", verb, "eth0", "--pin-root"])
+            .arg(root)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "fulcrum decap {verb} on backend {index}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Backend `index`'s decapsulation counters (`fulcrum decap status`),
+    /// by name; a routed lab's only.
+    pub fn decap_counters(&self, index: usize) -> anyhow::Result<Vec<(String, u64)>> {
+        let root = self
+            .decap_roots
+            .get(index)
+            .context("only a routed lab's backends decapsulate")?;
+        self.decap(index, root, "status")?
+            .lines()
+            .map(|line| {
+                let (name, count) = line
+                    .split_once(char::is_whitespace)
+                    .context("a counter line")?;
+                Ok((name.to_string(), count.trim().parse()?))
+            })
+            .collect()
     }
 
     /// Starts backend `index`'s servers (TCP and UDP, answering with its name).
@@ -549,7 +859,7 @@ impl Lab {
 
     /// The client host's addresses.
     pub fn client_addrs(&self) -> (Ipv4Addr, Ipv6Addr) {
-        (ipv4_of(CLIENT_INDEX), ipv6_of(CLIENT_INDEX))
+        self.client_addrs
     }
 
     /// One scrape of the daemon's `/metrics` (at the default address, in
@@ -617,12 +927,8 @@ impl Lab {
     /// Backend `index`'s namespace (config order) and its IPv4 and IPv6
     /// addresses.
     pub fn backend_host(&self, index: usize) -> (&Netns, Ipv4Addr, Ipv6Addr) {
-        let host_index = FIRST_BACKEND_INDEX + index as u8;
-        (
-            &self.backend_hosts[index],
-            ipv4_of(host_index),
-            ipv6_of(host_index),
-        )
+        let (v4, v6) = self.backend_addrs[index];
+        (&self.backend_hosts[index], v4, v6)
     }
 
     /// The prefix of every namespace this lab created.
@@ -706,6 +1012,10 @@ impl Drop for Lab {
         let pins = PinDir::new(&self.places.pin_root, "eth0");
         let _ = pins.remove();
         let _ = std::fs::remove_dir_all(&self.places.pin_root);
+        for (index, root) in self.decap_roots.iter().enumerate() {
+            let _ = self.decap(index, root, "detach");
+            let _ = std::fs::remove_dir_all(root);
+        }
         let _ = std::fs::remove_dir_all(&self.config_dir);
     }
 }

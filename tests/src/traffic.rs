@@ -165,17 +165,49 @@ pub fn health_endpoint(
 
 /// Answers a connection with `reply` at once and after every chunk the
 /// client sends, until the client closes it or `stop` is set.
+/// Serves one connection: the backend's name at once, then after each
+/// read the name again, except for two commands: `bulk N` is answered with
+/// N bytes and then the name (a download), and `sink N` reads N bytes
+/// (those after the command's newline included) and then answers the name
+/// (an upload).
 fn serve_connection(mut stream: TcpStream, reply: &str, stop: &AtomicBool) {
     if stream.write_all(reply.as_bytes()).is_err() {
         return;
     }
     let _ = stream.set_read_timeout(Some(Duration::from_millis(POLL_MS as u64)));
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 4096];
+    let mut sinking: usize = 0;
     while !stop.load(Ordering::Relaxed) {
         match stream.read(&mut buf) {
             Ok(0) => return,
-            Ok(_) => {
-                if stream.write_all(reply.as_bytes()).is_err() {
+            Ok(n) => {
+                let text = &buf[..n];
+                let command = |name: &str| {
+                    let line = text.split(|&b| b == b'\n').next()?;
+                    let count = std::str::from_utf8(line).ok()?.strip_prefix(name)?;
+                    Some((count.trim().parse::<usize>().ok()?, line.len() + 1))
+                };
+                let answer = if sinking > 0 {
+                    sinking = sinking.saturating_sub(n);
+                    sinking == 0
+                } else if let Some((count, _)) = command("bulk ") {
+                    let chunk = [b'x'; 4096];
+                    let mut left = count;
+                    while left > 0 {
+                        let part = left.min(chunk.len());
+                        if stream.write_all(&chunk[..part]).is_err() {
+                            return;
+                        }
+                        left -= part;
+                    }
+                    true
+                } else if let Some((count, header)) = command("sink ") {
+                    sinking = count.saturating_sub(n.saturating_sub(header));
+                    sinking == 0
+                } else {
+                    true
+                };
+                if answer && stream.write_all(reply.as_bytes()).is_err() {
                     return;
                 }
             }
@@ -187,6 +219,45 @@ fn serve_connection(mut stream: TcpStream, reply: &str, stop: &AtomicBool) {
             Err(_) => return,
         }
     }
+}
+
+/// Downloads `bytes` through `vip` from the client namespace (`bulk`):
+/// returns who served it, once every byte and the closing name arrived.
+pub fn download(client: &Netns, vip: SocketAddr, bytes: usize) -> anyhow::Result<String> {
+    let stream = client.enter(|| Ok(TcpStream::connect_timeout(&vip, IO_TIMEOUT)?))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut reader = BufReader::new(stream);
+    let backend = read_name(&mut reader)?;
+    reader
+        .get_mut()
+        .write_all(format!("bulk {bytes}\n").as_bytes())?;
+    let mut body = vec![0u8; bytes];
+    reader
+        .read_exact(&mut body)
+        .with_context(|| format!("downloading {bytes} bytes from {backend}"))?;
+    anyhow::ensure!(body.iter().all(|&b| b == b'x'), "the download is corrupt");
+    let closing = read_name(&mut reader)?;
+    anyhow::ensure!(closing == backend, "{closing} closed what {backend} began");
+    Ok(backend)
+}
+
+/// Uploads `bytes` through `vip` from the client namespace (`sink`):
+/// returns who took it, once it said it had every byte.
+pub fn upload(client: &Netns, vip: SocketAddr, bytes: usize) -> anyhow::Result<String> {
+    let stream = client.enter(|| Ok(TcpStream::connect_timeout(&vip, IO_TIMEOUT)?))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut reader = BufReader::new(stream);
+    let backend = read_name(&mut reader)?;
+    let mut message = format!("sink {bytes}\n").into_bytes();
+    message.resize(message.len() + bytes, b'y');
+    reader
+        .get_mut()
+        .write_all(&message)
+        .with_context(|| format!("uploading {bytes} bytes to {backend}"))?;
+    let receipt = read_name(&mut reader)?;
+    anyhow::ensure!(receipt == backend, "{receipt} answered for {backend}");
+    Ok(backend)
 }
 
 fn read_name(reader: &mut BufReader<TcpStream>) -> anyhow::Result<String> {

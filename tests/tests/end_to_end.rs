@@ -4,7 +4,7 @@
 
 use std::{path::Path, process::Command, sync::mpsc};
 
-use lb_tests::lab::{BackendSpec, Lab};
+use lb_tests::lab::{BackendSpec, Lab, traffic_problems};
 use lb_userspace::monitor::report::Report;
 
 /// Connections per TCP VIP. Source ports come from the kernel, as for real
@@ -63,38 +63,19 @@ fn traffic_follows_weights_and_counters_agree() {
     assert!(!lab.lb_has_xdp().unwrap(), "fulcrum detach detached it");
     eprintln!("{}", report.to_text());
 
-    let total_weight: u32 = backends.iter().map(|b| b.weight).sum();
-    let mut problems = Vec::new();
+    let mut problems = traffic_problems(
+        &traffic,
+        &backends,
+        (TCP_CONNECTIONS, UDP_FLOWS),
+        SHARE_BOUND,
+    );
     for (vip, tally) in &traffic {
-        let attempts = if vip.starts_with("web") {
-            TCP_CONNECTIONS as u64
-        } else {
-            u64::from(UDP_FLOWS)
-        };
-        if tally.failures > 0 || tally.answered() != attempts {
-            problems.push(format!(
-                "{vip}: {} of {attempts} answered, {} failed (first: {:?})",
-                tally.answered(),
-                tally.failures,
-                tally.first_error
-            ));
-        }
         let kernel = report
             .vips
             .iter()
             .find(|v| v.name == *vip)
             .expect("report covers every VIP");
         for backend in &backends {
-            let want = f64::from(backend.weight) / f64::from(total_weight);
-            let got = tally.share(&backend.name);
-            if (got - want).abs() > SHARE_BOUND {
-                problems.push(format!(
-                    "{vip}/{}: share {:.1}% vs weight share {:.1}%",
-                    backend.name,
-                    got * 100.0,
-                    want * 100.0
-                ));
-            }
             let seen = *tally.answers.get(&backend.name).unwrap_or(&0);
             let counted = kernel
                 .backends
@@ -105,7 +86,7 @@ fn traffic_follows_weights_and_counters_agree() {
             // Every UDP flow is new exactly once. A TCP SYN the client had
             // to retransmit is hashed (and counted) again: allow 1%.
             let slack = if vip.starts_with("web") {
-                attempts / 100
+                TCP_CONNECTIONS as u64 / 100
             } else {
                 0
             };
