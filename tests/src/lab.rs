@@ -589,6 +589,9 @@ fn routed_network(id: &str, backends: &[BackendSpec]) -> anyhow::Result<Network>
         ])?;
     }
     let (lb, lb4, lb6) = add_routed_host(&router, &format!("{id}-lb"), "rt-lb", 0, LB_INDEX)?;
+    // The outer sources are the load balancer's own, for routers' errors.
+    lb.ip(&["route", "add", "local", OUTER_SOURCE4, "dev", "lo"])?;
+    lb.ip(&["-6", "route", "add", "local", OUTER_SOURCE6, "dev", "lo"])?;
     // The VIPs and the outer sources are the load balancer's.
     for prefix in ["198.18.100.0/24", OUTER_SOURCE4] {
         router.ip(&["route", "add", prefix, "via", &lb4.to_string()])?;

@@ -43,6 +43,11 @@ fn encapsulated_traffic_reaches_backends_behind_a_router() {
     let backends = backends();
     let lab = Lab::start_routed(&backends, GUARDS).expect("routed lab starts");
     assert!(lab.lb_has_xdp().unwrap(), "fulcrum attached XDP to the LB");
+    let started = lab.fulcrum_log().join("\n");
+    assert!(
+        !started.contains("outer-source-elsewhere"),
+        "the outer sources are the load balancer's, yet:\n{started}"
+    );
     let traffic = lab
         .drive(TCP_CONNECTIONS, UDP_FLOWS, 20000)
         .expect("traffic runs");
@@ -111,4 +116,25 @@ fn path_mtu_discovery_works_through_the_vip_both_ways() {
         problems.push("the load balancer answered no packet as too big".into());
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn an_outer_source_prefix_elsewhere_is_warned_about() {
+    let lab = Lab::start_routed(&backends(), GUARDS).expect("routed lab starts");
+    let config = std::fs::read_to_string(lab.config_path()).expect("config");
+    let moved = config.replace("2001:2:0:64::/64", "2001:2:0:65::/64");
+    assert_ne!(
+        moved, config,
+        "the lab's config names its IPv6 outer source"
+    );
+    let path = lab.config_path().with_file_name("moved.toml");
+    std::fs::write(&path, moved).expect("config written");
+    let (code, stdout, stderr) = lab
+        .cli(&["apply", path.to_str().expect("a path")])
+        .expect("fulcrum apply runs");
+    assert_eq!(code, 0, "a warning does not refuse: {stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("outer-source-elsewhere"),
+        "no warning about 2001:2:0:65::/64: {stdout}{stderr}"
+    );
 }

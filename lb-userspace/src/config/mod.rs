@@ -196,6 +196,20 @@ impl Prefix {
         }
     }
 
+    /// Its last address.
+    pub fn last(&self) -> IpAddr {
+        let bytes: Vec<u8> = self
+            .bytes()
+            .iter()
+            .zip(self.host_mask())
+            .map(|(byte, host)| byte | host)
+            .collect();
+        match <[u8; 4]>::try_from(bytes.as_slice()) {
+            Ok(v4) => IpAddr::from(v4),
+            Err(_) => IpAddr::from(<[u8; 16]>::try_from(bytes.as_slice()).unwrap_or_default()),
+        }
+    }
+
     /// The mask of its host bits, as bytes of its family's width (4 or 16).
     pub fn host_mask(&self) -> Vec<u8> {
         (0..self.bytes().len() as u32)

@@ -14,6 +14,7 @@ use crate::{
     daemon::records::{Record, RecordDir},
     dataplane::Dataplane,
     dataplane::state::DesiredState,
+    net::neighbours,
     policy::health::Down,
     policy::plan::{Plan, plan},
     policy::validate::{Validation, validate_with},
@@ -116,6 +117,44 @@ pub enum Verdict {
     },
 }
 
+/// Warnings for outer source prefixes in use that do not route to this
+/// host: routers send their ICMP errors about encapsulated packets (a
+/// smaller MTU on the way to a backend, say) to the outer source, so the
+/// whole prefix should be this host's (`ip route add local PREFIX dev lo`).
+fn outer_sources_elsewhere(config: &Config) -> Vec<Problem> {
+    let encapsulated: Vec<bool> = config
+        .vips
+        .iter()
+        .filter(|v| v.forwarding.encapsulates())
+        .flat_map(|v| v.backends.iter().map(|b| b.address.is_ipv6()))
+        .collect();
+    [
+        ("source4", config.encapsulation.source4, false),
+        ("source6", config.encapsulation.source6, true),
+    ]
+    .into_iter()
+    .filter_map(|(key, prefix, ipv6)| Some((key, prefix?, ipv6)))
+    .filter(|(_, _, ipv6)| encapsulated.contains(ipv6))
+    .filter(|(_, prefix, _)| {
+        ![prefix.address, prefix.last()]
+            .into_iter()
+            .all(|address| neighbours::is_local(address).unwrap_or(false))
+    })
+    .map(|(key, prefix, _)| {
+        Problem::error(
+            "outer-source-elsewhere",
+            "encapsulation",
+            key,
+            prefix.to_string(),
+            "this host does not own the prefix its outer source addresses come from, so \
+             routers' ICMP errors about encapsulated packets go astray; route it here \
+             (`ip route add local PREFIX dev lo`)",
+        )
+        .warning()
+    })
+    .collect()
+}
+
 /// Takes `text` through the gate: on success it is live and recorded.
 /// With `persist`, `text` is also written durably to that config file
 /// after the new tables are verified and before they go live (and the old
@@ -202,6 +241,9 @@ pub fn apply(
             )
             .warning(),
         );
+    }
+    if let Some(config) = &next.validation.config {
+        planned.problems.extend(outer_sources_elsewhere(config));
     }
     if !next.validation.is_valid() || !planned.accepted() {
         let problems = next

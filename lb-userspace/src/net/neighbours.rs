@@ -21,7 +21,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia},
     },
 };
 
@@ -72,13 +72,13 @@ async fn table(
     Ok(found)
 }
 
-/// The next hop towards `destination` and the interface it leaves by, as
-/// the routing table says (`ip route get`: a lookup, not a dump). An
-/// on-link destination is its own next hop.
-async fn next_hop(
+/// What the routing table says of `destination` (`ip route get`: a
+/// lookup, not a dump): its route's type, the next hop (the destination
+/// itself when on-link) and the interface it leaves by.
+async fn route(
     handle: &rtnetlink::Handle,
     destination: IpAddr,
-) -> anyhow::Result<(IpAddr, u32)> {
+) -> anyhow::Result<(RouteType, IpAddr, Option<u32>)> {
     let mut message = RouteMessage::default();
     (
         message.header.address_family,
@@ -114,8 +114,7 @@ async fn next_hop(
                         _ => {}
                     }
                 }
-                let interface = interface.context("a route without an interface")?;
-                return Ok((gateway.unwrap_or(destination), interface));
+                return Ok((route.header.kind, gateway.unwrap_or(destination), interface));
             }
             NetlinkPayload::Error(error) => {
                 anyhow::bail!("no route to {destination}: {error:?}")
@@ -126,14 +125,10 @@ async fn next_hop(
     anyhow::bail!("no answer to a route lookup for {destination}")
 }
 
-/// The MACs the backends in `wanted` are reached at through interface
-/// `ifindex`, as the kernel knows them now. Missing from the answer: not
-/// known (yet), or, for a routed backend, routed through another
-/// interface.
-pub fn lookup(
-    wanted: &[(IpAddr, Reach)],
-    ifindex: u32,
-) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+/// Runs `work` with a netlink handle, on a runtime of its own.
+fn with_netlink<T>(
+    work: impl AsyncFnOnce(&rtnetlink::Handle) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -142,22 +137,46 @@ pub fn lookup(
         let (connection, handle, _) =
             rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(connection);
-        let known = table(&handle, ifindex).await?;
+        work(&handle).await
+    })
+}
+
+/// Whether packets to `address` would be delivered to this host (a local
+/// route: an address of its own, or a `local` route for a prefix).
+pub fn is_local(address: IpAddr) -> anyhow::Result<bool> {
+    with_netlink(async |handle| {
+        Ok(matches!(
+            route(handle, address).await,
+            Ok((RouteType::Local, ..))
+        ))
+    })
+}
+
+/// The MACs the backends in `wanted` are reached at through interface
+/// `ifindex`, as the kernel knows them now. Missing from the answer: not
+/// known (yet), or, for a routed backend, routed through another
+/// interface.
+pub fn lookup(
+    wanted: &[(IpAddr, Reach)],
+    ifindex: u32,
+) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+    with_netlink(async |handle| {
+        let known = table(handle, ifindex).await?;
         let mut found = HashMap::new();
         for &(address, reach) in wanted {
             let hop = match reach {
                 Reach::Segment => Some(address),
-                Reach::Routed => next_hop(&handle, address)
+                Reach::Routed => route(handle, address)
                     .await
                     .ok()
-                    .filter(|&(_, interface)| interface == ifindex)
-                    .map(|(hop, _)| hop),
+                    .filter(|&(_, _, interface)| interface == Some(ifindex))
+                    .map(|(_, hop, _)| hop),
             };
             if let Some(mac) = hop.and_then(|hop| known.get(&hop)) {
                 found.insert(address, *mac);
             }
         }
-        anyhow::Ok(found)
+        Ok(found)
     })
 }
 
