@@ -11,7 +11,7 @@ use aya::{
 };
 use lb_common::maps::{CONN_TABLE_ENTRIES, Reason};
 use lb_tests::{
-    fixture::{Fixture, standalone_program, test_run, xdp_program},
+    fixture::{ENCAP_CONFIG, Fixture, standalone_program, test_run, xdp_program},
     flood::syn_flood,
     netns::Netns,
     packet::{Frame, tcp_flags::*},
@@ -185,6 +185,87 @@ fn distinct_new_flows() {
     );
 }
 
+/// Single runs per encapsulation row: the program grows the frame, and
+/// BPF_PROG_TEST_RUN does not reset it between repeats.
+const ENCAP_RUNS: usize = 20_000;
+
+/// The cost of forwarding an established flow by each encapsulation, next
+/// to L2 DSR and the floor, all in one loop (a run of each in turn, so
+/// that a slow period of the machine touches every row alike).
+fn encapsulation_cost() {
+    let mut fixture = Fixture::with_config(ENCAP_CONFIG);
+    let mut floor_object = standalone_program("bench_floor_tx").expect("floor program");
+    let floor = xdp_program(&mut floor_object, "bench_floor_tx").expect("bench_floor_tx");
+    let rows: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "L2 DSR, IPv4 TCP",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.113:80", ACK).bytes(),
+        ),
+        (
+            "IPIP 4in4, TCP",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.110:80", ACK).bytes(),
+        ),
+        (
+            "IPIP 6in6, TCP",
+            Frame::tcp("[2001:2::2:1]:40000", "[2001:2::110]:80", ACK).bytes(),
+        ),
+        (
+            "IPIP 6in4, TCP",
+            Frame::tcp("[2001:2::2:1]:40000", "[2001:2::111]:80", ACK).bytes(),
+        ),
+        (
+            "IPIP 4in6, TCP",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.111:80", ACK).bytes(),
+        ),
+        (
+            "GUE in IPv4, UDP",
+            Frame::udp("198.18.2.1:5000", "198.18.0.112:53")
+                .payload(&[0; 32])
+                .bytes(),
+        ),
+        (
+            "GUE in IPv6, TCP (UDP checksum)",
+            Frame::tcp("[2001:2::2:1]:40000", "[2001:2::112]:80", ACK).bytes(),
+        ),
+    ];
+    for (name, frame) in &rows {
+        let program = fixture.dataplane.program().expect("program");
+        let run = test_run(program, frame, 1).expect("warm-up run");
+        assert_eq!(run.action, 3, "{name}: XDP_TX");
+    }
+    let mut floors = Vec::with_capacity(ENCAP_RUNS);
+    let mut costs: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|_| Vec::with_capacity(ENCAP_RUNS))
+        .collect();
+    for _ in 0..ENCAP_RUNS {
+        floors.push(ns_repeated(floor, &rows[0].1, 1));
+        for ((_, frame), cost) in rows.iter().zip(&mut costs) {
+            let program = fixture.dataplane.program().expect("program");
+            cost.push(ns_repeated(program, frame, 1));
+        }
+    }
+    let floor_ns = median(floors);
+    let l2 = median(costs[0].clone());
+    println!(
+        "\nestablished flows by forwarding mode: BPF_PROG_TEST_RUN, repeat 1, median of \
+         {ENCAP_RUNS} runs each, interleaved\n"
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>7} {:>11} {:>9}",
+        "path", "ns/pkt", "floor", "ratio", "above floor", "vs L2 DSR"
+    );
+    for ((name, _), cost) in rows.iter().zip(costs) {
+        let cost = median(cost);
+        println!(
+            "{name:<34} {cost:>9.1} {floor_ns:>9.1} {:>6.2}x {:>+10.1} {:>+9.1}",
+            cost / floor_ns,
+            cost - floor_ns,
+            cost - l2
+        );
+    }
+}
+
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
 fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> Vec<u8> {
     [0, frame_len as u32, 0, ingress_ifindex, 0, 0]
@@ -356,7 +437,8 @@ fn apply_latency() {
     );
 }
 
-/// Sections by name: `cargo bench -p lb-tests --bench dataplane -- NAME...`
+/// Sections by name (cost, distinct, encap, live, flood, one-cpu, apply):
+/// `cargo bench -p lb-tests --bench dataplane -- NAME...`
 /// runs only the named ones (all without a name).
 fn main() {
     let chosen: Vec<String> = std::env::args()
@@ -370,6 +452,9 @@ fn main() {
     }
     if runs("distinct") {
         distinct_new_flows();
+    }
+    if runs("encap") {
+        encapsulation_cost();
     }
     if runs("live") {
         live_rate();

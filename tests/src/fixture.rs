@@ -81,6 +81,104 @@ backend = [
 ]
 "#;
 
+/// A config that encapsulates: VIPs for every combination of families
+/// (IP in IP and GUE), their backends on other networks (reached through
+/// the next hop 02:00:00:00:0a:01, as the MACs say), and an L2 DSR VIP.
+pub const ENCAP_CONFIG: &str = r#"
+forwarding = "ipip"
+table_size = 251
+
+[encapsulation]
+source4 = "198.18.64.0/24"
+source6 = "2001:2:0:64::/64"
+mtu = 1500
+gue_port = 6080
+
+[[vip]]
+name = "4in4"
+address = "198.18.0.110"
+port = 80
+protocol = "tcp"
+backend = [
+  { address = "198.18.5.1", mac = "02:00:00:00:0a:01" },
+  { address = "198.18.5.2", mac = "02:00:00:00:0a:01" },
+]
+
+[[vip]]
+name = "6in6"
+address = "2001:2::110"
+port = 80
+protocol = "tcp"
+backend = [
+  { address = "2001:2:0:5::1", mac = "02:00:00:00:0a:01" },
+  { address = "2001:2:0:5::2", mac = "02:00:00:00:0a:01" },
+]
+
+[[vip]]
+name = "6in4"
+address = "2001:2::111"
+port = 80
+protocol = "tcp"
+backend = [
+  { address = "198.18.5.3", mac = "02:00:00:00:0a:01" },
+  { address = "198.18.5.4", mac = "02:00:00:00:0a:01" },
+]
+
+[[vip]]
+name = "4in6"
+address = "198.18.0.111"
+port = 80
+protocol = "tcp"
+backend = [
+  { address = "2001:2:0:5::3", mac = "02:00:00:00:0a:01" },
+  { address = "2001:2:0:5::4", mac = "02:00:00:00:0a:01" },
+]
+
+[[vip]]
+name = "gue4"
+forwarding = "gue"
+address = "198.18.0.112"
+port = 53
+protocol = "udp"
+backend = [
+  { address = "198.18.5.5", mac = "02:00:00:00:0a:01" },
+  { address = "198.18.5.6", mac = "02:00:00:00:0a:01" },
+]
+
+[[vip]]
+name = "gue6"
+forwarding = "gue"
+address = "2001:2::112"
+port = 80
+protocol = "tcp"
+backend = [
+  { address = "2001:2:0:5::5", mac = "02:00:00:00:0a:01" },
+  { address = "2001:2:0:5::6", mac = "02:00:00:00:0a:01" },
+]
+
+[[vip]]
+name = "gue-4in6"
+forwarding = "gue"
+address = "198.18.0.112"
+port = 54
+protocol = "udp"
+backend = [
+  { address = "2001:2:0:5::7", mac = "02:00:00:00:0a:01" },
+  { address = "2001:2:0:5::8", mac = "02:00:00:00:0a:01" },
+]
+
+[[vip]]
+name = "l2"
+forwarding = "l2-dsr"
+address = "198.18.0.113"
+port = 80
+protocol = "tcp"
+backend = [
+  { address = "198.18.1.1", mac = "02:00:00:00:01:01" },
+  { address = "198.18.1.2", mac = "02:00:00:00:01:02" },
+]
+"#;
+
 /// A VIP that is in the VIP map but has no lookup table (`vip_id` unused
 /// by the config), to exercise the no-backend drop.
 /// The flow hash seed the fixture's data plane uses.

@@ -10,107 +10,10 @@ use lb_common::{
     maps::{FlowKey, Reason},
 };
 use lb_tests::{
-    fixture::{Fixture, TEST_SEED, test_run, xdp_action, xdp_program},
+    fixture::{ENCAP_CONFIG, Fixture, TEST_SEED, test_run, xdp_action, xdp_program},
     packet::{Frame, LB_MAC, ROUTER_MAC, internet_checksum, tcp_flags::*},
 };
 use lb_userspace::{config::Forwarding, dataplane::state::ip_bytes};
-
-/// VIPs for each combination, their backends on other networks (reached
-/// through the next hop 02:00:00:00:0a:01, as the MACs say).
-const CONFIG: &str = r#"
-forwarding = "ipip"
-table_size = 251
-
-[encapsulation]
-source4 = "198.18.64.0/24"
-source6 = "2001:2:0:64::/64"
-mtu = 1500
-gue_port = 6080
-
-[[vip]]
-name = "4in4"
-address = "198.18.0.110"
-port = 80
-protocol = "tcp"
-backend = [
-  { address = "198.18.5.1", mac = "02:00:00:00:0a:01" },
-  { address = "198.18.5.2", mac = "02:00:00:00:0a:01" },
-]
-
-[[vip]]
-name = "6in6"
-address = "2001:2::110"
-port = 80
-protocol = "tcp"
-backend = [
-  { address = "2001:2:0:5::1", mac = "02:00:00:00:0a:01" },
-  { address = "2001:2:0:5::2", mac = "02:00:00:00:0a:01" },
-]
-
-[[vip]]
-name = "6in4"
-address = "2001:2::111"
-port = 80
-protocol = "tcp"
-backend = [
-  { address = "198.18.5.3", mac = "02:00:00:00:0a:01" },
-  { address = "198.18.5.4", mac = "02:00:00:00:0a:01" },
-]
-
-[[vip]]
-name = "4in6"
-address = "198.18.0.111"
-port = 80
-protocol = "tcp"
-backend = [
-  { address = "2001:2:0:5::3", mac = "02:00:00:00:0a:01" },
-  { address = "2001:2:0:5::4", mac = "02:00:00:00:0a:01" },
-]
-
-[[vip]]
-name = "gue4"
-forwarding = "gue"
-address = "198.18.0.112"
-port = 53
-protocol = "udp"
-backend = [
-  { address = "198.18.5.5", mac = "02:00:00:00:0a:01" },
-  { address = "198.18.5.6", mac = "02:00:00:00:0a:01" },
-]
-
-[[vip]]
-name = "gue6"
-forwarding = "gue"
-address = "2001:2::112"
-port = 80
-protocol = "tcp"
-backend = [
-  { address = "2001:2:0:5::5", mac = "02:00:00:00:0a:01" },
-  { address = "2001:2:0:5::6", mac = "02:00:00:00:0a:01" },
-]
-
-[[vip]]
-name = "gue-4in6"
-forwarding = "gue"
-address = "198.18.0.112"
-port = 54
-protocol = "udp"
-backend = [
-  { address = "2001:2:0:5::7", mac = "02:00:00:00:0a:01" },
-  { address = "2001:2:0:5::8", mac = "02:00:00:00:0a:01" },
-]
-
-[[vip]]
-name = "l2"
-forwarding = "l2-dsr"
-address = "198.18.0.113"
-port = 80
-protocol = "tcp"
-backend = [
-  { address = "198.18.1.1", mac = "02:00:00:00:01:01" },
-  { address = "198.18.1.2", mac = "02:00:00:00:01:02" },
-]
-"#;
 
 /// The MTU the config gives.
 const MTU: usize = 1500;
@@ -586,7 +489,7 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
 
 #[test]
 fn encapsulation_cases() {
-    let mut fixture = Fixture::with_config(CONFIG);
+    let mut fixture = Fixture::with_config(ENCAP_CONFIG);
     let cases = cases();
     let mut failures = Vec::new();
     for case in &cases {
@@ -605,7 +508,7 @@ fn encapsulation_cases() {
 
 #[test]
 fn established_flows_keep_their_outer_header() {
-    let mut fixture = Fixture::with_config(CONFIG);
+    let mut fixture = Fixture::with_config(ENCAP_CONFIG);
     let syn = Frame::tcp("[2001:2::2:50]:45000", "[2001:2::111]:80", SYN);
     let ack = Frame::tcp("[2001:2::2:50]:45000", "[2001:2::111]:80", ACK);
     let first = fixture.run(&syn.bytes()).expect("runs");
@@ -672,7 +575,7 @@ fn decap_count(ebpf: &aya::Ebpf, reason: lb_common::maps::DecapReason) -> u64 {
 #[test]
 fn decapsulation_gives_back_what_was_encapsulated() {
     use lb_common::maps::DecapReason;
-    let mut fixture = Fixture::with_config(CONFIG);
+    let mut fixture = Fixture::with_config(ENCAP_CONFIG);
     let backends = [
         "198.18.5.1",
         "198.18.5.2",
