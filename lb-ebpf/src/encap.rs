@@ -16,9 +16,10 @@ use lb_common::{
 use lb_ebpf::{
     header,
     outer::{
-        ICMP_LEN, ICMP4_QUOTE, ICMP6_QUOTE, IPV4_LEN, IPV6_LEN, PROTO_ICMP, PROTO_ICMPV6, Sum,
-        UDP_LEN, flow_label, gue_header, gue_source_port, icmp4_too_big, icmp6_too_big, ip_in_ip,
-        ipv4_header, ipv4_packet_sum, ipv6_header, ipv6_packet_sum, source4, source6, udp_header,
+        GUE_LEN, ICMP_LEN, ICMP4_QUOTE, ICMP6_QUOTE, IPV4_LEN, IPV6_LEN, PROTO_ICMP, PROTO_ICMPV6,
+        Sum, UDP_LEN, flow_label, gue_header, gue_source_port, icmp4_too_big, icmp6_too_big,
+        ip_in_ip, ipv4_header, ipv4_packet_sum, ipv6_header, ipv6_packet_sum, source4, source6,
+        udp_header,
     },
 };
 use network_types::{
@@ -186,7 +187,7 @@ pub fn encapsulate(ctx: &XdpContext, job: &EncapJob, config: &DataplaneConfig) -
     let gue = backend.forward == FORWARD_GUE;
     let carried = ip_in_ip(family);
     let (next, payload) = if gue {
-        (PROTO_UDP, inner.len + (UDP_LEN + 4) as u16)
+        (PROTO_UDP, inner.len + (UDP_LEN + GUE_LEN) as u16)
     } else {
         (carried, inner.len)
     };
