@@ -283,10 +283,11 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
     if ipv4_is_fragment(ip.frags) {
         return Err(pass(Reason::PassFragment));
     }
-    if ip.proto == PROTO_ICMP {
-        return parse_icmp(ctx, l3, l3 + header_len, FAMILY_IPV4);
-    }
     if !is_balanced_protocol(ip.proto) {
+        // Off the TCP/UDP path: an ICMP error may be about a VIP's flow.
+        if ip.proto == PROTO_ICMP {
+            return parse_icmp(ctx, l3, l3 + header_len, FAMILY_IPV4);
+        }
         return Err(pass(Reason::PassOtherProtocol));
     }
     if header_len > Ipv4Hdr::LEN {
@@ -318,10 +319,10 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
     if ipv6_is_extension(next) {
         return Err(pass(Reason::PassUnsupported));
     }
-    if next == PROTO_ICMPV6 {
-        return parse_icmp(ctx, l3, l3 + Ipv6Hdr::LEN, FAMILY_IPV6);
-    }
     if !is_balanced_protocol(next) {
+        if next == PROTO_ICMPV6 {
+            return parse_icmp(ctx, l3, l3 + Ipv6Hdr::LEN, FAMILY_IPV6);
+        }
         return Err(pass(Reason::PassOtherProtocol));
     }
     let key = FlowKey {
@@ -403,8 +404,8 @@ fn lookup_vip(key: &FlowKey) -> Option<(u32, u32, u32)> {
 
 /// The backend slot if it is in use and still serves `vip_id`.
 #[inline(always)]
-fn live_backend(backend_id: u32, vip_id: u32) -> Option<Backend> {
-    let backend = *BACKENDS.get(backend_id)?;
+fn live_backend(backend_id: u32, vip_id: u32) -> Option<&'static Backend> {
+    let backend = BACKENDS.get(backend_id)?;
     (backend.flags & BACKEND_ACTIVE != 0 && backend.vip_id == vip_id).then_some(backend)
 }
 
@@ -449,7 +450,7 @@ fn tracked_flow(
     place: &Place,
     flow: &Flow,
     config: &DataplaneConfig,
-) -> Option<(u32, u32, Backend)> {
+) -> Option<(u32, u32, &'static Backend)> {
     let ((meta, ways), way) = (place.set?, place.way?);
     // SAFETY: map values are valid while the program runs; `way` is a way
     // index found by `locate`.
@@ -552,7 +553,12 @@ fn track(place: &Place, flow: &Flow, entry: FlowEntry, config: &DataplaneConfig)
 
 /// The backend the VIP's lookup table assigns to a new flow.
 #[inline(always)]
-fn table_backend(hash: u64, vip_id: u32, table_id: u32, size: u32) -> Option<(u32, Backend)> {
+fn table_backend(
+    hash: u64,
+    vip_id: u32,
+    table_id: u32,
+    size: u32,
+) -> Option<(u32, &'static Backend)> {
     let slot = table_slot(hash, size)?;
     let table = LOOKUP_TABLES.get(table_id)?;
     let backend_id = *table.get(slot)?;
@@ -640,7 +646,7 @@ fn forward(ctx: &XdpContext, flow: &Flow) -> Verdict {
             // SAFETY: per-CPU slot, only this CPU uses it while we run.
             unsafe {
                 *job = EncapJob {
-                    backend,
+                    backend: *backend,
                     backend_id,
                     vip_id,
                     l3: flow.l3 as u16,
@@ -661,10 +667,10 @@ fn forward(ctx: &XdpContext, flow: &Flow) -> Verdict {
     };
     // A copy first: assigning straight from the map value makes LLVM call
     // a byte-wise memmove (the two may overlap, as far as it knows).
-    let if_mac = config.if_mac;
+    let (if_mac, mac) = (config.if_mac, backend.mac);
     // SAFETY: bounds checked by `header`.
     unsafe {
-        (*eth).dst_addr = backend.mac;
+        (*eth).dst_addr = mac;
         (*eth).src_addr = if_mac;
     }
     let bytes = (ctx.data_end() - ctx.data()) as u64;
