@@ -111,6 +111,7 @@ fn every_verb_answers_with_its_exit_code_and_json_shape() {
     );
     assert_eq!(code, 0, "{explained}");
     assert_eq!(explained["via"], "table");
+    assert_eq!(explained["forwarding"], "l2-dsr", "{explained}");
     assert!(
         explained["slot"].is_u64() && explained["backend"].is_string(),
         "{explained}"

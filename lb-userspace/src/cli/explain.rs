@@ -26,10 +26,11 @@ fn text(body: &Value) -> String {
         return String::new();
     }
     format!(
-        "VIP {} -> backend {} ({}): {}\n",
+        "VIP {} -> backend {} ({}, by {}): {}\n",
         body["vip"].as_str().unwrap_or("?"),
         body["backend"].as_str().unwrap_or("?"),
         body["address"].as_str().unwrap_or("?"),
+        body["forwarding"].as_str().unwrap_or("?"),
         body["why"].as_str().unwrap_or("?"),
     )
 }

@@ -630,6 +630,7 @@ impl Controller {
                 "backend": backend.label,
                 "address": backend.addr.to_string(),
                 "via": "connection-table",
+                "forwarding": vip.forwarding.name(),
                 "why": "an established flow: the connection table pins it to this backend",
                 "hash": hash,
             }));
@@ -641,6 +642,7 @@ impl Controller {
                 "backend": backend.label,
                 "address": backend.addr.to_string(),
                 "via": "table",
+                "forwarding": vip.forwarding.name(),
                 "slot": slot,
                 "why": format!("a new flow: its hash {hash:#010x} picks slot {} of {}", slot.unwrap_or(0), vip.table.table.len()),
                 "hash": hash,
