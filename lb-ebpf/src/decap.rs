@@ -91,7 +91,8 @@ fn decapsulate(ctx: &XdpContext) -> DecapReason {
         return DecapReason::DropTruncated;
     };
     // SAFETY: bounds checked by `header`.
-    let (mut ether_type, tpid) = unsafe { ((*eth).ether_type, (*eth).ether_type) };
+    let tpid = unsafe { (*eth).ether_type };
+    let mut ether_type = tpid;
     let mut l3 = EthHdr::LEN;
     let mut tci = [0u8; 2];
     if is_vlan(ether_type) {

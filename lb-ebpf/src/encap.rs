@@ -47,7 +47,7 @@ struct Inner {
 #[inline(always)]
 fn inner(ctx: &XdpContext, l3: usize, family: u8) -> Result<Inner, Reason> {
     let room = ctx.data_end() - ctx.data() - l3;
-    let mut found = if family == FAMILY_IPV4 {
+    let found = if family == FAMILY_IPV4 {
         let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::DropTruncated)?;
         // SAFETY: bounds checked by `header`.
         let ip = unsafe { *ip };
@@ -96,9 +96,6 @@ fn inner(ctx: &XdpContext, l3: usize, family: u8) -> Result<Inner, Reason> {
     };
     if usize::from(found.len) > room {
         return Err(Reason::DropMalformed);
-    }
-    if family != FAMILY_IPV4 {
-        found.dont_fragment = true;
     }
     Ok(found)
 }

@@ -261,6 +261,53 @@ pub fn test_run(program: &aya::programs::Xdp, input: &[u8], repeat: u32) -> std:
     })
 }
 
+/// Every way a run differs from what a case expects: its action, the
+/// verdict counters (exactly `verdict` moved, by one, between `before` and
+/// `after`), its output bytes (the first difference shown).
+pub fn run_problems(
+    run: &Run,
+    (before, after): (&Snapshot, &Snapshot),
+    (action, verdict): (u32, Reason),
+    output: &[u8],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if run.action != action {
+        problems.push(format!(
+            "action {} instead of {}",
+            xdp_action::name(run.action),
+            xdp_action::name(action)
+        ));
+    }
+    for reason in Reason::ALL.into_iter().filter(|r| r.is_verdict()) {
+        let moved = after.reason_delta(before, reason);
+        let want = u64::from(reason == verdict);
+        if moved != want {
+            problems.push(format!(
+                "counter {} moved by {moved}, expected {want}",
+                reason.name()
+            ));
+        }
+    }
+    if run.output != output {
+        let first = run
+            .output
+            .iter()
+            .zip(output)
+            .position(|(a, b)| a != b)
+            .unwrap_or(run.output.len().min(output.len()));
+        let around =
+            |bytes: &[u8]| bytes[first.saturating_sub(4)..(first + 12).min(bytes.len())].to_vec();
+        problems.push(format!(
+            "output differs at byte {first} (lengths {} and {} expected)\n  got  {:02x?}\n  want {:02x?}",
+            run.output.len(),
+            output.len(),
+            around(&run.output),
+            around(output),
+        ));
+    }
+    problems
+}
+
 /// A loaded program and the state installed into it.
 pub struct Fixture {
     /// The program.

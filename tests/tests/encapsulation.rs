@@ -10,7 +10,7 @@ use lb_common::{
     maps::{FlowKey, Reason},
 };
 use lb_tests::{
-    fixture::{ENCAP_CONFIG, Fixture, TEST_SEED, test_run, xdp_action, xdp_program},
+    fixture::{ENCAP_CONFIG, Fixture, TEST_SEED, run_problems, test_run, xdp_action, xdp_program},
     packet::{Frame, LB_MAC, ROUTER_MAC, internet_checksum, tcp_flags::*},
 };
 use lb_userspace::{config::Forwarding, dataplane::state::ip_bytes};
@@ -441,20 +441,7 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
         Expect::TooBig(mtu) => (xdp_action::TX, Reason::TxTooBig, too_big(&case.input, mtu)),
         Expect::Verdict(action, reason) => (action, reason, case.input.clone()),
     };
-    let mut problems = Vec::new();
-    if run.action != action {
-        problems.push(format!(
-            "action {} instead of {}",
-            xdp_action::name(run.action),
-            xdp_action::name(action)
-        ));
-    }
-    for reason in Reason::ALL.into_iter().filter(|r| r.is_verdict()) {
-        let moved = after.reason_delta(&before, reason);
-        if moved != u64::from(reason == verdict) {
-            problems.push(format!("counter {} moved by {moved}", reason.name()));
-        }
-    }
+    let mut problems = run_problems(&run, (&before, &after), (action, verdict), &output);
     let ip = &case.input[l3_of(&case.input)..];
     let icmp = if ip[0] >> 4 == 4 {
         ip[9] == 1
@@ -468,21 +455,6 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
         if after.reason_delta(&before, Reason::ConnInsert) != 0 {
             problems.push("an ICMP error was tracked as a flow".into());
         }
-    }
-    if run.output != output {
-        let first = run
-            .output
-            .iter()
-            .zip(&output)
-            .position(|(a, b)| a != b)
-            .unwrap_or(run.output.len().min(output.len()));
-        problems.push(format!(
-            "output differs at byte {first} (lengths {} and {} expected)\n  got  {:02x?}\n  want {:02x?}",
-            run.output.len(),
-            output.len(),
-            &run.output[first.saturating_sub(4)..(first + 12).min(run.output.len())],
-            &output[first.saturating_sub(4)..(first + 12).min(output.len())],
-        ));
     }
     problems
 }

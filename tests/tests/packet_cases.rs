@@ -5,7 +5,7 @@
 
 use lb_common::maps::Reason;
 use lb_tests::{
-    fixture::{Fixture, Snapshot, TABLELESS_VIP, TEST_SEED, xdp_action},
+    fixture::{Fixture, Snapshot, TABLELESS_VIP, TEST_SEED, run_problems, xdp_action},
     packet::{Frame, LB_MAC, tcp_flags::*},
 };
 
@@ -343,23 +343,6 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
         Ok(run) => run,
         Err(err) => return vec![format!("BPF_PROG_TEST_RUN failed: {err}")],
     };
-    if run.action != action {
-        problems.push(format!(
-            "action {} instead of {}",
-            xdp_action::name(run.action),
-            xdp_action::name(action)
-        ));
-    }
-    for reason in Reason::ALL.into_iter().filter(|r| r.is_verdict()) {
-        let moved = after.reason_delta(&before, reason);
-        let want = u64::from(reason == verdict);
-        if moved != want {
-            problems.push(format!(
-                "counter {} moved by {moved}, expected {want}",
-                reason.name()
-            ));
-        }
-    }
     for &note in case.notes {
         if after.reason_delta(&before, note) != 1 {
             problems.push(format!("counter {} did not move", note.name()));
@@ -397,19 +380,12 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
             problems.push("a new flow did not count a connection-table miss".into());
         }
     }
-    if run.output != expected_output {
-        let first = run
-            .output
-            .iter()
-            .zip(&expected_output)
-            .position(|(a, b)| a != b)
-            .unwrap_or(run.output.len().min(expected_output.len()));
-        problems.push(format!(
-            "output differs from the expected bytes at offset {first} (lengths {} vs {})",
-            run.output.len(),
-            expected_output.len()
-        ));
-    }
+    problems.extend(run_problems(
+        &run,
+        (&before, &after),
+        (action, verdict),
+        &expected_output,
+    ));
     if after.backends != expected_traffic.backends {
         problems.push(format!(
             "backend counters: got {:?}, expected {:?}",
