@@ -19,10 +19,12 @@ macro_rules! note {
     }};
 }
 
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod group;
 pub mod health;
 pub mod monitor;
 pub mod net;

@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     // rules, and tmux for `fulcrum top` in a real terminal.
     "prometheus",
     "tmux",
+    // The ECMP scale-out test: BIRD announces VIPs over BGP.
+    "bird2",
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const TOOLCHAIN: &str = "debian-bpf";

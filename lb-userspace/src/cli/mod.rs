@@ -4,12 +4,14 @@
 pub mod apply;
 pub mod backend;
 pub mod client;
+pub mod compare;
 pub mod decap;
 pub mod detach;
 pub mod explain;
 pub mod plan;
 pub mod run;
 pub mod status;
+pub mod tables;
 pub mod top;
 pub mod validate;
 
@@ -62,6 +64,12 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Show what applying a config would change, and whether the guards allow it.
     Plan(plan::PlanArgs),
+    /// Every VIP's lookup table (from the daemon, a config or a dump), with
+    /// digests and the seed's fingerprint.
+    Tables(tables::TablesArgs),
+    /// Whether two hosts of a group send every flow to the same backend,
+    /// or where they differ.
+    Compare(compare::CompareArgs),
     /// On a backend: decapsulate what a load balancer with forwarding =
     /// "ipip" or "gue" sends it (attach, detach, status).
     Decap(decap::DecapArgs),
@@ -80,6 +88,8 @@ impl Cli {
             Command::Explain(args) => explain::run(args),
             Command::Validate(args) => validate::run(args),
             Command::Plan(args) => plan::run(args),
+            Command::Tables(args) => tables::run(args),
+            Command::Compare(args) => compare::run(args),
             Command::Decap(args) => decap::run(args),
         }
     }

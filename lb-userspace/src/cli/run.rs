@@ -316,6 +316,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     controller.file_seen(&text);
+    controller.announce();
     controller.monitor().spawn_sampler();
     let metrics_address = args.metrics.unwrap_or(config.api.metrics);
     let metrics = scrape::serve(metrics_address, controller.monitor())?;
@@ -397,6 +398,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Event::Neighbours => {
                 controller.refresh_neighbours();
                 controller.reconcile_health();
+                controller.announce();
             }
             Event::Health(transition) => {
                 crate::note!(
@@ -415,6 +417,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(metrics);
     report(&controller, args.stats_format);
     if args.detach_on_exit {
+        controller.withdraw();
         controller.dataplane.detach()?;
         pins.remove()?;
         records.remove()?;

@@ -146,7 +146,7 @@ fn keep_polling(
     loop {
         thread::sleep(every.saturating_sub(asked.elapsed()));
         asked = Instant::now();
-        let outcome = poll(connection);
+        let outcome = poll(connection).map(Box::new);
         let polled = Wake::Polled {
             at: Instant::now(),
             wall: SystemTime::now(),
@@ -187,7 +187,7 @@ enum Wake {
     Polled {
         at: Instant,
         wall: SystemTime,
-        outcome: anyhow::Result<Status>,
+        outcome: anyhow::Result<Box<Status>>,
     },
     /// A key press, a resize, ...
     Input(Event),
@@ -367,11 +367,11 @@ impl Top {
 
     /// Takes a poll's outcome: an answer replaces the view, a failure is
     /// shown over the last answer.
-    fn take(&mut self, at: Instant, wall: SystemTime, outcome: anyhow::Result<Status>) {
+    fn take(&mut self, at: Instant, wall: SystemTime, outcome: anyhow::Result<Box<Status>>) {
         match outcome {
             Ok(status) => {
                 self.rates.update(at, counters(&status.report));
-                self.latest = status;
+                self.latest = *status;
                 self.answered = wall;
                 self.failure = None;
                 self.scroll = self.scroll.min(self.last_vip());
@@ -889,7 +889,7 @@ mod tests {
         top.take(
             start + Duration::from_secs(1),
             SystemTime::now(),
-            Ok(status([1000, 1000, 8000], true)),
+            Ok(Box::new(status([1000, 1000, 8000], true))),
         );
         let second = screen(&top, 80, 24);
         assert!(second.contains("NOT ATTACHED"), "{second}");

@@ -40,6 +40,10 @@ pub struct Config {
     pub api: Api,
     /// When a backend's observed share of new flows counts as skew.
     pub imbalance: Imbalance,
+    /// The group of hosts behind one ECMP route this host belongs to.
+    pub group: Option<Group>,
+    /// How this host announces the VIPs it is ready to serve.
+    pub announce: Option<Announce>,
     /// The virtual services.
     pub vips: Vec<VipConfig>,
     /// VIPs whose own keys could not be read, kept so that their backends
@@ -556,6 +560,38 @@ impl Default for Api {
             metrics: ([127, 0, 0, 1], 9487).into(),
         }
     }
+}
+
+/// The group of load-balancer hosts behind one ECMP route: every host of
+/// it must hash a flow alike and hold the same tables, so that a flow
+/// reaches the same backend whichever host the routers pick. A group
+/// therefore needs `flow_hash_seed` set, the same on every host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    /// Its name, shown in `status` and the metrics.
+    pub name: String,
+}
+
+/// Announcing VIPs to the routers through BIRD: the controller writes the
+/// VIPs this host is ready to serve into `bird_include` (a file the
+/// operator's `bird.conf` includes) and asks BIRD on `bird_socket` to
+/// read its configuration again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Announce {
+    /// The file of static routes the controller writes.
+    pub bird_include: PathBuf,
+    /// BIRD's control socket.
+    pub bird_socket: PathBuf,
+    /// Seconds `fulcrum detach` waits between withdrawing the routes and
+    /// detaching, so that the routers stop sending first.
+    pub drain_s: u64,
+}
+
+impl Announce {
+    /// Debian's `bird2` control socket.
+    pub const DEFAULT_SOCKET: &str = "/run/bird/bird.ctl";
+    /// Long enough for a BGP withdrawal to reach the routers' FIBs.
+    pub const DEFAULT_DRAIN_S: u64 = 5;
 }
 
 /// The imbalance detector's settings: a backend is flagged when, over the

@@ -8,9 +8,9 @@ use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
 use toml::{Table, Value};
 
 use super::{
-    Api, BackendConfig, CheckKind, Config, Encapsulation, Forwarding, GuardOverrides, Guards,
-    HealthCheck, HealthOverrides, IdleTimeouts, Imbalance, MacAddr, Prefix, Protocol, Secret,
-    UnreadableVip, VipConfig,
+    Announce, Api, BackendConfig, CheckKind, Config, Encapsulation, Forwarding, Group,
+    GuardOverrides, Guards, HealthCheck, HealthOverrides, IdleTimeouts, Imbalance, MacAddr, Prefix,
+    Protocol, Secret, UnreadableVip, VipConfig,
 };
 use crate::{
     problem::Problem,
@@ -348,6 +348,12 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .optional(&mut problems, "encapsulation", table)
         .map(|t| read_encapsulation(t, &mut problems))
         .unwrap_or_default();
+    let group = top
+        .optional(&mut problems, "group", table)
+        .map(|t| read_group(t, &mut problems));
+    let announce = top
+        .optional(&mut problems, "announce", table)
+        .and_then(|t| read_announce(t, &mut problems));
     let defaults = VipDefaults {
         table: default_table,
         forwarding,
@@ -378,6 +384,8 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         health_check,
         api,
         imbalance,
+        group,
+        announce,
         encapsulation,
         vips,
         unreadable_vips,
@@ -492,6 +500,30 @@ fn read_api(t: &Table, problems: &mut Vec<Problem>) -> Api {
     };
     s.finish(problems);
     api
+}
+
+fn read_group(t: &Table, problems: &mut Vec<Problem>) -> Group {
+    let mut s = Section::new(t, "group");
+    let name = s.required(problems, "name", string).unwrap_or_default();
+    s.finish(problems);
+    Group { name }
+}
+
+fn read_announce(t: &Table, problems: &mut Vec<Problem>) -> Option<Announce> {
+    let mut s = Section::new(t, "announce");
+    let bird_include = s.required(problems, "bird_include", string);
+    let bird_socket = s
+        .optional(problems, "bird_socket", string)
+        .unwrap_or_else(|| Announce::DEFAULT_SOCKET.into());
+    let drain_s = s
+        .optional(problems, "drain_s", seconds)
+        .unwrap_or(Announce::DEFAULT_DRAIN_S);
+    s.finish(problems);
+    Some(Announce {
+        bird_include: bird_include?.into(),
+        bird_socket: bird_socket.into(),
+        drain_s,
+    })
 }
 
 fn read_imbalance(t: &Table, problems: &mut Vec<Problem>) -> Imbalance {

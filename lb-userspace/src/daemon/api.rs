@@ -116,6 +116,8 @@ pub enum Request {
     Backend(BackendRequest),
     /// `POST /v1/explain`.
     Explain(ExplainRequest),
+    /// `GET /v1/tables`: every VIP's table as the kernel holds it.
+    Tables,
     /// `POST /v1/detach`.
     Detach,
 }
@@ -198,17 +200,22 @@ fn bad_body(rejection: JsonRejection) -> Response {
     ))
 }
 
-async fn status(State(jobs): State<Jobs>, ConnectInfo(caller): ConnectInfo<Caller>) -> Response {
-    submit(&jobs, caller, Request::Status).await
+/// A route whose request has no body.
+macro_rules! bare_route {
+    ($name:ident, $variant:ident) => {
+        async fn $name(
+            State(jobs): State<Jobs>,
+            ConnectInfo(caller): ConnectInfo<Caller>,
+        ) -> Response {
+            submit(&jobs, caller, Request::$variant).await
+        }
+    };
 }
 
-async fn config(State(jobs): State<Jobs>, ConnectInfo(caller): ConnectInfo<Caller>) -> Response {
-    submit(&jobs, caller, Request::Config).await
-}
-
-async fn detach(State(jobs): State<Jobs>, ConnectInfo(caller): ConnectInfo<Caller>) -> Response {
-    submit(&jobs, caller, Request::Detach).await
-}
+bare_route!(status, Status);
+bare_route!(config, Config);
+bare_route!(tables, Tables);
+bare_route!(detach, Detach);
 
 macro_rules! json_route {
     ($name:ident, $body:ty, $variant:ident) => {
@@ -347,6 +354,7 @@ pub fn serve(socket: &Path, jobs: Jobs) -> anyhow::Result<Server> {
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/config", get(config))
+        .route("/v1/tables", get(tables))
         .route("/v1/plan", post(plan))
         .route("/v1/apply", post(apply))
         .route("/v1/backend", post(backend))

@@ -24,10 +24,12 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::{
+    announce::{self, Announcer},
     config::{MacAddr, Protocol},
     daemon::records::RecordDir,
     dataplane::state::{DesiredState, flow_key},
-    dataplane::{Dataplane, pins::PinDir},
+    dataplane::{Dataplane, pins::PinDir, table_id},
+    group::{self, GroupReport, Tables, VipTableDump},
     monitor::{Attachment, LastChange, Monitor, View, unix_now},
     net::{self, neighbours},
     policy::plan::{Change, Plan, plan},
@@ -97,6 +99,8 @@ pub struct Controller {
     /// Per VIP endpoint, the apply that last changed it.
     changes: HashMap<String, LastChange>,
     health: health::HealthControl,
+    /// Keeps BIRD's routes in step, when the config announces.
+    announcer: Option<Announcer>,
 }
 
 fn summary(plan: &Plan) -> Vec<String> {
@@ -177,7 +181,11 @@ impl Controller {
             view,
             imbalance_settings(&in_force),
         );
-        Ok(Self {
+        let announcer = config
+            .announce
+            .as_ref()
+            .map(|settings| Announcer::new(settings, interface));
+        let controller = Self {
             dataplane,
             pins,
             records,
@@ -188,7 +196,57 @@ impl Controller {
             monitor,
             changes,
             health,
-        })
+            announcer,
+        };
+        controller.report_group()?;
+        Ok(controller)
+    }
+
+    /// Tells the monitor the group in force and the seed's fingerprint.
+    fn report_group(&self) -> anyhow::Result<()> {
+        let seed = self.dataplane.config()?.seed;
+        self.monitor.grouped(GroupReport {
+            name: self.group_name(),
+            seed_fingerprint: group::seed_fingerprint(&seed),
+        });
+        Ok(())
+    }
+
+    /// The name of the group the config in force puts this host in.
+    fn group_name(&self) -> Option<String> {
+        let config = self.in_force.validation.config.as_ref()?;
+        config.group.as_ref().map(|g| g.name.clone())
+    }
+
+    /// Announces the VIPs this host is ready to serve and withdraws the
+    /// rest (when the config announces); run on every change and tick.
+    pub fn announce(&mut self) {
+        let Some(announcer) = &mut self.announcer else {
+            return;
+        };
+        let vips = announce::readiness(self.monitor.attached(), self.dataplane.installed());
+        if let Some(line) = announcer.reconcile(vips) {
+            crate::note!("{line}");
+        }
+        self.monitor.announced(announcer.report().clone());
+    }
+
+    /// Withdraws every route before the data plane goes, and waits for
+    /// the routers to stop sending here.
+    pub fn withdraw(&mut self) {
+        let Some(announcer) = &mut self.announcer else {
+            return;
+        };
+        if let Some(line) = announcer.withdraw() {
+            crate::note!("{line}");
+        }
+        self.monitor.announced(announcer.report().clone());
+        let drain = announcer.drain();
+        crate::note!(
+            "announce: waiting {} s for the routers to stop sending here",
+            drain.as_secs()
+        );
+        std::thread::sleep(drain);
     }
 
     /// The monitor, for the sampler and the metrics server.
@@ -223,6 +281,7 @@ impl Controller {
             ),
             Request::Backend(request) => self.backend(request, uid),
             Request::Explain(request) => self.explain(&request),
+            Request::Tables => self.tables(),
             Request::Detach => self.detach(),
         }
     }
@@ -447,6 +506,7 @@ impl Controller {
             Door::Api(..) if entry_result == "applied" => self.monitor.file_in_force(true),
             Door::Api(..) | Door::Neighbours | Door::Health(_) => {}
         }
+        self.announce();
         match entry_result {
             "applied" => crate::note!(
                 "{}: applied and verified as generation {}",
@@ -481,6 +541,9 @@ impl Controller {
             && let Some(config) = &self.in_force.validation.config
         {
             self.health.retarget(config);
+        }
+        if let Err(e) = self.report_group() {
+            crate::note!("reading the seed in force: {e:#}");
         }
         if let Some(state) = self.dataplane.installed() {
             self.monitor.install(
@@ -651,7 +714,51 @@ impl Controller {
         }
     }
 
+    /// Every VIP's table as the kernel holds it, in backend identities.
+    fn tables(&self) -> Reply {
+        let Some(state) = self.dataplane.installed() else {
+            return Reply::error(503, "nothing is installed");
+        };
+        let bank = self.dataplane.bank();
+        let mut vips = Vec::new();
+        for vip in &state.vips {
+            let held = match self.dataplane.read_table(table_id(bank, vip.vip_id)) {
+                Ok(held) => held,
+                Err(e) => return Reply::error(500, format!("reading {}'s table: {e}", vip.label)),
+            };
+            let position: HashMap<u32, u32> = (0u32..)
+                .zip(&vip.backends)
+                .map(|(i, b)| (b.backend_id, i))
+                .collect();
+            let slots = held
+                .iter()
+                .map(|id| position.get(id).copied().unwrap_or(u32::MAX))
+                .collect();
+            vips.push(VipTableDump::new(
+                &vip.label,
+                vip.endpoint(),
+                vip.backends.iter().map(|b| b.addr).collect(),
+                slots,
+            ));
+        }
+        let seed = match self.dataplane.config() {
+            Ok(config) => config.seed,
+            Err(e) => return Reply::error(500, format!("reading the seed: {e}")),
+        };
+        let tables = Tables {
+            source: format!("the data plane on {}", self.interface),
+            group: self.group_name(),
+            seed_fingerprint: Some(group::seed_fingerprint(&seed)),
+            vips,
+        };
+        match serde_json::to_value(&tables) {
+            Ok(body) => Reply::ok(body),
+            Err(e) => Reply::error(500, e.to_string()),
+        }
+    }
+
     fn detach(&mut self) -> Reply {
+        self.withdraw();
         let result = self
             .dataplane
             .detach()

@@ -231,6 +231,60 @@ impl Scrape {
         )
     }
 
+    /// What the hosts of a group must agree on, and what this one announces.
+    fn group(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        gauge(
+            "vip_table_digest",
+            "A digest (48 bits) of the VIP's installed lookup table in backend identities: \
+             equal on every host of a group that holds the same table.",
+        )
+        .encode(
+            encoder,
+            self.per_vip(|v| u64::from_str_radix(&v.table_digest, 16).unwrap_or(0) as f64),
+        )?;
+        if let Some(group) = &self.report.group {
+            gauge(
+                "group_info",
+                "The host's group and the fingerprint of the flow hash seed in force \
+                 (always 1): every host of a group must show the same fingerprint.",
+            )
+            .encode(
+                encoder,
+                [(
+                    [
+                        ("group", group.name.as_deref().unwrap_or("")),
+                        ("seed_fingerprint", group.seed_fingerprint.as_str()),
+                    ],
+                    1u64,
+                )],
+            )?;
+        }
+        let Some(announce) = &self.report.announce else {
+            return Ok(());
+        };
+        gauge(
+            "vip_announced",
+            "1 while the VIP's address is announced to the routers through BIRD.",
+        )
+        .encode(
+            encoder,
+            self.report.vips.iter().filter_map(|v| {
+                v.announced
+                    .map(|announced| ([("vip", v.name.as_str())], flag(announced)))
+            }),
+        )?;
+        gauge(
+            "announce_ok",
+            "1 when BIRD took the last change of the routes; 0 while telling it fails.",
+        )
+        .encode(encoder, [(NO_LABELS, flag(announce.error.is_none()))])?;
+        counter(
+            "announce_failures",
+            "Attempts to tell BIRD the routes that failed.",
+        )
+        .encode(encoder, [(NO_LABELS, announce.failures)])
+    }
+
     fn backend_info(&self, encoder: &mut DescriptorEncoder) -> Encoded {
         let weights: Vec<String> = self.pairs().map(|(_, b)| b.weight.to_string()).collect();
         gauge(
@@ -464,6 +518,7 @@ impl Collector for PartOf {
         match self.1 {
             Part::Summary => {
                 scrape.vips(&mut encoder)?;
+                scrape.group(&mut encoder)?;
                 scrape.global(&mut encoder)?;
                 scrape.controller(&mut encoder)
             }

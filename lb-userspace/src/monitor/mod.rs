@@ -20,10 +20,12 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    announce::AnnounceReport,
     config::Imbalance,
     dataplane::{
         clock::EpochClock, counted_ids, counters::CounterReader, pins::PinDir, state::DesiredState,
     },
+    group::GroupReport,
     health::Checker,
     policy::health::VipHealth,
 };
@@ -68,6 +70,8 @@ pub struct VipView {
     pub backends: Vec<BackendView>,
     /// The apply that last changed it, when known.
     pub last_change: Option<LastChange>,
+    /// Its table's digest.
+    pub table_digest: String,
 }
 
 /// One installed backend.
@@ -107,6 +111,7 @@ impl View {
                 VipView {
                     name: vip.label.clone(),
                     last_change: changes.get(&endpoint).cloned(),
+                    table_digest: crate::group::spelt(crate::group::vip_digest(vip)),
                     endpoint,
                     vip_id: vip.vip_id,
                     backends: vip
@@ -200,6 +205,8 @@ struct State {
     facts: Facts,
     verdicts: Vec<VipHealth>,
     health_changes: BTreeMap<String, Changes>,
+    group: Option<GroupReport>,
+    announce: Option<AnnounceReport>,
 }
 
 /// The monitor, shared by the controller, the sampler and the metrics
@@ -232,6 +239,8 @@ impl Monitor {
                 facts: Facts::default(),
                 verdicts: Vec::new(),
                 health_changes: BTreeMap::new(),
+                group: None,
+                announce: None,
             }),
         })
     }
@@ -269,6 +278,21 @@ impl Monitor {
         for code in codes {
             *facts.refusals.entry(code).or_default() += 1;
         }
+    }
+
+    /// The host's group and seed fingerprint.
+    pub fn grouped(&self, group: GroupReport) {
+        self.lock().group = Some(group);
+    }
+
+    /// What the announcer did last.
+    pub fn announced(&self, announce: AnnounceReport) {
+        self.lock().announce = Some(announce);
+    }
+
+    /// Whether the kernel has the data plane attached to its interface.
+    pub fn attached(&self) -> bool {
+        self.attachment.holds()
     }
 
     /// The config file was seen to be (or not to be) the config in force.
@@ -322,7 +346,8 @@ impl Monitor {
                 changes: &state.health_changes,
             },
             active.as_ref(),
-        );
+        )
+        .with_group(state.group.clone(), state.announce.clone());
         Ok((report, state.facts.clone()))
     }
 

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{Changes, LastChange, View, describe_change, window::Window};
 use crate::{
+    announce::AnnounceReport,
     dataplane::{
         counters::Counters,
         flows::{Census, WayState},
     },
+    group::GroupReport,
     health::{Health, Key},
     policy::health::VipHealth,
 };
@@ -51,6 +53,12 @@ pub struct Report {
     /// The connection table's size and fill.
     #[serde(default)]
     pub connections: ConnectionsReport,
+    /// The group this host is in and its seed's fingerprint.
+    #[serde(default)]
+    pub group: Option<GroupReport>,
+    /// What is announced to the routers, when announcing is configured.
+    #[serde(default)]
+    pub announce: Option<AnnounceReport>,
 }
 
 /// The connection table: its capacity and how its ways are used, estimated
@@ -120,6 +128,12 @@ pub struct VipReport {
     /// it is from panic.
     #[serde(default)]
     pub health: Option<VipHealthReport>,
+    /// The installed table's digest: equal on every host of a group.
+    #[serde(default)]
+    pub table_digest: String,
+    /// Whether its address is announced (`None`: announcing is off).
+    #[serde(default)]
+    pub announced: Option<bool>,
     /// Per backend.
     pub backends: Vec<BackendReport>,
 }
@@ -220,6 +234,8 @@ impl Report {
                     flow_rate: judged.flow_rate,
                     imbalance_ratio: judged.imbalance_ratio,
                     last_change: vip.last_change.clone(),
+                    table_digest: vip.table_digest.clone(),
+                    announced: None,
                     health: healths
                         .verdicts
                         .iter()
@@ -289,7 +305,25 @@ impl Report {
             vips,
             reasons,
             connections,
+            group: None,
+            announce: None,
         }
+    }
+
+    /// The report with the host's group and what it announces.
+    pub fn with_group(
+        mut self,
+        group: Option<GroupReport>,
+        announce: Option<AnnounceReport>,
+    ) -> Self {
+        if let Some(announce) = &announce {
+            for vip in &mut self.vips {
+                vip.announced = Some(announce.announced(&vip.endpoint));
+            }
+        }
+        self.group = group;
+        self.announce = announce;
+        self
     }
 
     /// Every flagged backend, as `(vip, backend)`.
@@ -332,6 +366,28 @@ impl Report {
                 vip.name, h.healthy, h.backends
             );
         }
+        if let Some(announce) = &self.announce {
+            if let Some(error) = &announce.error {
+                let _ = writeln!(
+                    out,
+                    "ANNOUNCE FAILING: BIRD did not take the last change of the routes \
+                     ({} failures): {error}",
+                    announce.failures
+                );
+            }
+            for vip in announce.vips.iter().filter(|v| !v.ready) {
+                let _ = writeln!(out, "NOT ANNOUNCED: VIP {}: {}", vip.name, vip.why);
+            }
+        }
+        if let Some(group) = &self.group {
+            let _ = writeln!(
+                out,
+                "group {}, flow hash seed fingerprint {}; compare hosts' tables with \
+                 `fulcrum compare`",
+                group.name.as_deref().unwrap_or("(none)"),
+                group.seed_fingerprint
+            );
+        }
         for vip in &self.vips {
             let health = vip.health.as_ref().map_or_else(String::new, |h| {
                 let state = if h.panic {
@@ -347,7 +403,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "VIP {} ({}): {} flows, {} packets, {} bytes; {:.1} new flows/s, imbalance {:.2} \
-                 over {} s{health}",
+                 over {} s{health}; table {}{}",
                 vip.name,
                 vip.endpoint,
                 vip.new_flows,
@@ -355,7 +411,13 @@ impl Report {
                 vip.bytes,
                 vip.flow_rate,
                 vip.imbalance_ratio,
-                self.window_s
+                self.window_s,
+                vip.table_digest,
+                match vip.announced {
+                    Some(true) => ", announced",
+                    Some(false) => ", NOT announced",
+                    None => "",
+                }
             );
             let _ = writeln!(
                 out,

@@ -288,6 +288,7 @@ mod tests {
                 endpoint: "198.18.100.1:80/tcp".into(),
                 vip_id: 0,
                 last_change: None,
+                table_digest: String::new(),
                 backends: shares
                     .iter()
                     .enumerate()

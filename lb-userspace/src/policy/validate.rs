@@ -342,14 +342,31 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
     check_limits(config, problems);
     check_health(config, problems);
     check_imbalance(&config.imbalance, problems);
-    if !config.api.socket.is_absolute() {
-        problems.push(Problem::error(
-            "api-socket",
-            "api",
-            "socket",
-            format!("{:?}", config.api.socket.display().to_string()),
-            "must be an absolute path",
-        ));
+    check_group(config, problems);
+    for (section, key, path) in [
+        ("api", "socket", Some(&config.api.socket)),
+        (
+            "announce",
+            "bird_include",
+            config.announce.as_ref().map(|a| &a.bird_include),
+        ),
+        (
+            "announce",
+            "bird_socket",
+            config.announce.as_ref().map(|a| &a.bird_socket),
+        ),
+    ] {
+        if let Some(path) = path
+            && !path.is_absolute()
+        {
+            problems.push(Problem::error(
+                "relative-path",
+                section,
+                key,
+                format!("{:?}", path.display().to_string()),
+                "must be an absolute path",
+            ));
+        }
     }
     if !config.api.metrics.ip().is_loopback() {
         problems.push(
@@ -362,6 +379,52 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
             )
             .warning(),
         );
+    }
+}
+
+/// The longest drain `fulcrum detach` may wait before detaching.
+const MAX_DRAIN_S: u64 = 300;
+
+/// A group's hosts must hash alike: a seed each host generated for itself
+/// would send a flow that changes host to another backend. Announcing
+/// routes needs an interface to check the link of.
+fn check_group(config: &Config, problems: &mut Vec<Problem>) {
+    if let Some(group) = &config.group {
+        if group.name.is_empty() {
+            problems.push(Problem::error(
+                "group-name",
+                "group",
+                "name",
+                "\"\"",
+                "a group needs a name, the same on every host",
+            ));
+        }
+        if config.flow_hash_seed.is_none() {
+            problems.push(Problem::error(
+                "group-without-seed",
+                "config",
+                "flow_hash_seed",
+                "",
+                format!(
+                    "group {:?}: every host of a group must hash flows with the same seed, \
+                     or a flow that moves between hosts (a host down, a router's ECMP \
+                     change) moves to another backend; set flow_hash_seed, the same \
+                     32 hex digits on every host",
+                    group.name
+                ),
+            ));
+        }
+    }
+    if let Some(announce) = &config.announce
+        && announce.drain_s > MAX_DRAIN_S
+    {
+        problems.push(Problem::error(
+            "drain-too-long",
+            "announce",
+            "drain_s",
+            announce.drain_s.to_string(),
+            format!("must be at most {MAX_DRAIN_S} seconds"),
+        ));
     }
 }
 

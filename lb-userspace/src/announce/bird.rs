@@ -1,0 +1,149 @@
+//! BIRD, driven through its own interfaces: the include file of static
+//! routes the controller writes (protocols `fulcrum4` and `fulcrum6`) and
+//! the control socket `birdc` speaks, over which it asks BIRD to read its
+//! configuration again.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+/// How long BIRD may take to answer one command.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The include file announcing `routes` as host routes through `interface`.
+/// `check link` makes BIRD itself withdraw them when the interface loses
+/// its link, with or without a controller running.
+pub fn render(routes: &[IpAddr], interface: &str) -> anyhow::Result<String> {
+    if interface.contains(['"', '\\']) || interface.is_empty() {
+        bail!("interface name {interface:?} cannot be written into a BIRD config");
+    }
+    let mut text = format!(
+        "# Written by fulcrum: the VIPs this host is ready to serve on {interface}.\n\
+         # Do not edit; export protocols fulcrum4 and fulcrum6 to BGP from bird.conf.\n"
+    );
+    for (name, channel, v6) in [("fulcrum4", "ipv4", false), ("fulcrum6", "ipv6", true)] {
+        text.push_str(&format!(
+            "protocol static {name} {{\n\t{channel};\n\tcheck link on;\n"
+        ));
+        for route in routes.iter().filter(|r| r.is_ipv6() == v6) {
+            let length = if v6 { 128 } else { 32 };
+            text.push_str(&format!("\troute {route}/{length} via \"{interface}\";\n"));
+        }
+        text.push_str("}\n");
+    }
+    Ok(text)
+}
+
+/// One line of BIRD's answer: its code (`None` on a continuation line)
+/// and its text.
+fn parse_line(line: &str) -> (Option<u16>, bool, &str) {
+    let code = line.get(..4).and_then(|c| c.parse().ok());
+    match (code, line.as_bytes().get(4)) {
+        (Some(code), Some(b' ')) => (Some(code), true, &line[5..]),
+        (Some(code), Some(b'-')) => (Some(code), false, &line[5..]),
+        (Some(code), None) => (Some(code), true, ""),
+        _ => (None, false, line.trim_start()),
+    }
+}
+
+/// Sends `command` to the BIRD listening on `socket` and returns its
+/// answer's lines; an error code (8000 and up) is an error with BIRD's
+/// own words.
+pub fn command(socket: &Path, command: &str) -> anyhow::Result<Vec<String>> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to BIRD's control socket {}", socket.display()))?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut answer = || -> anyhow::Result<(u16, Vec<String>)> {
+        let mut lines = Vec::new();
+        let mut last = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("BIRD closed its control socket mid-answer");
+            }
+            let (code, last_line, text) = parse_line(line.trim_end_matches('\n'));
+            last = code.unwrap_or(last);
+            lines.push(text.to_string());
+            if last_line {
+                return Ok((last, lines));
+            }
+        }
+    };
+    let (greeting, _) = answer().context("reading BIRD's greeting")?;
+    if greeting != 1 {
+        bail!("BIRD greeted with code {greeting:04}, not 0001");
+    }
+    (&stream).write_all(format!("{command}\n").as_bytes())?;
+    let (code, lines) =
+        answer().with_context(|| format!("reading BIRD's answer to {command:?}"))?;
+    if code >= 8000 {
+        bail!(
+            "BIRD answered {command:?} with {code:04}: {}",
+            lines.join("; ")
+        );
+    }
+    Ok(lines)
+}
+
+/// Asks BIRD to read its configuration (and so the include file) again.
+pub fn configure(socket: &Path) -> anyhow::Result<()> {
+    command(socket, "configure").map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_go_to_their_familys_protocol() {
+        let routes: Vec<IpAddr> = vec![
+            "198.18.100.1".parse().unwrap(),
+            "2001:2::80".parse().unwrap(),
+        ];
+        let text = render(&routes, "eth1").unwrap();
+        let four = text.find("protocol static fulcrum4").unwrap();
+        let six = text.find("protocol static fulcrum6").unwrap();
+        let v4 = text.find("route 198.18.100.1/32 via \"eth1\";").unwrap();
+        let v6 = text.find("route 2001:2::80/128 via \"eth1\";").unwrap();
+        assert!(four < v4 && v4 < six && six < v6, "{text}");
+        assert_eq!(text.matches("check link on;").count(), 2);
+        assert!(render(&routes, "a\"b").is_err());
+        // Nothing ready: both protocols stay, empty.
+        let none = render(&[], "eth1").unwrap();
+        assert_eq!(none.matches("protocol static").count(), 2);
+        assert!(!none.contains("route"));
+    }
+
+    #[test]
+    fn answers_are_read_as_bird_writes_them() {
+        assert_eq!(
+            parse_line("0003 Reconfigured"),
+            (Some(3), true, "Reconfigured")
+        );
+        assert_eq!(
+            parse_line("0002-Reading configuration from /etc/bird/bird.conf"),
+            (
+                Some(2),
+                false,
+                "Reading configuration from /etc/bird/bird.conf"
+            )
+        );
+        assert_eq!(
+            parse_line(" fulcrum4   Static"),
+            (None, false, "fulcrum4   Static")
+        );
+        assert_eq!(parse_line("0000"), (Some(0), true, ""));
+        assert_eq!(
+            parse_line("8002 /etc/bird.conf:3:1 syntax error"),
+            (Some(8002), true, "/etc/bird.conf:3:1 syntax error")
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Announcing VIPs to the routers: which installed VIPs this host is
+//! ready to serve, and BIRD's routes for them kept in step (written on
+//! every change and checked on every tick, withdrawn on detach).
+//!
+//! A VIP is ready while the data plane is attached to its interface, the
+//! VIP's table is installed and verified (what `Dataplane::installed`
+//! holds is read back from the kernel before it counts), and the VIP can
+//! serve: its table has backends. A VIP whose every backend is drained,
+//! held out for want of a MAC or taken down is in a refused state: its
+//! packets would be dropped here, while another host may serve them. A
+//! refused *change* withdraws nothing: the gate keeps the previous state
+//! in force, and that state still serves.
+//!
+//! Routes are per address: an address is announced while at least one
+//! VIP on it is ready, so draining one port of an address does not take
+//! its other ports off the network.
+
+pub mod bird;
+
+use std::{net::IpAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{config::Announce, daemon::durable, dataplane::state::DesiredState};
+
+/// Mode of the include file: BIRD may run as its own user.
+const INCLUDE_MODE: u32 = 0o644;
+
+/// One installed VIP's readiness to be announced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// Its label.
+    pub name: String,
+    /// `address:port/protocol`.
+    pub endpoint: String,
+    /// The address its route is for.
+    pub address: IpAddr,
+    /// Whether it may be announced.
+    pub ready: bool,
+    /// Why not, or `ready`.
+    pub why: String,
+}
+
+/// The readiness of every VIP of `state` (what is installed and verified)
+/// on a data plane that is, or is not, `attached`.
+pub fn readiness(attached: bool, state: Option<&DesiredState>) -> Vec<Readiness> {
+    let Some(state) = state else {
+        return Vec::new();
+    };
+    state
+        .vips
+        .iter()
+        .map(|vip| {
+            let serving = vip.table.slots.iter().any(|&slots| slots > 0);
+            let why = match (attached, serving) {
+                (false, _) => "the data plane is not attached",
+                (true, false) => "refused: no backend in its table (all drained, held out or down)",
+                (true, true) => "ready",
+            };
+            Readiness {
+                name: vip.label.clone(),
+                endpoint: vip.endpoint(),
+                address: crate::dataplane::state::ip_from(&vip.key.addr, vip.key.family),
+                ready: attached && serving,
+                why: why.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The addresses to announce: those with a ready VIP.
+pub fn routes(vips: &[Readiness]) -> Vec<IpAddr> {
+    let mut routes: Vec<IpAddr> = vips.iter().filter(|v| v.ready).map(|v| v.address).collect();
+    routes.sort();
+    routes.dedup();
+    routes
+}
+
+/// What the announcer did, for `status` and the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceReport {
+    /// The include file.
+    pub bird_include: String,
+    /// BIRD's control socket.
+    pub bird_socket: String,
+    /// The routes BIRD was last told, and took.
+    pub routes: Vec<IpAddr>,
+    /// Every installed VIP's readiness.
+    pub vips: Vec<Readiness>,
+    /// Why the last attempt to tell BIRD failed, while it has not
+    /// succeeded since.
+    pub error: Option<String>,
+    /// Failed attempts since start.
+    pub failures: u64,
+}
+
+impl AnnounceReport {
+    /// Whether the routes of `endpoint`'s address are announced.
+    pub fn announced(&self, endpoint: &str) -> bool {
+        self.vips
+            .iter()
+            .any(|v| v.endpoint == endpoint && self.routes.contains(&v.address))
+    }
+}
+
+/// Keeps BIRD's routes in step with what this host is ready to serve.
+pub struct Announcer {
+    settings: Announce,
+    interface: String,
+    /// The routes BIRD took last; `None` until it took any.
+    told: Option<Vec<IpAddr>>,
+    report: AnnounceReport,
+}
+
+impl Announcer {
+    /// An announcer through BIRD as `settings` say, for routes via
+    /// `interface`; it has told BIRD nothing yet.
+    pub fn new(settings: &Announce, interface: &str) -> Self {
+        Self {
+            settings: settings.clone(),
+            interface: interface.to_string(),
+            told: None,
+            report: AnnounceReport {
+                bird_include: settings.bird_include.display().to_string(),
+                bird_socket: settings.bird_socket.display().to_string(),
+                ..AnnounceReport::default()
+            },
+        }
+    }
+
+    /// Announces the ready VIPs of `vips` and withdraws the rest, telling
+    /// BIRD only when that changes what it was told (or it failed to
+    /// take the last change, which is retried). Returns a line to log
+    /// when something changed or failed.
+    pub fn reconcile(&mut self, vips: Vec<Readiness>) -> Option<String> {
+        let routes = routes(&vips);
+        self.report.vips = vips;
+        if self.told.as_ref() == Some(&routes) {
+            return None;
+        }
+        self.tell(routes)
+    }
+
+    /// Withdraws every route (the data plane is going away); returns a
+    /// line to log.
+    pub fn withdraw(&mut self) -> Option<String> {
+        for vip in &mut self.report.vips {
+            vip.ready = false;
+            vip.why = "withdrawn: detaching".into();
+        }
+        self.tell(Vec::new())
+    }
+
+    /// How long to let the withdrawal reach the routers before detaching.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.settings.drain_s)
+    }
+
+    /// What it did.
+    pub fn report(&self) -> &AnnounceReport {
+        &self.report
+    }
+
+    /// Tells BIRD to announce `routes`; returns a line to log, unless it
+    /// failed again the way it failed last time.
+    fn tell(&mut self, routes: Vec<IpAddr>) -> Option<String> {
+        let result = bird::render(&routes, &self.interface).and_then(|text| {
+            durable::write(&self.settings.bird_include, text.as_bytes(), INCLUDE_MODE)?;
+            bird::configure(&self.settings.bird_socket)
+        });
+        let spelt = if routes.is_empty() {
+            "no routes".to_string()
+        } else {
+            routes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match result {
+            Ok(()) => {
+                self.told = Some(routes.clone());
+                self.report.routes = routes;
+                self.report.error = None;
+                Some(format!("announce: BIRD now announces {spelt}"))
+            }
+            Err(e) => {
+                self.report.failures += 1;
+                let message = format!("{e:#}");
+                let again = self.report.error.as_ref() == Some(&message);
+                self.report.error = Some(message.clone());
+                (!again).then(|| {
+                    format!(
+                        "announce: WARNING telling BIRD to announce {spelt} failed: {message}; \
+                         retrying every tick"
+                    )
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `fulcrum compare A B`: whether two hosts send every flow to the same
+//! backend (one seed, identical tables), or exactly where they differ.
+//! Each side is a daemon's API socket, a config file or a `fulcrum tables
+//! --format json` dump (of a remote host, say). Exit status 1 when they
+//! differ, so a rollout script can stop.
+
+use anyhow::bail;
+use clap::Args;
+
+use super::{OutputFormat, client::Connection, tables};
+use crate::group::{Comparison, compare};
+
+/// Arguments of `fulcrum compare`.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// One host: an API socket, a config file or a JSON dump.
+    pub a: String,
+    /// The other.
+    pub b: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+fn side(address: &Option<std::net::SocketAddr>) -> String {
+    address.map_or_else(|| "(none)".into(), |a| a.to_string())
+}
+
+fn text(comparison: &Comparison, fingerprints: [&str; 2]) -> String {
+    let [a, b] = &comparison.sources;
+    let mut text = format!("A: {a}\nB: {b}\n");
+    if comparison.same_seed {
+        text.push_str(&format!(
+            "seed: the same (fingerprint {})\n",
+            fingerprints[0]
+        ));
+    } else {
+        text.push_str(&format!(
+            "seed: DIFFERENT ({} vs {}): flows hash differently, so any flow that moves \
+             between these hosts may change backend whatever the tables\n",
+            fingerprints[0], fingerprints[1]
+        ));
+    }
+    for vip in &comparison.vips {
+        let name = vip.names[0]
+            .as_deref()
+            .or(vip.names[1].as_deref())
+            .unwrap_or("?");
+        match &vip.names {
+            [Some(_), Some(_)] if vip.identical => text.push_str(&format!(
+                "VIP {name} ({}): identical, {} slots\n",
+                vip.endpoint, vip.sizes[0]
+            )),
+            [Some(_), Some(_)] => {
+                text.push_str(&format!(
+                    "VIP {name} ({}): DIFFERENT: {} of {} slots differ\n",
+                    vip.endpoint,
+                    vip.differing_slots,
+                    vip.sizes[0].max(vip.sizes[1])
+                ));
+                for (identity, [left, right]) in &vip.shares {
+                    text.push_str(&format!(
+                        "  backend {identity}: {left} slots on A, {right} on B\n"
+                    ));
+                }
+                for (slot, left, right) in &vip.first_differences {
+                    text.push_str(&format!(
+                        "  slot {slot}: {} on A, {} on B\n",
+                        side(left),
+                        side(right)
+                    ));
+                }
+            }
+            [_, None] => text.push_str(&format!("VIP {name} ({}): only on A\n", vip.endpoint)),
+            [None, _] => text.push_str(&format!("VIP {name} ({}): only on B\n", vip.endpoint)),
+        }
+    }
+    text.push_str(if comparison.identical() {
+        "verdict: IDENTICAL: every flow goes to the same backend through either host\n"
+    } else {
+        "verdict: DIFFERENT\n"
+    });
+    text
+}
+
+/// Compares, prints, and fails when the hosts differ.
+pub fn run(args: CompareArgs) -> anyhow::Result<()> {
+    let load = |source: &str| tables::load(source, &args.connection);
+    let (a, b) = match (load(&args.a), load(&args.b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return Err(args.connection.fail(e)),
+    };
+    let comparison = compare(&a, &b);
+    match args.connection.format {
+        OutputFormat::Json => {
+            let mut body = serde_json::to_value(&comparison)?;
+            body["identical"] = comparison.identical().into();
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+        OutputFormat::Text => {
+            let unknown = "(none)";
+            let fingerprints = [&a, &b].map(|t| t.seed_fingerprint.as_deref().unwrap_or(unknown));
+            print!("{}", text(&comparison, fingerprints));
+        }
+    }
+    if !comparison.identical() {
+        bail!("the hosts differ: see above");
+    }
+    Ok(())
+}
