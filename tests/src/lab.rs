@@ -73,7 +73,7 @@ impl BackendSpec {
 pub const VIP_NAMES: [&str; 4] = ["web4", "dns4", "web6", "dns6"];
 
 /// A running `fulcrum run` inside the load balancer's namespace.
-struct Fulcrum {
+pub(crate) struct Fulcrum {
     child: Child,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
@@ -82,11 +82,11 @@ struct Fulcrum {
 /// Where a lab's `fulcrum` pins its data plane and keeps its records: its
 /// own directories, so that labs never share or touch the host's.
 #[derive(Clone, Debug)]
-struct Places {
-    pin_root: PathBuf,
-    state_root: PathBuf,
-    socket: PathBuf,
-    journal: PathBuf,
+pub(crate) struct Places {
+    pub(crate) pin_root: PathBuf,
+    pub(crate) state_root: PathBuf,
+    pub(crate) socket: PathBuf,
+    pub(crate) journal: PathBuf,
 }
 
 impl Places {
@@ -102,7 +102,12 @@ impl Places {
 }
 
 impl Fulcrum {
-    fn start(lb: &Netns, binary: &Path, config: &Path, places: &Places) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        lb: &Netns,
+        binary: &Path,
+        config: &Path,
+        places: &Places,
+    ) -> anyhow::Result<Self> {
         // nsenter enters only the network namespace: `ip netns exec` would
         // also give fulcrum a private mount namespace, whose bpffs (and its
         // pins) would vanish with the process.
@@ -161,9 +166,15 @@ impl Fulcrum {
         }
     }
 
+    /// What it printed on stderr so far.
+    pub(crate) fn log_so_far(&mut self) -> Vec<String> {
+        self.log.extend(self.stderr.try_iter());
+        self.log.clone()
+    }
+
     /// Sends `signal`, waits, and parses every counter report it printed
     /// (one per SIGUSR1, then, after SIGTERM, the final one).
-    fn stop(mut self, signal: i32) -> anyhow::Result<Vec<Report>> {
+    pub(crate) fn stop(mut self, signal: i32) -> anyhow::Result<Vec<Report>> {
         // SAFETY: signalling the child we started, by its PID.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -247,13 +258,21 @@ fn binary_near_tests(name: &str, how: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// One backend's running servers.
-struct Servers {
+pub(crate) struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Servers {
-    fn stop(self) {
+    /// Starts the servers of backend `name` on `host`: TCP and UDP,
+    /// answering with its name.
+    pub(crate) fn start(host: &Netns, name: &str) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = traffic::start_servers(host, name, TCP_PORT, &UDP_SERVED, &stop)?;
+        Ok(Self { stop, threads })
+    }
+
+    pub(crate) fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads {
             let _ = thread.join();
@@ -369,20 +388,20 @@ struct Network {
     lb_peer: &'static str,
 }
 
-fn mac_of(index: u8) -> String {
+pub(crate) fn mac_of(index: u8) -> String {
     format!("02:f0:00:00:00:{index:02x}")
 }
 
-fn ipv4_of(index: u8) -> Ipv4Addr {
+pub(crate) fn ipv4_of(index: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, index)
 }
 
-fn ipv6_of(index: u8) -> Ipv6Addr {
+pub(crate) fn ipv6_of(index: u8) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, u16::from(index))
 }
 
 /// Creates a host namespace wired to the switch's bridge.
-fn add_host(switch: &Netns, name: &str, role: &str, index: u8) -> anyhow::Result<Netns> {
+pub(crate) fn add_host(switch: &Netns, name: &str, role: &str, index: u8) -> anyhow::Result<Netns> {
     let host = Netns::create(name)?;
     let peer = format!("p-{role}");
     switch.ip(&[
@@ -419,7 +438,7 @@ const LAB_VIPS: [(&str, IpAddr, u16, &str, bool, &str); 4] = [
     ("dns6", IpAddr::V6(VIP6), UDP_PORT, "udp", true, "gue"),
 ];
 
-fn fulcrum_config(
+pub(crate) fn fulcrum_config(
     backends: &[BackendSpec],
     addresses: &[(Ipv4Addr, Ipv6Addr)],
     topology: Topology,
@@ -465,6 +484,40 @@ fn fulcrum_config(
     text
 }
 
+/// A host's IPv4 and IPv6 addresses.
+pub(crate) type Addresses = (Ipv4Addr, Ipv6Addr);
+
+/// Backend hosts on the switch's bridge, with their addresses.
+pub(crate) fn add_backends(
+    switch: &Netns,
+    id: &str,
+    backends: &[BackendSpec],
+) -> anyhow::Result<(Vec<Netns>, Vec<Addresses>)> {
+    let mut hosts = Vec::new();
+    let mut addrs = Vec::new();
+    for (index, backend) in (FIRST_BACKEND_INDEX..).zip(backends) {
+        let host = add_host(
+            switch,
+            &format!("{id}-{}", backend.name),
+            &backend.name,
+            index,
+        )?;
+        hosts.push(host);
+        addrs.push((ipv4_of(index), ipv6_of(index)));
+    }
+    Ok((hosts, addrs))
+}
+
+/// Makes `host` a DSR backend: the VIPs on `lo`, no ARP answers for them
+/// elsewhere, and whole checksums on what it sends.
+pub(crate) fn prepare_backend(host: &Netns) -> anyhow::Result<()> {
+    host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+    host.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
+    host.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
+    host.sysctl("net/ipv4/conf/all/arp_ignore", "1")?;
+    host.sysctl("net/ipv4/conf/all/arp_announce", "2")
+}
+
 /// All hosts on one bridge (L2 DSR).
 fn switched_network(id: &str, backends: &[BackendSpec]) -> anyhow::Result<Network> {
     let switch = Netns::create(&format!("{id}-sw"))?;
@@ -488,18 +541,7 @@ fn switched_network(id: &str, backends: &[BackendSpec]) -> anyhow::Result<Networ
         &ipv6_of(LB_INDEX).to_string(),
     ])?;
     let lb = add_host(&switch, &format!("{id}-lb"), "lb", LB_INDEX)?;
-    let mut backend_hosts = Vec::new();
-    let mut backend_addrs = Vec::new();
-    for (index, backend) in (FIRST_BACKEND_INDEX..).zip(backends) {
-        let host = add_host(
-            &switch,
-            &format!("{id}-{}", backend.name),
-            &backend.name,
-            index,
-        )?;
-        backend_hosts.push(host);
-        backend_addrs.push((ipv4_of(index), ipv6_of(index)));
-    }
+    let (backend_hosts, backend_addrs) = add_backends(&switch, id, backends)?;
     Ok(Network {
         middle: switch,
         client,
@@ -514,7 +556,7 @@ fn switched_network(id: &str, backends: &[BackendSpec]) -> anyhow::Result<Networ
 /// A host on a subnet of its own (`198.18.{subnet}.0/24` and
 /// `2001:2:0:{subnet}::/64`, hex) behind the router: the host is `.{host}`,
 /// the router `.1`, and the host's default routes go to the router.
-fn add_routed_host(
+pub(crate) fn add_routed_host(
     router: &Netns,
     name: &str,
     router_side: &str,
@@ -629,7 +671,7 @@ fn routed_network(id: &str, backends: &[BackendSpec]) -> anyhow::Result<Network>
     })
 }
 
-static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+pub(crate) static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Lab {
     /// Builds the namespaces, starts the backend servers and `fulcrum run`.
@@ -661,11 +703,7 @@ impl Lab {
             Topology::Routed => routed_network(&id, backends)?,
         };
         for host in &network.backend_hosts {
-            host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
-            host.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-            host.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
-            host.sysctl("net/ipv4/conf/all/arp_ignore", "1")?;
-            host.sysctl("net/ipv4/conf/all/arp_announce", "2")?;
+            prepare_backend(host)?;
         }
         // NAPI for the load balancer's XDP_TX on veth (see DESIGN.md).
         let mut peer_pass = standalone_program("lab_peer_pass")?;
@@ -765,15 +803,7 @@ impl Lab {
 
     /// Starts backend `index`'s servers (TCP and UDP, answering with its name).
     fn serve(&self, index: usize) -> anyhow::Result<Servers> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = traffic::start_servers(
-            &self.backend_hosts[index],
-            &self.backends[index].name,
-            TCP_PORT,
-            &UDP_SERVED,
-            &stop,
-        )?;
-        Ok(Servers { stop, threads })
+        Servers::start(&self.backend_hosts[index], &self.backends[index].name)
     }
 
     /// Stops backend `index`'s servers: its port refuses connections, and
@@ -881,10 +911,7 @@ impl Lab {
     /// What `fulcrum run` printed on stderr so far.
     pub fn fulcrum_log(&self) -> Vec<String> {
         let mut slot = self.fulcrum.lock().expect("fulcrum lock");
-        slot.as_mut().map_or_else(Vec::new, |f| {
-            f.log.extend(f.stderr.try_iter());
-            f.log.clone()
-        })
+        slot.as_mut().map_or_else(Vec::new, Fulcrum::log_so_far)
     }
 
     /// Runs `fulcrum detach` for the load balancer's interface.

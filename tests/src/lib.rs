@@ -4,6 +4,7 @@
 
 pub mod fixture;
 pub mod flood;
+pub mod group_lab;
 pub mod lab;
 pub mod netns;
 pub mod packet;

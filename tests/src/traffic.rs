@@ -291,6 +291,11 @@ impl Session {
         Ok(Self { reader, backend })
     }
 
+    /// The client's end: the flow's source address and port.
+    pub fn source(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.reader.get_ref().local_addr()?)
+    }
+
     /// Sends a line on the open connection; returns who answered.
     pub fn ask(&mut self) -> anyhow::Result<String> {
         self.reader.get_mut().write_all(b"?\n").context("write")?;
