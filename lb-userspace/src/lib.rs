@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod durable;
 pub mod group;
 pub mod health;
 pub mod monitor;

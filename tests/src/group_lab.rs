@@ -437,6 +437,11 @@ impl GroupLab {
         }
     }
 
+    /// Detaches host `i`'s data plane from outside (`BPF_LINK_DETACH`).
+    pub fn sever_link(&self, i: usize) -> anyhow::Result<()> {
+        lab::sever_link(&self.hosts[i].places.pin_root)
+    }
+
     /// Takes host `i`'s link down at the switch, as a pulled cable would.
     pub fn cut_link(&self, i: usize) -> anyhow::Result<()> {
         self.switch

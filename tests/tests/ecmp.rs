@@ -13,7 +13,7 @@ use std::{
 
 use lb_tests::{
     group_lab::{GROUP, GroupLab},
-    lab::{BackendSpec, UDP_PORT, VIP4},
+    lab::{BackendSpec, UDP_PORT, VIP4, VIP6},
     traffic::{self, Session},
 };
 use serde_json::Value;
@@ -221,6 +221,36 @@ fn two_hosts_announce_share_flows_and_take_over_from_each_other() {
         100,
         "host 1 took every new flow"
     );
+
+    // Removing the IPv6 VIPs withdraws their address, and only that.
+    let text = std::fs::read_to_string(lab.config_path(1)).expect("config");
+    let (vips, group) = text.split_once("\n[group]\n").expect("the group's section");
+    let kept: Vec<&str> = vips
+        .split("\n[[vip]]\n")
+        .filter(|part| !part.contains("2001:2:0:100::1"))
+        .collect();
+    let path = lab.config_path(1).with_extension("v4.toml");
+    let text = format!("{}\n[group]\n{group}", kept.join("\n[[vip]]\n"));
+    std::fs::write(&path, text).expect("write");
+    let (code, stdout, stderr) = lab
+        .cli(1, &["apply", "--force", &path.display().to_string()])
+        .expect("apply");
+    assert_eq!(code, 0, "apply without the IPv6 VIPs: {stdout}{stderr}");
+    lab.await_next_hops(IpAddr::V6(VIP6), &[], CONVERGE)
+        .expect("the IPv6 VIPs' address withdrawn");
+    let vip4 = IpAddr::V4(VIP4);
+    assert_eq!(
+        lab.next_hops(vip4).expect("route"),
+        vec![lab.host_addr(1, false)]
+    );
+
+    // A data plane detached from under the daemon: withdrawn too.
+    lab.sever_link(1).expect("detach from outside");
+    let took = lab.await_next_hops(vip4, &[], CONVERGE).expect("withdrawn");
+    eprintln!("a severed data plane withdrawn after {took:?}");
+    let status = lab.status(1).expect("status");
+    assert!(!status.attached);
+    assert!(status.vips.iter().all(|v| v.announced == Some(false)));
 }
 
 /// `text` with backend `name`'s weight set to `weight` in every VIP.

@@ -2,18 +2,16 @@
 //! ready to serve, and BIRD's routes for them kept in step (written on
 //! every change and checked on every tick, withdrawn on detach).
 //!
-//! A VIP is ready while the data plane is attached to its interface, the
-//! VIP's table is installed and verified (what `Dataplane::installed`
-//! holds is read back from the kernel before it counts), and the VIP can
-//! serve: its table has backends. A VIP whose every backend is drained,
-//! held out for want of a MAC or taken down is in a refused state: its
-//! packets would be dropped here, while another host may serve them. A
-//! refused *change* withdraws nothing: the gate keeps the previous state
-//! in force, and that state still serves.
+//! A VIP is ready while the data plane is attached to its interface and
+//! the VIP's table is installed and verified (what `Dataplane::installed`
+//! holds was read back from the kernel before it counted). A VIP the gate
+//! refused is never installed, so never announced. A refused *change* of
+//! an installed VIP withdraws nothing: the gate keeps the previous state
+//! in force, and that state still serves; withdrawing would turn a bad
+//! config pushed to every host of a group into an outage on all of them.
 //!
-//! Routes are per address: an address is announced while at least one
-//! VIP on it is ready, so draining one port of an address does not take
-//! its other ports off the network.
+//! Routes are per address: an address is announced while a VIP on it is
+//! ready.
 
 pub mod bird;
 
@@ -21,7 +19,7 @@ use std::{net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Announce, daemon::durable, dataplane::state::DesiredState};
+use crate::{config::Announce, dataplane::state::DesiredState, durable};
 
 /// Mode of the include file: BIRD may run as its own user.
 const INCLUDE_MODE: u32 = 0o644;
@@ -50,20 +48,16 @@ pub fn readiness(attached: bool, state: Option<&DesiredState>) -> Vec<Readiness>
     state
         .vips
         .iter()
-        .map(|vip| {
-            let serving = vip.table.slots.iter().any(|&slots| slots > 0);
-            let why = match (attached, serving) {
-                (false, _) => "the data plane is not attached",
-                (true, false) => "refused: no backend in its table (all drained, held out or down)",
-                (true, true) => "ready",
-            };
-            Readiness {
-                name: vip.label.clone(),
-                endpoint: vip.endpoint(),
-                address: crate::dataplane::state::ip_from(&vip.key.addr, vip.key.family),
-                ready: attached && serving,
-                why: why.to_string(),
-            }
+        .map(|vip| Readiness {
+            name: vip.label.clone(),
+            endpoint: vip.endpoint(),
+            address: crate::dataplane::state::ip_from(&vip.key.addr, vip.key.family),
+            ready: attached,
+            why: if attached {
+                "ready".into()
+            } else {
+                "the data plane is not attached".into()
+            },
         })
         .collect()
 }
@@ -197,5 +191,49 @@ impl Announcer {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, MacAddr};
+
+    fn state() -> DesiredState {
+        let config = Config::parse(
+            r#"
+            table_size = 4093
+            vip = [
+              { name = "web", address = "198.18.100.1", port = 80, protocol = "tcp", backend = [{ address = "198.18.1.1" }, { address = "198.18.1.2" }] },
+              { name = "dns", address = "198.18.100.1", port = 53, protocol = "udp", backend = [{ address = "198.18.1.3" }] },
+              { name = "web6", address = "2001:2::100", port = 80, protocol = "tcp", backend = [{ address = "2001:2::1" }] },
+            ]
+            "#,
+        )
+        .unwrap();
+        DesiredState::build(&config, |_| Ok(MacAddr([2, 0, 0, 0, 0, 1]))).unwrap()
+    }
+
+    #[test]
+    fn installed_vips_are_ready_while_attached_one_route_per_address() {
+        let all = state();
+        let ready = readiness(true, Some(&all));
+        assert!(ready.iter().all(|v| v.ready), "{ready:?}");
+        assert_eq!(
+            routes(&ready),
+            vec![
+                "198.18.100.1".parse::<IpAddr>().unwrap(),
+                "2001:2::100".parse().unwrap()
+            ]
+        );
+        // Detached: nothing.
+        let detached = readiness(false, Some(&all));
+        assert!(
+            detached
+                .iter()
+                .all(|v| !v.ready && v.why.contains("not attached"))
+        );
+        assert!(routes(&detached).is_empty());
+        assert!(readiness(true, None).is_empty());
     }
 }

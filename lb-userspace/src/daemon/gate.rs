@@ -10,10 +10,10 @@ use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use crate::{
     config::{Config, MacAddr, Reach},
-    daemon::durable,
     daemon::records::{Record, RecordDir},
     dataplane::Dataplane,
     dataplane::state::DesiredState,
+    durable,
     net::neighbours,
     policy::health::Down,
     policy::plan::{Plan, plan},

@@ -4,7 +4,6 @@
 //! the file before it is reported, and journalled.
 
 pub mod api;
-pub mod durable;
 pub mod edit;
 pub mod gate;
 pub mod health;
@@ -746,7 +745,12 @@ impl Controller {
             Err(e) => return Reply::error(500, format!("reading the seed: {e}")),
         };
         let tables = Tables {
-            source: format!("the data plane on {}", self.interface),
+            source: format!(
+                "the data plane on {} of {}",
+                self.interface,
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map_or_else(|_| "this host".into(), |name| name.trim().to_string())
+            ),
             group: self.group_name(),
             seed_fingerprint: Some(group::seed_fingerprint(&seed)),
             vips,

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, MacAddr},
-    daemon::durable,
     dataplane::state::{BackendState, DesiredState, VipState, ip_from, vip_key},
+    durable,
     policy::validate::VipTable,
     table::TableSize,
 };

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use lb_common::flow_hash::FlowSeed;
 
-use super::durable;
 use crate::config::Secret;
+use crate::durable;
 
 /// The kept seed's file name, in the journal's directory.
 pub const FILE_NAME: &str = "flow-hash-seed";
