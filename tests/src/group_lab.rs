@@ -87,7 +87,16 @@ impl Bird {
             .args(args)
             .output()
             .context("running birdc")?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        // birdc exits 0 also when BIRD refuses; its greeting says it answered.
+        anyhow::ensure!(
+            output.status.success() && text.starts_with("BIRD "),
+            "birdc {}: {}{}",
+            args.join(" "),
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(text)
     }
 }
 
@@ -260,7 +269,7 @@ impl GroupLab {
             let bird = Bird::start(&netns, &dir.join("bird"), &host_bird(i, &include))?;
             let text = format!(
                 "{config}\n[group]\nname = \"{GROUP}\"\n\n[announce]\nbird_include = \"{}\"\n\
-                 bird_socket = \"{}\"\ndrain_s = 1\n{extra}",
+                 bird_socket = \"{}\"\ndrain_s = 2\n{extra}",
                 include.display(),
                 bird.socket.display()
             );
@@ -373,6 +382,27 @@ impl GroupLab {
         &self.hosts[i].config
     }
 
+    /// What the router's BIRD knows of `vip`'s route, with when it
+    /// learnt each path (`show route for VIP all`).
+    pub fn router_route(&self, vip: IpAddr) -> anyhow::Result<String> {
+        self.router_bird
+            .birdc(&["show", "route", "for", &vip.to_string(), "all"])
+    }
+
+    /// `fulcrum detach --interface eth0` on host `i`, without its daemon
+    /// (stop it first); returns the exit code and stderr.
+    pub fn detach_offline(&self, i: usize) -> anyhow::Result<(i32, String)> {
+        let places = &self.hosts[i].places;
+        let output = Command::new(fulcrum_binary()?)
+            .args(["detach", "--interface", "eth0"])
+            .args(places.args())
+            .output()?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
     /// What host `i`'s BIRD exports (`show route export` of its sessions).
     pub fn host_routes(&self, i: usize) -> anyhow::Result<String> {
         self.hosts[i].bird.birdc(&["show", "route"])
@@ -392,6 +422,11 @@ impl GroupLab {
                 &vip.to_string(),
             ])
             .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "ip route show {vip} in the router: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let text = String::from_utf8_lossy(&output.stdout);
         let mut hops: Vec<IpAddr> = text
             .split_whitespace()

@@ -91,7 +91,7 @@ pub(crate) struct Places {
 
 impl Places {
     /// Where pins and records are: for `run` and `detach --interface`.
-    fn args(&self) -> [&std::ffi::OsStr; 4] {
+    pub(crate) fn args(&self) -> [&std::ffi::OsStr; 4] {
         [
             "--pin-root".as_ref(),
             self.pin_root.as_os_str(),

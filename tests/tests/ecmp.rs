@@ -182,6 +182,16 @@ fn two_hosts_announce_share_flows_and_take_over_from_each_other() {
     let (code, _, stderr) = lab.cli(0, &["detach"]).expect("fulcrum detach");
     assert_eq!(code, 0, "detach: {stderr}");
     lab.kill_fulcrum(0).expect("host 0's fulcrum exits");
+    // The routes went before the data plane did: detach waits drain_s
+    // after BIRD took the withdrawal.
+    for ipv6 in [false, true] {
+        let vip = GroupLab::web(ipv6).ip();
+        assert_eq!(
+            lab.next_hops(vip).expect("route"),
+            vec![lab.host_addr(1, ipv6)],
+            "host 0 detached while the router still sent it {vip}"
+        );
+    }
     for ipv6 in [false, true] {
         let vip = GroupLab::web(ipv6).ip();
         let took = lab
@@ -230,6 +240,8 @@ fn two_hosts_announce_share_flows_and_take_over_from_each_other() {
         .filter(|part| !part.contains("2001:2:0:100::1"))
         .collect();
     let path = lab.config_path(1).with_extension("v4.toml");
+    // Another drain_s too: announcing settings change live.
+    let group = group.replace("drain_s = 2", "drain_s = 1");
     let text = format!("{}\n[group]\n{group}", kept.join("\n[[vip]]\n"));
     std::fs::write(&path, text).expect("write");
     let (code, stdout, stderr) = lab
@@ -273,7 +285,7 @@ fn reweighted(text: &str, name: &str, weight: u32) -> String {
 }
 
 /// Every VIP's table digest on host `i`, as its metrics export them.
-fn exported_digests(lab: &GroupLab, i: usize) -> Vec<(String, f64)> {
+fn exported_digests(lab: &GroupLab, i: usize) -> BTreeMap<String, f64> {
     let samples = lab.scrape(i).expect("scrape");
     samples
         .series("fulcrum_vip_table_digest")
@@ -292,14 +304,21 @@ fn a_change_rolled_out_host_by_host_ends_identical_and_a_cut_link_fails_over() {
 
     // A dead controller is not a dead data plane: the pinned program
     // forwards and the route stays, through the daemon's restart too.
+    // The router's paths, with when it learnt each: a withdrawal and a
+    // new announcement would show as a newer time.
+    let learnt = lab.router_route(vip4).expect("the router's route");
     lab.kill_fulcrum(0).expect("kill -9 host 0's fulcrum");
     let tcp = traffic::tcp_connections(lab.client(), GroupLab::web(false), 100, 4).expect("tcp");
     assert_eq!((tcp.answered(), tcp.failures), (100, 0), "{tcp:?}");
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(lab.next_hops(vip4).expect("route"), both_hops(&lab, false));
     lab.start_fulcrum(0).expect("fulcrum restarts on host 0");
-    assert_eq!(lab.next_hops(vip4).expect("route"), both_hops(&lab, false));
+    // Past two announce ticks of the restarted daemon.
+    std::thread::sleep(Duration::from_secs(5));
     assert_eq!(lab.status(0).expect("status").vips[0].announced, Some(true));
+    assert_eq!(
+        lab.router_route(vip4).expect("the router's route"),
+        learnt,
+        "the route flapped across the daemon's death and restart"
+    );
 
     // Host 0 first: plan, then apply, its own config file with b1 at
     // weight 2 (each host's file has its own BIRD paths).
@@ -329,9 +348,11 @@ fn a_change_rolled_out_host_by_host_ends_identical_and_a_cut_link_fails_over() {
         "every VIP differs: {text}"
     );
     let (half0, half1) = (exported_digests(&lab, 0), exported_digests(&lab, 1));
-    for ((vip, d0), (_, d1)) in half0.iter().zip(&half1) {
+    assert_eq!(half0.len(), 4);
+    for (vip, digest) in &half0 {
         assert_ne!(
-            d0, d1,
+            Some(digest),
+            half1.get(vip),
             "VIP {vip}'s digests agree half-way through the rollout"
         );
     }
@@ -375,4 +396,12 @@ fn a_change_rolled_out_host_by_host_ends_identical_and_a_cut_link_fails_over() {
     }
     let tcp = traffic::tcp_connections(lab.client(), GroupLab::web(false), 200, 4).expect("tcp");
     assert_eq!((tcp.answered(), tcp.failures), (200, 0), "{tcp:?}");
+
+    // Host 0 taken down as under systemd: the daemon stopped, then
+    // `fulcrum detach --interface`, which withdraws first by itself.
+    lab.kill_fulcrum(0).expect("stop host 0's fulcrum");
+    let (code, stderr) = lab.detach_offline(0).expect("fulcrum detach --interface");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("BIRD withdrew every route"), "{stderr}");
+    assert_eq!(lab.next_hops(vip4).expect("route"), Vec::<IpAddr>::new());
 }

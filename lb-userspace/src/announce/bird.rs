@@ -13,6 +13,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use crate::durable;
+
+/// Mode of the include file: BIRD may run as its own user.
+const INCLUDE_MODE: u32 = 0o644;
+
 /// How long BIRD may take to answer one command.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -93,9 +98,30 @@ pub fn command(socket: &Path, command: &str) -> anyhow::Result<Vec<String>> {
     Ok(lines)
 }
 
-/// Asks BIRD to read its configuration (and so the include file) again.
-pub fn configure(socket: &Path) -> anyhow::Result<()> {
+/// Writes the include file announcing `routes` via `interface`, then asks
+/// the BIRD on `socket` to read its configuration (and so the file) again.
+pub fn announce(
+    include: &Path,
+    socket: &Path,
+    routes: &[IpAddr],
+    interface: &str,
+) -> anyhow::Result<()> {
+    let text = render(routes, interface)?;
+    durable::write(include, text.as_bytes(), INCLUDE_MODE)?;
     command(socket, "configure").map(drop)
+}
+
+/// Whether `error` says that no BIRD listens on the socket: then BIRD
+/// announces nothing now, and reads the include file when it starts.
+pub fn not_running(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            )
+        })
+    })
 }
 
 #[cfg(test)]
@@ -120,6 +146,22 @@ mod tests {
         let none = render(&[], "eth1").unwrap();
         assert_eq!(none.matches("protocol static").count(), 2);
         assert!(!none.contains("route"));
+    }
+
+    #[test]
+    fn a_missing_bird_is_told_apart_from_a_refusal() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-bird-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let include = dir.join("include.conf");
+        let missing = announce(&include, &dir.join("no-such.ctl"), &[], "eth1").unwrap_err();
+        assert!(not_running(&missing), "{missing:#}");
+        assert_eq!(
+            std::fs::read_to_string(&include).unwrap(),
+            render(&[], "eth1").unwrap()
+        );
+        let refused = anyhow::anyhow!("BIRD answered \"configure\" with 8002: syntax error");
+        assert!(!not_running(&refused));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

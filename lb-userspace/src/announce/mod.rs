@@ -19,10 +19,7 @@ use std::{net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Announce, dataplane::state::DesiredState, durable};
-
-/// Mode of the include file: BIRD may run as its own user.
-const INCLUDE_MODE: u32 = 0o644;
+use crate::{config::Announce, dataplane::state::DesiredState};
 
 /// One installed VIP's readiness to be announced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,64 +119,36 @@ impl Announcer {
         }
     }
 
+    /// The settings it announces by.
+    pub fn settings(&self) -> &Announce {
+        &self.settings
+    }
+
+    /// Whether it can take `settings` as they are: the same include file
+    /// and BIRD, so nothing needs withdrawing; it takes them if so.
+    pub fn take_settings(&mut self, settings: &Announce) -> bool {
+        let same_bird = self.settings.bird_include == settings.bird_include
+            && self.settings.bird_socket == settings.bird_socket;
+        if same_bird {
+            self.settings = settings.clone();
+        }
+        same_bird
+    }
+
     /// Announces the ready VIPs of `vips` and withdraws the rest, telling
     /// BIRD only when that changes what it was told (or it failed to
     /// take the last change, which is retried). Returns a line to log
-    /// when something changed or failed.
+    /// when something changed or failed (a failure once, not every retry).
     pub fn reconcile(&mut self, vips: Vec<Readiness>) -> Option<String> {
         let routes = routes(&vips);
         self.report.vips = vips;
         if self.told.as_ref() == Some(&routes) {
             return None;
         }
-        self.tell(routes)
-    }
-
-    /// Withdraws every route (the data plane is going away); returns a
-    /// line to log.
-    pub fn withdraw(&mut self) -> Option<String> {
-        for vip in &mut self.report.vips {
-            vip.ready = false;
-            vip.why = "withdrawn: detaching".into();
-        }
-        self.tell(Vec::new())
-    }
-
-    /// How long to let the withdrawal reach the routers before detaching.
-    pub fn drain(&self) -> Duration {
-        Duration::from_secs(self.settings.drain_s)
-    }
-
-    /// What it did.
-    pub fn report(&self) -> &AnnounceReport {
-        &self.report
-    }
-
-    /// Tells BIRD to announce `routes`; returns a line to log, unless it
-    /// failed again the way it failed last time.
-    fn tell(&mut self, routes: Vec<IpAddr>) -> Option<String> {
-        let result = bird::render(&routes, &self.interface).and_then(|text| {
-            durable::write(&self.settings.bird_include, text.as_bytes(), INCLUDE_MODE)?;
-            bird::configure(&self.settings.bird_socket)
-        });
-        let spelt = if routes.is_empty() {
-            "no routes".to_string()
-        } else {
-            routes
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match result {
-            Ok(()) => {
-                self.told = Some(routes.clone());
-                self.report.routes = routes;
-                self.report.error = None;
-                Some(format!("announce: BIRD now announces {spelt}"))
-            }
+        let spelt = spell(&routes);
+        match self.tell(routes) {
+            Ok(()) => Some(format!("announce: BIRD now announces {spelt}")),
             Err(e) => {
-                self.report.failures += 1;
                 let message = format!("{e:#}");
                 let again = self.report.error.as_ref() == Some(&message);
                 self.report.error = Some(message.clone());
@@ -192,6 +161,69 @@ impl Announcer {
             }
         }
     }
+
+    /// Withdraws every route (the data plane is going away). A BIRD that
+    /// is not running counts as withdrawn: the include file is empty when
+    /// it starts. Any other failure is an error: the routes may still be
+    /// announced.
+    pub fn withdraw(&mut self) -> anyhow::Result<String> {
+        for vip in &mut self.report.vips {
+            vip.ready = false;
+            vip.why = "withdrawn: detaching".into();
+        }
+        match self.tell(Vec::new()) {
+            Ok(()) => Ok("announce: BIRD withdrew every route".into()),
+            Err(e) if bird::not_running(&e) => {
+                self.report.error = None;
+                Ok(format!(
+                    "announce: no BIRD runs on {} ({e:#}); the include file is empty, so it \
+                     announces nothing when it starts",
+                    self.settings.bird_socket.display()
+                ))
+            }
+            Err(e) => {
+                self.report.error = Some(format!("{e:#}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// How long to let the withdrawal reach the routers before detaching.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.settings.drain_s)
+    }
+
+    /// What it did.
+    pub fn report(&self) -> &AnnounceReport {
+        &self.report
+    }
+
+    /// Tells BIRD to announce `routes`, and records what BIRD took.
+    fn tell(&mut self, routes: Vec<IpAddr>) -> anyhow::Result<()> {
+        let result = bird::announce(
+            &self.settings.bird_include,
+            &self.settings.bird_socket,
+            &routes,
+            &self.interface,
+        );
+        match &result {
+            Ok(()) => {
+                self.told = Some(routes.clone());
+                self.report.routes = routes;
+                self.report.error = None;
+            }
+            Err(_) => self.report.failures += 1,
+        }
+        result
+    }
+}
+
+fn spell(routes: &[IpAddr]) -> String {
+    if routes.is_empty() {
+        return "no routes".into();
+    }
+    let spelt: Vec<String> = routes.iter().map(ToString::to_string).collect();
+    spelt.join(", ")
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use anyhow::bail;
 use clap::Args;
 
-use super::{OutputFormat, client::Connection, tables};
+use super::{OutputFormat, client::Connection, print_all, tables};
 use crate::group::{Comparison, compare};
 
 /// Arguments of `fulcrum compare`.
@@ -25,20 +25,21 @@ fn side(address: &Option<std::net::SocketAddr>) -> String {
     address.map_or_else(|| "(none)".into(), |a| a.to_string())
 }
 
-fn text(comparison: &Comparison, fingerprints: [&str; 2]) -> String {
+fn text(comparison: &Comparison, fingerprints: [Option<&str>; 2]) -> String {
     let [a, b] = &comparison.sources;
     let mut text = format!("A: {a}\nB: {b}\n");
-    if comparison.same_seed {
-        text.push_str(&format!(
-            "seed: the same (fingerprint {})\n",
-            fingerprints[0]
-        ));
-    } else {
-        text.push_str(&format!(
-            "seed: DIFFERENT ({} vs {}): flows hash differently, so any flow that moves \
-             between these hosts may change backend whatever the tables\n",
-            fingerprints[0], fingerprints[1]
-        ));
+    match fingerprints {
+        [Some(left), Some(right)] if comparison.same_seed && left == right => {
+            text.push_str(&format!("seed: the same (fingerprint {left})\n"));
+        }
+        [Some(left), Some(right)] => text.push_str(&format!(
+            "seed: DIFFERENT ({left} vs {right}): flows hash differently, so any flow that \
+             moves between these hosts may change backend whatever the tables\n"
+        )),
+        _ => text.push_str(
+            "seed: UNKNOWN: a side has no flow_hash_seed, so its host hashes with a seed it \
+             generated for itself; a group needs the same flow_hash_seed on every host\n",
+        ),
     }
     for vip in &comparison.vips {
         let name = vip.names[0]
@@ -90,18 +91,18 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         (Err(e), _) | (_, Err(e)) => return Err(args.connection.fail(e)),
     };
     let comparison = compare(&a, &b);
-    match args.connection.format {
+    let fingerprints = [&a, &b].map(|t| t.seed_fingerprint.as_deref());
+    let output = match args.connection.format {
         OutputFormat::Json => {
             let mut body = serde_json::to_value(&comparison)?;
             body["identical"] = comparison.identical().into();
-            println!("{}", serde_json::to_string_pretty(&body)?);
+            body["seed_fingerprints"] = serde_json::json!(fingerprints);
+            body["groups"] = serde_json::json!([&a.group, &b.group]);
+            serde_json::to_string_pretty(&body)? + "\n"
         }
-        OutputFormat::Text => {
-            let unknown = "(none)";
-            let fingerprints = [&a, &b].map(|t| t.seed_fingerprint.as_deref().unwrap_or(unknown));
-            print!("{}", text(&comparison, fingerprints));
-        }
-    }
+        OutputFormat::Text => text(&comparison, fingerprints),
+    };
+    print_all(&output)?;
     if !comparison.identical() {
         bail!("the hosts differ: see above");
     }

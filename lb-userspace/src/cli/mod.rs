@@ -95,6 +95,20 @@ impl Cli {
     }
 }
 
+/// Writes `text` to stdout; a reader that went away (`| head`) ends the
+/// output quietly instead of a panic in `print!`.
+pub fn print_all(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Reads and validates a config file. A file that cannot be read is one
 /// more problem of the outcome, so every outcome can be reported the same
 /// way (JSON consumers always get a document).

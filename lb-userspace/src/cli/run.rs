@@ -416,8 +416,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(server);
     drop(metrics);
     report(&controller, args.stats_format);
-    if args.detach_on_exit {
-        controller.withdraw();
+    if args.detach_on_exit
+        && let Err(e) = controller.withdraw()
+    {
+        crate::note!(
+            "WARNING withdrawing the routes failed: {e:#}; not detaching: the data plane \
+             stays attached and forwarding what the routers still send"
+        );
+    } else if args.detach_on_exit {
         controller.dataplane.detach()?;
         pins.remove()?;
         records.remove()?;

@@ -9,7 +9,7 @@ use std::{os::unix::fs::FileTypeExt as _, path::Path};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use super::{OutputFormat, client::Connection, load_config};
+use super::{OutputFormat, client::Connection, load_config, print_all};
 use crate::group::Tables;
 
 /// Arguments of `fulcrum tables`.
@@ -92,9 +92,9 @@ pub fn run(args: TablesArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.connection.socket.display().to_string());
     let tables = load(&source, &args.connection).map_err(|e| args.connection.fail(e))?;
-    match args.connection.format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&tables)?),
-        OutputFormat::Text => print!("{}", summary(&tables)),
-    }
-    Ok(())
+    let output = match args.connection.format {
+        OutputFormat::Json => serde_json::to_string(&tables)? + "\n",
+        OutputFormat::Text => summary(&tables),
+    };
+    print_all(&output)
 }

@@ -73,7 +73,6 @@ fn settings_needing_restart(current: &Config, next: &Config) -> Vec<&'static str
             "flow_hash_seed",
             current.flow_hash_seed != next.flow_hash_seed,
         ),
-        ("announce", current.announce != next.announce),
     ]
     .into_iter()
     .filter_map(|(field, differs)| differs.then_some(field))

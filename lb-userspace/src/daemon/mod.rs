@@ -231,21 +231,50 @@ impl Controller {
     }
 
     /// Withdraws every route before the data plane goes, and waits for
-    /// the routers to stop sending here.
-    pub fn withdraw(&mut self) {
+    /// the routers to stop sending here. An error (BIRD did not take the
+    /// withdrawal) means the routes may still be announced.
+    pub fn withdraw(&mut self) -> anyhow::Result<()> {
         let Some(announcer) = &mut self.announcer else {
-            return;
+            return Ok(());
         };
-        if let Some(line) = announcer.withdraw() {
-            crate::note!("{line}");
-        }
+        let result = announcer.withdraw();
         self.monitor.announced(announcer.report().clone());
+        crate::note!("{}", result?);
         let drain = announcer.drain();
         crate::note!(
             "announce: waiting {} s for the routers to stop sending here",
             drain.as_secs()
         );
         std::thread::sleep(drain);
+        Ok(())
+    }
+
+    /// Follows a change of `[announce]`: another include file or BIRD
+    /// (or none) withdraws the old one's routes, and the new announcer
+    /// tells BIRD afresh; another drain is just taken.
+    fn follow_announce_settings(&mut self) {
+        let wanted = self
+            .in_force
+            .validation
+            .config
+            .as_ref()
+            .and_then(|c| c.announce.clone());
+        if let (Some(announcer), Some(settings)) = (&mut self.announcer, &wanted)
+            && announcer.take_settings(settings)
+        {
+            return;
+        }
+        if let Some(old) = &mut self.announcer {
+            match old.withdraw() {
+                Ok(line) => crate::note!("{line} (announcing settings changed)"),
+                Err(e) => crate::note!(
+                    "announce: WARNING withdrawing through the old settings failed: {e:#}; \
+                     routes may still be announced through {}",
+                    old.settings().bird_socket.display()
+                ),
+            }
+        }
+        self.announcer = wanted.map(|settings| Announcer::new(&settings, &self.interface));
     }
 
     /// The monitor, for the sampler and the metrics server.
@@ -541,6 +570,7 @@ impl Controller {
         {
             self.health.retarget(config);
         }
+        self.follow_announce_settings();
         if let Err(e) = self.report_group() {
             crate::note!("reading the seed in force: {e:#}");
         }
@@ -762,7 +792,18 @@ impl Controller {
     }
 
     fn detach(&mut self) -> Reply {
-        self.withdraw();
+        if let Err(e) = self.withdraw() {
+            return Reply::error(
+                503,
+                format!(
+                    "withdrawing the routes failed: {e:#}; nothing was detached, so the \
+                     host still forwards what the routers send it. Fix BIRD (`fulcrum \
+                     status`), or stop the daemon and run `fulcrum detach --interface {} \
+                     --force` to detach with the routes still announced",
+                    self.interface
+                ),
+            );
+        }
         let result = self
             .dataplane
             .detach()

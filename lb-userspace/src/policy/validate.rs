@@ -386,8 +386,8 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
 const MAX_DRAIN_S: u64 = 300;
 
 /// A group's hosts must hash alike: a seed each host generated for itself
-/// would send a flow that changes host to another backend. Announcing
-/// routes needs an interface to check the link of.
+/// would send a flow that changes host to another backend. A drain is
+/// bounded: `fulcrum detach` waits it out.
 fn check_group(config: &Config, problems: &mut Vec<Problem>) {
     if let Some(group) = &config.group {
         if group.name.is_empty() {
