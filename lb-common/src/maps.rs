@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -234,6 +234,11 @@ pub struct Backend {
     pub addr: [u8; 16],
 }
 
+/// `EncapJob::flags`: the packet opened a new flow (for the counters).
+pub const JOB_NEW_FLOW: u8 = 1;
+/// `EncapJob::flags`: the packet is traced (`TRACE_JOBS` holds its job).
+pub const JOB_TRACED: u8 = 2;
+
 /// What the XDP program hands its encapsulation program, which it
 /// tail-calls (so that each has a whole BPF stack of its own), about the
 /// packet at hand: one per CPU, the value of `ENCAP_JOBS`.
@@ -250,10 +255,153 @@ pub struct EncapJob {
     pub l3: u16,
     /// The family of that IP header.
     pub family: u8,
-    /// 1 when the packet opened a new flow (for the traffic counters).
-    pub new_flow: u8,
+    /// `JOB_*` flags.
+    pub flags: u8,
     /// The flow's hash: the entropy of the outer header.
     pub hash: u64,
+}
+
+/// `TAIL_CALLS` index of the encapsulation program.
+pub const TAIL_ENCAP: u32 = 0;
+/// `TAIL_CALLS` index of the trace program.
+pub const TAIL_TRACE: u32 = 1;
+
+/// `TraceControl::vip_id` that matches every VIP (and traffic of none).
+pub const TRACE_ANY_VIP: u32 = u32::MAX;
+
+/// What `fulcrum trace` asks the data plane to report: off while
+/// `expires_ns` is 0. The controller renews the lease while its client
+/// listens; once `bpf_ktime_get_ns()` passes it, the trace program turns
+/// tracing off by itself, so a dead controller or client cannot leave it
+/// on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceControl {
+    /// When tracing stops (the kernel's monotonic clock, ns); 0: off.
+    pub expires_ns: u64,
+    /// Only flows from this prefix (IPv4 in the first four bytes)...
+    pub src_addr: [u8; 16],
+    /// ...of this many bits (0: any source).
+    pub src_prefix_len: u8,
+    /// ...and this family (0: any).
+    pub src_family: u8,
+    /// Reserved; zero.
+    pub pad: [u8; 2],
+    /// Only this VIP (`TRACE_ANY_VIP`: any packet).
+    pub vip_id: u32,
+    /// Only flows to this backend slot (0: any).
+    pub backend_id: u32,
+    /// One matching packet in `sample` is reported (0 and 1: every one).
+    pub sample: u32,
+    /// At most this many events a second, per CPU.
+    pub per_cpu_per_s: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+
+impl TraceControl {
+    /// Whether `event` is one the control asks for (its lease aside).
+    #[inline(always)]
+    pub fn matches(&self, event: &TraceEvent) -> bool {
+        if self.vip_id != TRACE_ANY_VIP && event.vip_id != self.vip_id {
+            return false;
+        }
+        if self.backend_id != 0 && event.backend_id != self.backend_id {
+            return false;
+        }
+        if self.src_family == 0 {
+            return true;
+        }
+        if event.has_flow == 0 || event.key.family != self.src_family {
+            return false;
+        }
+        let bits = self.src_prefix_len as usize;
+        let mut i = 0;
+        while i < 16 {
+            let taken = bits.saturating_sub(i * 8).min(8);
+            let mask = (0xff_u16 << (8 - taken)) as u8;
+            if (event.key.src_addr[i] ^ self.src_addr[i]) & mask != 0 {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+}
+
+/// Where a traced packet's backend came from.
+pub const TRACE_VIA_NONE: u8 = 0;
+/// Its flow's connection-table entry.
+pub const TRACE_VIA_CONNECTION: u8 = 1;
+/// A slot of its VIP's lookup table.
+pub const TRACE_VIA_TABLE: u8 = 2;
+
+/// One decision of the data plane, as `fulcrum trace` reports it: the
+/// value the XDP program fills as the packet goes (one per CPU, in
+/// `TRACE_JOBS`), and the event it sends (`TRACE_EVENTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// When (the kernel's monotonic clock, ns); set when sent.
+    pub time_ns: u64,
+    /// The flow (zero when the packet was not parsed that far).
+    pub key: FlowKey,
+    /// The 802.1Q tag's VLAN id (0: untagged).
+    pub vlan: u16,
+    /// 1 when `key` holds the packet's flow.
+    pub has_flow: u8,
+    /// `TRACE_VIA_*`.
+    pub via: u8,
+    /// The XDP action.
+    pub action: u32,
+    /// The verdict's `Reason`.
+    pub reason: u32,
+    /// The VIP (`TRACE_ANY_VIP` when none was found).
+    pub vip_id: u32,
+    /// The backend slot chosen (0: none).
+    pub backend_id: u32,
+    /// The lookup-table slot, when `via` is `TRACE_VIA_TABLE`, as the
+    /// kernel's table holds it and `fulcrum explain` names it (after the
+    /// `TABLE_HEADER_SLOTS` header).
+    pub slot: u32,
+    /// The lookup table's id (`bank * MAX_VIPS + vip_id`), when `via` is
+    /// `TRACE_VIA_TABLE`: its bank tells the generation.
+    pub table_id: u32,
+    /// The CPU that handled the packet.
+    pub cpu: u32,
+}
+
+/// The trace program's own state on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceState {
+    /// Matching packets seen (for sampling).
+    pub seen: u64,
+    /// The second (`time_ns / 1e9`) `sent` counts in.
+    pub second: u64,
+    /// Events sent in that second.
+    pub sent: u32,
+    /// Reserved; zero.
+    pub pad: u32,
+}
+
+/// `TRACE_STATS` indexes: what became of matching packets.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceOutcome {
+    /// Sent to the ring buffer.
+    Sent = 0,
+    /// Left out by the sampling.
+    Sampled = 1,
+    /// Dropped: the per-second cap was reached.
+    Capped = 2,
+    /// Dropped: the ring buffer was full (the reader fell behind).
+    RingFull = 3,
+}
+
+impl TraceOutcome {
+    /// How many outcomes there are.
+    pub const COUNT: u32 = 4;
 }
 
 /// Addresses a decapsulating host takes tunnelled packets for.
@@ -713,10 +861,21 @@ pub mod names {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     /// `Array<DataplaneConfig>` with one entry.
     pub const CONFIG: &str = "CONFIG";
-    /// `ProgramArray` with one entry: the encapsulation program.
-    pub const ENCAP_PROGRAMS: &str = "ENCAP_PROGRAMS";
+    /// `ProgramArray`: the programs the XDP program tail-calls
+    /// (`TAIL_ENCAP`, `TAIL_TRACE`).
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
     /// `PerCpuArray<EncapJob>` with one entry.
     pub const ENCAP_JOBS: &str = "ENCAP_JOBS";
+    /// `Array<TraceControl>` with one entry.
+    pub const TRACE_CONTROL: &str = "TRACE_CONTROL";
+    /// `PerCpuArray<TraceEvent>` with one entry: the decision being made.
+    pub const TRACE_JOBS: &str = "TRACE_JOBS";
+    /// `PerCpuArray<TraceState>` with one entry.
+    pub const TRACE_STATE: &str = "TRACE_STATE";
+    /// `PerCpuArray<u64>` indexed by `TraceOutcome`.
+    pub const TRACE_STATS: &str = "TRACE_STATS";
+    /// `RingBuf<TraceEvent>`: the events.
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
     /// `Array<Meta>` with one entry; created and pinned by `fulcrum`, not
     /// part of the eBPF object.
     pub const META: &str = "META";
@@ -724,6 +883,8 @@ pub mod names {
     pub const PROGRAM: &str = "fulcrum_xdp";
     /// Name of the encapsulation program it tail-calls.
     pub const ENCAP_PROGRAM: &str = "fulcrum_encap";
+    /// Name of the trace program it tail-calls.
+    pub const TRACE_PROGRAM: &str = "fulcrum_trace";
     /// The decapsulation object's settings: `Array<DecapConfig>`, one entry.
     pub const DECAP_CONFIG: &str = "DECAP_CONFIG";
     /// The decapsulation object's counters: `PerCpuArray<u64>` by `DecapReason`.
@@ -731,7 +892,7 @@ pub mod names {
     /// The decapsulation program.
     pub const DECAP_PROGRAM: &str = "fulcrum_decap";
     /// The maps of the eBPF object, every one pinned.
-    pub const OBJECT_MAPS: [&str; 12] = [
+    pub const OBJECT_MAPS: [&str; 17] = [
         VIP_INDEX,
         VIP_FILTER,
         BACKENDS,
@@ -742,8 +903,13 @@ pub mod names {
         VIP_STATS,
         GLOBAL_STATS,
         CONFIG,
-        ENCAP_PROGRAMS,
+        TAIL_CALLS,
         ENCAP_JOBS,
+        TRACE_CONTROL,
+        TRACE_JOBS,
+        TRACE_STATE,
+        TRACE_STATS,
+        TRACE_EVENTS,
     ];
 }
 
@@ -761,6 +927,9 @@ mod pod {
     unsafe impl aya::Pod for super::FlowMeta {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
+    unsafe impl aya::Pod for super::TraceControl {}
+    unsafe impl aya::Pod for super::TraceEvent {}
+    unsafe impl aya::Pod for super::TraceState {}
     unsafe impl aya::Pod for super::Encapsulation {}
     unsafe impl aya::Pod for super::EncapJob {}
     unsafe impl aya::Pod for super::DecapConfig {}
@@ -769,6 +938,62 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_trace_control_matches_vip_backend_and_source_prefix() {
+        let mut event = TraceEvent {
+            has_flow: 1,
+            vip_id: 3,
+            backend_id: 7,
+            ..TraceEvent::default()
+        };
+        event.key.family = FAMILY_IPV4;
+        event.key.src_addr[..4].copy_from_slice(&[198, 18, 5, 77]);
+        let any = TraceControl {
+            vip_id: TRACE_ANY_VIP,
+            ..TraceControl::default()
+        };
+        assert!(any.matches(&event));
+        assert!(TraceControl { vip_id: 3, ..any }.matches(&event));
+        assert!(!TraceControl { vip_id: 4, ..any }.matches(&event));
+        assert!(
+            TraceControl {
+                backend_id: 7,
+                ..any
+            }
+            .matches(&event)
+        );
+        assert!(
+            !TraceControl {
+                backend_id: 8,
+                ..any
+            }
+            .matches(&event)
+        );
+        let mut prefix = TraceControl {
+            src_family: FAMILY_IPV4,
+            src_prefix_len: 20,
+            ..any
+        };
+        prefix.src_addr[..4].copy_from_slice(&[198, 18, 0, 0]);
+        assert!(prefix.matches(&event));
+        prefix.src_prefix_len = 24;
+        assert!(!prefix.matches(&event));
+        prefix.src_addr[2] = 5;
+        assert!(prefix.matches(&event));
+        prefix.src_prefix_len = 0;
+        prefix.src_addr = [0; 16];
+        assert!(prefix.matches(&event), "a /0 of the family matches it all");
+        assert!(
+            !TraceControl {
+                src_family: FAMILY_IPV6,
+                ..prefix
+            }
+            .matches(&event)
+        );
+        event.has_flow = 0;
+        assert!(!prefix.matches(&event), "no flow, no source to match");
+    }
+
     use super::*;
     use core::mem::size_of;
 
@@ -818,6 +1043,8 @@ mod tests {
         assert_eq!(size_of::<EncapJob>(), 56);
         assert_eq!(size_of::<DecapConfig>(), 8 * 4 + 8 * 16 + 4);
         assert_eq!(size_of::<DataplaneConfig>(), 88);
+        assert_eq!(size_of::<TraceControl>(), 48);
+        assert_eq!(size_of::<TraceState>(), 24);
     }
 
     #[test]

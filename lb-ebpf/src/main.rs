@@ -8,10 +8,11 @@
 #![no_main]
 
 mod encap;
+mod trace;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray},
+    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray, RingBuf},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -20,8 +21,10 @@ use lb_common::{
     maps::{
         BACKEND_ACTIVE, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS, DataplaneConfig, EncapJob,
         FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FORWARD_L2_DSR,
-        FlowEntry, FlowKey, FlowMeta, FlowWays, LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS,
-        PROTO_TCP, Reason, TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS,
+        FlowEntry, FlowKey, FlowMeta, FlowWays, JOB_NEW_FLOW, JOB_TRACED, LOOKUP_TABLE_IDS,
+        MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason, TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE,
+        TRACE_ANY_VIP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, TraceControl, TraceEvent,
+        TraceOutcome, TraceState, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS,
         VIP_SLOT_USED, VipFilter, VipKey, VipSlot, WayWord,
     },
 };
@@ -91,9 +94,30 @@ static GLOBAL_STATS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray:
 #[btf_map]
 static CONFIG: Array<DataplaneConfig, 1> = Array::new();
 
-/// The encapsulation program (`fulcrum_encap`), which `fulcrum` puts here.
+/// The programs `fulcrum_xdp` tail-calls, which `fulcrum` puts here:
+/// `fulcrum_encap` at `TAIL_ENCAP`, `fulcrum_trace` at `TAIL_TRACE`.
 #[btf_map]
-static ENCAP_PROGRAMS: ProgramArray<1> = ProgramArray::new();
+static TAIL_CALLS: ProgramArray<2> = ProgramArray::new();
+
+/// What `fulcrum trace` asks for; off while its lease is 0.
+#[btf_map]
+static TRACE_CONTROL: Array<TraceControl, 1> = Array::new();
+
+/// The decision being made, filled while tracing is on.
+#[btf_map]
+static TRACE_JOBS: PerCpuArray<TraceEvent, 1> = PerCpuArray::new();
+
+/// The trace program's sampling and cap, per CPU.
+#[btf_map]
+static TRACE_STATE: PerCpuArray<TraceState, 1> = PerCpuArray::new();
+
+/// What became of matching packets, by `TraceOutcome`.
+#[btf_map]
+static TRACE_STATS: PerCpuArray<u64, { TraceOutcome::COUNT as usize }> = PerCpuArray::new();
+
+/// The events, for the controller to read (1 MiB: 13,107 events).
+#[btf_map]
+static TRACE_EVENTS: RingBuf<TraceEvent, { 1 << 20 }> = RingBuf::new();
 
 /// What `fulcrum_xdp` tells `fulcrum_encap` about the packet it hands over.
 #[btf_map]
@@ -131,11 +155,89 @@ struct Flow {
     l3: usize,
 }
 
+/// The decision being traced, while tracing is on: `TRACE_JOBS`' entry.
+type Trace = Option<*mut TraceEvent>;
+
 #[xdp]
 pub fn fulcrum_xdp(ctx: XdpContext) -> u32 {
-    let verdict = process(&ctx);
+    let trace = trace_job();
+    let verdict = process(&ctx, trace);
+    count(verdict.reason);
+    if let Some(job) = trace {
+        hand_to_trace(&ctx, job, &verdict);
+    }
+    verdict.action
+}
+
+/// For the benchmarks: `fulcrum_xdp` without its trace hooks, the
+/// baseline the cost of tracing (off and on) is measured against.
+#[xdp]
+pub fn bench_untraced(ctx: XdpContext) -> u32 {
+    let verdict = process(&ctx, None);
     count(verdict.reason);
     verdict.action
+}
+
+/// `TRACE_JOBS`' entry, cleared for a new packet, while tracing is on.
+#[inline(always)]
+fn trace_job() -> Trace {
+    if TRACE_CONTROL.get(0).is_none_or(|c| c.expires_ns == 0) {
+        return None;
+    }
+    let job = TRACE_JOBS.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, only this CPU uses it while we run.
+    unsafe {
+        (*job).has_flow = 0;
+        (*job).via = 0;
+        (*job).vlan = 0;
+        (*job).vip_id = TRACE_ANY_VIP;
+        (*job).backend_id = 0;
+        (*job).slot = 0;
+        (*job).table_id = 0;
+    }
+    Some(job)
+}
+
+/// Records the verdict and tail-calls the trace program, which returns
+/// the action itself. Without it (not loaded), the caller returns it.
+#[inline(always)]
+fn hand_to_trace(ctx: &XdpContext, job: *mut TraceEvent, verdict: &Verdict) {
+    // SAFETY: per-CPU slot, only this CPU uses it while we run.
+    unsafe {
+        (*job).action = verdict.action;
+        (*job).reason = verdict.reason as u32;
+        TAIL_CALLS.tail_call(ctx, TAIL_TRACE);
+    }
+}
+
+/// Records where the backend came from in the traced decision.
+#[inline(always)]
+fn trace_choice(trace: Trace, vip_id: u32, backend_id: u32, via: u8, (slot, table_id): (u32, u32)) {
+    if let Some(job) = trace {
+        // SAFETY: per-CPU slot, only this CPU uses it while we run.
+        unsafe {
+            (*job).vip_id = vip_id;
+            (*job).backend_id = backend_id;
+            (*job).via = via;
+            (*job).slot = slot;
+            (*job).table_id = table_id;
+        }
+    }
+}
+
+/// Reports the decision `fulcrum_xdp` or `fulcrum_encap` handed over (and
+/// returns its action). A program of its own: the main program's stack
+/// has no room for the event, and the cost stays off the path while
+/// tracing is off.
+#[xdp]
+pub fn fulcrum_trace(_ctx: XdpContext) -> u32 {
+    let Some(job) = TRACE_JOBS.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot, only this CPU uses it while we run.
+    let job = unsafe { &mut *job };
+    trace::report(job);
+    job.action
 }
 
 /// Encapsulates the packet `fulcrum_xdp` tail-called it for, as its
@@ -151,16 +253,23 @@ pub fn fulcrum_encap(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let reason = encap::encapsulate(&ctx, job, config);
     count(reason);
-    match reason {
+    let action = match reason {
         Reason::Tx => {
-            let new_flow = job.new_flow != 0;
+            let new_flow = job.flags & JOB_NEW_FLOW != 0;
             add_traffic(BACKEND_STATS.get_ptr_mut(job.backend_id), bytes, new_flow);
             add_traffic(VIP_STATS.get_ptr_mut(job.vip_id), bytes, new_flow);
             xdp_action::XDP_TX
         }
         Reason::TxTooBig => xdp_action::XDP_TX,
         _ => xdp_action::XDP_DROP,
+    };
+    // The main program filled the trace job before handing over.
+    if job.flags & JOB_TRACED != 0
+        && let Some(trace) = TRACE_JOBS.get_ptr_mut(0)
+    {
+        hand_to_trace(&ctx, trace, &Verdict { action, reason });
     }
+    action
 }
 
 /// For the test lab: attached to the veth peer facing the load balancer.
@@ -187,7 +296,7 @@ fn count(reason: Reason) {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> Verdict {
+fn process(ctx: &XdpContext, trace: Trace) -> Verdict {
     let Some(eth) = header::<EthHdr>(ctx, 0) else {
         return discard(Reason::DropTruncated);
     };
@@ -200,6 +309,10 @@ fn process(ctx: &XdpContext) -> Verdict {
         };
         // SAFETY: bounds checked above.
         ether_type = unsafe { (*vlan).ether_type };
+        if let Some(job) = trace {
+            // SAFETY: bounds checked above; per-CPU slot.
+            unsafe { (*job).vlan = u16::from_be_bytes((*vlan).tci) & 0x0fff };
+        }
         l3 += VlanHdr::LEN;
         if is_vlan(ether_type) {
             return pass(Reason::PassUnsupported);
@@ -213,7 +326,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         return pass(Reason::PassNotIp);
     };
     match flow {
-        Ok(flow) => forward(ctx, &flow),
+        Ok(flow) => forward(ctx, &flow, trace),
         Err(verdict) => verdict,
     }
 }
@@ -558,11 +671,11 @@ fn table_backend(
     vip_id: u32,
     table_id: u32,
     size: u32,
-) -> Option<(u32, &'static Backend)> {
+) -> Option<(u32, u32, &'static Backend)> {
     let slot = table_slot(hash, size)?;
     let table = LOOKUP_TABLES.get(table_id)?;
     let backend_id = *table.get(slot)?;
-    live_backend(backend_id, vip_id).map(|backend| (backend_id, backend))
+    live_backend(backend_id, vip_id).map(|backend| (slot, backend_id, backend))
 }
 
 #[inline(always)]
@@ -577,7 +690,14 @@ fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, new_flow: boo
 }
 
 #[inline(always)]
-fn forward(ctx: &XdpContext, flow: &Flow) -> Verdict {
+fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
+    if let Some(job) = trace {
+        // SAFETY: per-CPU slot, only this CPU uses it while we run.
+        unsafe {
+            (*job).key = flow.key;
+            (*job).has_flow = 1;
+        }
+    }
     // An established flow is found by its 5-tuple alone: the entry names its
     // VIP, and a backend slot is honoured only while it serves that VIP, so
     // the VIP probe is needed only for SYNs and connection-table misses. A
@@ -603,6 +723,7 @@ fn forward(ctx: &XdpContext, flow: &Flow) -> Verdict {
     let (vip_id, backend_id, backend, new_flow, hash, config) = match (tracked, looked_up) {
         (Some((vip_id, backend_id, backend)), Some((place, config))) => {
             count(Reason::ConnHit);
+            trace_choice(trace, vip_id, backend_id, TRACE_VIA_CONNECTION, (0, 0));
             (vip_id, backend_id, backend, false, place.hash, config)
         }
         (_, looked_up) => {
@@ -610,6 +731,7 @@ fn forward(ctx: &XdpContext, flow: &Flow) -> Verdict {
                 return pass(Reason::PassNotVip);
             };
             count(Reason::ConnMiss);
+            trace_choice(trace, vip_id, 0, 0, (0, table_id));
             let (place, config) = match looked_up {
                 Some(found) => found,
                 None => {
@@ -619,11 +741,12 @@ fn forward(ctx: &XdpContext, flow: &Flow) -> Verdict {
                     (locate(&flow.key, config), config)
                 }
             };
-            let Some((backend_id, backend)) =
+            let Some((slot, backend_id, backend)) =
                 table_backend(place.hash, vip_id, table_id, table_size)
             else {
                 return discard(Reason::DropNoBackend);
             };
+            trace_choice(trace, vip_id, backend_id, TRACE_VIA_TABLE, (slot, table_id));
             // An ICMP error follows its flow but never starts one.
             if !flow.icmp {
                 let entry = FlowEntry {
@@ -651,10 +774,11 @@ fn forward(ctx: &XdpContext, flow: &Flow) -> Verdict {
                     vip_id,
                     l3: flow.l3 as u16,
                     family: flow.key.family,
-                    new_flow: u8::from(new_flow),
+                    flags: if new_flow { JOB_NEW_FLOW } else { 0 }
+                        | if trace.is_some() { JOB_TRACED } else { 0 },
                     hash,
                 };
-                ENCAP_PROGRAMS.tail_call(ctx, 0);
+                TAIL_CALLS.tail_call(ctx, TAIL_ENCAP);
             }
         }
         return discard(Reason::DropEncapFailed);

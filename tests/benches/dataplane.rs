@@ -9,7 +9,7 @@ use aya::{
     TestRun as _, TestRunAttrs, TestRunOptions,
     programs::{Xdp, XdpMode},
 };
-use lb_common::maps::{CONN_TABLE_ENTRIES, Reason};
+use lb_common::maps::{CONN_TABLE_ENTRIES, Reason, TRACE_ANY_VIP, TraceControl};
 use lb_tests::{
     fixture::{ENCAP_CONFIG, Fixture, standalone_program, test_run, xdp_program},
     flood::syn_flood,
@@ -437,7 +437,101 @@ fn apply_latency() {
     );
 }
 
-/// Sections by name (cost, distinct, encap, live, flood, one-cpu, apply):
+/// Traced runs per round: the 1 MiB ring holds 13,107 events, and the
+/// reader drains it between rounds, so that every traced packet is sent.
+const TRACED_REPEAT: u32 = 10_000;
+
+/// What tracing costs, in one loop of interleaved rounds: the program
+/// without its trace hooks (`bench_untraced`), the same program with
+/// tracing off (the flag check), tracing on for another VIP (the hooks and
+/// the trace program's filter), and tracing on for every packet (each one
+/// sent through the ring buffer).
+fn trace_cost() {
+    let mut fixture = Fixture::standard();
+    let mut events = fixture.dataplane.take_trace_events().expect("trace ring");
+    fixture
+        .dataplane
+        .object_program("bench_untraced")
+        .expect("bench_untraced");
+    let web4 = "198.18.0.100:80";
+    let rows = [
+        (
+            "IPv4 TCP SYN (new flow)",
+            Frame::tcp("198.18.2.1:40000", web4, SYN).bytes(),
+        ),
+        (
+            "IPv4 TCP established",
+            Frame::tcp("198.18.2.1:40002", web4, ACK).bytes(),
+        ),
+        (
+            "non-VIP TCP ACK",
+            Frame::tcp("198.18.2.1:40000", "198.18.0.200:80", ACK).bytes(),
+        ),
+    ];
+    for (_, frame) in &rows {
+        fixture.run(frame).expect("warm-up run");
+    }
+    let lease = || lb_userspace::dataplane::trace::lease_end(Duration::from_secs(3600));
+    let everything = TraceControl {
+        expires_ns: lease(),
+        vip_id: TRACE_ANY_VIP,
+        sample: 1,
+        per_cpu_per_s: u32::MAX,
+        ..TraceControl::default()
+    };
+    let other_vip = TraceControl {
+        vip_id: 12_345,
+        ..everything
+    };
+    println!(
+        "trace cost: BPF_PROG_TEST_RUN, repeat {REPEAT} ({TRACED_REPEAT} traced), median of \
+         {ROUNDS} interleaved rounds"
+    );
+    println!(
+        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "path", "untraced", "off", "off-cost", "other VIP", "traced"
+    );
+    for (name, frame) in &rows {
+        let mut columns: [Vec<f64>; 4] = Default::default();
+        for _ in 0..ROUNDS {
+            let untraced = fixture
+                .dataplane
+                .object_program("bench_untraced")
+                .expect("bench_untraced");
+            columns[0].push(ns_per_packet(untraced, frame));
+            for (column, control) in [
+                (1, TraceControl::default()),
+                (2, other_vip),
+                (3, everything),
+            ] {
+                fixture.dataplane.set_trace(control).expect("trace control");
+                let program = fixture.dataplane.program().expect("program");
+                // Only the traced column sends events: the others run long.
+                let repeat = if column == 3 { TRACED_REPEAT } else { REPEAT };
+                columns[column].push(ns_repeated(program, frame, repeat));
+                let sent = events.drain().len();
+                if column == 3 {
+                    assert_eq!(sent, TRACED_REPEAT as usize, "every traced packet is sent");
+                }
+            }
+        }
+        let [untraced, off, other, traced] = columns.map(median);
+        println!(
+            "{name:<26} {untraced:>10.1} {off:>10.1} {:>+10.1} {other:>10.1} {traced:>10.1}",
+            off - untraced
+        );
+    }
+    fixture
+        .dataplane
+        .set_trace(TraceControl::default())
+        .expect("trace control");
+    println!(
+        "(ns/pkt; off-cost: the flag check, off minus untraced; traced: every packet sent \
+         as an event)"
+    );
+}
+
+/// Sections by name (cost, distinct, encap, trace, live, flood, one-cpu, apply):
 /// `cargo bench -p lb-tests --bench dataplane -- NAME...`
 /// runs only the named ones (all without a name).
 fn main() {
@@ -455,6 +549,9 @@ fn main() {
     }
     if runs("encap") {
         encapsulation_cost();
+    }
+    if runs("trace") {
+        trace_cost();
     }
     if runs("live") {
         live_rate();

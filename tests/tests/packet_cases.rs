@@ -3,7 +3,11 @@
 //! action, the exact output bytes, and the counters it moves. Runs the real
 //! XDP program in the kernel through BPF_PROG_TEST_RUN.
 
-use lb_common::maps::Reason;
+use std::time::Duration;
+
+use lb_common::maps::{
+    Reason, TABLE_HEADER_SLOTS, TRACE_ANY_VIP, TRACE_VIA_TABLE, TraceControl, TraceEvent,
+};
 use lb_tests::{
     fixture::{Fixture, Snapshot, TABLELESS_VIP, TEST_SEED, run_problems, xdp_action},
     packet::{Frame, LB_MAC, tcp_flags::*},
@@ -420,4 +424,122 @@ fn packet_cases() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Tracing everything, for a minute.
+fn trace_everything() -> TraceControl {
+    TraceControl {
+        expires_ns: lb_userspace::dataplane::trace::lease_end(Duration::from_secs(60)),
+        vip_id: TRACE_ANY_VIP,
+        sample: 1,
+        per_cpu_per_s: 1_000_000,
+        ..TraceControl::default()
+    }
+}
+
+/// What is wrong with the events one traced case sent.
+fn trace_problems(fixture: &Fixture, case: &Case, events: &[TraceEvent]) -> Vec<String> {
+    let [event] = events else {
+        return vec![format!("{} trace events, not 1", events.len())];
+    };
+    let (action, verdict) = match case.expect {
+        Forward => (xdp_action::TX, Reason::Tx),
+        Pass(reason) => (xdp_action::PASS, reason),
+        Drop(reason) => (xdp_action::DROP, reason),
+        Refused => return vec!["a refused frame was traced".into()],
+    };
+    let mut problems = Vec::new();
+    if (event.action, event.reason) != (action, verdict as u32) {
+        problems.push(format!(
+            "event says action {} reason {}, the case {action} {}",
+            event.action,
+            event.reason,
+            verdict.name()
+        ));
+    }
+    if let (Forward, Some(frame)) = (case.expect, &case.frame) {
+        let flow = frame.flow();
+        let vip = fixture.state.vip_for(&flow).expect("a VIP");
+        let backend = fixture
+            .state
+            .backend_for(&flow, &TEST_SEED)
+            .expect("a backend");
+        if event.has_flow != 1 || event.key != flow {
+            problems.push(format!("event's flow {:?} is not the frame's", event.key));
+        }
+        if (event.vip_id, event.backend_id) != (vip.vip_id, backend.backend_id) {
+            problems.push(format!(
+                "event names VIP {} backend {}, expected VIP {} backend {}",
+                event.vip_id, event.backend_id, vip.vip_id, backend.backend_id
+            ));
+        }
+        let slot_backend = vip
+            .table
+            .table
+            .get(event.slot.wrapping_sub(TABLE_HEADER_SLOTS) as usize)
+            .map(|&position| vip.backends[position as usize].backend_id);
+        if event.via != TRACE_VIA_TABLE || slot_backend != Some(backend.backend_id) {
+            problems.push(format!(
+                "event says via {} slot {}, whose backend is {slot_backend:?}",
+                event.via, event.slot
+            ));
+        }
+        let table = lb_userspace::dataplane::table_id(fixture.dataplane.bank(), vip.vip_id);
+        if event.table_id != table {
+            problems.push(format!("event names table {}, not {table}", event.table_id));
+        }
+    }
+    problems
+}
+
+#[test]
+fn a_trace_reports_each_case_once_and_nothing_when_off() {
+    let mut fixture = Fixture::standard();
+    let mut events = fixture
+        .dataplane
+        .take_trace_events()
+        .expect("the trace ring buffer");
+    fixture
+        .dataplane
+        .set_trace(trace_everything())
+        .expect("trace control");
+    let cases = cases();
+    let mut failures = Vec::new();
+    let mut traced = 0;
+    for case in &cases {
+        // Tracing changes nothing the case checks...
+        let mut problems = check(&mut fixture, case);
+        // ...and reports the decision exactly once.
+        let sent = events.drain();
+        if !matches!(case.expect, Refused) {
+            problems.extend(trace_problems(&fixture, case, &sent));
+            traced += 1;
+        } else if !sent.is_empty() {
+            problems.push("a refused frame was traced".into());
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}:\n    {}", case.name, problems.join("\n    ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} traced cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    let stats = fixture.dataplane.trace_stats().expect("trace stats");
+    assert_eq!(stats.sent, traced, "{stats:?}");
+
+    // Off: the same cases again send nothing.
+    fixture
+        .dataplane
+        .set_trace(TraceControl::default())
+        .expect("trace control");
+    for case in &cases {
+        let _ = fixture.run(&case.input);
+    }
+    let quiet = events.drain();
+    assert!(quiet.is_empty(), "{} events with tracing off", quiet.len());
+    assert_eq!(fixture.dataplane.trace_stats().expect("stats"), stats);
 }

@@ -11,6 +11,7 @@ mod mmap;
 pub mod pins;
 pub mod state;
 pub mod system;
+pub mod trace;
 pub mod vip_index;
 
 use std::{
@@ -27,7 +28,8 @@ use counters::{BatchAttr, CounterReader, Counters, batch_call};
 use lb_common::maps::{
     BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowKey, FlowMeta,
     FlowWays, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS,
-    TABLE_MAP_FLAGS, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED, VipFilter, VipSlot, names,
+    TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED,
+    VipFilter, VipSlot, names,
 };
 use mmap::MappedArray;
 use vip_index::VipIndexError;
@@ -328,7 +330,7 @@ impl Dataplane {
             what: "verifying the XDP program".into(),
             source,
         })?;
-        Self::load_encapsulation(&mut ebpf)?;
+        Self::load_tail_calls(&mut ebpf)?;
         let mut maps = HashMap::new();
         for name in names::OBJECT_MAPS {
             let map = ebpf.take_map(name).ok_or(DataplaneError::Missing(name))?;
@@ -370,38 +372,50 @@ impl Dataplane {
             })
     }
 
-    /// Loads the encapsulation program and puts it where the XDP program
-    /// tail-calls it (the entry outlives this process while the map is
-    /// pinned).
-    fn load_encapsulation(ebpf: &mut Ebpf) -> Result<()> {
-        let program = Self::xdp_named(ebpf, names::ENCAP_PROGRAM)?;
-        let program_error = |what: &str| {
-            let what = what.to_string();
-            move |source| DataplaneError::Program { what, source }
-        };
-        program
-            .load()
-            .map_err(program_error("verifying the encapsulation program"))?;
-        let fd = program
-            .fd()
-            .map_err(program_error("the encapsulation program"))?
-            .try_clone()
-            .map_err(|io_error| {
-                program_error("a copy of the encapsulation program's descriptor")(
-                    aya::sys::SyscallError {
-                        call: "dup",
-                        io_error,
-                    }
-                    .into(),
-                )
-            })?;
-        let map = ebpf
-            .map_mut(names::ENCAP_PROGRAMS)
-            .ok_or(DataplaneError::Missing(names::ENCAP_PROGRAMS))?;
-        let mut programs = ProgramArray::try_from(map).map_err(map_err(names::ENCAP_PROGRAMS))?;
-        programs
-            .set(0, &fd, 0)
-            .map_err(map_err(names::ENCAP_PROGRAMS))
+    /// Loads the programs the XDP program tail-calls (encapsulation and
+    /// trace) and puts them in `TAIL_CALLS` (the entries outlive this
+    /// process while the map is pinned).
+    fn load_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+        for (index, name, what) in [
+            (
+                TAIL_ENCAP,
+                names::ENCAP_PROGRAM,
+                "the encapsulation program",
+            ),
+            (TAIL_TRACE, names::TRACE_PROGRAM, "the trace program"),
+        ] {
+            let program = Self::xdp_named(ebpf, name)?;
+            let program_error = |doing: String| {
+                move |source| DataplaneError::Program {
+                    what: doing,
+                    source,
+                }
+            };
+            program
+                .load()
+                .map_err(program_error(format!("verifying {what}")))?;
+            let fd = program
+                .fd()
+                .map_err(program_error(what.to_string()))?
+                .try_clone()
+                .map_err(|io_error| {
+                    program_error(format!("a copy of {what}'s descriptor"))(
+                        aya::sys::SyscallError {
+                            call: "dup",
+                            io_error,
+                        }
+                        .into(),
+                    )
+                })?;
+            let map = ebpf
+                .map_mut(names::TAIL_CALLS)
+                .ok_or(DataplaneError::Missing(names::TAIL_CALLS))?;
+            let mut programs = ProgramArray::try_from(map).map_err(map_err(names::TAIL_CALLS))?;
+            programs
+                .set(index, &fd, 0)
+                .map_err(map_err(names::TAIL_CALLS))?;
+        }
+        Ok(())
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
@@ -410,6 +424,23 @@ impl Dataplane {
             "program (adopted instances run from their pin)",
         ))?;
         Self::xdp_program(ebpf)
+    }
+
+    /// Another XDP program of the loaded object, on the same maps, loaded
+    /// on first use: `bench_untraced`, the baseline tracing's cost is
+    /// measured against.
+    pub fn object_program(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        let ebpf = self.ebpf.as_mut().ok_or(DataplaneError::Missing(
+            "program (adopted instances run from their pin)",
+        ))?;
+        let program = Self::xdp_named(ebpf, name)?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| DataplaneError::Program {
+                what: format!("verifying {name}"),
+                source,
+            })?;
+        }
+        Ok(program)
     }
 
     /// Attaches to `interface`: native mode first, generic if the driver

@@ -375,7 +375,7 @@ impl Dataplane {
         })?;
         // The new encapsulation program first: the old XDP program hands
         // it jobs of the same layout (the layout version says so).
-        Self::load_encapsulation(&mut ebpf)?;
+        Self::load_tail_calls(&mut ebpf)?;
         let program = Self::xdp_program(&mut ebpf)?;
         install(program)?;
         let id = program
