@@ -160,12 +160,17 @@ type Trace = Option<*mut TraceEvent>;
 
 #[xdp]
 pub fn fulcrum_xdp(ctx: XdpContext) -> u32 {
-    let trace = trace_job();
-    let verdict = process(&ctx, trace);
+    // Two copies of the whole path: untraced, the one packets take while
+    // tracing is off, is the program without any trace hook (its only cost
+    // is this test); traced carries the job along.
+    let Some(job) = trace_job() else {
+        let verdict = process(&ctx, None);
+        count(verdict.reason);
+        return verdict.action;
+    };
+    let verdict = process(&ctx, Some(job));
     count(verdict.reason);
-    if let Some(job) = trace {
-        hand_to_trace(&ctx, job, &verdict);
-    }
+    hand_to_trace(&ctx, job, &verdict);
     verdict.action
 }
 

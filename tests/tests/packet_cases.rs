@@ -543,3 +543,74 @@ fn a_trace_reports_each_case_once_and_nothing_when_off() {
     assert!(quiet.is_empty(), "{} events with tracing off", quiet.len());
     assert_eq!(fixture.dataplane.trace_stats().expect("stats"), stats);
 }
+
+#[test]
+fn a_trace_samples_caps_counts_and_ends_with_its_lease() {
+    let mut fixture = Fixture::standard();
+    let mut events = fixture
+        .dataplane
+        .take_trace_events()
+        .expect("the trace ring buffer");
+    let syn = |port: u16| Frame::tcp(&format!("198.18.2.1:{port}"), WEB4, SYN).bytes();
+    let other_vip = Frame::tcp("198.18.2.1:40000", DNS4, SYN).bytes();
+    let run = |fixture: &mut Fixture, control: TraceControl, frames: &[Vec<u8>]| {
+        fixture.dataplane.set_trace(control).expect("trace control");
+        let before = fixture.dataplane.trace_stats().expect("stats");
+        for frame in frames {
+            fixture.run(frame).expect("a run");
+        }
+        let after = fixture.dataplane.trace_stats().expect("stats");
+        (
+            after.sent - before.sent,
+            after.sampled - before.sampled,
+            after.capped - before.capped,
+        )
+    };
+    let web: Vec<Vec<u8>> = (0..12).map(|i| syn(41000 + i)).collect();
+    let web_vip = fixture
+        .state
+        .vips
+        .iter()
+        .find(|v| v.endpoint() == format!("{WEB4}/tcp"))
+        .expect("web4")
+        .vip_id;
+
+    // Only the VIP asked for.
+    let only_web = TraceControl {
+        vip_id: web_vip,
+        ..trace_everything()
+    };
+    let mut frames = web[..3].to_vec();
+    frames.push(other_vip.clone());
+    assert_eq!(run(&mut fixture, only_web, &frames), (3, 0, 0));
+    assert!(events.drain().iter().all(|e| e.vip_id == web_vip));
+
+    // One in four.
+    let quarter = TraceControl {
+        sample: 4,
+        ..only_web
+    };
+    assert_eq!(run(&mut fixture, quarter, &web), (3, 9, 0));
+    assert_eq!(events.drain().len(), 3);
+
+    // At most five a second on this CPU (the runs take far less).
+    let capped = TraceControl {
+        per_cpu_per_s: 5,
+        ..only_web
+    };
+    let (sent, _, dropped) = run(&mut fixture, capped, &web);
+    assert!(
+        (sent, dropped) == (5, 7) || sent + dropped == 12 && sent <= 10,
+        "sent {sent}, capped {dropped}"
+    );
+    events.drain();
+
+    // A lease that ran out: nothing, and the program turns tracing off.
+    let expired = TraceControl {
+        expires_ns: 1,
+        ..only_web
+    };
+    assert_eq!(run(&mut fixture, expired, &web[..1]), (0, 0, 0));
+    assert_eq!(fixture.dataplane.trace().expect("control").expires_ns, 0);
+    assert!(events.drain().is_empty());
+}

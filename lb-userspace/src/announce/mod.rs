@@ -229,21 +229,9 @@ fn spell(routes: &[IpAddr]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, MacAddr};
 
     fn state() -> DesiredState {
-        let config = Config::parse(
-            r#"
-            table_size = 4093
-            vip = [
-              { name = "web", address = "198.18.100.1", port = 80, protocol = "tcp", backend = [{ address = "198.18.1.1" }, { address = "198.18.1.2" }] },
-              { name = "dns", address = "198.18.100.1", port = 53, protocol = "udp", backend = [{ address = "198.18.1.3" }] },
-              { name = "web6", address = "2001:2::100", port = 80, protocol = "tcp", backend = [{ address = "2001:2::1" }] },
-            ]
-            "#,
-        )
-        .unwrap();
-        DesiredState::build(&config, |_| Ok(MacAddr([2, 0, 0, 0, 0, 1]))).unwrap()
+        crate::dataplane::state::sample_state()
     }
 
     #[test]

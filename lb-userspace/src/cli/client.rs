@@ -54,12 +54,14 @@ impl Answer {
     }
 }
 
-async fn exchange(
+/// Sends one request to the daemon on `socket`; returns its response,
+/// whose body is still to be read.
+async fn send(
     socket: &Path,
     method: &str,
     path: &str,
     body: Vec<u8>,
-) -> anyhow::Result<Answer> {
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
         anyhow::anyhow!(
             "no fulcrum daemon answers on {} ({e}); is `fulcrum run` running?",
@@ -76,10 +78,19 @@ async fn exchange(
         .header("host", "fulcrum")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))?;
-    let response = sender
+    sender
         .send_request(request)
         .await
-        .context("the daemon did not answer")?;
+        .context("the daemon did not answer")
+}
+
+async fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Answer> {
+    let response = send(socket, method, path, body).await?;
     let status = response.status().as_u16();
     let bytes = response
         .into_body()
@@ -92,7 +103,63 @@ async fn exchange(
     Ok(Answer { status, body })
 }
 
+/// Sends one POST and hands each line of the answer to `line` as it
+/// arrives, until the answer ends or `line` says stop (false). An answer
+/// other than 200 is an error with its reason.
+async fn stream_lines(
+    socket: &Path,
+    path: &str,
+    body: Vec<u8>,
+    line: &mut dyn FnMut(&str) -> bool,
+) -> anyhow::Result<()> {
+    let response = send(socket, "POST", path, body).await?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    if status != 200 {
+        let bytes = body.collect().await?.to_bytes();
+        let answer: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        bail!(
+            "{}",
+            answer["error"]
+                .as_str()
+                .map_or_else(|| format!("HTTP {status}"), str::to_string)
+        );
+    }
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the daemon's stream")?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let text = String::from_utf8_lossy(&pending[..end]).into_owned();
+            pending.drain(..=end);
+            if !line(&text) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Connection {
+    /// Sends one POST of `body` and hands each line of the streamed answer
+    /// to `line` until it returns false or the stream ends.
+    pub fn stream(
+        &self,
+        path: &str,
+        body: &Value,
+        mut line: impl FnMut(&str) -> bool,
+    ) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(body)?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the client's runtime")?
+            .block_on(stream_lines(&self.socket, path, bytes, &mut line))
+    }
+
     /// Sends one request (`body` as JSON for POSTs) and returns the answer.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Answer> {
         let bytes = body

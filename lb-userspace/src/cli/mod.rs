@@ -13,6 +13,7 @@ pub mod run;
 pub mod status;
 pub mod tables;
 pub mod top;
+pub mod trace;
 pub mod validate;
 
 use std::path::Path;
@@ -60,6 +61,8 @@ pub enum Command {
     Backend(backend::BackendArgs),
     /// Which backend a flow goes to, and why.
     Explain(explain::ExplainArgs),
+    /// Watch the data plane decide, packet by packet (Ctrl-C stops).
+    Trace(trace::TraceArgs),
     /// Check a config file and report every problem in it.
     Validate(validate::ValidateArgs),
     /// Show what applying a config would change, and whether the guards allow it.
@@ -86,6 +89,7 @@ impl Cli {
             Command::Apply(args) => apply::run(args),
             Command::Backend(args) => backend::run(args),
             Command::Explain(args) => explain::run(args),
+            Command::Trace(args) => trace::run(args),
             Command::Validate(args) => validate::run(args),
             Command::Plan(args) => plan::run(args),
             Command::Tables(args) => tables::run(args),

@@ -321,7 +321,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_address = args.metrics.unwrap_or(config.api.metrics);
     let metrics = scrape::serve(metrics_address, controller.monitor())?;
     let (jobs, job_inbox) = mpsc::channel::<Job>();
-    let server = api::serve(&socket, jobs)?;
+    let server = api::serve(&socket, jobs, controller.trace_hub())?;
     {
         let events = events.clone();
         std::thread::spawn(move || {

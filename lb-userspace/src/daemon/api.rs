@@ -14,7 +14,8 @@ use anyhow::{Context as _, bail};
 use axum::{
     Json, Router,
     extract::{
-        ConnectInfo, DefaultBodyLimit, State, connect_info::Connected, rejection::JsonRejection,
+        ConnectInfo, DefaultBodyLimit, FromRef, State, connect_info::Connected,
+        rejection::JsonRejection,
     },
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -25,7 +26,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, sync::oneshot};
 
-use super::edit::{Action, BackendEdit};
+use super::{
+    edit::{Action, BackendEdit},
+    trace::{Hub, Labels, TraceRequest, event_json},
+};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -120,6 +124,12 @@ pub enum Request {
     Tables,
     /// `POST /v1/detach`.
     Detach,
+    /// `POST /v1/trace`: open a trace session.
+    TraceStart(TraceRequest),
+    /// Renew the open session's lease (its stream is still read).
+    TraceRenew(u64),
+    /// Close the session (its client went).
+    TraceStop(u64),
 }
 
 /// An HTTP status and a JSON body.
@@ -169,7 +179,22 @@ impl Connected<IncomingStream<'_, UnixListener>> for Caller {
 
 type Jobs = mpsc::Sender<Job>;
 
-async fn submit(jobs: &Jobs, caller: Caller, request: Request) -> Response {
+/// What the handlers share: the way to the controller, and the trace
+/// sessions' events.
+#[derive(Clone)]
+struct Shared {
+    jobs: Jobs,
+    hub: Hub,
+}
+
+impl FromRef<Shared> for Jobs {
+    fn from_ref(shared: &Shared) -> Self {
+        shared.jobs.clone()
+    }
+}
+
+/// Hands `request` to the controller and waits for its answer.
+async fn ask(jobs: &Jobs, caller: Caller, request: Request) -> Reply {
     let (reply, answer) = oneshot::channel();
     let job = Job {
         request,
@@ -177,12 +202,95 @@ async fn submit(jobs: &Jobs, caller: Caller, request: Request) -> Response {
         reply,
     };
     if jobs.send(job).is_err() {
-        return respond(Reply::error(503, "the controller is shutting down"));
+        return Reply::error(503, "the controller is shutting down");
     }
-    match answer.await {
-        Ok(reply) => respond(reply),
-        Err(_) => respond(Reply::error(500, "the controller dropped the request")),
+    answer
+        .await
+        .unwrap_or_else(|_| Reply::error(500, "the controller dropped the request"))
+}
+
+async fn submit(jobs: &Jobs, caller: Caller, request: Request) -> Response {
+    respond(ask(jobs, caller, request).await)
+}
+
+/// Closes a trace session when its stream goes (the client read to its
+/// end, hung up, or crashed).
+struct SessionGuard {
+    jobs: Jobs,
+    caller: Caller,
+    id: u64,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.jobs.send(Job {
+            request: Request::TraceStop(self.id),
+            uid: self.caller.0,
+            reply,
+        });
     }
+}
+
+/// `POST /v1/trace`: JSON lines, one per event, and a `stats` line a
+/// second (which also tells a hung-up client apart: writing to it fails).
+async fn trace(
+    State(shared): State<Shared>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    body: Result<Json<TraceRequest>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return bad_body(rejection),
+    };
+    let started = ask(&shared.jobs, caller, Request::TraceStart(request)).await;
+    let (Some(id), Ok(labels)) = (
+        started.body["session"].as_u64(),
+        serde_json::from_value::<Labels>(started.body["labels"].clone()),
+    ) else {
+        return respond(started);
+    };
+    let guard = SessionGuard {
+        jobs: shared.jobs.clone(),
+        caller,
+        id,
+    };
+    let Some(events) = shared.hub.events(id) else {
+        return respond(Reply::error(500, "the trace session has no events"));
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.tick().await;
+    let stream = futures_util::stream::unfold(
+        (events, labels, tick, guard),
+        |(mut events, mut labels, mut tick, guard)| async move {
+            let line = tokio::select! {
+                event = events.recv() => {
+                    let event = event?;
+                    event_json(&event, &labels)
+                }
+                _ = tick.tick() => {
+                    let renewed = ask(&guard.jobs, guard.caller, Request::TraceRenew(guard.id)).await;
+                    if renewed.status != 200 {
+                        return None;
+                    }
+                    if let Ok(fresh) = serde_json::from_value(renewed.body["labels"].clone()) {
+                        labels = fresh;
+                    }
+                    json!({ "stats": renewed.body["stats"] })
+                }
+            };
+            let bytes = hyper::body::Bytes::from(format!("{line}\n"));
+            Some((
+                Ok::<_, std::convert::Infallible>(bytes),
+                (events, labels, tick, guard),
+            ))
+        },
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 fn respond(reply: Reply) -> Response {
@@ -343,7 +451,7 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Starts serving the API on `socket`; requests go to `jobs`.
-pub fn serve(socket: &Path, jobs: Jobs) -> anyhow::Result<Server> {
+pub fn serve(socket: &Path, jobs: Jobs, hub: Hub) -> anyhow::Result<Server> {
     prepare(socket)?;
     let runtime = runtime(2)?;
     let listener = runtime
@@ -360,12 +468,13 @@ pub fn serve(socket: &Path, jobs: Jobs) -> anyhow::Result<Server> {
         .route("/v1/backend", post(backend))
         .route("/v1/explain", post(explain))
         .route("/v1/detach", post(detach))
+        .route("/v1/trace", post(trace))
         .fallback(|| async { respond(Reply::error(404, "no such API path; see the README")) })
         .method_not_allowed_fallback(|| async {
             respond(Reply::error(405, "wrong method for this API path"))
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(jobs);
+        .with_state(Shared { jobs, hub });
     let service = app.into_make_service_with_connect_info::<Caller>();
     Server::start(
         "fulcrum-api",

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod records;
 pub mod scrape;
 pub mod seed;
+pub mod trace;
 
 use std::{
     collections::HashMap,
@@ -100,6 +101,8 @@ pub struct Controller {
     health: health::HealthControl,
     /// Keeps BIRD's routes in step, when the config announces.
     announcer: Option<Announcer>,
+    /// The trace session's events.
+    trace: trace::Hub,
 }
 
 fn summary(plan: &Plan) -> Vec<String> {
@@ -184,6 +187,11 @@ impl Controller {
             .announce
             .as_ref()
             .map(|settings| Announcer::new(settings, interface));
+        let mut dataplane = dataplane;
+        // A trace a previous daemon left on ends now, not at its lease.
+        dataplane.set_trace(lb_common::maps::TraceControl::default())?;
+        let hub = trace::Hub::default();
+        trace::spawn_reader(dataplane.take_trace_events()?, hub.clone());
         let controller = Self {
             dataplane,
             pins,
@@ -196,6 +204,7 @@ impl Controller {
             changes,
             health,
             announcer,
+            trace: hub,
         };
         controller.report_group()?;
         Ok(controller)
@@ -310,6 +319,9 @@ impl Controller {
             Request::Backend(request) => self.backend(request, uid),
             Request::Explain(request) => self.explain(&request),
             Request::Tables => self.tables(),
+            Request::TraceStart(request) => self.trace_start(&request),
+            Request::TraceRenew(id) => self.trace_renew(id),
+            Request::TraceStop(id) => self.trace_stop(id),
             Request::Detach => self.detach(),
         }
     }
@@ -741,6 +753,80 @@ impl Controller {
             })),
             None => Reply::error(404, "the VIP's table has no backend for this flow"),
         }
+    }
+
+    /// The trace sessions' hub, for the API.
+    pub fn trace_hub(&self) -> trace::Hub {
+        self.trace.clone()
+    }
+
+    fn trace_labels(&self) -> Option<trace::Labels> {
+        let state = self.dataplane.installed()?;
+        Some(trace::Labels::of(
+            state,
+            self.dataplane.bank(),
+            self.dataplane.generation(),
+        ))
+    }
+
+    fn trace_stats(&self) -> Value {
+        match self.dataplane.trace_stats() {
+            Ok(stats) => trace::stats_json(&stats, self.trace.lost()),
+            Err(e) => json!({ "error": e.to_string() }),
+        }
+    }
+
+    fn trace_start(&mut self, request: &trace::TraceRequest) -> Reply {
+        let Some(state) = self.dataplane.installed() else {
+            return Reply::error(503, "nothing is installed");
+        };
+        let control = match trace::control(request, state) {
+            Ok(control) => control,
+            Err(why) => return Reply::error(400, why),
+        };
+        let Some(id) = self.trace.open() else {
+            return Reply::error(409, "a trace is already running; one at a time");
+        };
+        if let Err(e) = self.dataplane.set_trace(control) {
+            self.trace.close(id);
+            return Reply::error(500, format!("turning tracing on: {e}"));
+        }
+        crate::note!("trace: session {id} on ({request:?})");
+        Reply::ok(json!({
+            "session": id,
+            "labels": self.trace_labels(),
+            "stats": self.trace_stats(),
+        }))
+    }
+
+    fn trace_renew(&mut self, id: u64) -> Reply {
+        if !self.trace.is_open(id) {
+            return Reply::error(410, "the trace session is over");
+        }
+        let renewed = self.dataplane.trace().and_then(|control| {
+            self.dataplane.set_trace(lb_common::maps::TraceControl {
+                expires_ns: crate::dataplane::trace::lease_end(trace::LEASE),
+                ..control
+            })
+        });
+        if let Err(e) = renewed {
+            return Reply::error(500, format!("renewing the trace: {e}"));
+        }
+        Reply::ok(json!({ "labels": self.trace_labels(), "stats": self.trace_stats() }))
+    }
+
+    fn trace_stop(&mut self, id: u64) -> Reply {
+        if !self.trace.close(id) {
+            return Reply::error(410, "the trace session is over");
+        }
+        if let Err(e) = self
+            .dataplane
+            .set_trace(lb_common::maps::TraceControl::default())
+        {
+            crate::note!("trace: WARNING turning tracing off: {e}; its lease ends it in 3 s");
+        }
+        crate::note!("trace: session {id} off");
+        Reply::ok(json!({ "stats": self.trace_stats() }))
     }
 
     /// Every VIP's table as the kernel holds it, in backend identities.

@@ -356,6 +356,25 @@ impl VipState {
     }
 }
 
+/// A state for unit tests elsewhere: VIP `web` (198.18.100.1:80/tcp,
+/// backends `b1` and `b2`), `dns` (198.18.100.1:53/udp, `b1` again) and
+/// `web6` (2001:2::100:80/tcp).
+#[cfg(test)]
+pub fn sample_state() -> DesiredState {
+    let config = Config::parse(
+        r#"
+        table_size = 4093
+        vip = [
+          { name = "web", address = "198.18.100.1", port = 80, protocol = "tcp", backend = [{ name = "b1", address = "198.18.1.1" }, { name = "b2", address = "198.18.1.2" }] },
+          { name = "dns", address = "198.18.100.1", port = 53, protocol = "udp", backend = [{ name = "b1", address = "198.18.1.1" }] },
+          { name = "web6", address = "2001:2::100", port = 80, protocol = "tcp", backend = [{ address = "2001:2::1" }] },
+        ]
+        "#,
+    )
+    .expect("the sample config parses");
+    DesiredState::build(&config, |_| Ok(MacAddr([2, 0, 0, 0, 0, 1]))).expect("it builds")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

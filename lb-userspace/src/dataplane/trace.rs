@@ -40,6 +40,12 @@ impl TraceEvents {
     }
 }
 
+impl std::os::fd::AsRawFd for TraceEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// The kernel's monotonic clock (`bpf_ktime_get_ns`'s) `from_now` from
 /// now, in ns: a trace lease's end.
 pub fn lease_end(from_now: std::time::Duration) -> u64 {

@@ -1,0 +1,466 @@
+//! `fulcrum trace` in the daemon: one session at a time. The controller
+//! turns the data plane's events on for what the client asked (a VIP, a
+//! backend, a source prefix, a sampling rate, a per-second cap) with a
+//! short lease it renews while the client listens; a reader thread takes
+//! the events off the ring buffer and hands them to the session; the API
+//! streams them as JSON lines, with the names the controller knows. When
+//! the client goes (Ctrl-C, a crash) the session ends and tracing goes off
+//! at once; if the daemon itself dies, the lease runs out in the kernel.
+
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd as _,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use lb_common::maps::{
+    MAX_VIPS, PROTO_TCP, PROTO_UDP, Reason, TRACE_ANY_VIP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE,
+    TraceControl, TraceEvent,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::dataplane::{
+    state::{DesiredState, ip_from},
+    trace::{TraceEvents, TraceStats, lease_end},
+};
+
+/// How long a lease lasts: the controller renews it every second while
+/// the client listens.
+pub const LEASE: Duration = Duration::from_secs(3);
+
+/// Events a session may hold while its client reads.
+const BUFFERED: usize = 4096;
+
+/// The default cap on events a second (all CPUs).
+pub const DEFAULT_RATE: u32 = 1000;
+
+/// `POST /v1/trace`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRequest {
+    /// Only this VIP (its name, or `address:port/protocol`).
+    #[serde(default)]
+    pub vip: Option<String>,
+    /// Only this backend (its name or `address:port`; with `vip`, of that
+    /// VIP).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Only flows from this source prefix (`ADDRESS/LEN`).
+    #[serde(default)]
+    pub src: Option<String>,
+    /// One matching packet in `sample`.
+    #[serde(default = "one")]
+    pub sample: u32,
+    /// At most this many events a second.
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_rate() -> u32 {
+    DEFAULT_RATE
+}
+
+/// What a session's events are named with: VIPs and backends by slot,
+/// generations by table bank.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Labels {
+    /// VIP id -> name.
+    pub vips: HashMap<u32, String>,
+    /// Backend slot -> name and `address:port`.
+    pub backends: HashMap<u32, (String, String)>,
+    /// Table bank -> the generation it holds.
+    pub generations: HashMap<u32, u64>,
+}
+
+impl Labels {
+    /// The names in `state`, installed as `generation` in `bank` (the
+    /// other bank holds the one before).
+    pub fn of(state: &DesiredState, bank: u32, generation: u64) -> Self {
+        let mut labels = Self::default();
+        for vip in &state.vips {
+            labels.vips.insert(vip.vip_id, vip.label.clone());
+            for backend in &vip.backends {
+                labels.backends.insert(
+                    backend.backend_id,
+                    (backend.label.clone(), backend.addr.to_string()),
+                );
+            }
+        }
+        labels.generations.insert(bank, generation);
+        labels
+            .generations
+            .insert(1 - bank, generation.saturating_sub(1));
+        labels
+    }
+}
+
+/// The control that asks the data plane for what `request` wants, in
+/// `state`; or why it cannot.
+pub fn control(request: &TraceRequest, state: &DesiredState) -> Result<TraceControl, String> {
+    let mut control = TraceControl {
+        expires_ns: lease_end(LEASE),
+        vip_id: TRACE_ANY_VIP,
+        sample: request.sample.max(1),
+        ..TraceControl::default()
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| format!("counting CPUs: {e}"))? as u32;
+    if request.rate == 0 {
+        return Err("rate must be at least 1 event a second".into());
+    }
+    control.per_cpu_per_s = request.rate.div_ceil(cpus.max(1));
+    let vip = match &request.vip {
+        Some(name) => {
+            let vip = state
+                .vips
+                .iter()
+                .find(|v| &v.label == name || &v.endpoint() == name)
+                .ok_or_else(|| format!("no VIP {name:?} is installed"))?;
+            control.vip_id = vip.vip_id;
+            Some(vip)
+        }
+        None => None,
+    };
+    if let Some(name) = &request.backend {
+        let mut found = state
+            .vips
+            .iter()
+            .filter(|v| vip.is_none_or(|only| only.vip_id == v.vip_id))
+            .flat_map(|v| &v.backends)
+            .filter(|b| &b.label == name || &b.addr.to_string() == name);
+        let backend = found
+            .next()
+            .ok_or_else(|| format!("no backend {name:?} is installed"))?;
+        if found.next().is_some() {
+            return Err(format!(
+                "backend {name:?} serves several VIPs; name the VIP too (--vip)"
+            ));
+        }
+        control.backend_id = backend.backend_id;
+    }
+    if let Some(text) = &request.src {
+        let prefix: crate::config::Prefix = text
+            .parse()
+            .map_err(|e| format!("source prefix {text:?}: {e}"))?;
+        let (bytes, family) = crate::dataplane::state::ip_bytes(prefix.address);
+        control.src_addr = bytes;
+        control.src_family = family;
+        control.src_prefix_len = prefix.len;
+    }
+    Ok(control)
+}
+
+/// One event as a JSON line, named with `labels`.
+pub fn event_json(event: &TraceEvent, labels: &Labels) -> Value {
+    let reason = Reason::ALL
+        .iter()
+        .find(|r| **r as u32 == event.reason)
+        .map_or("unknown", |r| r.name());
+    let action = match event.action {
+        0 => "aborted",
+        1 => "drop",
+        2 => "pass",
+        3 => "tx",
+        4 => "redirect",
+        _ => "unknown",
+    };
+    let mut body = json!({
+        "time_ns": event.time_ns,
+        "cpu": event.cpu,
+        "vlan": event.vlan,
+        "action": action,
+        "reason": reason,
+    });
+    if event.has_flow != 0 {
+        let key = &event.key;
+        let src = ip_from(&key.src_addr, key.family);
+        let dst = ip_from(&key.dst_addr, key.family);
+        body["protocol"] = json!(match key.proto {
+            PROTO_TCP => "tcp".to_string(),
+            PROTO_UDP => "udp".to_string(),
+            other => other.to_string(),
+        });
+        body["source"] = json!(std::net::SocketAddr::new(src, key.src_port).to_string());
+        body["destination"] = json!(std::net::SocketAddr::new(dst, key.dst_port).to_string());
+    }
+    if event.vip_id != TRACE_ANY_VIP {
+        body["vip"] = json!(labels.vips.get(&event.vip_id).cloned());
+    }
+    if event.backend_id != 0 {
+        let (name, address) = labels
+            .backends
+            .get(&event.backend_id)
+            .cloned()
+            .unwrap_or_default();
+        body["backend"] = json!(name);
+        body["address"] = json!(address);
+    }
+    match event.via {
+        TRACE_VIA_CONNECTION => body["via"] = json!("connection-table"),
+        TRACE_VIA_TABLE => {
+            body["via"] = json!("table");
+            body["slot"] = json!(event.slot);
+            body["generation"] = json!(labels.generations.get(&(event.table_id / MAX_VIPS)));
+        }
+        _ => {}
+    }
+    body
+}
+
+/// The text line of one JSON event.
+pub fn event_text(event: &Value) -> String {
+    let field = |name: &str| event[name].as_str().unwrap_or("").to_string();
+    let mut line = format!("{} {}", field("action"), field("reason"));
+    if !field("source").is_empty() {
+        line = format!(
+            "{} {} -> {}: {line}",
+            field("protocol"),
+            field("source"),
+            field("destination")
+        );
+    }
+    if event["vlan"].as_u64().unwrap_or(0) != 0 {
+        line += &format!(" vlan {}", event["vlan"]);
+    }
+    if !field("vip").is_empty() {
+        line += &format!("; VIP {}", field("vip"));
+    }
+    if !field("backend").is_empty() {
+        line += &format!(" -> {} ({})", field("backend"), field("address"));
+    }
+    match field("via").as_str() {
+        "table" => {
+            line += &format!(
+                " by table slot {} (generation {})",
+                event["slot"], event["generation"]
+            );
+        }
+        "connection-table" => line += " by its connection-table entry",
+        _ => {}
+    }
+    line
+}
+
+/// The session in progress, if any, and what the reader could not hand it.
+#[derive(Default)]
+struct HubState {
+    next_id: u64,
+    session: Option<(u64, mpsc::Sender<TraceEvent>)>,
+    receiver: Option<(u64, mpsc::Receiver<TraceEvent>)>,
+    /// Events the session's buffer had no room for (its client is slow).
+    lost: u64,
+}
+
+/// Where the reader's events go: shared by the controller (which opens
+/// and closes sessions), the reader thread and the API.
+#[derive(Clone, Default)]
+pub struct Hub(Arc<Mutex<HubState>>);
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens a session, unless one is open; returns its id.
+    pub fn open(&self) -> Option<u64> {
+        let mut state = self.lock();
+        if state.session.is_some() {
+            return None;
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        let (sender, receiver) = mpsc::channel(BUFFERED);
+        state.session = Some((id, sender));
+        state.receiver = Some((id, receiver));
+        state.lost = 0;
+        Some(id)
+    }
+
+    /// Session `id`'s events, for the API to stream.
+    pub fn events(&self, id: u64) -> Option<mpsc::Receiver<TraceEvent>> {
+        let mut state = self.lock();
+        match state.receiver.take() {
+            Some((open, receiver)) if open == id => Some(receiver),
+            other => {
+                state.receiver = other;
+                None
+            }
+        }
+    }
+
+    /// Whether session `id` is the one open.
+    pub fn is_open(&self, id: u64) -> bool {
+        self.lock()
+            .session
+            .as_ref()
+            .is_some_and(|(open, _)| *open == id)
+    }
+
+    /// Closes session `id` (if it is the one open).
+    pub fn close(&self, id: u64) -> bool {
+        let mut state = self.lock();
+        if state.session.as_ref().is_some_and(|(open, _)| *open == id) {
+            state.session = None;
+            state.receiver = None;
+            return true;
+        }
+        false
+    }
+
+    /// Events lost in userspace in this session.
+    pub fn lost(&self) -> u64 {
+        self.lock().lost
+    }
+
+    fn hand(&self, events: Vec<TraceEvent>) {
+        let mut state = self.lock();
+        let Some((_, sender)) = &state.session else {
+            return;
+        };
+        let mut lost = 0;
+        for event in events {
+            if sender.try_send(event).is_err() {
+                lost += 1;
+            }
+        }
+        state.lost += lost;
+    }
+}
+
+/// Reads the ring buffer for as long as the daemon runs, handing events
+/// to the open session (and dropping them without one).
+pub fn spawn_reader(mut events: TraceEvents, hub: Hub) {
+    std::thread::spawn(move || {
+        loop {
+            let mut poll = libc::pollfd {
+                fd: events.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut poll, 1, 200) };
+            let drained = events.drain();
+            if !drained.is_empty() {
+                hub.hand(drained);
+            }
+        }
+    });
+}
+
+/// A session's counters, for its client: what the kernel dropped, what
+/// the daemon could not hand on.
+pub fn stats_json(stats: &TraceStats, lost: u64) -> Value {
+    json!({
+        "sent": stats.sent,
+        "sampled_out": stats.sampled,
+        "dropped_by_cap": stats.capped,
+        "dropped_ring_full": stats.ring_full,
+        "dropped_slow_client": lost,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::maps::FAMILY_IPV4;
+
+    fn state() -> DesiredState {
+        crate::dataplane::state::sample_state()
+    }
+
+    fn request() -> TraceRequest {
+        TraceRequest {
+            vip: None,
+            backend: None,
+            src: None,
+            sample: 1,
+            rate: DEFAULT_RATE,
+        }
+    }
+
+    #[test]
+    fn a_request_names_what_the_data_plane_filters_on() {
+        let state = state();
+        let any = control(&request(), &state).unwrap();
+        assert_eq!(
+            (any.vip_id, any.backend_id, any.src_family),
+            (TRACE_ANY_VIP, 0, 0)
+        );
+        assert!(any.expires_ns > 0 && any.per_cpu_per_s >= 1);
+        let web = control(
+            &TraceRequest {
+                vip: Some("web".into()),
+                backend: Some("b2".into()),
+                src: Some("198.18.2.0/24".into()),
+                sample: 10,
+                ..request()
+            },
+            &state,
+        )
+        .unwrap();
+        assert_eq!(web.vip_id, state.vips[0].vip_id);
+        assert_eq!(web.backend_id, state.vips[0].backends[1].backend_id);
+        assert_eq!((web.src_family, web.src_prefix_len), (FAMILY_IPV4, 24));
+        assert_eq!(web.src_addr[..4], [198, 18, 2, 0]);
+        assert_eq!(web.sample, 10);
+        let ambiguous = TraceRequest {
+            backend: Some("b1".into()),
+            ..request()
+        };
+        assert!(
+            control(&ambiguous, &state)
+                .unwrap_err()
+                .contains("several VIPs")
+        );
+        let unknown = TraceRequest {
+            vip: Some("nope".into()),
+            ..request()
+        };
+        assert!(control(&unknown, &state).unwrap_err().contains("no VIP"));
+        let bad = TraceRequest {
+            src: Some("198.18.2.1/24".into()),
+            ..request()
+        };
+        assert!(control(&bad, &state).is_err(), "host bits set");
+    }
+
+    #[test]
+    fn events_are_named_and_read() {
+        let state = state();
+        let labels = Labels::of(&state, 1, 7);
+        let vip = &state.vips[0];
+        let mut event = TraceEvent {
+            has_flow: 1,
+            action: 3,
+            reason: Reason::Tx as u32,
+            vip_id: vip.vip_id,
+            backend_id: vip.backends[1].backend_id,
+            via: TRACE_VIA_TABLE,
+            slot: 42,
+            table_id: MAX_VIPS + vip.vip_id,
+            ..TraceEvent::default()
+        };
+        event.key = crate::dataplane::state::flow_key(
+            "198.18.2.1:40000".parse().unwrap(),
+            "198.18.100.1:80".parse().unwrap(),
+            PROTO_TCP,
+        );
+        let json = event_json(&event, &labels);
+        assert_eq!(json["backend"], "b2");
+        assert_eq!(json["generation"], 7);
+        assert_eq!(json["source"], "198.18.2.1:40000");
+        assert_eq!(
+            event_text(&json),
+            "tcp 198.18.2.1:40000 -> 198.18.100.1:80: tx tx; VIP web -> b2 (198.18.1.2:80) \
+             by table slot 42 (generation 7)"
+        );
+    }
+}
