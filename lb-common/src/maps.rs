@@ -265,6 +265,8 @@ pub struct EncapJob {
 pub const TAIL_ENCAP: u32 = 0;
 /// `TAIL_CALLS` index of the trace program.
 pub const TAIL_TRACE: u32 = 1;
+/// `TAIL_CALLS` index of the traced copy of the XDP program's path.
+pub const TAIL_TRACED: u32 = 2;
 
 /// `TraceControl::vip_id` that matches every VIP (and traffic of none).
 pub const TRACE_ANY_VIP: u32 = u32::MAX;
@@ -862,7 +864,7 @@ pub mod names {
     /// `Array<DataplaneConfig>` with one entry.
     pub const CONFIG: &str = "CONFIG";
     /// `ProgramArray`: the programs the XDP program tail-calls
-    /// (`TAIL_ENCAP`, `TAIL_TRACE`).
+    /// (`TAIL_ENCAP`, `TAIL_TRACE`, `TAIL_TRACED`).
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
     /// `PerCpuArray<EncapJob>` with one entry.
     pub const ENCAP_JOBS: &str = "ENCAP_JOBS";
@@ -885,6 +887,9 @@ pub mod names {
     pub const ENCAP_PROGRAM: &str = "fulcrum_encap";
     /// Name of the trace program it tail-calls.
     pub const TRACE_PROGRAM: &str = "fulcrum_trace";
+    /// Name of the traced copy of its path, which it tail-calls while
+    /// tracing is on.
+    pub const TRACED_PROGRAM: &str = "fulcrum_traced";
     /// The decapsulation object's settings: `Array<DecapConfig>`, one entry.
     pub const DECAP_CONFIG: &str = "DECAP_CONFIG";
     /// The decapsulation object's counters: `PerCpuArray<u64>` by `DecapReason`.

@@ -23,9 +23,9 @@ use lb_common::{
         FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FORWARD_L2_DSR,
         FlowEntry, FlowKey, FlowMeta, FlowWays, JOB_NEW_FLOW, JOB_TRACED, LOOKUP_TABLE_IDS,
         MAX_BACKENDS, MAX_VIPS, PROTO_TCP, Reason, TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE,
-        TRACE_ANY_VIP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, TraceControl, TraceEvent,
-        TraceOutcome, TraceState, TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS,
-        VIP_SLOT_USED, VipFilter, VipKey, VipSlot, WayWord,
+        TAIL_TRACED, TRACE_ANY_VIP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, TraceControl,
+        TraceEvent, TraceOutcome, TraceState, TrafficCounters, VIP_INDEX_MAX_PROBES,
+        VIP_INDEX_SLOTS, VIP_SLOT_USED, VipFilter, VipKey, VipSlot, WayWord,
     },
 };
 use lb_ebpf::{
@@ -95,9 +95,10 @@ static GLOBAL_STATS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray:
 static CONFIG: Array<DataplaneConfig, 1> = Array::new();
 
 /// The programs `fulcrum_xdp` tail-calls, which `fulcrum` puts here:
-/// `fulcrum_encap` at `TAIL_ENCAP`, `fulcrum_trace` at `TAIL_TRACE`.
+/// `fulcrum_encap` at `TAIL_ENCAP`, `fulcrum_trace` at `TAIL_TRACE`,
+/// `fulcrum_traced` at `TAIL_TRACED`.
 #[btf_map]
-static TAIL_CALLS: ProgramArray<2> = ProgramArray::new();
+static TAIL_CALLS: ProgramArray<3> = ProgramArray::new();
 
 /// What `fulcrum trace` asks for; off while its lease is 0.
 #[btf_map]
@@ -160,17 +161,28 @@ type Trace = Option<*mut TraceEvent>;
 
 #[xdp]
 pub fn fulcrum_xdp(ctx: XdpContext) -> u32 {
-    // Two copies of the whole path: untraced, the one packets take while
-    // tracing is off, is the program without any trace hook (its only cost
-    // is this test); traced carries the job along.
-    let Some(job) = trace_job() else {
-        let verdict = process(&ctx, None);
-        count(verdict.reason);
-        return verdict.action;
-    };
-    let verdict = process(&ctx, Some(job));
+    // While tracing is on, the traced copy of the path takes the packet:
+    // this program itself carries no trace hook but this one test.
+    if TRACE_CONTROL.get(0).is_some_and(|c| c.expires_ns != 0) {
+        // SAFETY: a tail call; it returns only if the slot is empty.
+        unsafe { TAIL_CALLS.tail_call(&ctx, TAIL_TRACED) };
+    }
+    let verdict = process(&ctx, None);
     count(verdict.reason);
-    hand_to_trace(&ctx, job, &verdict);
+    verdict.action
+}
+
+/// `fulcrum_xdp`'s path with the trace hooks, tail-called while tracing
+/// is on: it fills the packet's trace job and hands the verdict to
+/// `fulcrum_trace`.
+#[xdp]
+pub fn fulcrum_traced(ctx: XdpContext) -> u32 {
+    let trace = trace_job();
+    let verdict = process(&ctx, trace);
+    count(verdict.reason);
+    if let Some(job) = trace {
+        hand_to_trace(&ctx, job, &verdict);
+    }
     verdict.action
 }
 
@@ -183,12 +195,9 @@ pub fn bench_untraced(ctx: XdpContext) -> u32 {
     verdict.action
 }
 
-/// `TRACE_JOBS`' entry, cleared for a new packet, while tracing is on.
+/// `TRACE_JOBS`' entry, cleared for a new packet.
 #[inline(always)]
 fn trace_job() -> Trace {
-    if TRACE_CONTROL.get(0).is_none_or(|c| c.expires_ns == 0) {
-        return None;
-    }
     let job = TRACE_JOBS.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot, only this CPU uses it while we run.
     unsafe {

@@ -28,8 +28,8 @@ use counters::{BatchAttr, CounterReader, Counters, batch_call};
 use lb_common::maps::{
     BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowKey, FlowMeta,
     FlowWays, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS,
-    TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_USED,
-    VipFilter, VipSlot, names,
+    TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE, TAIL_TRACED, TrafficCounters, VIP_INDEX_SLOTS,
+    VIP_SLOT_USED, VipFilter, VipSlot, names,
 };
 use mmap::MappedArray;
 use vip_index::VipIndexError;
@@ -383,6 +383,7 @@ impl Dataplane {
                 "the encapsulation program",
             ),
             (TAIL_TRACE, names::TRACE_PROGRAM, "the trace program"),
+            (TAIL_TRACED, names::TRACED_PROGRAM, "the traced path"),
         ] {
             let program = Self::xdp_named(ebpf, name)?;
             let program_error = |doing: String| {
