@@ -101,6 +101,13 @@ impl Frame {
         self
     }
 
+    /// The outer tag's VLAN id (0 untagged): what the data plane reads.
+    pub fn vlan_id(&self) -> u16 {
+        self.vlan_tags
+            .first()
+            .map_or(0, |tag| u16::from_be_bytes([tag[2], tag[3]]) & 0x0fff)
+    }
+
     /// Sets the L4 payload.
     pub fn payload(mut self, bytes: &[u8]) -> Self {
         self.payload = bytes.to_vec();

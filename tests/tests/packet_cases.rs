@@ -457,6 +457,15 @@ fn trace_problems(fixture: &Fixture, case: &Case, events: &[TraceEvent]) -> Vec<
             verdict.name()
         ));
     }
+    if let Some(frame) = &case.frame
+        && event.vlan != frame.vlan_id()
+    {
+        problems.push(format!(
+            "event says VLAN {}, not {}",
+            event.vlan,
+            frame.vlan_id()
+        ));
+    }
     if let (Forward, Some(frame)) = (case.expect, &case.frame) {
         let flow = frame.flow();
         let vip = fixture.state.vip_for(&flow).expect("a VIP");
