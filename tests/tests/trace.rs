@@ -30,8 +30,8 @@ fn a_trace_of_one_vip_shows_what_the_clients_saw() {
                 "json",
             ])
         });
-        // Let the session open before the traffic starts.
-        std::thread::sleep(Duration::from_millis(700));
+        // The traffic starts once the session is open.
+        await_log(&lab, "trace: session 1 on");
         let mut sessions = HashMap::new();
         // UDP to another VIP meanwhile: not traced.
         let _ = lb_tests::traffic::udp_flows(
