@@ -382,11 +382,31 @@ impl GroupLab {
         &self.hosts[i].config
     }
 
-    /// What the router's BIRD knows of `vip`'s route, with when it
-    /// learnt each path (`show route for VIP all`).
-    pub fn router_route(&self, vip: IpAddr) -> anyhow::Result<String> {
-        self.router_bird
-            .birdc(&["show", "route", "for", &vip.to_string(), "all"])
+    /// When the router's BIRD learnt each path of `vip`'s route: the
+    /// protocol and the time of day in seconds (`show route for VIP`).
+    /// BIRD prints a time kept on its monotonic clock, so the same path
+    /// can show a millisecond apart from one call to the next.
+    pub fn router_paths(&self, vip: IpAddr) -> anyhow::Result<Vec<(String, f64)>> {
+        let text = self
+            .router_bird
+            .birdc(&["show", "route", "for", &vip.to_string()])?;
+        text.split('[')
+            .skip(1)
+            .filter_map(|part| part.split_once(']').map(|(inside, _)| inside))
+            .filter(|inside| !inside.starts_with("AS"))
+            .map(|inside| {
+                let (protocol, time) = inside
+                    .split_once(' ')
+                    .with_context(|| format!("a path without a time: [{inside}]"))?;
+                let seconds = time
+                    .split(':')
+                    .try_fold(0.0, |total, part| {
+                        part.parse::<f64>().map(|v| total * 60.0 + v)
+                    })
+                    .with_context(|| format!("the time of [{inside}]"))?;
+                Ok((protocol.to_string(), seconds))
+            })
+            .collect()
     }
 
     /// `fulcrum detach --interface eth0` on host `i`, without its daemon
