@@ -10,16 +10,21 @@ use lb_common::maps::{DataplaneConfig, names};
 
 use super::{Result, map_err};
 
-/// Seconds of the host's monotonic clock (it does not jump, and it keeps
-/// counting across restarts of `fulcrum`).
-pub fn epoch_now() -> u32 {
+/// Nanoseconds of the host's monotonic clock: `bpf_ktime_get_ns`'s.
+pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime only writes the struct we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u32
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Seconds of the host's monotonic clock (it does not jump, and it keeps
+/// counting across restarts of `fulcrum`).
+pub fn epoch_now() -> u32 {
+    (monotonic_ns() / 1_000_000_000) as u32
 }
 
 /// Advances the epoch in the config map, from any thread.

@@ -49,14 +49,7 @@ impl std::os::fd::AsRawFd for TraceEvents {
 /// The kernel's monotonic clock (`bpf_ktime_get_ns`'s) `from_now` from
 /// now, in ns: a trace lease's end.
 pub fn lease_end(from_now: std::time::Duration) -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let now = (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64;
-    now + from_now.as_nanos() as u64
+    super::clock::monotonic_ns() + from_now.as_nanos() as u64
 }
 
 impl Dataplane {
