@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -710,9 +710,13 @@ pub enum Reason {
     PassFragment = 4,
     /// IPv6 extension headers other than fragments, or a second VLAN tag: passed.
     PassUnsupported = 5,
-    /// A header is shorter than its minimum size: dropped.
+    /// A header is shorter than its minimum size, or the frame ends before
+    /// the IP length field says the packet does: dropped.
     DropTruncated = 6,
-    /// A header is malformed (bad IP version, IHL < 5): dropped.
+    /// A header is malformed: a bad IP version, an IHL below 5, an IPv4
+    /// total length below its header, a TCP data offset below 5 or past
+    /// the packet's end, a UDP length below 8 or past the packet's end.
+    /// Dropped: the kernel would drop it too.
     DropMalformed = 7,
     /// The VIP has no lookup table or the slot holds no backend: dropped.
     DropNoBackend = 8,
@@ -725,33 +729,41 @@ pub enum Reason {
     DropTooBig = 10,
     /// The kernel refused to grow the frame for the outer headers: dropped.
     DropEncapFailed = 11,
+    /// A unicast frame addressed to another host's MAC (a switch flooding
+    /// an unknown destination on a shared segment): passed to the kernel,
+    /// which drops it, so that only the host it is for forwards it.
+    PassOtherHost = 12,
+    /// A broadcast or multicast frame (ARP requests, IPv6 neighbour
+    /// discovery): passed to the kernel, never forwarded.
+    PassMulticast = 13,
     /// Informational: an IPv4 header with options was parsed (not a verdict).
-    Ipv4Options = 12,
+    Ipv4Options = 14,
     /// Informational: connection-table hit (not a verdict).
-    ConnHit = 13,
+    ConnHit = 15,
     /// Informational: connection-table miss or SYN, hashed into the table.
-    ConnMiss = 14,
+    ConnMiss = 16,
     /// Informational: a new flow's entry went into the connection table.
-    ConnInsert = 15,
+    ConnInsert = 17,
     /// Informational: a new flow found no way it may take (its set holds
     /// only established flows): it is forwarded by the lookup table, not
     /// tracked, and hashed again on its next packet. A flood of spoofed new
     /// flows shows here instead of evicting established ones.
-    ConnInsertFailed = 16,
+    ConnInsertFailed = 18,
     /// Informational: a new flow's entry took the way of another flow
     /// (unproven, closing or idle past its timeout).
-    ConnEvicted = 17,
+    ConnEvicted = 19,
     /// Informational: a flow came back after idling past its protocol's
     /// timeout: it was hashed again as a new flow.
-    ConnExpired = 18,
+    ConnExpired = 20,
     /// Informational: an ICMP error about a VIP flow (its quoted packet
-    /// came from the VIP) went to the backend that owns the flow.
-    IcmpToBackend = 19,
+    /// came from the VIP, and the error is addressed to the VIP) went to
+    /// the backend that owns the flow.
+    IcmpToBackend = 21,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Tx,
         Reason::PassNotIp,
         Reason::PassNotVip,
@@ -764,6 +776,8 @@ impl Reason {
         Reason::TxTooBig,
         Reason::DropTooBig,
         Reason::DropEncapFailed,
+        Reason::PassOtherHost,
+        Reason::PassMulticast,
         Reason::Ipv4Options,
         Reason::ConnHit,
         Reason::ConnMiss,
@@ -777,7 +791,7 @@ impl Reason {
     /// Whether this reason is a verdict (every packet moves exactly one
     /// verdict counter) rather than an informational counter.
     pub const fn is_verdict(self) -> bool {
-        (self as u32) <= Reason::DropEncapFailed as u32
+        (self as u32) <= Reason::PassMulticast as u32
     }
 
     /// Length of the global counter array.
@@ -792,7 +806,9 @@ impl Reason {
             | Reason::PassNotVip
             | Reason::PassOtherProtocol
             | Reason::PassFragment
-            | Reason::PassUnsupported => "pass",
+            | Reason::PassUnsupported
+            | Reason::PassOtherHost
+            | Reason::PassMulticast => "pass",
             Reason::DropTruncated
             | Reason::DropMalformed
             | Reason::DropNoBackend
@@ -829,6 +845,8 @@ impl Reason {
             Reason::TxTooBig => "tx_too_big",
             Reason::DropTooBig => "drop_too_big",
             Reason::DropEncapFailed => "drop_encap_failed",
+            Reason::PassOtherHost => "pass_other_host",
+            Reason::PassMulticast => "pass_multicast",
             Reason::Ipv4Options => "ipv4_options",
             Reason::ConnHit => "conn_hit",
             Reason::ConnMiss => "conn_miss",

@@ -43,7 +43,8 @@ struct Inner {
 }
 
 /// Reads the IP header at `l3` of a packet of `family`. A length field
-/// the frame does not hold is malformed.
+/// the frame does not hold is a truncated packet (`fulcrum_xdp` drops
+/// those before handing over; the outer length depends on it here).
 #[inline(always)]
 fn inner(ctx: &XdpContext, l3: usize, family: u8) -> Result<Inner, Reason> {
     let room = ctx.data_end() - ctx.data() - l3;
@@ -95,7 +96,7 @@ fn inner(ctx: &XdpContext, l3: usize, family: u8) -> Result<Inner, Reason> {
         }
     };
     if usize::from(found.len) > room {
-        return Err(Reason::DropMalformed);
+        return Err(Reason::DropTruncated);
     }
     Ok(found)
 }

@@ -7,7 +7,7 @@
 pub mod outer;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::maps::{PROTO_TCP, PROTO_UDP};
+use lb_common::maps::{PROTO_TCP, PROTO_UDP, Reason};
 
 /// A pointer to a `T` at `offset` in the frame, if the frame is long
 /// enough. Reads the frame's bounds afresh, so it stays right after the
@@ -101,6 +101,88 @@ pub fn tcp_closes_flow(flags: u8) -> bool {
     flags & (FIN | RST) != 0
 }
 
+/// Whom an Ethernet frame is addressed to, seen from the interface whose
+/// MAC is `own`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addressee {
+    /// This interface.
+    Us,
+    /// Another host's unicast address: a switch flooded it here.
+    OtherHost,
+    /// A broadcast or multicast address (the group bit is set).
+    Group,
+}
+
+/// Whom a frame with destination MAC `dst` is for. Compared byte by byte
+/// (folded): the BPF target has no `memcmp` to call.
+#[inline(always)]
+pub fn addressee(dst: &[u8; 6], own: &[u8; 6]) -> Addressee {
+    let differs = (dst[0] ^ own[0])
+        | (dst[1] ^ own[1])
+        | (dst[2] ^ own[2])
+        | (dst[3] ^ own[3])
+        | (dst[4] ^ own[4])
+        | (dst[5] ^ own[5]);
+    if differs == 0 {
+        Addressee::Us
+    } else if dst[0] & 1 == 0 {
+        Addressee::OtherHost
+    } else {
+        Addressee::Group
+    }
+}
+
+/// Whether two addresses as flow keys hold them (IPv6, or IPv4 in the
+/// first four bytes and zeros after) are equal, in four word compares:
+/// the BPF target has no `memcmp` to call.
+#[inline(always)]
+pub fn same_address(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let word = |x: &[u8; 16], i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
+    word(a, 0) == word(b, 0)
+        && word(a, 4) == word(b, 4)
+        && word(a, 8) == word(b, 8)
+        && word(a, 12) == word(b, 12)
+}
+
+/// Where an IP packet starting at `l3` ends, from its length field: it
+/// claims `total` bytes with its `header_len`-byte header, in a frame of
+/// `frame_len` bytes. A claim shorter than the header is malformed; one
+/// past the frame's end is a truncated packet (a frame may be longer:
+/// Ethernet pads short frames).
+#[inline(always)]
+pub fn ip_packet_end(
+    l3: usize,
+    header_len: usize,
+    total: usize,
+    frame_len: usize,
+) -> Result<usize, Reason> {
+    if total < header_len {
+        return Err(Reason::DropMalformed);
+    }
+    let end = l3 + total;
+    if end > frame_len {
+        return Err(Reason::DropTruncated);
+    }
+    Ok(end)
+}
+
+/// Whether a TCP header at `l4` whose data-offset byte (byte 12) is
+/// `offset_byte` is well formed: at least 5 words, and within the IP
+/// packet, which ends at `end`.
+#[inline(always)]
+pub fn tcp_header_fits(offset_byte: u8, l4: usize, end: usize) -> bool {
+    let len = usize::from(offset_byte >> 4) * 4;
+    len >= 20 && l4 + len <= end
+}
+
+/// Whether a UDP header at `l4` with length field `len` is well formed:
+/// at least its own 8 bytes, and within the IP packet, which ends at
+/// `end` (a shorter UDP length is allowed: receivers trim the rest).
+#[inline(always)]
+pub fn udp_length_fits(len: u16, l4: usize, end: usize) -> bool {
+    len >= 8 && l4 + usize::from(len) <= end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +242,70 @@ mod tests {
         assert!(!icmp_quotes_flow(FAMILY_IPV4, 8), "echo request");
         assert!(icmp_quotes_flow(FAMILY_IPV6, 2), "packet too big");
         assert!(!icmp_quotes_flow(FAMILY_IPV6, 128), "echo request");
+    }
+
+    #[test]
+    fn frames_are_for_us_another_host_or_a_group() {
+        let own = [0x02, 0xfc, 0, 0, 0, 1];
+        assert_eq!(addressee(&own, &own), Addressee::Us);
+        for at in 0..6 {
+            let mut other = own;
+            other[at] ^= 0x40;
+            assert_eq!(addressee(&other, &own), Addressee::OtherHost, "byte {at}");
+        }
+        assert_eq!(addressee(&[0xff; 6], &own), Addressee::Group, "broadcast");
+        assert_eq!(
+            addressee(&[0x33, 0x33, 0xff, 0, 0, 1], &own),
+            Addressee::Group,
+            "IPv6 solicited-node multicast"
+        );
+        assert_eq!(
+            addressee(&[0x01, 0, 0x5e, 0, 0, 0x12], &own),
+            Addressee::Group,
+            "IPv4 multicast (VRRP)"
+        );
+    }
+
+    #[test]
+    fn addresses_are_compared_whole() {
+        let a = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert!(same_address(&a, &a));
+        for at in 0..16 {
+            let mut b = a;
+            b[at] ^= 1;
+            assert!(!same_address(&a, &b), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn ip_lengths_must_cover_the_header_and_fit_the_frame() {
+        // 14 bytes of Ethernet, a 20-byte header, 40 bytes claimed.
+        assert_eq!(ip_packet_end(14, 20, 40, 54), Ok(54));
+        assert_eq!(ip_packet_end(14, 20, 40, 60), Ok(54), "Ethernet padding");
+        assert_eq!(ip_packet_end(14, 20, 41, 54), Err(Reason::DropTruncated));
+        assert_eq!(ip_packet_end(14, 24, 20, 60), Err(Reason::DropMalformed));
+        assert_eq!(ip_packet_end(14, 20, 0, 60), Err(Reason::DropMalformed));
+    }
+
+    #[test]
+    fn tcp_data_offsets_must_be_5_words_and_within_the_packet() {
+        assert!(tcp_header_fits(5 << 4, 34, 54));
+        assert!(tcp_header_fits(15 << 4, 34, 94), "40 bytes of options");
+        assert!(!tcp_header_fits(4 << 4, 34, 54), "below 5 words");
+        assert!(!tcp_header_fits(0, 34, 54));
+        assert!(!tcp_header_fits(6 << 4, 34, 54), "options past the end");
+    }
+
+    #[test]
+    fn udp_lengths_must_cover_the_header_and_fit_the_packet() {
+        assert!(udp_length_fits(8, 34, 42));
+        assert!(
+            udp_length_fits(8, 34, 50),
+            "a shorter UDP length is trimmed"
+        );
+        assert!(!udp_length_fits(7, 34, 42));
+        assert!(!udp_length_fits(0, 34, 42));
+        assert!(!udp_length_fits(9, 34, 42), "past the packet's end");
     }
 
     #[test]

@@ -29,10 +29,10 @@ use lb_common::{
     },
 };
 use lb_ebpf::{
-    IPV6_NEXT_FRAGMENT, header, icmp_quotes_flow, ipv4_header_len, ipv4_is_fragment,
-    ipv6_is_extension, is_balanced_protocol, is_vlan,
+    Addressee, IPV6_NEXT_FRAGMENT, addressee, header, icmp_quotes_flow, ip_packet_end,
+    ipv4_header_len, ipv4_is_fragment, ipv6_is_extension, is_balanced_protocol, is_vlan,
     outer::{PROTO_ICMP, PROTO_ICMPV6},
-    tcp_closes_flow, tcp_opens_flow,
+    same_address, tcp_closes_flow, tcp_header_fits, tcp_opens_flow, udp_length_fits,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -314,6 +314,17 @@ fn process(ctx: &XdpContext, trace: Trace) -> Verdict {
     let Some(eth) = header::<EthHdr>(ctx, 0) else {
         return discard(Reason::DropTruncated);
     };
+    // XDP runs before the kernel drops frames for other hosts' MACs: on a
+    // shared segment every host that got a flooded frame would forward it.
+    let Some(config) = CONFIG.get(0) else {
+        return discard(Reason::DropNoBackend);
+    };
+    // SAFETY: `header` checked the bounds.
+    match addressee(unsafe { &(*eth).dst_addr }, &config.if_mac) {
+        Addressee::Us => {}
+        Addressee::OtherHost => return pass(Reason::PassOtherHost),
+        Addressee::Group => return pass(Reason::PassMulticast),
+    }
     // SAFETY: `header` checked the bounds.
     let mut ether_type = unsafe { (*eth).ether_type };
     let mut l3 = EthHdr::LEN;
@@ -347,10 +358,18 @@ fn process(ctx: &XdpContext, trace: Trace) -> Verdict {
 
 /// The 5-tuple of the packet an ICMP error at `l4` quotes, reversed (so
 /// it is the flow's as the VIP received it), if it quotes a TCP or UDP
-/// packet with its ports: an IPv4 header without options, or an IPv6
-/// header without extensions.
+/// packet with its ports: an IPv4 header without options that is no
+/// fragment, or an IPv6 header without extensions. Only an error sent to
+/// the quoted packet's source (the VIP) belongs to the flow's backend; one
+/// sent to this host's own address is the host's. `end` is where the
+/// error's IP packet ends.
 #[inline(always)]
-fn parse_icmp(ctx: &XdpContext, l3: usize, l4: usize, family: u8) -> Result<Flow, Verdict> {
+fn parse_icmp(
+    ctx: &XdpContext,
+    (l3, l4, end): (usize, usize, usize),
+    family: u8,
+    outer_dst: &[u8; 16],
+) -> Result<Flow, Verdict> {
     let Some(icmp) = header::<[u8; 8]>(ctx, l4) else {
         return Err(discard(Reason::DropTruncated));
     };
@@ -371,6 +390,10 @@ fn parse_icmp(ctx: &XdpContext, l3: usize, l4: usize, family: u8) -> Result<Flow
         if ip.vihl != 0x45 {
             return Err(pass(Reason::PassOtherProtocol));
         }
+        // A fragment's "ports" would be payload bytes.
+        if ipv4_is_fragment(ip.frags) {
+            return Err(pass(Reason::PassFragment));
+        }
         key.proto = ip.proto;
         key.src_addr[..4].copy_from_slice(&ip.dst_addr);
         key.dst_addr[..4].copy_from_slice(&ip.src_addr);
@@ -384,7 +407,10 @@ fn parse_icmp(ctx: &XdpContext, l3: usize, l4: usize, family: u8) -> Result<Flow
         key.dst_addr = ip.src_addr;
         quoted + Ipv6Hdr::LEN
     };
-    if !is_balanced_protocol(key.proto) {
+    if !is_balanced_protocol(key.proto) || !same_address(&key.dst_addr, outer_dst) {
+        return Err(pass(Reason::PassOtherProtocol));
+    }
+    if ports + 4 > end {
         return Err(pass(Reason::PassOtherProtocol));
     }
     let ports = header::<[u8; 4]>(ctx, ports).ok_or(pass(Reason::PassOtherProtocol))?;
@@ -401,34 +427,42 @@ fn parse_icmp(ctx: &XdpContext, l3: usize, l4: usize, family: u8) -> Result<Flow
     })
 }
 
+/// The frame's length in bytes.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
     let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(discard(Reason::DropTruncated))?;
     // SAFETY: bounds checked by `header`.
     let ip = unsafe { &*ip };
     let header_len = ipv4_header_len(ip.vihl).ok_or(discard(Reason::DropMalformed))?;
+    let total = usize::from(u16::from_be_bytes(ip.tot_len));
+    let end = ip_packet_end(l3, header_len, total, frame_len(ctx)).map_err(discard)?;
     if ipv4_is_fragment(ip.frags) {
         return Err(pass(Reason::PassFragment));
     }
+    let mut key = FlowKey {
+        proto: ip.proto,
+        family: FAMILY_IPV4,
+        ..FlowKey::default()
+    };
+    key.src_addr[..4].copy_from_slice(&ip.src_addr);
+    key.dst_addr[..4].copy_from_slice(&ip.dst_addr);
     if !is_balanced_protocol(ip.proto) {
         // Off the TCP/UDP path: an ICMP error may be about a VIP's flow.
         if ip.proto == PROTO_ICMP {
-            return parse_icmp(ctx, l3, l3 + header_len, FAMILY_IPV4);
+            let l4 = l3 + header_len;
+            return parse_icmp(ctx, (l3, l4, end), FAMILY_IPV4, &key.dst_addr);
         }
         return Err(pass(Reason::PassOtherProtocol));
     }
     if header_len > Ipv4Hdr::LEN {
         count(Reason::Ipv4Options);
     }
-    let (s, d) = (ip.src_addr, ip.dst_addr);
-    let mut key = FlowKey {
-        proto: ip.proto,
-        family: FAMILY_IPV4,
-        ..FlowKey::default()
-    };
-    key.src_addr[..4].copy_from_slice(&s);
-    key.dst_addr[..4].copy_from_slice(&d);
-    parse_l4(ctx, l3, l3 + header_len, key)
+    parse_l4(ctx, (l3, l3 + header_len, end), key)
 }
 
 #[inline(always)]
@@ -439,6 +473,8 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
     if ip.vcf[0] >> 4 != 6 {
         return Err(discard(Reason::DropMalformed));
     }
+    let total = Ipv6Hdr::LEN + usize::from(u16::from_be_bytes(ip.payload_len));
+    let end = ip_packet_end(l3, Ipv6Hdr::LEN, total, frame_len(ctx)).map_err(discard)?;
     let next = ip.next_hdr;
     if next == IPV6_NEXT_FRAGMENT {
         return Err(pass(Reason::PassFragment));
@@ -446,9 +482,10 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
     if ipv6_is_extension(next) {
         return Err(pass(Reason::PassUnsupported));
     }
+    let l4 = l3 + Ipv6Hdr::LEN;
     if !is_balanced_protocol(next) {
         if next == PROTO_ICMPV6 {
-            return parse_icmp(ctx, l3, l3 + Ipv6Hdr::LEN, FAMILY_IPV6);
+            return parse_icmp(ctx, (l3, l4, end), FAMILY_IPV6, &ip.dst_addr);
         }
         return Err(pass(Reason::PassOtherProtocol));
     }
@@ -459,25 +496,37 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Flow, Verdict> {
         family: FAMILY_IPV6,
         ..FlowKey::default()
     };
-    parse_l4(ctx, l3, l3 + Ipv6Hdr::LEN, key)
+    parse_l4(ctx, (l3, l4, end), key)
 }
 
+/// The flow of a TCP or UDP packet whose IP header starts at `l3` and
+/// its transport header at `l4`, in an IP packet that ends at `end`.
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, l3: usize, l4: usize, mut key: FlowKey) -> Result<Flow, Verdict> {
+fn parse_l4(
+    ctx: &XdpContext,
+    (l3, l4, end): (usize, usize, usize),
+    mut key: FlowKey,
+) -> Result<Flow, Verdict> {
     let (opens, closes) = if key.proto == PROTO_TCP {
         let tcp = header::<TcpHdr>(ctx, l4).ok_or(discard(Reason::DropTruncated))?;
         // SAFETY: bounds checked by `header`.
         let tcp = unsafe { &*tcp };
+        // Byte 12 holds the data offset, byte 13 CWR..FIN.
+        // SAFETY: within the 20 bytes checked above.
+        let [offset, flags] = unsafe { *((tcp as *const TcpHdr as *const [u8; 2]).byte_add(12)) };
+        if !tcp_header_fits(offset, l4, end) {
+            return Err(discard(Reason::DropMalformed));
+        }
         key.src_port = u16::from_be_bytes(tcp.source);
         key.dst_port = u16::from_be_bytes(tcp.dest);
-        // Byte 13 of the TCP header holds CWR..FIN.
-        // SAFETY: within the 20 bytes checked above.
-        let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
         (tcp_opens_flow(flags), tcp_closes_flow(flags))
     } else {
         let udp = header::<UdpHdr>(ctx, l4).ok_or(discard(Reason::DropTruncated))?;
         // SAFETY: bounds checked by `header`.
         let udp = unsafe { &*udp };
+        if !udp_length_fits(u16::from_be_bytes(udp.len), l4, end) {
+            return Err(discard(Reason::DropMalformed));
+        }
         key.src_port = u16::from_be_bytes(udp.src);
         key.dst_port = u16::from_be_bytes(udp.dst);
         (false, false)

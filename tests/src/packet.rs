@@ -52,6 +52,10 @@ pub struct Frame {
     ipv4_vihl: Option<u8>,
     ipv6_version: u8,
     ipv6_extension: Option<u8>,
+    dst_mac: [u8; 6],
+    ip_length: Option<u16>,
+    tcp_offset: Option<u8>,
+    udp_length: Option<u16>,
 }
 
 impl Frame {
@@ -68,6 +72,10 @@ impl Frame {
             ipv4_vihl: None,
             ipv6_version: 6,
             ipv6_extension: None,
+            dst_mac: LB_MAC,
+            ip_length: None,
+            tcp_offset: None,
+            udp_length: None,
         }
     }
 
@@ -147,6 +155,31 @@ impl Frame {
         self
     }
 
+    /// Addresses the frame to `mac` instead of the load balancer's.
+    pub fn dst_mac(mut self, mac: [u8; 6]) -> Self {
+        self.dst_mac = mac;
+        self
+    }
+
+    /// Overrides the IP length field: IPv4's total length, IPv6's payload
+    /// length (the IPv4 header checksum stays right).
+    pub fn ip_length(mut self, len: u16) -> Self {
+        self.ip_length = Some(len);
+        self
+    }
+
+    /// Overrides the TCP data offset, in 32-bit words.
+    pub fn tcp_offset(mut self, words: u8) -> Self {
+        self.tcp_offset = Some(words);
+        self
+    }
+
+    /// Overrides the UDP length field.
+    pub fn udp_length(mut self, len: u16) -> Self {
+        self.udp_length = Some(len);
+        self
+    }
+
     fn proto(&self) -> u8 {
         match &self.transport {
             Transport::Tcp { .. } => PROTO_TCP,
@@ -171,7 +204,7 @@ impl Frame {
                 if flags & tcp_flags::ACK != 0 {
                     tcp[8..12].copy_from_slice(&2000u32.to_be_bytes());
                 }
-                tcp[12] = 5 << 4;
+                tcp[12] = self.tcp_offset.unwrap_or(5) << 4;
                 tcp[13] = *flags;
                 tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
                 tcp
@@ -180,7 +213,7 @@ impl Frame {
                 let mut udp = vec![0u8; 8];
                 udp[0..2].copy_from_slice(&sp);
                 udp[2..4].copy_from_slice(&dp);
-                let len = (8 + self.payload.len()) as u16;
+                let len = self.udp_length.unwrap_or((8 + self.payload.len()) as u16);
                 udp[4..6].copy_from_slice(&len.to_be_bytes());
                 udp
             }
@@ -211,7 +244,7 @@ impl Frame {
     /// The frame's bytes.
     pub fn bytes(&self) -> Vec<u8> {
         let mut frame = Vec::new();
-        frame.extend_from_slice(&LB_MAC);
+        frame.extend_from_slice(&self.dst_mac);
         frame.extend_from_slice(&ROUTER_MAC);
         for tag in &self.vlan_tags {
             frame.extend_from_slice(tag);
@@ -223,7 +256,8 @@ impl Frame {
                 let header_len = 20 + self.ipv4_options.len();
                 let mut ip = vec![0u8; 20];
                 ip[0] = self.ipv4_vihl.unwrap_or(0x40 | (header_len / 4) as u8);
-                ip[2..4].copy_from_slice(&((header_len + l4.len()) as u16).to_be_bytes());
+                let total = self.ip_length.unwrap_or((header_len + l4.len()) as u16);
+                ip[2..4].copy_from_slice(&total.to_be_bytes());
                 ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
                 ip[6..8].copy_from_slice(&self.ipv4_frag.to_be_bytes());
                 ip[8] = 64;
@@ -240,7 +274,8 @@ impl Frame {
                 let mut ip = vec![0u8; 40];
                 ip[0] = self.ipv6_version << 4;
                 let ext_len = if self.ipv6_extension.is_some() { 8 } else { 0 };
-                ip[4..6].copy_from_slice(&((ext_len + l4.len()) as u16).to_be_bytes());
+                let payload = self.ip_length.unwrap_or((ext_len + l4.len()) as u16);
+                ip[4..6].copy_from_slice(&payload.to_be_bytes());
                 ip[6] = self.ipv6_extension.unwrap_or(self.proto());
                 ip[7] = 64;
                 ip[8..24].copy_from_slice(&src.octets());

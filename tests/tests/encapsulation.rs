@@ -52,6 +52,20 @@ fn case(name: &'static str, frame: Frame, expect: Expect) -> Case {
 /// `router` to the VIP, quoting the start of `quoted` (a packet the VIP
 /// sent), with a correct checksum.
 fn icmp_error(router: &str, quoted: &Frame, kind: u8, code: u8, mtu: u32) -> Case {
+    let key = quoted.flow();
+    let vip = lb_userspace::dataplane::state::ip_from(&key.src_addr, key.family);
+    icmp_error_to(router, vip, quoted, kind, code, mtu)
+}
+
+/// The same error, sent to `to` (the VIP, or this host's own address).
+fn icmp_error_to(
+    router: &str,
+    to: std::net::IpAddr,
+    quoted: &Frame,
+    kind: u8,
+    code: u8,
+    mtu: u32,
+) -> Case {
     let quoted_bytes = quoted.bytes();
     let start = 14;
     let quote = &quoted_bytes[start..(start + 60).min(quoted_bytes.len())];
@@ -60,14 +74,13 @@ fn icmp_error(router: &str, quoted: &Frame, kind: u8, code: u8, mtu: u32) -> Cas
     message.extend_from_slice(quote);
     let key = quoted.flow();
     let v6 = key.family == lb_common::maps::FAMILY_IPV6;
-    let vip = lb_userspace::dataplane::state::ip_from(&key.src_addr, key.family);
     let sum = if v6 {
         let mut pseudo = router
             .parse::<std::net::Ipv6Addr>()
             .unwrap()
             .octets()
             .to_vec();
-        pseudo.extend_from_slice(&ip_bytes(vip).0);
+        pseudo.extend_from_slice(&ip_bytes(to).0);
         pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
         pseudo.extend_from_slice(&[0, 0, 0, 58]);
         internet_checksum(&[&pseudo, &message])
@@ -76,9 +89,9 @@ fn icmp_error(router: &str, quoted: &Frame, kind: u8, code: u8, mtu: u32) -> Cas
     };
     message[2..4].copy_from_slice(&sum.to_be_bytes());
     let (proto, src, dst) = if v6 {
-        (58, format!("[{router}]:0"), format!("[{vip}]:0"))
+        (58, format!("[{router}]:0"), format!("[{to}]:0"))
     } else {
-        (1, format!("{router}:0"), format!("{vip}:0"))
+        (1, format!("{router}:0"), format!("{to}:0"))
     };
     let frame = Frame::other(&src, &dst, proto, &message);
     // The flow, as the VIP received it: the quote reversed.
@@ -203,7 +216,7 @@ fn cases() -> Vec<Case> {
     let mut short = case(
         "4in4: IP length beyond the frame: dropped",
         Frame::tcp("198.18.2.1:40020", "198.18.0.110:80", ACK).payload(b"0123456789"),
-        Verdict(xdp_action::DROP, Reason::DropMalformed),
+        Verdict(xdp_action::DROP, Reason::DropTruncated),
     );
     short.input.truncate(short.input.len() - 4);
     cases.push(short);
@@ -263,6 +276,41 @@ fn cases() -> Vec<Case> {
                 1400,
             ),
             Verdict(xdp_action::PASS, Reason::PassNotVip),
+        ),
+        (
+            "ICMP error about an L2 DSR VIP flow, sent to this host's own address, passes",
+            icmp_error_to(
+                "198.18.9.1",
+                "198.18.0.2".parse().expect("address"),
+                &from_vip("198.18.0.113:80", "198.18.2.1:40000"),
+                3,
+                4,
+                1400,
+            ),
+            Verdict(xdp_action::PASS, Reason::PassOtherProtocol),
+        ),
+        (
+            "ICMPv6 error about a 6in6 VIP flow, sent to this host's own address, passes",
+            icmp_error_to(
+                "2001:2::9:1",
+                "2001:2::2".parse().expect("address"),
+                &from_vip("[2001:2::110]:80", "[2001:2::2:1]:40000"),
+                2,
+                0,
+                1400,
+            ),
+            Verdict(xdp_action::PASS, Reason::PassOtherProtocol),
+        ),
+        (
+            "ICMP error quoting a later IPv4 fragment (no ports) passes",
+            icmp_error(
+                "198.18.9.1",
+                &from_vip("198.18.0.113:80", "198.18.2.1:40000").ipv4_frag(185),
+                11,
+                1,
+                0,
+            ),
+            Verdict(xdp_action::PASS, Reason::PassFragment),
         ),
     ] {
         error.name = name;

@@ -65,6 +65,19 @@ fn truncated(name: &'static str, frame: Frame, len: usize, expect: Expect) -> Ca
     raw(name, input, expect)
 }
 
+/// A frame longer than its IP packet, as Ethernet pads short frames.
+fn padded(name: &'static str, frame: Frame, pad: usize, expect: Expect) -> Case {
+    let mut input = frame.bytes();
+    input.resize(input.len() + pad, 0);
+    Case {
+        name,
+        input,
+        frame: Some(frame),
+        expect,
+        notes: &[],
+    }
+}
+
 impl Case {
     fn noting(mut self, notes: &'static [Reason]) -> Self {
         self.notes = notes;
@@ -189,7 +202,45 @@ fn cases() -> Vec<Case> {
             Frame::tcp("[2001:2::2:1]:40000", "[2001:2::200]:80", SYN),
             Pass(Reason::PassNotVip),
         ),
-        raw("ARP request", arp_request(), Pass(Reason::PassNotIp)),
+        raw(
+            "ARP request (broadcast)",
+            arp_request(),
+            Pass(Reason::PassMulticast),
+        ),
+        raw(
+            "ARP reply to this host",
+            arp_reply(),
+            Pass(Reason::PassNotIp),
+        ),
+        // Frames for other hosts: a switch floods a unicast frame whose
+        // destination it has not learnt to every port, so several load
+        // balancers on one segment get it; only the one it is for forwards.
+        case(
+            "SYN to a VIP, for another host's MAC",
+            syn4(40040).dst_mac(OTHER_HOST_MAC),
+            Pass(Reason::PassOtherHost),
+        ),
+        case(
+            "IPv6 UDP to a VIP, for another host's MAC",
+            Frame::udp("[2001:2::2:1]:5010", DNS6).dst_mac(OTHER_HOST_MAC),
+            Pass(Reason::PassOtherHost),
+        ),
+        case(
+            "SYN to a VIP in a broadcast frame",
+            syn4(40042).dst_mac([0xff; 6]),
+            Pass(Reason::PassMulticast),
+        ),
+        case(
+            "IPv6 neighbour solicitation (multicast MAC)",
+            Frame::other(
+                "[2001:2::2:1]:0",
+                "[ff02::1:ff00:100]:0",
+                58,
+                &[135, 0, 0, 0, 0, 0, 0, 0],
+            )
+            .dst_mac([0x33, 0x33, 0xff, 0, 1, 0]),
+            Pass(Reason::PassMulticast),
+        ),
         case(
             "ICMP echo to a VIP",
             Frame::other("198.18.2.1:0", "198.18.0.100:0", 1, ICMP_ECHO),
@@ -308,10 +359,82 @@ fn cases() -> Vec<Case> {
             14 + 40 + 10,
             Drop(Reason::DropTruncated),
         ),
+        // Length fields that disagree with the frame.
+        padded(
+            "IPv4 UDP in a frame padded past its IP length",
+            Frame::udp("198.18.2.1:5012", DNS4),
+            18,
+            Forward,
+        ),
+        case(
+            "IPv4 total length beyond the frame",
+            syn4(40044).ip_length(41),
+            Drop(Reason::DropTruncated),
+        ),
+        case(
+            "IPv4 total length below its header",
+            syn4(40046).ip_length(19),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "IPv4 total length that leaves no room for the TCP header",
+            syn4(40048).ip_length(30),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "IPv6 payload length beyond the frame",
+            Frame::tcp("[2001:2::2:1]:40000", WEB6, SYN).ip_length(21),
+            Drop(Reason::DropTruncated),
+        ),
+        case(
+            "TCP data offset below 5",
+            syn4(40050).tcp_offset(4),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "TCP data offset past the packet",
+            syn4(40052).tcp_offset(6),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "IPv6 TCP data offset 0",
+            Frame::tcp("[2001:2::2:1]:40002", WEB6, SYN).tcp_offset(0),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "UDP length below 8",
+            Frame::udp("198.18.2.1:5014", DNS4).udp_length(7),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "UDP length past the packet",
+            Frame::udp("198.18.2.1:5016", DNS4)
+                .payload(b"query")
+                .udp_length(14),
+            Drop(Reason::DropMalformed),
+        ),
+        case(
+            "IPv6 UDP length past the packet",
+            Frame::udp("[2001:2::2:1]:5018", DNS6).udp_length(9),
+            Drop(Reason::DropMalformed),
+        ),
         // Frames the kernel itself refuses to hand to XDP.
         raw("zero-length frame", Vec::new(), Refused),
         raw("13-byte runt", vec![0xff; 13], Refused),
     ]
+}
+
+/// Another load balancer's MAC on the same segment.
+const OTHER_HOST_MAC: [u8; 6] = [0x02, 0xfc, 0, 0, 0, 2];
+
+fn arp_reply() -> Vec<u8> {
+    let mut frame = LB_MAC.to_vec();
+    frame.extend_from_slice(&[0x02, 0xee, 0, 0, 0, 1, 0x08, 0x06]);
+    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    frame.extend_from_slice(&[0x02, 0xee, 0, 0, 0, 1, 198, 18, 2, 1]);
+    frame.extend_from_slice(&LB_MAC);
+    frame.extend_from_slice(&[198, 18, 0, 100]);
+    frame
 }
 
 fn arp_request() -> Vec<u8> {
