@@ -137,6 +137,7 @@ fn main() {
         Attachment {
             pins: PinDir::new(Path::new("/nonexistent"), "bench"),
             interface: "lo".into(),
+            survival: Default::default(),
         },
         View::of(&fixture.state, 1, &HashMap::new()),
         Imbalance::default(),

@@ -101,6 +101,18 @@ impl Places {
     }
 }
 
+/// How `fulcrum run` enters the load balancer's namespace.
+#[derive(Clone, Copy, Debug)]
+pub enum Launch {
+    /// `nsenter --net`: the network namespace only, so fulcrum keeps the
+    /// host's mounts and pins on the host's bpffs, as on a real host.
+    HostMounts,
+    /// `ip netns exec`, which also gives fulcrum a mount namespace of its
+    /// own with a fresh `/sys`: the bpffs it mounts there, and its pins,
+    /// vanish with the process.
+    PrivateMounts,
+}
+
 impl Fulcrum {
     pub(crate) fn start(
         lb: &Netns,
@@ -108,12 +120,30 @@ impl Fulcrum {
         config: &Path,
         places: &Places,
     ) -> anyhow::Result<Self> {
-        // nsenter enters only the network namespace: `ip netns exec` would
-        // also give fulcrum a private mount namespace, whose bpffs (and its
-        // pins) would vanish with the process.
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", lb.name()))
-            .arg("--")
+        Self::start_as(lb, Launch::HostMounts, binary, config, places)
+    }
+
+    pub(crate) fn start_as(
+        lb: &Netns,
+        launch: Launch,
+        binary: &Path,
+        config: &Path,
+        places: &Places,
+    ) -> anyhow::Result<Self> {
+        let mut command = match launch {
+            Launch::HostMounts => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net=/run/netns/{}", lb.name()));
+                command.arg("--");
+                command
+            }
+            Launch::PrivateMounts => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", lb.name()]);
+                command
+            }
+        };
+        let mut child = command
             .arg(binary)
             .args(["run", "--stats-format", "json"])
             .args(places.args())
@@ -864,9 +894,16 @@ impl Lab {
 
     /// Starts `fulcrum run` from `binary` (another build, for an upgrade).
     pub fn start_fulcrum_from(&self, binary: &Path) -> anyhow::Result<Vec<String>> {
+        self.start_fulcrum_as(Launch::HostMounts, binary)
+    }
+
+    /// Starts `fulcrum run` from `binary`, entering the load balancer's
+    /// namespace as `launch` says.
+    pub fn start_fulcrum_as(&self, launch: Launch, binary: &Path) -> anyhow::Result<Vec<String>> {
         let mut slot = self.fulcrum.lock().expect("fulcrum lock");
         anyhow::ensure!(slot.is_none(), "fulcrum is already running");
-        let fulcrum = Fulcrum::start(&self.lb, binary, &self.config_path(), &self.places)?;
+        let fulcrum =
+            Fulcrum::start_as(&self.lb, launch, binary, &self.config_path(), &self.places)?;
         let log = fulcrum.log.clone();
         *slot = Some(fulcrum);
         Ok(log)

@@ -16,7 +16,9 @@ use std::{
 };
 
 use lb_tests::{
-    lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP4, fulcrum_binary, fulcrum_upgrade_binary},
+    lab::{
+        BackendSpec, Lab, Launch, TCP_PORT, UDP_PORT, VIP4, fulcrum_binary, fulcrum_upgrade_binary,
+    },
     traffic::{self, Session, Tally},
 };
 use lb_userspace::monitor::report::Report;
@@ -270,4 +272,56 @@ fn applies_killed_at_random_points_leave_old_or_new_never_a_mix() {
     );
     lab.stop_fulcrum().expect("fulcrum stops");
     lab.detach().expect("detach");
+}
+
+/// What `status --format json` and `/metrics` say of the pins' survival.
+fn pins_survival(lab: &Lab) -> (Option<bool>, Option<f64>) {
+    let (code, out, err) = lab
+        .cli(&["status", "--format", "json"])
+        .expect("fulcrum status runs");
+    assert_eq!(code, 0, "status failed: {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+    let metric = lab
+        .scrape()
+        .expect("metrics scrape")
+        .get("fulcrum_pins_survive_restart", &[]);
+    (status["pins"]["survives"].as_bool(), metric)
+}
+
+#[test]
+fn a_data_plane_that_would_die_with_the_daemon_is_said_to_at_start_in_status_and_metrics() {
+    let lab = Lab::start(&BackendSpec::equal(3)).expect("lab starts");
+    // On the host's bpffs (`nsenter --net`), the pins outlive the daemon.
+    assert_eq!(pins_survival(&lab), (Some(true), Some(1.0)));
+    lab.stop_fulcrum().expect("fulcrum stops");
+    lab.detach().expect("detach");
+
+    // `ip netns exec` gives fulcrum a mount namespace of its own, with no
+    // bpffs: the one fulcrum mounts there goes with the process.
+    let log = lab
+        .start_fulcrum_as(Launch::PrivateMounts, &fulcrum_binary().expect("binary"))
+        .expect("fulcrum starts under ip netns exec");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WARNING the data plane dies with this process")),
+        "no warning at start:\n{}",
+        log.join("\n")
+    );
+    assert_eq!(pins_survival(&lab), (Some(false), Some(0.0)));
+    let (_, text, _) = lab.cli(&["status"]).expect("status");
+    assert!(
+        text.contains("WARNING the data plane dies with the daemon"),
+        "status text:\n{text}"
+    );
+
+    // And it does: after kill -9 the interface has no XDP program.
+    lab.kill_fulcrum().expect("kill -9");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lab.lb_has_xdp().expect("ip link") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the data plane outlived a daemon judged to take it along"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -206,7 +206,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     system::require_bpf_privileges()?;
     net::require_interface(&interface)?;
-    if system::ensure_bpffs()? {
+    let bpffs_mounted = system::ensure_bpffs()?;
+    if bpffs_mounted {
         crate::note!("mounted bpffs at {}", system::BPFFS);
     }
     let signals =
@@ -290,7 +291,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 (pins.clone(), records.clone()),
                 in_force,
                 (&args.config, journal),
-                &interface,
+                (&interface, bpffs_mounted),
                 notify,
             )?;
             if controller.config_text() != text {
@@ -308,7 +309,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 (pins.clone(), records.clone()),
                 first,
                 (&args.config, journal),
-                &interface,
+                (&interface, bpffs_mounted),
                 notify,
             )?;
             controller.started(&plan);

@@ -155,9 +155,16 @@ impl Controller {
         (pins, records): (PinDir, RecordDir),
         in_force: InForce,
         (config_path, journal): (&Path, Journal),
-        interface: &str,
+        (interface, bpffs_mounted): (&str, bool),
         notify: impl Fn(crate::health::Transition) + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
+        let survival = crate::dataplane::system::pin_survival(pins.path(), bpffs_mounted);
+        if !survival.survives {
+            crate::note!(
+                "WARNING the data plane dies with this process: {}",
+                survival.why
+            );
+        }
         let down = dataplane
             .installed()
             .map(DesiredState::down_backends)
@@ -179,6 +186,7 @@ impl Controller {
             Attachment {
                 pins: pins.clone(),
                 interface: interface.to_string(),
+                survival,
             },
             view,
             imbalance_settings(&in_force),

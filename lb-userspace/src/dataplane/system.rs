@@ -1,7 +1,10 @@
 //! What loading, attaching and pinning BPF needs from the host: the
-//! privileges to do it, and bpffs mounted at `/sys/fs/bpf`.
+//! privileges to do it, bpffs mounted at `/sys/fs/bpf`, and whether the
+//! pins on it outlive this process.
 
-use std::ffi::CString;
+use std::{ffi::CString, os::unix::fs::MetadataExt as _, path::Path};
+
+use serde::{Deserialize, Serialize};
 
 use anyhow::{Context as _, bail};
 
@@ -62,4 +65,212 @@ pub fn ensure_bpffs() -> anyhow::Result<bool> {
         return Err(std::io::Error::last_os_error()).context(format!("mounting bpffs at {BPFFS}"));
     }
     Ok(true)
+}
+
+/// Whether the pinned data plane outlives this process: pinned objects
+/// live as long as their bpffs is mounted somewhere, and a bpffs mounted
+/// only in a mount namespace of this process's own goes with it. A crash
+/// or restart then detaches the data plane: every flow stops.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct PinSurvival {
+    /// Whether the pins outlive this process.
+    pub survives: bool,
+    /// Why, in a sentence an operator can act on.
+    pub why: String,
+}
+
+/// What the host says about the bpffs holding the pins.
+#[derive(Clone, Copy, Debug)]
+struct MountFacts {
+    /// This process is in the host's (initial) PID namespace, so PID 1 is
+    /// the host's init.
+    host_pids: bool,
+    /// Whether PID 1 sees the same filesystem at the pins' path (`None`:
+    /// PID 1's mounts cannot be read here).
+    init_sees_it: Option<bool>,
+    /// `fulcrum` mounted this bpffs itself at start.
+    mounted_here: bool,
+    /// Another process is in this process's mount namespace.
+    shared: bool,
+}
+
+/// The inode the kernel gives the initial PID namespace
+/// (`PROC_PID_INIT_INO`).
+const INIT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// Judges whether the pins under `pin_dir` outlive this process;
+/// `mounted_here`: `ensure_bpffs` mounted bpffs at this start.
+pub fn pin_survival(pin_dir: &Path, mounted_here: bool) -> PinSurvival {
+    let host_pids = std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| m.ino() == INIT_PID_NAMESPACE)
+        .unwrap_or(false);
+    // Through /proc/1/root the path resolves in PID 1's mount namespace.
+    let init_sees_it = std::fs::metadata(pin_dir).ok().and_then(|ours| {
+        let theirs = Path::new("/proc/1/root").join(pin_dir.strip_prefix("/").unwrap_or(pin_dir));
+        match std::fs::metadata(theirs) {
+            Ok(theirs) => Some(theirs.dev() == ours.dev()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+            Err(_) => None,
+        }
+    });
+    judge(
+        pin_dir,
+        MountFacts {
+            host_pids,
+            init_sees_it,
+            mounted_here,
+            shared: mount_namespace_shared(),
+        },
+    )
+}
+
+/// Whether any other process (that this one may inspect) is in this
+/// process's mount namespace.
+fn mount_namespace_shared() -> bool {
+    let Ok(ours) = std::fs::read_link("/proc/self/ns/mnt") else {
+        return false;
+    };
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let pid = name.to_string_lossy();
+        pid.bytes().all(|b| b.is_ascii_digit())
+            && pid != me
+            && std::fs::read_link(entry.path().join("ns/mnt")).is_ok_and(|theirs| theirs == ours)
+    })
+}
+
+fn judge(pin_dir: &Path, facts: MountFacts) -> PinSurvival {
+    let dir = pin_dir.display();
+    let dies = "a crash or restart of fulcrum detaches the data plane and every flow stops";
+    let (survives, why) = match facts {
+        MountFacts {
+            host_pids: true,
+            init_sees_it: Some(true),
+            ..
+        } => (
+            true,
+            format!("{dir} is on the bpffs of the host's init mount namespace"),
+        ),
+        MountFacts {
+            host_pids: true,
+            init_sees_it: Some(false),
+            ..
+        } => (
+            false,
+            format!(
+                "{dir} is on a bpffs that the host's init process does not see (a mount \
+                 namespace of fulcrum's own, as under `ip netns exec`): {dies}; run fulcrum \
+                 in the host's mount namespace (`nsenter --net=/run/netns/NAME` enters only \
+                 the network namespace)"
+            ),
+        ),
+        MountFacts {
+            host_pids: false,
+            mounted_here: true,
+            ..
+        } => (
+            false,
+            format!(
+                "fulcrum mounted the bpffs holding {dir} inside its container, whose mount \
+                 namespace ends with it: {dies}; give the container the host's /sys/fs/bpf \
+                 (a bind mount)"
+            ),
+        ),
+        MountFacts {
+            mounted_here: true,
+            shared: false,
+            ..
+        } => (
+            false,
+            format!(
+                "fulcrum mounted the bpffs holding {dir} in a mount namespace no other \
+                 process shares (as under `ip netns exec`): {dies}; run fulcrum in the \
+                 host's mount namespace, with the host's /sys/fs/bpf"
+            ),
+        ),
+        MountFacts {
+            mounted_here: true,
+            shared: true,
+            ..
+        } => (
+            true,
+            format!(
+                "fulcrum mounted the bpffs holding {dir} in a mount namespace other \
+                 processes share: it lasts while they run"
+            ),
+        ),
+        MountFacts {
+            mounted_here: false,
+            ..
+        } => (
+            true,
+            format!(
+                "{dir} is on a bpffs mounted before fulcrum started (in a container: it \
+                 outlives fulcrum when it is the host's /sys/fs/bpf)"
+            ),
+        ),
+    };
+    PinSurvival { survives, why }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(
+        host_pids: bool,
+        init_sees_it: Option<bool>,
+        mounted_here: bool,
+        shared: bool,
+    ) -> bool {
+        let facts = MountFacts {
+            host_pids,
+            init_sees_it,
+            mounted_here,
+            shared,
+        };
+        judge(Path::new("/sys/fs/bpf/fulcrum/eth0"), facts).survives
+    }
+
+    #[test]
+    fn pins_survive_on_the_bpffs_the_hosts_init_sees() {
+        assert!(judged(true, Some(true), false, true));
+        assert!(
+            judged(true, Some(true), true, true),
+            "mounted by fulcrum on the host"
+        );
+    }
+
+    #[test]
+    fn pins_die_on_a_bpffs_the_hosts_init_does_not_see() {
+        assert!(!judged(true, Some(false), true, false), "ip netns exec");
+        assert!(
+            !judged(true, Some(false), false, true),
+            "another bpffs than PID 1's"
+        );
+    }
+
+    #[test]
+    fn in_a_container_pins_die_on_a_bpffs_fulcrum_mounted() {
+        assert!(!judged(false, None, true, true));
+        assert!(
+            !judged(false, Some(true), true, true),
+            "PID 1 is the container's"
+        );
+        assert!(
+            judged(false, Some(true), false, true),
+            "the bpffs it was given"
+        );
+    }
+
+    #[test]
+    fn unable_to_see_pid_1_a_bpffs_fulcrum_mounted_alone_dies() {
+        assert!(!judged(true, None, true, false), "ip netns exec");
+        assert!(judged(true, None, true, true), "others hold the namespace");
+        assert!(judged(true, None, false, false), "mounted before fulcrum");
+    }
 }

@@ -453,6 +453,14 @@ impl Scrape {
             "1 while the kernel has the XDP program attached to the interface.",
         )
         .encode(encoder, [(NO_LABELS, flag(self.report.attached))])?;
+        if let Some(pins) = &self.report.pins {
+            gauge(
+                "pins_survive_restart",
+                "1 when the pinned data plane outlives the daemon; 0 when its bpffs goes with \
+                 the daemon's own mount namespace, so a crash or restart stops every flow.",
+            )
+            .encode(encoder, [(NO_LABELS, flag(pins.survives))])?;
+        }
         gauge("config_generation", "The config generation in force.")
             .encode(encoder, [(NO_LABELS, self.report.generation)])
     }

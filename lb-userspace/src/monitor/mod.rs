@@ -24,6 +24,7 @@ use crate::{
     config::Imbalance,
     dataplane::{
         clock::EpochClock, counted_ids, counters::CounterReader, pins::PinDir, state::DesiredState,
+        system::PinSurvival,
     },
     group::GroupReport,
     health::Checker,
@@ -184,6 +185,8 @@ pub struct Attachment {
     pub pins: PinDir,
     /// The interface.
     pub interface: String,
+    /// Whether the pins outlive the daemon.
+    pub survival: PinSurvival,
 }
 
 impl Attachment {
@@ -348,6 +351,10 @@ impl Monitor {
             active.as_ref(),
         )
         .with_group(state.group.clone(), state.announce.clone());
+        let report = Report {
+            pins: Some(self.attachment.survival.clone()),
+            ..report
+        };
         Ok((report, state.facts.clone()))
     }
 

@@ -18,6 +18,7 @@ use crate::{
     dataplane::{
         counters::Counters,
         flows::{Census, WayState},
+        system::PinSurvival,
     },
     group::GroupReport,
     health::{Health, Key},
@@ -59,6 +60,9 @@ pub struct Report {
     /// What is announced to the routers, when announcing is configured.
     #[serde(default)]
     pub announce: Option<AnnounceReport>,
+    /// Whether the pinned data plane outlives the daemon.
+    #[serde(default)]
+    pub pins: Option<PinSurvival>,
 }
 
 /// The connection table: its capacity and how its ways are used, estimated
@@ -307,6 +311,7 @@ impl Report {
             connections,
             group: None,
             announce: None,
+            pins: None,
         }
     }
 
@@ -339,6 +344,13 @@ impl Report {
     /// A table for people; flagged backends first, as a headline.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
+        if let Some(pins) = self.pins.as_ref().filter(|p| !p.survives) {
+            let _ = writeln!(
+                out,
+                "WARNING the data plane dies with the daemon: {}",
+                pins.why
+            );
+        }
         for (vip, b) in self.imbalanced() {
             let _ = writeln!(
                 out,
