@@ -49,7 +49,7 @@ fn arp() -> Vec<u8> {
 }
 
 fn per_packet_cost() -> bool {
-    let mut fixture = Fixture::standard();
+    let mut fixture = Fixture::looped();
     let mut floor_object = standalone_program("bench_floor_tx").expect("floor program");
     let floor = xdp_program(&mut floor_object, "bench_floor_tx").expect("bench_floor_tx");
     let web4 = "198.18.0.100:80";
@@ -290,7 +290,7 @@ fn live_rate() {
     }
     let mut peer_object = standalone_program("lab_peer_pass").expect("peer program");
     let peer = xdp_program(&mut peer_object, "lab_peer_pass").expect("lab_peer_pass");
-    let mut fixture = Fixture::standard();
+    let mut fixture = Fixture::looped();
     let mut floor_object = standalone_program("bench_floor_tx").expect("floor program");
     let floor = xdp_program(&mut floor_object, "bench_floor_tx").expect("bench_floor_tx");
     let flows = [
@@ -451,7 +451,7 @@ const TRACE_ROUNDS: usize = 21;
 /// the trace program's filter), and tracing on for every packet (each one
 /// sent through the ring buffer).
 fn trace_cost() {
-    let mut fixture = Fixture::standard();
+    let mut fixture = Fixture::looped();
     let mut events = fixture.dataplane.take_trace_events().expect("trace ring");
     fixture
         .dataplane

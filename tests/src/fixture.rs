@@ -353,6 +353,22 @@ impl Fixture {
         Self::with_config(STANDARD_CONFIG)
     }
 
+    /// The standard config with every backend's MAC set to the load
+    /// balancer's own: a forwarded frame is addressed to the load balancer
+    /// again, so a repeated BPF_PROG_TEST_RUN (which runs each repeat on
+    /// the frame the last one left) takes the same path every time, where
+    /// a frame for a backend's MAC would pass as another host's.
+    pub fn looped() -> Self {
+        let lb = LB_MAC.map(|b| format!("{b:02x}")).join(":");
+        let mut parts = STANDARD_CONFIG.split("mac = \"");
+        let mut config = parts.next().unwrap_or_default().to_string();
+        for part in parts {
+            let rest = part.get(17..).expect("a MAC of 17 characters");
+            config.push_str(&format!("mac = \"{lb}{rest}"));
+        }
+        Self::with_config(&config)
+    }
+
     /// Loads the program with `STANDARD_CONFIG` under the table algorithm
     /// `table` (for every VIP).
     pub fn standard_with(table: Algorithm) -> Self {
