@@ -127,7 +127,7 @@ fn main() {
     );
 
     // No health checks: the bench's backends do not exist.
-    let checker = Checker::start(Vec::new(), |_| {}).expect("a checker");
+    let checker = Checker::start(Vec::new(), &Default::default(), |_| {}).expect("a checker");
     let monitor = Monitor::new(
         Arc::new(checker),
         (

@@ -882,6 +882,22 @@ impl Lab {
     }
 
     /// The lab's config file.
+    /// Makes backend `index`'s health checks fail, or pass again
+    /// (`blind` false), while its service keeps answering clients: the
+    /// backend's host stops answering the load balancer's own addresses
+    /// (a `prohibit` route), which only the checks come from under DSR.
+    pub fn blind_checks(&self, index: usize, blind: bool) -> anyhow::Result<()> {
+        let (host, _, _) = self.backend_host(index);
+        let verb = if blind { "add" } else { "del" };
+        for (lb, family) in [
+            (ipv4_of(LB_INDEX).to_string() + "/32", "-4"),
+            (ipv6_of(LB_INDEX).to_string() + "/128", "-6"),
+        ] {
+            host.ip(&[family, "route", verb, "prohibit", &lb])?;
+        }
+        Ok(())
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.config_dir.join("fulcrum.toml")
     }

@@ -285,7 +285,7 @@ fn pins_survival(lab: &Lab) -> (Option<bool>, Option<f64>) {
         .scrape()
         .expect("metrics scrape")
         .get("fulcrum_pins_survive_restart", &[]);
-    (status["pins"]["survives"].as_bool(), metric)
+    (status["pin_survival"]["survives"].as_bool(), metric)
 }
 
 #[test]

@@ -391,3 +391,80 @@ fn draining_keeps_connections_and_wait_returns_when_they_close() {
     }
     lab.stop_fulcrum().expect("fulcrum stops");
 }
+
+#[test]
+fn a_restart_in_the_middle_of_a_panic_keeps_the_panic_and_the_table() {
+    let lab = Lab::start_with(&BackendSpec::equal(3), FAST_CHECKS).expect("lab starts");
+    let mut open = sessions(&lab, &["b1", "b2", "b3"]);
+    // b1's and b2's checks fail while their services keep serving the
+    // connections held to them.
+    lab.blind_checks(0, true).expect("b1's checks fail");
+    lab.blind_checks(1, true).expect("b2's checks fail");
+    let (panic, _) = wait_for(&lab, DETECTION * 2, |s| {
+        vip(s, "web4")["health"]["panic"] == true
+            && ["b1", "b2"]
+                .iter()
+                .all(|b| backend(s, "web4", b)["health"] == "down")
+            && ["b1", "b2", "b3"]
+                .iter()
+                .all(|b| backend(s, "web4", b)["taken_down"] == false)
+    });
+    let (digest, generation) = (
+        vip(&panic, "web4")["table_digest"].clone(),
+        panic["generation"].clone(),
+    );
+
+    let journalled = std::fs::read_to_string(lab.journal())
+        .expect("the journal")
+        .lines()
+        .count();
+    lab.kill_fulcrum().expect("kill -9");
+    let log = lab.start_fulcrum().expect("fulcrum restarts");
+    // The new daemon starts from the recorded failures: in panic at once.
+    assert!(
+        log.iter().any(|l| l.contains("WARNING panic: VIP")),
+        "{}",
+        log.join("\n")
+    );
+    let early = status(&lab);
+    assert_eq!(vip(&early, "web4")["health"]["panic"], true, "{early:#}");
+    // Once every backend is judged by the new daemon's own checks, the
+    // VIP is still in panic and its table never changed.
+    let (settled, _) = wait_for(&lab, DETECTION * 2, |s| {
+        ["web4", "dns4"]
+            .iter()
+            .all(|v| vip(s, v)["health"]["settling"].is_null())
+    });
+    assert_eq!(
+        vip(&settled, "web4")["health"]["panic"],
+        true,
+        "{settled:#}"
+    );
+    assert_eq!(vip(&settled, "web4")["table_digest"], digest);
+    assert_eq!(settled["generation"], generation, "no table changed");
+    for session in &mut open {
+        let name = session.backend.clone();
+        assert_eq!(session.ask().expect("still open"), name);
+    }
+    let journal = std::fs::read_to_string(lab.journal()).expect("the journal");
+    let since: Vec<&str> = journal.lines().skip(journalled).collect();
+    assert!(
+        !since.iter().any(|l| l.contains("\"source\":\"health\"")),
+        "no health-driven change since the restart: {since:#?}"
+    );
+
+    // b1's checks pass again: the panic ends, and b2 (proven dead by the
+    // new daemon's checks) leaves the table; no held connection to b1 or
+    // b3 breaks.
+    lab.blind_checks(0, false).expect("b1's checks pass");
+    wait_for(&lab, DETECTION * 2, |s| {
+        vip(s, "web4")["health"]["panic"] == false
+            && backend(s, "web4", "b2")["taken_down"] == true
+            && backend(s, "web4", "b1")["taken_down"] == false
+    });
+    for session in open.iter_mut().filter(|s| s.backend != "b2") {
+        let name = session.backend.clone();
+        assert_eq!(session.ask().expect("still open"), name);
+    }
+    lab.stop_fulcrum().expect("fulcrum stops");
+}

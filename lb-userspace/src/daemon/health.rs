@@ -2,6 +2,17 @@
 //! found dead, which of them the panic policy lets the tables leave out,
 //! and how often a VIP's table may change for health (damping). What it
 //! decides goes through the gate like any change, by the door `health`.
+//!
+//! A table changes only on evidence. A VIP's table is left alone until
+//! every one of its backends has been judged by checks of this daemon's
+//! own (`max(rise, fall)` of them), so a restart never acts on a guess;
+//! the failing backends a previous daemon recorded start down, so a
+//! restart in the middle of a panic stays in panic. And a backend leaves
+//! a table only after `fall` failed checks made since its VIP's evidence
+//! last started afresh: when the VIP went into panic, and when a time in
+//! which every one of its backends failed at once (the host's own view,
+//! such as a cut link) ended. Failures from before then say nothing
+//! about the backend itself.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -11,7 +22,8 @@ use std::{
 };
 
 use crate::{
-    config::Config,
+    config::{CheckKind, Config},
+    daemon::records::RecordDir,
     health::{Checker, Health, Key, Target, Transition},
     monitor::Changes,
     policy::health::{Down, VipHealth, judge},
@@ -29,11 +41,35 @@ pub struct HealthChange {
     pub vips: Vec<String>,
 }
 
+/// How one backend is judged, from its check's settings.
+#[derive(Clone, Copy, Debug)]
+struct Judging {
+    rise: u32,
+    fall: u32,
+    /// Whether it is checked at all (kind `none` is never judged).
+    checked: bool,
+}
+
+impl Judging {
+    /// Checks this daemon must make of it before its state counts.
+    fn judged_after(&self) -> u64 {
+        u64::from(self.rise.max(self.fall).max(1))
+    }
+}
+
 /// The controller's health state.
 pub struct HealthControl {
     checker: Arc<Checker>,
-    /// Per checked backend, its `rise` (kept from the last targets).
-    rises: HashMap<Key, u32>,
+    /// Per checked backend, how it is judged (kept from the last targets).
+    judging: HashMap<Key, Judging>,
+    /// Per backend, its check count when its VIP's evidence last started
+    /// afresh (absent: when checking began).
+    evidence: HashMap<Key, u64>,
+    /// The VIPs every one of whose checked backends failed its last check.
+    dark: BTreeSet<String>,
+    /// Where the failing backends are recorded for the next daemon, and
+    /// what was recorded last.
+    record: (RecordDir, BTreeSet<Down>),
     /// Per VIP endpoint: the dead backends its installed table leaves out.
     applied: BTreeMap<String, Vec<SocketAddr>>,
     /// Per VIP endpoint: when its health-driven changes were applied.
@@ -71,35 +107,78 @@ fn grouped(down: &[Down]) -> BTreeMap<String, Vec<SocketAddr>> {
     by_vip
 }
 
-/// Each target's `rise`: the passing checks a backend the tables leave out
-/// needs before it comes back.
-fn rises(targets: &[Target]) -> HashMap<Key, u32> {
+/// How each target is judged.
+fn judging(targets: &[Target]) -> HashMap<Key, Judging> {
     targets
         .iter()
-        .map(|t| (t.key.clone(), t.check.settings.rise))
+        .map(|t| {
+            let settings = &t.check.settings;
+            let judging = Judging {
+                rise: settings.rise,
+                fall: settings.fall,
+                checked: settings.kind != CheckKind::None,
+            };
+            (t.key.clone(), judging)
+        })
         .collect()
 }
 
 impl HealthControl {
     /// Starts checking every backend of `config`; transitions go to
-    /// `notify`. `down` is what the installed state already leaves out.
+    /// `notify`. `down` is what the installed state already leaves out;
+    /// the backends a previous daemon recorded in `records` as failing
+    /// start down.
     pub fn start(
         config: &Config,
         down: &[Down],
+        records: &RecordDir,
         notify: impl Fn(Transition) + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
         let targets = targets(config);
-        let rises = rises(&targets);
-        let checker = Arc::new(Checker::start(targets, notify)?);
-        Ok(Self {
+        let judging = judging(&targets);
+        let recorded: BTreeSet<Down> = match records.read_health() {
+            Ok(failing) => failing.into_iter().collect(),
+            Err(e) => {
+                crate::note!("health: {e:#}; every backend starts up");
+                BTreeSet::new()
+            }
+        };
+        let recalled = recorded
+            .iter()
+            .map(|(vip, backend)| Key {
+                vip: vip.clone(),
+                backend: *backend,
+            })
+            .collect();
+        let checker = Arc::new(Checker::start(targets, &recalled, notify)?);
+        let mut control = Self {
             checker,
-            rises,
+            judging,
+            evidence: HashMap::new(),
+            dark: BTreeSet::new(),
+            record: (records.clone(), recorded),
             applied: grouped(down),
             recent: HashMap::new(),
             waiting: BTreeSet::new(),
             changes: BTreeMap::new(),
-            verdicts: judge(config, &BTreeSet::new()),
-        })
+            verdicts: Vec::new(),
+        };
+        let states = control.checker.states();
+        control.verdicts = judge(config, &control.dead_in(&states));
+        let unsettled = control.unsettled_in(&states);
+        for verdict in &mut control.verdicts {
+            verdict.settling = unsettled.get(&verdict.endpoint).cloned();
+        }
+        for verdict in control.verdicts.iter().filter(|v| v.panic) {
+            crate::note!(
+                "WARNING panic: VIP {}: {} of {} backends were failing when the last daemon \
+                 stopped; keeping all of them in the table until every one is checked again",
+                verdict.endpoint,
+                verdict.backends - verdict.healthy,
+                verdict.backends
+            );
+        }
+        Ok(control)
     }
 
     /// The checker, for the monitor.
@@ -118,8 +197,92 @@ impl HealthControl {
     /// Checks what `config` (the config in force) has.
     pub fn retarget(&mut self, config: &Config) {
         let targets = targets(config);
-        self.rises = rises(&targets);
+        self.judging = judging(&targets);
         self.checker.retarget(targets);
+    }
+
+    /// Per VIP endpoint whose backends are not all judged yet by this
+    /// daemon's checks (since start, or since their check changed), why
+    /// it waits. Its table does not change for health meanwhile.
+    pub fn unsettled(&self) -> BTreeMap<String, String> {
+        self.unsettled_in(&self.checker.states())
+    }
+
+    fn unsettled_in(&self, states: &HashMap<Key, Health>) -> BTreeMap<String, String> {
+        let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for (key, judging) in self.judging.iter().filter(|(_, j)| j.checked) {
+            let judged = states
+                .get(key)
+                .is_some_and(|h| h.checks >= judging.judged_after());
+            let (done, all) = counts.entry(key.vip.clone()).or_default();
+            *done += usize::from(judged);
+            *all += 1;
+        }
+        counts
+            .into_iter()
+            .filter(|(_, (done, all))| done < all)
+            .map(|(vip, (done, all))| {
+                let why = format!(
+                    "waiting for its health checks: {done} of {all} backends judged since the \
+                     daemon started"
+                );
+                (vip, why)
+            })
+            .collect()
+    }
+
+    /// Whether `key`'s failing is evidence enough to take it out: `fall`
+    /// failed checks since its VIP's evidence last started afresh.
+    fn proven_dead(&self, key: &Key, health: &Health) -> bool {
+        let fall = self.judging.get(key).map_or(1, |j| j.fall.max(1));
+        let base = self.evidence.get(key).copied().unwrap_or(0);
+        // A check restarted since (a changed check) counts from 0 again.
+        let since = health.checks.checked_sub(base).unwrap_or(health.checks);
+        !health.up && u64::from(health.failures).min(since) >= u64::from(fall)
+    }
+
+    /// Starts `vip`'s evidence afresh: failures before now stop counting.
+    fn restart_evidence(&mut self, vip: &str, states: &HashMap<Key, Health>) {
+        for (key, health) in states.iter().filter(|(k, _)| k.vip == vip) {
+            self.evidence.insert(key.clone(), health.checks);
+        }
+    }
+
+    /// The VIPs every one of whose checked backends failed its last check.
+    fn dark_in(&self, states: &HashMap<Key, Health>) -> BTreeSet<String> {
+        let mut lit: BTreeMap<&str, bool> = BTreeMap::new();
+        for key in self
+            .judging
+            .iter()
+            .filter(|(_, j)| j.checked)
+            .map(|(k, _)| k)
+        {
+            let failing = states
+                .get(key)
+                .is_some_and(|h| h.checks > 0 && h.failures > 0);
+            *lit.entry(&key.vip).or_default() |= !failing;
+        }
+        lit.into_iter()
+            .filter(|(_, lit)| !lit)
+            .map(|(vip, _)| vip.to_string())
+            .collect()
+    }
+
+    /// Records the failing backends for the next daemon, when they changed.
+    fn record_failing(&mut self, states: &HashMap<Key, Health>) {
+        let failing: BTreeSet<Down> = states
+            .iter()
+            .filter(|(_, h)| !h.up)
+            .map(|(k, _)| (k.vip.clone(), k.backend))
+            .collect();
+        if failing == self.record.1 {
+            return;
+        }
+        let listed: Vec<Down> = failing.iter().cloned().collect();
+        match self.record.0.write_health(&listed) {
+            Ok(()) => self.record.1 = failing,
+            Err(e) => crate::note!("health: recording the failing backends: {e:#}"),
+        }
     }
 
     /// The panic policy's last verdicts, per VIP.
@@ -147,7 +310,8 @@ impl HealthControl {
                     .applied
                     .get(&key.vip)
                     .is_some_and(|b| b.contains(&key.backend));
-                !h.up || (out && h.successes < self.rises.get(*key).copied().unwrap_or(1))
+                let rise = self.judging.get(*key).map_or(1, |j| j.rise);
+                !h.up || (out && h.successes < rise)
             })
             .map(|(k, _)| (k.vip.clone(), k.backend))
             .collect()
@@ -159,17 +323,32 @@ impl HealthControl {
     /// spent waits (and is counted) until a later call.
     pub fn reconcile(&mut self, config: &Config) -> Option<HealthChange> {
         let states = self.checker.states();
+        self.record_failing(&states);
         let dead = self.dead_in(&states);
-        let verdicts = judge(config, &dead);
+        let mut verdicts = judge(config, &dead);
+        let dark = self.dark_in(&states);
+        for vip in self.dark.difference(&dark).cloned().collect::<Vec<_>>() {
+            crate::note!(
+                "health: VIP {vip}: a backend answers again after every one failed at once; \
+                 failures from before now take no backend out"
+            );
+            self.restart_evidence(&vip, &states);
+        }
+        self.dark = dark;
+        let unsettled = self.unsettled_in(&states);
         let now = Instant::now();
         let mut details = Vec::new();
         let mut vips = Vec::new();
-        for (verdict, vip) in verdicts.iter().zip(&config.vips) {
+        for (verdict, vip) in verdicts.iter_mut().zip(&config.vips) {
             let was_panic = self
                 .verdicts
                 .iter()
                 .find(|v| v.endpoint == verdict.endpoint)
                 .is_some_and(|v| v.panic);
+            if verdict.panic && !was_panic {
+                self.restart_evidence(&verdict.endpoint, &states);
+            }
+            verdict.settling = unsettled.get(&verdict.endpoint).cloned();
             if verdict.panic != was_panic {
                 if verdict.panic {
                     crate::note!(
@@ -193,14 +372,23 @@ impl HealthControl {
                     );
                 }
             }
-            let mut wanted = verdict.taken_down.clone();
-            wanted.sort();
             let have = self
                 .applied
                 .get(&verdict.endpoint)
                 .cloned()
                 .unwrap_or_default();
-            if wanted == have {
+            // Out already, or proven dead: a backend failing on older
+            // evidence stays in until its own checks prove it.
+            verdict.taken_down.retain(|addr| {
+                let key = Key {
+                    vip: verdict.endpoint.clone(),
+                    backend: *addr,
+                };
+                have.contains(addr) || states.get(&key).is_some_and(|h| self.proven_dead(&key, h))
+            });
+            let mut wanted = verdict.taken_down.clone();
+            wanted.sort();
+            if wanted == have || unsettled.contains_key(&verdict.endpoint) {
                 self.waiting.remove(&verdict.endpoint);
                 continue;
             }

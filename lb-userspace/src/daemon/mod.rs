@@ -174,7 +174,7 @@ impl Controller {
             .config
             .as_ref()
             .context("the config in force cannot be read")?;
-        let health = health::HealthControl::start(config, &down, notify)?;
+        let health = health::HealthControl::start(config, &down, &records, notify)?;
         let changes = journal.last_changes();
         let view = dataplane
             .installed()

@@ -184,6 +184,31 @@ impl RecordDir {
         serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
+    fn health_path(&self) -> PathBuf {
+        self.0.join("health.json")
+    }
+
+    /// Records the backends the health checker finds failing, per VIP
+    /// endpoint, for the next daemon to start from.
+    pub fn write_health(&self, failing: &[crate::policy::health::Down]) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.0)
+            .with_context(|| format!("creating {}", self.0.display()))?;
+        let text = serde_json::to_vec(failing)?;
+        durable::write(&self.health_path(), &text, 0o600)
+    }
+
+    /// The failing backends last recorded; none when nothing was.
+    pub fn read_health(&self) -> anyhow::Result<Vec<crate::policy::health::Down>> {
+        let path = self.health_path();
+        match std::fs::read(&path) {
+            Ok(text) => {
+                serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
     /// Takes the interface's controller lock (`flock` on a file beside the
     /// records), or fails naming the process that holds it. The lock goes
     /// with the returned file, so a crashed controller never leaves it.

@@ -8,7 +8,7 @@
 mod probe;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     future::Future,
     hash::{DefaultHasher, Hash, Hasher},
     net::SocketAddr,
@@ -93,10 +93,11 @@ struct Outcome {
 }
 
 impl Health {
-    /// A backend nobody has checked yet: up.
-    fn new(since: SystemTime) -> Self {
+    /// A backend nobody has checked yet: up, unless `down` (a previous
+    /// daemon found it failing), and then it needs `rise` passing checks.
+    fn new(since: SystemTime, down: bool) -> Self {
         Self {
-            up: true,
+            up: !down,
             successes: 0,
             failures: 0,
             checks: 0,
@@ -268,13 +269,15 @@ pub struct Checker {
 impl Checker {
     /// Starts checking `targets` on a tokio runtime of its own, on a
     /// thread named "fulcrum-health"; `notify` is called from that thread
-    /// on every transition.
+    /// on every transition. The backends `recalled` (those a previous
+    /// daemon recorded as failing) start down.
     pub fn start(
         targets: Vec<Target>,
+        recalled: &HashSet<Key>,
         notify: impl Fn(Transition) + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
         Self::launch(
-            targets,
+            (targets, recalled),
             Arc::new(notify),
             Arc::new(|check: Arc<ResolvedCheck>| {
                 Box::pin(async move { probe::probe(&check).await })
@@ -283,7 +286,11 @@ impl Checker {
     }
 
     /// `start`, with the checks run by `probe`.
-    fn launch(targets: Vec<Target>, notify: Notify, probe: Probe) -> anyhow::Result<Self> {
+    fn launch(
+        (targets, recalled): (Vec<Target>, &HashSet<Key>),
+        notify: Notify,
+        probe: Probe,
+    ) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -306,7 +313,7 @@ impl Checker {
             stop: Some(stop),
             thread: Some(thread),
         };
-        checker.retarget(targets);
+        checker.place(targets, recalled);
         Ok(checker)
     }
 
@@ -315,6 +322,11 @@ impl Checker {
     /// afresh (up, no history); a removed one stops. Of two targets with
     /// one key, the last counts.
     pub fn retarget(&self, targets: Vec<Target>) {
+        self.place(targets, &HashSet::new());
+    }
+
+    /// `retarget`, with the new targets in `recalled` starting down.
+    fn place(&self, targets: Vec<Target>, recalled: &HashSet<Key>) {
         let wanted: HashMap<Key, ResolvedCheck> =
             targets.into_iter().map(|t| (t.key, t.check)).collect();
         let now = SystemTime::now();
@@ -345,12 +357,13 @@ impl Checker {
                 );
                 self.runtime.spawn(task).abort_handle()
             });
+            let health = Health::new(now, recalled.contains(&key));
             board.slots.insert(
                 key,
                 Slot {
                     check,
                     generation,
-                    health: Health::new(now),
+                    health,
                     task,
                 },
             );
@@ -482,7 +495,7 @@ mod tests {
 
     #[test]
     fn a_backend_starts_up_with_no_history() {
-        let health = Health::new(T0);
+        let health = Health::new(T0, false);
         assert!(health.up);
         assert_eq!(
             (health.successes, health.failures, health.checks),
@@ -493,8 +506,22 @@ mod tests {
     }
 
     #[test]
+    fn a_recalled_backend_starts_down_and_needs_rise_passing_checks() {
+        let mut health = Health::new(T0, true);
+        assert!(!health.up);
+        assert!(
+            feed(&mut health, vec![fail(1, "x"); 4]).is_empty(),
+            "already down"
+        );
+        let transitions = feed(&mut health, vec![pass(1), pass(1)]);
+        assert_eq!(transitions.len(), 1);
+        assert!(transitions[0].1.up, "{transitions:?}");
+        assert_eq!(transitions[0].0, 2, "after rise (2) passing checks");
+    }
+
+    #[test]
     fn fall_consecutive_failures_take_a_backend_down_once() {
-        let mut health = Health::new(T0);
+        let mut health = Health::new(T0, false);
         let refused = || fail(1, "connection refused");
         let transitions = feed(&mut health, (0..6).map(|_| refused()).collect());
         assert_eq!(
@@ -519,7 +546,7 @@ mod tests {
 
     #[test]
     fn rise_consecutive_successes_bring_it_back_once() {
-        let mut health = Health::new(T0);
+        let mut health = Health::new(T0, false);
         let mut outcomes: Vec<Outcome> = (0..3).map(|_| fail(1, "HTTP 503")).collect();
         outcomes.extend((0..4).map(|_| pass(1)));
         let transitions = feed(&mut health, outcomes);
@@ -543,7 +570,7 @@ mod tests {
     #[test]
     fn results_within_the_thresholds_do_not_flap() {
         // Up: two failures, a success, two failures... never three in a row.
-        let mut health = Health::new(T0);
+        let mut health = Health::new(T0, false);
         let outcomes = (0..12)
             .map(|i| if i % 3 == 2 { pass(1) } else { fail(1, "x") })
             .collect();
@@ -552,7 +579,7 @@ mod tests {
         assert_eq!(health.since, T0);
 
         // Down: one success between failures never brings it back.
-        let mut health = Health::new(T0);
+        let mut health = Health::new(T0, false);
         let mut outcomes: Vec<Outcome> = (0..3).map(|_| fail(1, "x")).collect();
         outcomes.extend((0..10).map(|i| if i % 2 == 0 { pass(1) } else { fail(1, "y") }));
         assert_eq!(feed(&mut health, outcomes).len(), 1);
@@ -563,7 +590,7 @@ mod tests {
     #[test]
     fn thresholds_of_one_act_on_the_first_result() {
         let k = key("10.0.0.2:80");
-        let mut health = Health::new(T0);
+        let mut health = Health::new(T0, false);
         let down = health.record(&k, (1, 1), fail(5, "timed out after 5 ms"), at(1));
         assert_eq!(
             down.map(|t| t.reason),
@@ -575,7 +602,7 @@ mod tests {
 
     #[test]
     fn latency_is_the_last_one_and_a_moving_average_of_all() {
-        let mut health = Health::new(T0);
+        let mut health = Health::new(T0, false);
         feed(&mut health, vec![pass(100)]);
         assert_eq!(health.last_latency, Some(Duration::from_millis(100)));
         assert_eq!(health.latency_avg, Some(Duration::from_millis(100)));
@@ -676,6 +703,10 @@ mod tests {
 
     /// A notifier that sends each transition, with the thread it came
     /// from, down a channel.
+    fn launch(targets: Vec<Target>, notify: Notify, probe: Probe) -> anyhow::Result<Checker> {
+        Checker::launch((targets, &HashSet::new()), notify, probe)
+    }
+
     fn channel() -> (Notify, mpsc::Receiver<(Transition, Option<String>)>) {
         let (send, receive) = mpsc::channel();
         let notify: Notify = Arc::new(move |t| {
@@ -711,8 +742,7 @@ mod tests {
         let (notify, transitions) = channel();
         let failing = Arc::new(Mutex::new(vec![80]));
         let none = check(CheckKind::None, "10.0.0.2:80", 10, 5);
-        let checker =
-            Checker::launch(vec![target("10.0.0.2:80", none)], notify, fake(failing)).unwrap();
+        let checker = launch(vec![target("10.0.0.2:80", none)], notify, fake(failing)).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         let states = checker.states();
         assert_eq!(states.len(), 1);
@@ -730,7 +760,7 @@ mod tests {
         let (notify, transitions) = channel();
         let failing = Arc::new(Mutex::new(vec![80]));
         let tcp = check(CheckKind::Tcp, "10.0.0.2:80", 10, 5);
-        let checker = Checker::launch(
+        let checker = launch(
             vec![target("10.0.0.2:80", tcp)],
             notify,
             fake(failing.clone()),
@@ -764,7 +794,7 @@ mod tests {
         let failing = Arc::new(Mutex::new(vec![80]));
         let (a, b, c) = ("10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80");
         let tcp = check(CheckKind::Tcp, "10.0.0.2:80", 10, 5);
-        let checker = Checker::launch(
+        let checker = launch(
             vec![
                 target(a, tcp.clone()),
                 target(b, check(CheckKind::Tcp, b, 10, 5)),
@@ -818,7 +848,7 @@ mod tests {
         let hang: Probe = Arc::new(|_| Box::pin(std::future::pending()));
         let mut tcp = check(CheckKind::Tcp, "10.0.0.2:80", 10, 20);
         tcp.settings.fall = 1;
-        let checker = Checker::launch(vec![target("10.0.0.2:80", tcp)], notify, hang).unwrap();
+        let checker = launch(vec![target("10.0.0.2:80", tcp)], notify, hang).unwrap();
         let (down, _) = transitions.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(down.reason, "1 failed check: timed out after 20 ms");
         let health = checker.states()[&key("10.0.0.2:80")].clone();
@@ -847,7 +877,7 @@ mod tests {
         });
         let (notify, _transitions) = channel();
         let tcp = check(CheckKind::Tcp, "10.0.0.2:80", 10, 600_000);
-        let checker = Checker::launch(vec![target("10.0.0.2:80", tcp)], notify, hang).unwrap();
+        let checker = launch(vec![target("10.0.0.2:80", tcp)], notify, hang).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !started.load(Ordering::SeqCst) {
             assert!(Instant::now() < deadline, "no check started");

@@ -453,7 +453,7 @@ impl Scrape {
             "1 while the kernel has the XDP program attached to the interface.",
         )
         .encode(encoder, [(NO_LABELS, flag(self.report.attached))])?;
-        if let Some(pins) = &self.report.pins {
+        if let Some(pins) = &self.report.pin_survival {
             gauge(
                 "pins_survive_restart",
                 "1 when the pinned data plane outlives the daemon; 0 when its bpffs goes with \

@@ -352,7 +352,7 @@ impl Monitor {
         )
         .with_group(state.group.clone(), state.announce.clone());
         let report = Report {
-            pins: Some(self.attachment.survival.clone()),
+            pin_survival: Some(self.attachment.survival.clone()),
             ..report
         };
         Ok((report, state.facts.clone()))

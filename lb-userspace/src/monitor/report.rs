@@ -62,7 +62,7 @@ pub struct Report {
     pub announce: Option<AnnounceReport>,
     /// Whether the pinned data plane outlives the daemon.
     #[serde(default)]
-    pub pins: Option<PinSurvival>,
+    pub pin_survival: Option<PinSurvival>,
 }
 
 /// The connection table: its capacity and how its ways are used, estimated
@@ -160,6 +160,10 @@ pub struct VipHealthReport {
     pub min_backends: u32,
     /// Health-driven table changes, applied and held back by damping.
     pub changes: Changes,
+    /// While its backends are not all judged since the daemon started
+    /// (its table does not change for health meanwhile), why.
+    #[serde(default)]
+    pub settling: Option<String>,
 }
 
 /// Counters of one backend.
@@ -256,6 +260,7 @@ impl Report {
                                 .get(&vip.endpoint)
                                 .cloned()
                                 .unwrap_or_default(),
+                            settling: v.settling.clone(),
                         }),
                     backends: vip
                         .backends
@@ -311,7 +316,7 @@ impl Report {
             connections,
             group: None,
             announce: None,
-            pins: None,
+            pin_survival: None,
         }
     }
 
@@ -344,7 +349,7 @@ impl Report {
     /// A table for people; flagged backends first, as a headline.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        if let Some(pins) = self.pins.as_ref().filter(|p| !p.survives) {
+        if let Some(pins) = self.pin_survival.as_ref().filter(|p| !p.survives) {
             let _ = writeln!(
                 out,
                 "WARNING the data plane dies with the daemon: {}",
@@ -364,6 +369,11 @@ impl Report {
                 b.skewed_for_s.unwrap_or(0),
                 describe_change(vip.last_change.as_ref()),
             );
+        }
+        for vip in &self.vips {
+            if let Some(why) = vip.health.as_ref().and_then(|h| h.settling.as_ref()) {
+                let _ = writeln!(out, "SETTLING: VIP {}: {why}", vip.name);
+            }
         }
         for vip in self
             .vips

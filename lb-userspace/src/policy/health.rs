@@ -39,6 +39,9 @@ pub struct VipHealth {
     pub failures_to_panic: usize,
     /// The dead backends the table leaves out (none in panic).
     pub taken_down: Vec<SocketAddr>,
+    /// While its backends are not all judged by this daemon's checks yet
+    /// (its table waits), why; the controller sets it.
+    pub settling: Option<String>,
 }
 
 /// Judges every VIP of `config` (the operator's config in force) given the
@@ -103,6 +106,7 @@ pub fn judge(config: &Config, down: &BTreeSet<Down>) -> Vec<VipHealth> {
                         .map(|(addr, _, _)| *addr)
                         .collect()
                 },
+                settling: None,
                 endpoint,
             }
         })
