@@ -528,6 +528,8 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
             &format!("{location} health_check"),
             problems,
         );
+        let mut checked = 0;
+        let mut at_port_zero = 0;
         for backend in &vip.backends {
             check_overrides(
                 &backend.health_check,
@@ -536,9 +538,20 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
                 problems,
             );
             let check = vip.check_of(backend, global);
+            if check.settings.kind == CheckKind::None {
+                continue;
+            }
+            checked += 1;
+            // A `port = 0` written in a health_check table is reported where
+            // it is written (`check_health_settings`).
             let own_port = check.settings.port.is_some();
-            if vip.protocol == Protocol::Udp && check.settings.kind != CheckKind::None && !own_port
-            {
+            if check.target.port() == 0 {
+                if !own_port {
+                    at_port_zero += 1;
+                }
+                continue;
+            }
+            if vip.protocol == Protocol::Udp && !own_port {
                 problems.push(
                     Problem::error(
                         "udp-health-check",
@@ -552,6 +565,27 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
                     .warning(),
                 );
             }
+        }
+        if at_port_zero > 0 {
+            // Once for the VIP: its port 0 is what the backends inherit, and
+            // its health_check.port is the one setting that mends them all.
+            let which = if at_port_zero == checked {
+                format!("its {checked} backend(s)")
+            } else {
+                format!("{at_port_zero} of its {checked} checked backends")
+            };
+            problems.push(Problem::error(
+                "health-check-port",
+                &location,
+                "health_check.port",
+                "",
+                format!(
+                    "an any-port VIP (port 0) gives its checks no port: {which} would be \
+                     checked at port 0, found down, and the VIP sent into panic; set \
+                     health_check.port on this VIP (or in [health_check]) to the port the \
+                     backends answer checks on, or kind = \"none\""
+                ),
+            ));
         }
     }
 }
@@ -574,6 +608,7 @@ fn check_overrides(
         "http_path" => overrides.http_path.is_some(),
         "panic_threshold" => overrides.panic_threshold.is_some(),
         "max_changes_per_minute" => overrides.max_changes_per_minute.is_some(),
+        "port" => overrides.port.is_some(),
         _ => true,
     };
     problems.extend(found.into_iter().filter(|p| sets(&p.field)));
@@ -622,6 +657,14 @@ fn check_health_settings(hc: &HealthCheck, location: &str, problems: &mut Vec<Pr
             "panic_threshold",
             hc.panic_threshold.to_string(),
             "must be from 0 to 1 (a share of the VIP's weight)",
+        );
+    }
+    if hc.port == Some(0) {
+        health(
+            "port",
+            "0".into(),
+            "must be from 1 to 65535: there is no port 0 to connect to, so every backend \
+             would be found down",
         );
     }
     if hc.max_changes_per_minute == 0 {
