@@ -382,18 +382,46 @@ fn explicit_overrides_allow_what_the_guards_refuse() {
     assert!(validate(&heavy).is_valid());
 }
 
-#[test]
-fn the_data_planes_limits_are_checked_before_run() {
+/// One more VIP than the data plane holds, each a valid one.
+fn one_vip_too_many() -> String {
     let mut text = String::new();
-    for v in 0..1025u32 {
+    for v in 0..=lb_common::maps::MAX_VIPS {
         text += &format!(
             "[[vip]]\naddress = \"198.19.{}.{}\"\nport = 80\nprotocol = \"tcp\"\nbackend = [{{ address = \"198.18.0.1\" }}, {{ address = \"198.18.0.2\" }}]\n",
             v / 250,
             v % 250 + 1
         );
     }
-    let codes: Vec<_> = validate(&text).errors().iter().map(|p| p.code).collect();
+    text
+}
+
+#[test]
+fn the_data_planes_limits_are_checked_before_run() {
+    let codes: Vec<_> = validate(&one_vip_too_many())
+        .errors()
+        .iter()
+        .map(|p| p.code)
+        .collect();
     assert_eq!(codes, vec!["too-many-vips"]);
+}
+
+/// Tables cost memory and time per VIP (a VIP's table is up to 2 MiB): a
+/// count beyond what the data plane holds is refused before any is built.
+#[test]
+fn a_config_beyond_the_data_planes_capacities_builds_no_table() {
+    let setting = |line: &str| GOOD.replacen("interface = \"eth1\"", line, 1);
+    let cases = [
+        ("too-many-vips", one_vip_too_many()),
+        ("too-many-backends", setting("max_backends = 4")),
+        ("table-too-small", setting("table_size = 251")),
+    ];
+    for (code, text) in cases {
+        let validation = validate(&text);
+        let codes: Vec<_> = validation.errors().iter().map(|p| p.code).collect();
+        assert!(codes.contains(&code), "{code}: {codes:?}");
+        let built = validation.tables.iter().filter(|t| t.is_some()).count();
+        assert_eq!(built, 0, "{code}: {built} tables built");
+    }
 }
 
 #[test]

@@ -114,6 +114,7 @@ pub fn validate_with(text: &str, adjust: impl FnOnce(&mut Config)) -> Validation
 /// Checks what a config means; returns its problems and its VIPs' tables.
 pub fn check(config: &Config) -> (Vec<Problem>, Vec<Option<VipTable>>) {
     let mut problems = Vec::new();
+    let within_capacities = check_capacities(config, &mut problems);
     check_globals(config, &mut problems);
     let endpoints = earlier_twins(
         config
@@ -127,6 +128,12 @@ pub fn check(config: &Config) -> (Vec<Problem>, Vec<Option<VipTable>>) {
         check_vip(config, vip, twins, &mut problems);
     }
     check_orphaned_backends(config, &mut problems);
+    if !within_capacities {
+        // Refused already, and a table costs up to 2 MiB and milliseconds:
+        // counts beyond the limits must not buy more of them (a 1 MiB
+        // config holds about 10,000 small VIPs).
+        return (problems, vec![None; config.vips.len()]);
+    }
     let tables = build_tables(&config.vips, config.table_size);
     let tables = config
         .vips
@@ -339,7 +346,6 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
     }
     check_guard_ranges(&config.guards, "guards", problems);
     check_encapsulation(config, problems);
-    check_limits(config, problems);
     check_health(config, problems);
     check_imbalance(&config.imbalance, problems);
     check_group(config, problems);
@@ -717,9 +723,12 @@ fn check_imbalance(settings: &crate::config::Imbalance, problems: &mut Vec<Probl
     }
 }
 
-/// The data plane's capacities, which `fulcrum run` would otherwise hit.
-fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
+/// The data plane's capacities, which `fulcrum run` would otherwise hit,
+/// and the backends a table of `table_size` slots holds; whether the
+/// config is within them all.
+fn check_capacities(config: &Config, problems: &mut Vec<Problem>) -> bool {
     use lb_common::maps::MAX_VIPS;
+    let before = problems.len();
     if config.vips.is_empty() && config.unreadable_vips.is_empty() {
         problems.push(
             Problem::error(
@@ -755,6 +764,25 @@ fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
             ),
         ));
     }
+    let limit = config.table_size / MIN_SLOTS_PER_BACKEND;
+    for vip in config
+        .vips
+        .iter()
+        .filter(|v| v.backends.len() as u32 > limit)
+    {
+        problems.push(Problem::error(
+            "table-too-small",
+            vip_location(vip),
+            "backend",
+            vip.backends.len().to_string(),
+            format!(
+                "table_size {} allows at most {limit} backends per VIP \
+                 ({MIN_SLOTS_PER_BACKEND} slots each); raise table_size",
+                config.table_size
+            ),
+        ));
+    }
+    !problems[before..].iter().any(Problem::is_error)
 }
 
 /// `twins`: the earlier VIPs with the same endpoint and the same name.
@@ -830,20 +858,6 @@ fn check_vip(
             "weight",
             "0",
             "every backend has weight 0, so the VIP could not take a single new flow",
-        ));
-    }
-    let limit = config.table_size / MIN_SLOTS_PER_BACKEND;
-    if vip.backends.len() as u32 > limit {
-        problems.push(Problem::error(
-            "table-too-small",
-            &location,
-            "backend",
-            vip.backends.len().to_string(),
-            format!(
-                "table_size {} allows at most {limit} backends per VIP \
-                 ({MIN_SLOTS_PER_BACKEND} slots each); raise table_size",
-                config.table_size
-            ),
         ));
     }
     let twins = Twins::of(&vip.backends, |b| BackendIdentity::new(vip.backend_addr(b)));
