@@ -78,7 +78,7 @@ pub fn change_text(body: &Value) -> String {
 
 /// Sends the config and prints the verdict.
 pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
-    let config = std::fs::read_to_string(&args.file)
+    let config = crate::config::read_file(&args.file)
         .with_context(|| format!("reading config {}", args.file.display()))
         .map_err(|e| args.connection.fail(e))?;
     let request = json!({

@@ -20,10 +20,7 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{
-    policy::validate::{Validation, validate},
-    problem::Problem,
-};
+use crate::policy::validate::{Validation, validate};
 
 /// How results are printed.
 #[derive(Clone, Copy, ValueEnum)]
@@ -113,21 +110,16 @@ pub fn print_all(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Reads and validates a config file. A file that cannot be read is one
-/// more problem of the outcome, so every outcome can be reported the same
-/// way (JSON consumers always get a document).
+/// Reads and validates a config file. A file that cannot be read (or
+/// holds more than a config may) is one more problem of the outcome, so
+/// every outcome can be reported the same way (JSON consumers always get
+/// a document).
 pub fn load_config(path: &Path) -> Validation {
-    match std::fs::read_to_string(path) {
+    match crate::config::read_file(path) {
         Ok(text) => validate(&text),
         Err(why) => Validation {
             config: None,
-            problems: vec![Problem::error(
-                "unreadable-file",
-                path.display().to_string(),
-                "",
-                "",
-                format!("cannot read the config: {why}"),
-            )],
+            problems: vec![why.problem(path.display().to_string())],
             tables: Vec::new(),
         },
     }

@@ -8,6 +8,20 @@ pub fn fulcrum() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fulcrum"))
 }
 
+/// The `fulcrum` binary under guards: killed after a minute, and unable to
+/// map more than 4 GiB, so that a regression that hangs or grows without
+/// end fails its test instead of stalling CI or the machine.
+pub fn fulcrum_guarded() -> Command {
+    let mut command = Command::new("sh");
+    command
+        .args([
+            "-c",
+            "ulimit -v 4194304 && exec timeout --signal=KILL 60 \"$0\" \"$@\"",
+        ])
+        .arg(env!("CARGO_BIN_EXE_fulcrum"));
+    command
+}
+
 /// A temporary directory, removed on drop (also when a test fails).
 pub struct Scratch(pub PathBuf);
 
