@@ -20,7 +20,7 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::policy::validate::{Validation, validate};
+use crate::policy::validate::{Validation, VipTable, validate_keeping};
 
 /// How results are printed.
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,8 +115,17 @@ pub fn print_all(text: &str) -> anyhow::Result<()> {
 /// every outcome can be reported the same way (JSON consumers always get
 /// a document).
 pub fn load_config(path: &Path) -> Validation {
+    load_config_keeping(path, |table| table)
+}
+
+/// `load_config`, keeping of each VIP's table only what `keep` takes from
+/// it (see `validate_keeping`).
+pub fn load_config_keeping<T: Send>(
+    path: &Path,
+    keep: impl Fn(VipTable) -> T + Sync,
+) -> Validation<T> {
     match crate::config::read_file(path) {
-        Ok(text) => validate(&text),
+        Ok(text) => validate_keeping(&text, keep),
         Err(why) => Validation {
             config: None,
             problems: vec![why.problem(path.display().to_string())],

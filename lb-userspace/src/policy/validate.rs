@@ -56,18 +56,20 @@ impl VipTable {
     }
 }
 
-/// The outcome of validating a config.
+/// The outcome of validating a config: `T` is what was kept of each VIP's
+/// table (the whole table, unless the caller asked for less).
 #[derive(Clone, Debug)]
-pub struct Validation {
+pub struct Validation<T = VipTable> {
     /// The config as far as it could be read.
     pub config: Option<Config>,
     /// Every problem found.
     pub problems: Vec<Problem>,
-    /// Per VIP of `config`, its table when one could be built.
-    pub tables: Vec<Option<VipTable>>,
+    /// Per VIP of `config`, its table (or what was kept of it) when one
+    /// could be built.
+    pub tables: Vec<Option<T>>,
 }
 
-impl Validation {
+impl<T> Validation<T> {
     /// No errors (warnings allowed).
     pub fn is_valid(&self) -> bool {
         self.config.is_some() && !self.problems.iter().any(Problem::is_error)
@@ -85,12 +87,29 @@ impl Validation {
 
 /// Reads and validates config text.
 pub fn validate(text: &str) -> Validation {
-    validate_with(text, |_| {})
+    validated(text, |_| {}, |table| table)
+}
+
+/// Reads and validates config text, keeping of each VIP's table only what
+/// `keep` takes from it. Each table is judged and then dropped, so a caller
+/// that keeps less than the table (`fulcrum validate`: the shares) holds
+/// one table per worker thread at a time instead of one per VIP (a table
+/// is up to 2 MiB, and a config up to 1,024 VIPs).
+pub fn validate_keeping<T: Send>(text: &str, keep: impl Fn(VipTable) -> T + Sync) -> Validation<T> {
+    validated(text, |_| {}, keep)
 }
 
 /// Reads config text, lets `adjust` change what was read (for example, hold
 /// backends without a MAC at weight 0), and validates the result.
 pub fn validate_with(text: &str, adjust: impl FnOnce(&mut Config)) -> Validation {
+    validated(text, adjust, |table| table)
+}
+
+fn validated<T: Send>(
+    text: &str,
+    adjust: impl FnOnce(&mut Config),
+    keep: impl Fn(VipTable) -> T + Sync,
+) -> Validation<T> {
     let (mut config, mut problems) = Config::read(text);
     if let Some(config) = &mut config {
         adjust(config);
@@ -102,7 +121,7 @@ pub fn validate_with(text: &str, adjust: impl FnOnce(&mut Config)) -> Validation
             tables: Vec::new(),
         };
     };
-    let (more, tables) = check(&config);
+    let (more, tables) = check(&config, keep);
     problems.extend(more);
     Validation {
         config: Some(config),
@@ -111,8 +130,12 @@ pub fn validate_with(text: &str, adjust: impl FnOnce(&mut Config)) -> Validation
     }
 }
 
-/// Checks what a config means; returns its problems and its VIPs' tables.
-pub fn check(config: &Config) -> (Vec<Problem>, Vec<Option<VipTable>>) {
+/// Checks what a config means; returns its problems and, per VIP, what
+/// `keep` took of its table.
+pub fn check<T: Send>(
+    config: &Config,
+    keep: impl Fn(VipTable) -> T + Sync,
+) -> (Vec<Problem>, Vec<Option<T>>) {
     let mut problems = Vec::new();
     let within_capacities = check_capacities(config, &mut problems);
     check_globals(config, &mut problems);
@@ -132,38 +155,53 @@ pub fn check(config: &Config) -> (Vec<Problem>, Vec<Option<VipTable>>) {
         // Refused already, and a table costs up to 2 MiB and milliseconds:
         // counts beyond the limits must not buy more of them (a 1 MiB
         // config holds about 10,000 small VIPs).
-        return (problems, vec![None; config.vips.len()]);
+        return (problems, config.vips.iter().map(|_| None).collect());
     }
-    let tables = build_tables(&config.vips, config.table_size);
-    let tables = config
-        .vips
-        .iter()
-        .zip(tables)
-        .map(|(vip, table)| {
-            let location = vip_location(vip);
-            match table {
-                Ok(table) => {
-                    let guards = vip.guards.apply(&config.guards);
-                    check_concentration(vip, &location, &table, &guards, &mut problems);
-                    Some(table)
-                }
-                Err(why) => {
-                    problems.push(Problem::error(
-                        "guard-unchecked",
-                        location,
-                        "backend",
-                        "",
-                        format!(
-                            "the lookup table cannot be built ({why}), so the concentration \
-                             guards (max_backend_share, min_backends) could not be checked"
-                        ),
-                    ));
-                    None
-                }
-            }
+    let size = TableSize::new(config.table_size);
+    let judged = crate::parallel::map(&config.vips, |vip| {
+        let mut found = Vec::new();
+        let table = judge_table(config, vip, size.clone(), &mut found);
+        (found, table.map(&keep))
+    });
+    let tables = judged
+        .into_iter()
+        .map(|(found, table)| {
+            problems.extend(found);
+            table
         })
         .collect();
     (problems, tables)
+}
+
+/// Builds the table `vip` would get in a table of `size` and judges it by
+/// the concentration guards.
+fn judge_table(
+    config: &Config,
+    vip: &VipConfig,
+    size: Result<TableSize, TableError>,
+    problems: &mut Vec<Problem>,
+) -> Option<VipTable> {
+    let location = vip_location(vip);
+    match size.and_then(|size| build_table(vip, size)) {
+        Ok(table) => {
+            let guards = vip.guards.apply(&config.guards);
+            check_concentration(vip, &location, &table, &guards, problems);
+            Some(table)
+        }
+        Err(why) => {
+            problems.push(Problem::error(
+                "guard-unchecked",
+                location,
+                "backend",
+                "",
+                format!(
+                    "the lookup table cannot be built ({why}), so the concentration \
+                     guards (max_backend_share, min_backends) could not be checked"
+                ),
+            ));
+            None
+        }
+    }
 }
 
 /// For each key, the position of the first earlier item with the same key
@@ -1037,15 +1075,6 @@ fn check_orphaned_backends(config: &Config, problems: &mut Vec<Problem>) {
             );
         }
     }
-}
-
-/// Builds every VIP's table, spread over the machine's cores.
-fn build_tables(vips: &[VipConfig], size: u32) -> Vec<Result<VipTable, TableError>> {
-    let size = match TableSize::new(size) {
-        Ok(size) => size,
-        Err(why) => return vec![Err(why); vips.len()],
-    };
-    crate::parallel::map(vips, |vip| build_table(vip, size))
 }
 
 /// The table one VIP would get.
