@@ -5,7 +5,7 @@ mod common;
 
 use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
-use common::{Scratch, fulcrum, fulcrum_guarded};
+use common::{Scratch, fulcrum, guarded};
 
 /// Runs `command` and checks: exit 1, one stderr line containing `needle`.
 fn fails_with(mut command: Command, needle: &str) {
@@ -49,7 +49,7 @@ fn a_missing_config_file() {
 /// further than a config may hold.
 #[test]
 fn a_config_that_never_ends() {
-    let mut command = fulcrum_guarded();
+    let mut command = guarded(fulcrum());
     command.args(["run", "--interface", "lo", "--config", "/dev/zero"]);
     fails_with(
         command,

@@ -7,7 +7,7 @@ mod common;
 
 use std::{io::Write as _, process::Command};
 
-use common::{Scratch, fulcrum, fulcrum_guarded};
+use common::{Scratch, fulcrum, guarded};
 use serde_json::Value;
 
 const SIX: &str = r#"
@@ -286,7 +286,7 @@ fn validate_reads_no_further_than_a_config_may_hold() {
         })
     };
     for path in [big.as_path(), "/dev/zero".as_ref(), fifo.as_path()] {
-        let output = fulcrum_guarded()
+        let output = guarded(fulcrum())
             .arg("validate")
             .arg(path)
             .args(["--format", "json"])

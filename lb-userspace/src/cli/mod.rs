@@ -33,7 +33,14 @@ pub enum OutputFormat {
 
 /// Fulcrum: an XDP layer-4 load balancer.
 #[derive(Parser)]
-#[command(name = "fulcrum", version, about)]
+#[command(
+    name = "fulcrum",
+    version,
+    about,
+    after_help = "Verbs that talk to the daemon take --socket PATH (default \
+                  /run/fulcrum/api.sock), --timeout SECONDS (how long to wait for \
+                  its answer; default 10) and --format text|json."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -10,11 +10,7 @@ use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use super::{
-    OutputFormat,
-    client::{self, Connection},
-    load_config,
-};
+use super::{OutputFormat, client::Connection, load_config};
 use crate::{
     config::join_problems,
     policy::plan::{Change, Plan, VipPlan, plan},
@@ -34,16 +30,14 @@ pub struct PlanArgs {
     /// Plan a first install: nothing installed, no daemon asked.
     #[arg(long, conflicts_with = "against")]
     pub from_nothing: bool,
-    /// The daemon's API socket (without `--against`).
-    #[arg(long, default_value = client::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
     /// Override the blast-radius guards and accept loosened guards (each
     /// override is recorded).
     #[arg(long)]
     pub force: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub format: OutputFormat,
+    /// The daemon (without `--against` or `--from-nothing`), and the output
+    /// format.
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// Every outcome of `fulcrum plan` as one JSON document: `accepted` and
@@ -89,11 +83,7 @@ fn unplannable(args: &PlanArgs, next: &Validation, current: Option<&Validation>)
 
 /// What the daemon has installed, validated.
 fn installed(args: &PlanArgs) -> anyhow::Result<Validation> {
-    let connection = Connection {
-        socket: args.socket.clone(),
-        format: args.format,
-    };
-    let answer = connection.call("GET", "/v1/config", None)?;
+    let answer = args.connection.call("GET", "/v1/config", None)?;
     let text = answer.body["config"]
         .as_str()
         .filter(|_| answer.ok())
@@ -119,7 +109,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let accepted = next.is_valid() && planned.as_ref().is_some_and(Plan::accepted);
-    match args.format {
+    match args.connection.format {
         OutputFormat::Json => {
             let output = Output {
                 accepted,
