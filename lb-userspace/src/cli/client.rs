@@ -29,9 +29,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How a verb reaches the daemon and prints its answer.
 #[derive(Args, Clone)]
 pub struct Connection {
-    /// The daemon's API socket.
-    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The daemon's API socket [default: /run/fulcrum/api.sock; for `apply
+    /// FILE` and `plan FILE`, FILE's `[api] socket`].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
@@ -195,6 +196,21 @@ fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<
 }
 
 impl Connection {
+    /// The daemon's socket: `--socket`, else the default.
+    pub fn socket(&self) -> &Path {
+        self.socket
+            .as_deref()
+            .unwrap_or_else(|| Path::new(DEFAULT_SOCKET))
+    }
+
+    /// This connection, to `socket` unless `--socket` named one.
+    pub fn unless_given(&self, socket: PathBuf) -> Connection {
+        Connection {
+            socket: Some(self.socket.clone().unwrap_or(socket)),
+            ..self.clone()
+        }
+    }
+
     /// How long to wait for an answer.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)
@@ -210,7 +226,7 @@ impl Connection {
     ) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(body)?;
         block_on(stream_lines(
-            &self.socket,
+            self.socket(),
             self.timeout(),
             path,
             bytes,
@@ -224,7 +240,7 @@ impl Connection {
             .map(serde_json::to_vec)
             .transpose()?
             .unwrap_or_default();
-        let socket = &self.socket;
+        let socket = self.socket();
         block_on(within(
             socket,
             self.timeout(),

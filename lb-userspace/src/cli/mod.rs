@@ -38,8 +38,9 @@ pub enum OutputFormat {
     version,
     about,
     after_help = "Verbs that talk to the daemon take --socket PATH (default \
-                  /run/fulcrum/api.sock), --timeout SECONDS (how long to wait for \
-                  its answer; default 10) and --format text|json."
+                  /run/fulcrum/api.sock; for apply and plan, their config's [api] \
+                  socket), --timeout SECONDS (how long to wait for its answer; \
+                  default 10) and --format text|json."
 )]
 pub struct Cli {
     /// What to do.

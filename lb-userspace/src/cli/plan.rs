@@ -2,7 +2,8 @@
 //! per VIP: each backend's share before and after (numbers and a bar), the
 //! flows that move, the capacity taken away, and every warning and guard
 //! verdict. Without `--against` it plans against what the running daemon
-//! has installed. Exit status 0 only when the plan could be applied.
+//! has installed: the daemon on FILE's `[api] socket`, or `--socket`. Exit
+//! status 0 only when the plan could be applied.
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -81,9 +82,14 @@ fn unplannable(args: &PlanArgs, next: &Validation, current: Option<&Validation>)
     None
 }
 
-/// What the daemon has installed, validated.
-fn installed(args: &PlanArgs) -> anyhow::Result<Validation> {
-    let answer = args.connection.call("GET", "/v1/config", None)?;
+/// What the daemon `next` is for (its `[api] socket`, unless `--socket`
+/// names another) has installed, validated.
+fn installed(args: &PlanArgs, next: &Validation) -> anyhow::Result<Validation> {
+    let connection = match &next.config {
+        Some(config) => args.connection.unless_given(config.api.socket.clone()),
+        None => args.connection.clone(),
+    };
+    let answer = connection.call("GET", "/v1/config", None)?;
     let text = answer.body["config"]
         .as_str()
         .filter(|_| answer.ok())
@@ -97,7 +103,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let current = match &args.against {
         Some(path) => Some(load_config(path)),
         None if args.from_nothing => None,
-        None => Some(installed(&args)?),
+        None => Some(installed(&args, &next)?),
     };
     let error = unplannable(&args, &next, current.as_ref());
     let planned = match (&error, next.side()) {
