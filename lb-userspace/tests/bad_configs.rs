@@ -176,7 +176,7 @@ fn cases() -> Vec<Case> {
         case("backend port differs from the VIP's", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", port = 8443 }"#)],
             &[("port-mismatch", C1, "port")]),
         case("backend port on an any-port VIP", &[("port = 443", "port = 0"), (C1_LINE, r#"{ name = "c1", address = "198.18.0.11", port = 443 }"#)],
-            &[("port-mismatch", "vip \"checkout\" backend \"c1\"", "port")]),
+            &[("port-mismatch", "vip \"checkout\" backend \"c1\"", "port"), ("health-check-port", CHECKOUT, "health_check.port")]),
         case("the same VIP twice", &[("name = \"dns6\"\naddress = \"2001:2::53\"", "name = \"dns6\"\naddress = \"198.18.100.1\"\n"), ("port = 53\nprotocol = \"udp\"", "port = 443\nprotocol = \"tcp\"")],
             &[("duplicate-vip", DNS6, "address"), ("family-mismatch", "vip \"dns6\" backend \"d1\"", "address"), ("family-mismatch", "vip \"dns6\" backend \"d2\"", "address")]),
         case("two VIPs with one name", &[("name = \"dns6\"", "name = \"checkout\"")],
@@ -232,6 +232,20 @@ fn cases() -> Vec<Case> {
             &[("health-check", "health_check", "panic_threshold"), ("health-check", "health_check", "max_changes_per_minute")]),
         case("a VIP's and a backend's bad overrides, reported where written", &[("protocol = \"tcp\"", "protocol = \"tcp\"\nhealth_check = { fall = 0, address = \"198.18.0.1\" }"), (C1_LINE, r#"{ name = "c1", address = "198.18.0.11", health_check = { rise = 0, address = "198.18.0.99", port = 8080 } }"#)],
             &[("health-check", "vip \"checkout\" health_check", "fall"), ("unknown-key", "vip \"checkout\" health_check", "address"), ("health-check", "vip \"checkout\" backend \"c1\" health_check", "rise")]),
+        case("an any-port VIP checked at its port 0", &[("port = 443", "port = 0")],
+            &[("health-check-port", CHECKOUT, "health_check.port")]),
+        case("an any-port UDP VIP checked at its port 0", &[("port = 53", "port = 0"), ("health_check = { port = 8053 }", "")],
+            &[("health-check-port", DNS6, "health_check.port")]),
+        case("an any-port VIP whose backends but one inherit port 0", &[("port = 443", "port = 0"), (C1_LINE, r#"{ name = "c1", address = "198.18.0.11", health_check = { port = 8080 } }"#)],
+            &[("health-check-port", CHECKOUT, "health_check.port")]),
+        case("health_check.port = 0 written globally", &[("interface = \"eth1\"", "interface = \"eth1\"\nhealth_check = { port = 0 }")],
+            &[("health-check", "health_check", "port")]),
+        case("health_check.port = 0 written on a VIP", &[("protocol = \"tcp\"", "protocol = \"tcp\"\nhealth_check = { port = 0 }")],
+            &[("health-check", "vip \"checkout\" health_check", "port")]),
+        case("health_check.port = 0 written on one backend", &[(C1_LINE, r#"{ name = "c1", address = "198.18.0.11", health_check = { port = 0 } }"#)],
+            &[("health-check", "vip \"checkout\" backend \"c1\" health_check", "port")]),
+        case("an any-port VIP with its own check port (control)", &[("port = 443", "port = 0"), ("protocol = \"tcp\"", "protocol = \"tcp\"\nhealth_check = { port = 8080 }")], &[]),
+        case("an any-port VIP that is not checked (control)", &[("port = 443", "port = 0"), ("protocol = \"tcp\"", "protocol = \"tcp\"\nhealth_check = { kind = \"none\" }")], &[]),
         case("relative API socket", &[("interface = \"eth1\"", "interface = \"eth1\"\napi = { socket = \"fulcrum.sock\" }")],
             &[("relative-path", "api", "socket")]),
         // Groups and announcements.
@@ -368,18 +382,46 @@ fn explicit_overrides_allow_what_the_guards_refuse() {
     assert!(validate(&heavy).is_valid());
 }
 
-#[test]
-fn the_data_planes_limits_are_checked_before_run() {
+/// One more VIP than the data plane holds, each a valid one.
+fn one_vip_too_many() -> String {
     let mut text = String::new();
-    for v in 0..1025u32 {
+    for v in 0..=lb_common::maps::MAX_VIPS {
         text += &format!(
             "[[vip]]\naddress = \"198.19.{}.{}\"\nport = 80\nprotocol = \"tcp\"\nbackend = [{{ address = \"198.18.0.1\" }}, {{ address = \"198.18.0.2\" }}]\n",
             v / 250,
             v % 250 + 1
         );
     }
-    let codes: Vec<_> = validate(&text).errors().iter().map(|p| p.code).collect();
+    text
+}
+
+#[test]
+fn the_data_planes_limits_are_checked_before_run() {
+    let codes: Vec<_> = validate(&one_vip_too_many())
+        .errors()
+        .iter()
+        .map(|p| p.code)
+        .collect();
     assert_eq!(codes, vec!["too-many-vips"]);
+}
+
+/// Tables cost memory and time per VIP (a VIP's table is up to 2 MiB): a
+/// count beyond what the data plane holds is refused before any is built.
+#[test]
+fn a_config_beyond_the_data_planes_capacities_builds_no_table() {
+    let setting = |line: &str| GOOD.replacen("interface = \"eth1\"", line, 1);
+    let cases = [
+        ("too-many-vips", one_vip_too_many()),
+        ("too-many-backends", setting("max_backends = 4")),
+        ("table-too-small", setting("table_size = 251")),
+    ];
+    for (code, text) in cases {
+        let validation = validate(&text);
+        let codes: Vec<_> = validation.errors().iter().map(|p| p.code).collect();
+        assert!(codes.contains(&code), "{code}: {codes:?}");
+        let built = validation.tables.iter().filter(|t| t.is_some()).count();
+        assert_eq!(built, 0, "{code}: {built} tables built");
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
-use common::{Scratch, fulcrum};
+use common::{Scratch, fulcrum, guarded};
 
 /// Runs `command` and checks: exit 1, one stderr line containing `needle`.
 fn fails_with(mut command: Command, needle: &str) {
@@ -43,6 +43,18 @@ fn a_missing_config_file() {
         "lo",
     ]);
     fails_with(command, "reading config /nonexistent/fulcrum.toml");
+}
+
+/// The daemon reads its config (at start, on SIGHUP, after an edit) no
+/// further than a config may hold.
+#[test]
+fn a_config_that_never_ends() {
+    let mut command = guarded(fulcrum());
+    command.args(["run", "--interface", "lo", "--config", "/dev/zero"]);
+    fails_with(
+        command,
+        "reading config /dev/zero: larger than 1048576 bytes (1 MiB), the most a config may hold",
+    );
 }
 
 #[test]

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{Scratch, fulcrum};
+use std::{io::Write as _, process::Command};
+
+use common::{Scratch, fulcrum, guarded};
 use serde_json::Value;
 
 const SIX: &str = r#"
@@ -256,4 +258,63 @@ fn plan_text_shows_each_loosening_on_its_own_line() {
         stdout.contains("forced: vip \"checkout\" (198.18.100.1:443/tcp) guards: min_backends 2 → 1 (guard-loosened)"),
         "{stdout}"
     );
+}
+
+/// Input larger than a config may hold (1 MiB) is refused after reading
+/// that much of it, whether it is a file, `/dev/zero` or a FIFO whose
+/// writer never stops: one JSON document, exit status 1, and no memory
+/// or time beyond that megabyte.
+#[test]
+fn validate_reads_no_further_than_a_config_may_hold() {
+    let scratch = Scratch::new("validate-size");
+    let big = scratch.file("big.toml", &format!("#{}\n", "x".repeat(1 << 20)));
+    let fifo = scratch.0.join("endless.toml");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut pipe = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("the FIFO opens for writing");
+            // Writes comments until the reader goes (EPIPE).
+            while pipe.write_all(b"# a comment that never ends\n").is_ok() {}
+        })
+    };
+    for path in [big.as_path(), "/dev/zero".as_ref(), fifo.as_path()] {
+        let output = guarded(fulcrum())
+            .arg("validate")
+            .arg(path)
+            .args(["--format", "json"])
+            .output()
+            .expect("fulcrum runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let document: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "{}: not one JSON document ({e}): {stdout:?}; status {:?}, stderr: {}",
+                path.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{}: {document}",
+            path.display()
+        );
+        assert_eq!(
+            codes(&document["problems"]),
+            ["config-too-large"],
+            "{}",
+            path.display()
+        );
+    }
+    writer
+        .join()
+        .expect("the FIFO's writer ends when its reader goes");
 }

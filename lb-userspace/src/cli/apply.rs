@@ -1,5 +1,5 @@
-//! `fulcrum apply FILE`: sends a whole config to the daemon, which takes it
-//! through the gate (validate, plan against what is installed, guards,
+//! `fulcrum apply FILE`: sends a whole config to the daemon on its `[api]
+//! socket` (or `--socket`), which takes it through the gate (validate, plan against what is installed, guards,
 //! build, stage, verify, go live in one step) and writes it back to its
 //! config file before answering.
 
@@ -10,6 +10,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::client::Connection;
+use crate::config::Config;
 
 /// Arguments of `fulcrum apply`.
 #[derive(Args)]
@@ -78,17 +79,22 @@ pub fn change_text(body: &Value) -> String {
 
 /// Sends the config and prints the verdict.
 pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
-    let config = std::fs::read_to_string(&args.file)
+    let config = crate::config::read_file(&args.file)
         .with_context(|| format!("reading config {}", args.file.display()))
         .map_err(|e| args.connection.fail(e))?;
+    // The daemon the config is for (a config that cannot be read at all
+    // goes to the default one, which says why it refuses it).
+    let connection = match Config::read(&config) {
+        (Some(read), _) => args.connection.unless_given(read.api.socket),
+        (None, _) => args.connection.clone(),
+    };
     let request = json!({
         "config": config,
         "force": args.force,
         "if_generation": args.if_generation,
     });
-    let answer = args
-        .connection
+    let answer = connection
         .request("POST", "/v1/apply", Some(&request))
         .context("fulcrum apply")?;
-    args.connection.finish(&answer, change_text)
+    connection.finish(&answer, change_text)
 }

@@ -10,6 +10,9 @@ use serde_json::json;
 
 use super::{apply::change_text, client::Connection};
 
+/// How long `drain --wait` waits unless `--timeout` says otherwise.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Arguments of `fulcrum backend`.
 #[derive(Args)]
 pub struct BackendArgs {
@@ -64,12 +67,10 @@ pub enum BackendAction {
         #[command(flatten)]
         target: Target,
         /// Then wait until the backend's active flows reach zero, printing
-        /// the count (on stderr) as it falls.
+        /// the count (on stderr) as it falls, for at most `--timeout`
+        /// seconds (default 300).
         #[arg(long)]
         wait: bool,
-        /// How long `--wait` waits, in seconds.
-        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-        timeout: u64,
     },
     /// Set a backend's weight.
     SetWeight {
@@ -117,13 +118,9 @@ pub fn run(args: BackendArgs) -> anyhow::Result<()> {
         .request("POST", "/v1/backend", Some(&request))
         .with_context(|| format!("fulcrum backend {action}"))?;
     args.connection.finish(&answer, change_text)?;
-    if let BackendAction::Drain {
-        target,
-        wait: true,
-        timeout,
-    } = &args.action
-    {
-        wait_drained(&args.connection, target, Duration::from_secs(*timeout))?;
+    if let BackendAction::Drain { target, wait: true } = &args.action {
+        let limit = args.connection.timeout.unwrap_or(DRAIN_TIMEOUT);
+        wait_drained(&args.connection, target, limit)?;
     }
     Ok(())
 }
@@ -184,7 +181,7 @@ fn wait_drained(connection: &Connection, target: &Target, timeout: Duration) -> 
                 "{} still has {flows} active flows after {} s; its established flows go on \
                  (a flow counts while it sent a packet in the last minute and was not closed)",
                 target.backend,
-                timeout.as_secs()
+                timeout.as_secs_f64()
             );
         }
         std::thread::sleep(Duration::from_secs(1));

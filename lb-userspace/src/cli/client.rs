@@ -1,9 +1,13 @@
 //! The API's client side, shared by every verb that talks to the daemon:
 //! one HTTP/1 request with a JSON body over the daemon's Unix socket, and
-//! the verdict turned into an exit status. A daemon that is not running is
-//! one line on stderr and exit status 1.
+//! the verdict turned into an exit status. A daemon that is not running,
+//! or does not answer within `--timeout`, is one line on stderr and exit
+//! status 1.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -17,15 +21,36 @@ use super::OutputFormat;
 /// Where the daemon's API listens unless told otherwise (`[api].socket`).
 pub const DEFAULT_SOCKET: &str = "/run/fulcrum/api.sock";
 
+/// How long a verb waits for the daemon's answer unless `--timeout` says
+/// otherwise: a daemon that has not answered by then is stuck (its
+/// answers take milliseconds; an apply of 1,024 large tables, seconds).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a verb reaches the daemon and prints its answer.
 #[derive(Args, Clone)]
 pub struct Connection {
-    /// The daemon's API socket.
-    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The daemon's API socket [default: /run/fulcrum/api.sock; for `apply
+    /// FILE` and `plan FILE`, FILE's `[api] socket`].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+    /// How long to wait for the daemon, in seconds: for its answer
+    /// [default: 10] (for `trace` and `top`, for the stream to start or
+    /// each refresh), or with `backend drain --wait`, for the drain
+    /// [default: 300].
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = seconds)]
+    pub timeout: Option<Duration>,
+}
+
+/// A `--timeout`: a positive number of seconds.
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|&s| s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{text:?}: want a number of seconds above 0"))
 }
 
 /// An answer: the HTTP status and the JSON body.
@@ -52,6 +77,22 @@ impl Answer {
             None => format!("HTTP {}", self.status),
         }
     }
+}
+
+/// `work`, unless it takes longer than `limit`: then an error that names
+/// the daemon's socket and the limit.
+async fn within<T>(
+    socket: &Path,
+    limit: Duration,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        bail!(
+            "no answer from the daemon on {} within {} s (--timeout)",
+            socket.display(),
+            limit.as_secs_f64()
+        )
+    })
 }
 
 /// Sends one request to the daemon on `socket`; returns its response,
@@ -104,15 +145,17 @@ async fn exchange(
 }
 
 /// Sends one POST and hands each line of the answer to `line` as it
-/// arrives, until the answer ends or `line` says stop (false). An answer
-/// other than 200 is an error with its reason.
+/// arrives, until the answer ends or `line` says stop (false). The answer
+/// must start within `limit`; a stream lasts as long as it lasts. An
+/// answer other than 200 is an error with its reason.
 async fn stream_lines(
     socket: &Path,
+    limit: Duration,
     path: &str,
     body: Vec<u8>,
     line: &mut dyn FnMut(&str) -> bool,
 ) -> anyhow::Result<()> {
-    let response = send(socket, "POST", path, body).await?;
+    let response = within(socket, limit, send(socket, "POST", path, body)).await?;
     let status = response.status().as_u16();
     let mut body = response.into_body();
     if status != 200 {
@@ -143,7 +186,36 @@ async fn stream_lines(
     Ok(())
 }
 
+/// Runs `work` to its end on a runtime of the calling thread.
+fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the client's runtime")?
+        .block_on(work)
+}
+
 impl Connection {
+    /// The daemon's socket: `--socket`, else the default.
+    pub fn socket(&self) -> &Path {
+        self.socket
+            .as_deref()
+            .unwrap_or_else(|| Path::new(DEFAULT_SOCKET))
+    }
+
+    /// This connection, to `socket` unless `--socket` named one.
+    pub fn unless_given(&self, socket: PathBuf) -> Connection {
+        Connection {
+            socket: Some(self.socket.clone().unwrap_or(socket)),
+            ..self.clone()
+        }
+    }
+
+    /// How long to wait for an answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
     /// Sends one POST of `body` and hands each line of the streamed answer
     /// to `line` until it returns false or the stream ends.
     pub fn stream(
@@ -153,11 +225,13 @@ impl Connection {
         mut line: impl FnMut(&str) -> bool,
     ) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(body)?;
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the client's runtime")?
-            .block_on(stream_lines(&self.socket, path, bytes, &mut line))
+        block_on(stream_lines(
+            self.socket(),
+            self.timeout(),
+            path,
+            bytes,
+            &mut line,
+        ))
     }
 
     /// Sends one request (`body` as JSON for POSTs) and returns the answer.
@@ -166,11 +240,12 @@ impl Connection {
             .map(serde_json::to_vec)
             .transpose()?
             .unwrap_or_default();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the client's runtime")?
-            .block_on(exchange(&self.socket, method, path, bytes))
+        let socket = self.socket();
+        block_on(within(
+            socket,
+            self.timeout(),
+            exchange(socket, method, path, bytes),
+        ))
     }
 
     /// Sends one request; a failure before any answer (no daemon, say) is

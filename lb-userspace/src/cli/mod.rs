@@ -20,10 +20,7 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{
-    policy::validate::{Validation, validate},
-    problem::Problem,
-};
+use crate::policy::validate::{Validation, VipTable, validate_keeping};
 
 /// How results are printed.
 #[derive(Clone, Copy, ValueEnum)]
@@ -36,7 +33,15 @@ pub enum OutputFormat {
 
 /// Fulcrum: an XDP layer-4 load balancer.
 #[derive(Parser)]
-#[command(name = "fulcrum", version, about)]
+#[command(
+    name = "fulcrum",
+    version,
+    about,
+    after_help = "Verbs that talk to the daemon take --socket PATH (default \
+                  /run/fulcrum/api.sock; for apply and plan, their config's [api] \
+                  socket), --timeout SECONDS (how long to wait for its answer; \
+                  default 10) and --format text|json."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -113,21 +118,25 @@ pub fn print_all(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Reads and validates a config file. A file that cannot be read is one
-/// more problem of the outcome, so every outcome can be reported the same
-/// way (JSON consumers always get a document).
+/// Reads and validates a config file. A file that cannot be read (or
+/// holds more than a config may) is one more problem of the outcome, so
+/// every outcome can be reported the same way (JSON consumers always get
+/// a document).
 pub fn load_config(path: &Path) -> Validation {
-    match std::fs::read_to_string(path) {
-        Ok(text) => validate(&text),
+    load_config_keeping(path, |table| table)
+}
+
+/// `load_config`, keeping of each VIP's table only what `keep` takes from
+/// it (see `validate_keeping`).
+pub fn load_config_keeping<T: Send>(
+    path: &Path,
+    keep: impl Fn(VipTable) -> T + Sync,
+) -> Validation<T> {
+    match crate::config::read_file(path) {
+        Ok(text) => validate_keeping(&text, keep),
         Err(why) => Validation {
             config: None,
-            problems: vec![Problem::error(
-                "unreadable-file",
-                path.display().to_string(),
-                "",
-                "",
-                format!("cannot read the config: {why}"),
-            )],
+            problems: vec![why.problem(path.display().to_string())],
             tables: Vec::new(),
         },
     }

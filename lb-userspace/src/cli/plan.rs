@@ -2,7 +2,8 @@
 //! per VIP: each backend's share before and after (numbers and a bar), the
 //! flows that move, the capacity taken away, and every warning and guard
 //! verdict. Without `--against` it plans against what the running daemon
-//! has installed. Exit status 0 only when the plan could be applied.
+//! has installed: the daemon on FILE's `[api] socket`, or `--socket`. Exit
+//! status 0 only when the plan could be applied.
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -10,11 +11,7 @@ use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use super::{
-    OutputFormat,
-    client::{self, Connection},
-    load_config,
-};
+use super::{OutputFormat, client::Connection, load_config};
 use crate::{
     config::join_problems,
     policy::plan::{Change, Plan, VipPlan, plan},
@@ -34,16 +31,14 @@ pub struct PlanArgs {
     /// Plan a first install: nothing installed, no daemon asked.
     #[arg(long, conflicts_with = "against")]
     pub from_nothing: bool,
-    /// The daemon's API socket (without `--against`).
-    #[arg(long, default_value = client::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
     /// Override the blast-radius guards and accept loosened guards (each
     /// override is recorded).
     #[arg(long)]
     pub force: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub format: OutputFormat,
+    /// The daemon (without `--against` or `--from-nothing`), and the output
+    /// format.
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// Every outcome of `fulcrum plan` as one JSON document: `accepted` and
@@ -87,11 +82,12 @@ fn unplannable(args: &PlanArgs, next: &Validation, current: Option<&Validation>)
     None
 }
 
-/// What the daemon has installed, validated.
-fn installed(args: &PlanArgs) -> anyhow::Result<Validation> {
-    let connection = Connection {
-        socket: args.socket.clone(),
-        format: args.format,
+/// What the daemon `next` is for (its `[api] socket`, unless `--socket`
+/// names another) has installed, validated.
+fn installed(args: &PlanArgs, next: &Validation) -> anyhow::Result<Validation> {
+    let connection = match &next.config {
+        Some(config) => args.connection.unless_given(config.api.socket.clone()),
+        None => args.connection.clone(),
     };
     let answer = connection.call("GET", "/v1/config", None)?;
     let text = answer.body["config"]
@@ -107,7 +103,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let current = match &args.against {
         Some(path) => Some(load_config(path)),
         None if args.from_nothing => None,
-        None => Some(installed(&args)?),
+        None => Some(installed(&args, &next)?),
     };
     let error = unplannable(&args, &next, current.as_ref());
     let planned = match (&error, next.side()) {
@@ -119,7 +115,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let accepted = next.is_valid() && planned.as_ref().is_some_and(Plan::accepted);
-    match args.format {
+    match args.connection.format {
         OutputFormat::Json => {
             let output = Output {
                 accepted,

@@ -123,7 +123,7 @@ fn report(controller: &Controller, format: OutputFormat) {
 }
 
 fn read_config(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))
+    crate::config::read_file(path).with_context(|| format!("reading config {}", path.display()))
 }
 
 /// Tells the operator what the gate decided at start-up; errors when it

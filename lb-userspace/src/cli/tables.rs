@@ -31,7 +31,7 @@ pub fn load(source: &str, connection: &Connection) -> anyhow::Result<Tables> {
         .file_type();
     if kind.is_socket() {
         let daemon = Connection {
-            socket: path.to_path_buf(),
+            socket: Some(path.to_path_buf()),
             ..connection.clone()
         };
         let answer = daemon.call("GET", "/v1/tables", None)?;
@@ -90,7 +90,7 @@ pub fn run(args: TablesArgs) -> anyhow::Result<()> {
     let source = args
         .source
         .clone()
-        .unwrap_or_else(|| args.connection.socket.display().to_string());
+        .unwrap_or_else(|| args.connection.socket().display().to_string());
     let tables = load(&source, &args.connection).map_err(|e| args.connection.fail(e))?;
     let output = match args.connection.format {
         OutputFormat::Json => serde_json::to_string(&tables)? + "\n",

@@ -8,7 +8,7 @@ use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use super::{OutputFormat, load_config};
+use super::{OutputFormat, load_config_keeping};
 use crate::{policy::validate::Validation, problem::Problem};
 
 /// Arguments of `fulcrum validate`.
@@ -45,7 +45,11 @@ struct BackendShare {
     share: f64,
 }
 
-fn shares(validation: &Validation) -> Vec<VipShares> {
+/// Each backend's share of its VIP's table: all `validate` keeps of a
+/// table, so that it holds no more than a table per core at a time.
+type Shares = Vec<f64>;
+
+fn shares(validation: &Validation<Shares>) -> Vec<VipShares> {
     let Some(config) = &validation.config else {
         return Vec::new();
     };
@@ -66,7 +70,7 @@ fn shares(validation: &Validation) -> Vec<VipShares> {
                         name: b.label(),
                         address: vip.backend_addr(b).to_string(),
                         weight: b.weight,
-                        share: table.share(i),
+                        share: table[i],
                     })
                     .collect(),
             })
@@ -76,7 +80,9 @@ fn shares(validation: &Validation) -> Vec<VipShares> {
 
 /// Validates the file and prints the verdict.
 pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
-    let validation = load_config(&args.file);
+    let validation = load_config_keeping(&args.file, |table| {
+        (0..table.slots.len()).map(|i| table.share(i)).collect()
+    });
     let errors = validation.problems.iter().filter(|p| p.is_error()).count();
     let warnings = validation.problems.len() - errors;
     let valid = validation.is_valid();

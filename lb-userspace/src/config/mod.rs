@@ -5,7 +5,14 @@
 
 mod read;
 
-use std::{fmt, net::IpAddr, net::SocketAddr, path::PathBuf, str::FromStr};
+use std::{
+    fmt,
+    io::Read as _,
+    net::IpAddr,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use lb_common::maps::{PROTO_TCP, PROTO_UDP};
 
@@ -841,10 +848,68 @@ impl fmt::Display for MacAddr {
     }
 }
 
+/// The most bytes a config may hold (1 MiB). Every door checks it before
+/// parsing: a file is read no further (`read_file`), and text from the API
+/// or an edit is refused by `Config::read`, so a config one door accepts
+/// fits through the others (the daemon writes an API change to its file
+/// and reads that back on SIGHUP). 1 MiB holds about 10,000 small VIPs,
+/// ten times what the data plane takes.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// Why a config file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Opening or reading it failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// It holds more than `MAX_CONFIG_BYTES`.
+    #[error("larger than {MAX_CONFIG_BYTES} bytes (1 MiB), the most a config may hold")]
+    TooLarge,
+    /// It is not UTF-8 text.
+    #[error("not UTF-8 text")]
+    NotText,
+}
+
+impl ReadError {
+    /// The problem a config at `location` has when it cannot be read.
+    pub fn problem(&self, location: impl Into<String>) -> Problem {
+        let code = match self {
+            ReadError::TooLarge => "config-too-large",
+            ReadError::Io(_) | ReadError::NotText => "unreadable-file",
+        };
+        Problem::error(
+            code,
+            location,
+            "",
+            "",
+            format!("cannot read the config: {self}"),
+        )
+    }
+}
+
+/// The text of the config file at `path`, read no further than
+/// `MAX_CONFIG_BYTES` (and one byte to tell a larger file), so that
+/// `/dev/zero`, a FIFO that never ends or a huge file costs at most that
+/// much memory.
+pub fn read_file(path: &Path) -> Result<String, ReadError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(ReadError::TooLarge);
+    }
+    String::from_utf8(bytes).map_err(|_| ReadError::NotText)
+}
+
 impl Config {
     /// Reads a config from TOML text: the config as far as it could be read,
     /// and every shape problem found (empty when the text is well formed).
+    /// Text beyond `MAX_CONFIG_BYTES` is not parsed.
     pub fn read(text: &str) -> (Option<Self>, Vec<Problem>) {
+        if text.len() > MAX_CONFIG_BYTES {
+            return (None, vec![ReadError::TooLarge.problem("config")]);
+        }
         read::read(text)
     }
 
@@ -918,6 +983,32 @@ mod tests {
         assert!(text.contains("wieght"), "{text}");
         assert!(text.contains("port = \"eighty\""), "{text}");
         assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn a_config_is_read_up_to_its_size_limit_and_no_further() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A comment fills the file to the limit: still a config.
+        let full = format!("#{}", "x".repeat(MAX_CONFIG_BYTES - 1));
+        let at_limit = dir.join("at-limit.toml");
+        std::fs::write(&at_limit, &full).unwrap();
+        assert_eq!(read_file(&at_limit).unwrap().len(), MAX_CONFIG_BYTES);
+        assert!(Config::parse(&full).is_ok());
+        let over = dir.join("over.toml");
+        std::fs::write(&over, full.clone() + "\n").unwrap();
+        assert!(matches!(read_file(&over), Err(ReadError::TooLarge)));
+        assert!(matches!(
+            read_file(Path::new("/dev/zero")),
+            Err(ReadError::TooLarge)
+        ));
+        let binary = dir.join("binary.toml");
+        std::fs::write(&binary, [0xff, 0xfe]).unwrap();
+        assert!(matches!(read_file(&binary), Err(ReadError::NotText)));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (config, problems) = Config::read(&(full + "\n"));
+        assert!(config.is_none());
+        assert_eq!(problems[0].code, "config-too-large", "{problems:?}");
     }
 
     #[test]

@@ -474,7 +474,7 @@ impl Controller {
         if persist.is_some() {
             // An edit of the file that is not in force (refused, or not seen
             // yet) would be overwritten by the write-back: refuse instead.
-            match std::fs::read_to_string(&self.config_path) {
+            match crate::config::read_file(&self.config_path) {
                 // Writing back what is on disk overwrites nothing.
                 Ok(on_disk) if on_disk == self.in_force.text || on_disk == text => {}
                 Ok(_) => {

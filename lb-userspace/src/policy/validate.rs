@@ -56,18 +56,20 @@ impl VipTable {
     }
 }
 
-/// The outcome of validating a config.
+/// The outcome of validating a config: `T` is what was kept of each VIP's
+/// table (the whole table, unless the caller asked for less).
 #[derive(Clone, Debug)]
-pub struct Validation {
+pub struct Validation<T = VipTable> {
     /// The config as far as it could be read.
     pub config: Option<Config>,
     /// Every problem found.
     pub problems: Vec<Problem>,
-    /// Per VIP of `config`, its table when one could be built.
-    pub tables: Vec<Option<VipTable>>,
+    /// Per VIP of `config`, its table (or what was kept of it) when one
+    /// could be built.
+    pub tables: Vec<Option<T>>,
 }
 
-impl Validation {
+impl<T> Validation<T> {
     /// No errors (warnings allowed).
     pub fn is_valid(&self) -> bool {
         self.config.is_some() && !self.problems.iter().any(Problem::is_error)
@@ -85,12 +87,29 @@ impl Validation {
 
 /// Reads and validates config text.
 pub fn validate(text: &str) -> Validation {
-    validate_with(text, |_| {})
+    validated(text, |_| {}, |table| table)
+}
+
+/// Reads and validates config text, keeping of each VIP's table only what
+/// `keep` takes from it. Each table is judged and then dropped, so a caller
+/// that keeps less than the table (`fulcrum validate`: the shares) holds
+/// one table per worker thread at a time instead of one per VIP (a table
+/// is up to 2 MiB, and a config up to 1,024 VIPs).
+pub fn validate_keeping<T: Send>(text: &str, keep: impl Fn(VipTable) -> T + Sync) -> Validation<T> {
+    validated(text, |_| {}, keep)
 }
 
 /// Reads config text, lets `adjust` change what was read (for example, hold
 /// backends without a MAC at weight 0), and validates the result.
 pub fn validate_with(text: &str, adjust: impl FnOnce(&mut Config)) -> Validation {
+    validated(text, adjust, |table| table)
+}
+
+fn validated<T: Send>(
+    text: &str,
+    adjust: impl FnOnce(&mut Config),
+    keep: impl Fn(VipTable) -> T + Sync,
+) -> Validation<T> {
     let (mut config, mut problems) = Config::read(text);
     if let Some(config) = &mut config {
         adjust(config);
@@ -102,7 +121,7 @@ pub fn validate_with(text: &str, adjust: impl FnOnce(&mut Config)) -> Validation
             tables: Vec::new(),
         };
     };
-    let (more, tables) = check(&config);
+    let (more, tables) = check(&config, keep);
     problems.extend(more);
     Validation {
         config: Some(config),
@@ -111,9 +130,14 @@ pub fn validate_with(text: &str, adjust: impl FnOnce(&mut Config)) -> Validation
     }
 }
 
-/// Checks what a config means; returns its problems and its VIPs' tables.
-pub fn check(config: &Config) -> (Vec<Problem>, Vec<Option<VipTable>>) {
+/// Checks what a config means; returns its problems and, per VIP, what
+/// `keep` took of its table.
+pub fn check<T: Send>(
+    config: &Config,
+    keep: impl Fn(VipTable) -> T + Sync,
+) -> (Vec<Problem>, Vec<Option<T>>) {
     let mut problems = Vec::new();
+    let within_capacities = check_capacities(config, &mut problems);
     check_globals(config, &mut problems);
     let endpoints = earlier_twins(
         config
@@ -127,36 +151,57 @@ pub fn check(config: &Config) -> (Vec<Problem>, Vec<Option<VipTable>>) {
         check_vip(config, vip, twins, &mut problems);
     }
     check_orphaned_backends(config, &mut problems);
-    let tables = build_tables(&config.vips, config.table_size);
-    let tables = config
-        .vips
-        .iter()
-        .zip(tables)
-        .map(|(vip, table)| {
-            let location = vip_location(vip);
-            match table {
-                Ok(table) => {
-                    let guards = vip.guards.apply(&config.guards);
-                    check_concentration(vip, &location, &table, &guards, &mut problems);
-                    Some(table)
-                }
-                Err(why) => {
-                    problems.push(Problem::error(
-                        "guard-unchecked",
-                        location,
-                        "backend",
-                        "",
-                        format!(
-                            "the lookup table cannot be built ({why}), so the concentration \
-                             guards (max_backend_share, min_backends) could not be checked"
-                        ),
-                    ));
-                    None
-                }
-            }
+    if !within_capacities {
+        // Refused already, and a table costs up to 2 MiB and milliseconds:
+        // counts beyond the limits must not buy more of them (a 1 MiB
+        // config holds about 10,000 small VIPs).
+        return (problems, config.vips.iter().map(|_| None).collect());
+    }
+    let size = TableSize::new(config.table_size);
+    let judged = crate::parallel::map(&config.vips, |vip| {
+        let mut found = Vec::new();
+        let table = judge_table(config, vip, size.clone(), &mut found);
+        (found, table.map(&keep))
+    });
+    let tables = judged
+        .into_iter()
+        .map(|(found, table)| {
+            problems.extend(found);
+            table
         })
         .collect();
     (problems, tables)
+}
+
+/// Builds the table `vip` would get in a table of `size` and judges it by
+/// the concentration guards.
+fn judge_table(
+    config: &Config,
+    vip: &VipConfig,
+    size: Result<TableSize, TableError>,
+    problems: &mut Vec<Problem>,
+) -> Option<VipTable> {
+    let location = vip_location(vip);
+    match size.and_then(|size| build_table(vip, size)) {
+        Ok(table) => {
+            let guards = vip.guards.apply(&config.guards);
+            check_concentration(vip, &location, &table, &guards, problems);
+            Some(table)
+        }
+        Err(why) => {
+            problems.push(Problem::error(
+                "guard-unchecked",
+                location,
+                "backend",
+                "",
+                format!(
+                    "the lookup table cannot be built ({why}), so the concentration \
+                     guards (max_backend_share, min_backends) could not be checked"
+                ),
+            ));
+            None
+        }
+    }
 }
 
 /// For each key, the position of the first earlier item with the same key
@@ -339,7 +384,6 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
     }
     check_guard_ranges(&config.guards, "guards", problems);
     check_encapsulation(config, problems);
-    check_limits(config, problems);
     check_health(config, problems);
     check_imbalance(&config.imbalance, problems);
     check_group(config, problems);
@@ -528,6 +572,8 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
             &format!("{location} health_check"),
             problems,
         );
+        let mut checked = 0;
+        let mut at_port_zero = 0;
         for backend in &vip.backends {
             check_overrides(
                 &backend.health_check,
@@ -536,9 +582,20 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
                 problems,
             );
             let check = vip.check_of(backend, global);
+            if check.settings.kind == CheckKind::None {
+                continue;
+            }
+            checked += 1;
+            // A `port = 0` written in a health_check table is reported where
+            // it is written (`check_health_settings`).
             let own_port = check.settings.port.is_some();
-            if vip.protocol == Protocol::Udp && check.settings.kind != CheckKind::None && !own_port
-            {
+            if check.target.port() == 0 {
+                if !own_port {
+                    at_port_zero += 1;
+                }
+                continue;
+            }
+            if vip.protocol == Protocol::Udp && !own_port {
                 problems.push(
                     Problem::error(
                         "udp-health-check",
@@ -552,6 +609,27 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
                     .warning(),
                 );
             }
+        }
+        if at_port_zero > 0 {
+            // Once for the VIP: its port 0 is what the backends inherit, and
+            // its health_check.port is the one setting that mends them all.
+            let which = if at_port_zero == checked {
+                format!("its {checked} backend(s)")
+            } else {
+                format!("{at_port_zero} of its {checked} checked backends")
+            };
+            problems.push(Problem::error(
+                "health-check-port",
+                &location,
+                "health_check.port",
+                "",
+                format!(
+                    "an any-port VIP (port 0) gives its checks no port: {which} would be \
+                     checked at port 0, found down, and the VIP sent into panic; set \
+                     health_check.port on this VIP (or in [health_check]) to the port the \
+                     backends answer checks on, or kind = \"none\""
+                ),
+            ));
         }
     }
 }
@@ -574,6 +652,7 @@ fn check_overrides(
         "http_path" => overrides.http_path.is_some(),
         "panic_threshold" => overrides.panic_threshold.is_some(),
         "max_changes_per_minute" => overrides.max_changes_per_minute.is_some(),
+        "port" => overrides.port.is_some(),
         _ => true,
     };
     problems.extend(found.into_iter().filter(|p| sets(&p.field)));
@@ -622,6 +701,14 @@ fn check_health_settings(hc: &HealthCheck, location: &str, problems: &mut Vec<Pr
             "panic_threshold",
             hc.panic_threshold.to_string(),
             "must be from 0 to 1 (a share of the VIP's weight)",
+        );
+    }
+    if hc.port == Some(0) {
+        health(
+            "port",
+            "0".into(),
+            "must be from 1 to 65535: there is no port 0 to connect to, so every backend \
+             would be found down",
         );
     }
     if hc.max_changes_per_minute == 0 {
@@ -674,9 +761,12 @@ fn check_imbalance(settings: &crate::config::Imbalance, problems: &mut Vec<Probl
     }
 }
 
-/// The data plane's capacities, which `fulcrum run` would otherwise hit.
-fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
+/// The data plane's capacities, which `fulcrum run` would otherwise hit,
+/// and the backends a table of `table_size` slots holds; whether the
+/// config is within them all.
+fn check_capacities(config: &Config, problems: &mut Vec<Problem>) -> bool {
     use lb_common::maps::MAX_VIPS;
+    let before = problems.len();
     if config.vips.is_empty() && config.unreadable_vips.is_empty() {
         problems.push(
             Problem::error(
@@ -712,6 +802,25 @@ fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
             ),
         ));
     }
+    let limit = config.table_size / MIN_SLOTS_PER_BACKEND;
+    for vip in config
+        .vips
+        .iter()
+        .filter(|v| v.backends.len() as u32 > limit)
+    {
+        problems.push(Problem::error(
+            "table-too-small",
+            vip_location(vip),
+            "backend",
+            vip.backends.len().to_string(),
+            format!(
+                "table_size {} allows at most {limit} backends per VIP \
+                 ({MIN_SLOTS_PER_BACKEND} slots each); raise table_size",
+                config.table_size
+            ),
+        ));
+    }
+    !problems[before..].iter().any(Problem::is_error)
 }
 
 /// `twins`: the earlier VIPs with the same endpoint and the same name.
@@ -787,20 +896,6 @@ fn check_vip(
             "weight",
             "0",
             "every backend has weight 0, so the VIP could not take a single new flow",
-        ));
-    }
-    let limit = config.table_size / MIN_SLOTS_PER_BACKEND;
-    if vip.backends.len() as u32 > limit {
-        problems.push(Problem::error(
-            "table-too-small",
-            &location,
-            "backend",
-            vip.backends.len().to_string(),
-            format!(
-                "table_size {} allows at most {limit} backends per VIP \
-                 ({MIN_SLOTS_PER_BACKEND} slots each); raise table_size",
-                config.table_size
-            ),
         ));
     }
     let twins = Twins::of(&vip.backends, |b| BackendIdentity::new(vip.backend_addr(b)));
@@ -980,15 +1075,6 @@ fn check_orphaned_backends(config: &Config, problems: &mut Vec<Problem>) {
             );
         }
     }
-}
-
-/// Builds every VIP's table, spread over the machine's cores.
-fn build_tables(vips: &[VipConfig], size: u32) -> Vec<Result<VipTable, TableError>> {
-    let size = match TableSize::new(size) {
-        Ok(size) => size,
-        Err(why) => return vec![Err(why); vips.len()],
-    };
-    crate::parallel::map(vips, |vip| build_table(vip, size))
 }
 
 /// The table one VIP would get.

@@ -8,6 +8,21 @@ pub fn fulcrum() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fulcrum"))
 }
 
+/// `command` under guards: killed after a minute, and unable to map more
+/// than 4 GiB, so that a regression that hangs or grows without end fails
+/// its test instead of stalling CI or the machine.
+pub fn guarded(command: Command) -> Command {
+    let mut guarded = Command::new("sh");
+    guarded
+        .args([
+            "-c",
+            "ulimit -v 4194304 && exec timeout --signal=KILL 60 \"$0\" \"$@\"",
+        ])
+        .arg(command.get_program())
+        .args(command.get_args());
+    guarded
+}
+
 /// A temporary directory, removed on drop (also when a test fails).
 pub struct Scratch(pub PathBuf);
 
