@@ -45,6 +45,17 @@ pub fn render(routes: &[IpAddr], interface: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// The routes an include file written by `render` announces: what a
+/// previous daemon left BIRD with. A file that is missing or unreadable
+/// announces nothing.
+pub fn rendered_routes(include: &Path) -> Vec<IpAddr> {
+    let text = std::fs::read_to_string(include).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("route "))
+        .filter_map(|route| route.split('/').next()?.parse().ok())
+        .collect()
+}
+
 /// One line of BIRD's answer: its code (`None` on a continuation line)
 /// and its text.
 fn parse_line(line: &str) -> (Option<u16>, bool, &str) {
@@ -146,6 +157,21 @@ mod tests {
         let none = render(&[], "eth1").unwrap();
         assert_eq!(none.matches("protocol static").count(), 2);
         assert!(!none.contains("route"));
+    }
+
+    #[test]
+    fn the_routes_of_a_written_include_are_read_back() {
+        let routes: Vec<IpAddr> = vec![
+            "198.18.100.1".parse().unwrap(),
+            "2001:2::80".parse().unwrap(),
+        ];
+        let dir = std::env::temp_dir().join(format!("fulcrum-include-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let include = dir.join("fulcrum.conf");
+        std::fs::write(&include, render(&routes, "eth1").unwrap()).unwrap();
+        assert_eq!(rendered_routes(&include), routes);
+        assert!(rendered_routes(&dir.join("missing.conf")).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -12,10 +12,16 @@
 //!
 //! Routes are per address: an address is announced while a VIP on it is
 //! ready.
+//!
+//! A VIP whose backends are not all judged by this daemon's health checks
+//! yet (just after a start) is settling: it is not announced anew until
+//! it settles, so a host does not draw traffic before it knows where to
+//! send it; but a route a previous daemon announced stays, so a restart
+//! never flaps a route.
 
 pub mod bird;
 
-use std::{net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,36 +38,55 @@ pub struct Readiness {
     pub address: IpAddr,
     /// Whether it may be announced.
     pub ready: bool,
+    /// Waiting for its health checks: an announced route stays, none is
+    /// added.
+    #[serde(default)]
+    pub settling: bool,
     /// Why not, or `ready`.
     pub why: String,
 }
 
 /// The readiness of every VIP of `state` (what is installed and verified)
-/// on a data plane that is, or is not, `attached`.
-pub fn readiness(attached: bool, state: Option<&DesiredState>) -> Vec<Readiness> {
+/// on a data plane that is, or is not, `attached`; `settling` holds why
+/// each VIP whose health is not judged yet waits, by endpoint.
+pub fn readiness(
+    attached: bool,
+    state: Option<&DesiredState>,
+    settling: &BTreeMap<String, String>,
+) -> Vec<Readiness> {
     let Some(state) = state else {
         return Vec::new();
     };
     state
         .vips
         .iter()
-        .map(|vip| Readiness {
-            name: vip.label.clone(),
-            endpoint: vip.endpoint(),
-            address: crate::dataplane::state::ip_from(&vip.key.addr, vip.key.family),
-            ready: attached,
-            why: if attached {
-                "ready".into()
-            } else {
-                "the data plane is not attached".into()
-            },
+        .map(|vip| {
+            let endpoint = vip.endpoint();
+            let waits = settling.get(&endpoint).filter(|_| attached);
+            Readiness {
+                name: vip.label.clone(),
+                address: crate::dataplane::state::ip_from(&vip.key.addr, vip.key.family),
+                ready: attached && waits.is_none(),
+                settling: waits.is_some(),
+                why: match waits {
+                    Some(why) => why.clone(),
+                    None if attached => "ready".into(),
+                    None => "the data plane is not attached".into(),
+                },
+                endpoint,
+            }
         })
         .collect()
 }
 
-/// The addresses to announce: those with a ready VIP.
-pub fn routes(vips: &[Readiness]) -> Vec<IpAddr> {
-    let mut routes: Vec<IpAddr> = vips.iter().filter(|v| v.ready).map(|v| v.address).collect();
+/// The addresses to announce: those with a ready VIP, and those of a
+/// settling VIP that are announced already (`announced`).
+pub fn routes(vips: &[Readiness], announced: &[IpAddr]) -> Vec<IpAddr> {
+    let mut routes: Vec<IpAddr> = vips
+        .iter()
+        .filter(|v| v.ready || (v.settling && announced.contains(&v.address)))
+        .map(|v| v.address)
+        .collect();
     routes.sort();
     routes.dedup();
     routes
@@ -100,6 +125,9 @@ pub struct Announcer {
     interface: String,
     /// The routes BIRD took last; `None` until it took any.
     told: Option<Vec<IpAddr>>,
+    /// The routes the include file held when this announcer began: what a
+    /// previous daemon left announced.
+    found: Vec<IpAddr>,
     report: AnnounceReport,
 }
 
@@ -111,6 +139,7 @@ impl Announcer {
             settings: settings.clone(),
             interface: interface.to_string(),
             told: None,
+            found: bird::rendered_routes(&settings.bird_include),
             report: AnnounceReport {
                 bird_include: settings.bird_include.display().to_string(),
                 bird_socket: settings.bird_socket.display().to_string(),
@@ -140,7 +169,7 @@ impl Announcer {
     /// take the last change, which is retried). Returns a line to log
     /// when something changed or failed (a failure once, not every retry).
     pub fn reconcile(&mut self, vips: Vec<Readiness>) -> Option<String> {
-        let routes = routes(&vips);
+        let routes = routes(&vips, self.told.as_deref().unwrap_or(&self.found));
         self.report.vips = vips;
         if self.told.as_ref() == Some(&routes) {
             return None;
@@ -237,23 +266,48 @@ mod tests {
     #[test]
     fn installed_vips_are_ready_while_attached_one_route_per_address() {
         let all = state();
-        let ready = readiness(true, Some(&all));
+        let settled = BTreeMap::new();
+        let ready = readiness(true, Some(&all), &settled);
         assert!(ready.iter().all(|v| v.ready), "{ready:?}");
         assert_eq!(
-            routes(&ready),
+            routes(&ready, &[]),
             vec![
                 "198.18.100.1".parse::<IpAddr>().unwrap(),
                 "2001:2::100".parse().unwrap()
             ]
         );
         // Detached: nothing.
-        let detached = readiness(false, Some(&all));
+        let detached = readiness(false, Some(&all), &settled);
         assert!(
             detached
                 .iter()
                 .all(|v| !v.ready && v.why.contains("not attached"))
         );
-        assert!(routes(&detached).is_empty());
-        assert!(readiness(true, None).is_empty());
+        assert!(routes(&detached, &[]).is_empty());
+        assert!(readiness(true, None, &settled).is_empty());
+    }
+
+    #[test]
+    fn a_settling_vip_keeps_its_announced_route_and_gets_no_new_one() {
+        let all = state();
+        let settling: BTreeMap<String, String> = all
+            .vips
+            .iter()
+            .map(|v| (v.endpoint(), "waiting for its health checks".to_string()))
+            .collect();
+        let waiting = readiness(true, Some(&all), &settling);
+        assert!(
+            waiting
+                .iter()
+                .all(|v| !v.ready && v.settling && v.why.contains("health checks")),
+            "{waiting:?}"
+        );
+        assert!(routes(&waiting, &[]).is_empty(), "no new route");
+        let announced: Vec<IpAddr> = vec!["198.18.100.1".parse().unwrap()];
+        assert_eq!(
+            routes(&waiting, &announced),
+            announced,
+            "kept, not added to"
+        );
     }
 }

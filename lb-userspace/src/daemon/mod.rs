@@ -240,7 +240,11 @@ impl Controller {
         let Some(announcer) = &mut self.announcer else {
             return;
         };
-        let vips = announce::readiness(self.monitor.attached(), self.dataplane.installed());
+        let vips = announce::readiness(
+            self.monitor.attached(),
+            self.dataplane.installed(),
+            &self.health.unsettled(),
+        );
         if let Some(line) = announcer.reconcile(vips) {
             crate::note!("{line}");
         }
