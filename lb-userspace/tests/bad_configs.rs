@@ -343,6 +343,48 @@ fn the_messages_tell_the_operator_what_they_did() {
     );
 }
 
+/// A refused value is echoed cut short and with its control characters
+/// escaped, so that even a hostile one cannot flood the output, forge a
+/// line or drive the terminal.
+#[test]
+fn refused_values_are_echoed_short_and_inert() {
+    let long = "x".repeat(50 << 10);
+    let text = GOOD.replacen(
+        "interface = \"eth1\"",
+        &format!("interface = \"\\u001b[2J{long}\""),
+        1,
+    );
+    let errors = validate(&text).errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let shown = errors[0].to_string();
+    assert!(shown.len() < 400, "{} bytes: {shown}", shown.len());
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+    assert!(shown.contains(r#"\u{1b}[2J"#), "{shown}");
+    // The value as quoted: 51,204 bytes, two quotes, ESC spelt `\u{1b}`.
+    assert!(shown.contains("… (51211 bytes)"), "{shown}");
+}
+
+/// A long name is cut short in the location of every problem it names: a
+/// 100 kB VIP name with a problem on each of its backends is not repeated
+/// whole in each (that took 13 GB for a 1 MiB config).
+#[test]
+fn a_long_name_is_cut_short_in_every_location() {
+    let name = "n".repeat(100_000);
+    let text = GOOD
+        .replacen("name = \"checkout\"", &format!("name = \"{name}\""), 1)
+        .replace("address = \"198.18.0.1", "address = \"127.0.0.1");
+    let errors = validate(&text).errors();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for error in &errors {
+        assert!(error.location.len() < 160, "{}", error.location);
+        assert!(
+            error.location.contains("… (100000 bytes)"),
+            "{}",
+            error.location
+        );
+    }
+}
+
 #[test]
 fn metrics_beyond_localhost_is_a_warning_not_an_error() {
     let text = GOOD.replacen(

@@ -15,7 +15,7 @@ use crate::{
     config::{
         BackendConfig, CheckKind, Config, Guards, HealthCheck, HealthOverrides, Protocol, VipConfig,
     },
-    problem::Problem,
+    problem::{Problem, quoted},
     table::{ALLOWED_SIZES, BackendIdentity, Table, TableError, TableSize, WeightedBackend},
 };
 
@@ -244,7 +244,7 @@ impl Twins {
 /// How problems name each VIP: `vip "name"`, else its endpoint.
 pub fn vip_location(vip: &VipConfig) -> String {
     match &vip.name {
-        Some(name) => format!("vip {name:?}"),
+        Some(name) => format!("vip {}", quoted(name)),
         None => format!("vip {}", vip.endpoint()),
     }
 }
@@ -253,7 +253,7 @@ pub fn vip_location(vip: &VipConfig) -> String {
 /// address (the position tells apart two spellings of one address).
 fn backend_location(vip: &str, index: usize, backend: &BackendConfig) -> String {
     match &backend.name {
-        Some(name) => format!("{vip} backend {name:?}"),
+        Some(name) => format!("{vip} backend {}", quoted(name)),
         None => format!("{vip} backend #{} ({})", index + 1, backend.address),
     }
 }
@@ -564,7 +564,7 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
     let global = &config.health_check;
     check_health_settings(global, "health_check", problems);
     for vip in &config.vips {
-        let location = format!("vip {:?}", vip.label());
+        let location = format!("vip {}", quoted(&vip.label()));
         let at_vip = vip.health(global);
         check_overrides(
             &vip.health_check,
@@ -578,7 +578,10 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
             check_overrides(
                 &backend.health_check,
                 &backend.health_check.apply(&at_vip),
-                &format!("{location} backend {:?} health_check", backend.label()),
+                &format!(
+                    "{location} backend {} health_check",
+                    quoted(&backend.label())
+                ),
                 problems,
             );
             let check = vip.check_of(backend, global);
@@ -599,7 +602,7 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
                 problems.push(
                     Problem::error(
                         "udp-health-check",
-                        format!("{location} backend {:?}", backend.label()),
+                        format!("{location} backend {}", quoted(&backend.label())),
                         "health_check.port",
                         check.target.to_string(),
                         "a UDP service is checked over TCP at its own port, where nothing may \
