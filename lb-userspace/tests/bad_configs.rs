@@ -269,6 +269,31 @@ fn cases() -> Vec<Case> {
             &[("duplicate-name", C1, "name")]),
         case("an empty backend name", &[(C2_LINE, r#"{ name = "", address = "198.18.0.12", weight = 1 }"#)],
             &[("empty-name", "vip \"checkout\" backend \"\"", "name")]),
+        // Printed text: names and paths are shown by plan, status, tables
+        // and the logs, so they must be visible and must not forge lines or
+        // drive the terminal.
+        case("a VIP name that forges a line", &[("name = \"checkout\"", r#"name = "checkout\nerror: forged line""#)],
+            &[("control-character", r#"vip "checkout\nerror: forged line""#, "name")]),
+        case("a backend name that clears the screen", &[(C1_LINE, r#"{ name = "\u001b[2J", address = "198.18.0.11", weight = 1 }"#)],
+            &[("control-character", r#"vip "checkout" backend "\u{1b}[2J""#, "name")]),
+        case("a backend name that turns the text around it", &[(C1_LINE, r#"{ name = "c1\u202e", address = "198.18.0.11", weight = 1 }"#)],
+            &[("control-character", r#"vip "checkout" backend "c1\u{202e}""#, "name")]),
+        case("a VIP name of spaces", &[("name = \"checkout\"", "name = \"   \"")],
+            &[("empty-name", "vip \"   \"", "name")]),
+        case("a backend name of a tab", &[(C1_LINE, r#"{ name = "\t", address = "198.18.0.11", weight = 1 }"#)],
+            &[("empty-name", r#"vip "checkout" backend "\t""#, "name")]),
+        case("an empty VIP name", &[("name = \"checkout\"", "name = \"\"")],
+            &[("empty-name", "vip \"\"", "name")]),
+        case("a group name of spaces", &[("interface = \"eth1\"", "interface = \"eth1\"\nflow_hash_seed = \"00112233445566778899aabbccddeeff\"\ngroup = { name = \" \" }")],
+            &[("group-name", "group", "name")]),
+        case("a group name with an escape", &[("interface = \"eth1\"", "interface = \"eth1\"\nflow_hash_seed = \"00112233445566778899aabbccddeeff\"\ngroup = { name = \"edge\\u001b[31m\" }")],
+            &[("control-character", "group", "name")]),
+        case("an interface name with an escape", &[("interface = \"eth1\"", "interface = \"eth\\u001b\"")],
+            &[("interface-name", "config", "interface")]),
+        case("an HTTP path with an escape", &[("interface = \"eth1\"", "interface = \"eth1\"\nhealth_check = { kind = \"http\", http_path = \"/healthz\\u001b[2J\" }")],
+            &[("health-check", "health_check", "http_path")]),
+        case("an API socket path with a line break", &[("interface = \"eth1\"", "interface = \"eth1\"\napi = { socket = \"/run/fulcrum/api\\n.sock\" }")],
+            &[("control-character", "api", "socket")]),
         case("one IPv6 backend spelt two ways", &[(r#"{ name = "d2", address = "2001:2::12" }"#, r#"{ address = "2001:0002:0000::0011" }"#)],
             &[("duplicate-backend", "vip \"dns6\" backend #2 (2001:2::11)", "address"), ("guard-unchecked", DNS6, "backend")]),
         case("one backend as IPv4 and as IPv4-mapped IPv6", &[(C2_LINE, r#"{ name = "c2", address = "::ffff:198.18.0.11", weight = 1 }"#)],
@@ -341,6 +366,48 @@ fn the_messages_tell_the_operator_what_they_did() {
          98.0% of the VIP's new flows, above the limit of 50.0% (guards.max_backend_share; \
          raise it on this VIP if intended) [concentration]"
     );
+}
+
+/// A refused value is echoed cut short and with its control characters
+/// escaped, so that even a hostile one cannot flood the output, forge a
+/// line or drive the terminal.
+#[test]
+fn refused_values_are_echoed_short_and_inert() {
+    let long = "x".repeat(50 << 10);
+    let text = GOOD.replacen(
+        "interface = \"eth1\"",
+        &format!("interface = \"\\u001b[2J{long}\""),
+        1,
+    );
+    let errors = validate(&text).errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let shown = errors[0].to_string();
+    assert!(shown.len() < 400, "{} bytes: {shown}", shown.len());
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+    assert!(shown.contains(r#"\u{1b}[2J"#), "{shown}");
+    // The value as quoted: 51,204 bytes, two quotes, ESC spelt `\u{1b}`.
+    assert!(shown.contains("… (51211 bytes)"), "{shown}");
+}
+
+/// A long name is cut short in the location of every problem it names: a
+/// 100 kB VIP name with a problem on each of its backends is not repeated
+/// whole in each (that took 13 GB for a 1 MiB config).
+#[test]
+fn a_long_name_is_cut_short_in_every_location() {
+    let name = "n".repeat(100_000);
+    let text = GOOD
+        .replacen("name = \"checkout\"", &format!("name = \"{name}\""), 1)
+        .replace("address = \"198.18.0.1", "address = \"127.0.0.1");
+    let errors = validate(&text).errors();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for error in &errors {
+        assert!(error.location.len() < 160, "{}", error.location);
+        assert!(
+            error.location.contains("… (100000 bytes)"),
+            "{}",
+            error.location
+        );
+    }
 }
 
 #[test]

@@ -318,3 +318,65 @@ fn validate_reads_no_further_than_a_config_may_hold() {
         .join()
         .expect("the FIFO's writer ends when its reader goes");
 }
+
+/// Whether `stdout` is free of what a hostile name could do to a reader:
+/// a forged line, a terminal escape.
+fn inert(what: &str, stdout: &[u8]) {
+    let stdout = String::from_utf8_lossy(stdout);
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "{what}: an escape reached the terminal: {stdout:?}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("error: forged")),
+        "{what}: a forged line: {stdout}"
+    );
+}
+
+/// Names are printed with their control characters escaped: a plan (made
+/// of a config validation refuses, too) and a tables dump (read as it
+/// is, not validated) cannot forge a line or drive the terminal.
+#[test]
+fn names_are_printed_inert() {
+    let scratch = Scratch::new("inert-names");
+    let forged = SIX
+        .replace(r#"name = "c1""#, r#"name = "c1\nerror: forged line""#)
+        .replace(r#"name = "c2""#, r#"name = "\u001b[2J""#)
+        .replace(
+            r#"name = "checkout""#,
+            r#"name = "checkout\nerror: forged VIP""#,
+        );
+    let config = scratch.file("forged.toml", &forged);
+    let plan = fulcrum()
+        .arg("plan")
+        .arg(&config)
+        .arg("--from-nothing")
+        .output()
+        .unwrap();
+    inert("plan", &plan.stdout);
+    let stdout = String::from_utf8_lossy(&plan.stdout);
+    assert!(stdout.contains(r"c1\nerror: forged line"), "{stdout}");
+    let dump = serde_json::json!({
+        "source": "a host\u{1b}[2J",
+        "group": "edge\nerror: forged group",
+        "seed_fingerprint": "00\u{1b}]0;title\u{7}",
+        "vips": [{
+            "name": "web\nerror: forged line",
+            "endpoint": "198.18.100.1:80/tcp\u{1b}[31m",
+            "backends": ["198.18.0.11:80"],
+            "slots": [0],
+            "digest": "0123\nerror: forged digest",
+        }],
+    });
+    let dump = scratch.file("dump.json", &dump.to_string());
+    let tables = fulcrum().arg("tables").arg(&dump).output().unwrap();
+    assert_eq!(tables.status.code(), Some(0));
+    inert("tables", &tables.stdout);
+    let compare = fulcrum()
+        .arg("compare")
+        .arg(&dump)
+        .arg(&dump)
+        .output()
+        .unwrap();
+    inert("compare", &compare.stdout);
+}

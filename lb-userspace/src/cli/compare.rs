@@ -8,7 +8,10 @@ use anyhow::bail;
 use clap::Args;
 
 use super::{OutputFormat, client::Connection, print_all, tables};
-use crate::group::{Comparison, compare};
+use crate::{
+    group::{Comparison, compare},
+    problem::escaped,
+};
 
 /// Arguments of `fulcrum compare`.
 #[derive(Args)]
@@ -25,10 +28,12 @@ fn side(address: &Option<std::net::SocketAddr>) -> String {
     address.map_or_else(|| "(none)".into(), |a| a.to_string())
 }
 
+/// The comparison for people. Its texts come from daemons or dumps, so
+/// they are printed escaped.
 fn text(comparison: &Comparison, fingerprints: [Option<&str>; 2]) -> String {
-    let [a, b] = &comparison.sources;
+    let [a, b] = comparison.sources.each_ref().map(|s| escaped(s));
     let mut text = format!("A: {a}\nB: {b}\n");
-    match fingerprints {
+    match fingerprints.map(|f| f.map(escaped)) {
         [Some(left), Some(right)] if comparison.same_seed && left == right => {
             text.push_str(&format!("seed: the same (fingerprint {left})\n"));
         }
@@ -42,19 +47,21 @@ fn text(comparison: &Comparison, fingerprints: [Option<&str>; 2]) -> String {
         ),
     }
     for vip in &comparison.vips {
-        let name = vip.names[0]
-            .as_deref()
-            .or(vip.names[1].as_deref())
-            .unwrap_or("?");
+        let name = escaped(
+            vip.names[0]
+                .as_deref()
+                .or(vip.names[1].as_deref())
+                .unwrap_or("?"),
+        );
+        let endpoint = escaped(&vip.endpoint);
         match &vip.names {
             [Some(_), Some(_)] if vip.identical => text.push_str(&format!(
-                "VIP {name} ({}): identical, {} slots\n",
-                vip.endpoint, vip.sizes[0]
+                "VIP {name} ({endpoint}): identical, {} slots\n",
+                vip.sizes[0]
             )),
             [Some(_), Some(_)] => {
                 text.push_str(&format!(
-                    "VIP {name} ({}): DIFFERENT: {} of {} slots differ\n",
-                    vip.endpoint,
+                    "VIP {name} ({endpoint}): DIFFERENT: {} of {} slots differ\n",
                     vip.differing_slots,
                     vip.sizes[0].max(vip.sizes[1])
                 ));
@@ -71,8 +78,8 @@ fn text(comparison: &Comparison, fingerprints: [Option<&str>; 2]) -> String {
                     ));
                 }
             }
-            [_, None] => text.push_str(&format!("VIP {name} ({}): only on A\n", vip.endpoint)),
-            [None, _] => text.push_str(&format!("VIP {name} ({}): only on B\n", vip.endpoint)),
+            [_, None] => text.push_str(&format!("VIP {name} ({endpoint}): only on A\n")),
+            [None, _] => text.push_str(&format!("VIP {name} ({endpoint}): only on B\n")),
         }
     }
     text.push_str(if comparison.identical() {

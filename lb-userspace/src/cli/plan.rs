@@ -16,7 +16,7 @@ use crate::{
     config::join_problems,
     policy::plan::{Change, Plan, VipPlan, plan},
     policy::validate::Validation,
-    problem::Problem,
+    problem::{Problem, escaped},
 };
 
 /// Arguments of `fulcrum plan`.
@@ -178,7 +178,8 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
     let _ = writeln!(
         out,
         "\n{} {} (table: {table}): {change}{health}",
-        vip.name, vip.endpoint
+        escaped(&vip.name),
+        vip.endpoint
     );
     let _ = writeln!(
         out,
@@ -196,7 +197,8 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
         let _ = writeln!(
             out,
             "  {:<16} {:>14}  {before:<28} {after:<28}",
-            b.name, weights
+            escaped(&b.name),
+            weights
         );
     }
 }

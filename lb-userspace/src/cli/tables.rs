@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use super::{OutputFormat, client::Connection, load_config, print_all};
-use crate::group::Tables;
+use crate::{group::Tables, problem::escaped};
 
 /// Arguments of `fulcrum tables`.
 #[derive(Args)]
@@ -61,25 +61,28 @@ pub fn load(source: &str, connection: &Connection) -> anyhow::Result<Tables> {
         .with_context(|| format!("{source}: a table could not be built"))
 }
 
-/// One line per VIP: its size, digest and backends.
+/// One line per VIP: its size, digest and backends. Every text comes from
+/// a daemon or a dump, so it is printed escaped.
 pub fn summary(tables: &Tables) -> String {
     let mut text = format!(
         "tables of {}: group {}, flow hash seed fingerprint {}\n",
-        tables.source,
-        tables.group.as_deref().unwrap_or("(none)"),
-        tables
-            .seed_fingerprint
-            .as_deref()
-            .unwrap_or("(none: each host generates its own)")
+        escaped(&tables.source),
+        escaped(tables.group.as_deref().unwrap_or("(none)")),
+        escaped(
+            tables
+                .seed_fingerprint
+                .as_deref()
+                .unwrap_or("(none: each host generates its own)")
+        )
     );
     for vip in &tables.vips {
         text.push_str(&format!(
             "  VIP {} ({}): {} slots over {} backends, digest {}\n",
-            vip.name,
-            vip.endpoint,
+            escaped(&vip.name),
+            escaped(&vip.endpoint),
             vip.slots.len(),
             vip.backends.len(),
-            vip.digest
+            escaped(&vip.digest)
         ));
     }
     text

@@ -13,26 +13,17 @@ use super::{
     Protocol, Secret, UnreadableVip, VipConfig,
 };
 use crate::{
-    problem::Problem,
+    problem::{Problem, quoted},
     table::{DEFAULT_SIZE, algorithm::Algorithm},
 };
 
-/// Longest value echoed in a message.
-const MAX_RENDERED: usize = 60;
-
-/// A value as written, for messages (long values are cut).
+/// A value as written, for messages (`Problem` cuts it short).
 fn render(value: &Value) -> String {
-    let text = match value {
+    match value {
         Value::String(s) => format!("{s:?}"),
         Value::Table(_) => "{...}".into(),
         Value::Array(a) => format!("[{} items]", a.len()),
         other => other.to_string(),
-    };
-    if text.chars().count() > MAX_RENDERED {
-        let cut: String = text.chars().take(MAX_RENDERED).collect();
-        format!("{cut}...")
-    } else {
-        text
     }
 }
 
@@ -551,7 +542,7 @@ fn read_imbalance(t: &Table, problems: &mut Vec<Problem>) -> Imbalance {
 /// `vip #n`: the most recognisable label available before reading.
 fn vip_location(t: &Table, index: usize) -> String {
     if let Some(name) = t.get("name").and_then(Value::as_str) {
-        return format!("vip {name:?}");
+        return format!("vip {}", quoted(name));
     }
     let address = t.get("address").and_then(Value::as_str);
     let port = t.get("port").and_then(Value::as_integer);
@@ -630,7 +621,7 @@ fn read_backend(
     problems: &mut Vec<Problem>,
 ) -> Option<BackendConfig> {
     let label = match (t.get("name"), t.get("address")) {
-        (Some(Value::String(name)), _) => format!("{name:?}"),
+        (Some(Value::String(name)), _) => quoted(name),
         (_, Some(Value::String(address))) => format!("#{} ({address})", index + 1),
         _ => format!("#{}", index + 1),
     };

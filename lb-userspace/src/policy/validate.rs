@@ -15,7 +15,7 @@ use crate::{
     config::{
         BackendConfig, CheckKind, Config, Guards, HealthCheck, HealthOverrides, Protocol, VipConfig,
     },
-    problem::Problem,
+    problem::{Problem, is_unprintable, quoted},
     table::{ALLOWED_SIZES, BackendIdentity, Table, TableError, TableSize, WeightedBackend},
 };
 
@@ -244,7 +244,7 @@ impl Twins {
 /// How problems name each VIP: `vip "name"`, else its endpoint.
 pub fn vip_location(vip: &VipConfig) -> String {
     match &vip.name {
-        Some(name) => format!("vip {name:?}"),
+        Some(name) => format!("vip {}", quoted(name)),
         None => format!("vip {}", vip.endpoint()),
     }
 }
@@ -253,8 +253,35 @@ pub fn vip_location(vip: &VipConfig) -> String {
 /// address (the position tells apart two spellings of one address).
 fn backend_location(vip: &str, index: usize, backend: &BackendConfig) -> String {
     match &backend.name {
-        Some(name) => format!("{vip} backend {name:?}"),
+        Some(name) => format!("{vip} backend {}", quoted(name)),
         None => format!("{vip} backend #{} ({})", index + 1, backend.address),
+    }
+}
+
+/// Why text that is printed (plan, status, tables, the logs) cannot hold
+/// control characters.
+const UNPRINTABLE: &str = "must not hold control characters (newlines, escapes) or \
+                           bidirectional marks: it is printed, where they would forge \
+                           lines or drive the terminal";
+
+/// Whether `text` holds a character that acts instead of showing.
+fn unprintable(text: &str) -> bool {
+    text.chars().any(is_unprintable)
+}
+
+/// What is wrong with a VIP's or backend's name, if anything (its code
+/// and why): a name is how plan, status, tables and the logs show the
+/// entry, so it must show, and show as written.
+fn name_fault(name: &str) -> Option<(&'static str, &'static str)> {
+    if name.trim().is_empty() {
+        Some((
+            "empty-name",
+            "a name must not be empty or only spaces (leave it out to use the address)",
+        ))
+    } else if unprintable(name) {
+        Some(("control-character", UNPRINTABLE))
+    } else {
+        None
     }
 }
 
@@ -318,14 +345,16 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
     if let Some(name) = &config.interface {
         let valid = !name.is_empty()
             && name.len() <= 15
-            && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
+            && !name
+                .contains(|c: char| c == '/' || c == ':' || c.is_whitespace() || is_unprintable(c));
         if !valid {
             problems.push(Problem::error(
                 "interface-name",
                 "config",
                 "interface",
                 format!("{name:?}"),
-                "not a valid interface name (1 to 15 characters, no '/', ':' or spaces)",
+                "not a valid interface name (1 to 15 characters, no '/', ':', spaces or \
+                 control characters)",
             ));
         }
     }
@@ -400,15 +429,26 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
             config.announce.as_ref().map(|a| &a.bird_socket),
         ),
     ] {
-        if let Some(path) = path
-            && !path.is_absolute()
-        {
+        let Some(path) = path else {
+            continue;
+        };
+        let shown = format!("{:?}", path.display().to_string());
+        if !path.is_absolute() {
             problems.push(Problem::error(
                 "relative-path",
                 section,
                 key,
-                format!("{:?}", path.display().to_string()),
+                shown.clone(),
                 "must be an absolute path",
+            ));
+        }
+        if unprintable(&path.to_string_lossy()) {
+            problems.push(Problem::error(
+                "control-character",
+                section,
+                key,
+                shown,
+                UNPRINTABLE,
             ));
         }
     }
@@ -434,13 +474,21 @@ const MAX_DRAIN_S: u64 = 300;
 /// bounded: `fulcrum detach` waits it out.
 fn check_group(config: &Config, problems: &mut Vec<Problem>) {
     if let Some(group) = &config.group {
-        if group.name.is_empty() {
+        if group.name.trim().is_empty() {
             problems.push(Problem::error(
                 "group-name",
                 "group",
                 "name",
-                "\"\"",
+                format!("{:?}", group.name),
                 "a group needs a name, the same on every host",
+            ));
+        } else if unprintable(&group.name) {
+            problems.push(Problem::error(
+                "control-character",
+                "group",
+                "name",
+                format!("{:?}", group.name),
+                UNPRINTABLE,
             ));
         }
         if config.flow_hash_seed.is_none() {
@@ -564,7 +612,7 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
     let global = &config.health_check;
     check_health_settings(global, "health_check", problems);
     for vip in &config.vips {
-        let location = format!("vip {:?}", vip.label());
+        let location = format!("vip {}", quoted(&vip.label()));
         let at_vip = vip.health(global);
         check_overrides(
             &vip.health_check,
@@ -578,7 +626,10 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
             check_overrides(
                 &backend.health_check,
                 &backend.health_check.apply(&at_vip),
-                &format!("{location} backend {:?} health_check", backend.label()),
+                &format!(
+                    "{location} backend {} health_check",
+                    quoted(&backend.label())
+                ),
                 problems,
             );
             let check = vip.check_of(backend, global);
@@ -599,7 +650,7 @@ fn check_health(config: &Config, problems: &mut Vec<Problem>) {
                 problems.push(
                     Problem::error(
                         "udp-health-check",
-                        format!("{location} backend {:?}", backend.label()),
+                        format!("{location} backend {}", quoted(&backend.label())),
                         "health_check.port",
                         check.target.to_string(),
                         "a UDP service is checked over TCP at its own port, where nothing may \
@@ -689,11 +740,17 @@ fn check_health_settings(hc: &HealthCheck, location: &str, problems: &mut Vec<Pr
     if !(1..=100).contains(&hc.fall) {
         health("fall", hc.fall.to_string(), "must be from 1 to 100");
     }
-    if !hc.http_path.starts_with('/') || hc.http_path.chars().any(char::is_whitespace) {
+    if !hc.http_path.starts_with('/')
+        || hc
+            .http_path
+            .chars()
+            .any(|c| c.is_whitespace() || is_unprintable(c))
+    {
         health(
             "http_path",
             format!("{:?}", hc.http_path),
-            "must start with '/' and hold no spaces",
+            "must start with '/' and hold no spaces or control characters (it goes \
+             into the request line)",
         );
     }
     if !(0.0..=1.0).contains(&hc.panic_threshold) {
@@ -870,13 +927,15 @@ fn check_vip(
     let mut own = Vec::new();
     check_guard_ranges(&overrides, &format!("{location} guards"), &mut own);
     problems.extend(own.into_iter().filter(|p| vip.guards.sets(&p.field)));
-    if vip.name.as_deref() == Some("") {
+    if let Some(name) = &vip.name
+        && let Some((code, why)) = name_fault(name)
+    {
         problems.push(Problem::error(
-            "empty-name",
+            code,
             &location,
             "name",
-            "\"\"",
-            "a name must not be empty (leave it out to use the address)",
+            format!("{name:?}"),
+            why,
         ));
     }
     if vip.backends.is_empty() {
@@ -943,14 +1002,9 @@ fn check_backend_alone(
             );
         }
     }
-    match &backend.name {
-        Some(name) if name.is_empty() => error(
-            "empty-name",
-            "name",
-            "\"\"".into(),
-            "a name must not be empty (leave it out to use the address)".into(),
-        ),
-        Some(name) if twins.name[index].is_some() => error(
+    match (&backend.name, backend.name.as_deref().and_then(name_fault)) {
+        (Some(name), Some((code, why))) => error(code, "name", format!("{name:?}"), why.into()),
+        (Some(name), None) if twins.name[index].is_some() => error(
             "duplicate-name",
             "name",
             format!("{name:?}"),
