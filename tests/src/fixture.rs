@@ -55,6 +55,7 @@ name = "any4"
 address = "198.18.0.101"
 port = 0
 protocol = "tcp"
+health_check = { port = 8080 }
 backend = [
   { name = "b4", address = "198.18.1.4", mac = "02:00:00:00:01:04" },
   { name = "b5", address = "198.18.1.5", mac = "02:00:00:00:01:05" },
