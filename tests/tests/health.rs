@@ -67,6 +67,17 @@ fn wait_for(lab: &Lab, limit: Duration, ready: impl Fn(&Value) -> bool) -> (Valu
     }
 }
 
+/// web4 is in panic with b1 and b2 down, and keeps every backend.
+fn b1_b2_down_in_panic_all_kept(s: &Value) -> bool {
+    vip(s, "web4")["health"]["panic"] == true
+        && ["b1", "b2"]
+            .iter()
+            .all(|b| backend(s, "web4", b)["health"] == "down")
+        && ["b1", "b2", "b3"]
+            .iter()
+            .all(|b| backend(s, "web4", b)["taken_down"] == false)
+}
+
 /// Long-lived connections to web4 until every backend has at least two.
 fn sessions(lab: &Lab, backends: &[&str]) -> Vec<Session> {
     let mut open = Vec::new();
@@ -188,15 +199,7 @@ fn two_dead_of_three_is_panic_not_concentration() {
     let mut open = sessions(&lab, &["b1", "b2", "b3"]);
     lab.stop_backend(0);
     lab.stop_backend(1);
-    let (panic, _) = wait_for(&lab, DETECTION * 2, |s| {
-        vip(s, "web4")["health"]["panic"] == true
-            && ["b1", "b2"]
-                .iter()
-                .all(|b| backend(s, "web4", b)["health"] == "down")
-            && ["b1", "b2", "b3"]
-                .iter()
-                .all(|b| backend(s, "web4", b)["taken_down"] == false)
-    });
+    let (panic, _) = wait_for(&lab, DETECTION * 2, b1_b2_down_in_panic_all_kept);
     // The table is the configured one: b3 keeps its third, no more.
     for name in ["b1", "b2", "b3"] {
         let share = backend(&panic, "web4", name)["expected_share"]
@@ -400,15 +403,7 @@ fn a_restart_in_the_middle_of_a_panic_keeps_the_panic_and_the_table() {
     // connections held to them.
     lab.blind_checks(0, true).expect("b1's checks fail");
     lab.blind_checks(1, true).expect("b2's checks fail");
-    let (panic, _) = wait_for(&lab, DETECTION * 2, |s| {
-        vip(s, "web4")["health"]["panic"] == true
-            && ["b1", "b2"]
-                .iter()
-                .all(|b| backend(s, "web4", b)["health"] == "down")
-            && ["b1", "b2", "b3"]
-                .iter()
-                .all(|b| backend(s, "web4", b)["taken_down"] == false)
-    });
+    let (panic, _) = wait_for(&lab, DETECTION * 2, b1_b2_down_in_panic_all_kept);
     let (digest, generation) = (
         vip(&panic, "web4")["table_digest"].clone(),
         panic["generation"].clone(),
