@@ -11,7 +11,7 @@ use std::{
 };
 
 use lb_tests::{
-    lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP4},
+    lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP_NAMES, VIP4},
     traffic::{self, Session},
 };
 use serde_json::Value;
@@ -67,15 +67,18 @@ fn wait_for(lab: &Lab, limit: Duration, ready: impl Fn(&Value) -> bool) -> (Valu
     }
 }
 
-/// web4 is in panic with b1 and b2 down, and keeps every backend.
-fn b1_b2_down_in_panic_all_kept(s: &Value) -> bool {
-    vip(s, "web4")["health"]["panic"] == true
-        && ["b1", "b2"]
-            .iter()
-            .all(|b| backend(s, "web4", b)["health"] == "down")
-        && ["b1", "b2", "b3"]
-            .iter()
-            .all(|b| backend(s, "web4", b)["taken_down"] == false)
+/// Each of `vips` is in panic with b1 and b2 down, and keeps every
+/// backend.
+fn b1_b2_down_in_panic_all_kept(s: &Value, vips: &[&str]) -> bool {
+    vips.iter().all(|v| {
+        vip(s, v)["health"]["panic"] == true
+            && ["b1", "b2"]
+                .iter()
+                .all(|b| backend(s, v, b)["health"] == "down")
+            && ["b1", "b2", "b3"]
+                .iter()
+                .all(|b| backend(s, v, b)["taken_down"] == false)
+    })
 }
 
 /// Long-lived connections to web4 until every backend has at least two.
@@ -199,7 +202,9 @@ fn two_dead_of_three_is_panic_not_concentration() {
     let mut open = sessions(&lab, &["b1", "b2", "b3"]);
     lab.stop_backend(0);
     lab.stop_backend(1);
-    let (panic, _) = wait_for(&lab, DETECTION * 2, b1_b2_down_in_panic_all_kept);
+    let (panic, _) = wait_for(&lab, DETECTION * 2, |s| {
+        b1_b2_down_in_panic_all_kept(s, &["web4"])
+    });
     // The table is the configured one: b3 keeps its third, no more.
     for name in ["b1", "b2", "b3"] {
         let share = backend(&panic, "web4", name)["expected_share"]
@@ -403,11 +408,17 @@ fn a_restart_in_the_middle_of_a_panic_keeps_the_panic_and_the_table() {
     // connections held to them.
     lab.blind_checks(0, true).expect("b1's checks fail");
     lab.blind_checks(1, true).expect("b2's checks fail");
-    let (panic, _) = wait_for(&lab, DETECTION * 2, b1_b2_down_in_panic_all_kept);
-    let (digest, generation) = (
-        vip(&panic, "web4")["table_digest"].clone(),
-        panic["generation"].clone(),
-    );
+    // Every VIP: the checks of both families fail.
+    let (panic, _) = wait_for(&lab, DETECTION * 2, |s| {
+        b1_b2_down_in_panic_all_kept(s, &VIP_NAMES)
+    });
+    let digests = |s: &Value| -> Vec<Value> {
+        VIP_NAMES
+            .iter()
+            .map(|v| vip(s, v)["table_digest"].clone())
+            .collect()
+    };
+    let (digest, generation) = (digests(&panic), panic["generation"].clone());
 
     let journalled = std::fs::read_to_string(lab.journal())
         .expect("the journal")
@@ -426,16 +437,15 @@ fn a_restart_in_the_middle_of_a_panic_keeps_the_panic_and_the_table() {
     // Once every backend is judged by the new daemon's own checks, the
     // VIP is still in panic and its table never changed.
     let (settled, _) = wait_for(&lab, DETECTION * 2, |s| {
-        ["web4", "dns4"]
+        VIP_NAMES
             .iter()
             .all(|v| vip(s, v)["health"]["settling"].is_null())
     });
-    assert_eq!(
-        vip(&settled, "web4")["health"]["panic"],
-        true,
+    assert!(
+        b1_b2_down_in_panic_all_kept(&settled, &VIP_NAMES),
         "{settled:#}"
     );
-    assert_eq!(vip(&settled, "web4")["table_digest"], digest);
+    assert_eq!(digests(&settled), digest);
     assert_eq!(settled["generation"], generation, "no table changed");
     for session in &mut open {
         let name = session.backend.clone();
