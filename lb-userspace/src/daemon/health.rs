@@ -297,7 +297,7 @@ impl HealthControl {
 
     /// The backends the checker finds dead: failing checks, or out of the
     /// tables and not yet past `rise` checks (after a restart the checker
-    /// starts every backend up).
+    /// starts up every backend the last daemon did not record failing).
     pub fn dead(&self) -> BTreeSet<Down> {
         self.dead_in(&self.checker.states())
     }
