@@ -483,6 +483,29 @@ impl GroupLab {
         }
     }
 
+    /// Waits until host `i`'s status satisfies `done`; returns it.
+    pub fn await_status(
+        &self,
+        i: usize,
+        timeout: Duration,
+        done: impl Fn(&Report) -> bool,
+    ) -> anyhow::Result<Report> {
+        let start = Instant::now();
+        loop {
+            let report = self.status(i)?;
+            if done(&report) {
+                return Ok(report);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "host {i}'s status did not get there in {timeout:?}: {}",
+                    serde_json::to_string_pretty(&report)?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Host `i`'s address on the segment (the router's next hop to it).
     pub fn host_addr(&self, i: usize, ipv6: bool) -> IpAddr {
         if ipv6 {
@@ -501,6 +524,17 @@ impl GroupLab {
     pub fn cut_link(&self, i: usize) -> anyhow::Result<()> {
         self.switch
             .ip(&["link", "set", &format!("p-lb{i}"), "down"])
+    }
+
+    /// Cuts host `i` off silently, or lets it back: its switch port stops
+    /// (or resumes) forwarding while its link stays up, as a failed
+    /// switch path does; nothing on the host sees a link go down.
+    pub fn isolate(&self, i: usize, cut_off: bool) -> anyhow::Result<()> {
+        // Bridge port states: 0 disabled, 3 forwarding.
+        let state = if cut_off { "0" } else { "3" };
+        let port = format!("p-lb{i}");
+        self.switch
+            .exec("bridge", &["link", "set", "dev", &port, "state", state])
     }
 
     /// The client's namespace.

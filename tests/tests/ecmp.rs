@@ -411,3 +411,107 @@ fn a_change_rolled_out_host_by_host_ends_identical_and_a_cut_link_fails_over() {
     assert!(stderr.contains("BIRD withdrew every route"), "{stderr}");
     assert_eq!(lab.next_hops(vip4).expect("route"), Vec::<IpAddr>::new());
 }
+
+/// Health checks quick enough that an outage of a few seconds is longer
+/// than `fall` intervals.
+const QUICK_CHECKS: &str =
+    "\n[health_check]\ninterval_ms = 300\ntimeout_ms = 200\nrise = 2\nfall = 2\n";
+
+#[test]
+fn a_host_cut_off_silently_withdraws_and_rejoins_only_once_its_checks_settle() {
+    let lab = GroupLab::start(&BackendSpec::equal(3), QUICK_CHECKS).expect("the group lab starts");
+    let vip4 = IpAddr::V4(VIP4);
+    for ipv6 in [false, true] {
+        let vip = GroupLab::web(ipv6).ip();
+        lab.await_next_hops(vip, &both_hops(&lab, ipv6), CONVERGE)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    }
+    let before = lab.status(1).expect("status");
+    let digests = exported_digests(&lab, 1);
+    let mut sessions = open_sessions(&lab);
+    let crossed_host1 = sessions
+        .iter()
+        .filter(|(vip, session)| {
+            let source = session.source().expect("source");
+            explain(&lab, 1, source, *vip)["via"] == "connection-table"
+        })
+        .count();
+    assert!(crossed_host1 > 0, "no connection crossed host 1");
+
+    // Host 1's switch port stops forwarding; its link stays up. Its checks
+    // all fail (panic: the table keeps everyone), the BGP sessions time
+    // out, and only then does it withdraw: it is cut off.
+    lab.isolate(1, true).expect("cut host 1 off");
+    let took = lab
+        .await_next_hops(vip4, &[lab.host_addr(0, false)], CONVERGE)
+        .expect("the router drops host 1");
+    eprintln!("host 1 gone from the router's route after {took:?}");
+    let cut_off = lab
+        .await_status(1, CONVERGE, |report| {
+            let announce = report.announce.as_ref().expect("announce report");
+            announce.routes.is_empty() && announce.vips.iter().all(|v| v.why.contains("cut off"))
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    assert!(
+        cut_off
+            .vips
+            .iter()
+            .all(|v| v.health.as_ref().is_some_and(|h| h.panic)),
+        "every VIP of host 1 is in panic: {:?}",
+        cut_off.vips
+    );
+    for (index, (vip, session)) in sessions.iter_mut().enumerate() {
+        let answer = session
+            .ask()
+            .unwrap_or_else(|e| panic!("connection {index} to {vip} broke while cut off: {e:#}"));
+        assert_eq!(answer, session.backend, "connection {index} moved backend");
+    }
+
+    // Back: BGP comes up again, but host 1 is announced only once every
+    // backend has passed its checks again; its table never changed.
+    lab.isolate(1, false).expect("let host 1 back");
+    for ipv6 in [false, true] {
+        let vip = GroupLab::web(ipv6).ip();
+        lab.await_next_hops(vip, &both_hops(&lab, ipv6), CONVERGE)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    }
+    let log = lab.logs();
+    let host1 = log.split("--- host 1:").nth(1).expect("host 1's log");
+    // After the withdrawal: every VIP recovers (and settles) before any
+    // route comes back.
+    let since = host1
+        .rfind("announce: BIRD now announces no routes")
+        .map(|at| &host1[at..])
+        .unwrap_or_else(|| panic!("host 1 never withdrew:\n{host1}"));
+    let recovered = since
+        .match_indices("it settles again")
+        .map(|(at, _)| at)
+        .max();
+    let announced = since.find("announce: BIRD now announces 198.18");
+    assert!(
+        matches!((recovered, announced), (Some(r), Some(a)) if r < a)
+            && since.matches("it settles again").count() == 4,
+        "host 1 announced again before every VIP's checks recovered:\n{host1}"
+    );
+    for (index, (vip, session)) in sessions.iter_mut().enumerate() {
+        let answer = session
+            .ask()
+            .unwrap_or_else(|e| panic!("connection {index} to {vip} broke at the rejoin: {e:#}"));
+        assert_eq!(answer, session.backend, "connection {index} moved backend");
+    }
+    let after = lab
+        .await_status(1, CONVERGE, |report| {
+            report
+                .vips
+                .iter()
+                .all(|v| v.health.as_ref().is_some_and(|h| !h.panic))
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    assert_eq!(
+        after.generation, before.generation,
+        "host 1's tables changed across the outage:\n{host1}"
+    );
+    assert_eq!(exported_digests(&lab, 1), digests);
+    let tcp = traffic::tcp_connections(lab.client(), GroupLab::web(false), 200, 4).expect("tcp");
+    assert_eq!((tcp.answered(), tcp.failures), (200, 0), "{tcp:?}");
+}

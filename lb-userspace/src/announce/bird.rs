@@ -122,6 +122,46 @@ pub fn announce(
     command(socket, "configure").map(drop)
 }
 
+/// BIRD's BGP sessions: how many are configured and how many are
+/// established (`show protocols`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sessions {
+    /// BGP protocols configured.
+    pub configured: usize,
+    /// Those whose session is established.
+    pub established: usize,
+}
+
+impl Sessions {
+    /// Whether BIRD has BGP peers and reaches none of them: whatever it
+    /// announces now reaches no router.
+    pub fn cut_off(&self) -> bool {
+        self.configured > 0 && self.established == 0
+    }
+}
+
+/// The BGP sessions of the BIRD listening on `socket`.
+pub fn sessions(socket: &Path) -> anyhow::Result<Sessions> {
+    Ok(count_sessions(&command(socket, "show protocols")?))
+}
+
+/// Counts the BGP rows of `show protocols`' lines: `Name Proto Table State
+/// Since Info`, where an established session's info says `Established`.
+fn count_sessions(lines: &[String]) -> Sessions {
+    let bgp: Vec<Vec<&str>> = lines
+        .iter()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|words| words.get(1) == Some(&"BGP"))
+        .collect();
+    Sessions {
+        configured: bgp.len(),
+        established: bgp
+            .iter()
+            .filter(|words| words.contains(&"Established"))
+            .count(),
+    }
+}
+
 /// Whether `error` says that no BIRD listens on the socket: then BIRD
 /// announces nothing now, and reads the include file when it starts.
 pub fn not_running(error: &anyhow::Error) -> bool {
@@ -188,6 +228,36 @@ mod tests {
         let refused = anyhow::anyhow!("BIRD answered \"configure\" with 8002: syntax error");
         assert!(!not_running(&refused));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bgp_sessions_are_counted_from_show_protocols() {
+        let answer: Vec<String> = [
+            "Name       Proto      Table      State  Since         Info",
+            "device1    Device     ---        up     07:10:02.113  ",
+            "fulcrum4   Static     master4    up     07:10:02.113  ",
+            "router_ipv4 BGP        ---        up     07:10:05.201  Established   ",
+            "router_ipv6 BGP        ---        start  07:12:40.007  Active        Socket: Connection refused",
+            "",
+        ]
+        .map(String::from)
+        .to_vec();
+        let sessions = count_sessions(&answer);
+        assert_eq!(
+            sessions,
+            Sessions {
+                configured: 2,
+                established: 1
+            }
+        );
+        assert!(!sessions.cut_off());
+        let down: Vec<String> = answer
+            .iter()
+            .map(|l| l.replace("Established", "Connect"))
+            .collect();
+        assert!(count_sessions(&down).cut_off());
+        // No BGP at all: nothing to be cut off from.
+        assert!(!count_sessions(&answer[..3]).cut_off());
     }
 
     #[test]

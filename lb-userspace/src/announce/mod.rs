@@ -18,6 +18,15 @@
 //! it settles, so a host does not draw traffic before it knows where to
 //! send it; but a route a previous daemon announced stays, so a restart
 //! never flaps a route.
+//!
+//! Failing health alone withdraws nothing: a VIP every one of whose
+//! backends fails stays announced (its table keeps them all, in panic),
+//! since the same view on every host of a group would otherwise withdraw
+//! the service everywhere. Only when BIRD also reaches no router (no BGP
+//! session established) is this host cut off: withdrawing then costs no
+//! traffic, and the route comes back only once the VIP's checks have
+//! settled again, so a host rejoining after a silent outage draws no
+//! flows before it knows where to send them.
 
 pub mod bird;
 
@@ -46,13 +55,23 @@ pub struct Readiness {
     pub why: String,
 }
 
+/// Why health holds a VIP's announcement back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Hold {
+    /// Its checks have not judged every backend yet: a route announced
+    /// already stays, none is added.
+    Settling(String),
+    /// Every check fails and BIRD reaches no router: the route goes.
+    CutOff(String),
+}
+
 /// The readiness of every VIP of `state` (what is installed and verified)
-/// on a data plane that is, or is not, `attached`; `settling` holds why
-/// each VIP whose health is not judged yet waits, by endpoint.
+/// on a data plane that is, or is not, `attached`; `holds` says which
+/// VIPs health holds back, and why, by endpoint.
 pub fn readiness(
     attached: bool,
     state: Option<&DesiredState>,
-    settling: &BTreeMap<String, String>,
+    holds: &BTreeMap<String, Hold>,
 ) -> Vec<Readiness> {
     let Some(state) = state else {
         return Vec::new();
@@ -62,14 +81,14 @@ pub fn readiness(
         .iter()
         .map(|vip| {
             let endpoint = vip.endpoint();
-            let waits = settling.get(&endpoint).filter(|_| attached);
+            let hold = holds.get(&endpoint).filter(|_| attached);
             Readiness {
                 name: vip.label.clone(),
                 address: crate::dataplane::state::ip_from(&vip.key.addr, vip.key.family),
-                ready: attached && waits.is_none(),
-                settling: waits.is_some(),
-                why: match waits {
-                    Some(why) => why.clone(),
+                ready: attached && hold.is_none(),
+                settling: matches!(hold, Some(Hold::Settling(_))),
+                why: match hold {
+                    Some(Hold::Settling(why) | Hold::CutOff(why)) => why.clone(),
                     None if attached => "ready".into(),
                     None => "the data plane is not attached".into(),
                 },
@@ -128,6 +147,8 @@ pub struct Announcer {
     /// The routes the include file held when this announcer began: what a
     /// previous daemon left announced.
     found: Vec<IpAddr>,
+    /// Whether BIRD reached no router when last asked.
+    cut_off: bool,
     report: AnnounceReport,
 }
 
@@ -140,6 +161,7 @@ impl Announcer {
             interface: interface.to_string(),
             told: None,
             found: bird::rendered_routes(&settings.bird_include),
+            cut_off: false,
             report: AnnounceReport {
                 bird_include: settings.bird_include.display().to_string(),
                 bird_socket: settings.bird_socket.display().to_string(),
@@ -189,6 +211,25 @@ impl Announcer {
                 })
             }
         }
+    }
+
+    /// Whether BIRD has BGP peers and an established session with none
+    /// of them; says so in the log when that changes. A BIRD that cannot
+    /// be asked counts as connected: nothing is withdrawn on a guess.
+    pub fn cut_off(&mut self) -> bool {
+        let cut_off = bird::sessions(&self.settings.bird_socket).is_ok_and(|s| s.cut_off());
+        if cut_off != self.cut_off {
+            crate::note!(
+                "announce: {}",
+                if cut_off {
+                    "BIRD has no established BGP session: this host is cut off from the routers"
+                } else {
+                    "BIRD has an established BGP session again"
+                }
+            );
+            self.cut_off = cut_off;
+        }
+        cut_off
     }
 
     /// Withdraws every route (the data plane is going away). A BIRD that
@@ -290,10 +331,13 @@ mod tests {
     #[test]
     fn a_settling_vip_keeps_its_announced_route_and_gets_no_new_one() {
         let all = state();
-        let settling: BTreeMap<String, String> = all
+        let settling: BTreeMap<String, Hold> = all
             .vips
             .iter()
-            .map(|v| (v.endpoint(), "waiting for its health checks".to_string()))
+            .map(|v| {
+                let why = "waiting for its health checks".to_string();
+                (v.endpoint(), Hold::Settling(why))
+            })
             .collect();
         let waiting = readiness(true, Some(&all), &settling);
         assert!(
@@ -308,6 +352,26 @@ mod tests {
             routes(&waiting, &announced),
             announced,
             "kept, not added to"
+        );
+    }
+
+    #[test]
+    fn a_cut_off_vip_is_withdrawn_and_the_rest_stay() {
+        let all = state();
+        // The only VIP on its address.
+        let lone = all.vips[2].endpoint();
+        let why = "every check fails and BIRD reaches no router".to_string();
+        let holds = BTreeMap::from([(lone.clone(), Hold::CutOff(why))]);
+        let vips = readiness(true, Some(&all), &holds);
+        let held: Vec<&Readiness> = vips.iter().filter(|v| !v.ready).collect();
+        assert_eq!(held.len(), 1, "{vips:?}");
+        assert_eq!(held[0].endpoint, lone);
+        assert!(!held[0].settling && held[0].why.contains("reaches no router"));
+        let announced: Vec<IpAddr> = vips.iter().map(|v| v.address).collect();
+        assert_eq!(
+            routes(&vips, &announced),
+            vec!["198.18.100.1".parse::<IpAddr>().unwrap()],
+            "withdrawn"
         );
     }
 }

@@ -12,7 +12,12 @@
 //! last started afresh: when the VIP went into panic, and when a time in
 //! which every one of its backends failed at once (the host's own view,
 //! such as a cut link) ended. Failures from before then say nothing
-//! about the backend itself.
+//! about the backend itself. Nor does a backend leave while no other
+//! backend of its VIP has passed a check begun after it began failing:
+//! at the start of a cut link every backend fails, the first to reach
+//! `fall` no sooner than the rest, which follow it into panic within an
+//! interval. When a time in which all failed ends, the VIP settles again,
+//! as after a start.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -65,6 +70,10 @@ pub struct HealthControl {
     /// Per backend, its check count when its VIP's evidence last started
     /// afresh (absent: when checking began).
     evidence: HashMap<Key, u64>,
+    /// Per backend, its check count when its judgement last started
+    /// afresh (absent: when checking began): at the end of a time its
+    /// VIP was dark.
+    judged_from: HashMap<Key, u64>,
     /// The VIPs every one of whose checked backends failed its last check.
     dark: BTreeSet<String>,
     /// Where the failing backends are recorded for the next daemon, and
@@ -155,6 +164,7 @@ impl HealthControl {
             checker,
             judging,
             evidence: HashMap::new(),
+            judged_from: HashMap::new(),
             dark: BTreeSet::new(),
             record: (records.clone(), recorded),
             applied: grouped(down),
@@ -202,29 +212,50 @@ impl HealthControl {
     }
 
     /// Per VIP endpoint whose backends are not all judged yet by this
-    /// daemon's checks (since start, or since their check changed), why
-    /// it waits. Its table does not change for health meanwhile.
-    pub fn unsettled(&self) -> BTreeMap<String, String> {
-        self.unsettled_in(&self.checker.states())
+    /// daemon's checks (since start, since their check changed, or since
+    /// a time in which all of them failed at once ended), why it waits.
+    /// Its table does not change for health meanwhile, and it is not
+    /// announced anew.
+    pub fn unsettled(&mut self) -> BTreeMap<String, String> {
+        let states = self.checker.states();
+        self.follow_dark(&states);
+        self.unsettled_in(&states)
+    }
+
+    /// The VIPs every one of whose checked backends fails (as of the last
+    /// `unsettled` or `reconcile`): the backends' fault, or this host's
+    /// own view, such as a cut link.
+    pub fn dark(&self) -> &BTreeSet<String> {
+        &self.dark
     }
 
     fn unsettled_in(&self, states: &HashMap<Key, Health>) -> BTreeMap<String, String> {
-        let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        // Per VIP: backends judged, backends checked, whether it recovers
+        // from a dark time.
+        let mut counts: BTreeMap<String, (usize, usize, bool)> = BTreeMap::new();
         for (key, judging) in self.judging.iter().filter(|(_, j)| j.checked) {
-            let judged = states
-                .get(key)
-                .is_some_and(|h| h.checks >= judging.judged_after());
-            let (done, all) = counts.entry(key.vip.clone()).or_default();
+            let base = self.judged_from.get(key).copied().unwrap_or(0);
+            let judged = states.get(key).is_some_and(|h| {
+                // A check restarted since (a changed check) counts from 0.
+                let since = h.checks.checked_sub(base).unwrap_or(h.checks);
+                since >= judging.judged_after()
+            });
+            let (done, all, recovers) = counts.entry(key.vip.clone()).or_default();
             *done += usize::from(judged);
             *all += 1;
+            *recovers |= base > 0;
         }
         counts
             .into_iter()
-            .filter(|(_, (done, all))| done < all)
-            .map(|(vip, (done, all))| {
+            .filter(|(_, (done, all, _))| done < all)
+            .map(|(vip, (done, all, recovers))| {
+                let since = if recovers {
+                    "every check of it failed at once"
+                } else {
+                    "the daemon started"
+                };
                 let why = format!(
-                    "waiting for its health checks: {done} of {all} backends judged since the \
-                     daemon started"
+                    "waiting for its health checks: {done} of {all} backends judged since {since}"
                 );
                 (vip, why)
             })
@@ -239,6 +270,30 @@ impl HealthControl {
         // A check restarted since (a changed check) counts from 0 again.
         let since = health.checks.checked_sub(base).unwrap_or(health.checks);
         !health.up && u64::from(health.failures).min(since) >= u64::from(fall)
+    }
+
+    /// Whether `key`'s failing is its own and not this host's view: another
+    /// checked backend of its VIP passed a check begun after `key` began
+    /// failing (or it has no checked sibling). At the start of a cut link
+    /// the first backend to reach `fall` has no such sibling; the rest
+    /// follow it into panic within an interval, and nobody leaves.
+    fn seen_past(&self, key: &Key, health: &Health, states: &HashMap<Key, Health>) -> bool {
+        let mut siblings = self
+            .judging
+            .iter()
+            .filter(|(k, j)| j.checked && k.vip == key.vip && *k != key)
+            .peekable();
+        if siblings.peek().is_none() {
+            return true;
+        }
+        siblings.any(|(sibling, _)| {
+            states.get(sibling).is_some_and(|s| {
+                s.failures == 0
+                    && s.passed_at
+                        .zip(health.failing_since)
+                        .is_some_and(|(passed, failing)| passed > failing)
+            })
+        })
     }
 
     /// Starts `vip`'s evidence afresh: failures before now stop counting.
@@ -266,6 +321,25 @@ impl HealthControl {
             .filter(|(_, lit)| !lit)
             .map(|(vip, _)| vip.to_string())
             .collect()
+    }
+
+    /// Follows which VIPs are dark. When one lights again, its evidence
+    /// and its judgement start afresh: failures from before take no
+    /// backend out, and it settles again before its table changes or it
+    /// is announced anew.
+    fn follow_dark(&mut self, states: &HashMap<Key, Health>) {
+        let dark = self.dark_in(states);
+        for vip in self.dark.difference(&dark).cloned().collect::<Vec<_>>() {
+            crate::note!(
+                "health: VIP {vip}: a backend answers again after every one failed at once; \
+                 failures from before now take no backend out, and it settles again"
+            );
+            self.restart_evidence(&vip, states);
+            for (key, health) in states.iter().filter(|(k, _)| k.vip == vip) {
+                self.judged_from.insert(key.clone(), health.checks);
+            }
+        }
+        self.dark = dark;
     }
 
     /// Records the failing backends for the next daemon, when they changed.
@@ -326,15 +400,7 @@ impl HealthControl {
         self.record_failing(&states);
         let dead = self.dead_in(&states);
         let mut verdicts = judge(config, &dead);
-        let dark = self.dark_in(&states);
-        for vip in self.dark.difference(&dark).cloned().collect::<Vec<_>>() {
-            crate::note!(
-                "health: VIP {vip}: a backend answers again after every one failed at once; \
-                 failures from before now take no backend out"
-            );
-            self.restart_evidence(&vip, &states);
-        }
-        self.dark = dark;
+        self.follow_dark(&states);
         let unsettled = self.unsettled_in(&states);
         let now = Instant::now();
         let mut details = Vec::new();
@@ -377,14 +443,18 @@ impl HealthControl {
                 .get(&verdict.endpoint)
                 .cloned()
                 .unwrap_or_default();
-            // Out already, or proven dead: a backend failing on older
-            // evidence stays in until its own checks prove it.
+            // Out already, or proven dead by failures of its own: a
+            // backend failing on older evidence, or while this host may
+            // see nothing at all, stays in.
             verdict.taken_down.retain(|addr| {
                 let key = Key {
                     vip: verdict.endpoint.clone(),
                     backend: *addr,
                 };
-                have.contains(addr) || states.get(&key).is_some_and(|h| self.proven_dead(&key, h))
+                have.contains(addr)
+                    || states.get(&key).is_some_and(|h| {
+                        self.proven_dead(&key, h) && self.seen_past(&key, h, &states)
+                    })
             });
             let mut wanted = verdict.taken_down.clone();
             wanted.sort();

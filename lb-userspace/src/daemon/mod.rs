@@ -14,7 +14,7 @@ pub mod seed;
 pub mod trace;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::{
-    announce::{self, Announcer},
+    announce::{self, Announcer, Hold},
     config::{MacAddr, Protocol},
     daemon::records::RecordDir,
     dataplane::state::{DesiredState, flow_key},
@@ -240,11 +240,23 @@ impl Controller {
         let Some(announcer) = &mut self.announcer else {
             return;
         };
-        let vips = announce::readiness(
-            self.monitor.attached(),
-            self.dataplane.installed(),
-            &self.health.unsettled(),
-        );
+        let mut holds: BTreeMap<String, Hold> = self
+            .health
+            .unsettled()
+            .into_iter()
+            .map(|(vip, why)| (vip, Hold::Settling(why)))
+            .collect();
+        // Failing health withdraws nothing unless BIRD reaches no router
+        // either (asked only then).
+        if !self.health.dark().is_empty() && announcer.cut_off() {
+            for vip in self.health.dark() {
+                let why = "withdrawn: every health check fails and BIRD has no established BGP \
+                           session (this host is cut off); announced again once its checks \
+                           settle";
+                holds.insert(vip.clone(), Hold::CutOff(why.into()));
+            }
+        }
+        let vips = announce::readiness(self.monitor.attached(), self.dataplane.installed(), &holds);
         if let Some(line) = announcer.reconcile(vips) {
             crate::note!("{line}");
         }

@@ -70,6 +70,10 @@ pub struct Health {
     pub last_error: Option<String>,
     /// When `up` last changed, or when checking began.
     pub since: SystemTime,
+    /// When the first check of its current run of failures began.
+    pub failing_since: Option<SystemTime>,
+    /// When the last check that passed began.
+    pub passed_at: Option<SystemTime>,
 }
 
 /// A backend went down or came back.
@@ -105,6 +109,8 @@ impl Health {
             latency_avg: None,
             last_error: None,
             since,
+            failing_since: None,
+            passed_at: None,
         }
     }
 
@@ -119,6 +125,7 @@ impl Health {
         now: SystemTime,
     ) -> Option<Transition> {
         self.checks = self.checks.saturating_add(1);
+        let began = now.checked_sub(outcome.latency).unwrap_or(now);
         self.last_latency = Some(outcome.latency);
         self.latency_avg = Some(match self.latency_avg {
             None => outcome.latency,
@@ -129,12 +136,15 @@ impl Health {
                 self.successes = self.successes.saturating_add(1);
                 self.failures = 0;
                 self.last_error = None;
+                self.failing_since = None;
+                self.passed_at = Some(began);
                 (!self.up && self.successes >= rise.max(1))
                     .then(|| format!("{} passed", count(self.successes, "check")))
             }
             Some(failure) => {
                 self.failures = self.failures.saturating_add(1);
                 self.successes = 0;
+                self.failing_since.get_or_insert(began);
                 let reason = (self.up && self.failures >= fall.max(1))
                     .then(|| format!("{}: {failure}", count(self.failures, "failed check")));
                 self.last_error = Some(failure);
@@ -565,6 +575,16 @@ mod tests {
         assert_eq!((health.successes, health.failures), (4, 0));
         assert_eq!(health.last_error, None);
         assert_eq!(health.since, at(5));
+        // When checks began: the last pass, and no run of failures.
+        let began = |s: u64| Some(at(s) - Duration::from_millis(1));
+        assert_eq!((health.passed_at, health.failing_since), (began(7), None));
+        // A run of failures dates from its first check's start.
+        feed(&mut health, (0..2).map(|_| fail(200, "x")).collect());
+        let started = at(1) - Duration::from_millis(200);
+        assert_eq!(
+            (health.passed_at, health.failing_since),
+            (began(7), Some(started))
+        );
     }
 
     #[test]
