@@ -881,7 +881,6 @@ impl Lab {
         Ok(())
     }
 
-    /// The lab's config file.
     /// Makes backend `index`'s health checks fail, or pass again
     /// (`blind` false), while its service keeps answering clients: the
     /// backend's host stops answering the load balancer's own addresses
@@ -898,6 +897,7 @@ impl Lab {
         Ok(())
     }
 
+    /// The lab's config file.
     pub fn config_path(&self) -> PathBuf {
         self.config_dir.join("fulcrum.toml")
     }
@@ -963,6 +963,11 @@ impl Lab {
         &self.places.socket
     }
 
+    /// The record of what is installed on the load balancer's interface.
+    pub fn records(&self) -> lb_userspace::daemon::records::RecordDir {
+        lb_userspace::daemon::records::RecordDir::new(&self.places.state_root, "eth0")
+    }
+
     /// The client host's addresses.
     pub fn client_addrs(&self) -> (Ipv4Addr, Ipv6Addr) {
         self.client_addrs
@@ -985,6 +990,25 @@ impl Lab {
     pub fn fulcrum_log(&self) -> Vec<String> {
         let mut slot = self.fulcrum.lock().expect("fulcrum lock");
         slot.as_mut().map_or_else(Vec::new, Fulcrum::log_so_far)
+    }
+
+    /// Waits until a line of what `fulcrum run` printed contains `text`;
+    /// returns everything it printed so far.
+    pub fn await_log(&self, text: &str, timeout: Duration) -> anyhow::Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.fulcrum_log();
+            if log.iter().any(|line| line.contains(text)) {
+                return Ok(log);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no {text:?} in the log after {timeout:?}:\n{}",
+                    log.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs `fulcrum detach` for the load balancer's interface.

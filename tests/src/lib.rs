@@ -2,6 +2,7 @@
 //! program fixture for BPF_PROG_TEST_RUN, and (for end-to-end runs) network
 //! namespaces with real traffic.
 
+pub mod api;
 pub mod fixture;
 pub mod flood;
 pub mod group_lab;

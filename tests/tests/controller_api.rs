@@ -6,15 +6,15 @@
 //! socket only root may use; concurrent applies serialized.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    os::unix::fs::PermissionsExt as _,
     path::Path,
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_tests::{
+    api,
     lab::{BackendSpec, Lab, TCP_PORT, VIP4, fulcrum_binary},
     traffic,
 };
@@ -250,14 +250,8 @@ fn seed(text: &str) -> String {
 }
 
 fn wait_for_log(lab: &Lab, needle: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = lab.fulcrum_log();
-        if log.iter().any(|l| l.contains(needle)) || Instant::now() > deadline {
-            return log;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.await_log(needle, Duration::from_secs(10))
+        .unwrap_or_else(|_| lab.fulcrum_log())
 }
 
 #[test]
@@ -362,25 +356,9 @@ fn a_second_controller_and_live_only_settings_are_refused() {
 
 /// Sends one raw HTTP request on the API socket; returns the status code.
 fn raw(socket: &Path, method: &str, path: &str, body: &[u8]) -> u16 {
-    let mut stream = UnixStream::connect(socket).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: fulcrum\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) before reading a large body to its end.
-    let _ = stream.write_all(body);
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
+    api::request(socket, method, path, body)
+        .expect("the API answers")
+        .0
 }
 
 #[test]

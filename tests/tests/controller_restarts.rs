@@ -142,6 +142,52 @@ fn kill_9_of_the_controller_loses_nothing() {
 }
 
 /// The first VIP's table shares for a config text, as validation builds them.
+#[test]
+fn a_restart_with_a_broken_edit_in_the_file_keeps_the_installed_config_and_says_so() {
+    let lab = Lab::start(&BackendSpec::equal(3)).expect("lab starts");
+    let web4 = SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT);
+    let mut session = Session::open(lab.client(), web4).expect("a session");
+    let good = std::fs::read_to_string(lab.config_path()).expect("config");
+    let generation = |lab: &Lab| {
+        let (code, stdout, stderr) = lab.cli(&["status", "--format", "json"]).expect("status");
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<Report>(&stdout)
+            .expect("a report")
+            .generation
+    };
+    let before = generation(&lab);
+    // An edit that is not TOML: refused, and left in the file.
+    let broken = format!("{good}\n[[vip]\nname = \"half");
+    std::fs::write(lab.config_path(), &broken).expect("write");
+    lab.await_log("file: REFUSED", Duration::from_secs(10))
+        .expect("the edit is refused");
+    lab.kill_fulcrum().expect("kill -9");
+    let log = lab
+        .start_fulcrum()
+        .expect("the daemon starts with a broken file beside a running data plane");
+    let said = |text: &str| log.iter().any(|l| l.contains(text));
+    assert!(
+        said("is invalid") && said("which stays in force until the file is fixed"),
+        "{log:?}"
+    );
+    assert!(said("adopted the data plane"), "{log:?}");
+    lab.await_log("start: REFUSED", Duration::from_secs(10))
+        .expect("the file's edit is refused at start");
+    assert_eq!(generation(&lab), before, "nothing was installed");
+    assert_eq!(session.ask().expect("the session answers"), session.backend);
+    assert_eq!(
+        std::fs::read_to_string(lab.config_path()).expect("config"),
+        broken,
+        "the operator's edit is still in the file"
+    );
+    // Fixing the file applies it.
+    let fixed = good.replacen("weight = 1", "weight = 2", 1);
+    std::fs::write(lab.config_path(), &fixed).expect("write");
+    lab.await_log("file: applied and verified", Duration::from_secs(10))
+        .expect("the fixed file is applied");
+    assert_eq!(generation(&lab), before + 1);
+}
+
 fn table_shares(text: &str) -> Vec<u32> {
     let validation = lb_userspace::policy::validate::validate(text);
     validation.tables[0]

@@ -102,13 +102,7 @@ fn a_trace_of_one_vip_shows_what_the_clients_saw() {
 
 /// Waits up to 5 s for a line of the daemon's log containing `text`.
 fn await_log(lab: &Lab, text: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !lab.fulcrum_log().iter().any(|line| line.contains(text)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {text:?} in the log:\n{}",
-            lab.fulcrum_log().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    if let Err(e) = lab.await_log(text, Duration::from_secs(5)) {
+        panic!("{e:#}");
     }
 }

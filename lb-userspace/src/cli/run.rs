@@ -126,6 +126,40 @@ fn read_config(path: &Path) -> anyhow::Result<String> {
     crate::config::read_file(path).with_context(|| format!("reading config {}", path.display()))
 }
 
+/// The config text the data plane pinned for this run's interface was
+/// installed from (its newest record), when there is such a data plane.
+/// The interface is `--interface`, the one an invalid file still names, or
+/// the only one with records under the state root.
+fn installed_config(args: &RunArgs, parsed: Option<&crate::config::Config>) -> Option<String> {
+    let interface = args
+        .interface
+        .clone()
+        .or_else(|| parsed.and_then(|c| c.interface.clone()))
+        .or_else(|| {
+            let recorded: Vec<String> = std::fs::read_dir(&args.places.state_root)
+                .ok()?
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter(|name| {
+                    let (_, records) = args.places.of(name);
+                    records.read(0).is_ok() || records.read(1).is_ok()
+                })
+                .collect();
+            match recorded.as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
+            }
+        })?;
+    let (pins, records) = args.places.of(&interface);
+    if !pins.path().exists() {
+        return None;
+    }
+    [0, 1]
+        .into_iter()
+        .filter_map(|bank| records.read(bank).ok())
+        .max_by_key(|record| record.generation)
+        .map(|record| record.config)
+}
+
 /// Tells the operator what the gate decided at start-up; errors when it
 /// refused.
 fn announce(verdict: &Verdict, what: &str) -> anyhow::Result<()> {
@@ -189,13 +223,26 @@ fn watch_file(path: PathBuf, mut last: String, events: mpsc::Sender<Event>) {
 /// Runs the controller until a signal (or `fulcrum detach`) stops it.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let text = read_config(&args.config)?;
-    let first = InForce::new(text.clone());
+    let mut first = InForce::new(text.clone());
     if !first.validation.is_valid() {
-        bail!(
-            "config {} is invalid (see `fulcrum validate`): {}",
-            args.config.display(),
-            join_problems(&first.validation.errors())
+        let problems = join_problems(&first.validation.errors());
+        // A broken edit must not keep a controller from a data plane that
+        // runs: start from what it was installed from, and refuse the edit.
+        let Some(installed) = installed_config(&args, first.validation.config.as_ref()) else {
+            bail!(
+                "config {} is invalid (see `fulcrum validate`): {problems}",
+                args.config.display()
+            );
+        };
+        crate::note!(
+            "WARNING config {} is invalid: {problems}; starting from the config the pinned \
+             data plane was installed from, which stays in force until the file is fixed",
+            args.config.display()
         );
+        first = InForce::new(installed);
+        if !first.validation.is_valid() {
+            bail!("the installed config is invalid too: {problems}");
+        }
     }
     for warning in &first.validation.problems {
         crate::note!("{warning}");
@@ -286,23 +333,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 );
             }
             let in_force = InForce::holding_out(record.config, record.held_out);
-            let mut controller = Controller::new(
+            Controller::new(
                 dataplane,
                 (pins.clone(), records.clone()),
                 in_force,
                 (&args.config, journal),
                 (&interface, bpffs_mounted),
                 notify,
-            )?;
-            if controller.config_text() != text {
-                // The file changed while no controller ran.
-                controller.change(text.clone(), args.force, None, Door::Start);
-            }
-            controller
+            )?
         }
         None => {
-            let (dataplane, plan) =
-                start_fresh(&args, &interface, &config, (&pins, &records), &text, seed)?;
+            let (dataplane, plan) = start_fresh(
+                &args,
+                &interface,
+                &config,
+                (&pins, &records),
+                &first.text,
+                seed,
+            )?;
             crate::note!("flows are hashed with {seed_from}");
             let mut controller = Controller::new(
                 dataplane,
@@ -316,6 +364,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             controller
         }
     };
+    if controller.config_text() != text {
+        // The file changed while no controller ran, or is invalid.
+        controller.change(text.clone(), args.force, None, Door::Start);
+    }
     controller.file_seen(&text);
     controller.announce();
     controller.monitor().spawn_sampler();

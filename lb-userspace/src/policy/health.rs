@@ -37,7 +37,8 @@ pub struct VipHealth {
     /// How many more of its healthy backends could fail, heaviest first
     /// (the worst case), before it panics; 0 in panic.
     pub failures_to_panic: usize,
-    /// The dead backends the table leaves out (none in panic).
+    /// The dead backends the table leaves out (in panic, only drained
+    /// ones).
     pub taken_down: Vec<SocketAddr>,
     /// While its backends are not all judged by this daemon's checks yet
     /// (its table waits), why; the controller sets it.
@@ -64,6 +65,17 @@ pub fn judge(config: &Config, down: &BTreeSet<Down>) -> Vec<VipHealth> {
                     (addr, u64::from(b.weight), dead)
                 })
                 .collect();
+            // A drained backend that is dead holds no slot either way; it is
+            // taken out all the same, so that undraining it does not put a
+            // dead backend in the table before its checks pass.
+            let idle_dead = vip
+                .backends
+                .iter()
+                .filter(|b| b.weight == 0)
+                .filter_map(|b| {
+                    let addr = vip.backend_addr(b);
+                    down.contains(&(endpoint.clone(), addr)).then_some(addr)
+                });
             let weight: u64 = serving.iter().map(|(_, w, _)| w).sum();
             let mut healthy: Vec<u64> = serving
                 .iter()
@@ -97,15 +109,12 @@ pub fn judge(config: &Config, down: &BTreeSet<Down>) -> Vec<VipHealth> {
                 panic_threshold: settings.panic_threshold,
                 panic,
                 failures_to_panic: if panic { 0 } else { failures_to_panic },
-                taken_down: if panic {
-                    Vec::new()
-                } else {
-                    serving
-                        .iter()
-                        .filter(|(_, _, dead)| *dead)
-                        .map(|(addr, _, _)| *addr)
-                        .collect()
-                },
+                taken_down: serving
+                    .iter()
+                    .filter(|(_, _, dead)| *dead && !panic)
+                    .map(|(addr, _, _)| *addr)
+                    .chain(idle_dead)
+                    .collect(),
                 settling: None,
                 endpoint,
             }
@@ -176,5 +185,14 @@ mod tests {
         let one = &judge(&c, &down(&[0]))[0];
         assert!(one.panic, "1 healthy of 2 serving is below min_backends 2");
         assert_eq!(one.backends, 2);
+        assert!(one.taken_down.is_empty());
+        // A dead drained backend is out, in panic or not, and the rest are
+        // judged without it.
+        let idle = &judge(&c, &down(&[2]))[0];
+        assert!(!idle.panic);
+        assert_eq!(idle.taken_down, vec!["198.18.0.13:80".parse().unwrap()]);
+        let both = &judge(&c, &down(&[0, 2]))[0];
+        assert!(both.panic);
+        assert_eq!(both.taken_down, vec!["198.18.0.13:80".parse().unwrap()]);
     }
 }
