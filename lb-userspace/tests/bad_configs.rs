@@ -451,8 +451,13 @@ fn explicit_overrides_allow_what_the_guards_refuse() {
 
 /// One more VIP than the data plane holds, each a valid one.
 fn one_vip_too_many() -> String {
-    let mut text = String::new();
-    for v in 0..=lb_common::maps::MAX_VIPS {
+    vips(lb_common::maps::MAX_VIPS + 1, "")
+}
+
+/// `count` valid VIPs of two backends each, after the top-level `settings`.
+fn vips(count: u32, settings: &str) -> String {
+    let mut text = settings.to_string();
+    for v in 0..count {
         text += &format!(
             "[[vip]]\naddress = \"198.19.{}.{}\"\nport = 80\nprotocol = \"tcp\"\nbackend = [{{ address = \"198.18.0.1\" }}, {{ address = \"198.18.0.2\" }}]\n",
             v / 250,
@@ -481,6 +486,7 @@ fn a_config_beyond_the_data_planes_capacities_builds_no_table() {
         ("too-many-vips", one_vip_too_many()),
         ("too-many-backends", setting("max_backends = 4")),
         ("table-too-small", setting("table_size = 251")),
+        ("table-slots", vips(129, "table_size = 65537\n")),
     ];
     for (code, text) in cases {
         let validation = validate(&text);
@@ -489,6 +495,54 @@ fn a_config_beyond_the_data_planes_capacities_builds_no_table() {
         let built = validation.tables.iter().filter(|t| t.is_some()).count();
         assert_eq!(built, 0, "{code}: {built} tables built");
     }
+}
+
+/// The lookup tables of all VIPs together hold at most `MAX_TABLE_SLOTS`
+/// slots (128 VIPs at the default table size): one VIP more is refused
+/// on `table_size`, and the budget itself is accepted.
+#[test]
+fn the_lookup_tables_slots_are_budgeted() {
+    let at = |count: u32| vips(count, "table_size = 65537\n");
+    let over = validate(&at(129)).errors();
+    let found: Vec<_> = over
+        .iter()
+        .map(|p| {
+            (
+                p.code,
+                p.location.as_str(),
+                p.field.as_str(),
+                p.value.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![("table-slots", "config", "table_size", "65537")],
+        "{over:?}"
+    );
+    assert_eq!(
+        over[0].message,
+        "129 VIPs × table_size 65537 = 8454273 slots, above the budget of 8388736 \
+         (32 MiB of kernel memory per bank); lower table_size or split the VIPs over hosts"
+    );
+    let budget = validate(&at(128));
+    assert!(budget.is_valid(), "{:?}", budget.errors());
+}
+
+/// A table size that is not allowed gets its own error, not a slot count
+/// made of it too.
+#[test]
+fn a_refused_table_size_is_not_counted_against_the_slot_budget() {
+    let codes: BTreeSet<_> = validate(&vips(129, "table_size = 65536\n"))
+        .errors()
+        .iter()
+        .map(|p| p.code)
+        .collect();
+    assert_eq!(
+        codes,
+        BTreeSet::from(["table-size", "guard-unchecked"]),
+        "{codes:?}"
+    );
 }
 
 #[test]
