@@ -373,6 +373,11 @@ impl Campaign {
                 // only a text it has not seen.
                 let judged = text != before && (door == Door::Sighup || !watched);
                 if !judged {
+                    if text == before {
+                        // The watch sees a revert to the config in force
+                        // and says the file is in force again.
+                        self.await_file_in_force()?;
+                    }
                     let why = if text == before {
                         "unchanged"
                     } else {
@@ -410,6 +415,19 @@ impl Campaign {
             );
         }
         Ok((accepted, why))
+    }
+
+    /// Waits until `/metrics` says the file is in force.
+    fn await_file_in_force(&self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while self.lab.scrape()?.get("fulcrum_config_file_in_force", &[]) != Some(1.0) {
+            anyhow::ensure!(
+                start.elapsed() < PATIENCE,
+                "the file was not seen in force in {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// The config text in force (`GET /v1/config`).
@@ -636,6 +654,12 @@ impl Campaign {
                 "VIP {name}: /metrics panic {exported:?}, status {panic}"
             );
         }
+        let file_in_force = samples.get("fulcrum_config_file_in_force", &[]);
+        let expected = f64::from(u8::from(self.model.file == self.model.in_force));
+        anyhow::ensure!(
+            file_in_force == Some(expected),
+            "/metrics says the file in force is {file_in_force:?}"
+        );
         let generation = samples.get("fulcrum_config_generation", &[]);
         anyhow::ensure!(
             generation == Some(report.generation as f64),

@@ -180,6 +180,23 @@ fn a_restart_with_a_broken_edit_in_the_file_keeps_the_installed_config_and_says_
         broken,
         "the operator's edit is still in the file"
     );
+    let file_in_force = |lab: &Lab| {
+        lab.scrape()
+            .expect("metrics")
+            .get("fulcrum_config_file_in_force", &[])
+    };
+    assert_eq!(file_in_force(&lab), Some(0.0));
+    // Reverting the edit puts the file in force again, with no change.
+    std::fs::write(lab.config_path(), &good).expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while file_in_force(&lab) != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reverted file is not seen in force"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(generation(&lab), before);
     // Fixing the file applies it.
     let fixed = good.replacen("weight = 1", "weight = 2", 1);
     std::fs::write(lab.config_path(), &fixed).expect("write");
