@@ -33,6 +33,15 @@ enum Task {
     },
     /// Set up, then run the benchmarks.
     Bench,
+    /// Set up, then run the randomized fault campaign for as long as asked.
+    Campaign {
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// The seed to replay (default: from the clock; printed at start).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() {
@@ -93,6 +102,29 @@ fn run(task: Task) -> Result<()> {
             cargo(&["bench", "-p", "lb-tests", "--bench", "apply"])?;
             cargo(&["bench", "-p", "lb-tests", "--bench", "metrics"])?;
             cargo(&["bench", "-p", "lb-userspace", "--bench", "control_plane"])
+        }
+        Task::Campaign { seconds, seed } => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "lb-userspace", "--bins"])?;
+            let seconds = seconds.to_string();
+            let seed = seed.map(|s| s.to_string());
+            let mut env = vec![("FULCRUM_CAMPAIGN_SECONDS", seconds.as_str())];
+            if let Some(seed) = &seed {
+                env.push(("FULCRUM_CAMPAIGN_SEED", seed.as_str()));
+            }
+            cargo_with(
+                &[
+                    "test",
+                    "--release",
+                    "-p",
+                    "lb-tests",
+                    "--test",
+                    "campaign",
+                    "--",
+                    "--nocapture",
+                ],
+                &env,
+            )
         }
     }
 }
