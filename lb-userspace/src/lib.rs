@@ -32,6 +32,7 @@ pub mod net;
 pub mod parallel;
 pub mod policy;
 pub mod problem;
+pub mod splitmix;
 pub mod table;
 
 /// The compiled XDP program, built by build.rs from lb-ebpf.

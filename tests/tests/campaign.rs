@@ -23,7 +23,7 @@ use lb_tests::{
     lab::{BackendSpec, Lab, TCP_PORT, VIP4, VIP6},
     traffic::{self, Session},
 };
-use lb_userspace::monitor::report::Report;
+use lb_userspace::{monitor::report::Report, splitmix::SplitMix64};
 use serde_json::Value;
 
 /// Backends of every VIP.
@@ -44,20 +44,12 @@ const TCP_VIPS: [(usize, bool); 2] = [(0, false), (2, true)];
 const MAX_BACKEND_SHARE: f64 = 0.5;
 const MIN_BACKENDS: usize = 2;
 
-/// splitmix64: a seeded sequence, the same on every machine.
-struct Rng(u64);
+/// The campaign's seeded choices, the same on every machine.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.0.next_u64() % n as u64) as usize
     }
 }
 
@@ -708,7 +700,7 @@ fn a_randomized_fault_campaign_keeps_every_invariant() {
     let text = std::fs::read_to_string(lab.config_path()).expect("the config");
     let mut campaign = Campaign {
         lab,
-        rng: Rng(seed),
+        rng: Rng(SplitMix64(seed)),
         seed,
         model: Model {
             in_force: text.clone(),

@@ -75,7 +75,8 @@ fn compare(lab: &GroupLab) -> (i32, String) {
     (code, format!("{stdout}{stderr}"))
 }
 
-/// Opens `SESSIONS` connections to the web VIP of each family.
+/// Opens `SESSIONS` connections to the web VIP of each family; some of
+/// them cross host 1.
 fn open_sessions(lab: &GroupLab) -> Vec<(SocketAddr, Session)> {
     let mut sessions = Vec::new();
     for ipv6 in [false, true] {
@@ -85,6 +86,14 @@ fn open_sessions(lab: &GroupLab) -> Vec<(SocketAddr, Session)> {
             sessions.push((vip, session));
         }
     }
+    let crossed_host1 = sessions
+        .iter()
+        .filter(|(vip, session)| {
+            let source = session.source().expect("source");
+            explain(lab, 1, source, *vip)["via"] == "connection-table"
+        })
+        .count();
+    assert!(crossed_host1 > 0, "no connection crossed host 1");
     sessions
 }
 
@@ -381,14 +390,6 @@ fn a_change_rolled_out_host_by_host_ends_identical_and_a_cut_link_fails_over() {
     // pulled. Its BIRD withdraws (check link), the router's BGP session to
     // it times out, and its flows carry on through host 0.
     let mut sessions = open_sessions(&lab);
-    let crossed_host1 = sessions
-        .iter()
-        .filter(|(vip, session)| {
-            let source = session.source().expect("source");
-            explain(&lab, 1, source, *vip)["via"] == "connection-table"
-        })
-        .count();
-    assert!(crossed_host1 > 0, "no connection crossed host 1");
     lab.cut_link(1).expect("cut host 1's link");
     let took = lab
         .await_next_hops(vip4, &[lab.host_addr(0, false)], CONVERGE)
@@ -429,14 +430,6 @@ fn a_host_cut_off_silently_withdraws_and_rejoins_only_once_its_checks_settle() {
     let before = lab.status(1).expect("status");
     let digests = exported_digests(&lab, 1);
     let mut sessions = open_sessions(&lab);
-    let crossed_host1 = sessions
-        .iter()
-        .filter(|(vip, session)| {
-            let source = session.source().expect("source");
-            explain(&lab, 1, source, *vip)["via"] == "connection-table"
-        })
-        .count();
-    assert!(crossed_host1 > 0, "no connection crossed host 1");
 
     // Host 1's switch port stops forwarding; its link stays up. Its checks
     // all fail (panic: the table keeps everyone), the BGP sessions time

@@ -21,7 +21,10 @@ use std::{
 use anyhow::Context as _;
 use tokio::{runtime::Handle, sync::oneshot, task::AbortHandle};
 
-use crate::config::{CheckKind, ResolvedCheck};
+use crate::{
+    config::{CheckKind, ResolvedCheck},
+    splitmix::SplitMix64,
+};
 
 /// How long a dropped checker waits for its runtime to wind down. Every
 /// task is cancelled at its next await, so this is a safety net.
@@ -184,7 +187,7 @@ fn count(n: u32, noun: &str) -> String {
 /// Spreads a target's checks over time so that checks of many backends
 /// do not fire in lockstep: a splitmix64 generator seeded from the key and
 /// the time checking began.
-struct Jitter(u64);
+struct Jitter(SplitMix64);
 
 impl Jitter {
     fn new(key: &Key, start: SystemTime) -> Self {
@@ -193,15 +196,11 @@ impl Jitter {
         let nanos = start
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        Self(hasher.finish() ^ nanos)
+        Self(SplitMix64(hasher.finish() ^ nanos))
     }
 
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// The wait before a target's first check: in [0, interval).
