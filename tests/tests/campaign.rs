@@ -162,6 +162,15 @@ fn with_weight(text: &str, vip: usize, backend: usize, weight: u32) -> String {
     format!("{}weight = {weight}{}", &text[..start], &text[end..])
 }
 
+/// A backend to fail or restore: one of `failing` comes back; while none
+/// is, a random one fails. One at a time keeps the rest out of panic.
+fn toggle(rng: &mut Rng, failing: &BTreeSet<usize>) -> (usize, bool) {
+    match failing.iter().next() {
+        Some(backend) => (*backend, true),
+        None => (rng.below(BACKENDS), false),
+    }
+}
+
 fn vip_name(vip: usize) -> &'static str {
     ["web4", "dns4", "web6", "dns6"][vip]
 }
@@ -194,24 +203,11 @@ impl Campaign {
                 door: [Door::Api, Door::File, Door::Sighup][rng.below(3)],
             },
             44..58 => {
-                let backend = rng.below(BACKENDS);
-                // One stopped at a time, so that the rest stay out of panic.
-                let up = self.model.stopped.contains(&backend) || !self.model.stopped.is_empty();
-                let backend = if up && !self.model.stopped.contains(&backend) {
-                    *self.model.stopped.iter().next().expect("one is stopped")
-                } else {
-                    backend
-                };
+                let (backend, up) = toggle(rng, &self.model.stopped);
                 Step::Service { backend, up }
             }
             58..68 => {
-                let backend = rng.below(BACKENDS);
-                let pass = self.model.blind.contains(&backend) || !self.model.blind.is_empty();
-                let backend = if pass && !self.model.blind.contains(&backend) {
-                    *self.model.blind.iter().next().expect("one is blind")
-                } else {
-                    backend
-                };
+                let (backend, pass) = toggle(rng, &self.model.blind);
                 Step::Checks { backend, pass }
             }
             68..78 => Step::Restart,
