@@ -186,6 +186,20 @@ fn a_restart_with_a_broken_edit_in_the_file_keeps_the_installed_config_and_says_
             .get("fulcrum_config_file_in_force", &[])
     };
     assert_eq!(file_in_force(&lab), Some(0.0));
+    // A file with no end (here /dev/zero) is reported, not read whole.
+    std::fs::remove_file(lab.config_path()).expect("remove");
+    std::os::unix::fs::symlink("/dev/zero", lab.config_path()).expect("symlink");
+    lab.await_log("larger than 1048576 bytes", Duration::from_secs(10))
+        .expect("the endless file is reported");
+    let pid = lab.fulcrum_pid().expect("fulcrum runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    assert!(rss_kb < 256 * 1024, "the daemon holds {rss_kb} kB");
+    std::fs::remove_file(lab.config_path()).expect("remove the link");
     // Reverting the edit puts the file in force again, with no change.
     std::fs::write(lab.config_path(), &good).expect("write");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

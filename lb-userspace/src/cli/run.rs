@@ -202,16 +202,22 @@ const NEIGHBOUR_POLL: Duration = Duration::from_secs(2);
 /// How often the config file is checked for edits.
 const FILE_POLL: Duration = Duration::from_secs(1);
 
-/// Sends the config file's text whenever it changes on disk.
-fn watch_file(path: PathBuf, mut last: String, events: mpsc::Sender<Event>) {
+/// Says whenever the config file changes on disk: its text, or that it
+/// is not a config (too large, not text), which the daemon then reports
+/// once. Reads at most the config size limit, however large the file grows.
+fn watch_file(path: PathBuf, last: String, events: mpsc::Sender<Event>) {
     std::thread::spawn(move || {
+        let mut last: Result<String, String> = Ok(last);
         loop {
             std::thread::sleep(FILE_POLL);
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
+            let seen = match crate::config::read_file(&path) {
+                // Missing or unreadable for a moment (an editor replacing
+                // it): wait for the next look.
+                Err(crate::config::ReadError::Io(_)) => continue,
+                read => read.map_err(|e| e.to_string()),
             };
-            if text != last {
-                last.clone_from(&text);
+            if seen != last {
+                last = seen;
                 if events.send(Event::FileChanged).is_err() {
                     return;
                 }
