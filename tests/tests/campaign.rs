@@ -345,46 +345,48 @@ impl Campaign {
                 (accepted, format!("{stdout}{stderr}"))
             }
             Door::File | Door::Sighup => {
-                // A watch that saw this text already stays quiet, and so
-                // does the daemon about a text already in force.
+                // The watch says only what differs from what was last
+                // seen of the file: every text the campaign wrote before
+                // was seen (a verdict, a SIGHUP, or the file in force).
                 let watched = text == self.model.file;
                 let seen = self.lab.fulcrum_log().len();
                 std::fs::write(self.lab.config_path(), text)?;
                 self.model.file = text.to_string();
-                if door == Door::Sighup {
+                let accepted = if door == Door::Sighup {
                     let pid = self.lab.fulcrum_pid().expect("fulcrum runs");
                     // SAFETY: signalling the daemon this test started.
                     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-                }
-                let verdicts = ["fulcrum: file: ", "fulcrum: sighup: "];
-                // The signal always takes the file to the gate; the watch
-                // only a text it has not seen.
-                let judged = text != before && (door == Door::Sighup || !watched);
-                if !judged {
-                    if text == before {
+                    // The signal always answers; the watch may have judged
+                    // the text just before it.
+                    let answer = self.await_lines(seen, &["fulcrum: sighup: "], 1)?.remove(0);
+                    let verdicts = self.await_lines(seen, &["fulcrum: file: "], 0)?;
+                    (
+                        text == before
+                            || answer.contains("applied and verified")
+                            || answer.contains("is the config in force")
+                            || verdicts.iter().any(|l| l.contains("applied and verified")),
+                        answer,
+                    )
+                } else if text == before {
+                    if !watched {
                         // The watch sees a revert to the config in force
                         // and says the file is in force again.
                         self.await_file_in_force()?;
                     }
-                    let why = if text == before {
-                        "unchanged"
-                    } else {
-                        "the same refused edit, still in the file"
-                    };
-                    (text == before, why.to_string())
+                    (true, "unchanged".to_string())
+                } else if watched {
+                    (
+                        false,
+                        "the same refused edit, still in the file".to_string(),
+                    )
                 } else {
-                    let line = self.await_lines(seen, &verdicts, 1)?.remove(0);
-                    let accepted = line.contains("applied and verified");
-                    if !accepted && door == Door::Sighup && !watched {
-                        // Both the signal and the watch take a refused text
-                        // to the gate; wait for the second verdict too.
-                        self.await_lines(seen, &verdicts, 2)?;
-                    }
-                    if accepted {
-                        self.model.in_force = text.to_string();
-                    }
-                    (accepted, line)
+                    let line = self.await_lines(seen, &["fulcrum: file: "], 1)?.remove(0);
+                    (line.contains("applied and verified"), line)
+                };
+                if accepted.0 {
+                    self.model.in_force = text.to_string();
                 }
+                accepted
             }
         };
         if accepted {

@@ -308,11 +308,17 @@ fn the_seeds_mistake_is_refused_at_every_door() {
     // The file put back equals what is in force: nothing to apply, and a
     // SIGHUP of the config in force does not bump the generation either.
     std::fs::write(lab.config_path(), &good).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: signalling the daemon this lab started, by its PID.
     unsafe { libc::kill(lab.fulcrum_pid().unwrap() as i32, libc::SIGHUP) };
-    std::thread::sleep(Duration::from_millis(500));
+    let log = wait_for_log(&lab, "is the config in force; nothing to change");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("sighup: ") && l.contains("nothing to change")),
+        "{log:?}"
+    );
     assert_eq!(generation(&lab), before, "no-ops keep the generation");
+    let (code, _) = json(&lab, &["backend", "drain", "web4", "b4"]);
+    assert_eq!(code, 0, "with the file back in force, the API writes again");
 }
 
 #[test]

@@ -10,7 +10,7 @@
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{Arc, Mutex, PoisonError, mpsc},
     time::Duration,
 };
 
@@ -202,22 +202,35 @@ const NEIGHBOUR_POLL: Duration = Duration::from_secs(2);
 /// How often the config file is checked for edits.
 const FILE_POLL: Duration = Duration::from_secs(1);
 
-/// Says whenever the config file changes on disk: its text, or that it
-/// is not a config (too large, not text), which the daemon then reports
-/// once. Reads at most the config size limit, however large the file grows.
-fn watch_file(path: PathBuf, last: String, events: mpsc::Sender<Event>) {
+/// What the config file held when last read by anyone (the watch, a
+/// SIGHUP, the daemon's own write-back of an API change), or why it was
+/// not a config: the watch says only what differs from it, so that an edit
+/// is judged once, and an edit back to an older text is never missed.
+type FileSeen = Arc<Mutex<Result<String, String>>>;
+
+/// Notes that the file now reads `read` (the bounded read).
+fn saw(seen: &FileSeen, read: Result<String, crate::config::ReadError>) {
+    *seen.lock().unwrap_or_else(PoisonError::into_inner) = read.map_err(|e| e.to_string());
+}
+
+/// Says whenever the config file differs from what was last seen of it:
+/// its text, or that it is not a config (too large, not text), which the
+/// daemon then reports once. Reads at most the config size limit, however
+/// large the file grows.
+fn watch_file(path: PathBuf, seen: FileSeen, events: mpsc::Sender<Event>) {
     std::thread::spawn(move || {
-        let mut last: Result<String, String> = Ok(last);
         loop {
             std::thread::sleep(FILE_POLL);
-            let seen = match crate::config::read_file(&path) {
+            let read = match crate::config::read_file(&path) {
                 // Missing or unreadable for a moment (an editor replacing
                 // it): wait for the next look.
                 Err(crate::config::ReadError::Io(_)) => continue,
                 read => read.map_err(|e| e.to_string()),
             };
-            if seen != last {
-                last = seen;
+            let mut last = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if *last != read {
+                *last = read;
+                drop(last);
                 if events.send(Event::FileChanged).is_err() {
                     return;
                 }
@@ -410,7 +423,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
     }
-    watch_file(args.config.clone(), text, events);
+    let seen: FileSeen = Arc::new(Mutex::new(Ok(text)));
+    watch_file(args.config.clone(), seen.clone(), events);
     let capacities = controller.dataplane.capacities()?;
     crate::note!(
         "serving on {interface}; API on {}; metrics on http://{metrics_address}/metrics; \
@@ -425,7 +439,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         match event {
             Event::Api(job) => {
                 let detaching = matches!(job.request, Request::Detach);
+                let writes = matches!(job.request, Request::Apply(_) | Request::Backend(_));
                 let reply = controller.handle(job.request, job.uid);
+                if writes && reply.status == 200 {
+                    // The daemon wrote the change back into the file.
+                    saw(&seen, crate::config::read_file(&args.config));
+                }
                 let detached = detaching && reply.status == 200;
                 let _ = job.reply.send(reply);
                 if detached {
@@ -439,7 +458,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Event::Signal(SIGUSR1) => report(&controller, args.stats_format),
             Event::Signal(SIGHUP) => match read_config(&args.config) {
                 Ok(text) => {
-                    controller.change(text, false, None, Door::Sighup);
+                    saw(&seen, Ok(text.clone()));
+                    if text == controller.config_text() {
+                        controller.file_seen(&text);
+                        crate::note!(
+                            "sighup: {} is the config in force; nothing to change",
+                            args.config.display()
+                        );
+                    } else {
+                        controller.change(text, false, None, Door::Sighup);
+                    }
                 }
                 Err(e) => crate::note!("SIGHUP: {e:#}; the installed state stays in force"),
             },

@@ -477,10 +477,6 @@ impl Controller {
             );
         }
         if text == self.in_force.text && !matches!(door, Door::Neighbours | Door::Health(_)) {
-            if matches!(door, Door::FileChanged | Door::Sighup | Door::Start) {
-                // A refused edit reverted: the file is in force again.
-                self.file_seen(&text);
-            }
             return Reply::ok(json!({
                 "applied": true,
                 "unchanged": true,
