@@ -120,6 +120,7 @@ struct Tally {
     refused_good: BTreeMap<String, usize>,
     restarts: usize,
     checked_sessions: usize,
+    /// New connections that met a failing backend a panic kept.
     failed_in_panic: usize,
 }
 
@@ -526,6 +527,12 @@ impl Campaign {
                     "a new connection reached stopped backend {}",
                     session.backend
                 );
+                if self.model.blind.contains(&backend) {
+                    // Kept in the table by a panic, its checks failing:
+                    // not a healthy backend, so not held.
+                    self.tally.failed_in_panic += 1;
+                    continue;
+                }
                 self.held.push(Held {
                     vip,
                     session,
