@@ -15,7 +15,7 @@ use std::{
 
 use lb_tests::{
     api,
-    lab::{BackendSpec, Lab, TCP_PORT, VIP4, fulcrum_binary},
+    lab::{BackendSpec, Lab, TCP_PORT, VIP4, VIP6, fulcrum_binary},
     traffic,
 };
 use serde_json::Value;
@@ -566,6 +566,31 @@ fn a_backend_without_a_mac_is_held_out_and_the_guards_judge_the_rest() {
     assert!(codes.contains(&"too-few-backends"), "{codes:?}");
     assert_eq!(generation(&lab), before);
     assert_even_split(&lab, 4);
+}
+
+#[test]
+fn a_change_of_the_interfaces_own_mac_is_followed() {
+    let lab = lab(3);
+    // As a bond failing over to another port would: the load balancer's
+    // interface takes another MAC, and the client learns it afresh.
+    lab.lb()
+        .ip(&["link", "set", "eth0", "address", "02:f0:00:00:00:42"])
+        .unwrap();
+    lab.await_log("changed from", Duration::from_secs(10))
+        .expect("the daemon follows the interface's MAC");
+    for family in ["-4", "-6"] {
+        lab.client().ip(&[family, "neigh", "flush", "all"]).unwrap();
+    }
+    for ipv6 in [false, true] {
+        let address = if ipv6 {
+            IpAddr::V6(VIP6)
+        } else {
+            IpAddr::V4(VIP4)
+        };
+        let vip = SocketAddr::new(address, TCP_PORT);
+        let tcp = traffic::tcp_connections(lab.client(), vip, 60, 4).unwrap();
+        assert_eq!((tcp.answered(), tcp.failures), (60, 0), "{vip}: {tcp:?}");
+    }
 }
 
 #[test]

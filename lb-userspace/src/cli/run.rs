@@ -483,6 +483,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
             }
             Event::Neighbours => {
+                controller.follow_interface_mac();
                 controller.refresh_neighbours();
                 controller.reconcile_health();
                 controller.announce();

@@ -413,6 +413,33 @@ impl Controller {
         }
     }
 
+    /// Follows a change of the interface's MAC (a bond failing over, an
+    /// `ip link set address`): the data plane forwards only the frames
+    /// addressed to the MAC it holds, and would pass every other one to
+    /// the kernel. Run on every neighbour tick, so also after a restart.
+    pub fn follow_interface_mac(&mut self) {
+        let (Ok(mac), Ok(config)) = (net::interface_mac(&self.interface), self.dataplane.config())
+        else {
+            return;
+        };
+        if config.if_mac == mac.0 {
+            return;
+        }
+        let was = MacAddr(config.if_mac);
+        let config = lb_common::maps::DataplaneConfig {
+            if_mac: mac.0,
+            ..config
+        };
+        match self.dataplane.set_config(config) {
+            Ok(()) => crate::note!(
+                "WARNING the MAC of {} changed from {was} to {mac}; the data plane now takes the \
+                 frames addressed to {mac}",
+                self.interface
+            ),
+            Err(e) => crate::note!("following the MAC of {}: {e:#}", self.interface),
+        }
+    }
+
     /// Looks at the neighbour table again. A held-out backend that now has
     /// a MAC, or a backend whose MAC changed, re-applies the config in force
     /// through the gate (door `neighbours`; unchanged tables are shared, so
