@@ -226,13 +226,18 @@ impl Walker {
             *slot = self.index;
             self.left -= 1;
         }
+        self.advance(table.len() as u64);
+        free
+    }
+
+    /// Moves on to the next slot of the permutation of `m` slots.
+    fn advance(&mut self, m: u64) {
         // position and skip are below the table size: one subtraction
         // replaces a modulo (the hot loop of every build).
         self.position += self.skip;
-        if self.position >= table.len() as u64 {
-            self.position -= table.len() as u64;
+        if self.position >= m {
+            self.position -= m;
         }
-        free
     }
 }
 
