@@ -467,20 +467,17 @@ impl GroupLab {
         timeout: Duration,
     ) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        loop {
-            let hops = self.next_hops(vip)?;
-            if hops == want {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "the router's route to {vip} goes via {hops:?}, not {want:?}, after \
-                     {timeout:?}; router BGP:\n{}",
+        crate::wait::until(
+            timeout,
+            || Ok(self.next_hops(vip)?).map(|hops| if hops == want { Ok(()) } else { Err(hops) }),
+            |hops| {
+                Ok(format!(
+                    "the router's route to {vip} goes via {hops:?}, not {want:?}; router BGP:\n{}",
                     self.router_bird.birdc(&["show", "protocols"])?
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                ))
+            },
+        )?;
+        Ok(start.elapsed())
     }
 
     /// Waits until host `i`'s status satisfies `done`; returns it.
@@ -490,20 +487,23 @@ impl GroupLab {
         timeout: Duration,
         done: impl Fn(&Report) -> bool,
     ) -> anyhow::Result<Report> {
-        let start = Instant::now();
-        loop {
-            let report = self.status(i)?;
-            if done(&report) {
-                return Ok(report);
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "host {i}'s status did not get there in {timeout:?}: {}",
+        crate::wait::until(
+            timeout,
+            || {
+                let report = self.status(i)?;
+                Ok(if done(&report) {
+                    Ok(report)
+                } else {
+                    Err(report)
+                })
+            },
+            |report| {
+                Ok(format!(
+                    "host {i}'s status did not get there: {}",
                     serde_json::to_string_pretty(&report)?
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                ))
+            },
+        )
     }
 
     /// Host `i`'s address on the segment (the router's next hop to it).

@@ -995,20 +995,15 @@ impl Lab {
     /// Waits until a line of what `fulcrum run` printed contains `text`;
     /// returns everything it printed so far.
     pub fn await_log(&self, text: &str, timeout: Duration) -> anyhow::Result<Vec<String>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let log = self.fulcrum_log();
-            if log.iter().any(|line| line.contains(text)) {
-                return Ok(log);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no {text:?} in the log after {timeout:?}:\n{}",
-                    log.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait::until(
+            timeout,
+            || {
+                let log = self.fulcrum_log();
+                let found = log.iter().any(|line| line.contains(text));
+                Ok(if found { Ok(log) } else { Err(log) })
+            },
+            |log| Ok(format!("no {text:?} in the log:\n{}", log.join("\n"))),
+        )
     }
 
     /// Runs `fulcrum detach` for the load balancer's interface.

@@ -12,3 +12,4 @@ pub mod packet;
 pub mod prometheus;
 pub mod scrape;
 pub mod traffic;
+pub mod wait;

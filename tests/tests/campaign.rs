@@ -22,6 +22,7 @@ use lb_tests::{
     api,
     lab::{BackendSpec, Lab, TCP_PORT, VIP4, VIP6},
     traffic::{self, Session},
+    wait,
 };
 use lb_userspace::{monitor::report::Report, splitmix::SplitMix64};
 use serde_json::Value;
@@ -410,15 +411,22 @@ impl Campaign {
 
     /// Waits until `/metrics` says the file is in force.
     fn await_file_in_force(&self) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while self.lab.scrape()?.get("fulcrum_config_file_in_force", &[]) != Some(1.0) {
-            anyhow::ensure!(
-                start.elapsed() < PATIENCE,
-                "the file was not seen in force in {PATIENCE:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        wait::until(
+            PATIENCE,
+            || {
+                let in_force = self.lab.scrape()?.get("fulcrum_config_file_in_force", &[]);
+                Ok(if in_force == Some(1.0) {
+                    Ok(())
+                } else {
+                    Err(in_force)
+                })
+            },
+            |in_force| {
+                Ok(format!(
+                    "fulcrum_config_file_in_force is {in_force:?}, not 1"
+                ))
+            },
+        )
     }
 
     /// The config text in force (`GET /v1/config`).
@@ -437,63 +445,72 @@ impl Campaign {
         prefixes: &[&str],
         count: usize,
     ) -> anyhow::Result<Vec<String>> {
-        let start = Instant::now();
-        loop {
-            let lines: Vec<String> = self
-                .lab
-                .fulcrum_log()
-                .into_iter()
-                .skip(seen)
-                .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
-                .collect();
-            if lines.len() >= count {
-                return Ok(lines);
-            }
-            anyhow::ensure!(
-                start.elapsed() < PATIENCE,
-                "not {count} lines starting with {prefixes:?} in {PATIENCE:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait::until(
+            PATIENCE,
+            || {
+                let lines: Vec<String> = self
+                    .lab
+                    .fulcrum_log()
+                    .into_iter()
+                    .skip(seen)
+                    .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+                    .collect();
+                Ok(if lines.len() >= count {
+                    Ok(lines)
+                } else {
+                    Err(lines.len())
+                })
+            },
+            |found| {
+                Ok(format!(
+                    "{found} of {count} lines starting with {prefixes:?}"
+                ))
+            },
+        )
     }
 
     /// Waits until the daemon's health view matches the model: the stopped
     /// and blind backends down, the rest up, and its tables changed to
     /// match (or its VIP in panic).
     fn await_health(&self) -> anyhow::Result<Report> {
-        let start = Instant::now();
-        loop {
-            let report = self.status()?;
-            let mut wrong = Vec::new();
-            for vip in &report.vips {
-                let panic = vip.health.as_ref().is_some_and(|h| h.panic);
-                if let Some(why) = vip.health.as_ref().and_then(|h| h.settling.as_ref()) {
-                    wrong.push(format!("{}: {why}", vip.name));
-                }
-                for b in &vip.backends {
-                    let index = backend_index(&b.name);
-                    let failing =
-                        self.model.stopped.contains(&index) || self.model.blind.contains(&index);
-                    // In panic only drained backends are out.
-                    let out = failing && (!panic || b.weight == 0);
-                    if b.health != if failing { "down" } else { "up" } || b.taken_down != out {
-                        wrong.push(format!(
-                            "{} {}: health {}, taken down {}, panic {panic}",
-                            vip.name, b.name, b.health, b.taken_down
-                        ));
-                    }
+        wait::until(
+            PATIENCE,
+            || self.health_as_modelled(),
+            |seen| Ok(format!("health did not settle as expected: {seen}")),
+        )
+    }
+
+    /// The status once health is as the model says and the rest agrees;
+    /// else what differs.
+    fn health_as_modelled(&self) -> anyhow::Result<Result<Report, String>> {
+        let report = self.status()?;
+        let mut wrong = Vec::new();
+        for vip in &report.vips {
+            let panic = vip.health.as_ref().is_some_and(|h| h.panic);
+            if let Some(why) = vip.health.as_ref().and_then(|h| h.settling.as_ref()) {
+                wrong.push(format!("{}: {why}", vip.name));
+            }
+            for b in &vip.backends {
+                let index = backend_index(&b.name);
+                let failing =
+                    self.model.stopped.contains(&index) || self.model.blind.contains(&index);
+                // In panic only drained backends are out.
+                let out = failing && (!panic || b.weight == 0);
+                if b.health != if failing { "down" } else { "up" } || b.taken_down != out {
+                    wrong.push(format!(
+                        "{} {}: health {}, taken down {}, panic {panic}",
+                        vip.name, b.name, b.health, b.taken_down
+                    ));
                 }
             }
-            if wrong.is_empty() && self.consistent().is_ok() {
-                return Ok(report);
-            }
-            anyhow::ensure!(
-                start.elapsed() < PATIENCE,
-                "health did not settle as expected in {PATIENCE:?}: {wrong:?}; {:?}",
-                self.consistent().err()
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
+        if !wrong.is_empty() {
+            return Ok(Err(format!("{wrong:?}")));
+        }
+        Ok(self
+            .consistent()
+            .map(|()| report)
+            .map_err(|e| format!("{e:#}")))
     }
 
     fn status(&self) -> anyhow::Result<Report> {
@@ -568,14 +585,7 @@ impl Campaign {
         );
         // The state may change for health between reads: retry until one
         // consistent view.
-        let start = Instant::now();
-        loop {
-            match self.consistent() {
-                Ok(()) => return Ok(()),
-                Err(e) if start.elapsed() > PATIENCE => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        wait::until(PATIENCE, || Ok(self.consistent()), Err)
     }
 
     /// The record, the kernel, the guards and `/metrics` against `status`.

@@ -20,6 +20,7 @@ use lb_tests::{
         BackendSpec, Lab, Launch, TCP_PORT, UDP_PORT, VIP4, fulcrum_binary, fulcrum_upgrade_binary,
     },
     traffic::{self, Session, Tally},
+    wait,
 };
 use lb_userspace::monitor::report::Report;
 
@@ -202,14 +203,15 @@ fn a_restart_with_a_broken_edit_in_the_file_keeps_the_installed_config_and_says_
     std::fs::remove_file(lab.config_path()).expect("remove the link");
     // Reverting the edit puts the file in force again, with no change.
     std::fs::write(lab.config_path(), &good).expect("write");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while file_in_force(&lab) != Some(1.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reverted file is not seen in force"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::until(
+        Duration::from_secs(10),
+        || {
+            let seen = file_in_force(&lab);
+            Ok(if seen == Some(1.0) { Ok(()) } else { Err(seen) })
+        },
+        |seen| Ok(format!("the reverted file is not seen in force: {seen:?}")),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(generation(&lab), before);
     // Fixing the file applies it.
     let fixed = good.replacen("weight = 1", "weight = 2", 1);
