@@ -67,7 +67,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::table::BackendIdentity;
+    use crate::table::pool;
 
     /// The build as rounds over every walker: what `build` must equal.
     fn by_rounds(backends: &[WeightedBackend], size: TableSize) -> Table {
@@ -96,17 +96,7 @@ mod tests {
             size in prop::sample::select(vec![251u32, 1021, 4093]),
         ) {
             prop_assume!(weights.iter().any(|w| *w > 0));
-            let backends: Vec<WeightedBackend> = weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| WeightedBackend {
-                    identity: BackendIdentity::new(std::net::SocketAddr::from((
-                        [198, 18, (i / 250) as u8, (i % 250) as u8 + 1],
-                        80,
-                    ))),
-                    weight: *w,
-                })
-                .collect();
+            let backends = pool(&weights);
             let size = TableSize::new(size).unwrap();
             match Maglev.build(&backends, size) {
                 Ok(table) => prop_assert_eq!(table, by_rounds(&backends, size)),

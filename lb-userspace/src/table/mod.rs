@@ -253,6 +253,19 @@ pub fn moved(before: (&[WeightedBackend], &[u32]), after: (&[WeightedBackend], &
     changed as f64 / before.1.len().max(1) as f64
 }
 
+/// Backends of `weights` (at most 250), one per weight, at distinct
+/// addresses: the input of the builders' equivalence tests.
+#[cfg(test)]
+fn pool(weights: &[u32]) -> Vec<WeightedBackend> {
+    (1u8..)
+        .zip(weights)
+        .map(|(last, weight)| WeightedBackend {
+            identity: BackendIdentity::new(SocketAddr::from(([198, 18, 2, last], 80))),
+            weight: *weight,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -261,7 +261,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::table::BackendIdentity;
+    use crate::table::pool;
 
     proptest! {
         #[test]
@@ -270,17 +270,7 @@ mod tests {
             size in prop::sample::select(vec![251u32, 1021, 4093]),
         ) {
             prop_assume!(weights.iter().any(|w| *w > 0));
-            let backends: Vec<WeightedBackend> = weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| WeightedBackend {
-                    identity: BackendIdentity::new(std::net::SocketAddr::from((
-                        [198, 18, 3, i as u8 + 1],
-                        80,
-                    ))),
-                    weight: *w,
-                })
-                .collect();
+            let backends = pool(&weights);
             let size = TableSize::new(size).unwrap();
             match (by_walkers(&backends, size), by_groups(&backends, size)) {
                 (Ok(new), Ok(reference)) => prop_assert_eq!(new, reference),
