@@ -20,7 +20,10 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::policy::validate::{Validation, VipTable, validate_keeping};
+use crate::{
+    policy::validate::{Validation, validate_keeping},
+    table::VipTable,
+};
 
 /// How results are printed.
 #[derive(Clone, Copy, ValueEnum)]

@@ -16,7 +16,10 @@ use std::{
 
 use lb_common::maps::{PROTO_TCP, PROTO_UDP};
 
-use crate::problem::Problem;
+use crate::{
+    problem::Problem,
+    table::{TableError, TableSize, VipTable},
+};
 
 /// The whole config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -708,6 +711,17 @@ impl VipConfig {
     /// it names its own).
     pub fn backend_addr(&self, backend: &BackendConfig) -> SocketAddr {
         SocketAddr::new(backend.address, backend.port.unwrap_or(self.port))
+    }
+
+    /// The lookup table of `size` slots this VIP's backends get.
+    pub fn lookup_table(&self, size: TableSize) -> Result<VipTable, TableError> {
+        VipTable::build(
+            self.table,
+            self.backends
+                .iter()
+                .map(|b| (self.backend_addr(b), b.weight)),
+            size,
+        )
     }
 
     /// The VIP's health-check settings: the config's, with its overrides.

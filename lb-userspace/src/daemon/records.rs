@@ -18,8 +18,8 @@ use crate::{
     config::{Config, MacAddr},
     dataplane::state::{BackendState, DesiredState, VipState, ip_from, vip_key},
     durable,
-    policy::validate::VipTable,
     table::TableSize,
+    table::VipTable,
 };
 
 /// Where installed records live unless told otherwise.

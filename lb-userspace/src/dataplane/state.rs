@@ -15,8 +15,8 @@ use lb_common::{
 
 use crate::{
     config::{BackendConfig, Config, Encapsulation, Forwarding, IdleTimeouts, MacAddr},
-    policy::validate::{VipTable, build_table},
     table::TableSize,
+    table::VipTable,
 };
 
 /// Everything `fulcrum` writes into the maps.
@@ -238,7 +238,9 @@ impl DesiredState {
             }
             let table = match tables.get(vips.len()).and_then(Option::as_ref) {
                 Some(built) => built.clone(),
-                None => build_table(vip, table_size).with_context(|| format!("VIP {label}"))?,
+                None => vip
+                    .lookup_table(table_size)
+                    .with_context(|| format!("VIP {label}"))?,
             };
             vips.push(VipState {
                 label,

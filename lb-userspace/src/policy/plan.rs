@@ -16,8 +16,9 @@ use serde::Serialize;
 use crate::{
     config::{Config, GuardOverrides, Guards, VipConfig},
     policy::health::{Down, judge},
-    policy::validate::{Validation, VipTable, check_concentration, vip_location},
+    policy::validate::{Validation, check_concentration, vip_location},
     problem::Problem,
+    table::VipTable,
 };
 
 /// What happened to a VIP or a backend.

@@ -16,7 +16,7 @@ use crate::{
         BackendConfig, CheckKind, Config, Guards, HealthCheck, HealthOverrides, Protocol, VipConfig,
     },
     problem::{Problem, is_unprintable, quoted},
-    table::{ALLOWED_SIZES, BackendIdentity, Table, TableError, TableSize, WeightedBackend},
+    table::{ALLOWED_SIZES, BackendIdentity, TableError, TableSize, VipTable},
 };
 
 /// The largest weight a backend may have.
@@ -44,26 +44,6 @@ pub const CONNECTION_TABLE_SIZES: std::ops::RangeInclusive<u32> = 1024..=(64 << 
 
 /// Allowed flow idle timeouts, in seconds (up to a week).
 pub const IDLE_TIMEOUTS: std::ops::RangeInclusive<u32> = 2..=604_800;
-
-/// The lookup table a VIP would get, with each backend's slot count: the
-/// one model of a VIP's table, built once by validation, judged by the
-/// plan, and installed (as `VipState::table`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct VipTable {
-    /// Backend identities, in config order.
-    pub identities: Vec<BackendIdentity>,
-    /// Slots per backend, in config order.
-    pub slots: Vec<u32>,
-    /// Slot -> backend position.
-    pub table: Table,
-}
-
-impl VipTable {
-    /// Backend `i`'s share of the table (0..=1).
-    pub fn share(&self, i: usize) -> f64 {
-        f64::from(self.slots[i]) / self.table.len() as f64
-    }
-}
 
 /// The outcome of validating a config: `T` is what was kept of each VIP's
 /// table (the whole table, unless the caller asked for less).
@@ -191,7 +171,7 @@ fn judge_table(
     problems: &mut Vec<Problem>,
 ) -> Option<VipTable> {
     let location = vip_location(vip);
-    match size.and_then(|size| build_table(vip, size)) {
+    match size.and_then(|size| vip.lookup_table(size)) {
         Ok(table) => {
             let guards = vip.guards.apply(&config.guards);
             check_concentration(vip, &location, &table, &guards, problems);
@@ -1158,33 +1138,6 @@ fn check_orphaned_backends(config: &Config, problems: &mut Vec<Problem>) {
             );
         }
     }
-}
-
-/// The table one VIP would get.
-pub fn build_table(vip: &VipConfig, size: TableSize) -> Result<VipTable, TableError> {
-    let identities: Vec<BackendIdentity> = vip
-        .backends
-        .iter()
-        .map(|b| BackendIdentity::new(vip.backend_addr(b)))
-        .collect();
-    let weighted: Vec<WeightedBackend> = identities
-        .iter()
-        .zip(&vip.backends)
-        .map(|(&identity, b)| WeightedBackend {
-            identity,
-            weight: b.weight,
-        })
-        .collect();
-    let table = vip.table.builder().build(&weighted, size)?;
-    let mut slots = vec![0u32; identities.len()];
-    for &position in &table {
-        slots[position as usize] += 1;
-    }
-    Ok(VipTable {
-        identities,
-        slots,
-        table,
-    })
 }
 
 fn percent(share: f64) -> String {

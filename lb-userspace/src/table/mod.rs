@@ -8,6 +8,9 @@
 pub mod algorithm;
 pub mod maglev;
 pub mod stable;
+pub mod vip;
+
+pub use vip::VipTable;
 
 use std::net::{IpAddr, SocketAddr};
 
