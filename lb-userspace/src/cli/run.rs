@@ -28,7 +28,7 @@ use crate::{
     daemon::{
         Controller, Door,
         api::{self, Job, Request},
-        gate::{self, InForce, Verdict},
+        gate::{self, HostNetwork, InForce, Verdict},
         journal::{self, Journal},
         records::{self, RecordDir},
         scrape, seed,
@@ -39,8 +39,8 @@ use crate::{
         system,
     },
     monitor::report::Report,
-    net::{self, neighbours},
-    policy::plan::Plan,
+    net,
+    policy::{plan::Plan, validate::validate},
 };
 
 /// Arguments of `fulcrum run`.
@@ -161,22 +161,24 @@ fn installed_config(args: &RunArgs, parsed: Option<&crate::config::Config>) -> O
 }
 
 /// Tells the operator what the gate decided at start-up; errors when it
-/// refused.
-fn announce(verdict: &Verdict, what: &str) -> anyhow::Result<()> {
+/// refused. Returns the plan applied and the config in force.
+fn announce(verdict: Verdict, what: &str) -> anyhow::Result<(Plan, InForce)> {
     match verdict {
         Verdict::Applied {
-            plan, generation, ..
+            plan,
+            generation,
+            in_force,
         } => {
             for problem in plan.problems.iter().chain(&plan.forced) {
                 crate::note!("{problem}");
             }
             crate::note!("{what}: applied and verified as generation {generation}");
-            Ok(())
+            Ok((plan, *in_force))
         }
         Verdict::Refused { problems, .. } => {
             bail!(
                 "{what}: REFUSED, nothing changed: {}",
-                join_problems(problems)
+                join_problems(&problems)
             )
         }
     }
@@ -242,31 +244,34 @@ fn watch_file(path: PathBuf, seen: FileSeen, events: mpsc::Sender<Event>) {
 /// Runs the controller until a signal (or `fulcrum detach`) stops it.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let text = read_config(&args.config)?;
-    let mut first = InForce::new(text.clone());
-    if !first.validation.is_valid() {
-        let problems = join_problems(&first.validation.errors());
-        // A broken edit must not keep a controller from a data plane that
-        // runs: start from what it was installed from, and refuse the edit.
-        let Some(installed) = installed_config(&args, first.validation.config.as_ref()) else {
-            bail!(
-                "config {} is invalid (see `fulcrum validate`): {problems}",
+    let (first_text, first) = match validate(&text).valid() {
+        Ok(valid) => (text.clone(), valid),
+        Err(invalid) => {
+            let problems = join_problems(&invalid.errors());
+            // A broken edit must not keep a controller from a data plane
+            // that runs: start from what it was installed from, and refuse
+            // the edit.
+            let Some(installed) = installed_config(&args, invalid.config.as_ref()) else {
+                bail!(
+                    "config {} is invalid (see `fulcrum validate`): {problems}",
+                    args.config.display()
+                );
+            };
+            crate::note!(
+                "WARNING config {} is invalid: {problems}; starting from the config the pinned \
+                 data plane was installed from, which stays in force until the file is fixed",
                 args.config.display()
             );
-        };
-        crate::note!(
-            "WARNING config {} is invalid: {problems}; starting from the config the pinned \
-             data plane was installed from, which stays in force until the file is fixed",
-            args.config.display()
-        );
-        first = InForce::new(installed);
-        if !first.validation.is_valid() {
-            bail!("the installed config is invalid too: {problems}");
+            let Ok(valid) = validate(&installed).valid() else {
+                bail!("the installed config is invalid too: {problems}");
+            };
+            (installed, valid)
         }
-    }
-    for warning in &first.validation.problems {
+    };
+    for warning in first.warnings() {
         crate::note!("{warning}");
     }
-    let config = first.validation.config.clone().expect("valid implies read");
+    let config = first.config().clone();
     let Some(interface) = args.interface.clone().or(config.interface.clone()) else {
         bail!("no interface: set `interface` in the config or pass --interface");
     };
@@ -351,7 +356,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     record.vips.len()
                 );
             }
-            let in_force = InForce::holding_out(record.config, record.held_out);
+            let in_force =
+                InForce::installed(record.config, record.held_out).map_err(|problems| {
+                    anyhow::anyhow!(
+                        "the installed record's config cannot be read: {}",
+                        join_problems(&problems)
+                    )
+                })?;
             Controller::new(
                 dataplane,
                 (pins.clone(), records.clone()),
@@ -362,19 +373,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             )?
         }
         None => {
-            let (dataplane, plan) = start_fresh(
+            let (dataplane, plan, in_force) = start_fresh(
                 &args,
                 &interface,
                 &config,
                 (&pins, &records),
-                &first.text,
+                &first_text,
                 seed,
             )?;
             crate::note!("flows are hashed with {seed_from}");
             let mut controller = Controller::new(
                 dataplane,
                 (pins.clone(), records.clone()),
-                first,
+                in_force,
                 (&args.config, journal),
                 (&interface, bpffs_mounted),
                 notify,
@@ -425,7 +436,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let seen: FileSeen = Arc::new(Mutex::new(Ok(text)));
     watch_file(args.config.clone(), seen.clone(), events);
-    let capacities = controller.dataplane.capacities()?;
+    let capacities = controller.dataplane().capacities()?;
     crate::note!(
         "serving on {interface}; API on {}; metrics on http://{metrics_address}/metrics; \
          room for {} flows and {} backends; edits of {} (or SIGHUP) are applied through \
@@ -512,7 +523,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
              stays attached and forwarding what the routers still send"
         );
     } else if args.detach_on_exit {
-        controller.dataplane.detach()?;
+        controller.dataplane_mut().detach()?;
         pins.remove()?;
         records.remove()?;
         crate::note!("detached from {interface} and removed its pins");
@@ -538,7 +549,7 @@ fn start_fresh(
     (pins, records): (&PinDir, &RecordDir),
     text: &str,
     seed: FlowSeed,
-) -> anyhow::Result<(Dataplane, Plan)> {
+) -> anyhow::Result<(Dataplane, Plan, InForce)> {
     let mut dataplane = Dataplane::load_with(Capacities {
         connection_table_size: config.connection_table_size,
         max_backends: config.max_backends,
@@ -552,7 +563,7 @@ fn start_fresh(
         seed,
         ..DataplaneConfig::default()
     })?;
-    let resolve = neighbours::resolver(interface);
+    let network = HostNetwork { interface };
     let started = (|| {
         dataplane.pin(pins)?;
         let proposal = gate::Proposal {
@@ -561,21 +572,18 @@ fn start_fresh(
             persist: None,
             down: &[],
         };
-        let verdict = gate::apply(&mut dataplane, records, None, &proposal, &resolve)?;
-        announce(&verdict, &args.config.display().to_string())?;
-        let Verdict::Applied { plan, .. } = verdict else {
-            unreachable!("announce fails on a refusal");
-        };
+        let verdict = gate::apply(&mut dataplane, records, None, &proposal, &network)?;
+        let (plan, in_force) = announce(verdict, &args.config.display().to_string())?;
         let mode = dataplane.attach(interface)?;
         dataplane.pin_link(pins)?;
         crate::note!(
             "attached to {interface} ({mode} XDP), pinned at {}",
             pins.path().display()
         );
-        anyhow::Ok(plan)
+        anyhow::Ok((plan, in_force))
     })();
     match started {
-        Ok(plan) => Ok((dataplane, plan)),
+        Ok((plan, in_force)) => Ok((dataplane, plan, in_force)),
         Err(e) => {
             // Nothing half-made stays behind: no pins without a link.
             let _ = dataplane.detach();

@@ -101,8 +101,7 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
             for problem in &validation.problems {
                 println!("{problem}");
             }
-            if valid {
-                let config = validation.config.as_ref().expect("valid implies read");
+            if let Some(config) = validation.config.as_ref().filter(|_| valid) {
                 let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
                 println!(
                     "{}: valid: {} VIPs, {backends} backends, {warnings} warning(s)",

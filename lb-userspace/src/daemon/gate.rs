@@ -6,19 +6,19 @@
 //! make it live in one step. A refusal or a failure at any step leaves the
 //! state in force untouched.
 
-use std::{collections::HashMap, net::IpAddr, path::Path};
+use std::{collections::HashMap, fmt, net::IpAddr, path::Path};
 
 use crate::{
     config::{Config, MacAddr, Reach},
     daemon::records::{Record, RecordDir},
-    dataplane::Dataplane,
-    dataplane::state::DesiredState,
+    dataplane::{Dataplane, Staged, state::DesiredState},
     durable,
     net::neighbours,
     policy::health::Down,
-    policy::plan::{Plan, plan},
-    policy::validate::{Validation, validate_with},
+    policy::plan::{Plan, Side, plan},
+    policy::validate::{ValidConfig, Validation, validate, validate_with},
     problem::Problem,
+    table::VipTable,
 };
 
 /// The mode of a config file the controller writes back.
@@ -28,32 +28,136 @@ const CONFIG_MODE: u32 = 0o600;
 /// frame is ever sent to it. Validation refuses it in a config.
 pub const HELD_OUT_MAC: MacAddr = MacAddr([0; 6]);
 
+/// What the gate needs of the data plane: what is installed, and a change
+/// made live in steps, so that a failure at any step leaves the state in
+/// force. The kernel's `Dataplane` is one; host tests use one in memory.
+pub trait Install {
+    /// A state written where packets do not see it yet.
+    type Staged;
+    /// The state in force, if any.
+    fn installed(&self) -> Option<&DesiredState>;
+    /// Changes made live so far.
+    fn generation(&self) -> u64;
+    /// Writes `state` into the table bank not in use.
+    fn stage(&mut self, state: &DesiredState) -> anyhow::Result<Self::Staged>;
+    /// Fails unless the kernel holds what `stage` wrote.
+    fn verify(&self, staged: &Self::Staged) -> anyhow::Result<()>;
+    /// The table bank a staged state was written into.
+    fn bank(staged: &Self::Staged) -> u32;
+    /// Makes a staged state live in one step.
+    fn commit(&mut self, staged: Self::Staged) -> anyhow::Result<()>;
+}
+
+impl Install for Dataplane {
+    type Staged = Staged;
+
+    fn installed(&self) -> Option<&DesiredState> {
+        Dataplane::installed(self)
+    }
+
+    fn generation(&self) -> u64 {
+        Dataplane::generation(self)
+    }
+
+    fn stage(&mut self, state: &DesiredState) -> anyhow::Result<Staged> {
+        Ok(Dataplane::stage(self, state)?)
+    }
+
+    fn verify(&self, staged: &Staged) -> anyhow::Result<()> {
+        Ok(Dataplane::verify(self, staged)?)
+    }
+
+    fn bank(staged: &Staged) -> u32 {
+        staged.bank()
+    }
+
+    fn commit(&mut self, staged: Staged) -> anyhow::Result<()> {
+        Ok(Dataplane::commit(self, staged)?)
+    }
+}
+
+/// What the gate needs of the host's network: the MACs backends are
+/// reached at, and which addresses are this host's.
+pub trait Neighbourhood {
+    /// The MACs of the backends in `wanted`; the ones not found are
+    /// missing from the answer.
+    fn macs(&self, wanted: &[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>>;
+    /// Whether packets to `address` are delivered to this host.
+    fn is_local(&self, address: IpAddr) -> anyhow::Result<bool>;
+}
+
+/// The kernel's neighbour and route tables, through `interface`.
+pub struct HostNetwork<'a> {
+    /// The interface the data plane serves.
+    pub interface: &'a str,
+}
+
+impl Neighbourhood for HostNetwork<'_> {
+    fn macs(&self, wanted: &[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+        neighbours::resolver(self.interface)(wanted)
+    }
+
+    fn is_local(&self, address: IpAddr) -> anyhow::Result<bool> {
+        neighbours::is_local(address)
+    }
+}
+
 /// The config in force: its text, the backends held out for want of a
-/// MAC, and the validation of what is installed (the text with those
-/// backends at weight 0; tables included).
+/// MAC, and what is installed (the text read with those backends at
+/// weight 0, and the tables built from it).
 #[derive(Clone, Debug)]
 pub struct InForce {
     /// The config text, as the operator wrote it.
     pub text: String,
     /// Backends without a MAC, held at weight 0.
     pub held_out: Vec<IpAddr>,
-    /// The validation of what is installed.
-    pub validation: Validation,
+    config: Config,
+    tables: Vec<Option<VipTable>>,
 }
 
 impl InForce {
-    /// Validates `text` as the config in force, nothing held out.
-    pub fn new(text: String) -> Self {
-        Self::holding_out(text, Vec::new())
-    }
-
-    /// Validates `text` with the backends at `held_out` at weight 0.
-    pub fn holding_out(text: String, held_out: Vec<IpAddr>) -> Self {
-        let validation = validate_with(&text, |config| config.hold_out(&held_out));
+    /// What the gate made live.
+    fn applied(text: String, held_out: Vec<IpAddr>, valid: ValidConfig) -> Self {
         Self {
             text,
             held_out,
-            validation,
+            config: valid.config().clone(),
+            tables: valid.tables().to_vec(),
+        }
+    }
+
+    /// The config a running data plane was installed from, read again
+    /// with the backends at `held_out` at weight 0. It is in force even
+    /// where this build's rules would refuse it (an older build judged
+    /// it); only a config that cannot be read at all is an error.
+    pub fn installed(text: String, held_out: Vec<IpAddr>) -> Result<Self, Vec<Problem>> {
+        let validation = validate_with(&text, |config| config.hold_out(&held_out));
+        let Validation {
+            config: Some(config),
+            tables,
+            ..
+        } = validation
+        else {
+            return Err(validation.problems);
+        };
+        Ok(Self {
+            text,
+            held_out,
+            config,
+            tables,
+        })
+    }
+
+    /// The config as installed.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current side of a plan.
+    pub fn side(&self) -> Side<'_> {
+        Side {
+            config: &self.config,
+            tables: &self.tables,
         }
     }
 }
@@ -117,11 +221,63 @@ pub enum Verdict {
     },
 }
 
+/// The step of an install that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Finding the backends' MACs.
+    Resolve,
+    /// Building the state to install.
+    Build,
+    /// Writing it into the idle table bank.
+    Stage,
+    /// Reading it back.
+    Verify,
+    /// Recording it durably.
+    Record,
+    /// Writing the config file.
+    Persist,
+    /// Making it live.
+    Commit,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Resolve => "resolving MACs",
+            Step::Build => "building the state",
+            Step::Stage => "staging the tables",
+            Step::Verify => "verifying the staged tables",
+            Step::Record => "recording the state",
+            Step::Persist => "writing the config file",
+            Step::Commit => "making the state live",
+        })
+    }
+}
+
+/// An install that failed: the previous state stays in force (and a config
+/// file written for it holds the previous text again).
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {error:#}")]
+pub struct Failure {
+    /// Where it failed.
+    pub step: Step,
+    /// Why.
+    pub error: anyhow::Error,
+}
+
+/// Tags a step's error with the step.
+fn at<E: Into<anyhow::Error>>(step: Step) -> impl FnOnce(E) -> Failure {
+    move |error| Failure {
+        step,
+        error: error.into(),
+    }
+}
+
 /// Warnings for outer source prefixes in use that do not route to this
 /// host: routers send their ICMP errors about encapsulated packets (a
 /// smaller MTU on the way to a backend, say) to the outer source, so the
 /// whole prefix should be this host's (`ip route add local PREFIX dev lo`).
-fn outer_sources_elsewhere(config: &Config) -> Vec<Problem> {
+fn outer_sources_elsewhere(config: &Config, network: &dyn Neighbourhood) -> Vec<Problem> {
     let encapsulated: Vec<bool> = config
         .vips
         .iter()
@@ -138,7 +294,7 @@ fn outer_sources_elsewhere(config: &Config) -> Vec<Problem> {
     .filter(|(_, prefix, _)| {
         ![prefix.address, prefix.last()]
             .into_iter()
-            .all(|address| neighbours::is_local(address).unwrap_or(false))
+            .all(|address| network.is_local(address).unwrap_or(false))
     })
     .map(|(key, prefix, _)| {
         Problem::error(
@@ -159,36 +315,33 @@ fn outer_sources_elsewhere(config: &Config) -> Vec<Problem> {
 /// With `persist`, `text` is also written durably to that config file
 /// after the new tables are verified and before they go live (and the old
 /// text is put back if going live fails), so a change is never reported
-/// applied without being on disk. `resolve` finds the MACs the config
-/// does not give. Errors are failures to install, after which the previous
-/// state is still the one in force.
-pub fn apply(
-    dataplane: &mut Dataplane,
+/// applied without being on disk. `network` finds the MACs the config
+/// does not give. A failure is a failure to install, after which the
+/// previous state is still the one in force.
+pub fn apply<D: Install>(
+    dataplane: &mut D,
     records: &RecordDir,
     in_force: Option<&InForce>,
     proposal: &Proposal<'_>,
-    resolve: Resolve<'_>,
-) -> anyhow::Result<Verdict> {
+    network: &dyn Neighbourhood,
+) -> Result<Verdict, Failure> {
     let Proposal {
         text,
         force,
         persist,
         down,
     } = *proposal;
-    let written = InForce::new(text.to_string());
-    let Some(config) = written
-        .validation
-        .config
-        .as_ref()
-        .filter(|_| written.validation.is_valid())
-    else {
-        return Ok(Verdict::Refused {
-            problems: written.validation.errors(),
-            plan: None,
-        });
+    let written = match validate(text).valid() {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            return Ok(Verdict::Refused {
+                problems: invalid.errors(),
+                plan: None,
+            });
+        }
     };
-    if let Some(current) = in_force.and_then(|c| c.validation.config.as_ref()) {
-        let changed = settings_needing_restart(current, config);
+    if let Some(current) = in_force {
+        let changed = settings_needing_restart(current.config(), written.config());
         if !changed.is_empty() {
             let problems = changed
                 .into_iter()
@@ -209,25 +362,38 @@ pub fn apply(
             });
         }
     }
-    let wanted = config.unresolved_addresses();
+    let wanted = written.config().unresolved_addresses();
     let macs = if wanted.is_empty() {
         HashMap::new()
     } else {
-        resolve(&wanted)?
+        network.macs(&wanted).map_err(at(Step::Resolve))?
     };
     let held_out: Vec<IpAddr> = wanted
         .into_iter()
         .map(|(address, _)| address)
         .filter(|a| !macs.contains_key(a))
         .collect();
+    // Held-out backends are judged at weight 0: the guards may refuse
+    // what is left.
     let next = if held_out.is_empty() {
-        written
+        Ok(written)
     } else {
-        InForce::holding_out(text.to_string(), held_out.clone())
+        validate_with(text, |config| config.hold_out(&held_out)).valid()
     };
-    let next_side = next.validation.side().expect("read above");
-    let current_side = in_force.and_then(|c| c.validation.side());
-    let mut planned = plan(current_side, next_side, force);
+    let next_side = match &next {
+        Ok(valid) => Some(valid.side()),
+        Err(invalid) => invalid.side(),
+    };
+    let Some(next_side) = next_side else {
+        return Ok(Verdict::Refused {
+            problems: next
+                .err()
+                .map(|invalid| invalid.errors())
+                .unwrap_or_default(),
+            plan: None,
+        });
+    };
+    let mut planned = plan(in_force.map(InForce::side), next_side, force);
     for address in &held_out {
         planned.problems.push(
             Problem::error(
@@ -242,70 +408,77 @@ pub fn apply(
             .warning(),
         );
     }
-    if let Some(config) = &next.validation.config {
-        planned.problems.extend(outer_sources_elsewhere(config));
-    }
-    if !next.validation.is_valid() || !planned.accepted() {
-        let problems = next
-            .validation
-            .errors()
-            .into_iter()
-            .chain(planned.problems.iter().filter(|p| p.is_error()).cloned())
-            .collect();
-        return Ok(Verdict::Refused {
-            problems,
-            plan: Some(planned),
-        });
-    }
+    planned
+        .problems
+        .extend(outer_sources_elsewhere(next_side.config, network));
+    let next = match next {
+        Ok(valid) if planned.accepted() => valid,
+        next => {
+            let problems = next
+                .err()
+                .map(|invalid| invalid.errors())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(planned.problems.iter().filter(|p| p.is_error()).cloned())
+                .collect();
+            return Ok(Verdict::Refused {
+                problems,
+                plan: Some(planned),
+            });
+        }
+    };
     // The plan judged the operator's config; what is installed also leaves
     // out the backends health checks took down (their VIPs' tables are
     // built again without them).
-    let judged = next.validation.config.as_ref().expect("valid implies read");
-    let (config, tables);
+    let taken;
     let (config, tables) = if down.is_empty() {
-        (judged, &next.validation.tables)
+        (next.config(), next.tables())
     } else {
-        let mut taken = judged.clone();
-        taken.take_down(down);
-        tables = taken
+        let mut config = next.config().clone();
+        config.take_down(down);
+        let tables: Vec<Option<VipTable>> = config
             .vips
             .iter()
-            .zip(&next.validation.tables)
+            .zip(next.tables())
             .map(|(vip, table)| {
                 let endpoint = vip.endpoint();
                 table
                     .clone()
                     .filter(|_| !down.iter().any(|(e, _)| *e == endpoint))
             })
-            .collect::<Vec<_>>();
-        config = taken;
-        (&config, &tables)
+            .collect();
+        taken = (config, tables);
+        (&taken.0, &taken.1[..])
     };
     let mut state = DesiredState::build_with(config, tables, dataplane.installed(), |backend| {
         Ok(backend
             .mac
             .or_else(|| macs.get(&backend.address).copied())
             .unwrap_or(HELD_OUT_MAC))
-    })?;
+    })
+    .map_err(at(Step::Build))?;
     state.mark_down(down);
-    let staged = dataplane.stage(&state)?;
+    let staged = dataplane.stage(&state).map_err(at(Step::Stage))?;
+    dataplane.verify(&staged).map_err(at(Step::Verify))?;
     let generation = dataplane.generation() + 1;
-    records.write(
-        staged.bank(),
-        &Record::of(&state, text, &held_out, generation),
-    )?;
+    records
+        .write(
+            D::bank(&staged),
+            &Record::of(&state, text, &held_out, generation),
+        )
+        .map_err(at(Step::Record))?;
     if let Some(path) = persist {
-        durable::write(path, text.as_bytes(), CONFIG_MODE)?;
+        durable::write(path, text.as_bytes(), CONFIG_MODE).map_err(at(Step::Persist))?;
     }
-    if let Err(e) = dataplane.commit(staged) {
+    if let Err(error) = dataplane.commit(staged) {
         if let (Some(path), Some(old)) = (persist, in_force) {
-            durable::write(path, old.text.as_bytes(), CONFIG_MODE)?;
+            durable::write(path, old.text.as_bytes(), CONFIG_MODE).map_err(at(Step::Persist))?;
         }
-        return Err(e.into());
+        return Err(at(Step::Commit)(error));
     }
     Ok(Verdict::Applied {
         plan: planned,
-        in_force: Box::new(next),
+        in_force: Box::new(InForce::applied(text.to_string(), held_out, next)),
         generation,
     })
 }

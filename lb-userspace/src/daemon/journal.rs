@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::monitor::LastChange;
+use crate::{monitor::LastChange, policy::Outcome};
 
 /// How much of the journal's end `last_changes` reads.
 const TAIL: u64 = 8 << 20;
@@ -32,8 +32,8 @@ pub struct Entry {
     pub source: String,
     /// The generation after the change (unchanged when refused).
     pub generation: u64,
-    /// `applied`, `refused` or `failed`.
-    pub result: &'static str,
+    /// What the gate made of it.
+    pub result: Outcome,
     /// Per VIP: `name: change, flows moved, capacity removed`.
     pub plan: Vec<String>,
     /// The endpoints (`address:port/protocol`) of the VIPs an applied

@@ -4,6 +4,7 @@
 //! the file before it is reported, and journalled.
 
 pub mod api;
+pub mod desk;
 pub mod edit;
 pub mod gate;
 pub mod health;
@@ -16,11 +17,10 @@ pub mod trace;
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
 };
 
-use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::{
@@ -32,12 +32,14 @@ use crate::{
     group::{self, GroupReport, Tables, VipTableDump},
     monitor::{Attachment, LastChange, Monitor, View, unix_now},
     net::{self, neighbours},
-    policy::plan::{Change, Plan, plan},
+    policy::plan::{Plan, plan},
+    policy::{Outcome, validate::validate},
     problem::Problem,
 };
 use api::{ApplyRequest, BackendRequest, ExplainRequest, Reply, Request};
-use gate::{InForce, Verdict};
-use journal::{Entry, Journal};
+use desk::{Decision, Desk, changed_vips};
+use gate::{HostNetwork, InForce};
+use journal::Journal;
 
 /// Which door a change came by.
 #[derive(Clone, Debug)]
@@ -86,14 +88,10 @@ impl Door {
 
 /// The running controller's state.
 pub struct Controller {
-    /// The data plane.
-    pub dataplane: Dataplane,
+    /// The config in force and the data plane that holds it.
+    desk: Desk<Dataplane>,
     /// Its pins.
     pub pins: PinDir,
-    records: RecordDir,
-    in_force: InForce,
-    config_path: PathBuf,
-    journal: Journal,
     interface: String,
     monitor: Arc<Monitor>,
     /// Per VIP endpoint, the apply that last changed it.
@@ -105,41 +103,9 @@ pub struct Controller {
     trace: trace::Hub,
 }
 
-fn summary(plan: &Plan) -> Vec<String> {
-    plan.vips
-        .iter()
-        .filter(|v| v.change != Change::Unchanged)
-        .map(|v| {
-            let change = serde_json::to_value(v.change).unwrap_or_default();
-            format!(
-                "{} {}: {}, {:.1}% of flows move, {:.1}% of capacity removed",
-                v.name,
-                v.endpoint,
-                change.as_str().unwrap_or("changed"),
-                v.flows_moved * 100.0,
-                v.capacity_removed * 100.0
-            )
-        })
-        .collect()
-}
-
-/// The endpoints of the VIPs a plan changes.
-fn changed_vips(plan: &Plan) -> Vec<String> {
-    plan.vips
-        .iter()
-        .filter(|v| v.change != Change::Unchanged)
-        .map(|v| v.endpoint.clone())
-        .collect()
-}
-
 /// The imbalance detector's settings of the config in force.
 fn imbalance_settings(in_force: &InForce) -> crate::config::Imbalance {
-    in_force
-        .validation
-        .config
-        .as_ref()
-        .map(|c| c.imbalance.clone())
-        .unwrap_or_default()
+    in_force.config().imbalance.clone()
 }
 
 fn lines(problems: &[Problem]) -> Vec<String> {
@@ -169,11 +135,7 @@ impl Controller {
             .installed()
             .map(DesiredState::down_backends)
             .unwrap_or_default();
-        let config = in_force
-            .validation
-            .config
-            .as_ref()
-            .context("the config in force cannot be read")?;
+        let config = in_force.config();
         let health = health::HealthControl::start(config, &down, &records, notify)?;
         let changes = journal.last_changes();
         let view = dataplane
@@ -201,12 +163,8 @@ impl Controller {
         let hub = trace::Hub::default();
         trace::spawn_reader(dataplane.take_trace_events()?, hub.clone());
         let controller = Self {
-            dataplane,
+            desk: Desk::new(dataplane, records, in_force, (config_path, journal)),
             pins,
-            records,
-            in_force,
-            config_path: config_path.to_path_buf(),
-            journal,
             interface: interface.to_string(),
             monitor,
             changes,
@@ -220,7 +178,7 @@ impl Controller {
 
     /// Tells the monitor the group in force and the seed's fingerprint.
     fn report_group(&self) -> anyhow::Result<()> {
-        let seed = self.dataplane.config()?.seed;
+        let seed = self.desk.dataplane.config()?.seed;
         self.monitor.grouped(GroupReport {
             name: self.group_name(),
             seed_fingerprint: group::seed_fingerprint(&seed),
@@ -230,7 +188,7 @@ impl Controller {
 
     /// The name of the group the config in force puts this host in.
     fn group_name(&self) -> Option<String> {
-        let config = self.in_force.validation.config.as_ref()?;
+        let config = self.desk.in_force().config();
         config.group.as_ref().map(|g| g.name.clone())
     }
 
@@ -256,7 +214,11 @@ impl Controller {
                 holds.insert(vip.clone(), Hold::CutOff(why.into()));
             }
         }
-        let vips = announce::readiness(self.monitor.attached(), self.dataplane.installed(), &holds);
+        let vips = announce::readiness(
+            self.monitor.attached(),
+            self.desk.dataplane.installed(),
+            &holds,
+        );
         if let Some(line) = announcer.reconcile(vips) {
             crate::note!("{line}");
         }
@@ -286,12 +248,7 @@ impl Controller {
     /// (or none) withdraws the old one's routes, and the new announcer
     /// tells BIRD afresh; another drain is just taken.
     fn follow_announce_settings(&mut self) {
-        let wanted = self
-            .in_force
-            .validation
-            .config
-            .as_ref()
-            .and_then(|c| c.announce.clone());
+        let wanted = self.desk.in_force().config().announce.clone();
         if let (Some(announcer), Some(settings)) = (&mut self.announcer, &wanted)
             && announcer.take_settings(settings)
         {
@@ -317,12 +274,22 @@ impl Controller {
 
     /// The config text in force.
     pub fn config_text(&self) -> &str {
-        &self.in_force.text
+        &self.desk.in_force().text
     }
 
     /// The config file the controller runs with.
     pub fn config_path(&self) -> &Path {
-        &self.config_path
+        self.desk.config_path()
+    }
+
+    /// The data plane.
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.desk.dataplane
+    }
+
+    /// The data plane, to change outside the gate (detaching it).
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.desk.dataplane
     }
 
     /// Answers one API request.
@@ -330,8 +297,8 @@ impl Controller {
         match request {
             Request::Status => self.status(),
             Request::Config => Reply::ok(json!({
-                "generation": self.dataplane.generation(),
-                "config": self.in_force.text,
+                "generation": self.desk.dataplane.generation(),
+                "config": self.desk.in_force().text,
             })),
             Request::Plan(request) => self.plan(&request),
             Request::Apply(request) => self.change(
@@ -351,7 +318,7 @@ impl Controller {
     }
 
     fn status(&self) -> Reply {
-        if self.dataplane.installed().is_none() {
+        if self.desk.dataplane.installed().is_none() {
             return Reply::error(503, "nothing is installed");
         }
         let report = match self.monitor.report(true) {
@@ -360,8 +327,8 @@ impl Controller {
         };
         let mut body = json!({
             "interface": self.interface,
-            "bank": self.dataplane.bank(),
-            "config": self.config_path.display().to_string(),
+            "bank": self.desk.dataplane.bank(),
+            "config": self.desk.config_path().display().to_string(),
             "pins": self.pins.path().display().to_string(),
         });
         if let (Value::Object(body), Ok(Value::Object(report))) =
@@ -378,29 +345,29 @@ impl Controller {
     }
 
     fn plan(&self, request: &ApplyRequest) -> Reply {
-        let next = InForce::new(request.config.clone());
-        let Some(next_side) = next.validation.side() else {
+        let next = validate(&request.config);
+        let Some(next_side) = next.side() else {
             return Reply {
                 status: 422,
                 body: json!({
                     "accepted": false,
                     "error": "the config cannot be read",
-                    "config_problems": next.validation.problems,
+                    "config_problems": next.problems,
                     "current_problems": [],
                 }),
             };
         };
-        let mut planned = plan(self.in_force.validation.side(), next_side, request.force);
-        if let Some(config) = &next.validation.config {
+        let mut planned = plan(Some(self.desk.in_force().side()), next_side, request.force);
+        if let Some(config) = &next.config {
             planned.judge_health(config, &self.health.dead());
         }
-        let accepted = next.validation.is_valid() && planned.accepted();
+        let accepted = next.is_valid() && planned.accepted();
         let mut body = json!({
             "accepted": accepted,
             "error": null,
-            "config_problems": next.validation.problems,
+            "config_problems": next.problems,
             "current_problems": [],
-            "generation": self.dataplane.generation(),
+            "generation": self.desk.dataplane.generation(),
         });
         if let (Value::Object(body), Ok(Value::Object(plan))) =
             (&mut body, serde_json::to_value(&planned))
@@ -418,8 +385,10 @@ impl Controller {
     /// addressed to the MAC it holds, and would pass every other one to
     /// the kernel. Run on every neighbour tick, so also after a restart.
     pub fn follow_interface_mac(&mut self) {
-        let (Ok(mac), Ok(config)) = (net::interface_mac(&self.interface), self.dataplane.config())
-        else {
+        let (Ok(mac), Ok(config)) = (
+            net::interface_mac(&self.interface),
+            self.desk.dataplane.config(),
+        ) else {
             return;
         };
         if config.if_mac == mac.0 {
@@ -430,7 +399,7 @@ impl Controller {
             if_mac: mac.0,
             ..config
         };
-        match self.dataplane.set_config(config) {
+        match self.desk.dataplane.set_config(config) {
             Ok(()) => crate::note!(
                 "WARNING the MAC of {} changed from {was} to {mac}; the data plane now takes the \
                  frames addressed to {mac}",
@@ -448,13 +417,7 @@ impl Controller {
     /// that is the point of the change, so it is forced, and the journal
     /// records it.
     pub fn refresh_neighbours(&mut self) {
-        let wanted = self
-            .in_force
-            .validation
-            .config
-            .as_ref()
-            .map(crate::config::Config::unresolved_addresses)
-            .unwrap_or_default();
+        let wanted = self.desk.in_force().config().unresolved_addresses();
         if wanted.is_empty() {
             return;
         }
@@ -468,6 +431,7 @@ impl Controller {
             }
         };
         let installed: HashMap<IpAddr, MacAddr> = self
+            .desk
             .dataplane
             .installed()
             .iter()
@@ -479,7 +443,12 @@ impl Controller {
             matches!((table.get(address), installed.get(address)), (Some(now), Some(was)) if now != was)
         });
         if changed {
-            self.change(self.in_force.text.clone(), true, None, Door::Neighbours);
+            self.change(
+                self.desk.in_force().text.clone(),
+                true,
+                None,
+                Door::Neighbours,
+            );
         }
     }
 
@@ -492,77 +461,54 @@ impl Controller {
         if_generation: Option<u64>,
         door: Door,
     ) -> Reply {
-        let generation = self.dataplane.generation();
-        if let Some(expected) = if_generation
-            && expected != generation
-        {
-            return Reply::error(
-                409,
-                format!(
-                    "the generation in force is {generation}, not {expected}: the state changed; plan again"
-                ),
-            );
-        }
-        if text == self.in_force.text && !matches!(door, Door::Neighbours | Door::Health(_)) {
-            return Reply::ok(json!({
-                "applied": true,
-                "unchanged": true,
-                "generation": generation,
-                "forced": [],
-                "warnings": [],
-                "vips": [],
-            }));
-        }
-        let persist = matches!(door, Door::Api(..)).then_some(self.config_path.as_path());
-        if persist.is_some() {
-            // An edit of the file that is not in force (refused, or not seen
-            // yet) would be overwritten by the write-back: refuse instead.
-            match crate::config::read_file(&self.config_path) {
-                // Writing back what is on disk overwrites nothing.
-                Ok(on_disk) if on_disk == self.in_force.text || on_disk == text => {}
-                Ok(_) => {
-                    return Reply::error(
-                        409,
-                        format!(
-                            "{} differs from the config in force (an edit that was refused or \
-                             is not applied yet); apply or revert that edit first, so that \
-                             this change does not overwrite it",
-                            self.config_path.display()
-                        ),
-                    );
-                }
-                Err(e) => {
-                    return Reply::error(
-                        500,
-                        format!("reading {}: {e}", self.config_path.display()),
-                    );
-                }
-            }
-        }
-        let resolve = neighbours::resolver(&self.interface);
         let down = self.health.down();
-        let proposal = gate::Proposal {
-            text: &text,
-            force,
-            persist,
-            down: &down,
+        let network = HostNetwork {
+            interface: &self.interface,
         };
-        let result = gate::apply(
-            &mut self.dataplane,
-            &self.records,
-            Some(&self.in_force),
-            &proposal,
-            &resolve,
-        );
-        let mut codes = Vec::new();
-        let (reply, entry_result, plan, reasons) = match result {
-            Ok(Verdict::Applied {
-                plan,
-                in_force,
+        let request = desk::Request {
+            text,
+            force,
+            if_generation,
+            door: door.clone(),
+        };
+        let decision = self.desk.change(request.clone(), &down, &network);
+        let (reply, codes, reasons) = match &decision {
+            Decision::Stale {
                 generation,
-            }) => {
-                self.in_force = *in_force;
-                self.installed(&plan, &door);
+                expected,
+            } => {
+                return Reply::error(
+                    409,
+                    format!(
+                        "the generation in force is {generation}, not {expected}: the state \
+                         changed; plan again"
+                    ),
+                );
+            }
+            Decision::Unchanged { generation } => {
+                return Reply::ok(json!({
+                    "applied": true,
+                    "unchanged": true,
+                    "generation": generation,
+                    "forced": [],
+                    "warnings": [],
+                    "vips": [],
+                }));
+            }
+            Decision::FileDiffers(path) => {
+                return Reply::error(
+                    409,
+                    format!(
+                        "{} differs from the config in force (an edit that was refused or \
+                         is not applied yet); apply or revert that edit first, so that \
+                         this change does not overwrite it",
+                        path.display()
+                    ),
+                );
+            }
+            Decision::FileUnreadable(why) => return Reply::error(500, why.clone()),
+            Decision::Applied { plan, generation } => {
+                self.installed(plan, &door);
                 let body = json!({
                     "applied": true,
                     "generation": generation,
@@ -570,45 +516,54 @@ impl Controller {
                     "warnings": plan.problems,
                     "vips": plan.vips,
                 });
-                (Reply::ok(body), "applied", Some(plan), Vec::new())
+                (Reply::ok(body), Vec::new(), Vec::new())
             }
-            Ok(Verdict::Refused { problems, plan }) => {
-                codes = problems.iter().map(|p| p.code).collect();
+            Decision::Refused {
+                problems,
+                plan,
+                generation,
+            } => {
                 let body = json!({
                     "applied": false,
                     "generation": generation,
                     "problems": problems,
                     "vips": plan.as_ref().map(|p| &p.vips),
                 });
-                let reasons = lines(&problems);
-                (Reply { status: 422, body }, "refused", plan, reasons)
+                let codes = problems.iter().map(|p| p.code).collect();
+                (Reply { status: 422, body }, codes, lines(problems))
             }
-            Err(e) => {
-                codes.push("install-failed");
-                let message = format!("{e:#}; the previous state stays in force");
+            Decision::Failed {
+                failure,
+                generation,
+            } => {
+                let message = format!("{failure}; the previous state stays in force");
                 let body = json!({"applied": false, "generation": generation, "error": message});
-                (Reply { status: 500, body }, "failed", None, vec![message])
+                (
+                    Reply { status: 500, body },
+                    vec!["install-failed"],
+                    vec![message],
+                )
             }
         };
-        let entry = self.journal(&door, entry_result, plan.as_ref(), reasons);
-        self.monitor.decided(entry_result, &codes);
+        let outcome = decision.outcome().unwrap_or(Outcome::Failed);
+        self.monitor.decided(outcome, &codes);
         match door {
-            Door::FileChanged | Door::Sighup | Door::Start => self.file_seen(&text),
-            Door::Api(..) if entry_result == "applied" => self.monitor.file_in_force(true),
+            Door::FileChanged | Door::Sighup | Door::Start => self.file_seen(&request.text),
+            Door::Api(..) if outcome == Outcome::Applied => self.monitor.file_in_force(true),
             Door::Api(..) | Door::Neighbours | Door::Health(_) => {}
         }
         self.announce();
-        match entry_result {
-            "applied" => crate::note!(
+        match outcome {
+            Outcome::Applied => crate::note!(
                 "{}: applied and verified as generation {}",
                 door.name(),
-                self.dataplane.generation()
+                self.desk.dataplane.generation()
             ),
-            _ => crate::note!(
+            Outcome::Refused | Outcome::Failed => crate::note!(
                 "{}: {}: {}; the installed state stays in force",
                 door.name(),
-                entry_result.to_uppercase(),
-                entry.reasons.join("; ")
+                outcome.name().to_uppercase(),
+                reasons.join("; ")
             ),
         }
         reply
@@ -618,7 +573,7 @@ impl Controller {
     /// now, and the monitor watches the new state.
     fn installed(&mut self, plan: &Plan, door: &Door) {
         let change = LastChange {
-            generation: self.dataplane.generation(),
+            generation: self.desk.dataplane.generation(),
             time: unix_now(),
             source: door.name(),
         };
@@ -628,19 +583,17 @@ impl Controller {
         {
             self.changes.insert(endpoint, change.clone());
         }
-        if !matches!(door, Door::Health(_))
-            && let Some(config) = &self.in_force.validation.config
-        {
-            self.health.retarget(config);
+        if !matches!(door, Door::Health(_)) {
+            self.health.retarget(self.desk.in_force().config());
         }
         self.follow_announce_settings();
         if let Err(e) = self.report_group() {
             crate::note!("reading the seed in force: {e:#}");
         }
-        if let Some(state) = self.dataplane.installed() {
+        if let Some(state) = self.desk.dataplane.installed() {
             self.monitor.install(
-                View::of(state, self.dataplane.generation(), &self.changes),
-                imbalance_settings(&self.in_force),
+                View::of(state, self.desk.dataplane.generation(), &self.changes),
+                imbalance_settings(self.desk.in_force()),
             );
         }
     }
@@ -648,16 +601,14 @@ impl Controller {
     /// Takes the health checker's findings to the tables, by the door
     /// `health`, as far as the panic policy and damping allow.
     pub fn reconcile_health(&mut self) {
-        let Some(config) = self.in_force.validation.config.clone() else {
-            return;
-        };
+        let config = self.desk.in_force().config().clone();
         let before = self.health.down();
         let change = self.health.reconcile(&config);
         self.monitor
             .health_verdicts(self.health.verdicts(), self.health.changes());
         if let Some(change) = change {
             let reply = self.change(
-                self.in_force.text.clone(),
+                self.desk.in_force().text.clone(),
                 false,
                 None,
                 Door::Health(change),
@@ -670,60 +621,22 @@ impl Controller {
 
     /// The config file was read with `text`: is that the config in force?
     pub fn file_seen(&self, text: &str) {
-        self.monitor.file_in_force(text == self.in_force.text);
+        self.monitor
+            .file_in_force(text == self.desk.in_force().text);
     }
 
     /// The first install of a fresh start, which `plan` described: journalled
     /// and watched like any applied change.
     pub fn started(&mut self, plan: &Plan) {
-        self.journal(&Door::Start, "applied", Some(plan), Vec::new());
+        self.desk.started(plan);
         self.installed(plan, &Door::Start);
-        self.monitor.decided("applied", &[]);
-    }
-
-    /// Appends one journal line for a decision of the gate (a failure to
-    /// write it is logged, never fatal); returns the entry.
-    fn journal(
-        &self,
-        door: &Door,
-        result: &'static str,
-        plan: Option<&Plan>,
-        reasons: Vec<String>,
-    ) -> Entry {
-        let entry = Entry {
-            time: unix_now(),
-            uid: door.uid(),
-            source: door.name(),
-            generation: self.dataplane.generation(),
-            result,
-            plan: plan
-                .map(summary)
-                .unwrap_or_default()
-                .into_iter()
-                .chain(door.details().0.iter().cloned())
-                .collect(),
-            changed: match result {
-                "applied" => plan
-                    .map(changed_vips)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .chain(door.details().1.iter().cloned())
-                    .collect(),
-                _ => Vec::new(),
-            },
-            forced: plan.map(|p| lines(&p.forced)).unwrap_or_default(),
-            reasons,
-        };
-        if let Err(e) = self.journal.append(&entry) {
-            crate::note!("the journal: {e:#}");
-        }
-        entry
+        self.monitor.decided(Outcome::Applied, &[]);
     }
 
     fn backend(&mut self, request: BackendRequest, uid: Option<u32>) -> Reply {
         let edit = request.edit();
         let verb = format!("backend {}", edit.action.verb());
-        match edit::apply(&self.in_force.text, &edit) {
+        match edit::apply(&self.desk.in_force().text, &edit) {
             Ok(text) => self.change(
                 text,
                 request.force,
@@ -753,7 +666,7 @@ impl Controller {
             (Ok(s), Ok(d)) => (s, d),
             (Err(e), _) | (_, Err(e)) => return e,
         };
-        let Some(state) = self.dataplane.installed() else {
+        let Some(state) = self.desk.dataplane.installed() else {
             return Reply::error(503, "nothing is installed");
         };
         if source.is_ipv4() != destination.is_ipv4() {
@@ -766,12 +679,12 @@ impl Controller {
         let Some(vip) = state.vip_for(&key) else {
             return Reply::error(404, format!("{destination}/{protocol} is not a VIP"));
         };
-        let seed = match self.dataplane.config() {
+        let seed = match self.desk.dataplane.config() {
             Ok(config) => config.seed,
             Err(e) => return Reply::error(500, format!("reading the data plane's config: {e}")),
         };
         let hash = lb_common::flow_hash::flow_hash(&key, &seed);
-        let tracked = match self.dataplane.connection(&key) {
+        let tracked = match self.desk.dataplane.connection(&key) {
             Ok(tracked) => tracked,
             Err(e) => return Reply::error(500, format!("reading the connection table: {e}")),
         };
@@ -812,23 +725,23 @@ impl Controller {
     }
 
     fn trace_labels(&self) -> Option<trace::Labels> {
-        let state = self.dataplane.installed()?;
+        let state = self.desk.dataplane.installed()?;
         Some(trace::Labels::of(
             state,
-            self.dataplane.bank(),
-            self.dataplane.generation(),
+            self.desk.dataplane.bank(),
+            self.desk.dataplane.generation(),
         ))
     }
 
     fn trace_stats(&self) -> Value {
-        match self.dataplane.trace_stats() {
+        match self.desk.dataplane.trace_stats() {
             Ok(stats) => trace::stats_json(&stats, self.trace.lost()),
             Err(e) => json!({ "error": e.to_string() }),
         }
     }
 
     fn trace_start(&mut self, request: &trace::TraceRequest) -> Reply {
-        let Some(state) = self.dataplane.installed() else {
+        let Some(state) = self.desk.dataplane.installed() else {
             return Reply::error(503, "nothing is installed");
         };
         let control = match trace::control(request, state) {
@@ -838,7 +751,7 @@ impl Controller {
         let Some(id) = self.trace.open() else {
             return Reply::error(409, "a trace is already running; one at a time");
         };
-        if let Err(e) = self.dataplane.set_trace(control) {
+        if let Err(e) = self.desk.dataplane.set_trace(control) {
             self.trace.close(id);
             return Reply::error(500, format!("turning tracing on: {e}"));
         }
@@ -854,11 +767,13 @@ impl Controller {
         if !self.trace.is_open(id) {
             return Reply::error(410, "the trace session is over");
         }
-        let renewed = self.dataplane.trace().and_then(|control| {
-            self.dataplane.set_trace(lb_common::maps::TraceControl {
-                expires_ns: crate::dataplane::trace::lease_end(trace::LEASE),
-                ..control
-            })
+        let renewed = self.desk.dataplane.trace().and_then(|control| {
+            self.desk
+                .dataplane
+                .set_trace(lb_common::maps::TraceControl {
+                    expires_ns: crate::dataplane::trace::lease_end(trace::LEASE),
+                    ..control
+                })
         });
         if let Err(e) = renewed {
             return Reply::error(500, format!("renewing the trace: {e}"));
@@ -871,6 +786,7 @@ impl Controller {
             return Reply::error(410, "the trace session is over");
         }
         if let Err(e) = self
+            .desk
             .dataplane
             .set_trace(lb_common::maps::TraceControl::default())
         {
@@ -882,13 +798,13 @@ impl Controller {
 
     /// Every VIP's table as the kernel holds it, in backend identities.
     fn tables(&self) -> Reply {
-        let Some(state) = self.dataplane.installed() else {
+        let Some(state) = self.desk.dataplane.installed() else {
             return Reply::error(503, "nothing is installed");
         };
-        let bank = self.dataplane.bank();
+        let bank = self.desk.dataplane.bank();
         let mut vips = Vec::new();
         for vip in &state.vips {
-            let held = match self.dataplane.read_table(table_id(bank, vip.vip_id)) {
+            let held = match self.desk.dataplane.read_table(table_id(bank, vip.vip_id)) {
                 Ok(held) => held,
                 Err(e) => return Reply::error(500, format!("reading {}'s table: {e}", vip.label)),
             };
@@ -907,7 +823,7 @@ impl Controller {
                 slots,
             ));
         }
-        let seed = match self.dataplane.config() {
+        let seed = match self.desk.dataplane.config() {
             Ok(config) => config.seed,
             Err(e) => return Reply::error(500, format!("reading the seed: {e}")),
         };
@@ -942,11 +858,12 @@ impl Controller {
             );
         }
         let result = self
+            .desk
             .dataplane
             .detach()
             .map_err(anyhow::Error::from)
             .and_then(|()| self.pins.remove().map_err(anyhow::Error::from))
-            .and_then(|_| self.records.remove());
+            .and_then(|_| self.desk.records().remove());
         match result {
             Ok(()) => {
                 crate::note!("detached from {} on request; exiting", self.interface);

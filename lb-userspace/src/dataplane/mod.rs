@@ -287,11 +287,6 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// The generation it will have once committed.
-    pub fn state(&self) -> &DesiredState {
-        &self.state
-    }
-
     /// The table bank it was written into.
     pub fn bank(&self) -> u32 {
         self.bank
@@ -714,17 +709,18 @@ impl Dataplane {
         self.installed.as_ref()
     }
 
-    /// Installs a whole desired state and makes it live: `stage`, then
-    /// `commit`.
+    /// Installs a whole desired state and makes it live: `stage`, `verify`,
+    /// then `commit`.
     pub fn install(&mut self, state: &DesiredState) -> Result<()> {
         let staged = self.stage(state)?;
+        self.verify(&staged)?;
         self.commit(staged)
     }
 
     /// Writes a state into the table bank not in use, without making it
     /// live: its backends (new ones in slots nothing refers to yet), then
-    /// every VIP's table, each read back and compared. Packets still see
-    /// the state in force. Refuses a state that renumbers a backend.
+    /// every VIP's table. Packets still see the state in force. Refuses a
+    /// state that renumbers a backend.
     pub fn stage(&mut self, state: &DesiredState) -> Result<Staged> {
         if let Some(previous) = &self.installed {
             check_stable_ids(previous, state)?;
@@ -801,11 +797,15 @@ impl Dataplane {
             .map(|(vip_id, map)| (table_id(bank, *vip_id), map))
             .collect();
         self.set_tables(&entries)?;
-        self.verify_tables(state, bank)?;
         Ok(Staged {
             state: state.clone(),
             bank,
         })
+    }
+
+    /// Fails unless the kernel holds every table of a staged state.
+    pub fn verify(&self, staged: &Staged) -> Result<()> {
+        self.verify_tables(&staged.state, staged.bank)
     }
 
     /// Fails unless the kernel holds every table of `state` in `bank`

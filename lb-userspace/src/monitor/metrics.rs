@@ -21,15 +21,11 @@ use super::{
     Facts,
     report::{BackendReport, Report, VipHealthReport, VipReport},
 };
-use crate::parallel;
+use crate::{parallel, policy::Outcome};
 use lb_common::maps::Reason;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Decision results the apply counters always carry (from zero, so that a
-/// first refusal shows as an increase).
-const RESULTS: [&str; 3] = ["applied", "refused", "failed"];
 
 type Encoded = Result<(), std::fmt::Error>;
 
@@ -474,9 +470,11 @@ impl Scrape {
         )
         .encode(
             encoder,
-            RESULTS.iter().map(|&result| {
+            // Every outcome from zero, so that a first refusal shows as an
+            // increase.
+            Outcome::ALL.iter().map(|result| {
                 let n = facts.applies.get(result).copied().unwrap_or(0);
-                ([("result", result)], n)
+                ([("result", result.name())], n)
             }),
         )?;
         counter(
@@ -501,7 +499,7 @@ impl Scrape {
                 "1 when the last change the gate decided was applied, 0 when it was refused \
                  or failed.",
             )
-            .encode(encoder, [(NO_LABELS, flag(result == "applied"))])?;
+            .encode(encoder, [(NO_LABELS, flag(result == Outcome::Applied))])?;
         }
         if let Some(in_force) = facts.file_in_force {
             gauge(

@@ -28,7 +28,7 @@ use crate::{
     },
     group::GroupReport,
     health::Checker,
-    policy::health::VipHealth,
+    policy::{Outcome, health::VipHealth},
 };
 use report::{ConnectionsReport, Healths, Report};
 use window::{Transition, Window};
@@ -169,9 +169,9 @@ pub struct Changes {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Facts {
     /// The last apply decision: when (Unix seconds) and its result.
-    pub last_apply: Option<(f64, &'static str)>,
-    /// Decisions by result (`applied`, `refused`, `failed`).
-    pub applies: BTreeMap<&'static str, u64>,
+    pub last_apply: Option<(f64, Outcome)>,
+    /// Decisions by outcome.
+    pub applies: BTreeMap<Outcome, u64>,
     /// Refusals by problem code.
     pub refusals: BTreeMap<&'static str, u64>,
     /// Whether the config file on disk is the config in force, as last seen.
@@ -273,7 +273,7 @@ impl Monitor {
     }
 
     /// Counts one decision of the gate; `codes` are a refusal's problem codes.
-    pub fn decided(&self, result: &'static str, codes: &[&'static str]) {
+    pub fn decided(&self, result: Outcome, codes: &[&'static str]) {
         let mut state = self.lock();
         let facts = &mut state.facts;
         facts.last_apply = Some((unix_now(), result));

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::{
     config::{Config, GuardOverrides, Guards, VipConfig},
     policy::health::{Down, judge},
-    policy::validate::{Validation, check_concentration, vip_location},
+    policy::validate::{ValidConfig, Validation, check_concentration, vip_location},
     problem::Problem,
     table::VipTable,
 };
@@ -33,6 +33,18 @@ pub enum Change {
     Changed,
     /// In both, the same.
     Unchanged,
+}
+
+impl Change {
+    /// Its name, as the plan's JSON spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Changed => "changed",
+            Change::Unchanged => "unchanged",
+        }
+    }
 }
 
 /// One backend's before and after.
@@ -118,6 +130,16 @@ impl Validation {
             config,
             tables: &self.tables,
         })
+    }
+}
+
+impl ValidConfig {
+    /// This config as one side of a plan.
+    pub fn side(&self) -> Side<'_> {
+        Side {
+            config: self.config(),
+            tables: self.tables(),
+        }
     }
 }
 

@@ -74,6 +74,54 @@ impl<T> Validation<T> {
     }
 }
 
+/// A config that passed validation, with the table of each of its VIPs:
+/// only `Validation::valid` makes one, so holding one is proof.
+#[derive(Clone, Debug)]
+pub struct ValidConfig {
+    config: Config,
+    /// One per VIP, every one present (an `Option` only to be one side of
+    /// a plan, as a config that failed validation is).
+    tables: Vec<Option<VipTable>>,
+    warnings: Vec<Problem>,
+}
+
+impl ValidConfig {
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Per VIP of the config, its table.
+    pub fn tables(&self) -> &[Option<VipTable>] {
+        &self.tables
+    }
+
+    /// What validation warned of.
+    pub fn warnings(&self) -> &[Problem] {
+        &self.warnings
+    }
+}
+
+impl Validation {
+    /// The valid config, or (when it has errors, or a VIP has no table)
+    /// this validation back, to report.
+    pub fn valid(self) -> Result<ValidConfig, Box<Validation>> {
+        let complete = self.tables.iter().all(Option::is_some);
+        match self {
+            Validation {
+                config: Some(config),
+                problems,
+                tables,
+            } if complete && !problems.iter().any(Problem::is_error) => Ok(ValidConfig {
+                config,
+                tables,
+                warnings: problems,
+            }),
+            invalid => Err(Box::new(invalid)),
+        }
+    }
+}
+
 /// Reads and validates config text.
 pub fn validate(text: &str) -> Validation {
     validated(text, |_| {}, |table| table)
