@@ -5,12 +5,12 @@
 //! hostile value can neither flood the output nor forge a line or drive
 //! the terminal.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How bad a problem is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Worth knowing; does not block.
@@ -20,12 +20,13 @@ pub enum Severity {
 }
 
 /// One finding.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
     /// Error or warning.
     pub severity: Severity,
-    /// A stable machine-readable name, e.g. `duplicate-backend`.
-    pub code: &'static str,
+    /// A stable machine-readable name, e.g. `duplicate-backend` (one of
+    /// this build's own, unless read from an answer of the daemon's).
+    pub code: Cow<'static, str>,
     /// Where: `config`, `vip "web"`, `vip "web" backend "b1"`, ...
     pub location: String,
     /// The field, e.g. `weight`; empty when the whole entry is at fault.
@@ -97,7 +98,7 @@ impl Problem {
     ) -> Self {
         Self {
             severity: Severity::Error,
-            code,
+            code: Cow::Borrowed(code),
             location: printable(&location.into(), PROSE_CHARS),
             field: printable(&field.into(), ECHOED_CHARS),
             value: printable(&value.into(), ECHOED_CHARS),

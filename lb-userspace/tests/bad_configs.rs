@@ -471,7 +471,7 @@ fn vips(count: u32, settings: &str) -> String {
 fn the_data_planes_limits_are_checked_before_run() {
     let codes: Vec<_> = validate(&one_vip_too_many())
         .errors()
-        .iter()
+        .into_iter()
         .map(|p| p.code)
         .collect();
     assert_eq!(codes, vec!["too-many-vips"]);
@@ -490,8 +490,8 @@ fn a_config_beyond_the_data_planes_capacities_builds_no_table() {
     ];
     for (code, text) in cases {
         let validation = validate(&text);
-        let codes: Vec<_> = validation.errors().iter().map(|p| p.code).collect();
-        assert!(codes.contains(&code), "{code}: {codes:?}");
+        let codes: Vec<_> = validation.errors().into_iter().map(|p| p.code).collect();
+        assert!(codes.iter().any(|c| c == code), "{code}: {codes:?}");
         let built = validation.tables.iter().filter(|t| t.is_some()).count();
         assert_eq!(built, 0, "{code}: {built} tables built");
     }
@@ -508,7 +508,7 @@ fn the_lookup_tables_slots_are_budgeted() {
         .iter()
         .map(|p| {
             (
-                p.code,
+                &*p.code,
                 p.location.as_str(),
                 p.field.as_str(),
                 p.value.as_str(),
@@ -535,12 +535,12 @@ fn the_lookup_tables_slots_are_budgeted() {
 fn a_refused_table_size_is_not_counted_against_the_slot_budget() {
     let codes: BTreeSet<_> = validate(&vips(129, "table_size = 65536\n"))
         .errors()
-        .iter()
+        .into_iter()
         .map(|p| p.code)
         .collect();
     assert_eq!(
         codes,
-        BTreeSet::from(["table-size", "guard-unchecked"]),
+        BTreeSet::from(["table-size".into(), "guard-unchecked".into()]),
         "{codes:?}"
     );
 }
@@ -557,7 +557,7 @@ fn a_config_whose_only_vip_is_unreadable_is_not_called_empty() {
     let text = "[[vip]]\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcpp\"\n\
                 backend = [{ address = \"198.18.0.1\" }, { address = \"198.18.0.2\" }]\n";
     let validation = validate(text);
-    let codes: Vec<_> = validation.problems.iter().map(|p| p.code).collect();
+    let codes: Vec<_> = validation.problems.iter().map(|p| &*p.code).collect();
     assert_eq!(codes, vec!["invalid-value"], "{:?}", validation.problems);
 }
 

@@ -5,12 +5,14 @@
 
 use std::path::PathBuf;
 
+use super::client::Connection;
+use crate::{
+    config::Config,
+    daemon::wire::{self, ApplyRequest, ChangeAnswer},
+    problem::Problem,
+};
 use anyhow::Context as _;
 use clap::Args;
-use serde_json::{Value, json};
-
-use super::client::Connection;
-use crate::config::Config;
 
 /// Arguments of `fulcrum apply`.
 #[derive(Args)]
@@ -29,49 +31,31 @@ pub struct ApplyArgs {
 
 /// The text of a change's outcome: applied (with overrides and warnings) or
 /// refused (with every reason).
-pub fn change_text(body: &Value) -> String {
-    // As `Problem`'s own Display; overrides are listed once, as `forced:`.
-    let line = |p: &Value| {
-        let text = |key: &str| p[key].as_str().unwrap_or("").to_string();
-        let mut out = format!("{}: {}", text("severity"), text("location"));
-        if !text("field").is_empty() {
-            out += &format!(": {}", text("field"));
-            if !text("value").is_empty() {
-                out += &format!(" = {}", text("value"));
-            }
-        }
-        format!("{out}: {} [{}]\n", text("message"), text("code"))
+pub fn change_text(answer: &ChangeAnswer) -> String {
+    let lines = |problems: &Option<Vec<Problem>>, prefix: &str| {
+        problems
+            .iter()
+            .flatten()
+            .map(|p| format!("{prefix}{p}\n"))
+            .collect::<String>()
     };
-    let list = |key: &str| {
-        body[key]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter(|p| {
-                        key != "warnings"
-                            || !p["message"]
-                                .as_str()
-                                .unwrap_or("")
-                                .ends_with("overridden by --force")
-                    })
-                    .map(line)
-                    .collect::<String>()
-            })
-            .unwrap_or_default()
-    };
-    if body["applied"].as_bool() == Some(true) {
-        let forced: String = list("forced")
-            .lines()
-            .map(|l| format!("forced: {l}\n"))
-            .collect();
+    if answer.applied {
+        // Overrides are listed once, as `forced:`, not again as warnings.
+        let warnings = answer.warnings.as_ref().map(|warnings| {
+            warnings
+                .iter()
+                .filter(|p| !p.message.ends_with("overridden by --force"))
+                .cloned()
+                .collect()
+        });
         format!(
-            "{}{forced}applied and verified as generation {}\n",
-            list("warnings"),
-            body["generation"]
+            "{}{}applied and verified as generation {}\n",
+            lines(&warnings, ""),
+            lines(&answer.forced, "forced: "),
+            answer.generation
         )
-    } else if body["problems"].is_array() {
-        format!("{}REFUSED: nothing changed\n", list("problems"))
+    } else if answer.problems.is_some() {
+        format!("{}REFUSED: nothing changed\n", lines(&answer.problems, ""))
     } else {
         String::new()
     }
@@ -88,13 +72,13 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         (Some(read), _) => args.connection.unless_given(read.api.socket),
         (None, _) => args.connection.clone(),
     };
-    let request = json!({
-        "config": config,
-        "force": args.force,
-        "if_generation": args.if_generation,
-    });
+    let request = ApplyRequest {
+        config,
+        force: args.force,
+        if_generation: args.if_generation,
+    };
     let answer = connection
-        .request("POST", "/v1/apply", Some(&request))
+        .request(wire::APPLY, Some(&request))
         .context("fulcrum apply")?;
     connection.finish(&answer, change_text)
 }

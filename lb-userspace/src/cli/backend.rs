@@ -4,11 +4,16 @@
 
 use std::time::{Duration, Instant};
 
+use super::{
+    apply::change_text,
+    client::{Connection, NO_BODY},
+};
+use crate::daemon::{
+    edit::Action,
+    wire::{self, BackendRequest, StatusAnswer},
+};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use serde_json::json;
-
-use super::{apply::change_text, client::Connection};
 
 /// How long `drain --wait` waits unless `--timeout` says otherwise.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -83,40 +88,34 @@ pub enum BackendAction {
 
 /// Sends the change and prints the verdict.
 pub fn run(args: BackendArgs) -> anyhow::Result<()> {
-    let (action, target, weight, extra) = match &args.action {
-        BackendAction::Add {
-            target,
-            weight,
-            name,
-            mac,
-            port,
-        } => (
-            "add",
-            target,
-            *weight,
-            json!({"name": name, "mac": mac, "port": port}),
-        ),
-        BackendAction::Remove { target } => ("remove", target, None, json!({})),
-        BackendAction::Drain { target, .. } => ("drain", target, None, json!({})),
-        BackendAction::SetWeight { target, weight } => {
-            ("set-weight", target, Some(*weight), json!({}))
-        }
+    let (action, target, weight) = match &args.action {
+        BackendAction::Add { target, weight, .. } => (Action::Add, target, *weight),
+        BackendAction::Remove { target } => (Action::Remove, target, None),
+        BackendAction::Drain { target, .. } => (Action::Drain, target, None),
+        BackendAction::SetWeight { target, weight } => (Action::SetWeight, target, Some(*weight)),
     };
-    let mut request = json!({
-        "action": action,
-        "vip": target.vip,
-        "backend": target.backend,
-        "weight": weight,
-        "force": args.force,
-        "if_generation": args.if_generation,
-    });
-    if let (Some(request), Some(extra)) = (request.as_object_mut(), extra.as_object()) {
-        request.extend(extra.clone());
-    }
+    let (name, mac, port) = match &args.action {
+        BackendAction::Add {
+            name, mac, port, ..
+        } => (name.clone(), mac.clone(), *port),
+        _ => (None, None, None),
+    };
+    let verb = action.verb();
+    let request = BackendRequest {
+        action,
+        vip: target.vip.clone(),
+        backend: target.backend.clone(),
+        weight,
+        name,
+        mac,
+        port,
+        force: args.force,
+        if_generation: args.if_generation,
+    };
     let answer = args
         .connection
-        .request("POST", "/v1/backend", Some(&request))
-        .with_context(|| format!("fulcrum backend {action}"))?;
+        .request(wire::BACKEND, Some(&request))
+        .with_context(|| format!("fulcrum backend {verb}"))?;
     args.connection.finish(&answer, change_text)?;
     if let BackendAction::Drain { target, wait: true } = &args.action {
         let limit = args.connection.timeout.unwrap_or(DRAIN_TIMEOUT);
@@ -127,25 +126,25 @@ pub fn run(args: BackendArgs) -> anyhow::Result<()> {
 
 /// The backend's active flows, from `status`.
 fn active_flows(connection: &Connection, target: &Target) -> anyhow::Result<u64> {
-    let answer = connection.call("GET", "/v1/status", None)?;
+    let answer = connection.call(wire::STATUS, NO_BODY)?;
     anyhow::ensure!(answer.ok(), "fulcrum status: {}", answer.reason());
-    let vip = answer.body["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|v| v["name"] == target.vip.as_str() || v["endpoint"] == target.vip.as_str())
+    let status: StatusAnswer = answer.read()?;
+    let vip = status
+        .report
+        .vips
+        .iter()
+        .find(|v| v.name == target.vip || v.endpoint == target.vip)
         .with_context(|| format!("no VIP {} in status", target.vip))?;
-    let backend = vip["backends"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let backend = vip
+        .backends
+        .iter()
         .find(|b| {
-            b["name"] == target.backend.as_str()
-                || b["address"].as_str().is_some_and(|a| {
-                    a == target.backend
-                        || a.rsplit_once(':')
-                            .is_some_and(|(ip, _)| ip.trim_matches(['[', ']']) == target.backend)
-                })
+            let address = b.address.as_str();
+            b.name == target.backend
+                || address == target.backend
+                || address
+                    .rsplit_once(':')
+                    .is_some_and(|(ip, _)| ip.trim_matches(['[', ']']) == target.backend)
         })
         .with_context(|| {
             format!(
@@ -153,8 +152,8 @@ fn active_flows(connection: &Connection, target: &Target) -> anyhow::Result<u64>
                 target.backend, target.vip
             )
         })?;
-    backend["active_flows"]
-        .as_u64()
+    backend
+        .active_flows
         .context("status does not count active flows")
 }
 

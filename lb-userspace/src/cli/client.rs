@@ -14,9 +14,14 @@ use clap::Args;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use super::OutputFormat;
+use crate::daemon::wire::{ErrorAnswer, Route};
+
+/// The body of a request that has none.
+pub const NO_BODY: Option<&()> = None;
 
 /// Where the daemon's API listens unless told otherwise (`[api].socket`).
 pub const DEFAULT_SOCKET: &str = "/run/fulcrum/api.sock";
@@ -67,14 +72,24 @@ impl Answer {
         (200..300).contains(&self.status)
     }
 
+    /// The body as `T`, or why it is not one.
+    pub fn read<T: DeserializeOwned>(&self) -> anyhow::Result<T> {
+        T::deserialize(&self.body).with_context(|| {
+            format!(
+                "the daemon's answer (HTTP {}) is not what this fulcrum reads",
+                self.status
+            )
+        })
+    }
+
     /// The body's `error`, or what the status means.
     pub fn reason(&self) -> String {
-        match self.body["error"].as_str() {
-            Some(error) => error.to_string(),
-            None if self.body["problems"].is_array() || self.status == 422 => {
+        match self.read::<ErrorAnswer>() {
+            Ok(answer) => answer.error,
+            Err(_) if self.status == 422 => {
                 "refused: see the reasons above; nothing changed".into()
             }
-            None => format!("HTTP {}", self.status),
+            Err(_) => format!("HTTP {}", self.status),
         }
     }
 }
@@ -160,12 +175,10 @@ async fn stream_lines(
     let mut body = response.into_body();
     if status != 200 {
         let bytes = body.collect().await?.to_bytes();
-        let answer: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let answer = serde_json::from_slice::<ErrorAnswer>(&bytes);
         bail!(
             "{}",
-            answer["error"]
-                .as_str()
-                .map_or_else(|| format!("HTTP {status}"), str::to_string)
+            answer.map_or_else(|_| format!("HTTP {status}"), |a| a.error)
         );
     }
     let mut pending = Vec::new();
@@ -220,22 +233,23 @@ impl Connection {
     /// to `line` until it returns false or the stream ends.
     pub fn stream(
         &self,
-        path: &str,
-        body: &Value,
+        route: Route,
+        body: &impl Serialize,
         mut line: impl FnMut(&str) -> bool,
     ) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(body)?;
         block_on(stream_lines(
             self.socket(),
             self.timeout(),
-            path,
+            route.path,
             bytes,
             &mut line,
         ))
     }
 
-    /// Sends one request (`body` as JSON for POSTs) and returns the answer.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Answer> {
+    /// Sends one request (`body` as JSON for POSTs; `NO_BODY` for none)
+    /// and returns the answer.
+    pub fn call<B: Serialize>(&self, route: Route, body: Option<&B>) -> anyhow::Result<Answer> {
         let bytes = body
             .map(serde_json::to_vec)
             .transpose()?
@@ -244,40 +258,42 @@ impl Connection {
         block_on(within(
             socket,
             self.timeout(),
-            exchange(socket, method, path, bytes),
+            exchange(socket, route.method, route.path, bytes),
         ))
     }
 
     /// Sends one request; a failure before any answer (no daemon, say) is
     /// also printed as `{"error": ...}` when JSON was asked for, so a JSON
     /// reader always gets one document.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<Answer> {
-        self.call(method, path, body).map_err(|e| self.fail(e))
+    pub fn request<B: Serialize>(&self, route: Route, body: Option<&B>) -> anyhow::Result<Answer> {
+        self.call(route, body).map_err(|e| self.fail(e))
     }
 
     /// `error`, printed as a JSON document first when JSON was asked for.
     pub fn fail(&self, error: anyhow::Error) -> anyhow::Error {
         if let OutputFormat::Json = self.format {
-            println!("{}", serde_json::json!({ "error": format!("{error:#}") }));
+            let answer = ErrorAnswer {
+                error: format!("{error:#}"),
+            };
+            println!("{}", serde_json::to_string(&answer).unwrap_or_default());
         }
         error
     }
 
-    /// Prints `answer` (JSON as is, or `text` of it) and turns a refusal
-    /// into an error.
-    pub fn finish(
+    /// Prints `answer` (JSON as is, or `text` of it when it is a `T`) and
+    /// turns a refusal into an error.
+    pub fn finish<T: DeserializeOwned>(
         &self,
         answer: &Answer,
-        text: impl FnOnce(&Value) -> String,
+        text: impl FnOnce(&T) -> String,
     ) -> anyhow::Result<()> {
         match self.format {
             OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&answer.body)?),
-            OutputFormat::Text => print!("{}", text(&answer.body)),
+            OutputFormat::Text => {
+                if let Ok(body) = answer.read::<T>() {
+                    print!("{}", text(&body));
+                }
+            }
         }
         if !answer.ok() {
             bail!("{}", answer.reason());

@@ -6,6 +6,7 @@
 
 use anyhow::bail;
 use clap::Args;
+use serde::Serialize;
 
 use super::{OutputFormat, client::Connection, print_all, tables};
 use crate::{
@@ -90,6 +91,19 @@ fn text(comparison: &Comparison, fingerprints: [Option<&str>; 2]) -> String {
     text
 }
 
+/// `fulcrum compare --format json`: the comparison and its verdict.
+#[derive(Serialize)]
+struct Output<'a> {
+    #[serde(flatten)]
+    comparison: &'a Comparison,
+    /// Every flow goes to the same backend through either host.
+    identical: bool,
+    /// Each host's seed fingerprint, when known.
+    seed_fingerprints: [Option<&'a str>; 2],
+    /// Each host's group, when it has one.
+    groups: [&'a Option<String>; 2],
+}
+
 /// Compares, prints, and fails when the hosts differ.
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let load = |source: &str| tables::load(source, &args.connection);
@@ -101,11 +115,13 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let fingerprints = [&a, &b].map(|t| t.seed_fingerprint.as_deref());
     let output = match args.connection.format {
         OutputFormat::Json => {
-            let mut body = serde_json::to_value(&comparison)?;
-            body["identical"] = comparison.identical().into();
-            body["seed_fingerprints"] = serde_json::json!(fingerprints);
-            body["groups"] = serde_json::json!([&a.group, &b.group]);
-            serde_json::to_string_pretty(&body)? + "\n"
+            let output = Output {
+                identical: comparison.identical(),
+                comparison: &comparison,
+                seed_fingerprints: fingerprints,
+                groups: [&a.group, &b.group],
+            };
+            serde_json::to_string_pretty(&output)? + "\n"
         }
         OutputFormat::Text => text(&comparison, fingerprints),
     };

@@ -11,11 +11,17 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use super::{client::Connection, run::Places};
+use super::{
+    client::{Connection, NO_BODY},
+    run::Places,
+};
 use crate::{
     announce::Announcer,
     config::{Announce, Config},
-    daemon::records::RecordDir,
+    daemon::{
+        records::RecordDir,
+        wire::{self, DetachAnswer},
+    },
 };
 
 /// Arguments of `fulcrum detach`.
@@ -81,13 +87,10 @@ pub fn run(args: DetachArgs) -> anyhow::Result<()> {
     let Some(interface) = &args.interface else {
         let answer = args
             .connection
-            .request("POST", "/v1/detach", None)
+            .request(wire::DETACH, NO_BODY)
             .context("fulcrum detach")?;
-        return args.connection.finish(&answer, |body| {
-            format!(
-                "detached from {}\n",
-                body["interface"].as_str().unwrap_or("?")
-            )
+        return args.connection.finish(&answer, |answer: &DetachAnswer| {
+            format!("detached from {}\n", answer.interface)
         });
     };
     let (pins, records) = args.places.of(interface);
@@ -117,7 +120,11 @@ pub fn run(args: DetachArgs) -> anyhow::Result<()> {
     match args.connection.format {
         super::OutputFormat::Json => println!(
             "{}",
-            serde_json::json!({"detached": true, "interface": interface, "pins": pins.path()})
+            serde_json::to_string(&DetachAnswer {
+                detached: true,
+                interface: interface.clone(),
+                pins: Some(pins.path().display().to_string()),
+            })?
         ),
         super::OutputFormat::Text => println!("{done}"),
     }

@@ -2,11 +2,10 @@
 //! plane sends this flow to, and why: its connection-table entry, or the
 //! lookup-table slot its hash (the kernel's own function) picks.
 
+use super::client::Connection;
+use crate::daemon::wire::{self, ExplainAnswer, ExplainRequest};
 use anyhow::Context as _;
 use clap::Args;
-use serde_json::{Value, json};
-
-use super::client::Connection;
 
 /// Arguments of `fulcrum explain`.
 #[derive(Args)]
@@ -21,30 +20,23 @@ pub struct ExplainArgs {
     pub connection: Connection,
 }
 
-fn text(body: &Value) -> String {
-    if body["backend"].is_null() {
-        return String::new();
-    }
+fn text(answer: &ExplainAnswer) -> String {
     format!(
         "VIP {} -> backend {} ({}, by {}): {}\n",
-        body["vip"].as_str().unwrap_or("?"),
-        body["backend"].as_str().unwrap_or("?"),
-        body["address"].as_str().unwrap_or("?"),
-        body["forwarding"].as_str().unwrap_or("?"),
-        body["why"].as_str().unwrap_or("?"),
+        answer.vip, answer.backend, answer.address, answer.forwarding, answer.why,
     )
 }
 
 /// Asks the daemon and prints the answer.
 pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
-    let request = json!({
-        "protocol": args.protocol,
-        "source": args.source,
-        "destination": args.destination,
-    });
+    let request = ExplainRequest {
+        protocol: args.protocol.clone(),
+        source: args.source.clone(),
+        destination: args.destination.clone(),
+    };
     let answer = args
         .connection
-        .request("POST", "/v1/explain", Some(&request))
+        .request(wire::EXPLAIN, Some(&request))
         .context("fulcrum explain")?;
     args.connection.finish(&answer, text)
 }

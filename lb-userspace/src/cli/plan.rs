@@ -9,11 +9,15 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::bail;
 use clap::Args;
-use serde::Serialize;
 
-use super::{OutputFormat, client::Connection, load_config};
+use super::{
+    OutputFormat,
+    client::{Connection, NO_BODY},
+    load_config,
+};
 use crate::{
     config::join_problems,
+    daemon::wire::{self, ConfigAnswer, PlanAnswer},
     policy::plan::{Change, Plan, VipPlan, plan},
     policy::validate::Validation,
     problem::{Problem, escaped},
@@ -39,21 +43,6 @@ pub struct PlanArgs {
     /// format.
     #[command(flatten)]
     pub connection: Connection,
-}
-
-/// Every outcome of `fulcrum plan` as one JSON document: `accepted` and
-/// `error` always, the plan's fields when a plan could be made.
-#[derive(Serialize)]
-struct Output<'a> {
-    accepted: bool,
-    /// Why no plan could be made (`null` when one was).
-    error: Option<String>,
-    /// Problems of the new config itself.
-    config_problems: &'a [Problem],
-    /// Problems of the current config (`--against`).
-    current_problems: &'a [Problem],
-    #[serde(flatten)]
-    plan: Option<&'a Plan>,
 }
 
 /// Why no plan can be made, if none can.
@@ -89,12 +78,13 @@ fn installed(args: &PlanArgs, next: &Validation) -> anyhow::Result<Validation> {
         Some(config) => args.connection.unless_given(config.api.socket.clone()),
         None => args.connection.clone(),
     };
-    let answer = connection.call("GET", "/v1/config", None)?;
-    let text = answer.body["config"]
-        .as_str()
+    let answer = connection.call(wire::CONFIG, NO_BODY)?;
+    let installed = answer
+        .read::<ConfigAnswer>()
+        .ok()
         .filter(|_| answer.ok())
         .ok_or_else(|| anyhow::anyhow!("the daemon gave no config: {}", answer.reason()))?;
-    Ok(crate::policy::validate::validate(text))
+    Ok(crate::policy::validate::validate(&installed.config))
 }
 
 /// Computes and prints the plan.
@@ -117,12 +107,13 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let accepted = next.is_valid() && planned.as_ref().is_some_and(Plan::accepted);
     match args.connection.format {
         OutputFormat::Json => {
-            let output = Output {
+            let output = PlanAnswer {
                 accepted,
                 error: error.clone(),
-                config_problems: &next.problems,
-                current_problems: current.as_ref().map_or(&[], |c| &c.problems),
-                plan: planned.as_ref(),
+                config_problems: next.problems.clone(),
+                current_problems: current.map(|c| c.problems).unwrap_or_default(),
+                generation: None,
+                plan: planned.clone(),
             };
             println!("{}", serde_json::to_string_pretty(&output)?);
         }
@@ -172,8 +163,8 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
         (false, None) => String::new(),
     };
     let table = match vip.table {
-        (before, after) if before == after => after.to_string(),
-        (before, after) => format!("{before} → {after}"),
+        (before, after) if before == after => after.name().to_string(),
+        (before, after) => format!("{} → {}", before.name(), after.name()),
     };
     let _ = writeln!(
         out,

@@ -2,12 +2,10 @@
 //! generation, and per VIP each backend's weight, table share, observed
 //! share and counters.
 
+use super::client::{Connection, NO_BODY};
+use crate::daemon::wire::{self, StatusAnswer};
 use anyhow::Context as _;
 use clap::Args;
-use serde_json::Value;
-
-use super::client::Connection;
-use crate::monitor::report::Report;
 
 /// Arguments of `fulcrum status`.
 #[derive(Args)]
@@ -16,27 +14,26 @@ pub struct StatusArgs {
     pub connection: Connection,
 }
 
-fn text(body: &Value) -> String {
+fn text(status: &StatusAnswer) -> String {
     let header = format!(
         "interface {} ({}), generation {}, config {}\n",
-        body["interface"].as_str().unwrap_or("?"),
-        if body["attached"].as_bool() == Some(true) {
+        status.interface,
+        if status.report.attached {
             "attached"
         } else {
             "NOT attached"
         },
-        body["generation"],
-        body["config"].as_str().unwrap_or("?"),
+        status.report.generation,
+        status.config,
     );
-    let report: Option<Report> = serde_json::from_value(body.clone()).ok();
-    header + &report.map_or_else(String::new, |r| r.to_text())
+    header + &status.report.to_text()
 }
 
 /// Asks the daemon and prints the answer.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let answer = args
         .connection
-        .request("GET", "/v1/status", None)
+        .request(wire::STATUS, NO_BODY)
         .context("fulcrum status")?;
     args.connection.finish(&answer, text)
 }

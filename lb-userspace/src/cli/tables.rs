@@ -9,8 +9,12 @@ use std::{os::unix::fs::FileTypeExt as _, path::Path};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use super::{OutputFormat, client::Connection, load_config, print_all};
-use crate::{group::Tables, problem::escaped};
+use super::{
+    OutputFormat,
+    client::{Connection, NO_BODY},
+    load_config, print_all,
+};
+use crate::{daemon::wire, group::Tables, problem::escaped};
 
 /// Arguments of `fulcrum tables`.
 #[derive(Args)]
@@ -34,11 +38,12 @@ pub fn load(source: &str, connection: &Connection) -> anyhow::Result<Tables> {
             socket: Some(path.to_path_buf()),
             ..connection.clone()
         };
-        let answer = daemon.call("GET", "/v1/tables", None)?;
+        let answer = daemon.call(wire::TABLES, NO_BODY)?;
         if !answer.ok() {
             bail!("{source}: the daemon answered: {}", answer.reason());
         }
-        let mut tables: Tables = serde_json::from_value(answer.body)
+        let mut tables: Tables = answer
+            .read()
             .with_context(|| format!("{source}: the daemon's tables"))?;
         tables.source = format!("{} ({source})", tables.source);
         return Ok(tables);

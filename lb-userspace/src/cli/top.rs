@@ -30,7 +30,6 @@ use ratatui::{
     text::{Line, Span, Text},
     widgets::{Block, Borders, Cell, Paragraph, Row, Table, Wrap},
 };
-use serde::Deserialize;
 use signal_hook::{
     consts::{SIGHUP, SIGINT, SIGTERM},
     iterator::Signals,
@@ -38,8 +37,9 @@ use signal_hook::{
 
 use super::{
     OutputFormat,
-    client::{Answer, Connection},
+    client::{Answer, Connection, NO_BODY},
 };
+use crate::daemon::wire::{self, StatusAnswer};
 use crate::monitor::{
     describe_change,
     report::{BackendReport, Report, VipReport},
@@ -59,25 +59,19 @@ pub struct TopArgs {
     pub interval_ms: u64,
 }
 
-/// The daemon's answer to `GET /v1/status`: its interface and its report.
-#[derive(Clone, Debug, Deserialize)]
-struct Status {
-    interface: String,
-    #[serde(flatten)]
-    report: Report,
-}
-
 /// The status in `answer`, or why there is none.
-fn decode(answer: Answer) -> anyhow::Result<Status> {
+fn decode(answer: Answer) -> anyhow::Result<StatusAnswer> {
     if !answer.ok() {
         bail!("the daemon answered: {}", answer.reason());
     }
-    serde_json::from_value(answer.body).context("the daemon's status is not a report top can read")
+    answer
+        .read()
+        .context("the daemon's status is not a report top can read")
 }
 
 /// Asks the daemon for its status once.
-fn poll(connection: &Connection) -> anyhow::Result<Status> {
-    decode(connection.request("GET", "/v1/status", None)?)
+fn poll(connection: &Connection) -> anyhow::Result<StatusAnswer> {
+    decode(connection.request(wire::STATUS, NO_BODY)?)
 }
 
 /// Draws the daemon's report until a quit key (`q`, `Q`, Esc, Ctrl-C) or
@@ -187,7 +181,7 @@ enum Wake {
     Polled {
         at: Instant,
         wall: SystemTime,
-        outcome: anyhow::Result<Box<Status>>,
+        outcome: anyhow::Result<Box<StatusAnswer>>,
     },
     /// A key press, a resize, ...
     Input(Event),
@@ -327,7 +321,7 @@ impl Rates {
 /// failure, and how far it is scrolled.
 struct Top {
     every: Duration,
-    latest: Status,
+    latest: StatusAnswer,
     answered: SystemTime,
     rates: Rates,
     /// Why the last poll failed; cleared by the next answer.
@@ -352,7 +346,7 @@ const NUMBER_COLUMNS: [(&str, u16); 5] = [
 const SHARE_TEXT_WIDTH: u16 = 8;
 
 impl Top {
-    fn new(first: Status, at: Instant, every: Duration) -> Self {
+    fn new(first: StatusAnswer, at: Instant, every: Duration) -> Self {
         let mut top = Self {
             every,
             latest: first,
@@ -367,7 +361,7 @@ impl Top {
 
     /// Takes a poll's outcome: an answer replaces the view, a failure is
     /// shown over the last answer.
-    fn take(&mut self, at: Instant, wall: SystemTime, outcome: anyhow::Result<Box<Status>>) {
+    fn take(&mut self, at: Instant, wall: SystemTime, outcome: anyhow::Result<Box<StatusAnswer>>) {
         match outcome {
             Ok(status) => {
                 self.rates.update(at, counters(&status.report));
@@ -734,7 +728,7 @@ mod tests {
     /// A daemon's status: VIP `web4` with backends b1..b3 of equal share,
     /// `counts` packets, 100 bytes a packet and a tenth as many new flows
     /// each; b3 flagged when `skewed`.
-    fn status(counts: [u64; 3], skewed: bool) -> Status {
+    fn status(counts: [u64; 3], skewed: bool) -> StatusAnswer {
         let backends: Vec<_> = counts
             .iter()
             .enumerate()

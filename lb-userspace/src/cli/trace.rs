@@ -5,12 +5,13 @@
 //! it. Ctrl-C (or the count reached) ends the session, and tracing goes
 //! off in the kernel at once.
 
+use super::{OutputFormat, client::Connection, print_all};
+use crate::daemon::{
+    trace::{DEFAULT_RATE, TraceRequest, event_text},
+    wire::{self, TraceLine, TraceStatsLine},
+};
 use anyhow::Context as _;
 use clap::Args;
-use serde_json::{Value, json};
-
-use super::{OutputFormat, client::Connection, print_all};
-use crate::daemon::trace::{DEFAULT_RATE, event_text};
 
 /// Arguments of `fulcrum trace`.
 #[derive(Args)]
@@ -48,27 +49,28 @@ fn sample(text: &str) -> Result<u32, String> {
 
 /// Streams the events until the count or the end.
 pub fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let request = json!({
-        "vip": args.vip,
-        "backend": args.backend,
-        "src": args.src,
-        "sample": args.sample,
-        "rate": args.rate,
-    });
+    let request = TraceRequest {
+        vip: args.vip.clone(),
+        backend: args.backend.clone(),
+        src: args.src.clone(),
+        sample: args.sample,
+        rate: args.rate,
+    };
     let mut seen = 0u64;
-    let mut last_stats = Value::Null;
+    let mut last_stats = None;
     let mut failed = None;
-    let result = args.connection.stream("/v1/trace", &request, |line| {
-        let Ok(value) = serde_json::from_str::<Value>(line) else {
-            return true;
+    let result = args.connection.stream(wire::TRACE, &request, |line| {
+        let event = match serde_json::from_str::<TraceLine>(line) {
+            Ok(TraceLine::Event(event)) => event,
+            Ok(TraceLine::Stats(TraceStatsLine { stats })) => {
+                last_stats = Some(stats);
+                return true;
+            }
+            Err(_) => return true,
         };
-        if !value["stats"].is_null() {
-            last_stats = value["stats"].clone();
-            return true;
-        }
         let text = match args.connection.format {
             OutputFormat::Json => format!("{line}\n"),
-            OutputFormat::Text => event_text(&value) + "\n",
+            OutputFormat::Text => event_text(&event) + "\n",
         };
         if let Err(e) = print_all(&text) {
             failed = Some(e);
@@ -83,8 +85,11 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     if let Some(e) = failed {
         return Err(e);
     }
-    if !last_stats.is_null() {
-        eprintln!("fulcrum: {seen} events; in the session so far: {last_stats}");
+    if let Some(stats) = last_stats {
+        eprintln!(
+            "fulcrum: {seen} events; in the session so far: {}",
+            serde_json::to_string(&stats)?
+        );
     }
     Ok(())
 }

@@ -654,11 +654,11 @@ fn read_backend(
 mod tests {
     use super::*;
 
-    fn codes(text: &str) -> Vec<(&'static str, String, String)> {
+    fn codes(text: &str) -> Vec<(String, String, String)> {
         read(text)
             .1
             .into_iter()
-            .map(|p| (p.code, p.location, p.field))
+            .map(|p| (p.code.into_owned(), p.location, p.field))
             .collect()
     }
 
@@ -709,7 +709,7 @@ mod tests {
         ];
         for (code, location, field) in want {
             assert!(
-                found.contains(&(code, location.to_string(), field.to_string())),
+                found.contains(&(code.to_string(), location.to_string(), field.to_string())),
                 "missing {code} at {location} {field}; got {found:?}"
             );
         }

@@ -22,88 +22,20 @@ use axum::{
     routing::{get, post},
     serve::IncomingStream,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
 use tokio::{net::UnixListener, sync::oneshot};
 
 use super::{
-    edit::{Action, BackendEdit},
-    trace::{Hub, Labels, TraceRequest, event_json},
+    trace::{Hub, TraceRequest, event_line},
+    wire::{
+        self, ApplyRequest, BackendRequest, ErrorAnswer, ExplainRequest, TraceLine, TraceRenewed,
+        TraceStarted, TraceStatsLine,
+    },
 };
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
-
-/// `POST /v1/apply` and `POST /v1/plan`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApplyRequest {
-    /// The whole config, as TOML text.
-    pub config: String,
-    /// Override the guards (recorded).
-    #[serde(default)]
-    pub force: bool,
-    /// Refuse unless this is the generation in force.
-    #[serde(default)]
-    pub if_generation: Option<u64>,
-}
-
-/// `POST /v1/backend`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendRequest {
-    /// What to do.
-    pub action: Action,
-    /// The VIP: its name, or `address:port/protocol`.
-    pub vip: String,
-    /// The backend: its name or address (`add`: its address).
-    pub backend: String,
-    /// The weight (`set-weight`, optional for `add`).
-    #[serde(default)]
-    pub weight: Option<u32>,
-    /// A name for a new backend.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// A MAC for a new backend.
-    #[serde(default)]
-    pub mac: Option<String>,
-    /// A port for a new backend.
-    #[serde(default)]
-    pub port: Option<u16>,
-    /// Override the guards (recorded).
-    #[serde(default)]
-    pub force: bool,
-    /// Refuse unless this is the generation in force.
-    #[serde(default)]
-    pub if_generation: Option<u64>,
-}
-
-impl BackendRequest {
-    /// The config edit it asks for.
-    pub fn edit(&self) -> BackendEdit {
-        BackendEdit {
-            action: self.action.clone(),
-            vip: self.vip.clone(),
-            backend: self.backend.clone(),
-            weight: self.weight,
-            name: self.name.clone(),
-            mac: self.mac.clone(),
-            port: self.port,
-        }
-    }
-}
-
-/// `POST /v1/explain`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExplainRequest {
-    /// `tcp` or `udp`.
-    pub protocol: String,
-    /// The client's address and port.
-    pub source: String,
-    /// The VIP's address and port.
-    pub destination: String,
-}
 
 /// What the controller is asked to do.
 #[derive(Debug)]
@@ -142,17 +74,33 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// 200 with `body`.
-    pub fn ok(body: Value) -> Self {
-        Self { status: 200, body }
+    /// 200 with `answer`.
+    pub fn ok(answer: &impl Serialize) -> Self {
+        Self::with(200, answer)
     }
 
-    /// `status` with `{"error": message}`.
+    /// `status` with `answer`.
+    pub fn with(status: u16, answer: &impl Serialize) -> Self {
+        match serde_json::to_value(answer) {
+            Ok(body) => Self { status, body },
+            Err(e) => Self::error(500, format!("encoding the answer: {e}")),
+        }
+    }
+
+    /// `status` with an `ErrorAnswer`.
     pub fn error(status: u16, message: impl Into<String>) -> Self {
+        let answer = ErrorAnswer {
+            error: message.into(),
+        };
         Self {
             status,
-            body: json!({ "error": message.into() }),
+            body: serde_json::to_value(answer).unwrap_or_default(),
         }
+    }
+
+    /// The body as `T`, when it is one.
+    pub fn read<T: DeserializeOwned>(&self) -> Option<T> {
+        T::deserialize(&self.body).ok()
     }
 }
 
@@ -244,10 +192,12 @@ async fn trace(
         Err(rejection) => return bad_body(rejection),
     };
     let started = ask(&shared.jobs, caller, Request::TraceStart(request)).await;
-    let (Some(id), Ok(labels)) = (
-        started.body["session"].as_u64(),
-        serde_json::from_value::<Labels>(started.body["labels"].clone()),
-    ) else {
+    let Some(TraceStarted {
+        session: id,
+        labels,
+        ..
+    }) = started.read()
+    else {
         return respond(started);
     };
     let guard = SessionGuard {
@@ -266,20 +216,18 @@ async fn trace(
             let line = tokio::select! {
                 event = events.recv() => {
                     let event = event?;
-                    event_json(&event, &labels)
+                    TraceLine::Event(Box::new(event_line(&event, &labels)))
                 }
                 _ = tick.tick() => {
                     let renewed = ask(&guard.jobs, guard.caller, Request::TraceRenew(guard.id)).await;
-                    if renewed.status != 200 {
-                        return None;
-                    }
-                    if let Ok(fresh) = serde_json::from_value(renewed.body["labels"].clone()) {
-                        labels = fresh;
-                    }
-                    json!({ "stats": renewed.body["stats"] })
+                    let TraceRenewed { labels: fresh, stats } = renewed.read().filter(|_| renewed.status == 200)?;
+                    labels = fresh;
+                    TraceLine::Stats(TraceStatsLine { stats })
                 }
             };
-            let bytes = hyper::body::Bytes::from(format!("{line}\n"));
+            let mut bytes = serde_json::to_vec(&line).ok()?;
+            bytes.push(b'\n');
+            let bytes = hyper::body::Bytes::from(bytes);
             Some((
                 Ok::<_, std::convert::Infallible>(bytes),
                 (events, labels, tick, guard),
@@ -460,15 +408,15 @@ pub fn serve(socket: &Path, jobs: Jobs, hub: Hub) -> anyhow::Result<Server> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making {} mode 0600", socket.display()))?;
     let app = Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/config", get(config))
-        .route("/v1/tables", get(tables))
-        .route("/v1/plan", post(plan))
-        .route("/v1/apply", post(apply))
-        .route("/v1/backend", post(backend))
-        .route("/v1/explain", post(explain))
-        .route("/v1/detach", post(detach))
-        .route("/v1/trace", post(trace))
+        .route(wire::STATUS.path, get(status))
+        .route(wire::CONFIG.path, get(config))
+        .route(wire::TABLES.path, get(tables))
+        .route(wire::PLAN.path, post(plan))
+        .route(wire::APPLY.path, post(apply))
+        .route(wire::BACKEND.path, post(backend))
+        .route(wire::EXPLAIN.path, post(explain))
+        .route(wire::DETACH.path, post(detach))
+        .route(wire::TRACE.path, post(trace))
         .fallback(|| async { respond(Reply::error(404, "no such API path; see the README")) })
         .method_not_allowed_fallback(|| async {
             respond(Reply::error(405, "wrong method for this API path"))

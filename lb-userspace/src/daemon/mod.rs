@@ -13,6 +13,7 @@ pub mod records;
 pub mod scrape;
 pub mod seed;
 pub mod trace;
+pub mod wire;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,8 +21,6 @@ use std::{
     path::Path,
     sync::Arc,
 };
-
-use serde_json::{Value, json};
 
 use crate::{
     announce::{self, Announcer, Hold},
@@ -36,10 +35,15 @@ use crate::{
     policy::{Outcome, validate::validate},
     problem::Problem,
 };
-use api::{ApplyRequest, BackendRequest, ExplainRequest, Reply, Request};
+use api::{Reply, Request};
 use desk::{Decision, Desk, changed_vips};
 use gate::{HostNetwork, InForce};
 use journal::Journal;
+use wire::{
+    ApplyRequest, BackendRequest, ChangeAnswer, ConfigAnswer, DetachAnswer, ExplainAnswer,
+    ExplainRequest, PlanAnswer, StatusAnswer, TraceRenewed, TraceStarted, TraceStatsAnswer,
+    TraceStatsLine, Via,
+};
 
 /// Which door a change came by.
 #[derive(Clone, Debug)]
@@ -296,10 +300,10 @@ impl Controller {
     pub fn handle(&mut self, request: Request, uid: Option<u32>) -> Reply {
         match request {
             Request::Status => self.status(),
-            Request::Config => Reply::ok(json!({
-                "generation": self.desk.dataplane.generation(),
-                "config": self.desk.in_force().text,
-            })),
+            Request::Config => Reply::ok(&ConfigAnswer {
+                generation: self.desk.dataplane.generation(),
+                config: self.desk.in_force().text.clone(),
+            }),
             Request::Plan(request) => self.plan(&request),
             Request::Apply(request) => self.change(
                 request.config,
@@ -325,18 +329,13 @@ impl Controller {
             Ok((report, _)) => report,
             Err(e) => return Reply::error(500, format!("reading the counters: {e}")),
         };
-        let mut body = json!({
-            "interface": self.interface,
-            "bank": self.desk.dataplane.bank(),
-            "config": self.desk.config_path().display().to_string(),
-            "pins": self.pins.path().display().to_string(),
-        });
-        if let (Value::Object(body), Ok(Value::Object(report))) =
-            (&mut body, serde_json::to_value(&report))
-        {
-            body.extend(report);
-        }
-        Reply::ok(body)
+        Reply::ok(&StatusAnswer {
+            interface: self.interface.clone(),
+            bank: self.desk.dataplane.bank(),
+            config: self.desk.config_path().display().to_string(),
+            pins: self.pins.path().display().to_string(),
+            report,
+        })
     }
 
     /// Reads every counter, with the window's shares and flags.
@@ -347,37 +346,32 @@ impl Controller {
     fn plan(&self, request: &ApplyRequest) -> Reply {
         let next = validate(&request.config);
         let Some(next_side) = next.side() else {
-            return Reply {
-                status: 422,
-                body: json!({
-                    "accepted": false,
-                    "error": "the config cannot be read",
-                    "config_problems": next.problems,
-                    "current_problems": [],
-                }),
-            };
+            return Reply::with(
+                422,
+                &PlanAnswer {
+                    accepted: false,
+                    error: Some("the config cannot be read".into()),
+                    config_problems: next.problems,
+                    current_problems: Vec::new(),
+                    generation: None,
+                    plan: None,
+                },
+            );
         };
         let mut planned = plan(Some(self.desk.in_force().side()), next_side, request.force);
         if let Some(config) = &next.config {
             planned.judge_health(config, &self.health.dead());
         }
         let accepted = next.is_valid() && planned.accepted();
-        let mut body = json!({
-            "accepted": accepted,
-            "error": null,
-            "config_problems": next.problems,
-            "current_problems": [],
-            "generation": self.desk.dataplane.generation(),
-        });
-        if let (Value::Object(body), Ok(Value::Object(plan))) =
-            (&mut body, serde_json::to_value(&planned))
-        {
-            body.extend(plan);
-        }
-        Reply {
-            status: if accepted { 200 } else { 422 },
-            body,
-        }
+        let answer = PlanAnswer {
+            accepted,
+            error: None,
+            config_problems: next.problems,
+            current_problems: Vec::new(),
+            generation: Some(self.desk.dataplane.generation()),
+            plan: Some(planned),
+        };
+        Reply::with(if accepted { 200 } else { 422 }, &answer)
     }
 
     /// Follows a change of the interface's MAC (a bond failing over, an
@@ -486,14 +480,15 @@ impl Controller {
                 );
             }
             Decision::Unchanged { generation } => {
-                return Reply::ok(json!({
-                    "applied": true,
-                    "unchanged": true,
-                    "generation": generation,
-                    "forced": [],
-                    "warnings": [],
-                    "vips": [],
-                }));
+                return Reply::ok(&ChangeAnswer {
+                    applied: true,
+                    unchanged: true,
+                    generation: *generation,
+                    forced: Some(Vec::new()),
+                    warnings: Some(Vec::new()),
+                    vips: Some(Vec::new()),
+                    ..ChangeAnswer::default()
+                });
             }
             Decision::FileDiffers(path) => {
                 return Reply::error(
@@ -509,37 +504,42 @@ impl Controller {
             Decision::FileUnreadable(why) => return Reply::error(500, why.clone()),
             Decision::Applied { plan, generation } => {
                 self.installed(plan, &door);
-                let body = json!({
-                    "applied": true,
-                    "generation": generation,
-                    "forced": plan.forced,
-                    "warnings": plan.problems,
-                    "vips": plan.vips,
-                });
-                (Reply::ok(body), Vec::new(), Vec::new())
+                let answer = ChangeAnswer {
+                    applied: true,
+                    generation: *generation,
+                    forced: Some(plan.forced.clone()),
+                    warnings: Some(plan.problems.clone()),
+                    vips: Some(plan.vips.clone()),
+                    ..ChangeAnswer::default()
+                };
+                (Reply::ok(&answer), Vec::new(), Vec::new())
             }
             Decision::Refused {
                 problems,
                 plan,
                 generation,
             } => {
-                let body = json!({
-                    "applied": false,
-                    "generation": generation,
-                    "problems": problems,
-                    "vips": plan.as_ref().map(|p| &p.vips),
-                });
-                let codes = problems.iter().map(|p| p.code).collect();
-                (Reply { status: 422, body }, codes, lines(problems))
+                let answer = ChangeAnswer {
+                    generation: *generation,
+                    problems: Some(problems.clone()),
+                    vips: plan.as_ref().map(|p| p.vips.clone()),
+                    ..ChangeAnswer::default()
+                };
+                let codes = problems.iter().map(|p| &*p.code).collect();
+                (Reply::with(422, &answer), codes, lines(problems))
             }
             Decision::Failed {
                 failure,
                 generation,
             } => {
                 let message = format!("{failure}; the previous state stays in force");
-                let body = json!({"applied": false, "generation": generation, "error": message});
+                let answer = ChangeAnswer {
+                    generation: *generation,
+                    error: Some(message.clone()),
+                    ..ChangeAnswer::default()
+                };
                 (
-                    Reply { status: 500, body },
+                    Reply::with(500, &answer),
                     vec!["install-failed"],
                     vec![message],
                 )
@@ -693,28 +693,33 @@ impl Controller {
             && flow.entry.vip_id == vip.vip_id
             && let Some(backend) = by_id(flow.entry.backend_id)
         {
-            return Reply::ok(json!({
-                "vip": vip.label,
-                "backend": backend.label,
-                "address": backend.addr.to_string(),
-                "via": "connection-table",
-                "forwarding": vip.forwarding.name(),
-                "why": "an established flow: the connection table pins it to this backend",
-                "hash": hash,
-            }));
+            return Reply::ok(&ExplainAnswer {
+                vip: vip.label.clone(),
+                backend: backend.label.clone(),
+                address: backend.addr.to_string(),
+                via: Via::ConnectionTable,
+                forwarding: vip.forwarding.name().into(),
+                why: "an established flow: the connection table pins it to this backend".into(),
+                hash,
+                slot: None,
+            });
         }
         let slot = lb_common::flow_hash::table_slot(hash, vip.table.table.len() as u32);
         match state.backend_for(&key, &seed) {
-            Some(backend) => Reply::ok(json!({
-                "vip": vip.label,
-                "backend": backend.label,
-                "address": backend.addr.to_string(),
-                "via": "table",
-                "forwarding": vip.forwarding.name(),
-                "slot": slot,
-                "why": format!("a new flow: its hash {hash:#010x} picks slot {} of {}", slot.unwrap_or(0), vip.table.table.len()),
-                "hash": hash,
-            })),
+            Some(backend) => Reply::ok(&ExplainAnswer {
+                vip: vip.label.clone(),
+                backend: backend.label.clone(),
+                address: backend.addr.to_string(),
+                via: Via::Table,
+                forwarding: vip.forwarding.name().into(),
+                why: format!(
+                    "a new flow: its hash {hash:#010x} picks slot {} of {}",
+                    slot.unwrap_or(0),
+                    vip.table.table.len()
+                ),
+                hash,
+                slot,
+            }),
             None => Reply::error(404, "the VIP's table has no backend for this flow"),
         }
     }
@@ -724,19 +729,27 @@ impl Controller {
         self.trace.clone()
     }
 
-    fn trace_labels(&self) -> Option<trace::Labels> {
-        let state = self.desk.dataplane.installed()?;
-        Some(trace::Labels::of(
-            state,
-            self.desk.dataplane.bank(),
-            self.desk.dataplane.generation(),
-        ))
+    fn trace_labels(&self) -> trace::Labels {
+        self.desk
+            .dataplane
+            .installed()
+            .map(|state| {
+                trace::Labels::of(
+                    state,
+                    self.desk.dataplane.bank(),
+                    self.desk.dataplane.generation(),
+                )
+            })
+            .unwrap_or_default()
     }
 
-    fn trace_stats(&self) -> Value {
+    fn trace_stats(&self) -> Result<TraceStatsAnswer, Reply> {
         match self.desk.dataplane.trace_stats() {
-            Ok(stats) => trace::stats_json(&stats, self.trace.lost()),
-            Err(e) => json!({ "error": e.to_string() }),
+            Ok(stats) => Ok(trace::stats_answer(&stats, self.trace.lost())),
+            Err(e) => Err(Reply::error(
+                500,
+                format!("reading the trace counters: {e}"),
+            )),
         }
     }
 
@@ -756,11 +769,14 @@ impl Controller {
             return Reply::error(500, format!("turning tracing on: {e}"));
         }
         crate::note!("trace: session {id} on ({request:?})");
-        Reply::ok(json!({
-            "session": id,
-            "labels": self.trace_labels(),
-            "stats": self.trace_stats(),
-        }))
+        match self.trace_stats() {
+            Ok(stats) => Reply::ok(&TraceStarted {
+                session: id,
+                labels: self.trace_labels(),
+                stats,
+            }),
+            Err(reply) => reply,
+        }
     }
 
     fn trace_renew(&mut self, id: u64) -> Reply {
@@ -778,7 +794,13 @@ impl Controller {
         if let Err(e) = renewed {
             return Reply::error(500, format!("renewing the trace: {e}"));
         }
-        Reply::ok(json!({ "labels": self.trace_labels(), "stats": self.trace_stats() }))
+        match self.trace_stats() {
+            Ok(stats) => Reply::ok(&TraceRenewed {
+                labels: self.trace_labels(),
+                stats,
+            }),
+            Err(reply) => reply,
+        }
     }
 
     fn trace_stop(&mut self, id: u64) -> Reply {
@@ -793,7 +815,10 @@ impl Controller {
             crate::note!("trace: WARNING turning tracing off: {e}; its lease ends it in 3 s");
         }
         crate::note!("trace: session {id} off");
-        Reply::ok(json!({ "stats": self.trace_stats() }))
+        match self.trace_stats() {
+            Ok(stats) => Reply::ok(&TraceStatsLine { stats }),
+            Err(reply) => reply,
+        }
     }
 
     /// Every VIP's table as the kernel holds it, in backend identities.
@@ -838,10 +863,7 @@ impl Controller {
             seed_fingerprint: Some(group::seed_fingerprint(&seed)),
             vips,
         };
-        match serde_json::to_value(&tables) {
-            Ok(body) => Reply::ok(body),
-            Err(e) => Reply::error(500, e.to_string()),
-        }
+        Reply::ok(&tables)
     }
 
     fn detach(&mut self) -> Reply {
@@ -867,7 +889,11 @@ impl Controller {
         match result {
             Ok(()) => {
                 crate::note!("detached from {} on request; exiting", self.interface);
-                Reply::ok(json!({"detached": true, "interface": self.interface}))
+                Reply::ok(&DetachAnswer {
+                    detached: true,
+                    interface: self.interface.clone(),
+                    pins: None,
+                })
             }
             Err(e) => Reply::error(500, format!("detaching: {e:#}")),
         }

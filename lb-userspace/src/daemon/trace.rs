@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     os::fd::AsRawFd as _,
     sync::{Arc, Mutex},
     time::Duration,
@@ -19,12 +20,14 @@ use lb_common::maps::{
     TraceControl, TraceEvent,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::dataplane::{
-    state::{DesiredState, ip_from},
-    trace::{TraceEvents, TraceStats, lease_end},
+use crate::{
+    daemon::wire::{TraceEventLine, TraceStatsAnswer, Via},
+    dataplane::{
+        state::{DesiredState, ip_from},
+        trace::{TraceEvents, TraceStats, lease_end},
+    },
 };
 
 /// How long a lease lasts: the controller renews it every second while
@@ -156,8 +159,8 @@ pub fn control(request: &TraceRequest, state: &DesiredState) -> Result<TraceCont
     Ok(control)
 }
 
-/// One event as a JSON line, named with `labels`.
-pub fn event_json(event: &TraceEvent, labels: &Labels) -> Value {
+/// One event as a line of the stream, named with `labels`.
+pub fn event_line(event: &TraceEvent, labels: &Labels) -> TraceEventLine {
     let reason = Reason::ALL
         .iter()
         .find(|r| **r as u32 == event.reason)
@@ -170,27 +173,28 @@ pub fn event_json(event: &TraceEvent, labels: &Labels) -> Value {
         4 => "redirect",
         _ => "unknown",
     };
-    let mut body = json!({
-        "time_ns": event.time_ns,
-        "cpu": event.cpu,
-        "vlan": event.vlan,
-        "action": action,
-        "reason": reason,
-    });
+    let mut line = TraceEventLine {
+        time_ns: event.time_ns,
+        cpu: event.cpu,
+        vlan: event.vlan,
+        action: action.into(),
+        reason: reason.into(),
+        ..TraceEventLine::default()
+    };
     if event.has_flow != 0 {
         let key = &event.key;
         let src = ip_from(&key.src_addr, key.family);
         let dst = ip_from(&key.dst_addr, key.family);
-        body["protocol"] = json!(match key.proto {
+        line.protocol = Some(match key.proto {
             PROTO_TCP => "tcp".to_string(),
             PROTO_UDP => "udp".to_string(),
             other => other.to_string(),
         });
-        body["source"] = json!(std::net::SocketAddr::new(src, key.src_port).to_string());
-        body["destination"] = json!(std::net::SocketAddr::new(dst, key.dst_port).to_string());
+        line.source = Some(SocketAddr::new(src, key.src_port).to_string());
+        line.destination = Some(SocketAddr::new(dst, key.dst_port).to_string());
     }
     if event.vip_id != TRACE_ANY_VIP {
-        body["vip"] = json!(labels.vips.get(&event.vip_id).cloned());
+        line.vip = labels.vips.get(&event.vip_id).cloned();
     }
     if event.backend_id != 0 {
         let (name, address) = labels
@@ -198,51 +202,54 @@ pub fn event_json(event: &TraceEvent, labels: &Labels) -> Value {
             .get(&event.backend_id)
             .cloned()
             .unwrap_or_default();
-        body["backend"] = json!(name);
-        body["address"] = json!(address);
+        line.backend = Some(name);
+        line.address = Some(address);
     }
     match event.via {
-        TRACE_VIA_CONNECTION => body["via"] = json!("connection-table"),
+        TRACE_VIA_CONNECTION => line.via = Some(Via::ConnectionTable),
         TRACE_VIA_TABLE => {
-            body["via"] = json!("table");
-            body["slot"] = json!(event.slot);
-            body["generation"] = json!(labels.generations.get(&(event.table_id / MAX_VIPS)));
+            line.via = Some(Via::Table);
+            line.slot = Some(event.slot);
+            line.generation = labels
+                .generations
+                .get(&(event.table_id / MAX_VIPS))
+                .copied();
         }
         _ => {}
     }
-    body
+    line
 }
 
-/// The text line of one JSON event.
-pub fn event_text(event: &Value) -> String {
-    let field = |name: &str| event[name].as_str().unwrap_or("").to_string();
-    let mut line = format!("{} {}", field("action"), field("reason"));
-    if !field("source").is_empty() {
+/// The text of one event.
+pub fn event_text(event: &TraceEventLine) -> String {
+    let mut line = format!("{} {}", event.action, event.reason);
+    if let Some(source) = &event.source {
         line = format!(
-            "{} {} -> {}: {line}",
-            field("protocol"),
-            field("source"),
-            field("destination")
+            "{} {source} -> {}: {line}",
+            event.protocol.as_deref().unwrap_or(""),
+            event.destination.as_deref().unwrap_or("")
         );
     }
-    if event["vlan"].as_u64().unwrap_or(0) != 0 {
-        line += &format!(" vlan {}", event["vlan"]);
+    if event.vlan != 0 {
+        line += &format!(" vlan {}", event.vlan);
     }
-    if !field("vip").is_empty() {
-        line += &format!("; VIP {}", field("vip"));
+    if let Some(vip) = event.vip.as_deref().filter(|v| !v.is_empty()) {
+        line += &format!("; VIP {vip}");
     }
-    if !field("backend").is_empty() {
-        line += &format!(" -> {} ({})", field("backend"), field("address"));
+    if let Some(backend) = event.backend.as_deref().filter(|b| !b.is_empty()) {
+        line += &format!(" -> {backend} ({})", event.address.as_deref().unwrap_or(""));
     }
-    match field("via").as_str() {
-        "table" => {
+    match event.via {
+        Some(Via::Table) => {
+            let shown = |n: Option<u64>| n.map_or_else(|| "null".to_string(), |n| n.to_string());
             line += &format!(
                 " by table slot {} (generation {})",
-                event["slot"], event["generation"]
+                shown(event.slot.map(u64::from)),
+                shown(event.generation)
             );
         }
-        "connection-table" => line += " by its connection-table entry",
-        _ => {}
+        Some(Via::ConnectionTable) => line += " by its connection-table entry",
+        None => {}
     }
     line
 }
@@ -357,14 +364,14 @@ pub fn spawn_reader(mut events: TraceEvents, hub: Hub) {
 
 /// A session's counters, for its client: what the kernel dropped, what
 /// the daemon could not hand on.
-pub fn stats_json(stats: &TraceStats, lost: u64) -> Value {
-    json!({
-        "sent": stats.sent,
-        "sampled_out": stats.sampled,
-        "dropped_by_cap": stats.capped,
-        "dropped_ring_full": stats.ring_full,
-        "dropped_slow_client": lost,
-    })
+pub fn stats_answer(stats: &TraceStats, lost: u64) -> TraceStatsAnswer {
+    TraceStatsAnswer {
+        sent: stats.sent,
+        sampled_out: stats.sampled,
+        dropped_by_cap: stats.capped,
+        dropped_ring_full: stats.ring_full,
+        dropped_slow_client: lost,
+    }
 }
 
 #[cfg(test)]
@@ -453,12 +460,15 @@ mod tests {
             "198.18.100.1:80".parse().unwrap(),
             PROTO_TCP,
         );
-        let json = event_json(&event, &labels);
-        assert_eq!(json["backend"], "b2");
-        assert_eq!(json["generation"], 7);
-        assert_eq!(json["source"], "198.18.2.1:40000");
+        let line = event_line(&event, &labels);
+        assert_eq!(line.backend.as_deref(), Some("b2"));
+        assert_eq!(line.generation, Some(7));
+        assert_eq!(line.source.as_deref(), Some("198.18.2.1:40000"));
+        let json = serde_json::to_value(&line).expect("JSON");
+        assert_eq!((&json["via"], &json["slot"]), (&"table".into(), &42.into()));
+        assert!(json.get("protocol").is_some() && json.get("error").is_none());
         assert_eq!(
-            event_text(&json),
+            event_text(&line),
             "tcp 198.18.2.1:40000 -> 198.18.100.1:80: tx tx; VIP web -> b2 (198.18.1.2:80) \
              by table slot 42 (generation 7)"
         );

@@ -486,7 +486,7 @@ impl Scrape {
             facts
                 .refusals
                 .iter()
-                .map(|(&code, &n)| ([("code", code)], n)),
+                .map(|(code, &n)| ([("code", code.as_str())], n)),
         )?;
         if let Some((time, result)) = facts.last_apply {
             gauge(

@@ -173,7 +173,7 @@ pub struct Facts {
     /// Decisions by outcome.
     pub applies: BTreeMap<Outcome, u64>,
     /// Refusals by problem code.
-    pub refusals: BTreeMap<&'static str, u64>,
+    pub refusals: BTreeMap<String, u64>,
     /// Whether the config file on disk is the config in force, as last seen.
     pub file_in_force: Option<bool>,
 }
@@ -273,13 +273,13 @@ impl Monitor {
     }
 
     /// Counts one decision of the gate; `codes` are a refusal's problem codes.
-    pub fn decided(&self, result: Outcome, codes: &[&'static str]) {
+    pub fn decided(&self, result: Outcome, codes: &[&str]) {
         let mut state = self.lock();
         let facts = &mut state.facts;
         facts.last_apply = Some((unix_now(), result));
         *facts.applies.entry(result).or_default() += 1;
         for code in codes {
-            *facts.refusals.entry(code).or_default() += 1;
+            *facts.refusals.entry(code.to_string()).or_default() += 1;
         }
     }
 

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, GuardOverrides, Guards, VipConfig},
@@ -19,10 +19,11 @@ use crate::{
     policy::validate::{ValidConfig, Validation, check_concentration, vip_location},
     problem::Problem,
     table::VipTable,
+    table::algorithm::Algorithm,
 };
 
 /// What happened to a VIP or a backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Change {
     /// Only in the new config.
@@ -48,7 +49,7 @@ impl Change {
 }
 
 /// One backend's before and after.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendPlan {
     /// Label.
     pub name: String,
@@ -67,7 +68,7 @@ pub struct BackendPlan {
 }
 
 /// One VIP's before and after.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipPlan {
     /// How problems name it.
     pub name: String,
@@ -77,7 +78,7 @@ pub struct VipPlan {
     pub change: Change,
     /// Its table algorithm before and after (the same one on both sides
     /// for a VIP added or removed).
-    pub table: (&'static str, &'static str),
+    pub table: (Algorithm, Algorithm),
     /// Fraction of the flow hash space whose backend changes (0..=1).
     pub flows_moved: f64,
     /// Fraction of the current total weight taken away (0..=1).
@@ -93,7 +94,7 @@ pub struct VipPlan {
 }
 
 /// A whole plan.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// Lookup-table size before and after (a change rebuilds every table).
     pub table_size: (u32, u32),
@@ -387,10 +388,10 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
     } else {
         change
     };
-    let algorithm = |entry: Option<Entry<'_>>| entry.map(|(vip, _)| vip.table.name());
+    let algorithm = |entry: Option<Entry<'_>>| entry.map(|(vip, _)| vip.table);
     let table = (
-        algorithm(before).unwrap_or(vip.table.name()),
-        algorithm(after).unwrap_or(vip.table.name()),
+        algorithm(before).unwrap_or(vip.table),
+        algorithm(after).unwrap_or(vip.table),
     );
     let change = if change == Change::Unchanged && table.0 != table.1 {
         Change::Changed
@@ -556,7 +557,7 @@ mod tests {
         let before = pool(&[1, 1, 1, 1], "");
         let after = pool(&[1, 1, 0, 0], "");
         let refused = plan_texts(Some(&before), &after, false);
-        let codes: Vec<_> = refused.problems.iter().map(|p| p.code).collect();
+        let codes: Vec<_> = refused.problems.iter().map(|p| &*p.code).collect();
         assert_eq!(codes, vec!["blast-radius-flows"], "{:?}", refused.problems);
         assert!(!refused.accepted());
         let forced = plan_texts(Some(&before), &after, true);
@@ -587,7 +588,7 @@ mod tests {
         assert_eq!(plan.vips[1].change, Change::Removed);
         assert_eq!(plan.vips[1].capacity_removed, 1.0);
         assert_eq!(plan.vips[1].flows_moved, 1.0);
-        let codes: Vec<_> = plan.problems.iter().map(|p| p.code).collect();
+        let codes: Vec<_> = plan.problems.iter().map(|p| &*p.code).collect();
         assert_eq!(codes, vec!["blast-radius-removal"]);
         assert!(plan.problems[0].message.ends_with("confirm with --force"));
         assert!(!plan.accepted());
@@ -615,18 +616,18 @@ mod tests {
         let refused = plan_texts(Some(&before), &after, false);
         let vip = &refused.vips[0];
         assert_eq!(vip.change, Change::Changed);
-        assert_eq!(vip.table, ("maglev", "stable"));
+        assert_eq!(vip.table, (Algorithm::Maglev, Algorithm::Stable));
         assert!(
             (0.0001..0.05).contains(&vip.flows_moved),
             "{}",
             vip.flows_moved
         );
         assert_eq!(vip.capacity_removed, 0.0);
-        let codes: Vec<_> = refused.problems.iter().map(|p| p.code).collect();
+        let codes: Vec<_> = refused.problems.iter().map(|p| &*p.code).collect();
         assert_eq!(codes, vec!["blast-radius-flows"], "{:?}", refused.problems);
         assert!(plan_texts(Some(&before), &after, true).accepted());
         let same = plan_texts(Some(&after), &after, false);
-        assert_eq!(same.vips[0].table, ("stable", "stable"));
+        assert_eq!(same.vips[0].table, (Algorithm::Stable, Algorithm::Stable));
         assert_eq!(same.vips[0].change, Change::Unchanged);
     }
 

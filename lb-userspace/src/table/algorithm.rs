@@ -10,7 +10,8 @@ use crate::table::{TableBuilder, maglev::Maglev, stable::Stable};
 /// matters for configs of 100,000 backends; the stable table moves fewer
 /// flows on every change and is the better choice for large pools (see
 /// the README).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     /// Weighted Maglev with exact quotas.
     #[default]
