@@ -9,7 +9,7 @@
 //! Everything is removed on drop, also when a test fails.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -77,6 +77,22 @@ pub(crate) struct Fulcrum {
     child: Child,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
+    /// Its counter reports, one JSON line each, as it prints them.
+    stdout: mpsc::Receiver<String>,
+    reports: Vec<String>,
+}
+
+/// Hands each line `from` prints to the receiver, on a thread of its own.
+fn lines_of(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Where a lab's `fulcrum` pins its data plane and keeps its records: its
@@ -157,19 +173,14 @@ impl Fulcrum {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let stderr = child.stderr.take().context("fulcrum stderr")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stderr = lines_of(child.stderr.take().context("fulcrum stderr")?);
+        let stdout = lines_of(child.stdout.take().context("fulcrum stdout")?);
         let mut fulcrum = Self {
             child,
-            stderr: rx,
+            stderr,
             log: Vec::new(),
+            stdout,
+            reports: Vec::new(),
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -202,6 +213,26 @@ impl Fulcrum {
         self.log.clone()
     }
 
+    /// Sends SIGUSR1 and waits for the counter report it prints.
+    pub(crate) fn report_counters(&mut self) -> anyhow::Result<()> {
+        self.reports.extend(self.stdout.try_iter());
+        let printed = self.reports.len();
+        // SAFETY: signalling the child we started, by its PID.
+        if unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("sending SIGUSR1");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.reports.len() == printed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if line.trim().is_empty() => {}
+                Ok(line) => self.reports.push(line),
+                Err(e) => bail!("no counter report after SIGUSR1 ({e})"),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends `signal`, waits, and parses every counter report it printed
     /// (one per SIGUSR1, then, after SIGTERM, the final one).
     pub(crate) fn stop(mut self, signal: i32) -> anyhow::Result<Vec<Report>> {
@@ -217,12 +248,9 @@ impl Fulcrum {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut stdout = String::new();
-        self.child
-            .stdout
-            .take()
-            .context("fulcrum stdout")?
-            .read_to_string(&mut stdout)?;
+        // It exited: its stdout ends, and the reader hands on the rest.
+        self.reports.extend(self.stdout.iter());
+        let stdout = self.reports.join("\n");
         self.log.extend(self.stderr.try_iter());
         if signal != libc::SIGTERM {
             return parse_reports(&stdout);
@@ -981,6 +1009,31 @@ impl Lab {
         crate::scrape::Samples::parse(&body)
     }
 
+    /// Waits until the data plane's verdict counters stop moving (the same
+    /// in `QUIET_READINGS` readings in a row, a poll apart): what was in
+    /// flight, a retransmitted FIN say, has landed.
+    pub fn await_quiet(&self, timeout: Duration) -> anyhow::Result<()> {
+        const QUIET_READINGS: usize = 5;
+        let mut readings: Vec<serde_json::Value> = Vec::new();
+        crate::wait::until(
+            timeout,
+            || {
+                let (code, out, err) = self.cli(&["status", "--format", "json"])?;
+                anyhow::ensure!(code == 0, "fulcrum status: {err}");
+                let status: serde_json::Value = serde_json::from_str(&out)?;
+                readings.push(status["reasons"].clone());
+                let last = &readings[readings.len().saturating_sub(QUIET_READINGS)..];
+                let quiet = last.len() == QUIET_READINGS && last.iter().all(|r| *r == last[0]);
+                Ok(if quiet {
+                    Ok(())
+                } else {
+                    Err(readings.last().cloned())
+                })
+            },
+            |last| Ok(format!("the counters still move: {last:?}")),
+        )
+    }
+
     /// The daemon's apply journal.
     pub fn journal(&self) -> &Path {
         &self.places.journal
@@ -1079,15 +1132,15 @@ impl Lab {
         ])
     }
 
-    /// Asks `fulcrum` for its counters (SIGUSR1); they are returned, in
-    /// order, by `stop_fulcrum`.
+    /// Asks `fulcrum` for its counters (SIGUSR1) and waits until it has
+    /// printed them; they are returned, in order, by `stop_fulcrum`.
     pub fn request_counters(&self) -> anyhow::Result<()> {
-        let pid = self.fulcrum_pid().context("fulcrum is not running")?;
-        // SAFETY: signalling the child we started, by its PID.
-        if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("sending SIGUSR1");
-        }
-        Ok(())
+        self.fulcrum
+            .lock()
+            .expect("fulcrum lock")
+            .as_mut()
+            .context("fulcrum is not running")?
+            .report_counters()
     }
 
     /// Stops `fulcrum` (SIGTERM) and returns every counter report it

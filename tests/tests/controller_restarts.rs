@@ -63,7 +63,6 @@ fn kill_9_of_the_controller_loses_nothing() {
         for kill in 0..KILLS {
             std::thread::sleep(Duration::from_millis(300));
             lab.request_counters().expect("SIGUSR1");
-            std::thread::sleep(Duration::from_millis(200));
             let reports = lab.kill_fulcrum().expect("kill -9");
             flows_seen.push(new_flows(&reports));
             assert!(lab.lb_has_xdp().unwrap(), "kill {kill}: still attached");
@@ -126,7 +125,6 @@ fn kill_9_of_the_controller_loses_nothing() {
         assert_eq!(session.ask().expect("still open"), session.backend);
     }
     lab.request_counters().expect("SIGUSR1");
-    std::thread::sleep(Duration::from_millis(200));
     flows_seen.push(new_flows(&lab.stop_fulcrum().expect("fulcrum stops")));
     assert!(
         flows_seen.windows(2).all(|w| w[0] < w[1]),

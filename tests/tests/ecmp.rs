@@ -321,9 +321,16 @@ fn a_change_rolled_out_host_by_host_ends_identical_and_a_cut_link_fails_over() {
     let tcp = traffic::tcp_connections(lab.client(), GroupLab::web(false), 100, 4).expect("tcp");
     assert_eq!((tcp.answered(), tcp.failures), (100, 0), "{tcp:?}");
     lab.start_fulcrum(0).expect("fulcrum restarts on host 0");
-    // Past two announce ticks of the restarted daemon.
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(lab.status(0).expect("status").vips[0].announced, Some(true));
+    // Once the restarted daemon's checks have settled, it has decided what
+    // to announce for good: a flap would have happened by then.
+    let settled = lab
+        .await_status(0, Duration::from_secs(20), |report| {
+            report.announce.as_ref().is_some_and(|announce| {
+                !announce.vips.is_empty() && announce.vips.iter().all(|v| v.ready && !v.settling)
+            })
+        })
+        .expect("the restarted daemon settles");
+    assert_eq!(settled.vips[0].announced, Some(true));
     let now = lab.router_paths(vip4).expect("the router's route");
     let same = now.len() == learnt.len()
         && now

@@ -30,10 +30,10 @@ fn traffic_follows_weights_and_counters_agree() {
     let traffic = lab
         .drive(TCP_CONNECTIONS, UDP_FLOWS, 20000)
         .expect("traffic runs");
-    // Let late segments (a retransmitted FIN) land before the first report.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Late segments (a retransmitted FIN) land before the first report.
+    lab.await_quiet(std::time::Duration::from_secs(10))
+        .expect("the traffic ends");
     lab.request_counters().expect("SIGUSR1");
-    std::thread::sleep(std::time::Duration::from_millis(200));
     let reports = lab.stop_fulcrum().expect("fulcrum stops and reports");
     assert_eq!(reports.len(), 2, "one report on SIGUSR1, one on exit");
     let report = &reports[1];

@@ -160,8 +160,11 @@ fn a_dead_backend_leaves_the_table_and_comes_back_without_breaking_others() {
     // and it must pass `rise` checks to come back.
     lab.kill_fulcrum().expect("kill -9");
     lab.start_fulcrum().expect("fulcrum restarts");
-    std::thread::sleep(Duration::from_secs(2));
-    let restarted = status(&lab);
+    // The new daemon's own check of b2 has failed: from then on, only
+    // `rise` passing checks could bring it back.
+    let (restarted, _) = wait_for(&lab, DETECTION, |s| {
+        backend(s, "web4", "b2")["check_error"].is_string()
+    });
     assert_eq!(
         backend(&restarted, "web4", "b2")["taken_down"],
         true,

@@ -100,7 +100,6 @@ fn path_mtu_discovery_works_through_the_vip_both_ways() {
         eprintln!("{vip}: downloads served by {served:?}");
     }
     lab.request_counters().expect("SIGUSR1");
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let reports = lab.stop_fulcrum().expect("fulcrum stops and reports");
     let report = reports.last().expect("a report");
     let reason = |name: &str| report.reasons.get(name).copied().unwrap_or(0);

@@ -78,9 +78,21 @@ fn run(task: Task) -> Result<()> {
             // The end-to-end tests run the real `fulcrum` binary. The `ci`
             // profile is release with overflow checks on.
             cargo(&["build", "--profile", "ci", "-p", "lb-userspace", "--bins"])?;
+            // Host tests (no root, no kernel) run in parallel; the kernel
+            // and namespace tests one at a time, as their labs share the
+            // machine's CPUs and BPF.
             cargo_test(&[
                 "test",
                 "--workspace",
+                "--exclude",
+                "lb-tests",
+                "--profile",
+                "ci",
+            ])?;
+            cargo_test(&[
+                "test",
+                "-p",
+                "lb-tests",
                 "--profile",
                 "ci",
                 "--",

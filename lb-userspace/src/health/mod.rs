@@ -861,17 +861,78 @@ mod tests {
         assert!(downs.iter().all(|t| !t.up));
     }
 
-    #[test]
-    fn a_hanging_check_fails_at_its_timeout() {
-        let (notify, transitions) = channel();
+    /// Runs one check task of `check` for `backend` on the calling
+    /// runtime (its clock paused in these tests); returns its board and
+    /// each transition with the time it came.
+    fn run_alone(
+        backend: &str,
+        check: ResolvedCheck,
+        probe: Probe,
+    ) -> (
+        Arc<Mutex<Board>>,
+        tokio::sync::mpsc::UnboundedReceiver<(Transition, tokio::time::Instant)>,
+    ) {
+        let board = Arc::new(Mutex::new(Board::default()));
+        lock(&board).slots.insert(
+            key(backend),
+            Slot {
+                check: check.clone(),
+                generation: 1,
+                health: Health::new(SystemTime::now(), false),
+                task: None,
+            },
+        );
+        let (send, transitions) = tokio::sync::mpsc::unbounded_channel();
+        let notify: Notify = Arc::new(move |t| {
+            let _ = send.send((t, tokio::time::Instant::now()));
+        });
+        let task = run(
+            key(backend),
+            Arc::new(check),
+            1,
+            board.clone(),
+            notify,
+            probe,
+        );
+        tokio::spawn(task);
+        (board, transitions)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_keep_their_interval_and_a_backend_falls_at_its_fall_th_failure() {
+        let mut tcp = check(CheckKind::Tcp, "10.0.0.2:80", 1000, 200);
+        tcp.settings.fall = 3;
+        let started = tokio::time::Instant::now();
+        let failing = Arc::new(Mutex::new(vec![80]));
+        let (board, mut transitions) = run_alone("10.0.0.2:80", tcp, fake(failing));
+        let (down, at) = transitions.recv().await.expect("a transition");
+        assert!(!down.up);
+        assert_eq!(down.reason, "3 failed checks: refused (fake)");
+        // The first check within the first interval, each next one an
+        // interval (±10%) after the last.
+        let elapsed = at - started;
+        assert!(
+            (Duration::from_millis(1800)..=Duration::from_millis(3200)).contains(&elapsed),
+            "{elapsed:?}"
+        );
+        assert_eq!(lock(&board).slots[&key("10.0.0.2:80")].health.checks, 3);
+        // Failing on, it goes down once only.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(transitions.try_recv().is_err());
+        let checks = lock(&board).slots[&key("10.0.0.2:80")].health.checks;
+        assert!((55..=70).contains(&checks), "{checks} checks in a minute");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_check_fails_at_its_timeout() {
         let hang: Probe = Arc::new(|_| Box::pin(std::future::pending()));
-        let mut tcp = check(CheckKind::Tcp, "10.0.0.2:80", 10, 20);
+        let mut tcp = check(CheckKind::Tcp, "10.0.0.2:80", 10_000, 20_000);
         tcp.settings.fall = 1;
-        let checker = launch(vec![target("10.0.0.2:80", tcp)], notify, hang).unwrap();
-        let (down, _) = transitions.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(down.reason, "1 failed check: timed out after 20 ms");
-        let health = checker.states()[&key("10.0.0.2:80")].clone();
-        assert_eq!(health.last_latency, Some(Duration::from_millis(20)));
+        let (board, mut transitions) = run_alone("10.0.0.2:80", tcp, hang);
+        let (down, _) = transitions.recv().await.expect("a transition");
+        assert_eq!(down.reason, "1 failed check: timed out after 20000 ms");
+        let health = lock(&board).slots[&key("10.0.0.2:80")].health.clone();
+        assert_eq!(health.last_latency, Some(Duration::from_secs(20)));
     }
 
     #[test]
