@@ -938,25 +938,37 @@ pub mod names {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: every type is #[repr(C)], Copy, and has no padding bytes that
-    // could leak uninitialised memory (explicit `pad` fields fill the gaps).
-    unsafe impl aya::Pod for super::VipKey {}
-    unsafe impl aya::Pod for super::VipSlot {}
-    unsafe impl aya::Pod for super::VipFilter {}
-    unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowEntry {}
-    unsafe impl aya::Pod for super::FlowWays {}
-    unsafe impl aya::Pod for super::FlowMeta {}
-    unsafe impl aya::Pod for super::TrafficCounters {}
-    unsafe impl aya::Pod for super::DataplaneConfig {}
-    unsafe impl aya::Pod for super::TraceControl {}
-    unsafe impl aya::Pod for super::TraceEvent {}
-    unsafe impl aya::Pod for super::TraceState {}
-    unsafe impl aya::Pod for super::Encapsulation {}
-    unsafe impl aya::Pod for super::EncapJob {}
-    unsafe impl aya::Pod for super::DecapConfig {}
-    unsafe impl aya::Pod for super::Meta {}
+    /// Marks each type as plain old data for aya's maps.
+    macro_rules! pod {
+        ($($name:ident),* $(,)?) => {
+            $(
+                // SAFETY: the type is #[repr(C)], Copy, and has no padding
+                // bytes that could leak uninitialised memory (explicit
+                // `pad` fields fill the gaps).
+                unsafe impl aya::Pod for super::$name {}
+            )*
+        };
+    }
+
+    pod!(
+        VipKey,
+        VipSlot,
+        VipFilter,
+        Backend,
+        FlowKey,
+        FlowEntry,
+        FlowWays,
+        FlowMeta,
+        TrafficCounters,
+        DataplaneConfig,
+        TraceControl,
+        TraceEvent,
+        TraceState,
+        Encapsulation,
+        EncapJob,
+        DecapConfig,
+        Meta,
+    );
 }
 
 #[cfg(test)]

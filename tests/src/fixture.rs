@@ -185,6 +185,7 @@ backend = [
 /// The flow hash seed the fixture's data plane uses.
 pub const TEST_SEED: FlowSeed = FlowSeed([0x5eed_0000_0000_0001, 0x5eed_0000_0000_0002]);
 
+/// A VIP the fixture's index names without a table behind it.
 pub const TABLELESS_VIP: (&str, u16) = ("198.18.0.102", 80);
 const TABLELESS_VIP_ID: u32 = 900;
 

@@ -25,6 +25,7 @@ pub struct ApplyArgs {
     /// Refuse unless the generation in force is N (from `fulcrum status`).
     #[arg(long, value_name = "N")]
     pub if_generation: Option<u64>,
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
 }

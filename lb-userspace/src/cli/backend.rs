@@ -21,6 +21,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Arguments of `fulcrum backend`.
 #[derive(Args)]
 pub struct BackendArgs {
+    /// The change.
     #[command(subcommand)]
     pub action: BackendAction,
     /// Override the guards (each override is recorded in the journal).
@@ -29,6 +30,7 @@ pub struct BackendArgs {
     /// Refuse unless the generation in force is N.
     #[arg(long, global = true, value_name = "N")]
     pub if_generation: Option<u64>,
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -47,6 +49,7 @@ pub struct Target {
 pub enum BackendAction {
     /// Add a backend.
     Add {
+        /// The VIP and the backend.
         #[command(flatten)]
         target: Target,
         /// Its weight (default 1).
@@ -64,11 +67,13 @@ pub enum BackendAction {
     },
     /// Remove a backend.
     Remove {
+        /// The VIP and the backend.
         #[command(flatten)]
         target: Target,
     },
     /// Set a backend's weight to 0: no new flows; established ones continue.
     Drain {
+        /// The VIP and the backend.
         #[command(flatten)]
         target: Target,
         /// Then wait until the backend's active flows reach zero, printing
@@ -79,6 +84,7 @@ pub enum BackendAction {
     },
     /// Set a backend's weight.
     SetWeight {
+        /// The VIP and the backend.
         #[command(flatten)]
         target: Target,
         /// The new weight.

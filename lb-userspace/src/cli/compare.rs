@@ -21,6 +21,7 @@ pub struct CompareArgs {
     pub a: String,
     /// The other.
     pub b: String,
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
 }

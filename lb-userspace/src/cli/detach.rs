@@ -34,8 +34,10 @@ pub struct DetachArgs {
     /// With --interface: detach even when withdrawing the routes fails.
     #[arg(long, requires = "interface")]
     pub force: bool,
+    /// Where the pins and installed records are.
     #[command(flatten)]
     pub places: Places,
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
 }

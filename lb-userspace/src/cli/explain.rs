@@ -16,6 +16,7 @@ pub struct ExplainArgs {
     pub source: String,
     /// The VIP: ADDRESS:PORT.
     pub destination: String,
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
 }

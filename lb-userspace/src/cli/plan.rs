@@ -41,6 +41,7 @@ pub struct PlanArgs {
     pub force: bool,
     /// The daemon (without `--against` or `--from-nothing`), and the output
     /// format.
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
 }

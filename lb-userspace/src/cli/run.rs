@@ -73,6 +73,7 @@ pub struct RunArgs {
     /// The apply journal (JSON lines).
     #[arg(long, default_value = journal::DEFAULT_PATH)]
     pub journal: PathBuf,
+    /// Where the pins and installed records are.
     #[command(flatten)]
     pub places: Places,
 }

@@ -10,6 +10,7 @@ use clap::Args;
 /// Arguments of `fulcrum status`.
 #[derive(Args)]
 pub struct StatusArgs {
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
 }

@@ -22,6 +22,7 @@ pub struct TablesArgs {
     /// A daemon's API socket, a config file or a JSON dump; the daemon on
     /// --socket when left out.
     pub source: Option<String>,
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
 }

@@ -48,6 +48,7 @@ use crate::monitor::{
 /// Arguments of `fulcrum top`.
 #[derive(Args)]
 pub struct TopArgs {
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
     /// How often to ask the daemon, in milliseconds (1 to 60000).

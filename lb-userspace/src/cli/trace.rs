@@ -35,6 +35,7 @@ pub struct TraceArgs {
     /// the rest).
     #[arg(long, default_value_t = DEFAULT_RATE)]
     pub rate: u32,
+    /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
 }

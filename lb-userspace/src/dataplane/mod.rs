@@ -300,6 +300,7 @@ pub fn connection_table_sets(flows: u32) -> u32 {
     flows.div_ceil(FLOW_WAYS as u32).max(1).next_power_of_two()
 }
 
+/// The id of VIP `vip_id`'s table in bank `bank`.
 pub fn table_id(bank: u32, vip_id: u32) -> u32 {
     bank * MAX_VIPS + vip_id
 }
