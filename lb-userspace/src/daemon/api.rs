@@ -7,7 +7,6 @@
 use std::{
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::mpsc,
 };
 
 use anyhow::{Context as _, bail};
@@ -125,7 +124,8 @@ impl Connected<IncomingStream<'_, UnixListener>> for Caller {
     }
 }
 
-type Jobs = mpsc::Sender<Job>;
+/// Where requests go, to be answered one at a time: true when taken.
+pub type Jobs = std::sync::Arc<dyn Fn(Job) -> bool + Send + Sync>;
 
 /// What the handlers share: the way to the controller, and the trace
 /// sessions' events.
@@ -149,7 +149,7 @@ async fn ask(jobs: &Jobs, caller: Caller, request: Request) -> Reply {
         uid: caller.0,
         reply,
     };
-    if jobs.send(job).is_err() {
+    if !jobs(job) {
         return Reply::error(503, "the controller is shutting down");
     }
     answer
@@ -172,7 +172,7 @@ struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         let (reply, _) = oneshot::channel();
-        let _ = self.jobs.send(Job {
+        (self.jobs)(Job {
             request: Request::TraceStop(self.id),
             uid: self.caller.0,
             reply,

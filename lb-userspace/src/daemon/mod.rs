@@ -9,9 +9,11 @@ pub mod edit;
 pub mod gate;
 pub mod health;
 pub mod journal;
+pub mod life;
 pub mod records;
 pub mod scrape;
 pub mod seed;
+pub mod start;
 pub mod trace;
 pub mod wire;
 
