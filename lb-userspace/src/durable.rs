@@ -6,21 +6,44 @@ use std::{
     fs::{File, OpenOptions},
     io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
+/// Why a durable write failed, and on which path.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    /// The path names no file.
+    #[error("{0} names no file")]
+    NoFile(PathBuf),
+    /// A step of the write failed.
+    #[error("{step} {path}: {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// To which path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Tags an I/O error with its step and path.
+fn at(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DurableError {
+    let path = path.to_path_buf();
+    move |source| DurableError::Io { step, path, source }
+}
 
 /// Replaces `path` with `content` atomically and durably; the file gets
 /// `mode` (permission bits).
-pub fn write(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()> {
+pub fn write(path: &Path, content: &[u8], mode: u32) -> Result<(), DurableError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path
         .file_name()
-        .with_context(|| format!("{} names no file", path.display()))?;
+        .ok_or_else(|| DurableError::NoFile(path.to_path_buf()))?;
     let temporary = dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
@@ -33,15 +56,14 @@ pub fn write(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()> {
             .truncate(true)
             .mode(mode)
             .open(&temporary)
-            .with_context(|| format!("creating {}", temporary.display()))?;
+            .map_err(at("creating", &temporary))?;
         file.write_all(content)
             .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", temporary.display()))?;
-        std::fs::rename(&temporary, path)
-            .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))?;
+            .map_err(at("writing", &temporary))?;
+        std::fs::rename(&temporary, path).map_err(at("renaming it over", path))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing directory {}", dir.display()))
+            .map_err(at("syncing directory", dir))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temporary);

@@ -929,13 +929,18 @@ impl Config {
 
     /// Parses a config, failing (one line, every problem) on any shape
     /// problem. Semantic checks are `validate`'s.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
+    pub fn parse(text: &str) -> Result<Self, Unreadable> {
         match Self::read(text) {
             (Some(config), problems) if problems.is_empty() => Ok(config),
-            (_, problems) => Err(anyhow::anyhow!(join_problems(&problems))),
+            (_, problems) => Err(Unreadable(problems)),
         }
     }
 }
+
+/// A config text that cannot be read as a config: every problem found.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}", join_problems(.0))]
+pub struct Unreadable(pub Vec<Problem>);
 
 /// Problems as one line, separated by "; ".
 pub fn join_problems(problems: &[Problem]) -> String {

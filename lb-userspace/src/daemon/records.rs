@@ -174,7 +174,7 @@ impl RecordDir {
         std::fs::create_dir_all(&self.0)
             .with_context(|| format!("creating {}", self.0.display()))?;
         let text = serde_json::to_vec(record)?;
-        durable::write(&self.bank_path(bank), &text, 0o600)
+        Ok(durable::write(&self.bank_path(bank), &text, 0o600)?)
     }
 
     /// Bank `bank`'s record.
@@ -194,7 +194,7 @@ impl RecordDir {
         std::fs::create_dir_all(&self.0)
             .with_context(|| format!("creating {}", self.0.display()))?;
         let text = serde_json::to_vec(failing)?;
-        durable::write(&self.health_path(), &text, 0o600)
+        Ok(durable::write(&self.health_path(), &text, 0o600)?)
     }
 
     /// The failing backends last recorded; none when nothing was.

@@ -18,7 +18,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context as _;
 use tokio::{runtime::Handle, sync::oneshot, task::AbortHandle};
 
 use crate::{
@@ -264,6 +263,17 @@ type Probe = Arc<
         + Sync,
 >;
 
+/// Why the checker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// Its tokio runtime could not be made.
+    #[error("starting the health checker's tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Its thread could not be started.
+    #[error("starting the fulcrum-health thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 /// The running checker; dropping it stops every check (and joins its
 /// thread).
 pub struct Checker {
@@ -284,7 +294,7 @@ impl Checker {
         targets: Vec<Target>,
         recalled: &HashSet<Key>,
         notify: impl Fn(Transition) + Send + Sync + 'static,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, HealthError> {
         Self::launch(
             (targets, recalled),
             Arc::new(notify),
@@ -299,11 +309,11 @@ impl Checker {
         (targets, recalled): (Vec<Target>, &HashSet<Key>),
         notify: Notify,
         probe: Probe,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, HealthError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("starting the health checker's tokio runtime")?;
+            .map_err(HealthError::Runtime)?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -313,7 +323,7 @@ impl Checker {
                 let _ = runtime.block_on(stopped);
                 runtime.shutdown_timeout(SHUTDOWN_GRACE);
             })
-            .context("starting the fulcrum-health thread")?;
+            .map_err(HealthError::Thread)?;
         let checker = Self {
             board: Arc::default(),
             runtime: handle,
@@ -722,7 +732,7 @@ mod tests {
 
     /// A notifier that sends each transition, with the thread it came
     /// from, down a channel.
-    fn launch(targets: Vec<Target>, notify: Notify, probe: Probe) -> anyhow::Result<Checker> {
+    fn launch(targets: Vec<Target>, notify: Notify, probe: Probe) -> Result<Checker, HealthError> {
         Checker::launch((targets, &HashSet::new()), notify, probe)
     }
 
