@@ -15,9 +15,9 @@ use clap::Args;
 use super::OutputFormat;
 use crate::{
     daemon::{
-        journal,
-        life::{self, Options},
+        journal, life,
         records::{self, RecordDir},
+        start::Options,
     },
     dataplane::pins::{self, PinDir},
 };

@@ -7,8 +7,8 @@
 
 use super::{OutputFormat, client::Connection, print_all};
 use crate::daemon::{
-    trace::{DEFAULT_RATE, TraceRequest, event_text},
-    wire::{self, TraceLine, TraceStatsLine},
+    trace::event_text,
+    wire::{self, DEFAULT_RATE, TraceLine, TraceRequest, TraceStatsLine},
 };
 use anyhow::Context as _;
 use clap::Args;

@@ -26,10 +26,10 @@ use serde_json::Value;
 use tokio::{net::UnixListener, sync::oneshot};
 
 use super::{
-    trace::{Hub, TraceRequest, event_line},
+    trace::{Hub, event_line},
     wire::{
         self, ApplyRequest, BackendRequest, ErrorAnswer, ExplainRequest, TraceLine, TraceRenewed,
-        TraceStarted, TraceStatsLine,
+        TraceRequest, TraceStarted, TraceStatsLine,
     },
 };
 

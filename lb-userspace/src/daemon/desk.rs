@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     daemon::{
-        Door,
         gate::{self, Failure, InForce, Install, Neighbourhood, Proposal, Verdict},
+        health::HealthChange,
         journal::{Entry, Journal},
         records::RecordDir,
     },
@@ -23,6 +23,52 @@ use crate::{
     },
     problem::Problem,
 };
+
+/// Which door a change came by.
+#[derive(Clone, Debug)]
+pub enum Door {
+    /// The API, with the caller's uid and the verb.
+    Api(Option<u32>, String),
+    /// SIGHUP: the file re-read.
+    Sighup,
+    /// The config file changed on disk.
+    FileChanged,
+    /// Start-up, for a file that changed while no controller ran.
+    Start,
+    /// The neighbour table: a backend's MAC appeared or changed.
+    Neighbours,
+    /// Health checks: backends went down or came back.
+    Health(HealthChange),
+}
+
+impl Door {
+    /// Its name in the journal and the log.
+    pub fn name(&self) -> String {
+        match self {
+            Door::Api(_, verb) => format!("api {verb}"),
+            Door::Sighup => "sighup".into(),
+            Door::FileChanged => "file".into(),
+            Door::Start => "start".into(),
+            Door::Neighbours => "neighbours".into(),
+            Door::Health(_) => "health".into(),
+        }
+    }
+
+    /// What the door itself says changed: health changes per VIP.
+    pub fn details(&self) -> (&[String], &[String]) {
+        match self {
+            Door::Health(change) => (&change.details, &change.vips),
+            _ => (&[], &[]),
+        }
+    }
+
+    fn uid(&self) -> Option<u32> {
+        match self {
+            Door::Api(uid, _) => *uid,
+            _ => None,
+        }
+    }
+}
 
 /// A change put to the desk.
 #[derive(Clone, Debug)]

@@ -7,7 +7,6 @@
 
 use std::{
     io::Write as _,
-    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -23,48 +22,11 @@ use crate::{
     daemon::{
         Controller, Door,
         api::{self, Job, Jobs, Request},
-        records::RecordDir,
         scrape,
-        start::{Started, read_config, start},
+        start::{Options, Started, read_config, start},
     },
-    dataplane::pins::PinDir,
     health::Transition,
 };
-
-/// How `fulcrum run` was asked to run.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// The config file.
-    pub config: PathBuf,
-    /// The interface, over the config's.
-    pub interface: Option<String>,
-    /// Counter reports as JSON lines, not text.
-    pub json_stats: bool,
-    /// Detach the data plane on SIGINT/SIGTERM.
-    pub detach_on_exit: bool,
-    /// Override the guards for the config at start.
-    pub force: bool,
-    /// The metrics address, over the config's.
-    pub metrics: Option<SocketAddr>,
-    /// The API socket, over the config's.
-    pub socket: Option<PathBuf>,
-    /// The apply journal.
-    pub journal: PathBuf,
-    /// The bpffs directory under which each interface's data plane is pinned.
-    pub pin_root: PathBuf,
-    /// The directory under which each interface's records live.
-    pub state_root: PathBuf,
-}
-
-impl Options {
-    /// The pin and record directories of `interface`.
-    pub fn places(&self, interface: &str) -> (PinDir, RecordDir) {
-        (
-            PinDir::new(&self.pin_root, interface),
-            RecordDir::new(&self.state_root, interface),
-        )
-    }
-}
 
 /// What the controller reacts to.
 pub enum Event {
@@ -207,7 +169,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         config,
         text,
         lock: _lock,
-    } = start(&options, &events)?;
+    } = {
+        let events = events.clone();
+        start(&options, move |transition| {
+            let _ = events.send(Event::Health(transition));
+        })?
+    };
     controller.monitor().spawn_sampler();
     let socket = options.socket.clone().unwrap_or(config.api.socket.clone());
     let metrics_address = options.metrics.unwrap_or(config.api.metrics);

@@ -38,6 +38,7 @@ use crate::{
     problem::Problem,
 };
 use api::{Reply, Request};
+pub use desk::Door;
 use desk::{Decision, Desk, changed_vips};
 use gate::{HostNetwork, InForce};
 use journal::Journal;
@@ -46,51 +47,6 @@ use wire::{
     ExplainRequest, PlanAnswer, StatusAnswer, TraceRenewed, TraceStarted, TraceStatsAnswer,
     TraceStatsLine, Via,
 };
-
-/// Which door a change came by.
-#[derive(Clone, Debug)]
-pub enum Door {
-    /// The API, with the caller's uid and the verb.
-    Api(Option<u32>, String),
-    /// SIGHUP: the file re-read.
-    Sighup,
-    /// The config file changed on disk.
-    FileChanged,
-    /// Start-up, for a file that changed while no controller ran.
-    Start,
-    /// The neighbour table: a backend's MAC appeared or changed.
-    Neighbours,
-    /// Health checks: backends went down or came back.
-    Health(health::HealthChange),
-}
-
-impl Door {
-    fn name(&self) -> String {
-        match self {
-            Door::Api(_, verb) => format!("api {verb}"),
-            Door::Sighup => "sighup".into(),
-            Door::FileChanged => "file".into(),
-            Door::Start => "start".into(),
-            Door::Neighbours => "neighbours".into(),
-            Door::Health(_) => "health".into(),
-        }
-    }
-
-    /// What the door itself says changed: health changes per VIP.
-    fn details(&self) -> (&[String], &[String]) {
-        match self {
-            Door::Health(change) => (&change.details, &change.vips),
-            _ => (&[], &[]),
-        }
-    }
-
-    fn uid(&self) -> Option<u32> {
-        match self {
-            Door::Api(uid, _) => *uid,
-            _ => None,
-        }
-    }
-}
 
 /// The running controller's state.
 pub struct Controller {
@@ -731,12 +687,12 @@ impl Controller {
         self.trace.clone()
     }
 
-    fn trace_labels(&self) -> trace::Labels {
+    fn trace_labels(&self) -> wire::Labels {
         self.desk
             .dataplane
             .installed()
             .map(|state| {
-                trace::Labels::of(
+                wire::Labels::of(
                     state,
                     self.desk.dataplane.bank(),
                     self.desk.dataplane.generation(),
@@ -755,7 +711,7 @@ impl Controller {
         }
     }
 
-    fn trace_start(&mut self, request: &trace::TraceRequest) -> Reply {
+    fn trace_start(&mut self, request: &wire::TraceRequest) -> Reply {
         let Some(state) = self.desk.dataplane.installed() else {
             return Reply::error(503, "nothing is installed");
         };

@@ -6,7 +6,11 @@
 //! controller holding the data plane, its pins and records, and the lock
 //! that makes it the only one.
 
-use std::{fs::File, path::Path};
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
 use lb_common::{flow_hash::FlowSeed, maps::DataplaneConfig};
@@ -17,17 +21,52 @@ use crate::{
         Controller, Door,
         gate::{self, HostNetwork, InForce, Verdict},
         journal::Journal,
-        life::{Event, Events, Options},
         records::RecordDir,
         seed,
     },
     dataplane::{Capacities, Dataplane, pins::PinDir, system},
+    health::Transition,
     net,
     policy::{
         plan::Plan,
         validate::{ValidConfig, validate},
     },
 };
+
+/// How `fulcrum run` was asked to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The config file.
+    pub config: PathBuf,
+    /// The interface, over the config's.
+    pub interface: Option<String>,
+    /// Counter reports as JSON lines, not text.
+    pub json_stats: bool,
+    /// Detach the data plane on SIGINT/SIGTERM.
+    pub detach_on_exit: bool,
+    /// Override the guards for the config at start.
+    pub force: bool,
+    /// The metrics address, over the config's.
+    pub metrics: Option<SocketAddr>,
+    /// The API socket, over the config's.
+    pub socket: Option<PathBuf>,
+    /// The apply journal.
+    pub journal: PathBuf,
+    /// The bpffs directory under which each interface's data plane is pinned.
+    pub pin_root: PathBuf,
+    /// The directory under which each interface's records live.
+    pub state_root: PathBuf,
+}
+
+impl Options {
+    /// The pin and record directories of `interface`.
+    pub fn places(&self, interface: &str) -> (PinDir, RecordDir) {
+        (
+            PinDir::new(&self.pin_root, interface),
+            RecordDir::new(&self.state_root, interface),
+        )
+    }
+}
 
 /// A controller in charge of its data plane, and what it was started with.
 pub struct Started {
@@ -136,8 +175,11 @@ fn first_verdict(verdict: Verdict, what: &str) -> anyhow::Result<(Plan, InForce)
 }
 
 /// Takes charge of the data plane for the config file in `options`: health
-/// transitions go to `events`.
-pub fn start(options: &Options, events: &Events) -> anyhow::Result<Started> {
+/// transitions go to `notify`.
+pub fn start(
+    options: &Options,
+    notify: impl Fn(Transition) + Send + Sync + 'static,
+) -> anyhow::Result<Started> {
     let text = read_config(&options.config)?;
     let (first_text, first) = first_config(options, &text)?;
     for warning in first.warnings() {
@@ -166,12 +208,6 @@ pub fn start(options: &Options, events: &Events) -> anyhow::Result<Started> {
         // Set at build time, so that two builds of one version can be told apart.
         option_env!("FULCRUM_BUILD_NOTE").map_or_else(String::new, |n| format!(" ({n})"))
     );
-    let notify = {
-        let events = events.clone();
-        move |transition| {
-            let _ = events.send(Event::Health(transition));
-        }
-    };
     let (seed, seed_from) =
         seed::resolve(config.flow_hash_seed, &seed::path_beside(&options.journal))?;
     let (dataplane, in_force, first_plan) = match Dataplane::adopt(&pins)? {

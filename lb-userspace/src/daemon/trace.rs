@@ -8,7 +8,6 @@
 //! at once; if the daemon itself dies, the lease runs out in the kernel.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     os::fd::AsRawFd as _,
     sync::{Arc, Mutex},
@@ -19,11 +18,10 @@ use lb_common::maps::{
     MAX_VIPS, PROTO_TCP, PROTO_UDP, Reason, TRACE_ANY_VIP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE,
     TraceControl, TraceEvent,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::{
-    daemon::wire::{TraceEventLine, TraceStatsAnswer, Via},
+    daemon::wire::{Labels, TraceEventLine, TraceRequest, TraceStatsAnswer, Via},
     dataplane::{
         state::{DesiredState, ip_from},
         trace::{TraceEvents, TraceStats, lease_end},
@@ -36,51 +34,6 @@ pub const LEASE: Duration = Duration::from_secs(3);
 
 /// Events a session may hold while its client reads.
 const BUFFERED: usize = 4096;
-
-/// The default cap on events a second (all CPUs).
-pub const DEFAULT_RATE: u32 = 1000;
-
-/// `POST /v1/trace`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TraceRequest {
-    /// Only this VIP (its name, or `address:port/protocol`).
-    #[serde(default)]
-    pub vip: Option<String>,
-    /// Only this backend (its name or `address:port`; with `vip`, of that
-    /// VIP).
-    #[serde(default)]
-    pub backend: Option<String>,
-    /// Only flows from this source prefix (`ADDRESS/LEN`).
-    #[serde(default)]
-    pub src: Option<String>,
-    /// One matching packet in `sample`.
-    #[serde(default = "one")]
-    pub sample: u32,
-    /// At most this many events a second.
-    #[serde(default = "default_rate")]
-    pub rate: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-fn default_rate() -> u32 {
-    DEFAULT_RATE
-}
-
-/// What a session's events are named with: VIPs and backends by slot,
-/// generations by table bank.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Labels {
-    /// VIP id -> name.
-    pub vips: HashMap<u32, String>,
-    /// Backend slot -> name and `address:port`.
-    pub backends: HashMap<u32, (String, String)>,
-    /// Table bank -> the generation it holds.
-    pub generations: HashMap<u32, u64>,
-}
 
 impl Labels {
     /// The names in `state`, installed as `generation` in `bank` (the
@@ -389,7 +342,7 @@ mod tests {
             backend: None,
             src: None,
             sample: 1,
-            rate: DEFAULT_RATE,
+            rate: crate::daemon::wire::DEFAULT_RATE,
         }
     }
 

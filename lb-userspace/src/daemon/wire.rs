@@ -2,17 +2,61 @@
 //! with them and every verb reads them, so the two cannot drift apart;
 //! `docs/api.md` is checked against them by a test.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    daemon::{
-        edit::{Action, BackendEdit},
-        trace::Labels,
-    },
+    daemon::edit::{Action, BackendEdit},
     monitor::report::Report,
     policy::plan::{Plan, VipPlan},
     problem::Problem,
 };
+
+/// The default cap on events a second (all CPUs).
+pub const DEFAULT_RATE: u32 = 1000;
+
+/// `POST /v1/trace`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRequest {
+    /// Only this VIP (its name, or `address:port/protocol`).
+    #[serde(default)]
+    pub vip: Option<String>,
+    /// Only this backend (its name or `address:port`; with `vip`, of that
+    /// VIP).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Only flows from this source prefix (`ADDRESS/LEN`).
+    #[serde(default)]
+    pub src: Option<String>,
+    /// One matching packet in `sample`.
+    #[serde(default = "one")]
+    pub sample: u32,
+    /// At most this many events a second.
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_rate() -> u32 {
+    DEFAULT_RATE
+}
+
+/// What a session's events are named with: VIPs and backends by slot,
+/// generations by table bank.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Labels {
+    /// VIP id -> name.
+    pub vips: HashMap<u32, String>,
+    /// Backend slot -> name and `address:port`.
+    pub backends: HashMap<u32, (String, String)>,
+    /// Table bank -> the generation it holds.
+    pub generations: HashMap<u32, u64>,
+}
 
 /// A route of the API: its method and path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -363,7 +407,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::{daemon::trace::TraceRequest, group::Tables};
+    use crate::group::Tables;
 
     /// The API reference.
     const REFERENCE: &str = include_str!("../../../docs/api.md");
