@@ -1009,9 +1009,10 @@ impl Lab {
         crate::scrape::Samples::parse(&body)
     }
 
-    /// Waits until the data plane's verdict counters stop moving (the same
+    /// Waits until the VIPs' and backends' counters stop moving (the same
     /// in `QUIET_READINGS` readings in a row, a poll apart): what was in
-    /// flight, a retransmitted FIN say, has landed.
+    /// flight to a VIP, a retransmitted FIN say, has landed. (The global
+    /// counters never rest: health checks and neighbour discovery pass.)
     pub fn await_quiet(&self, timeout: Duration) -> anyhow::Result<()> {
         const QUIET_READINGS: usize = 5;
         let mut readings: Vec<serde_json::Value> = Vec::new();
@@ -1021,7 +1022,21 @@ impl Lab {
                 let (code, out, err) = self.cli(&["status", "--format", "json"])?;
                 anyhow::ensure!(code == 0, "fulcrum status: {err}");
                 let status: serde_json::Value = serde_json::from_str(&out)?;
-                readings.push(status["reasons"].clone());
+                let counts = |entry: &serde_json::Value| {
+                    serde_json::json!([entry["packets"], entry["bytes"], entry["new_flows"]])
+                };
+                let vips = status["vips"].as_array().cloned().unwrap_or_default();
+                let reading = vips
+                    .iter()
+                    .map(|vip| {
+                        let backends = vip["backends"].as_array().cloned().unwrap_or_default();
+                        serde_json::json!([
+                            counts(vip),
+                            backends.iter().map(counts).collect::<Vec<_>>()
+                        ])
+                    })
+                    .collect();
+                readings.push(reading);
                 let last = &readings[readings.len().saturating_sub(QUIET_READINGS)..];
                 let quiet = last.len() == QUIET_READINGS && last.iter().all(|r| *r == last[0]);
                 Ok(if quiet {
