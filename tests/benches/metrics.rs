@@ -177,8 +177,9 @@ fn main() {
     // The daemon's HTTP server, in a namespace of the bench's own.
     let netns = Netns::create(&format!("fulcrum-bench-{}", std::process::id())).expect("netns");
     let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9487);
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let server = netns
-        .enter(|| scrape::serve(address, monitor.clone()))
+        .enter(|| scrape::serve(address, monitor.clone(), runtime.handle()))
         .expect("the metrics server");
     // Over HTTP, as a scraper sees it: curl's total time, from the request
     // to the last byte (the Rust test client adds its own copies).

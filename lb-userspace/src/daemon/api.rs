@@ -7,6 +7,7 @@
 use std::{
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -23,7 +24,7 @@ use axum::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use tokio::{net::UnixListener, sync::oneshot};
+use tokio::{net::UnixListener, runtime::Handle, sync::oneshot};
 
 use super::{
     trace::{Hub, event_line},
@@ -208,7 +209,7 @@ async fn trace(
     let Some(events) = shared.hub.events(id) else {
         return respond(Reply::error(500, "the trace session has no events"));
     };
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let stream = futures_util::stream::unfold(
         (events, labels, tick, guard),
@@ -330,12 +331,17 @@ fn prepare(socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A server on a thread of its own; dropping it stops the server (and
-/// removes its socket file, if it has one).
+/// How long a stopping server may take to finish the answers in flight.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// A server running on the daemon's runtime; dropping it stops the server
+/// (waiting for the answers in flight, briefly) and removes its socket
+/// file, if it has one. Dropped outside the runtime's own threads.
 pub struct Server {
     remove: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    runtime: Handle,
 }
 
 impl Drop for Server {
@@ -343,8 +349,10 @@ impl Drop for Server {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(task) = self.task.take() {
+            let _ = self
+                .runtime
+                .block_on(tokio::time::timeout(STOP_GRACE, task));
         }
         if let Some(path) = &self.remove {
             let _ = std::fs::remove_file(path);
@@ -354,54 +362,45 @@ impl Drop for Server {
 
 impl Server {
     /// Runs the server `serve` makes (given the future that completes when
-    /// it should stop) on a thread named `name`, in `runtime`, until the
-    /// server is dropped.
+    /// it should stop) on `runtime`, until the server is dropped; `name`
+    /// says which server failed, if one does.
     pub fn start<F>(
         name: &str,
-        runtime: tokio::runtime::Runtime,
-        serve: impl FnOnce(Stopped) -> F + Send + 'static,
+        runtime: &Handle,
+        serve: impl FnOnce(Stopped) -> F,
         remove: Option<PathBuf>,
-    ) -> anyhow::Result<Self>
+    ) -> Self
     where
         F: IntoFuture<Output = std::io::Result<()>>,
+        F::IntoFuture: Send + 'static,
     {
         let (stop, stopped) = oneshot::channel::<()>();
+        let stopped: Stopped = Box::pin(async {
+            let _ = stopped.await;
+        });
+        let serving = serve(stopped).into_future();
         let label = name.to_string();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let stopped: Stopped = Box::pin(async {
-                    let _ = stopped.await;
-                });
-                if let Err(e) = runtime.block_on(serve(stopped).into_future()) {
-                    crate::note!("{label} stopped: {e}");
-                }
-            })
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self {
+        let task = runtime.spawn(async move {
+            if let Err(e) = serving.await {
+                crate::note!("{label} stopped: {e}");
+            }
+        });
+        Self {
             remove,
             stop: Some(stop),
-            thread: Some(thread),
-        })
+            task: Some(task),
+            runtime: runtime.clone(),
+        }
     }
 }
 
 /// Completes when a server should stop.
 pub type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A tokio runtime with `workers` threads.
-pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .context("starting a tokio runtime")
-}
-
-/// Starts serving the API on `socket`; requests go to `jobs`.
-pub fn serve(socket: &Path, jobs: Jobs, hub: Hub) -> anyhow::Result<Server> {
+/// Starts serving the API on `socket`, on `runtime`; requests go to
+/// `jobs`.
+pub fn serve(socket: &Path, jobs: Jobs, hub: Hub, runtime: &Handle) -> anyhow::Result<Server> {
     prepare(socket)?;
-    let runtime = runtime(2)?;
     let listener = runtime
         .block_on(async { UnixListener::bind(socket) })
         .with_context(|| format!("binding the API socket {}", socket.display()))?;
@@ -424,10 +423,10 @@ pub fn serve(socket: &Path, jobs: Jobs, hub: Hub) -> anyhow::Result<Server> {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Shared { jobs, hub });
     let service = app.into_make_service_with_connect_info::<Caller>();
-    Server::start(
-        "fulcrum-api",
+    Ok(Server::start(
+        "the API server",
         runtime,
         move |stopped| axum::serve(listener, service).with_graceful_shutdown(stopped),
         Some(socket.to_path_buf()),
-    )
+    ))
 }

@@ -155,8 +155,8 @@ fn report(controller: &Controller, json: bool) {
 /// runtime.
 pub fn run(options: Options) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("fulcrum-events")
+        .worker_threads(2)
+        .thread_name("fulcrum-runtime")
         .enable_all()
         .build()
         .context("starting the daemon's tokio runtime")?;
@@ -178,12 +178,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     controller.monitor().spawn_sampler();
     let socket = options.socket.clone().unwrap_or(config.api.socket.clone());
     let metrics_address = options.metrics.unwrap_or(config.api.metrics);
-    let metrics = scrape::serve(metrics_address, controller.monitor())?;
+    let metrics = scrape::serve(metrics_address, controller.monitor(), runtime.handle())?;
     let jobs: Jobs = {
         let events = events.clone();
         Arc::new(move |job| events.send(Event::Api(job)).is_ok())
     };
-    let server = api::serve(&socket, jobs, controller.trace_hub())?;
+    let server = api::serve(&socket, jobs, controller.trace_hub(), runtime.handle())?;
     let seen: FileSeen = Arc::new(Mutex::new(Ok(text)));
     runtime.spawn(watch_file(
         options.config.clone(),

@@ -14,9 +14,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, runtime::Handle};
 
-use super::api::{Server, runtime};
+use super::api::Server;
 use crate::monitor::{Monitor, metrics};
 
 async fn scrape(State(monitor): State<Arc<Monitor>>) -> Response {
@@ -48,9 +48,13 @@ async fn scrape(State(monitor): State<Arc<Monitor>>) -> Response {
     }
 }
 
-/// Serves `/metrics` on `address` until the server is dropped.
-pub fn serve(address: SocketAddr, monitor: Arc<Monitor>) -> anyhow::Result<Server> {
-    let runtime = runtime(1)?;
+/// Serves `/metrics` on `address`, on `runtime`, until the server is
+/// dropped.
+pub fn serve(
+    address: SocketAddr,
+    monitor: Arc<Monitor>,
+    runtime: &Handle,
+) -> anyhow::Result<Server> {
     let listener = runtime
         .block_on(TcpListener::bind(address))
         .with_context(|| format!("binding the metrics address {address}"))?;
@@ -58,10 +62,10 @@ pub fn serve(address: SocketAddr, monitor: Arc<Monitor>) -> anyhow::Result<Serve
         .route("/metrics", get(scrape))
         .fallback(|| async { (StatusCode::NOT_FOUND, "only /metrics is served here\n") })
         .with_state(monitor);
-    Server::start(
-        "fulcrum-metrics",
+    Ok(Server::start(
+        "the metrics server",
         runtime,
         move |stopped| axum::serve(listener, app).with_graceful_shutdown(stopped),
         None,
-    )
+    ))
 }
