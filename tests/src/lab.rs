@@ -546,19 +546,8 @@ pub(crate) fn fulcrum_config(
 /// `bpftool link detach` would: the pinned link stays, but no longer has
 /// an interface (`BPF_LINK_DETACH`, Linux 5.9).
 pub(crate) fn sever_link(pin_root: &Path) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    const BPF_LINK_DETACH: libc::c_long = 34;
     let path = pin_root.join("eth0").join("link");
-    let link = lb_userspace::dataplane::pins::bpf_obj_get(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let attr = [link.as_raw_fd() as u32, 0, 0, 0];
-    // SAFETY: the link_fd member of bpf_attr, zero-padded; our own fd.
-    let result = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, &attr, 16usize) };
-    anyhow::ensure!(
-        result == 0,
-        "BPF_LINK_DETACH: {}",
-        std::io::Error::last_os_error()
-    );
+    lb_userspace::dataplane::sys::PinnedXdpLink::open(&path)?.detach()?;
     Ok(())
 }
 

@@ -6,17 +6,18 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
 };
 
 use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
-use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters};
+use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters, names};
 
 use super::{
     flows::{self, Census, MappedTable},
     mmap::MappedArray,
+    sys::BatchMap,
 };
 
 /// A flow counts as active while it sent a packet within this many seconds
@@ -55,9 +56,9 @@ impl Counters {
 /// Reads the three counter maps and the connection table; cheap to share
 /// between threads.
 pub struct CounterReader {
-    backends: OwnedFd,
-    vips: OwnedFd,
-    reasons: OwnedFd,
+    backends: BatchMap<MapData>,
+    vips: BatchMap<MapData>,
+    reasons: BatchMap<MapData>,
     /// The connection table.
     flows: MappedTable,
     config: Array<MapData, DataplaneConfig>,
@@ -71,79 +72,18 @@ pub struct CounterReader {
 /// bytes a set, read in place.
 pub const CENSUS_SETS: u32 = 65_536;
 
-/// The batch part of `union bpf_attr` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct BatchAttr {
-    pub(crate) in_batch: u64,
-    pub(crate) out_batch: u64,
-    pub(crate) keys: u64,
-    pub(crate) values: u64,
-    pub(crate) count: u32,
-    pub(crate) map_fd: u32,
-    pub(crate) elem_flags: u64,
-    pub(crate) flags: u64,
-}
-
-/// Runs the batch command `command` with `attr`.
-pub(crate) fn batch_call(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the
-    // caller's buffers it points to outlive the call and hold `count`
-    // elements each.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr as *mut BatchAttr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// Reads entries `0..len` of the per-CPU array behind `map`, whose values
-/// are `value_words` u64 words per CPU: `len * cpus * value_words` words,
-/// entry-major, in as few `BPF_MAP_LOOKUP_BATCH` calls as the kernel
-/// allows; whatever was asked beyond the array stays 0.
-fn read_per_cpu(map: &OwnedFd, len: u32, cpus: usize, value_words: usize) -> io::Result<Vec<u64>> {
-    let stride = cpus * value_words;
-    let mut values = vec![0u64; len as usize * stride];
+/// Reads entries `0..len` of the per-CPU array `map`, whose values are
+/// `value_words` u64 words per CPU: `len * cpus * value_words` words,
+/// entry-major; whatever was asked beyond the array stays 0.
+fn read_per_cpu(
+    map: &BatchMap<MapData>,
+    len: u32,
+    cpus: usize,
+    value_words: usize,
+) -> io::Result<Vec<u64>> {
+    let mut values = vec![0u64; len as usize * cpus * value_words];
     let mut keys = vec![0u32; len as usize];
-    let mut done = 0u32;
-    // The kernel starts after the key in `in_batch` (from the start
-    // without one) and leaves the last key it read in `out_batch`.
-    let mut previous = 0u32;
-    while done < len {
-        let mut last = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: if done == 0 {
-                0
-            } else {
-                &raw const previous as u64
-            },
-            out_batch: &raw mut last as u64,
-            keys: keys[done as usize..].as_mut_ptr() as u64,
-            values: values[done as usize * stride..].as_mut_ptr() as u64,
-            count: len - done,
-            map_fd: map.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        let result = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        done += attr.count;
-        previous = last;
-        match result {
-            Ok(()) if attr.count > 0 => {}
-            Ok(()) => break,
-            // ENOENT: the array ended.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(e),
-        }
-    }
+    map.lookup(&mut keys, &mut values)?;
     Ok(values)
 }
 
@@ -174,6 +114,10 @@ impl CounterReader {
         config: OwnedFd,
     ) -> io::Result<Self> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| io::Error::new(e.kind(), what))?;
+        let batch = |fd, name| -> io::Result<BatchMap<MapData>> {
+            let data = MapData::from_fd(fd).map_err(io::Error::other)?;
+            Ok(BatchMap::new(data, name)?)
+        };
         let config = MapData::from_fd(config)
             .map_err(io::Error::other)
             .and_then(|data| {
@@ -188,9 +132,9 @@ impl CounterReader {
             ways: MappedArray::map(ways.as_fd(), sets, false)?,
         };
         Ok(Self {
-            backends,
-            vips,
-            reasons,
+            backends: batch(backends, names::BACKEND_STATS)?,
+            vips: batch(vips, names::VIP_STATS)?,
+            reasons: batch(reasons, names::GLOBAL_STATS)?,
             flows,
             config,
             cpus,

@@ -2,11 +2,9 @@
 //! and read back, and how the connection table's way words are counted,
 //! without one syscall (or one copy) per value.
 
-use std::{
-    io,
-    marker::PhantomData,
-    os::fd::{AsRawFd as _, BorrowedFd},
-};
+use std::{io, marker::PhantomData, os::fd::BorrowedFd};
+
+use rustix::mm::{MapFlags, ProtFlags};
 
 /// An mmap view of a `BPF_F_MMAPABLE` array of `T`: the kernel lays the
 /// values out back to back, each rounded up to 8 bytes.
@@ -30,29 +28,25 @@ impl<T: Copy> MappedArray<T> {
 
     /// Maps the `entries` values of the array behind `fd`.
     pub(super) fn map(fd: BorrowedFd<'_>, entries: u32, writable: bool) -> io::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let page = rustix::param::page_size();
         let len = (entries as usize * Self::STRIDE).div_ceil(page) * page;
         let protection = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
+            ProtFlags::READ | ProtFlags::WRITE
         } else {
-            libc::PROT_READ
+            ProtFlags::READ
         };
-        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks
-        // that the length fits the map.
+        // SAFETY: a fresh shared mapping of the map's fd, placed by the
+        // kernel, which checks that the length fits the map.
         let base = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len,
                 protection,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
+                MapFlags::SHARED,
+                fd,
                 0,
             )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        }?;
         Ok(Self {
             base: base.cast(),
             len,
@@ -91,7 +85,8 @@ impl<T: Copy> MappedArray<T> {
 
 impl<T> Drop for MappedArray<T> {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
+        // SAFETY: unmapping exactly what `map` mapped, which nothing
+        // refers to any more.
+        let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.len) };
     }
 }

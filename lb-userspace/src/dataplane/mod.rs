@@ -10,13 +10,14 @@ pub mod flows;
 mod mmap;
 pub mod pins;
 pub mod state;
+pub mod sys;
 pub mod system;
 pub mod trace;
 pub mod vip_index;
 
 use std::{
     collections::HashMap,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    os::fd::{AsFd as _, AsRawFd as _},
 };
 
 use aya::{
@@ -24,7 +25,7 @@ use aya::{
     maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramError, Xdp, XdpMode, links::PinnedLink, xdp::XdpLinkId},
 };
-use counters::{BatchAttr, CounterReader, Counters, batch_call};
+use counters::{CounterReader, Counters};
 use lb_common::maps::{
     BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowKey, FlowMeta,
     FlowWays, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS,
@@ -32,6 +33,7 @@ use lb_common::maps::{
     VIP_SLOT_USED, VipFilter, VipSlot, names,
 };
 use mmap::MappedArray;
+use sys::{BatchMap, SysError};
 use vip_index::VipIndexError;
 
 use crate::dataplane::state::DesiredState;
@@ -119,6 +121,9 @@ pub enum DataplaneError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A `bpf(2)` call of fulcrum's own (where aya has no API) failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
     /// A system call outside the maps failed.
     #[error("{what}: {source}")]
     Io {
@@ -187,31 +192,6 @@ fn read_inner(inner: &MapData) -> Result<Vec<u32>> {
     Ok((TABLE_HEADER_SLOTS..TABLE_HEADER_SLOTS + size)
         .map(|slot| view.get(slot))
         .collect())
-}
-
-/// `BPF_MAP_UPDATE_BATCH` of `u32` keys and values into the map `map`.
-fn batch_update(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    assert_eq!(keys.len(), values.len(), "one value per key");
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: map.as_raw_fd() as u32,
-        ..Default::default()
-    };
-    batch_call(BPF_MAP_UPDATE_BATCH, &mut attr)?;
-    if attr.count as usize != keys.len() {
-        return Err(std::io::Error::other(format!(
-            "the batch updated {} of {} entries",
-            attr.count,
-            keys.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Map sizes chosen at load time.
@@ -663,13 +643,8 @@ impl Dataplane {
             .iter()
             .map(|(_, inner)| inner.fd().as_fd().as_raw_fd() as u32)
             .collect();
-        batch_update(outer.fd().as_fd(), &keys, &values).map_err(|source| DataplaneError::Map {
-            map: names::LOOKUP_TABLES,
-            source: MapError::SyscallError(aya::sys::SyscallError {
-                call: "BPF_MAP_UPDATE_BATCH",
-                io_error: source,
-            }),
-        })
+        BatchMap::new(outer, names::LOOKUP_TABLES)?.update(&keys, &values)?;
+        Ok(())
     }
 
     /// The inner map the kernel holds as table `table_id`.

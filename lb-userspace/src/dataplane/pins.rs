@@ -6,21 +6,20 @@
 //! layout version, so a `fulcrum` refuses maps it does not understand
 //! instead of misreading them.
 
-use std::{
-    ffi::CString,
-    os::{
-        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    },
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use aya::{
     maps::{Array, Map, MapData},
-    programs::links::{FdLink, PinnedLink},
+    programs::{
+        ProgramError,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+    sys::SyscallError,
 };
 use lb_common::maps::{BACKEND_ACTIVE, LAYOUT_VERSION, Meta, VipSlot, names};
 
+use super::sys::{PinnedXdpLink, SysError};
 use super::{AttachMode, Dataplane, DataplaneError, Link, Result, map_err};
 use crate::dataplane::state::DesiredState;
 
@@ -68,14 +67,18 @@ impl PinDir {
     /// The interface index the pinned XDP link is attached to, as the
     /// kernel reports it now: `None` when no link is pinned, or when the
     /// link lost its interface (the interface was deleted).
-    pub fn attached_ifindex(&self) -> std::io::Result<Option<u32>> {
+    pub fn attached_ifindex(&self) -> std::result::Result<Option<u32>, SysError> {
         let link = self.0.join(LINK);
         if !link.exists() {
             return Ok(None);
         }
-        let fd = bpf_obj_get(&link)?;
-        let ifindex = link_xdp_ifindex(fd.as_fd())?;
-        Ok((ifindex != 0).then_some(ifindex))
+        PinnedXdpLink::open(&link)?.ifindex()
+    }
+
+    /// The pinned link, through aya.
+    fn open_link(&self) -> Result<PinnedLink> {
+        PinnedLink::from_pin(self.0.join(LINK))
+            .map_err(|e| self.refuse(format!("its link pin cannot be opened: {e}")))
     }
 
     /// Detaches the instance pinned here, if any, and removes every pin.
@@ -85,10 +88,8 @@ impl PinDir {
         if !self.0.exists() {
             return Ok(false);
         }
-        let link = self.0.join(LINK);
-        if link.exists() {
-            let pinned = PinnedLink::from_pin(&link)
-                .map_err(|e| self.refuse(format!("its link pin cannot be opened: {e}")))?;
+        if self.0.join(LINK).exists() {
+            let pinned = self.open_link()?;
             // Dropping the last reference to the link detaches the program.
             drop(
                 pinned
@@ -99,111 +100,6 @@ impl PinDir {
         std::fs::remove_dir_all(&self.0).map_err(self.io("removing the pins in"))?;
         Ok(true)
     }
-}
-
-/// `BPF_OBJ_GET`: a new fd for the object pinned at `path`.
-pub fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
-    #[repr(C)]
-    struct ObjAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    const BPF_OBJ_GET: libc::c_long = 7;
-    let path = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let attr = ObjAttr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    // SAFETY: a valid attr of the size passed; `path` outlives the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, size_of::<ObjAttr>()) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// `BPF_OBJ_GET_INFO_BY_FD` of an XDP link: the ifindex it is attached to
-/// (0 once its interface is gone).
-fn link_xdp_ifindex(link: BorrowedFd<'_>) -> std::io::Result<u32> {
-    /// `struct bpf_link_info` up to the XDP member of its union.
-    #[repr(C)]
-    #[derive(Default)]
-    struct LinkInfo {
-        kind: u32,
-        id: u32,
-        prog_id: u32,
-        pad: u32,
-        xdp_ifindex: u32,
-        rest: [u32; 15],
-    }
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const BPF_LINK_TYPE_XDP: u32 = 6;
-    let mut info = LinkInfo::default();
-    let attr = InfoAttr {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: size_of::<LinkInfo>() as u32,
-        info: &raw mut info as u64,
-    };
-    // SAFETY: a valid attr of the size passed; `info` outlives the call and
-    // is `info_len` bytes long.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr,
-            size_of::<InfoAttr>(),
-        )
-    };
-    if result < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if info.kind != BPF_LINK_TYPE_XDP {
-        return Err(std::io::Error::other(format!(
-            "the pinned link is of type {}, not XDP",
-            info.kind
-        )));
-    }
-    Ok(info.xdp_ifindex)
-}
-
-/// `BPF_LINK_UPDATE`: makes `link` run `program` instead, atomically.
-fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> std::io::Result<()> {
-    #[repr(C)]
-    struct LinkUpdateAttr {
-        link_fd: u32,
-        new_prog_fd: u32,
-        flags: u32,
-        old_prog_fd: u32,
-    }
-    const BPF_LINK_UPDATE: libc::c_long = 29;
-    let attr = LinkUpdateAttr {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: program.as_raw_fd() as u32,
-        flags: 0,
-        old_prog_fd: 0,
-    };
-    // SAFETY: a valid attr of the size passed.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            &attr,
-            size_of::<LinkUpdateAttr>(),
-        )
-    };
-    if result < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn pin_error(what: &str) -> impl Fn(aya::pin::PinError) -> DataplaneError + '_ {
@@ -286,15 +182,13 @@ impl Dataplane {
                 meta.layout_version
             )));
         }
-        let link_path = dir.path().join(LINK);
-        if !link_path.exists() {
+        if !dir.path().join(LINK).exists() {
             return Err(dir.refuse(
                 "it has maps but no link, so it forwards nothing (a start that did not \
                  finish); `fulcrum detach` removes it",
             ));
         }
-        let link = PinnedLink::from_pin(&link_path)
-            .map_err(|e| dir.refuse(format!("its link pin cannot be opened: {e}")))?;
+        let link = dir.open_link()?;
         let mut maps = std::collections::HashMap::new();
         maps.insert(names::META, meta_map);
         for name in names::OBJECT_MAPS {
@@ -316,20 +210,31 @@ impl Dataplane {
     /// Puts this build's XDP program in place of the adopted instance's, in
     /// one step: the new program is loaded against the pinned maps
     /// (tables, connection table, counters stay as they are), verified,
-    /// and swapped into the pinned link with `BPF_LINK_UPDATE` (Linux 5.7).
-    /// Packets see the old program or the new one; none is dropped. This is
-    /// how an upgrade of `fulcrum` ships new data-plane code. Returns the
-    /// new program's id.
+    /// and swapped into the pinned link (aya's `attach_to_link`: a
+    /// `BPF_LINK_UPDATE`, Linux 5.7). Packets see the old program or the
+    /// new one; none is dropped. This is how an upgrade of `fulcrum` ships
+    /// new data-plane code. Returns the new program's id.
     pub fn upgrade_program(&mut self, dir: &PinDir) -> Result<u32> {
-        let link =
-            bpf_obj_get(&dir.path().join(LINK)).map_err(dir.io("opening the link pin in"))?;
+        let link = XdpLink::try_from(FdLink::from(dir.open_link()?))
+            .map_err(|e| dir.refuse(format!("its link pin holds no XDP link: {e}")))?;
         let (ebpf, id) = Self::load_against(dir, |program| {
-            let program_fd = program.fd().map_err(|source| DataplaneError::Program {
-                what: "the new XDP program".into(),
-                source,
-            })?;
-            link_update(link.as_fd(), program_fd.as_fd())
-                .map_err(dir.io("swapping the program of the link in"))
+            let swapped = program
+                .attach_to_link(link)
+                .map_err(|source| match source {
+                    // The kernel's reason, not only the call's name.
+                    ProgramError::SyscallError(SyscallError { io_error, .. }) => {
+                        dir.io("swapping the program of the link in")(io_error)
+                    }
+                    source => DataplaneError::Program {
+                        what: "swapping the program of the link".into(),
+                        source,
+                    },
+                })?;
+            // The program took a handle on the link; this process holds it
+            // through `self.link` already, and `detach` must be able to
+            // release it alone.
+            drop(program.take_link(swapped));
+            Ok(())
         })?;
         self.ebpf = Some(ebpf);
         Ok(id)

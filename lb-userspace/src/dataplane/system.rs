@@ -2,7 +2,7 @@
 //! privileges to do it, bpffs mounted at `/sys/fs/bpf`, and whether the
 //! pins on it outlive this process.
 
-use std::{ffi::CString, os::unix::fs::MetadataExt as _, path::Path};
+use std::{os::unix::fs::MetadataExt as _, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,37 +33,28 @@ pub fn require_bpf_privileges() -> anyhow::Result<()> {
     Ok(())
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// bpffs's `f_type` (filesystem magic numbers are 32-bit; the width of
+/// `f_type` depends on the architecture).
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 /// Where bpffs is expected.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Mounts bpffs at `/sys/fs/bpf` unless it is already there. Returns
 /// whether it mounted it.
 pub fn ensure_bpffs() -> anyhow::Result<bool> {
-    let path = CString::new(BPFFS).expect("no NUL");
-    // SAFETY: statfs only writes into the struct we pass.
-    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    if unsafe { libc::statfs(path.as_ptr(), &mut stats) } == 0
-        && stats.f_type as i64 == BPF_FS_MAGIC
-    {
+    if rustix::fs::statfs(BPFFS).is_ok_and(|stats| stats.f_type as u32 == BPF_FS_MAGIC) {
         return Ok(false);
     }
     std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-    let fstype = CString::new("bpf").expect("no NUL");
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            path.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("mounting bpffs at {BPFFS}"));
-    }
+    rustix::mount::mount(
+        "bpf",
+        BPFFS,
+        "bpf",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("mounting bpffs at {BPFFS}"))?;
     Ok(true)
 }
 

@@ -1,13 +1,88 @@
-//! What `fulcrum` learns from the network it serves: interfaces and their
-//! MACs here, backend MACs in `neighbours`.
-
-use std::ffi::CString;
+//! What `fulcrum` learns from the network it serves: interfaces (index,
+//! MAC, MTU, addresses) here, backend MACs in `neighbours`. Both ask the
+//! kernel over rtnetlink, in this thread's network namespace
+//! (`/sys/class/net` shows the namespace sysfs was mounted in, which may be
+//! another). Interfaces are asked with one blocking request on a socket of
+//! its own: their callers (start-up, the neighbour tick, a scrape) are
+//! synchronous, and one request needs no runtime.
 
 use anyhow::{Context as _, bail};
+use rtnetlink::{
+    packet_core::{NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        RouteNetlinkMessage,
+        address::{AddressAttribute, AddressMessage},
+        link::{LinkAttribute, LinkMessage},
+    },
+    sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+};
 
 use crate::config::MacAddr;
 
 pub mod neighbours;
+
+/// Sends one rtnetlink request with `flags` (`NLM_F_REQUEST`, plus
+/// `NLM_F_DUMP` for a dump) and returns the answers, through the end of a
+/// dump.
+fn ask(request: RouteNetlinkMessage, flags: u16) -> std::io::Result<Vec<RouteNetlinkMessage>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut message = NetlinkMessage::from(request);
+    message.header.flags = flags;
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
+    let mut answers = Vec::new();
+    loop {
+        let (bytes, _) = socket.recv_from_full()?;
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                .map_err(std::io::Error::other)?;
+            let length = (answer.header.length as usize).clamp(1, rest.len());
+            rest = &rest[length..];
+            let more = answer.header.flags & NLM_F_MULTIPART != 0;
+            match answer.payload {
+                NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                NetlinkPayload::Error(error) if error.code.is_some() => {
+                    return Err(error.to_io());
+                }
+                NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => return Ok(answers),
+                _ => {}
+            }
+            if !more {
+                return Ok(answers);
+            }
+        }
+    }
+}
+
+/// What the kernel says of `interface` (`RTM_GETLINK` by name).
+fn link(interface: &str) -> anyhow::Result<LinkMessage> {
+    anyhow::ensure!(
+        !interface.is_empty() && interface.len() < libc::IFNAMSIZ && !interface.contains('\0'),
+        "not an interface name: {interface:?}"
+    );
+    let mut request = LinkMessage::default();
+    request
+        .attributes
+        .push(LinkAttribute::IfName(interface.to_string()));
+    let answers = match ask(RouteNetlinkMessage::GetLink(request), NLM_F_REQUEST) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+            bail!("unknown interface {interface:?}")
+        }
+        answers => answers.with_context(|| format!("asking the kernel about {interface}"))?,
+    };
+    answers
+        .into_iter()
+        .find_map(|answer| match answer {
+            RouteNetlinkMessage::NewLink(link) => Some(link),
+            _ => None,
+        })
+        .with_context(|| format!("the kernel did not describe interface {interface:?}"))
+}
 
 /// Fails with a clear message if `interface` does not exist.
 pub fn require_interface(interface: &str) -> anyhow::Result<()> {
@@ -16,106 +91,149 @@ pub fn require_interface(interface: &str) -> anyhow::Result<()> {
 
 /// The index of `interface` in this network namespace.
 pub fn ifindex(interface: &str) -> anyhow::Result<u32> {
-    let name = CString::new(interface).context("interface name contains NUL")?;
-    // SAFETY: valid C string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => bail!("unknown interface {interface:?}"),
-        index => Ok(index),
-    }
+    Ok(link(interface)?.header.index)
 }
 
-/// Asks the kernel about `interface` with one `SIOCGIF*` ioctl in this
-/// process's network namespace (`/sys/class/net` shows the namespace sysfs
-/// was mounted in, which may be another).
-fn ask_interface(interface: &str, request: libc::Ioctl, what: &str) -> anyhow::Result<libc::ifreq> {
-    let name = interface.as_bytes();
-    anyhow::ensure!(
-        !name.is_empty() && name.len() < libc::IFNAMSIZ,
-        "not an interface name: {interface:?}"
-    );
-    // SAFETY: an all-zero ifreq is valid.
-    let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, &src) in ifreq.ifr_name.iter_mut().zip(name) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: plain socket creation.
-    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if socket < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("opening a socket to ask for the {what} of {interface}"));
-    }
-    // SAFETY: `socket` is ours; `ifreq` is a valid ifreq with a NUL-terminated name.
-    let result = unsafe { libc::ioctl(socket, request, &mut ifreq) };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: closing the socket opened above.
-    unsafe { libc::close(socket) };
-    if result < 0 {
-        return Err(error).with_context(|| format!("{what} of {interface}"));
-    }
-    Ok(ifreq)
-}
-
-/// The MAC address of `interface`.
+/// The MAC address of `interface` (zero if it has none).
 pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
-    let ifreq = ask_interface(interface, libc::SIOCGIFHWADDR, "MAC")?;
-    // SAFETY: SIOCGIFHWADDR filled the hardware-address member.
-    let data = unsafe { ifreq.ifr_ifru.ifru_hwaddr.sa_data };
     let mut mac = [0u8; 6];
-    for (dst, &src) in mac.iter_mut().zip(&data) {
-        *dst = src as u8;
+    for attribute in link(interface)?.attributes {
+        if let LinkAttribute::Address(address) = attribute {
+            for (dst, src) in mac.iter_mut().zip(address) {
+                *dst = src;
+            }
+        }
     }
     Ok(MacAddr(mac))
+}
+
+/// The MTU of `interface`: the largest IP packet it sends.
+pub fn interface_mtu(interface: &str) -> anyhow::Result<u16> {
+    link(interface)?
+        .attributes
+        .into_iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::Mtu(mtu) => Some(u16::try_from(mtu).unwrap_or(u16::MAX)),
+            _ => None,
+        })
+        .with_context(|| format!("the kernel gave no MTU for {interface}"))
 }
 
 /// The addresses of `interface` that tunnelled packets may be sent to:
 /// every IPv4 address, and every IPv6 address but link-local ones.
 pub fn interface_addresses(interface: &str) -> anyhow::Result<Vec<std::net::IpAddr>> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let mut first: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `first` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut first) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("listing the interfaces' addresses");
-    }
+    use std::net::IpAddr;
+    let index = ifindex(interface)?;
+    let answers = ask(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )
+    .context("listing the interfaces' addresses")?;
     let mut found = Vec::new();
-    let mut entry = first;
-    while !entry.is_null() {
-        // SAFETY: a node of the list getifaddrs returned, freed only below.
-        let node = unsafe { &*entry };
-        entry = node.ifa_next;
-        // SAFETY: ifa_name is a NUL-terminated string.
-        let name = unsafe { std::ffi::CStr::from_ptr(node.ifa_name) };
-        if name.to_bytes() != interface.as_bytes() || node.ifa_addr.is_null() {
+    for answer in answers {
+        let RouteNetlinkMessage::NewAddress(entry) = answer else {
+            continue;
+        };
+        if entry.header.index != index {
             continue;
         }
-        // SAFETY: ifa_addr points at a sockaddr of the family it names.
-        let address = unsafe {
-            match i32::from((*node.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let v4 = &*(node.ifa_addr as *const libc::sockaddr_in);
-                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
-                }
-                libc::AF_INET6 => {
-                    let v6 = &*(node.ifa_addr as *const libc::sockaddr_in6);
-                    Some(IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)))
-                }
-                _ => None,
+        // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer's on a
+        // point-to-point link, and the address itself where IFA_LOCAL is
+        // absent (IPv6). An IPv4 address labelled as an alias (`eth0:1`)
+        // belongs to that name, as getifaddrs(3) and ifconfig have it.
+        let (mut local, mut address, mut label) = (None, None, None);
+        for attribute in entry.attributes {
+            match attribute {
+                AddressAttribute::Local(ip) => local = Some(ip),
+                AddressAttribute::Address(ip) => address = Some(ip),
+                AddressAttribute::Label(name) => label = Some(name),
+                _ => {}
             }
-        };
-        match address {
+        }
+        if label.is_some_and(|label| label != interface) {
+            continue;
+        }
+        match local.or(address) {
             Some(IpAddr::V6(v6)) if v6.is_unicast_link_local() => {}
-            Some(address) => found.push(address),
+            Some(ip) => found.push(ip),
             None => {}
         }
     }
-    // SAFETY: the list getifaddrs allocated, no longer used.
-    unsafe { libc::freeifaddrs(first) };
     Ok(found)
 }
 
-/// The MTU of `interface`: the largest IP packet it sends.
-pub fn interface_mtu(interface: &str) -> anyhow::Result<u16> {
-    let ifreq = ask_interface(interface, libc::SIOCGIFMTU, "MTU")?;
-    // SAFETY: SIOCGIFMTU filled the MTU member.
-    let mtu = unsafe { ifreq.ifr_ifru.ifru_mtu };
-    Ok(u16::try_from(mtu).unwrap_or(u16::MAX))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every interface sysfs shows that this namespace has too: index,
+    /// MAC and MTU as sysfs gives them.
+    #[test]
+    fn interfaces_match_sysfs() {
+        let read = |name: &str, what: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{name}/{what}"))
+                .map(|text| text.trim().to_string())
+        };
+        for entry in std::fs::read_dir("/sys/class/net").expect("/sys/class/net") {
+            let name = entry.expect("an entry").file_name();
+            let name = name.to_str().expect("a UTF-8 name");
+            let Ok(index) = ifindex(name) else {
+                continue; // sysfs of another namespace
+            };
+            assert_eq!(index.to_string(), read(name, "ifindex").unwrap(), "{name}");
+            let mtu: u32 = read(name, "mtu").unwrap().parse().unwrap();
+            let expected = u16::try_from(mtu).unwrap_or(u16::MAX);
+            assert_eq!(interface_mtu(name).unwrap(), expected, "{name}");
+            if let Ok(address) = read(name, "address")
+                && address.len() == 17
+            {
+                let mac = interface_mac(name).unwrap().0;
+                let shown = mac.map(|b| format!("{b:02x}")).join(":");
+                assert_eq!(shown, address, "{name}");
+            }
+        }
+    }
+
+    /// Every interface's IPv6 addresses but link-local ones, as
+    /// /proc/net/if_inet6 (this process's namespace) lists them.
+    #[test]
+    fn ipv6_addresses_match_proc() {
+        use std::{collections::BTreeMap, net::Ipv6Addr};
+        let listing = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+        let mut listed: BTreeMap<&str, Vec<std::net::IpAddr>> = BTreeMap::new();
+        for line in listing.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let address = Ipv6Addr::from(u128::from_str_radix(fields[0], 16).unwrap());
+            let addresses = listed.entry(fields[5]).or_default();
+            if !address.is_unicast_link_local() {
+                addresses.push(address.into());
+            }
+        }
+        for (name, mut expected) in listed {
+            let mut found: Vec<_> = interface_addresses(name)
+                .unwrap()
+                .into_iter()
+                .filter(std::net::IpAddr::is_ipv6)
+                .collect();
+            found.sort();
+            expected.sort();
+            assert_eq!(found, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_missing_interface_is_named() {
+        for lookup in [
+            |name| ifindex(name).map(drop),
+            |name| interface_mac(name).map(drop),
+            |name| interface_mtu(name).map(drop),
+            |name| interface_addresses(name).map(drop),
+        ] {
+            let error = lookup("fulcrum-none0").unwrap_err();
+            assert_eq!(error.to_string(), "unknown interface \"fulcrum-none0\"");
+        }
+        let error = ifindex("").unwrap_err();
+        assert_eq!(error.to_string(), "not an interface name: \"\"");
+        assert!(ifindex("a-name-too-long-for-linux").is_err());
+    }
 }
