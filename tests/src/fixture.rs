@@ -379,9 +379,14 @@ impl Fixture {
 
     /// Loads the program and installs `config_text`.
     pub fn with_config(config_text: &str) -> Self {
+        Self::with_parsed(&Config::parse(config_text).expect("test config parses"))
+    }
+
+    /// Loads the program and installs `config` (read already: one larger
+    /// than a config file may be, say).
+    pub fn with_parsed(config: &Config) -> Self {
         require_root();
-        let config = Config::parse(config_text).expect("test config parses");
-        let state = DesiredState::build(&config, |b| {
+        let state = DesiredState::build(config, |b| {
             b.mac
                 .ok_or_else(|| anyhow::anyhow!("test backends carry their MACs"))
         })

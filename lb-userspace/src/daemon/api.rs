@@ -350,9 +350,10 @@ impl Drop for Server {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
+            // The timer is made inside the runtime, which drives it.
             let _ = self
                 .runtime
-                .block_on(tokio::time::timeout(STOP_GRACE, task));
+                .block_on(async { tokio::time::timeout(STOP_GRACE, task).await });
         }
         if let Some(path) = &self.remove {
             let _ = std::fs::remove_file(path);
