@@ -132,7 +132,8 @@ fn main() {
     );
 
     // No health checks: the bench's backends do not exist.
-    let checker = Checker::start(Vec::new(), &Default::default(), |_| {}).expect("a checker");
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let checker = Checker::start(Vec::new(), &Default::default(), |_| {}, runtime.handle());
     let monitor = Monitor::new(
         Arc::new(checker),
         (
@@ -182,7 +183,6 @@ fn main() {
     // The daemon's HTTP server, in a namespace of the bench's own.
     let netns = Netns::create(&format!("fulcrum-bench-{}", std::process::id())).expect("netns");
     let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9487);
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let server = netns
         .enter(|| scrape::serve(address, monitor.clone(), runtime.handle()))
         .expect("the metrics server");

@@ -26,6 +26,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::runtime::Handle;
+
 use crate::{
     config::{CheckKind, Config},
     daemon::records::RecordDir,
@@ -141,7 +143,7 @@ impl HealthControl {
         config: &Config,
         down: &[Down],
         records: &RecordDir,
-        notify: impl Fn(Transition) + Send + Sync + 'static,
+        (notify, runtime): (impl Fn(Transition) + Send + Sync + 'static, &Handle),
     ) -> anyhow::Result<Self> {
         let targets = targets(config);
         let judging = judging(&targets);
@@ -159,7 +161,7 @@ impl HealthControl {
                 backend: *backend,
             })
             .collect();
-        let checker = Arc::new(Checker::start(targets, &recalled, notify)?);
+        let checker = Arc::new(Checker::start(targets, &recalled, notify, runtime));
         let mut control = Self {
             checker,
             judging,

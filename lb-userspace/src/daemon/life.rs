@@ -171,9 +171,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         lock: _lock,
     } = {
         let events = events.clone();
-        start(&options, move |transition| {
+        let notify = move |transition| {
             let _ = events.send(Event::Health(transition));
-        })?
+        };
+        start(&options, (notify, runtime.handle()))?
     };
     controller.monitor().spawn_sampler();
     let socket = options.socket.clone().unwrap_or(config.api.socket.clone());

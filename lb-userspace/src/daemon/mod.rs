@@ -84,7 +84,10 @@ impl Controller {
         in_force: InForce,
         (config_path, journal): (&Path, Journal),
         (interface, bpffs_mounted): (&str, bool),
-        notify: impl Fn(crate::health::Transition) + Send + Sync + 'static,
+        health_checks: (
+            impl Fn(crate::health::Transition) + Send + Sync + 'static,
+            &tokio::runtime::Handle,
+        ),
     ) -> anyhow::Result<Self> {
         let survival = crate::dataplane::system::pin_survival(pins.path(), bpffs_mounted);
         if !survival.survives {
@@ -98,7 +101,7 @@ impl Controller {
             .map(DesiredState::down_backends)
             .unwrap_or_default();
         let config = in_force.config();
-        let health = health::HealthControl::start(config, &down, &records, notify)?;
+        let health = health::HealthControl::start(config, &down, &records, health_checks)?;
         let changes = journal.last_changes();
         let view = dataplane
             .installed()

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use lb_common::{flow_hash::FlowSeed, maps::DataplaneConfig};
+use tokio::runtime::Handle;
 
 use crate::{
     config::{Config, join_problems},
@@ -175,10 +176,10 @@ fn first_verdict(verdict: Verdict, what: &str) -> anyhow::Result<(Plan, InForce)
 }
 
 /// Takes charge of the data plane for the config file in `options`: health
-/// transitions go to `notify`.
+/// checks run on `runtime`, and their transitions go to `notify`.
 pub fn start(
     options: &Options,
-    notify: impl Fn(Transition) + Send + Sync + 'static,
+    (notify, runtime): (impl Fn(Transition) + Send + Sync + 'static, &Handle),
 ) -> anyhow::Result<Started> {
     let text = read_config(&options.config)?;
     let (first_text, first) = first_config(options, &text)?;
@@ -235,7 +236,7 @@ pub fn start(
         in_force,
         (&options.config, journal),
         (&interface, bpffs_mounted),
-        notify,
+        (notify, runtime),
     )?;
     if let Some(plan) = first_plan {
         controller.started(&plan);

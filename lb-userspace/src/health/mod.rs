@@ -14,20 +14,15 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    thread::JoinHandle,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{runtime::Handle, sync::oneshot, task::AbortHandle};
+use tokio::{runtime::Handle, task::AbortHandle};
 
 use crate::{
     config::{CheckKind, ResolvedCheck},
     splitmix::SplitMix64,
 };
-
-/// How long a dropped checker waits for its runtime to wind down. Every
-/// task is cancelled at its next await, so this is a safety net.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// The weight of the newest latency in `latency_avg`, in tenths (0.3).
 const LATENCY_WEIGHT_TENTHS: u128 = 3;
@@ -263,44 +258,31 @@ type Probe = Arc<
         + Sync,
 >;
 
-/// Why the checker could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum HealthError {
-    /// Its tokio runtime could not be made.
-    #[error("starting the health checker's tokio runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-    /// Its thread could not be started.
-    #[error("starting the fulcrum-health thread: {0}")]
-    Thread(#[source] std::io::Error),
-}
-
-/// The running checker; dropping it stops every check (and joins its
-/// thread).
+/// The running checker; dropping it stops every check.
 pub struct Checker {
     board: Arc<Mutex<Board>>,
     runtime: Handle,
     notify: Notify,
     probe: Probe,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Checker {
-    /// Starts checking `targets` on a tokio runtime of its own, on a
-    /// thread named "fulcrum-health"; `notify` is called from that thread
-    /// on every transition. The backends `recalled` (those a previous
-    /// daemon recorded as failing) start down.
+    /// Starts checking `targets` on `runtime`; `notify` is called from the
+    /// runtime's threads on every transition. The backends `recalled`
+    /// (those a previous daemon recorded as failing) start down.
     pub fn start(
         targets: Vec<Target>,
         recalled: &HashSet<Key>,
         notify: impl Fn(Transition) + Send + Sync + 'static,
-    ) -> Result<Self, HealthError> {
+        runtime: &Handle,
+    ) -> Self {
         Self::launch(
             (targets, recalled),
             Arc::new(notify),
             Arc::new(|check: Arc<ResolvedCheck>| {
                 Box::pin(async move { probe::probe(&check).await })
             }),
+            runtime,
         )
     }
 
@@ -309,31 +291,16 @@ impl Checker {
         (targets, recalled): (Vec<Target>, &HashSet<Key>),
         notify: Notify,
         probe: Probe,
-    ) -> Result<Self, HealthError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(HealthError::Runtime)?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("fulcrum-health".into())
-            .spawn(move || {
-                // The checks run while this waits; then they are cancelled.
-                let _ = runtime.block_on(stopped);
-                runtime.shutdown_timeout(SHUTDOWN_GRACE);
-            })
-            .map_err(HealthError::Thread)?;
+        runtime: &Handle,
+    ) -> Self {
         let checker = Self {
             board: Arc::default(),
-            runtime: handle,
+            runtime: runtime.clone(),
             notify,
             probe,
-            stop: Some(stop),
-            thread: Some(thread),
         };
         checker.place(targets, recalled);
-        Ok(checker)
+        checker
     }
 
     /// Replaces the set of targets. A target whose key and check are
@@ -401,14 +368,10 @@ impl Checker {
 
 impl Drop for Checker {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            // Dropped by `notify` on the checker's own thread: that thread
-            // ends by itself once `notify` returns.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
+        // A check in flight is dropped where it waits: its socket closes.
+        for slot in lock(&self.board).slots.values() {
+            if let Some(task) = &slot.task {
+                task.abort();
             }
         }
     }
@@ -732,8 +695,18 @@ mod tests {
 
     /// A notifier that sends each transition, with the thread it came
     /// from, down a channel.
-    fn launch(targets: Vec<Target>, notify: Notify, probe: Probe) -> Result<Checker, HealthError> {
-        Checker::launch((targets, &HashSet::new()), notify, probe)
+    /// The runtime the tests' checkers run on, as the daemon's would.
+    static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("checker-runtime")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    });
+
+    fn launch(targets: Vec<Target>, notify: Notify, probe: Probe) -> Checker {
+        Checker::launch((targets, &HashSet::new()), notify, probe, RUNTIME.handle())
     }
 
     fn channel() -> (Notify, mpsc::Receiver<(Transition, Option<String>)>) {
@@ -771,7 +744,7 @@ mod tests {
         let (notify, transitions) = channel();
         let failing = Arc::new(Mutex::new(vec![80]));
         let none = check(CheckKind::None, "10.0.0.2:80", 10, 5);
-        let checker = launch(vec![target("10.0.0.2:80", none)], notify, fake(failing)).unwrap();
+        let checker = launch(vec![target("10.0.0.2:80", none)], notify, fake(failing));
         std::thread::sleep(Duration::from_millis(100));
         let states = checker.states();
         assert_eq!(states.len(), 1);
@@ -793,11 +766,10 @@ mod tests {
             vec![target("10.0.0.2:80", tcp)],
             notify,
             fake(failing.clone()),
-        )
-        .unwrap();
+        );
         let wait = Duration::from_secs(10);
         let (down, thread) = transitions.recv_timeout(wait).unwrap();
-        assert_eq!(thread.as_deref(), Some("fulcrum-health"));
+        assert_eq!(thread.as_deref(), Some("checker-runtime"));
         assert!(!down.up);
         assert_eq!(down.reason, "2 failed checks: refused (fake)");
         let health = checker.states()[&key("10.0.0.2:80")].clone();
@@ -831,8 +803,7 @@ mod tests {
             ],
             notify,
             fake(failing),
-        )
-        .unwrap();
+        );
         eventually(&checker, |s| s.values().all(|h| !h.up));
         let before = checker.states()[&key(a)].clone();
 
@@ -967,7 +938,7 @@ mod tests {
         });
         let (notify, _transitions) = channel();
         let tcp = check(CheckKind::Tcp, "10.0.0.2:80", 10, 600_000);
-        let checker = launch(vec![target("10.0.0.2:80", tcp)], notify, hang).unwrap();
+        let checker = launch(vec![target("10.0.0.2:80", tcp)], notify, hang);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !started.load(Ordering::SeqCst) {
             assert!(Instant::now() < deadline, "no check started");
