@@ -102,3 +102,30 @@ impl Frame for [u8] {
         Some(unsafe { &*at })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_holds_a_header_only_whole() {
+        let frame = [7u8; 20];
+        let rows: [(&str, usize, Option<[u8; 4]>); 5] = [
+            ("at the start", 0, Some([7; 4])),
+            ("ending at the last byte", 16, Some([7; 4])),
+            ("one byte past the end", 17, None),
+            ("starting at the end", 20, None),
+            ("an offset that overflows", usize::MAX - 1, None),
+        ];
+        for (what, offset, expected) in rows {
+            assert_eq!(
+                frame[..].header::<[u8; 4]>(offset).copied(),
+                expected,
+                "{what}"
+            );
+        }
+        assert_eq!(Frame::len(&frame[..]), 20);
+        assert!(!Frame::is_empty(&frame[..]));
+        assert!(Frame::is_empty(&frame[..0]));
+    }
+}

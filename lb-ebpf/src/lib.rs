@@ -14,6 +14,8 @@ pub mod forward;
 pub mod frame;
 pub mod outer;
 pub mod parse;
+#[cfg(test)]
+mod testing;
 pub mod tunnel;
 
 use aya_ebpf::bindings::xdp_action;

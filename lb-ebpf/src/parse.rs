@@ -608,4 +608,455 @@ mod tests {
         assert!(!tcp_opens_flow(0x10));
         assert!(!tcp_opens_flow(0x01));
     }
+
+    use crate::testing::*;
+
+    /// What the walk told, as a test records it.
+    #[derive(Debug, Default, PartialEq)]
+    struct Noted {
+        vlan: Option<u16>,
+        ipv4_options: bool,
+    }
+
+    impl Notes for Noted {
+        fn vlan(&mut self, vlan: u16) {
+            self.vlan = Some(vlan);
+        }
+
+        fn ipv4_options(&mut self) {
+            self.ipv4_options = true;
+        }
+    }
+
+    const ROUTER4: [u8; 4] = [198, 18, 9, 1];
+    const ROUTER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 1];
+
+    fn key(
+        proto: u8,
+        (src, src_port): ([u8; 16], u16),
+        (dst, dst_port): ([u8; 16], u16),
+    ) -> FlowKey {
+        let family = if src[4..] == [0; 12] && dst[4..] == [0; 12] {
+            FAMILY_IPV4
+        } else {
+            FAMILY_IPV6
+        };
+        FlowKey {
+            src_addr: src,
+            dst_addr: dst,
+            src_port,
+            dst_port,
+            proto,
+            family,
+            ..FlowKey::default()
+        }
+    }
+
+    fn v4(addr: [u8; 4]) -> [u8; 16] {
+        let mut key = [0; 16];
+        key[..4].copy_from_slice(&addr);
+        key
+    }
+
+    /// The flow of the client's port 40000 (or 5000 for UDP) to the VIP's
+    /// port 80 (53), in IPv4 or IPv6.
+    fn client_flow(proto: u8, family: u8, l3: usize) -> Flow {
+        let (src, dst) = if family == FAMILY_IPV4 {
+            (v4(CLIENT4), v4(VIP4))
+        } else {
+            (CLIENT6, VIP6)
+        };
+        let (src_port, dst_port) = if proto == PROTO_TCP {
+            (40000, 80)
+        } else {
+            (5000, 53)
+        };
+        Flow {
+            key: key(proto, (src, src_port), (dst, dst_port)),
+            opens: false,
+            closes: false,
+            icmp: false,
+            l3,
+        }
+    }
+
+    fn set_u16(frame: &mut [u8], at: usize, value: u16) {
+        frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    }
+
+    fn get_u16(frame: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([frame[at], frame[at + 1]])
+    }
+
+    /// An ICMP error from a router to the VIP about a packet the VIP sent
+    /// to the client (TCP 80 to 40000), quoting `quote` bytes of it.
+    fn icmp4_about_tcp(kind: u8, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let quoted = edited(ipv4(6, VIP4, CLIENT4, &tcp(80, 40000, ACK)), edit);
+        ethernet(IPV4, &ipv4(1, ROUTER4, VIP4, &icmp(kind, &quoted)))
+    }
+
+    /// A description, a frame, what the walk makes of it, what it tells.
+    type Row = (&'static str, Vec<u8>, Result<Flow, Verdict>, Noted);
+
+    #[test]
+    fn frames_walk_to_their_flow_or_verdict() {
+        let tcp_v4 = client_flow(PROTO_TCP, FAMILY_IPV4, L3);
+        let udp_v4 = client_flow(PROTO_UDP, FAMILY_IPV4, L3);
+        let tcp_v6 = client_flow(PROTO_TCP, FAMILY_IPV6, L3);
+        let icmp_v4 = Flow {
+            icmp: true,
+            ..tcp_v4
+        };
+        let rows: Vec<Row> = vec![
+            // TCP and UDP, the balanced protocols.
+            (
+                "IPv4 TCP SYN opens a flow",
+                tcp4(SYN),
+                Ok(Flow {
+                    opens: true,
+                    ..tcp_v4
+                }),
+                Noted::default(),
+            ),
+            (
+                "IPv4 TCP SYN+ACK opens none",
+                tcp4(SYN | ACK),
+                Ok(tcp_v4),
+                Noted::default(),
+            ),
+            (
+                "IPv4 TCP FIN+ACK closes its flow",
+                tcp4(FIN | ACK),
+                Ok(Flow {
+                    closes: true,
+                    ..tcp_v4
+                }),
+                Noted::default(),
+            ),
+            (
+                "IPv4 TCP RST closes its flow",
+                tcp4(RST),
+                Ok(Flow {
+                    closes: true,
+                    ..tcp_v4
+                }),
+                Noted::default(),
+            ),
+            ("IPv4 UDP", udp4(), Ok(udp_v4), Noted::default()),
+            (
+                "IPv6 TCP SYN opens a flow",
+                tcp6(SYN),
+                Ok(Flow {
+                    opens: true,
+                    ..tcp_v6
+                }),
+                Noted::default(),
+            ),
+            (
+                "IPv6 UDP",
+                udp6(),
+                Ok(client_flow(PROTO_UDP, FAMILY_IPV6, L3)),
+                Noted::default(),
+            ),
+            (
+                "Ethernet padding after the IP packet",
+                [tcp4(ACK), vec![0; 6]].concat(),
+                Ok(tcp_v4),
+                Noted::default(),
+            ),
+            // The link layer.
+            (
+                "an 802.1Q tag: its VLAN id is noted, the IP header follows it",
+                tagged(VLAN_8021Q, 0x2007, IPV4, &tcp4(ACK)[L3..]),
+                Ok(Flow {
+                    l3: L3 + 4,
+                    ..tcp_v4
+                }),
+                Noted {
+                    vlan: Some(7),
+                    ..Noted::default()
+                },
+            ),
+            (
+                "an 802.1ad tag",
+                tagged(VLAN_8021AD, 42, IPV6, &tcp6(ACK)[L3..]),
+                Ok(Flow {
+                    l3: L3 + 4,
+                    ..tcp_v6
+                }),
+                Noted {
+                    vlan: Some(42),
+                    ..Noted::default()
+                },
+            ),
+            (
+                "two tags pass to the stack",
+                tagged(VLAN_8021AD, 5, VLAN_8021Q, &tcp4(ACK)[L3..]),
+                Err(pass(Reason::PassUnsupported)),
+                Noted {
+                    vlan: Some(5),
+                    ..Noted::default()
+                },
+            ),
+            (
+                "a tag cut short",
+                tagged(VLAN_8021Q, 7, IPV4, &[])[..16].to_vec(),
+                Err(discard(Reason::DropTruncated)),
+                Noted::default(),
+            ),
+            (
+                "a frame shorter than an Ethernet header",
+                tcp4(ACK)[..13].to_vec(),
+                Err(discard(Reason::DropTruncated)),
+                Noted::default(),
+            ),
+            (
+                "another host's MAC: a switch flooded it here",
+                edited(tcp4(ACK), |f| f[5] ^= 0x40),
+                Err(pass(Reason::PassOtherHost)),
+                Noted::default(),
+            ),
+            (
+                "broadcast",
+                edited(tcp4(ACK), |f| f[..6].fill(0xff)),
+                Err(pass(Reason::PassMulticast)),
+                Noted::default(),
+            ),
+            (
+                "IPv4 multicast (VRRP's MAC)",
+                edited(tcp4(ACK), |f| {
+                    f[..6].copy_from_slice(&[1, 0, 0x5e, 0, 0, 0x12])
+                }),
+                Err(pass(Reason::PassMulticast)),
+                Noted::default(),
+            ),
+            (
+                "ARP",
+                ethernet(ARP, &[0; 28]),
+                Err(pass(Reason::PassNotIp)),
+                Noted::default(),
+            ),
+            // IPv4.
+            (
+                "IPv4 options (IHL 6): noted, and the ports read after them",
+                edited(tcp4(ACK), |f| {
+                    f[L3] = 0x46;
+                    f.splice(L4_V4..L4_V4, [1, 1, 1, 1]);
+                    let total = get_u16(f, L3 + 2) + 4;
+                    set_u16(f, L3 + 2, total);
+                }),
+                Ok(tcp_v4),
+                Noted {
+                    ipv4_options: true,
+                    ..Noted::default()
+                },
+            ),
+            (
+                "an IHL below 5 words",
+                edited(tcp4(ACK), |f| f[L3] = 0x44),
+                Err(discard(Reason::DropMalformed)),
+                Noted::default(),
+            ),
+            (
+                "version 6 behind the IPv4 ethertype",
+                edited(tcp4(ACK), |f| f[L3] = 0x65),
+                Err(discard(Reason::DropMalformed)),
+                Noted::default(),
+            ),
+            (
+                "a total length past the frame's end",
+                edited(tcp4(ACK), |f| set_u16(f, L3 + 2, 41)),
+                Err(discard(Reason::DropTruncated)),
+                Noted::default(),
+            ),
+            (
+                "a total length shorter than the header",
+                edited(tcp4(ACK), |f| set_u16(f, L3 + 2, 19)),
+                Err(discard(Reason::DropMalformed)),
+                Noted::default(),
+            ),
+            (
+                "a first fragment (MF)",
+                edited(tcp4(ACK), |f| f[L3 + 6] = 0x20),
+                Err(pass(Reason::PassFragment)),
+                Noted::default(),
+            ),
+            (
+                "a later fragment (offset 8)",
+                edited(tcp4(ACK), |f| set_u16(f, L3 + 6, 1)),
+                Err(pass(Reason::PassFragment)),
+                Noted::default(),
+            ),
+            (
+                "another protocol (GRE)",
+                ethernet(IPV4, &ipv4(47, CLIENT4, VIP4, &[0; 8])),
+                Err(pass(Reason::PassOtherProtocol)),
+                Noted::default(),
+            ),
+            // TCP and UDP headers.
+            (
+                "a TCP header cut short",
+                ethernet(IPV4, &ipv4(6, CLIENT4, VIP4, &tcp(40000, 80, ACK)[..12])),
+                Err(discard(Reason::DropTruncated)),
+                Noted::default(),
+            ),
+            (
+                "a TCP data offset below 5 words",
+                edited(tcp4(ACK), |f| f[L4_V4 + 12] = 4 << 4),
+                Err(discard(Reason::DropMalformed)),
+                Noted::default(),
+            ),
+            (
+                "TCP options past the IP packet's end",
+                edited(tcp4(ACK), |f| f[L4_V4 + 12] = 6 << 4),
+                Err(discard(Reason::DropMalformed)),
+                Noted::default(),
+            ),
+            (
+                "a UDP length below its header's",
+                edited(udp4(), |f| set_u16(f, L4_V4 + 4, 7)),
+                Err(discard(Reason::DropMalformed)),
+                Noted::default(),
+            ),
+            (
+                "a UDP length past the IP packet's end",
+                edited(udp4(), |f| set_u16(f, L4_V4 + 4, 17)),
+                Err(discard(Reason::DropMalformed)),
+                Noted::default(),
+            ),
+            (
+                "a UDP length short of the IP packet's (receivers trim the rest)",
+                edited(udp4(), |f| set_u16(f, L4_V4 + 4, 8)),
+                Ok(udp_v4),
+                Noted::default(),
+            ),
+            // IPv6.
+            (
+                "version 4 behind the IPv6 ethertype",
+                edited(tcp6(ACK), |f| f[L3] = 0x40),
+                Err(discard(Reason::DropMalformed)),
+                Noted::default(),
+            ),
+            (
+                "an IPv6 payload length past the frame's end",
+                edited(tcp6(ACK), |f| set_u16(f, L3 + 4, 21)),
+                Err(discard(Reason::DropTruncated)),
+                Noted::default(),
+            ),
+            (
+                "an IPv6 fragment header",
+                ethernet(IPV6, &ipv6(44, CLIENT6, VIP6, &[0; 8])),
+                Err(pass(Reason::PassFragment)),
+                Noted::default(),
+            ),
+            (
+                "IPv6 hop-by-hop options",
+                ethernet(IPV6, &ipv6(0, CLIENT6, VIP6, &[0; 8])),
+                Err(pass(Reason::PassUnsupported)),
+                Noted::default(),
+            ),
+            // ICMP errors follow the flow they quote.
+            (
+                "ICMP destination unreachable about a VIP's TCP flow",
+                icmp4_about_tcp(3, |_| {}),
+                Ok(icmp_v4),
+                Noted::default(),
+            ),
+            (
+                "ICMP time exceeded about a VIP's UDP flow",
+                ethernet(
+                    IPV4,
+                    &ipv4(
+                        1,
+                        ROUTER4,
+                        VIP4,
+                        &icmp(11, &ipv4(17, VIP4, CLIENT4, &udp(53, 5000, &[]))),
+                    ),
+                ),
+                Ok(Flow {
+                    icmp: true,
+                    ..udp_v4
+                }),
+                Noted::default(),
+            ),
+            (
+                "ICMPv6 packet too big about a VIP's TCP flow",
+                ethernet(
+                    IPV6,
+                    &ipv6(
+                        58,
+                        ROUTER6,
+                        VIP6,
+                        &icmp(2, &ipv6(6, VIP6, CLIENT6, &tcp(80, 40000, ACK))),
+                    ),
+                ),
+                Ok(Flow {
+                    icmp: true,
+                    ..tcp_v6
+                }),
+                Noted::default(),
+            ),
+            (
+                "an ICMP echo request",
+                ethernet(IPV4, &ipv4(1, CLIENT4, VIP4, &icmp(8, &[0; 8]))),
+                Err(pass(Reason::PassOtherProtocol)),
+                Noted::default(),
+            ),
+            (
+                "an ICMPv6 echo request",
+                ethernet(IPV6, &ipv6(58, CLIENT6, VIP6, &icmp(128, &[0; 8]))),
+                Err(pass(Reason::PassOtherProtocol)),
+                Noted::default(),
+            ),
+            (
+                "an ICMP error sent to an address other than the quote's source",
+                edited(icmp4_about_tcp(3, |_| {}), |f| f[L3 + 19] ^= 1),
+                Err(pass(Reason::PassOtherProtocol)),
+                Noted::default(),
+            ),
+            (
+                "an ICMP error quoting a fragment",
+                icmp4_about_tcp(3, |q| q[6] = 0x20),
+                Err(pass(Reason::PassFragment)),
+                Noted::default(),
+            ),
+            (
+                "an ICMP error quoting an IPv4 header with options",
+                icmp4_about_tcp(3, |q| q[0] = 0x46),
+                Err(pass(Reason::PassOtherProtocol)),
+                Noted::default(),
+            ),
+            (
+                "an ICMP error quoting ICMP",
+                icmp4_about_tcp(3, |q| q[9] = 1),
+                Err(pass(Reason::PassOtherProtocol)),
+                Noted::default(),
+            ),
+            (
+                "an ICMP error whose quote ends before the ports",
+                icmp4_about_tcp(3, |q| q.truncate(22)),
+                Err(pass(Reason::PassOtherProtocol)),
+                Noted::default(),
+            ),
+            (
+                "an ICMP error whose IP packet ends before the quote's ports (the frame holds them)",
+                edited(icmp4_about_tcp(3, |_| {}), |f| {
+                    set_u16(f, L3 + 2, 20 + 8 + 22)
+                }),
+                Err(pass(Reason::PassOtherProtocol)),
+                Noted::default(),
+            ),
+            (
+                "an ICMP header cut short",
+                ethernet(IPV4, &ipv4(1, ROUTER4, VIP4, &[3, 0, 0, 0])),
+                Err(discard(Reason::DropTruncated)),
+                Noted::default(),
+            ),
+        ];
+        for (what, frame, expected, noted) in rows {
+            let mut seen = Noted::default();
+            assert_eq!(parse(&frame[..], &OWN_MAC, &mut seen), expected, "{what}");
+            assert_eq!(seen, noted, "{what}: notes");
+        }
+    }
 }

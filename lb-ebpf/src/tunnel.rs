@@ -119,3 +119,217 @@ pub fn tunnelled<F: Frame + ?Sized>(
         inner_type,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    const GUE_PORT: u16 = 6080;
+    const BACKEND4: [u8; 4] = [198, 18, 5, 1];
+    const OTHER4: [u8; 4] = [198, 18, 5, 2];
+    const LB4: [u8; 4] = [198, 18, 64, 7];
+    const BACKEND6: [u8; 16] = [0x20, 1, 0, 2, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1];
+    const LB6: [u8; 16] = [0x20, 1, 0, 2, 0, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 7];
+
+    /// This host: `OTHER4` and `BACKEND4` (the second of two), `BACKEND6`.
+    fn config() -> DecapConfig {
+        let mut config = DecapConfig {
+            count4: 2,
+            count6: 1,
+            gue_port: GUE_PORT,
+            ..DecapConfig::default()
+        };
+        config.v4[0] = [198, 18, 5, 9];
+        config.v4[1] = BACKEND4;
+        config.v4[2] = OTHER4;
+        config.v6[0] = BACKEND6;
+        config
+    }
+
+    fn inner4() -> Vec<u8> {
+        ipv4(6, CLIENT4, VIP4, &tcp(40000, 80, ACK))
+    }
+
+    fn inner6() -> Vec<u8> {
+        ipv6(6, CLIENT6, VIP6, &tcp(40000, 80, ACK))
+    }
+
+    fn gue(inner_proto: u8, inner: &[u8]) -> Vec<u8> {
+        udp(
+            50000,
+            GUE_PORT,
+            &[&[0, inner_proto, 0, 0][..], inner].concat(),
+        )
+    }
+
+    const TO_IPV4: u16 = IPV4.to_be();
+    const TO_IPV6: u16 = IPV6.to_be();
+
+    /// What to strip from an untagged frame of outer ethertype
+    /// `ether_type`.
+    fn strip(ether_type: u16, strip: usize, inner_type: u16) -> Result<Tunnelled, DecapReason> {
+        let ether_type = ether_type.to_be();
+        let link = Link {
+            tpid: ether_type,
+            ether_type,
+            l3: L3,
+            tci: [0; 2],
+        };
+        Ok(Tunnelled {
+            link,
+            strip,
+            inner_type,
+        })
+    }
+
+    #[test]
+    fn tunnelled_packets_for_this_host_are_stripped_the_rest_left() {
+        let rows: Vec<(&str, Vec<u8>, Result<Tunnelled, DecapReason>)> = vec![
+            (
+                "IPv4 in IPv4",
+                ethernet(IPV4, &ipv4(PROTO_IPIP, LB4, BACKEND4, &inner4())),
+                strip(IPV4, 20, TO_IPV4),
+            ),
+            (
+                "IPv6 in IPv4",
+                ethernet(IPV4, &ipv4(PROTO_IPV6, LB4, BACKEND4, &inner6())),
+                strip(IPV4, 20, TO_IPV6),
+            ),
+            (
+                "IPv6 in IPv6",
+                ethernet(IPV6, &ipv6(PROTO_IPV6, LB6, BACKEND6, &inner6())),
+                strip(IPV6, 40, TO_IPV6),
+            ),
+            (
+                "IPv4 in IPv6",
+                ethernet(IPV6, &ipv6(PROTO_IPIP, LB6, BACKEND6, &inner4())),
+                strip(IPV6, 40, TO_IPV4),
+            ),
+            (
+                "GUE variant 0 in IPv4",
+                ethernet(IPV4, &ipv4(17, LB4, BACKEND4, &gue(PROTO_IPIP, &inner4()))),
+                strip(IPV4, 20 + 8 + 4, TO_IPV4),
+            ),
+            (
+                "GUE variant 0 in IPv6",
+                ethernet(IPV6, &ipv6(17, LB6, BACKEND6, &gue(PROTO_IPV6, &inner6()))),
+                strip(IPV6, 40 + 8 + 4, TO_IPV6),
+            ),
+            (
+                "GUE variant 1: the IP version says the family",
+                ethernet(
+                    IPV4,
+                    &ipv4(17, LB4, BACKEND4, &udp(50000, GUE_PORT, &inner6())),
+                ),
+                strip(IPV4, 20 + 8, TO_IPV6),
+            ),
+            (
+                "a VLAN tag stays",
+                tagged(
+                    VLAN_8021Q,
+                    7,
+                    IPV4,
+                    &ipv4(PROTO_IPIP, LB4, BACKEND4, &inner4()),
+                ),
+                Ok(Tunnelled {
+                    link: Link {
+                        tpid: VLAN_8021Q.to_be(),
+                        ether_type: IPV4.to_be(),
+                        l3: L3 + 4,
+                        tci: [0, 7],
+                    },
+                    strip: 20,
+                    inner_type: TO_IPV4,
+                }),
+            ),
+            (
+                "IP in IP to another host",
+                ethernet(IPV4, &ipv4(PROTO_IPIP, LB4, [198, 18, 5, 3], &inner4())),
+                Err(DecapReason::PassNotOurs),
+            ),
+            (
+                "an address past the configured count",
+                ethernet(IPV4, &ipv4(PROTO_IPIP, LB4, OTHER4, &inner4())),
+                Err(DecapReason::PassNotOurs),
+            ),
+            (
+                "plain TCP to this host",
+                ethernet(IPV4, &ipv4(6, CLIENT4, BACKEND4, &tcp(40000, 80, ACK))),
+                Err(DecapReason::PassNotTunnel),
+            ),
+            (
+                "UDP to another port",
+                ethernet(IPV4, &ipv4(17, LB4, BACKEND4, &udp(50000, 53, &inner4()))),
+                Err(DecapReason::PassNotTunnel),
+            ),
+            (
+                "GUE with a control message",
+                ethernet(
+                    IPV4,
+                    &ipv4(17, LB4, BACKEND4, &udp(50000, GUE_PORT, &[0x20, 4, 0, 0])),
+                ),
+                Err(DecapReason::PassUnsupported),
+            ),
+            (
+                "GUE variant 0 carrying TCP",
+                ethernet(IPV4, &ipv4(17, LB4, BACKEND4, &gue(6, &[0; 20]))),
+                Err(DecapReason::PassUnsupported),
+            ),
+            (
+                "an IPv4 fragment of a tunnelled packet",
+                edited(
+                    ethernet(IPV4, &ipv4(PROTO_IPIP, LB4, BACKEND4, &inner4())),
+                    |f| f[L3 + 6] = 0x20,
+                ),
+                Err(DecapReason::PassFragment),
+            ),
+            (
+                "an IPv6 fragment",
+                ethernet(IPV6, &ipv6(44, LB6, BACKEND6, &[0; 8])),
+                Err(DecapReason::PassFragment),
+            ),
+            (
+                "an IHL below 5 words",
+                edited(
+                    ethernet(IPV4, &ipv4(PROTO_IPIP, LB4, BACKEND4, &inner4())),
+                    |f| f[L3] = 0x44,
+                ),
+                Err(DecapReason::PassNotTunnel),
+            ),
+            (
+                "ARP",
+                ethernet(ARP, &[0; 28]),
+                Err(DecapReason::PassNotTunnel),
+            ),
+            (
+                "a GUE header cut short",
+                ethernet(IPV4, &ipv4(17, LB4, BACKEND4, &udp(50000, GUE_PORT, &[]))),
+                Err(DecapReason::DropTruncated),
+            ),
+            (
+                "an IPv6 header cut short",
+                ethernet(IPV6, &ipv6(PROTO_IPV6, LB6, BACKEND6, &[]))[..L3 + 30].to_vec(),
+                Err(DecapReason::DropTruncated),
+            ),
+            (
+                "a frame shorter than an Ethernet header",
+                vec![0; 12],
+                Err(DecapReason::DropTruncated),
+            ),
+        ];
+        for (what, frame, expected) in rows {
+            assert_eq!(tunnelled(&frame[..], &config()), expected, "{what}");
+        }
+        let no_gue = DecapConfig {
+            gue_port: 0,
+            ..config()
+        };
+        let frame = ethernet(IPV4, &ipv4(17, LB4, BACKEND4, &gue(PROTO_IPIP, &inner4())));
+        assert_eq!(
+            tunnelled(&frame[..], &no_gue),
+            Err(DecapReason::PassNotTunnel),
+            "GUE when the host takes none"
+        );
+    }
+}
