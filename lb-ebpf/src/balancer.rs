@@ -1,7 +1,10 @@
 //! The load balancer's per-packet path and the maps it reads and writes:
 //! the glue between the maps and the lib's decisions (`parse`, `conn`,
-//! `forward`), which `fulcrum_xdp`, its traced copy and `bench_untraced`
-//! run.
+//! `forward`). Both objects hold it: the production object (`main.rs`),
+//! whose `fulcrum_xdp` runs it, and the bench object (`bench.rs`), whose
+//! `bench_untraced` runs it without the trace hook, loaded on the
+//! production object's maps (opened by their pins). So the maps are
+//! declared once, here, alike in both.
 
 use aya_ebpf::{
     bindings::xdp_action,

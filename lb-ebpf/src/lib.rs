@@ -4,9 +4,8 @@
 //! (`conn`), the forwarding decision (`forward`), the outer headers the
 //! encapsulation writes (`outer`) and what the decapsulation strips
 //! (`tunnel`). The programs themselves are the glue that talks to the
-//! maps: `main.rs` and `balancer.rs` (the load balancer, and the programs
-//! of the benchmarks and the lab), `decap.rs` (the backends'
-//! decapsulation).
+//! maps: `main.rs` and `balancer.rs` (the load balancer), `decap.rs` (the
+//! backends' decapsulation), `bench.rs` (the benchmarks' and the lab's).
 #![cfg_attr(not(test), no_std)]
 
 pub mod conn;

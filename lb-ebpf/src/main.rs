@@ -1,12 +1,12 @@
-//! Fulcrum's XDP program: `fulcrum_xdp` runs the load balancer's path
-//! (`balancer`): it finds the headers of each frame, looks up the VIP,
-//! picks a backend from the connection table or the VIP's lookup table,
-//! and sends the frame back out with `XDP_TX`: with the MACs rewritten for
-//! L2 direct server return, or inside an outer header (`encap`). ICMP
-//! errors about a VIP's flows go to the backend that owns the flow. Every
-//! frame moves exactly one verdict counter. Here too: the programs it
-//! tail-calls (the traced path, the trace program, the encapsulation), the
-//! trace maps, and the programs of the benchmarks and the lab.
+//! Fulcrum's XDP program, the production object: `fulcrum_xdp` runs the
+//! load balancer's path (`balancer`): it finds the headers of each frame,
+//! looks up the VIP, picks a backend from the connection table or the
+//! VIP's lookup table, and sends the frame back out with `XDP_TX`: with
+//! the MACs rewritten for L2 direct server return, or inside an outer
+//! header (`encap`). ICMP errors about a VIP's flows go to the backend that
+//! owns the flow. Every frame moves exactly one verdict counter. Here too:
+//! the programs it tail-calls (the traced path, the trace program, the
+//! encapsulation) and the trace maps.
 #![no_std]
 #![no_main]
 
@@ -73,15 +73,6 @@ pub fn fulcrum_traced(ctx: XdpContext) -> u32 {
     if let Some(job) = trace {
         hand_to_trace(&ctx, job, &verdict);
     }
-    verdict.action
-}
-
-/// For the benchmarks: `fulcrum_xdp` without its trace hooks, the
-/// baseline the cost of tracing (off and on) is measured against.
-#[xdp]
-pub fn bench_untraced(ctx: XdpContext) -> u32 {
-    let verdict = process(&ctx, None);
-    count(verdict.reason);
     verdict.action
 }
 
@@ -159,19 +150,4 @@ pub fn fulcrum_encap(ctx: XdpContext) -> u32 {
         hand_to_trace(&ctx, trace, &Verdict { action, reason });
     }
     action
-}
-
-/// For the test lab: attached to the veth peer facing the load balancer.
-/// A veth delivers XDP_TX'd frames promptly only when its peer runs XDP
-/// (which gives the peer NAPI); without it they arrive late, in bursts.
-#[xdp]
-pub fn lab_peer_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// For the benchmarks: the cheapest possible XDP_TX, the floor every path
-/// of `fulcrum_xdp` is measured against.
-#[xdp]
-pub fn bench_floor_tx(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_TX
 }
