@@ -16,7 +16,8 @@ use aya_ebpf::{
 };
 use lb_common::maps::{DecapConfig, DecapReason};
 use lb_ebpf::{
-    frame::header_mut,
+    frame::{Frame as _, header_mut},
+    parse::link,
     tunnel::{Tunnelled, tunnelled},
 };
 use network_types::{eth::EthHdr, vlan::VlanHdr};
@@ -43,14 +44,13 @@ pub fn fulcrum_decap(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decapsulate(ctx: &XdpContext) -> DecapReason {
+    let Some(link) = ctx.header::<EthHdr>(0).and_then(|eth| link(ctx, eth)) else {
+        return DecapReason::DropTruncated;
+    };
     let Some(config) = DECAP_CONFIG.get(0) else {
         return DecapReason::PassNotOurs;
     };
-    let Tunnelled {
-        link,
-        strip,
-        inner_type,
-    } = match tunnelled(ctx, config) {
+    let Tunnelled { strip, inner_type } = match tunnelled(ctx, &link, config) {
         Ok(found) => found,
         Err(reason) => return reason,
     };

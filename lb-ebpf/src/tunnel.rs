@@ -6,7 +6,7 @@
 
 use lb_common::maps::{DECAP_ADDRESSES, DecapConfig, DecapReason, PROTO_UDP};
 use network_types::{
-    eth::{EthHdr, EtherType},
+    eth::EtherType,
     ip::{Ipv4Hdr, Ipv6Hdr},
     udp::UdpHdr,
 };
@@ -14,15 +14,13 @@ use network_types::{
 use crate::{
     frame::Frame,
     outer::{GUE_LEN, IPV6_LEN, PROTO_IPIP, PROTO_IPV6, UDP_LEN},
-    parse::{IPV6_NEXT_FRAGMENT, Link, ipv4_header_len, ipv4_is_fragment, link},
+    parse::{IPV6_NEXT_FRAGMENT, Link, ipv4_header_len, ipv4_is_fragment, same_address},
 };
 
 /// A tunnelled packet to strip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tunnelled {
-    /// The frame's link layer, which stays.
-    pub link: Link,
-    /// The bytes of outer headers after it.
+    /// The bytes of outer headers after the link layer, which stays.
     pub strip: usize,
     /// The inner packet's ethertype (raw).
     pub inner_type: u16,
@@ -66,26 +64,37 @@ fn tunnel<F: Frame + ?Sized>(
     }
 }
 
-/// What to strip from a frame sent to a host with `config`'s addresses
-/// and GUE port, or why it is left alone (or dropped: `DropTruncated`).
+/// Whether `dst` is one of the host's IPv4 addresses.
+#[inline(always)]
+fn ours4(config: &DecapConfig, dst: [u8; 4]) -> bool {
+    let dst = u32::from_ne_bytes(dst);
+    (0..DECAP_ADDRESSES)
+        .any(|i| i < usize::from(config.count4) && u32::from_ne_bytes(config.v4[i]) == dst)
+}
+
+/// Whether `dst` is one of the host's IPv6 addresses.
+#[inline(always)]
+fn ours6(config: &DecapConfig, dst: [u8; 16]) -> bool {
+    (0..DECAP_ADDRESSES)
+        .any(|i| i < usize::from(config.count6) && same_address(&config.v6[i], &dst))
+}
+
+/// What to strip from a frame with link layer `link`, sent to a host with
+/// `config`'s addresses and GUE port, or why it is left alone (or dropped:
+/// `DropTruncated`).
 #[inline(always)]
 pub fn tunnelled<F: Frame + ?Sized>(
     frame: &F,
+    link: &Link,
     config: &DecapConfig,
 ) -> Result<Tunnelled, DecapReason> {
-    let eth = frame
-        .header::<EthHdr>(0)
-        .ok_or(DecapReason::DropTruncated)?;
-    let link = link(frame, eth).ok_or(DecapReason::DropTruncated)?;
     let l3 = link.l3;
     let (ip_len, proto, ours) = if link.ether_type == EtherType::Ipv4 as u16 {
         let ip = frame
             .header::<Ipv4Hdr>(l3)
             .ok_or(DecapReason::DropTruncated)?;
         let len = ipv4_header_len(ip.vihl).ok_or(DecapReason::PassNotTunnel)?;
-        let dst = ip.dst_addr;
-        let ours =
-            (0..DECAP_ADDRESSES).any(|i| i < usize::from(config.count4) && config.v4[i] == dst);
+        let ours = ours4(config, ip.dst_addr);
         if ipv4_is_fragment(ip.frags) {
             return Err(DecapReason::PassFragment);
         }
@@ -94,9 +103,7 @@ pub fn tunnelled<F: Frame + ?Sized>(
         let ip = frame
             .header::<Ipv6Hdr>(l3)
             .ok_or(DecapReason::DropTruncated)?;
-        let dst = ip.dst_addr;
-        let ours =
-            (0..DECAP_ADDRESSES).any(|i| i < usize::from(config.count6) && config.v6[i] == dst);
+        let ours = ours6(config, ip.dst_addr);
         if ip.next_hdr == IPV6_NEXT_FRAGMENT {
             return Err(DecapReason::PassFragment);
         }
@@ -114,7 +121,6 @@ pub fn tunnelled<F: Frame + ?Sized>(
         EtherType::Ipv6 as u16
     };
     Ok(Tunnelled {
-        link,
         strip: ip_len + extra,
         inner_type,
     })
@@ -122,8 +128,10 @@ pub fn tunnelled<F: Frame + ?Sized>(
 
 #[cfg(test)]
 mod tests {
+    use network_types::eth::EthHdr;
+
     use super::*;
-    use crate::testing::*;
+    use crate::{parse::link, testing::*};
 
     const GUE_PORT: u16 = 6080;
     const BACKEND4: [u8; 4] = [198, 18, 5, 1];
@@ -131,8 +139,10 @@ mod tests {
     const LB4: [u8; 4] = [198, 18, 64, 7];
     const BACKEND6: [u8; 16] = [0x20, 1, 0, 2, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1];
     const LB6: [u8; 16] = [0x20, 1, 0, 2, 0, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 7];
+    const OTHER6: [u8; 16] = [0x20, 1, 0, 2, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 2];
 
-    /// This host: `OTHER4` and `BACKEND4` (the second of two), `BACKEND6`.
+    /// This host: `BACKEND4` (the second of two), `BACKEND6`; `OTHER4` and
+    /// `OTHER6` stand past the counts.
     fn config() -> DecapConfig {
         let mut config = DecapConfig {
             count4: 2,
@@ -144,6 +154,7 @@ mod tests {
         config.v4[1] = BACKEND4;
         config.v4[2] = OTHER4;
         config.v6[0] = BACKEND6;
+        config.v6[1] = OTHER6;
         config
     }
 
@@ -166,21 +177,18 @@ mod tests {
     const TO_IPV4: u16 = IPV4.to_be();
     const TO_IPV6: u16 = IPV6.to_be();
 
-    /// What to strip from an untagged frame of outer ethertype
-    /// `ether_type`.
-    fn strip(ether_type: u16, strip: usize, inner_type: u16) -> Result<Tunnelled, DecapReason> {
-        let ether_type = ether_type.to_be();
-        let link = Link {
-            tpid: ether_type,
-            ether_type,
-            l3: L3,
-            tci: [0; 2],
-        };
-        Ok(Tunnelled {
-            link,
-            strip,
-            inner_type,
-        })
+    fn strip(strip: usize, inner_type: u16) -> Result<Tunnelled, DecapReason> {
+        Ok(Tunnelled { strip, inner_type })
+    }
+
+    /// What the decapsulation makes of `frame`: its link layer walked as
+    /// the program walks it, then the outer headers.
+    fn decap(frame: &[u8], config: &DecapConfig) -> Result<Tunnelled, DecapReason> {
+        let eth = frame
+            .header::<EthHdr>(0)
+            .ok_or(DecapReason::DropTruncated)?;
+        let link = link(frame, eth).ok_or(DecapReason::DropTruncated)?;
+        tunnelled(frame, &link, config)
     }
 
     #[test]
@@ -189,32 +197,32 @@ mod tests {
             (
                 "IPv4 in IPv4",
                 ethernet(IPV4, &ipv4(PROTO_IPIP, LB4, BACKEND4, &inner4())),
-                strip(IPV4, 20, TO_IPV4),
+                strip(20, TO_IPV4),
             ),
             (
                 "IPv6 in IPv4",
                 ethernet(IPV4, &ipv4(PROTO_IPV6, LB4, BACKEND4, &inner6())),
-                strip(IPV4, 20, TO_IPV6),
+                strip(20, TO_IPV6),
             ),
             (
                 "IPv6 in IPv6",
                 ethernet(IPV6, &ipv6(PROTO_IPV6, LB6, BACKEND6, &inner6())),
-                strip(IPV6, 40, TO_IPV6),
+                strip(40, TO_IPV6),
             ),
             (
                 "IPv4 in IPv6",
                 ethernet(IPV6, &ipv6(PROTO_IPIP, LB6, BACKEND6, &inner4())),
-                strip(IPV6, 40, TO_IPV4),
+                strip(40, TO_IPV4),
             ),
             (
                 "GUE variant 0 in IPv4",
                 ethernet(IPV4, &ipv4(17, LB4, BACKEND4, &gue(PROTO_IPIP, &inner4()))),
-                strip(IPV4, 20 + 8 + 4, TO_IPV4),
+                strip(20 + 8 + 4, TO_IPV4),
             ),
             (
                 "GUE variant 0 in IPv6",
                 ethernet(IPV6, &ipv6(17, LB6, BACKEND6, &gue(PROTO_IPV6, &inner6()))),
-                strip(IPV6, 40 + 8 + 4, TO_IPV6),
+                strip(40 + 8 + 4, TO_IPV6),
             ),
             (
                 "GUE variant 1: the IP version says the family",
@@ -222,7 +230,7 @@ mod tests {
                     IPV4,
                     &ipv4(17, LB4, BACKEND4, &udp(50000, GUE_PORT, &inner6())),
                 ),
-                strip(IPV4, 20 + 8, TO_IPV6),
+                strip(20 + 8, TO_IPV6),
             ),
             (
                 "a VLAN tag stays",
@@ -232,20 +240,21 @@ mod tests {
                     IPV4,
                     &ipv4(PROTO_IPIP, LB4, BACKEND4, &inner4()),
                 ),
-                Ok(Tunnelled {
-                    link: Link {
-                        tpid: VLAN_8021Q.to_be(),
-                        ether_type: IPV4.to_be(),
-                        l3: L3 + 4,
-                        tci: [0, 7],
-                    },
-                    strip: 20,
-                    inner_type: TO_IPV4,
-                }),
+                strip(20, TO_IPV4),
             ),
             (
                 "IP in IP to another host",
                 ethernet(IPV4, &ipv4(PROTO_IPIP, LB4, [198, 18, 5, 3], &inner4())),
+                Err(DecapReason::PassNotOurs),
+            ),
+            (
+                "IP in IPv6 to another host",
+                ethernet(IPV6, &ipv6(PROTO_IPV6, LB6, VIP6, &inner6())),
+                Err(DecapReason::PassNotOurs),
+            ),
+            (
+                "an IPv6 address past the configured count",
+                ethernet(IPV6, &ipv6(PROTO_IPV6, LB6, OTHER6, &inner6())),
                 Err(DecapReason::PassNotOurs),
             ),
             (
@@ -319,7 +328,7 @@ mod tests {
             ),
         ];
         for (what, frame, expected) in rows {
-            assert_eq!(tunnelled(&frame[..], &config()), expected, "{what}");
+            assert_eq!(decap(&frame, &config()), expected, "{what}");
         }
         let no_gue = DecapConfig {
             gue_port: 0,
@@ -327,7 +336,7 @@ mod tests {
         };
         let frame = ethernet(IPV4, &ipv4(17, LB4, BACKEND4, &gue(PROTO_IPIP, &inner4())));
         assert_eq!(
-            tunnelled(&frame[..], &no_gue),
+            decap(&frame, &no_gue),
             Err(DecapReason::PassNotTunnel),
             "GUE when the host takes none"
         );
