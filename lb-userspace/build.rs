@@ -1,4 +1,5 @@
-//! Builds the XDP program (lb-ebpf) with aya-build and leaves the object in
+//! Builds the XDP programs (lb-ebpf) with aya-build and leaves their objects
+//! (one per bin: the load balancer, the decapsulation, the bench object) in
 //! OUT_DIR for `include_bytes_aligned!`. The BPF toolchain is a setting:
 //! `FULCRUM_BPF_TOOLCHAIN`, else the Debian `debian-bpf` link when rustup
 //! knows it, else `nightly` (which needs the rust-src component).

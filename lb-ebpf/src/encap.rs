@@ -14,7 +14,7 @@ use lb_common::{
     },
 };
 use lb_ebpf::{
-    header,
+    frame::header_mut,
     outer::{
         GUE_LEN, ICMP_LEN, ICMP4_QUOTE, ICMP6_QUOTE, IPV4_LEN, IPV6_LEN, PROTO_ICMP, PROTO_ICMPV6,
         Sum, UDP_LEN, flow_label, gue_header, gue_source_port, icmp4_too_big, icmp6_too_big,
@@ -49,14 +49,15 @@ struct Inner {
 fn inner(ctx: &XdpContext, l3: usize, family: u8) -> Result<Inner, Reason> {
     let room = ctx.data_end() - ctx.data() - l3;
     let found = if family == FAMILY_IPV4 {
-        let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::DropTruncated)?;
-        // SAFETY: bounds checked by `header`.
+        let ip = header_mut::<Ipv4Hdr>(ctx, l3).ok_or(Reason::DropTruncated)?;
+        // SAFETY: bounds checked by `header_mut`.
         let ip = unsafe { *ip };
         let header_len = usize::from(ip.vihl & 0x0f) * 4;
         let len = u16::from_be_bytes(ip.tot_len);
         let udp_check = if ip.proto == PROTO_UDP {
-            let check = header::<[u8; 2]>(ctx, l3 + header_len + 6).ok_or(Reason::DropTruncated)?;
-            // SAFETY: bounds checked by `header`.
+            let check =
+                header_mut::<[u8; 2]>(ctx, l3 + header_len + 6).ok_or(Reason::DropTruncated)?;
+            // SAFETY: bounds checked by `header_mut`.
             u16::from_ne_bytes(unsafe { *check })
         } else {
             1
@@ -74,8 +75,8 @@ fn inner(ctx: &XdpContext, l3: usize, family: u8) -> Result<Inner, Reason> {
             ),
         }
     } else {
-        let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(Reason::DropTruncated)?;
-        // SAFETY: bounds checked by `header`.
+        let ip = header_mut::<Ipv6Hdr>(ctx, l3).ok_or(Reason::DropTruncated)?;
+        // SAFETY: bounds checked by `header_mut`.
         let ip = unsafe { *ip };
         let [a, b, c, d] = ip.vcf;
         let [e, f] = ip.payload_len;
@@ -124,14 +125,14 @@ fn relink(
     src: [u8; 6],
     family: u8,
 ) -> Option<()> {
-    let eth = header::<EthHdr>(ctx, 0)?;
-    let old = header::<EthHdr>(ctx, grown)?;
+    let eth = header_mut::<EthHdr>(ctx, 0)?;
+    let old = header_mut::<EthHdr>(ctx, grown)?;
     // SAFETY: both bounds-checked; `grown` >= 20, so they do not overlap.
     unsafe {
         let tag = (*old).ether_type;
         if l3 > EthHdr::LEN {
-            let vlan = header::<VlanHdr>(ctx, EthHdr::LEN)?;
-            let old_vlan = header::<VlanHdr>(ctx, grown + EthHdr::LEN)?;
+            let vlan = header_mut::<VlanHdr>(ctx, EthHdr::LEN)?;
+            let old_vlan = header_mut::<VlanHdr>(ctx, grown + EthHdr::LEN)?;
             (*vlan).tci = (*old_vlan).tci;
             (*vlan).ether_type = ether_type(family);
             (*eth).ether_type = tag;
@@ -147,8 +148,8 @@ fn relink(
 /// Writes `bytes` at `offset` in the frame.
 #[inline(always)]
 fn put<const N: usize>(ctx: &XdpContext, offset: usize, bytes: [u8; N]) -> Option<()> {
-    let at = header::<[u8; N]>(ctx, offset)?;
-    // SAFETY: bounds checked by `header`.
+    let at = header_mut::<[u8; N]>(ctx, offset)?;
+    // SAFETY: bounds checked by `header_mut`.
     unsafe { core::ptr::write_unaligned(at, bytes) };
     Some(())
 }
@@ -252,7 +253,7 @@ pub fn encapsulate(ctx: &XdpContext, job: &EncapJob, config: &DataplaneConfig) -
 /// The kernel's partial checksum of the `N` bytes at `offset`.
 #[inline(always)]
 fn quote_sum<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<u32> {
-    let quote = header::<[u8; N]>(ctx, offset)?;
+    let quote = header_mut::<[u8; N]>(ctx, offset)?;
     // SAFETY: the bytes' bounds were checked; the helper only reads them.
     let partial =
         unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, quote as *mut u32, N as u32, 0) };
@@ -275,10 +276,10 @@ fn too_big(ctx: &XdpContext, l3: usize, family: u8, inner: &Inner, mtu: u16) -> 
         (IPV6_LEN, ICMP6_QUOTE)
     };
     let frame = ctx.data_end() - ctx.data();
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
         return Reason::DropTruncated;
     };
-    // SAFETY: bounds checked by `header`.
+    // SAFETY: bounds checked by `header_mut`.
     let (client_mac, own_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
     if frame < l3 + quote {
         return Reason::DropTooBig;
@@ -287,19 +288,19 @@ fn too_big(ctx: &XdpContext, l3: usize, family: u8, inner: &Inner, mtu: u16) -> 
     let mut client = [0u8; 16];
     let mut vip = [0u8; 16];
     if v4 {
-        let Some(ip) = header::<Ipv4Hdr>(ctx, l3) else {
+        let Some(ip) = header_mut::<Ipv4Hdr>(ctx, l3) else {
             return Reason::DropTruncated;
         };
-        // SAFETY: bounds checked by `header`.
+        // SAFETY: bounds checked by `header_mut`.
         unsafe {
             client[..4].copy_from_slice(&(*ip).src_addr);
             vip[..4].copy_from_slice(&(*ip).dst_addr);
         }
     } else {
-        let Some(ip) = header::<Ipv6Hdr>(ctx, l3) else {
+        let Some(ip) = header_mut::<Ipv6Hdr>(ctx, l3) else {
             return Reason::DropTruncated;
         };
-        // SAFETY: bounds checked by `header`.
+        // SAFETY: bounds checked by `header_mut`.
         unsafe {
             client = (*ip).src_addr;
             vip = (*ip).dst_addr;

@@ -452,11 +452,11 @@ const TRACE_ROUNDS: usize = 21;
 /// sent through the ring buffer).
 fn trace_cost() {
     let mut fixture = Fixture::looped();
+    // Before the trace ring leaves the data plane: every map is pinned.
+    let mut bench_object = fixture
+        .bench_program("bench_untraced")
+        .expect("bench_untraced on the fixture's maps");
     let mut events = fixture.dataplane.take_trace_events().expect("trace ring");
-    fixture
-        .dataplane
-        .object_program("bench_untraced")
-        .expect("bench_untraced");
     let web4 = "198.18.0.100:80";
     let rows = [
         (
@@ -498,10 +498,8 @@ fn trace_cost() {
     for (name, frame) in &rows {
         let mut columns: [Vec<f64>; 4] = Default::default();
         for _ in 0..TRACE_ROUNDS {
-            let untraced = fixture
-                .dataplane
-                .object_program("bench_untraced")
-                .expect("bench_untraced");
+            let untraced =
+                xdp_program(&mut bench_object, "bench_untraced").expect("bench_untraced");
             columns[0].push(ns_per_packet(untraced, frame));
             for (column, control) in [
                 (1, TraceControl::default()),

@@ -2,17 +2,22 @@
 //! that pushes one frame through it with BPF_PROG_TEST_RUN, and counter
 //! snapshots so a test can assert exactly which counters a frame moved.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
 
 use aya::{TestRun as _, TestRunOptions};
 use lb_common::{
     flow_hash::FlowSeed,
-    maps::{DataplaneConfig, Reason, TrafficCounters, VipSlot},
+    maps::{DataplaneConfig, Reason, TrafficCounters, VipSlot, names},
 };
 use lb_userspace::{
     config::{Config, MacAddr},
     dataplane::state::{DesiredState, vip_key},
-    dataplane::{Capacities, Dataplane, table_id},
+    dataplane::{
+        BENCH_OBJECT, Capacities, Dataplane,
+        pins::PinDir,
+        system::{BPFFS, ensure_bpffs},
+        table_id,
+    },
     table::algorithm::Algorithm,
 };
 
@@ -223,11 +228,11 @@ pub fn require_root() {
     );
 }
 
-/// Loads a fresh copy of the eBPF object and verifies one of its helper
+/// Loads a fresh copy of the bench object and verifies one of its helper
 /// programs (`lab_peer_pass`, `bench_floor_tx`); get it back with
 /// `xdp_program` to attach or run it.
 pub fn standalone_program(name: &str) -> anyhow::Result<aya::Ebpf> {
-    let mut ebpf = aya::Ebpf::load(lb_userspace::EBPF_OBJECT)?;
+    let mut ebpf = aya::Ebpf::load(BENCH_OBJECT)?;
     xdp_program(&mut ebpf, name)?.load()?;
     Ok(ebpf)
 }
@@ -419,6 +424,35 @@ impl Fixture {
             .install_vip_index(&entries)
             .expect("VIP index with the tableless VIP");
         Self { dataplane, state }
+    }
+
+    /// Loads a copy of the bench object on this fixture's maps and
+    /// verifies its program `name` (`bench_untraced`), which then runs on
+    /// the very state the fixture's program runs on; get it back with
+    /// `xdp_program`. The maps are pinned under a bpffs directory of this
+    /// process's own for the load, which opens them by their pins, and
+    /// unpinned after.
+    pub fn bench_program(&mut self, name: &str) -> anyhow::Result<aya::Ebpf> {
+        ensure_bpffs()?;
+        let pins = PinDir::new(
+            Path::new(BPFFS),
+            &format!("fulcrum-bench-{}", std::process::id()),
+        );
+        let loaded = self
+            .dataplane
+            .pin(&pins)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                let mut loader = aya::EbpfLoader::new();
+                for name in names::OBJECT_MAPS {
+                    loader.map_pin_path(name, pins.path().join(name));
+                }
+                Ok(loader.load(BENCH_OBJECT)?)
+            });
+        pins.remove()?;
+        let mut ebpf = loaded?;
+        xdp_program(&mut ebpf, name)?.load()?;
+        Ok(ebpf)
     }
 
     /// Runs one frame through the program `repeat` times.

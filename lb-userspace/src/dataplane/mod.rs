@@ -38,6 +38,13 @@ use vip_index::VipIndexError;
 
 use crate::dataplane::state::DesiredState;
 
+/// The bench object, built by build.rs from lb-ebpf beside the production
+/// object: programs for the benchmarks and the test lab (`bench_untraced`,
+/// `bench_floor_tx`, `lab_peer_pass`), which `fulcrum` never loads; the
+/// tests do.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fulcrum-bench"));
+
 /// Errors from the data plane, each naming what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -401,23 +408,6 @@ impl Dataplane {
             "program (adopted instances run from their pin)",
         ))?;
         Self::xdp_program(ebpf)
-    }
-
-    /// Another XDP program of the loaded object, on the same maps, loaded
-    /// on first use: `bench_untraced`, the baseline tracing's cost is
-    /// measured against.
-    pub fn object_program(&mut self, name: &'static str) -> Result<&mut Xdp> {
-        let ebpf = self.ebpf.as_mut().ok_or(DataplaneError::Missing(
-            "program (adopted instances run from their pin)",
-        ))?;
-        let program = Self::xdp_named(ebpf, name)?;
-        if program.fd().is_err() {
-            program.load().map_err(|source| DataplaneError::Program {
-                what: format!("verifying {name}"),
-                source,
-            })?;
-        }
-        Ok(program)
     }
 
     /// Attaches to `interface`: native mode first, generic if the driver

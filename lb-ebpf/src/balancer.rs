@@ -1,0 +1,431 @@
+//! The load balancer's per-packet path and the maps it reads and writes:
+//! the glue between the maps and the lib's decisions (`parse`, `conn`,
+//! `forward`). Both objects hold it: the production object (`main.rs`),
+//! whose `fulcrum_xdp` runs it, and the bench object (`bench.rs`), whose
+//! `bench_untraced` runs it without the trace hook, loaded on the
+//! production object's maps (opened by their pins). So the maps are
+//! declared once, here, alike in both.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray},
+    macros::btf_map,
+    programs::XdpContext,
+};
+use lb_common::{
+    flow_hash::{flow_hash, flow_set, flow_tag, table_slot, vip_home_slot},
+    maps::{
+        BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS, DataplaneConfig, EncapJob, FlowEntry, FlowKey,
+        FlowMeta, FlowWays, LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS, Reason, TABLE_MAP_FLAGS,
+        TAIL_ENCAP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, TraceEvent, TrafficCounters,
+        VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipFilter, VipKey, VipSlot, WayWord,
+    },
+};
+use lb_ebpf::{
+    Verdict,
+    conn::{
+        Stale, find_way, insertion_way, new_entry, new_word, refreshed, standing, still_pinned,
+    },
+    discard,
+    forward::{
+        Choice, Probe, Via, Vip, encap_job, encapsulates, probe, probe_slot, serves, starts_flow,
+        vip_key,
+    },
+    frame::header_mut,
+    parse::{Flow, Notes, parse},
+    pass,
+};
+use network_types::eth::EthHdr;
+
+/// The current VIP index (entry 0). A fixed-size inner array, so the kernel
+/// inlines every probe; userspace replaces the whole index in one update.
+#[btf_map]
+static VIP_INDEX: ArrayOfMaps<Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, 1> = ArrayOfMaps::new();
+
+/// The VIPs' addresses: a packet other than a SYN to no VIP passes after
+/// one bit test (a SYN's VIP probe is as cheap).
+#[btf_map]
+static VIP_FILTER: Array<VipFilter, 1> = Array::new();
+
+/// Backend slots. The size here is a default: `fulcrum` sets the real one at
+/// load time (`max_backends`), as for the connection table and the backend
+/// counters.
+#[btf_map]
+static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// One lookup table per VIP in each of two banks; the VIP index names the
+/// one in use. The template is tiny: `BPF_F_INNER_MAP` lets each real table
+/// have its own size, which slot 0 records.
+#[btf_map]
+static LOOKUP_TABLES: ArrayOfMaps<
+    Array<u32, 2, { TABLE_MAP_FLAGS as usize }>,
+    { LOOKUP_TABLE_IDS as usize },
+> = ArrayOfMaps::new();
+
+/// The connection table: sets of `FLOW_WAYS` ways, indexed by the flow
+/// hash. One table shared by every CPU (a flow is found whichever CPU its
+/// packets reach), with no lock and no allocation: an insert overwrites a
+/// way. Each set is split in two maps: its way words (tag, clock, flags) in
+/// one line of `CONN_META`, its entries in `CONN_TABLE`. The sizes here are
+/// defaults; `fulcrum` sets the real ones. Both are mmapable, so `fulcrum`
+/// reads them in place.
+#[btf_map]
+static CONN_META: Array<FlowMeta, { CONN_TABLE_SETS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
+
+#[btf_map]
+static CONN_TABLE: Array<FlowWays, { CONN_TABLE_SETS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
+
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();
+
+#[btf_map]
+pub static VIP_STATS: PerCpuArray<TrafficCounters, { MAX_VIPS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+static GLOBAL_STATS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
+
+/// The programs `fulcrum_xdp` tail-calls, which `fulcrum` puts here:
+/// `fulcrum_encap` at `TAIL_ENCAP`, `fulcrum_trace` at `TAIL_TRACE`,
+/// `fulcrum_traced` at `TAIL_TRACED`.
+#[btf_map]
+pub static TAIL_CALLS: ProgramArray<3> = ProgramArray::new();
+
+/// What `fulcrum_xdp` tells `fulcrum_encap` about the packet it hands over.
+#[btf_map]
+pub static ENCAP_JOBS: PerCpuArray<EncapJob, 1> = PerCpuArray::new();
+
+/// The decision being traced, while tracing is on: `TRACE_JOBS`' entry.
+pub type Trace = Option<*mut TraceEvent>;
+
+/// Moves the global counter of `reason`.
+#[inline(always)]
+pub fn count(reason: Reason) {
+    if let Some(counter) = GLOBAL_STATS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts a forwarded frame of `bytes` in a traffic counter (this CPU's).
+#[inline(always)]
+pub fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, new_flow: bool) {
+    if let Some(counters) = counters {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        let counters = unsafe { &mut *counters };
+        counters.packets += 1;
+        counters.bytes += bytes;
+        counters.new_flows += u64::from(new_flow);
+    }
+}
+
+/// Records where the backend came from in the traced decision.
+#[inline(always)]
+fn trace_choice(trace: Trace, vip_id: u32, backend_id: u32, via: u8, (slot, table_id): (u32, u32)) {
+    if let Some(job) = trace {
+        // SAFETY: per-CPU slot, only this CPU uses it while we run.
+        unsafe {
+            (*job).vip_id = vip_id;
+            (*job).backend_id = backend_id;
+            (*job).via = via;
+            (*job).slot = slot;
+            (*job).table_id = table_id;
+        }
+    }
+}
+
+/// What the header walk tells: the VLAN id goes in the trace job, IPv4
+/// options to their counter.
+struct MapNotes(Trace);
+
+impl Notes for MapNotes {
+    #[inline(always)]
+    fn vlan(&mut self, vlan: u16) {
+        if let Some(job) = self.0 {
+            // SAFETY: per-CPU slot, only this CPU uses it while we run.
+            unsafe { (*job).vlan = vlan };
+        }
+    }
+
+    #[inline(always)]
+    fn ipv4_options(&mut self) {
+        count(Reason::Ipv4Options);
+    }
+}
+
+/// The verdict on one frame, with the trace job filled in while tracing
+/// is on (`trace`).
+#[inline(always)]
+pub fn process(ctx: &XdpContext, trace: Trace) -> Verdict {
+    let Some(config) = CONFIG.get(0) else {
+        return discard(Reason::DropNoBackend);
+    };
+    match parse(ctx, &config.if_mac, &mut MapNotes(trace)) {
+        Ok(flow) => forward(ctx, &flow, trace),
+        Err(verdict) => verdict,
+    }
+}
+
+/// The VIP of `key` in the index, probing from its home slot until an
+/// empty slot or the probe bound.
+#[inline(always)]
+fn find_vip(index: &Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, key: &VipKey) -> Option<Vip> {
+    let home = vip_home_slot(key);
+    for step in 0..VIP_INDEX_MAX_PROBES {
+        match probe(index.get(probe_slot(home, step))?, key) {
+            Probe::Found(vip) => return Some(vip),
+            Probe::Vacant => return None,
+            Probe::Occupied => {}
+        }
+    }
+    None
+}
+
+/// The VIP a flow is addressed to: exact port first, then the any-port VIP.
+#[inline(always)]
+fn lookup_vip(key: &FlowKey) -> Option<Vip> {
+    let index = VIP_INDEX.get(0)?;
+    let mut vip = vip_key(key);
+    if let Some(found) = find_vip(index, &vip) {
+        return Some(found);
+    }
+    vip.port = 0;
+    find_vip(index, &vip)
+}
+
+/// The backend slot if it is in use and still serves `vip_id`.
+#[inline(always)]
+fn live_backend(backend_id: u32, vip_id: u32) -> Option<&'static Backend> {
+    let backend = BACKENDS.get(backend_id)?;
+    serves(backend, vip_id).then_some(backend)
+}
+
+/// Where a flow belongs in the connection table: its hash, its tag, its
+/// set's two halves and the way that holds its 5-tuple, if one does.
+struct Place {
+    hash: u64,
+    tag: u32,
+    set: Option<(*mut FlowMeta, *mut FlowWays)>,
+    way: Option<usize>,
+}
+
+#[inline(always)]
+fn locate(key: &FlowKey, config: &DataplaneConfig) -> Place {
+    let hash = flow_hash(key, &config.seed);
+    let tag = flow_tag(hash);
+    let index = flow_set(hash, config.flow_set_mask);
+    let set = CONN_META
+        .get_ptr_mut(index)
+        .zip(CONN_TABLE.get_ptr_mut(index));
+    let way = set.and_then(|(meta, ways)| {
+        // SAFETY: map values are valid while the program runs.
+        let (meta, ways) = unsafe { (&*meta, &*ways) };
+        find_way(meta, ways, tag, key)
+    });
+    Place {
+        hash,
+        tag,
+        set,
+        way,
+    }
+}
+
+/// An established flow: the VIP, backend id and backend its entry names,
+/// if the entry still stands and its backend slot still holds the backend
+/// it pinned. Refreshes the way's clock and marks.
+#[inline(always)]
+fn tracked_flow(
+    place: &Place,
+    flow: &Flow,
+    config: &DataplaneConfig,
+) -> Option<(u32, u32, &'static Backend)> {
+    let ((meta, ways), way) = (place.set?, place.way?);
+    // SAFETY: map values are valid while the program runs; `way` is a way
+    // index found by `locate`.
+    let (word, entry) = unsafe { (&mut (*meta).ways[way], &(*ways).entries[way]) };
+    let state = *entry;
+    let seen = WayWord(*word);
+    match standing(seen, &state, place.tag, config) {
+        Ok(()) => {}
+        Err(Stale::Expired) => {
+            count(Reason::ConnExpired);
+            return None;
+        }
+        Err(Stale::Torn) => return None,
+    }
+    let backend = BACKENDS
+        .get(state.backend_id)
+        .filter(|backend| still_pinned(backend, &state))?;
+    // One word holds the tag, the clock and the marks: a racing writer on
+    // another CPU replaces it whole, or this store does.
+    let now = refreshed(seen, place.tag, config.epoch, flow);
+    if now != seen {
+        *word = now.0;
+    }
+    Some((state.vip_id, state.backend_id, backend))
+}
+
+/// Records a new flow, unproven until its next packet, in its own way or
+/// a free one; counts the insert, an eviction, or that it found no way.
+#[inline(always)]
+fn track(place: &Place, flow: &Flow, pin: FlowEntry, config: &DataplaneConfig) {
+    let Some((meta, ways)) = place.set else {
+        count(Reason::ConnInsertFailed);
+        return;
+    };
+    // SAFETY: map values are valid while the program runs.
+    let (meta, ways) = unsafe { (&mut *meta, &mut *ways) };
+    let Some((way, evicts)) = insertion_way(place.way, meta, config) else {
+        count(Reason::ConnInsertFailed);
+        return;
+    };
+    let entry = new_entry(flow, place.tag, pin);
+    let word = new_word(flow, place.tag, config.epoch);
+    // Clear the way's word, write the entry, set the word: a reader on
+    // another CPU sees an empty way or a whole entry (and the check catches
+    // the rest).
+    // SAFETY: `way` < FLOW_WAYS; plain stores into the map values.
+    unsafe {
+        core::ptr::write_volatile(&mut meta.ways[way], 0);
+        core::ptr::write_volatile(&mut ways.entries[way], entry);
+        core::ptr::write_volatile(&mut meta.ways[way], word.0);
+    }
+    count(Reason::ConnInsert);
+    if evicts {
+        count(Reason::ConnEvicted);
+    }
+}
+
+/// The backend the VIP's lookup table assigns to a new flow.
+#[inline(always)]
+fn table_backend(hash: u64, vip: &Vip) -> Option<(u32, u32, &'static Backend)> {
+    let slot = table_slot(hash, vip.table_size)?;
+    let table = LOOKUP_TABLES.get(vip.table_id)?;
+    let backend_id = *table.get(slot)?;
+    live_backend(backend_id, vip.vip_id).map(|backend| (slot, backend_id, backend))
+}
+
+#[inline(always)]
+fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
+    if let Some(job) = trace {
+        // SAFETY: per-CPU slot, only this CPU uses it while we run.
+        unsafe {
+            (*job).key = flow.key;
+            (*job).has_flow = 1;
+        }
+    }
+    // An established flow is found by its 5-tuple alone: the entry names its
+    // VIP, and a backend slot is honoured only while it serves that VIP, so
+    // the VIP probe is needed only for SYNs and connection-table misses. A
+    // SYN always takes the lookup table's current choice, and reads the
+    // config only once it is known to be for a VIP. Any other packet to an
+    // address no VIP has passes after one bit test, before the flow hash.
+    let (looked_up, tracked) = if flow.opens {
+        (None, None)
+    } else {
+        if !VIP_FILTER
+            .get(0)
+            .is_some_and(|filter| filter.may_hold(&flow.key.dst_addr))
+        {
+            return pass(Reason::PassNotVip);
+        }
+        let Some(config) = CONFIG.get(0) else {
+            return discard(Reason::DropNoBackend);
+        };
+        let place = locate(&flow.key, config);
+        let tracked = tracked_flow(&place, flow, config);
+        (Some((place, config)), tracked)
+    };
+    let (vip_id, backend_id, backend, new_flow, hash, config) = match (tracked, looked_up) {
+        (Some((vip_id, backend_id, backend)), Some((place, config))) => {
+            count(Reason::ConnHit);
+            trace_choice(trace, vip_id, backend_id, TRACE_VIA_CONNECTION, (0, 0));
+            let new_flow = starts_flow(flow, Via::Connection);
+            (vip_id, backend_id, backend, new_flow, place.hash, config)
+        }
+        (_, looked_up) => {
+            let Some(vip) = lookup_vip(&flow.key) else {
+                return pass(Reason::PassNotVip);
+            };
+            count(Reason::ConnMiss);
+            trace_choice(trace, vip.vip_id, 0, 0, (0, vip.table_id));
+            let (place, config) = match looked_up {
+                Some(found) => found,
+                None => {
+                    let Some(config) = CONFIG.get(0) else {
+                        return discard(Reason::DropNoBackend);
+                    };
+                    (locate(&flow.key, config), config)
+                }
+            };
+            let Some((slot, backend_id, backend)) = table_backend(place.hash, &vip) else {
+                return discard(Reason::DropNoBackend);
+            };
+            let vip_id = vip.vip_id;
+            trace_choice(
+                trace,
+                vip_id,
+                backend_id,
+                TRACE_VIA_TABLE,
+                (slot, vip.table_id),
+            );
+            let new_flow = starts_flow(flow, Via::Table);
+            if new_flow {
+                let pin = FlowEntry {
+                    backend_id,
+                    vip_id,
+                    generation: backend.generation,
+                    ..FlowEntry::default()
+                };
+                track(&place, flow, pin, config);
+            }
+            (vip_id, backend_id, backend, new_flow, place.hash, config)
+        }
+    };
+    if flow.icmp {
+        count(Reason::IcmpToBackend);
+    }
+    if encapsulates(backend) {
+        // The encapsulation program takes it from here, and counts it.
+        if let Some(job) = ENCAP_JOBS.get_ptr_mut(0) {
+            let choice = Choice {
+                vip_id,
+                backend_id,
+                backend,
+                hash,
+            };
+            // SAFETY: per-CPU slot, only this CPU uses it while we run.
+            unsafe {
+                *job = encap_job(flow, &choice, new_flow, trace.is_some());
+                TAIL_CALLS.tail_call(ctx, TAIL_ENCAP);
+            }
+        }
+        return discard(Reason::DropEncapFailed);
+    }
+    // Taken again here rather than kept from `parse`: with no packet
+    // pointer alive across the lookups, the verifier sees one state for
+    // every parse path that reaches them, not one per path.
+    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+        return discard(Reason::DropTruncated);
+    };
+    // A copy first: assigning straight from the map value makes LLVM call
+    // a byte-wise memmove (the two may overlap, as far as it knows).
+    let (if_mac, mac) = (config.if_mac, backend.mac);
+    // SAFETY: bounds checked by `header_mut`.
+    unsafe {
+        (*eth).dst_addr = mac;
+        (*eth).src_addr = if_mac;
+    }
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, new_flow);
+    add_traffic(VIP_STATS.get_ptr_mut(vip_id), bytes, new_flow);
+    Verdict {
+        action: xdp_action::XDP_TX,
+        reason: Reason::Tx,
+    }
+}
