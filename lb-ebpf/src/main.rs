@@ -9,6 +9,11 @@
 //! encapsulation) and the trace maps.
 #![no_std]
 #![no_main]
+#![expect(
+    missing_docs,
+    reason = "aya's #[xdp] wraps each program in a function of its own, without the \
+              program's doc comment"
+)]
 
 mod balancer;
 mod encap;

@@ -13,6 +13,7 @@ use crate::dataplane::decap::{self, DEFAULT_ROOT};
 /// Arguments of `fulcrum decap`.
 #[derive(Args)]
 pub struct DecapArgs {
+    /// What to do.
     #[command(subcommand)]
     pub command: DecapCommand,
     /// The bpffs directory under which each interface's decapsulation
