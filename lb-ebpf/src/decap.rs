@@ -22,8 +22,7 @@ use aya_ebpf::{
 use lb_common::maps::{DecapConfig, DecapReason};
 use lb_ebpf::{
     frame::{Frame as _, header_mut},
-    parse::link,
-    tunnel::{Tunnelled, tunnelled},
+    tunnel::{Tunnelled, outer_link, tunnelled},
 };
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
@@ -49,8 +48,14 @@ pub fn fulcrum_decap(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decapsulate(ctx: &XdpContext) -> DecapReason {
-    let Some(link) = ctx.header::<EthHdr>(0).and_then(|eth| link(ctx, eth)) else {
+    let Some(eth) = ctx.header::<EthHdr>(0) else {
         return DecapReason::DropTruncated;
+    };
+    let tpid = eth.ether_type;
+    let mut tci = [0u8; 2];
+    let link = match outer_link(ctx, eth, |tag| tci = tag.tci) {
+        Ok(link) => link,
+        Err(reason) => return reason,
     };
     let Some(config) = DECAP_CONFIG.get(0) else {
         return DecapReason::PassNotOurs;
@@ -75,8 +80,8 @@ fn decapsulate(ctx: &XdpContext) -> DecapReason {
             let Some(new_tag) = header_mut::<VlanHdr>(ctx, strip + EthHdr::LEN) else {
                 return DecapReason::DropTruncated;
             };
-            (*new).ether_type = link.tpid;
-            (*new_tag).tci = link.tci;
+            (*new).ether_type = tpid;
+            (*new_tag).tci = tci;
             (*new_tag).ether_type = inner_type;
         } else {
             (*new).ether_type = inner_type;

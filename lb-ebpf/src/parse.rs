@@ -188,15 +188,10 @@ pub fn udp_length_fits(len: u16, l4: usize, end: usize) -> bool {
 /// header its ethertype announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Link {
-    /// The Ethernet header's own ethertype (raw): the tag's TPID when the
-    /// frame is tagged.
-    pub tpid: u16,
     /// The ethertype after the tag, if any (raw).
     pub ether_type: u16,
     /// Where the header `ether_type` announces starts.
     pub l3: usize,
-    /// The tag's TCI (zeros without a tag).
-    pub tci: [u8; 2],
 }
 
 impl Link {
@@ -205,33 +200,48 @@ impl Link {
     pub fn tagged(&self) -> bool {
         self.l3 > EthHdr::LEN
     }
-
-    /// The tag's VLAN id (0 without a tag).
-    #[inline(always)]
-    pub fn vlan(&self) -> u16 {
-        u16::from_be_bytes(self.tci) & 0x0fff
-    }
 }
 
-/// The link layer of a frame whose Ethernet header is `eth`; `None` if a
-/// VLAN tag is cut off.
+/// The VLAN id of a tag's TCI.
 #[inline(always)]
-pub fn link<F: Frame + ?Sized>(frame: &F, eth: &EthHdr) -> Option<Link> {
-    let tpid = eth.ether_type;
-    if !is_vlan(tpid) {
-        return Some(Link {
-            tpid,
-            ether_type: tpid,
+fn vlan_id(tci: [u8; 2]) -> u16 {
+    u16::from_be_bytes(tci) & 0x0fff
+}
+
+/// Why a frame has no link layer to go on with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkError {
+    /// Its VLAN tag is cut off.
+    Truncated,
+    /// A second tag follows the first (QinQ): nothing here goes past it.
+    Stacked,
+}
+
+/// The link layer of a frame whose Ethernet header is `eth`. A tag goes
+/// to `tag` on the way (which keeps the tag's work on the tagged path
+/// alone).
+#[inline(always)]
+pub fn link<F: Frame + ?Sized>(
+    frame: &F,
+    eth: &EthHdr,
+    tag: impl FnOnce(&VlanHdr),
+) -> Result<Link, LinkError> {
+    if !is_vlan(eth.ether_type) {
+        return Ok(Link {
+            ether_type: eth.ether_type,
             l3: EthHdr::LEN,
-            tci: [0; 2],
         });
     }
-    let vlan = frame.header::<VlanHdr>(EthHdr::LEN)?;
-    Some(Link {
-        tpid,
+    let vlan = frame
+        .header::<VlanHdr>(EthHdr::LEN)
+        .ok_or(LinkError::Truncated)?;
+    tag(vlan);
+    if is_vlan(vlan.ether_type) {
+        return Err(LinkError::Stacked);
+    }
+    Ok(Link {
         ether_type: vlan.ether_type,
         l3: EthHdr::LEN + VlanHdr::LEN,
-        tci: vlan.tci,
     })
 }
 
@@ -280,13 +290,11 @@ pub fn parse<F: Frame + ?Sized>(
         Addressee::OtherHost => return Err(pass(Reason::PassOtherHost)),
         Addressee::Group => return Err(pass(Reason::PassMulticast)),
     }
-    let link = link(frame, eth).ok_or(discard(Reason::DropTruncated))?;
-    if link.tagged() {
-        notes.vlan(link.vlan());
-        if is_vlan(link.ether_type) {
-            return Err(pass(Reason::PassUnsupported));
-        }
-    }
+    let link =
+        link(frame, eth, |tag| notes.vlan(vlan_id(tag.tci))).map_err(|error| match error {
+            LinkError::Truncated => discard(Reason::DropTruncated),
+            LinkError::Stacked => pass(Reason::PassUnsupported),
+        })?;
     if link.ether_type == EtherType::Ipv4 as u16 {
         parse_ipv4(frame, link.l3, notes)
     } else if link.ether_type == EtherType::Ipv6 as u16 {

@@ -6,15 +6,18 @@
 
 use lb_common::maps::{DECAP_ADDRESSES, DecapConfig, DecapReason, PROTO_UDP};
 use network_types::{
-    eth::EtherType,
+    eth::{EthHdr, EtherType},
     ip::{Ipv4Hdr, Ipv6Hdr},
     udp::UdpHdr,
+    vlan::VlanHdr,
 };
 
 use crate::{
     frame::Frame,
     outer::{GUE_LEN, IPV6_LEN, PROTO_IPIP, PROTO_IPV6, UDP_LEN},
-    parse::{IPV6_NEXT_FRAGMENT, Link, ipv4_header_len, ipv4_is_fragment, same_address},
+    parse::{
+        IPV6_NEXT_FRAGMENT, Link, LinkError, ipv4_header_len, ipv4_is_fragment, link, same_address,
+    },
 };
 
 /// A tunnelled packet to strip.
@@ -79,6 +82,22 @@ fn ours6(config: &DecapConfig, dst: [u8; 16]) -> bool {
         .any(|i| i < usize::from(config.count6) && same_address(&config.v6[i], &dst))
 }
 
+/// The link layer of a frame whose Ethernet header is `eth`, as the
+/// decapsulation takes it (`parse::link`, its tag to `tag`), or why the
+/// frame is left alone or dropped.
+#[inline(always)]
+pub fn outer_link<F: Frame + ?Sized>(
+    frame: &F,
+    eth: &EthHdr,
+    tag: impl FnOnce(&VlanHdr),
+) -> Result<Link, DecapReason> {
+    link(frame, eth, tag).map_err(|error| match error {
+        LinkError::Truncated => DecapReason::DropTruncated,
+        // The first tag's ethertype says no IP packet follows.
+        LinkError::Stacked => DecapReason::PassNotTunnel,
+    })
+}
+
 /// What to strip from a frame with link layer `link`, sent to a host with
 /// `config`'s addresses and GUE port, or why it is left alone (or dropped:
 /// `DropTruncated`).
@@ -128,10 +147,8 @@ pub fn tunnelled<F: Frame + ?Sized>(
 
 #[cfg(test)]
 mod tests {
-    use network_types::eth::EthHdr;
-
     use super::*;
-    use crate::{parse::link, testing::*};
+    use crate::testing::*;
 
     const GUE_PORT: u16 = 6080;
     const BACKEND4: [u8; 4] = [198, 18, 5, 1];
@@ -187,8 +204,7 @@ mod tests {
         let eth = frame
             .header::<EthHdr>(0)
             .ok_or(DecapReason::DropTruncated)?;
-        let link = link(frame, eth).ok_or(DecapReason::DropTruncated)?;
-        tunnelled(frame, &link, config)
+        tunnelled(frame, &outer_link(frame, eth, |_| {})?, config)
     }
 
     #[test]
