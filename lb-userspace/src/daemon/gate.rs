@@ -13,7 +13,10 @@ use crate::{
     daemon::records::{Record, RecordDir},
     dataplane::{Dataplane, Staged, state::DesiredState},
     durable,
-    net::neighbours,
+    net::{
+        self,
+        neighbours::{self, Netlink},
+    },
     policy::health::Down,
     policy::plan::{Plan, Side, plan},
     policy::validate::{ValidConfig, Validation, validate, validate_with},
@@ -82,23 +85,48 @@ pub trait Neighbourhood {
     /// The MACs of the backends in `wanted`; the ones not found are
     /// missing from the answer.
     fn macs(&self, wanted: &[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>>;
-    /// Whether packets to `address` are delivered to this host.
-    fn is_local(&self, address: IpAddr) -> anyhow::Result<bool>;
+    /// Whether packets to `address` are delivered to this host (no, when
+    /// the kernel cannot say).
+    fn is_local(&self, address: IpAddr) -> bool;
 }
 
-/// The kernel's neighbour and route tables, through `interface`.
-pub struct HostNetwork<'a> {
-    /// The interface the data plane serves.
-    pub interface: &'a str,
+/// The kernel's neighbour and route tables, through the interface the
+/// data plane serves, over one netlink socket kept open.
+pub struct HostNetwork {
+    interface: String,
+    netlink: Netlink,
 }
 
-impl Neighbourhood for HostNetwork<'_> {
-    fn macs(&self, wanted: &[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
-        neighbours::resolver(self.interface)(wanted)
+impl HostNetwork {
+    /// The network through `interface`, its netlink socket driven by
+    /// `runtime`.
+    pub fn open(interface: &str, runtime: &tokio::runtime::Handle) -> anyhow::Result<Self> {
+        Ok(Self {
+            interface: interface.to_string(),
+            netlink: Netlink::open(runtime)?,
+        })
     }
 
-    fn is_local(&self, address: IpAddr) -> anyhow::Result<bool> {
-        neighbours::is_local(address)
+    /// The interface the data plane serves.
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// The MACs of `wanted` the kernel knows now, without probing.
+    pub fn known(&self, wanted: &[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+        self.netlink.lookup(wanted, net::ifindex(&self.interface)?)
+    }
+}
+
+impl Neighbourhood for HostNetwork {
+    fn macs(&self, wanted: &[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+        let ifindex = net::ifindex(&self.interface)?;
+        self.netlink
+            .resolve(wanted, ifindex, neighbours::RESOLVE_TIMEOUT)
+    }
+
+    fn is_local(&self, address: IpAddr) -> bool {
+        self.netlink.is_local(address)
     }
 }
 
@@ -294,7 +322,7 @@ fn outer_sources_elsewhere(config: &Config, network: &dyn Neighbourhood) -> Vec<
     .filter(|(_, prefix, _)| {
         ![prefix.address, prefix.last()]
             .into_iter()
-            .all(|address| network.is_local(address).unwrap_or(false))
+            .all(|address| network.is_local(address))
     })
     .map(|(key, prefix, _)| {
         Problem::error(

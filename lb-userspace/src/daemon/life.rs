@@ -176,7 +176,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         };
         start(&options, (notify, runtime.handle()))?
     };
-    controller.monitor().spawn_sampler();
+    controller.monitor().spawn_sampler(runtime.handle());
     let socket = options.socket.clone().unwrap_or(config.api.socket.clone());
     let metrics_address = options.metrics.unwrap_or(config.api.metrics);
     let metrics = scrape::serve(metrics_address, controller.monitor(), runtime.handle())?;

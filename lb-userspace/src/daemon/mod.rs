@@ -32,7 +32,7 @@ use crate::{
     dataplane::{Dataplane, pins::PinDir, table_id},
     group::{self, GroupReport, Tables, VipTableDump},
     monitor::{Attachment, LastChange, Monitor, View, unix_now},
-    net::{self, neighbours},
+    net,
     policy::plan::{Plan, plan},
     policy::{Outcome, validate::validate},
     problem::Problem,
@@ -54,7 +54,8 @@ pub struct Controller {
     desk: Desk<Dataplane>,
     /// Its pins.
     pub pins: PinDir,
-    interface: String,
+    /// The interface it serves, and the kernel's tables behind it.
+    network: HostNetwork,
     monitor: Arc<Monitor>,
     /// Per VIP endpoint, the apply that last changed it.
     changes: HashMap<String, LastChange>,
@@ -76,15 +77,16 @@ fn lines(problems: &[Problem]) -> Vec<String> {
 
 impl Controller {
     /// A controller for `dataplane`, whose installed state is `in_force`;
-    /// its monitor starts from the journal's record of past changes, and
-    /// its health checks report to `notify`.
+    /// its monitor starts from the journal's record of past changes; its
+    /// health checks and the trace ring's reader run on `runtime`, and the
+    /// checks report to `notify`.
     pub fn new(
         dataplane: Dataplane,
         (pins, records): (PinDir, RecordDir),
         in_force: InForce,
         (config_path, journal): (&Path, Journal),
-        (interface, bpffs_mounted): (&str, bool),
-        health_checks: (
+        (network, bpffs_mounted): (HostNetwork, bool),
+        (notify, runtime): (
             impl Fn(crate::health::Transition) + Send + Sync + 'static,
             &tokio::runtime::Handle,
         ),
@@ -101,7 +103,7 @@ impl Controller {
             .map(DesiredState::down_backends)
             .unwrap_or_default();
         let config = in_force.config();
-        let health = health::HealthControl::start(config, &down, &records, health_checks)?;
+        let health = health::HealthControl::start(config, &down, &records, (notify, runtime))?;
         let changes = journal.last_changes();
         let view = dataplane
             .installed()
@@ -112,7 +114,7 @@ impl Controller {
             (dataplane.counter_reader()?, dataplane.epoch_clock()?),
             Attachment {
                 pins: pins.clone(),
-                interface: interface.to_string(),
+                interface: network.interface().to_string(),
                 survival,
             },
             view,
@@ -121,16 +123,16 @@ impl Controller {
         let announcer = config
             .announce
             .as_ref()
-            .map(|settings| Announcer::new(settings, interface));
+            .map(|settings| Announcer::new(settings, network.interface()));
         let mut dataplane = dataplane;
         // A trace a previous daemon left on ends now, not at its lease.
         dataplane.set_trace(lb_common::maps::TraceControl::default())?;
         let hub = trace::Hub::default();
-        trace::spawn_reader(dataplane.take_trace_events()?, hub.clone());
+        trace::spawn_reader(dataplane.take_trace_events()?, hub.clone(), runtime)?;
         let controller = Self {
             desk: Desk::new(dataplane, records, in_force, (config_path, journal)),
             pins,
-            interface: interface.to_string(),
+            network,
             monitor,
             changes,
             health,
@@ -229,7 +231,7 @@ impl Controller {
                 ),
             }
         }
-        self.announcer = wanted.map(|settings| Announcer::new(&settings, &self.interface));
+        self.announcer = wanted.map(|settings| Announcer::new(&settings, self.network.interface()));
     }
 
     /// The monitor, for the sampler and the metrics server.
@@ -291,7 +293,7 @@ impl Controller {
             Err(e) => return Reply::error(500, format!("reading the counters: {e}")),
         };
         Reply::ok(&StatusAnswer {
-            interface: self.interface.clone(),
+            interface: self.network.interface().to_string(),
             bank: self.desk.dataplane.bank(),
             config: self.desk.config_path().display().to_string(),
             pins: self.pins.path().display().to_string(),
@@ -341,7 +343,7 @@ impl Controller {
     /// the kernel. Run on every neighbour tick, so also after a restart.
     pub fn follow_interface_mac(&mut self) {
         let (Ok(mac), Ok(config)) = (
-            net::interface_mac(&self.interface),
+            net::interface_mac(self.network.interface()),
             self.desk.dataplane.config(),
         ) else {
             return;
@@ -358,9 +360,9 @@ impl Controller {
             Ok(()) => crate::note!(
                 "WARNING the MAC of {} changed from {was} to {mac}; the data plane now takes the \
                  frames addressed to {mac}",
-                self.interface
+                self.network.interface()
             ),
-            Err(e) => crate::note!("following the MAC of {}: {e:#}", self.interface),
+            Err(e) => crate::note!("following the MAC of {}: {e:#}", self.network.interface()),
         }
     }
 
@@ -376,9 +378,7 @@ impl Controller {
         if wanted.is_empty() {
             return;
         }
-        let table = match net::ifindex(&self.interface)
-            .and_then(|ifindex| neighbours::lookup(&wanted, ifindex))
-        {
+        let table = match self.network.known(&wanted) {
             Ok(table) => table,
             Err(e) => {
                 crate::note!("reading the neighbour table: {e:#}");
@@ -417,16 +417,13 @@ impl Controller {
         door: Door,
     ) -> Reply {
         let down = self.health.down();
-        let network = HostNetwork {
-            interface: &self.interface,
-        };
         let request = desk::Request {
             text,
             force,
             if_generation,
             door: door.clone(),
         };
-        let decision = self.desk.change(request.clone(), &down, &network);
+        let decision = self.desk.change(request.clone(), &down, &self.network);
         let (reply, codes, reasons) = match &decision {
             Decision::Stale {
                 generation,
@@ -816,7 +813,7 @@ impl Controller {
         let tables = Tables {
             source: format!(
                 "the data plane on {} of {}",
-                self.interface,
+                self.network.interface(),
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map_or_else(|_| "this host".into(), |name| name.trim().to_string())
             ),
@@ -836,7 +833,7 @@ impl Controller {
                      host still forwards what the routers send it. Fix BIRD (`fulcrum \
                      status`), or stop the daemon and run `fulcrum detach --interface {} \
                      --force` to detach with the routes still announced",
-                    self.interface
+                    self.network.interface()
                 ),
             );
         }
@@ -849,10 +846,13 @@ impl Controller {
             .and_then(|_| self.desk.records().remove());
         match result {
             Ok(()) => {
-                crate::note!("detached from {} on request; exiting", self.interface);
+                crate::note!(
+                    "detached from {} on request; exiting",
+                    self.network.interface()
+                );
                 Reply::ok(&DetachAnswer {
                     detached: true,
-                    interface: self.interface.clone(),
+                    interface: self.network.interface().to_string(),
                     pins: None,
                 })
             }

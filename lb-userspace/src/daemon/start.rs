@@ -211,6 +211,7 @@ pub fn start(
     );
     let (seed, seed_from) =
         seed::resolve(config.flow_hash_seed, &seed::path_beside(&options.journal))?;
+    let network = HostNetwork::open(&interface, runtime)?;
     let (dataplane, in_force, first_plan) = match Dataplane::adopt(&pins)? {
         Some(dataplane) => {
             let seed = (seed, seed_from.as_str());
@@ -219,7 +220,7 @@ pub fn start(
         }
         None => {
             let fresh = Fresh {
-                interface: &interface,
+                network: &network,
                 config: &config,
                 pins: &pins,
                 records: &records,
@@ -235,7 +236,7 @@ pub fn start(
         (pins, records),
         in_force,
         (&options.config, journal),
-        (&interface, bpffs_mounted),
+        (network, bpffs_mounted),
         (notify, runtime),
     )?;
     if let Some(plan) = first_plan {
@@ -324,7 +325,7 @@ fn adopt(
 
 /// A data plane to load afresh.
 struct Fresh<'a> {
-    interface: &'a str,
+    network: &'a HostNetwork,
     config: &'a Config,
     pins: &'a PinDir,
     records: &'a RecordDir,
@@ -337,12 +338,13 @@ impl Fresh<'_> {
     /// Nothing half-made stays behind when it fails.
     fn start(&self, options: &Options, text: &str) -> anyhow::Result<(Dataplane, Plan, InForce)> {
         let Fresh {
-            interface,
+            network,
             config,
             pins,
             records,
             seed,
         } = *self;
+        let interface = network.interface();
         let mut dataplane = Dataplane::load_with(Capacities {
             connection_table_size: config.connection_table_size,
             max_backends: config.max_backends,
@@ -356,7 +358,6 @@ impl Fresh<'_> {
             seed,
             ..DataplaneConfig::default()
         })?;
-        let network = HostNetwork { interface };
         let started = (|| {
             dataplane.pin(pins)?;
             let proposal = gate::Proposal {
@@ -365,7 +366,7 @@ impl Fresh<'_> {
                 persist: None,
                 down: &[],
             };
-            let verdict = gate::apply(&mut dataplane, records, None, &proposal, &network)?;
+            let verdict = gate::apply(&mut dataplane, records, None, &proposal, network)?;
             let (plan, in_force) = first_verdict(verdict, &options.config.display().to_string())?;
             let mode = dataplane.attach(interface)?;
             dataplane.pin_link(pins)?;

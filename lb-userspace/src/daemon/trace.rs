@@ -9,16 +9,20 @@
 
 use std::{
     net::SocketAddr,
-    os::fd::AsRawFd as _,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use anyhow::Context as _;
 use lb_common::maps::{
     MAX_VIPS, PROTO_TCP, PROTO_UDP, Reason, TRACE_ANY_VIP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE,
     TraceControl, TraceEvent,
 };
-use tokio::sync::mpsc;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    runtime::Handle,
+    sync::mpsc,
+};
 
 use crate::{
     daemon::wire::{Labels, TraceEventLine, TraceRequest, TraceStatsAnswer, Via},
@@ -295,24 +299,28 @@ impl Hub {
     }
 }
 
-/// Reads the ring buffer for as long as the daemon runs, handing events
-/// to the open session (and dropping them without one).
-pub fn spawn_reader(mut events: TraceEvents, hub: Hub) {
-    std::thread::spawn(move || {
-        loop {
-            let mut poll = libc::pollfd {
-                fd: events.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut poll, 1, 200) };
-            let drained = events.drain();
-            if !drained.is_empty() {
+/// Reads the ring buffer for as long as `runtime` runs, handing events to
+/// the open session (and dropping them without one).
+pub fn spawn_reader(events: TraceEvents, hub: Hub, runtime: &Handle) -> anyhow::Result<()> {
+    let _inside = runtime.enter();
+    // SAFETY: `TraceEvents` owns the ring buffer's map, whose descriptor
+    // stays open, and is the one `as_raw_fd` returns, for as long as the
+    // `AsyncFd` owns it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("watching the trace ring buffer")?;
+    runtime.spawn(async move {
+        while let Ok(mut ready) = ring.readable_mut().await {
+            let drained = ready.get_inner_mut().drain();
+            if drained.is_empty() {
+                // Cleared only if nothing arrived since it was found ready.
+                ready.clear_ready();
+            } else {
                 hub.hand(drained);
             }
         }
     });
+    Ok(())
 }
 
 /// A session's counters, for its client: what the kernel dropped, what

@@ -359,34 +359,36 @@ impl Monitor {
     }
 
     /// Samples now (the window's first baseline, before any traffic the
-    /// daemon serves), then every `SAMPLE_EVERY` on a thread of its own
-    /// until the monitor is dropped.
-    pub fn spawn_sampler(self: &Arc<Self>) {
+    /// daemon serves), then every `SAMPLE_EVERY` on `runtime` until the
+    /// monitor is dropped. A sample reads the kernel's counters, so it
+    /// runs where blocking is allowed.
+    pub fn spawn_sampler(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         if let Err(e) = self.sample() {
             crate::note!("the sampler cannot read the counters: {e}");
         }
         let monitor: Weak<Self> = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("fulcrum-sampler".into())
-            .spawn(move || {
-                let mut failing = false;
-                loop {
-                    std::thread::sleep(SAMPLE_EVERY);
-                    let Some(monitor) = monitor.upgrade() else {
-                        return;
-                    };
-                    match monitor.sample() {
-                        Ok(()) => failing = false,
-                        Err(e) if !failing => {
-                            failing = true;
-                            crate::note!("the sampler cannot read the counters: {e}");
-                        }
-                        Err(_) => {}
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(SAMPLE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            let mut failing = false;
+            loop {
+                every.tick().await;
+                let Some(monitor) = monitor.upgrade() else {
+                    return;
+                };
+                match tokio::task::spawn_blocking(move || monitor.sample()).await {
+                    Ok(Ok(())) => failing = false,
+                    Ok(Err(e)) if !failing => {
+                        failing = true;
+                        crate::note!("the sampler cannot read the counters: {e}");
                     }
+                    Ok(Err(_)) => {}
+                    // The runtime is shutting down.
+                    Err(_) => return,
                 }
-            })
-            .map(drop)
-            .unwrap_or_else(|e| crate::note!("the sampler did not start: {e}"));
+            }
+        });
     }
 }
 

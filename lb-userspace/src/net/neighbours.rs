@@ -125,59 +125,106 @@ async fn route(
     anyhow::bail!("no answer to a route lookup for {destination}")
 }
 
-/// Runs `work` with a netlink handle, on a runtime of its own.
-fn with_netlink<T>(
-    work: impl AsyncFnOnce(&rtnetlink::Handle) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a netlink runtime")?;
-    runtime.block_on(async {
+/// One rtnetlink socket for as long as its owner lives, in the network
+/// namespace of the thread that opened it. Its connection is driven by a
+/// tokio runtime; the synchronous callers (the controller, the gate) wait
+/// for the answers, which must not happen on one of that runtime's own
+/// threads.
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Netlink {
+    /// Opens the socket, its connection driven by `runtime`.
+    pub fn open(runtime: &tokio::runtime::Handle) -> anyhow::Result<Self> {
+        let _inside = runtime.enter();
         let (connection, handle, _) =
             rtnetlink::new_connection().context("opening a netlink socket")?;
-        tokio::spawn(connection);
-        work(&handle).await
-    })
+        runtime.spawn(connection);
+        Ok(Self {
+            handle,
+            runtime: runtime.clone(),
+        })
+    }
+
+    /// Whether packets to `address` would be delivered to this host (a
+    /// local route: an address of its own, or a `local` route for a
+    /// prefix).
+    pub fn is_local(&self, address: IpAddr) -> bool {
+        self.runtime.block_on(async {
+            matches!(
+                route(&self.handle, address).await,
+                Ok((RouteType::Local, ..))
+            )
+        })
+    }
+
+    /// The MACs the backends in `wanted` are reached at through interface
+    /// `ifindex`, as the kernel knows them now. Missing from the answer:
+    /// not known (yet), or, for a routed backend, routed through another
+    /// interface.
+    pub fn lookup(
+        &self,
+        wanted: &[(IpAddr, Reach)],
+        ifindex: u32,
+    ) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+        self.runtime.block_on(lookup(&self.handle, wanted, ifindex))
+    }
+
+    /// The MACs of `wanted` on interface `ifindex`, resolved all at once
+    /// within `timeout`: the unknown ones are probed, and the table read
+    /// again until they are known or the time is up. Addresses missing
+    /// from the answer could not be resolved.
+    pub fn resolve(
+        &self,
+        wanted: &[(IpAddr, Reach)],
+        ifindex: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+        self.runtime.block_on(async {
+            let mut known = lookup(&self.handle, wanted, ifindex).await?;
+            let missing: Vec<IpAddr> = wanted
+                .iter()
+                .map(|&(address, _)| address)
+                .filter(|a| !known.contains_key(a))
+                .collect();
+            if !missing.is_empty() {
+                missing.iter().copied().for_each(probe);
+                let deadline = Instant::now() + timeout;
+                while Instant::now() < deadline && missing.iter().any(|a| !known.contains_key(a)) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    known = lookup(&self.handle, wanted, ifindex).await?;
+                }
+            }
+            Ok(known)
+        })
+    }
 }
 
-/// Whether packets to `address` would be delivered to this host (a local
-/// route: an address of its own, or a `local` route for a prefix).
-pub fn is_local(address: IpAddr) -> anyhow::Result<bool> {
-    with_netlink(async |handle| {
-        Ok(matches!(
-            route(handle, address).await,
-            Ok((RouteType::Local, ..))
-        ))
-    })
-}
-
-/// The MACs the backends in `wanted` are reached at through interface
-/// `ifindex`, as the kernel knows them now. Missing from the answer: not
-/// known (yet), or, for a routed backend, routed through another
-/// interface.
-pub fn lookup(
+/// What `Netlink::lookup` answers: the neighbour table read once, and a
+/// route asked for each routed backend.
+async fn lookup(
+    handle: &rtnetlink::Handle,
     wanted: &[(IpAddr, Reach)],
     ifindex: u32,
 ) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
-    with_netlink(async |handle| {
-        let known = table(handle, ifindex).await?;
-        let mut found = HashMap::new();
-        for &(address, reach) in wanted {
-            let hop = match reach {
-                Reach::Segment => Some(address),
-                Reach::Routed => route(handle, address)
-                    .await
-                    .ok()
-                    .filter(|&(_, _, interface)| interface == Some(ifindex))
-                    .map(|(_, hop, _)| hop),
-            };
-            if let Some(mac) = hop.and_then(|hop| known.get(&hop)) {
-                found.insert(address, *mac);
-            }
+    let known = table(handle, ifindex).await?;
+    let mut found = HashMap::new();
+    for &(address, reach) in wanted {
+        let hop = match reach {
+            Reach::Segment => Some(address),
+            Reach::Routed => route(handle, address)
+                .await
+                .ok()
+                .filter(|&(_, _, interface)| interface == Some(ifindex))
+                .map(|(_, hop, _)| hop),
+        };
+        if let Some(mac) = hop.and_then(|hop| known.get(&hop)) {
+            found.insert(address, *mac);
         }
-        Ok(found)
-    })
+    }
+    Ok(found)
 }
 
 /// Makes the kernel resolve `address`: one empty datagram to the discard
@@ -190,38 +237,4 @@ fn probe(address: IpAddr) {
     if let Ok(socket) = UdpSocket::bind(bind) {
         let _ = socket.send_to(&[], SocketAddr::new(address, 9));
     }
-}
-
-/// What the gate resolves MACs with: `resolve` on `interface`, with
-/// `RESOLVE_TIMEOUT`.
-pub fn resolver(
-    interface: &str,
-) -> impl Fn(&[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> + use<> {
-    let interface = interface.to_string();
-    move |wanted| resolve(wanted, super::ifindex(&interface)?, RESOLVE_TIMEOUT)
-}
-
-/// The MACs of `wanted` on interface `ifindex`, resolved all at once
-/// within `timeout`. Addresses missing from the answer could not be
-/// resolved.
-pub fn resolve(
-    wanted: &[(IpAddr, Reach)],
-    ifindex: u32,
-    timeout: Duration,
-) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
-    let mut known = lookup(wanted, ifindex)?;
-    let missing: Vec<IpAddr> = wanted
-        .iter()
-        .map(|&(address, _)| address)
-        .filter(|a| !known.contains_key(a))
-        .collect();
-    if !missing.is_empty() {
-        missing.iter().copied().for_each(probe);
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline && missing.iter().any(|a| !known.contains_key(a)) {
-            std::thread::sleep(Duration::from_millis(20));
-            known = lookup(wanted, ifindex)?;
-        }
-    }
-    Ok(known)
 }

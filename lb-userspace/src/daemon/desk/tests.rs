@@ -107,8 +107,8 @@ impl Neighbourhood for Lan {
             .collect())
     }
 
-    fn is_local(&self, _: IpAddr) -> anyhow::Result<bool> {
-        Ok(true)
+    fn is_local(&self, _: IpAddr) -> bool {
+        true
     }
 }
 
