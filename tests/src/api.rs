@@ -50,25 +50,9 @@ pub fn request(
     Ok((
         status,
         if chunked {
-            unchunk(body)?
+            crate::scrape::dechunk(body)?
         } else {
             body.to_string()
         },
     ))
-}
-
-/// The body of a chunked transfer.
-fn unchunk(mut rest: &str) -> anyhow::Result<String> {
-    let mut body = String::new();
-    loop {
-        let (size, after) = rest
-            .split_once("\r\n")
-            .context("a chunk without its size")?;
-        let size = usize::from_str_radix(size.trim(), 16).context("a chunk size")?;
-        if size == 0 {
-            return Ok(body);
-        }
-        body += after.get(..size).context("a chunk cut short")?;
-        rest = after.get(size + 2..).context("a chunk without its end")?;
-    }
 }

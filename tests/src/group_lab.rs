@@ -25,6 +25,7 @@ use crate::{
         add_backends, add_host, add_routed_host, fulcrum_binary, ipv4_of, ipv6_of, prepare_backend,
     },
     netns::Netns,
+    wait,
 };
 
 /// The group's name.
@@ -65,17 +66,20 @@ impl Bird {
             .spawn()
             .context("starting bird (Debian's bird2; `cargo xtask setup` installs it)")?;
         let mut bird = Self { child, socket };
-        let deadline = Instant::now() + BIRD_START;
-        while !bird.socket.exists() {
-            if let Some(status) = bird.child.try_wait()? {
-                bail!("bird exited with {status}; its config:\n{config}");
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "bird did not start in {BIRD_START:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait::until(
+            BIRD_START,
+            || {
+                if let Some(status) = bird.child.try_wait()? {
+                    bail!("bird exited with {status}; its config:\n{config}");
+                }
+                Ok(if bird.socket.exists() {
+                    Ok(())
+                } else {
+                    Err(())
+                })
+            },
+            |()| Ok("bird did not make its control socket".into()),
+        )?;
         Ok(bird)
     }
 
@@ -467,7 +471,7 @@ impl GroupLab {
         timeout: Duration,
     ) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        crate::wait::until(
+        wait::until(
             timeout,
             || Ok(self.next_hops(vip)?).map(|hops| if hops == want { Ok(()) } else { Err(hops) }),
             |hops| {
@@ -487,7 +491,7 @@ impl GroupLab {
         timeout: Duration,
         done: impl Fn(&Report) -> bool,
     ) -> anyhow::Result<Report> {
-        crate::wait::until(
+        wait::until(
             timeout,
             || {
                 let report = self.status(i)?;

@@ -30,6 +30,7 @@ use crate::{
     fixture::{require_root, standalone_program, xdp_program},
     netns::Netns,
     traffic::{self, Tally},
+    wait,
 };
 
 /// The IPv4 VIP.
@@ -238,16 +239,11 @@ impl Fulcrum {
     pub(crate) fn stop(mut self, signal: i32) -> anyhow::Result<Vec<Report>> {
         // SAFETY: signalling the child we started, by its PID.
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                bail!("fulcrum ignored SIGTERM for 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait::until(
+            Duration::from_secs(10),
+            || Ok(self.child.try_wait()?.ok_or(())),
+            |()| Ok(format!("fulcrum ignored signal {signal}")),
+        )?;
         // It exited: its stdout ends, and the reader hands on the rest.
         self.reports.extend(self.stdout.iter());
         let stdout = self.reports.join("\n");
@@ -1005,7 +1001,7 @@ impl Lab {
     pub fn await_quiet(&self, timeout: Duration) -> anyhow::Result<()> {
         const QUIET_READINGS: usize = 5;
         let mut readings: Vec<serde_json::Value> = Vec::new();
-        crate::wait::until(
+        wait::until(
             timeout,
             || {
                 let (code, out, err) = self.cli(&["status", "--format", "json"])?;
@@ -1052,7 +1048,7 @@ impl Lab {
     /// Waits until a line of what `fulcrum run` printed contains `text`;
     /// returns everything it printed so far.
     pub fn await_log(&self, text: &str, timeout: Duration) -> anyhow::Result<Vec<String>> {
-        crate::wait::until(
+        wait::until(
             timeout,
             || {
                 let log = self.fulcrum_log();

@@ -8,13 +8,13 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{netns::Netns, scrape::http_get};
+use crate::{netns::Netns, scrape::http_get, wait};
 
 /// Where Prometheus listens, inside the namespace.
 const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
@@ -78,17 +78,20 @@ impl<'a> Prometheus<'a> {
             .spawn()
             .context("starting prometheus")?;
         let prometheus = Self { netns, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if matches!(http_get(netns, LISTEN, "/-/ready"), Ok((200, _))) {
-                return Ok(prometheus);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bail!(
-            "prometheus was not ready within 30 s; its log: {}",
-            prometheus.log()
-        )
+        wait::until(
+            Duration::from_secs(30),
+            || {
+                let ready = matches!(http_get(netns, LISTEN, "/-/ready"), Ok((200, _)));
+                Ok(if ready { Ok(()) } else { Err(()) })
+            },
+            |()| {
+                Ok(format!(
+                    "prometheus was not ready; its log: {}",
+                    prometheus.log()
+                ))
+            },
+        )?;
+        Ok(prometheus)
     }
 
     /// What Prometheus wrote on stderr.

@@ -54,7 +54,8 @@ pub fn http_get(netns: &Netns, address: SocketAddr, path: &str) -> anyhow::Resul
     })
 }
 
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
+/// The body of a chunked transfer.
+pub(crate) fn dechunk(mut body: &str) -> anyhow::Result<String> {
     let mut out = String::new();
     loop {
         let (size, rest) = body.split_once("\r\n").context("a chunk without a size")?;

@@ -393,12 +393,10 @@ fn a_data_plane_that_would_die_with_the_daemon_is_said_to_at_start_in_status_and
 
     // And it does: after kill -9 the interface has no XDP program.
     lab.kill_fulcrum().expect("kill -9");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while lab.lb_has_xdp().expect("ip link") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the data plane outlived a daemon judged to take it along"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::until(
+        Duration::from_secs(10),
+        || Ok(if lab.lb_has_xdp()? { Err(()) } else { Ok(()) }),
+        |()| Ok("the data plane outlived a daemon judged to take it along".into()),
+    )
+    .expect("the data plane goes with the daemon");
 }

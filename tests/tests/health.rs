@@ -13,6 +13,7 @@ use std::{
 use lb_tests::{
     lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP_NAMES, VIP4},
     traffic::{self, Session},
+    wait,
 };
 use serde_json::Value;
 
@@ -51,20 +52,20 @@ fn backend<'a>(status: &'a Value, vip_name: &str, name: &str) -> &'a Value {
         .expect("the backend")
 }
 
-/// Waits until `ready` holds for the status, or `limit` passes.
+/// Waits until `ready` holds for the status, or `limit` passes; returns
+/// the status and how long it took.
 fn wait_for(lab: &Lab, limit: Duration, ready: impl Fn(&Value) -> bool) -> (Value, Duration) {
     let started = Instant::now();
-    loop {
-        let now = status(lab);
-        if ready(&now) {
-            return (now, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < limit,
-            "not within {limit:?}; status: {now:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let now = wait::until(
+        limit,
+        || {
+            let now = status(lab);
+            Ok(if ready(&now) { Ok(now) } else { Err(now) })
+        },
+        |now| Ok(format!("status: {now:#}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (now, started.elapsed())
 }
 
 /// Each of `vips` is in panic with b1 and b2 down, and keeps every
@@ -255,12 +256,14 @@ fn a_flapping_backend_changes_the_table_no_more_than_damping_allows() {
     let settings = "\n[health_check]\ninterval_ms = 150\ntimeout_ms = 100\nrise = 1\nfall = 1\n\
                     max_changes_per_minute = 4\n";
     let lab = Lab::start_with(&BackendSpec::equal(3), settings).expect("lab starts");
-    // b3 goes up and down every second, for 12 s.
+    // b3 goes down and up six times, each time once its checks saw it.
+    let b3_is =
+        |health: &'static str| move |s: &Value| backend(s, "web4", "b3")["health"] == health;
     for _ in 0..6 {
         lab.stop_backend(2);
-        std::thread::sleep(Duration::from_secs(1));
+        wait_for(&lab, Duration::from_secs(10), b3_is("down"));
         lab.start_backend(2).expect("b3 restarts");
-        std::thread::sleep(Duration::from_secs(1));
+        wait_for(&lab, Duration::from_secs(10), b3_is("up"));
     }
     let now = status(&lab);
     let changes = &vip(&now, "web4")["health"]["changes"];

@@ -17,7 +17,7 @@ use lb_tests::{
     lab::{BackendSpec, Lab, METRICS, UDP_PORT, VIP_NAMES, VIP4},
     prometheus::{Prometheus, rules_file},
     scrape::Samples,
-    traffic,
+    traffic, wait,
 };
 use lb_userspace::{
     config::{Config, MacAddr},
@@ -200,13 +200,20 @@ fn metrics_agree_with_the_kernel_and_survive_a_restart() {
     .expect("the dashboard");
     let queried = metric_names(&dashboard);
     // Health checks start at a random point of their first interval.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut refused = refused;
-    while !refused.names().contains("fulcrum_backend_check_seconds") {
-        assert!(Instant::now() < deadline, "no health check within 10 s");
-        std::thread::sleep(Duration::from_millis(500));
-        refused = lab.scrape().expect("a scrape");
-    }
+    let mut first = Some(refused);
+    let refused = wait::until(
+        Duration::from_secs(10),
+        || {
+            let samples = match first.take() {
+                Some(samples) => samples,
+                None => lab.scrape()?,
+            };
+            let checked = samples.names().contains("fulcrum_backend_check_seconds");
+            Ok(if checked { Ok(samples) } else { Err(()) })
+        },
+        |()| Ok("no health check in the metrics".into()),
+    )
+    .expect("a health check");
     assert!(queried.len() >= 10, "the dashboard queries {queried:?}");
     let exported = refused.names();
     for name in &queried {
@@ -362,21 +369,21 @@ fn flows_that_all_hash_to_one_backend_are_flagged() {
 
     // Skewed clients: every flow hashes to b2.
     let skewed = ports_hashing_to(&lab, "b2", 40000, 400);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut flagged = None;
-    std::thread::scope(|scope| {
+    let flagged = std::thread::scope(|scope| {
         let sender = scope.spawn(|| paced_flows(&lab, &skewed, 40));
-        while Instant::now() < deadline && flagged.is_none() {
-            std::thread::sleep(Duration::from_millis(500));
-            let report = status(&lab);
-            let backend = dns4_backend(&report, "b2");
-            if backend["imbalanced"] == true {
-                flagged = Some(report.clone());
-            }
-        }
+        let flagged = wait::until(
+            Duration::from_secs(20),
+            || {
+                let report = status(&lab);
+                let imbalanced = dns4_backend(&report, "b2")["imbalanced"] == true;
+                Ok(if imbalanced { Ok(report) } else { Err(()) })
+            },
+            |()| Ok("b2 not flagged under skewed traffic".into()),
+        );
         sender.join().expect("the sender");
+        flagged
     });
-    let report = flagged.expect("b2 flagged within 20 s of skewed traffic");
+    let report = flagged.expect("b2 flagged");
     let backend = dns4_backend(&report, "b2");
     assert!(
         backend["observed_share"].as_f64().unwrap() > 0.5,
@@ -415,15 +422,20 @@ fn a_real_prometheus_fires_the_imbalance_alert_for_skew_and_nothing_for_even_tra
     let prometheus =
         Prometheus::start(lab.lb(), METRICS, &rules_file()).expect("prometheus starts");
     // Wait for the first scrape, so that "no alert" means something.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while prometheus.query_one("up{job=\"fulcrum\"}").ok().flatten() != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "prometheus never scraped fulcrum: {}",
-            prometheus.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait::until(
+        Duration::from_secs(20),
+        || {
+            let up = prometheus.query_one("up{job=\"fulcrum\"}").ok().flatten();
+            Ok(if up == Some(1.0) { Ok(()) } else { Err(()) })
+        },
+        |()| {
+            Ok(format!(
+                "prometheus never scraped fulcrum: {}",
+                prometheus.log()
+            ))
+        },
+    )
+    .expect("a first scrape");
 
     // Even traffic for longer than the detector's window and for_s: no
     // alert of any kind is pending or firing.
@@ -437,38 +449,39 @@ fn a_real_prometheus_fires_the_imbalance_alert_for_skew_and_nothing_for_even_tra
         }
     });
     // Prometheus scraped the even flows (its last scrape may be a second old).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let seen = prometheus
-            .query_one("sum(fulcrum_vip_new_flows_total{vip=\"dns4\"})")
-            .expect("a query");
-        if seen.is_some_and(|flows| flows >= 400.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prometheus saw {seen:?} of the 400 even flows"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait::until(
+        Duration::from_secs(5),
+        || {
+            let seen = prometheus.query_one("sum(fulcrum_vip_new_flows_total{vip=\"dns4\"})")?;
+            Ok(if seen.is_some_and(|flows| flows >= 400.0) {
+                Ok(())
+            } else {
+                Err(seen)
+            })
+        },
+        |seen| Ok(format!("prometheus saw {seen:?} of the 400 even flows")),
+    )
+    .expect("the even flows scraped");
 
     // Skewed clients: the alert fires, naming the VIP and the backend.
     let skewed = ports_hashing_to(&lab, "b2", 40000, 600);
     let started = Instant::now();
-    let mut firing = None;
-    std::thread::scope(|scope| {
+    let firing = std::thread::scope(|scope| {
         let sender = scope.spawn(|| paced_flows(&lab, &skewed, 40));
-        while firing.is_none() && !sender.is_finished() {
-            std::thread::sleep(Duration::from_millis(500));
-            firing = prometheus
-                .alerts()
-                .expect("alerts")
-                .into_iter()
-                .find(|a| {
+        wait::until(
+            Duration::from_secs(20),
+            || {
+                let alert = prometheus.alerts()?.into_iter().find(|a| {
                     a.labels["alertname"] == "FulcrumBackendImbalanced" && a.state == "firing"
-                })
-                .map(|alert| (alert, started.elapsed()));
-        }
+                });
+                match alert {
+                    Some(alert) => Ok(Ok((alert, started.elapsed()))),
+                    None if sender.is_finished() => anyhow::bail!("the skew ended first"),
+                    None => Ok(Err(())),
+                }
+            },
+            |()| Ok("FulcrumBackendImbalanced did not fire".into()),
+        )
     });
     let (alert, after) = firing.expect("FulcrumBackendImbalanced fired while the skew lasted");
     // The skew outweighs the even flows still in the 6 s window after about

@@ -9,12 +9,18 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
 
-use lb_tests::lab::{BackendSpec, Lab, VIP_NAMES, fulcrum_binary};
+use lb_tests::{
+    lab::{BackendSpec, Lab, VIP_NAMES, fulcrum_binary},
+    wait,
+};
 
 const BACKENDS: [&str; 3] = ["b1", "b2", "b3"];
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -79,37 +85,45 @@ impl Tmux {
 
     /// Waits until the pane shows what `done` looks for; returns it.
     fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.screen();
-            if done(&screen) {
-                return screen;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "no {what} after {PATIENCE:?}:\n{screen}"
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        wait::until(
+            PATIENCE,
+            || {
+                let screen = self.screen();
+                Ok(if done(&screen) {
+                    Ok(screen)
+                } else {
+                    Err(screen)
+                })
+            },
+            |screen| Ok(format!("no {what}:\n{screen}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The screens shown while `work` runs and for 1.5 s after (rates are
-    /// of the last interval), captured every 200 ms.
-    fn screens_during<T>(&self, work: impl FnOnce() -> T) -> (T, Vec<String>) {
-        let done = AtomicBool::new(false);
+    /// The screens shown while `work` runs and after it, captured every
+    /// 200 ms until `enough` holds of them (rates are of the last interval,
+    /// so they show a little after the traffic), or `PATIENCE` after
+    /// `work` ends.
+    fn screens_during<T>(
+        &self,
+        work: impl FnOnce() -> T,
+        enough: impl Fn(&[String]) -> bool + Sync,
+    ) -> (T, Vec<String>) {
+        let ended = OnceLock::new();
         thread::scope(|scope| {
             let capturer = scope.spawn(|| {
-                let mut screens = Vec::new();
-                let start = Instant::now();
-                while !done.load(Ordering::Relaxed) && start.elapsed() < 10 * PATIENCE {
-                    screens.push(self.screen());
+                let mut screens = vec![self.screen()];
+                while ended
+                    .get()
+                    .is_none_or(|ended: &Instant| !enough(&screens) && ended.elapsed() < PATIENCE)
+                {
                     thread::sleep(Duration::from_millis(200));
+                    screens.push(self.screen());
                 }
                 screens
             });
             let result = work();
-            thread::sleep(Duration::from_millis(1500));
-            done.store(true, Ordering::Relaxed);
+            ended.get_or_init(Instant::now);
             (result, capturer.join().expect("the capturing thread"))
         })
     }
@@ -122,20 +136,25 @@ impl Tmux {
     /// was given back: not on the alternate screen, and not in raw mode
     /// (what `stty -a` printed after top); returns the pane's screen.
     fn ended(&self) -> String {
-        let start = Instant::now();
-        let state = loop {
-            let state = self.run(&[
-                "display-message",
-                "-p",
-                "-t",
-                "top",
-                "#{pane_dead} #{alternate_on}",
-            ]);
-            if state.starts_with('1') || start.elapsed() > PATIENCE {
-                break state;
-            }
-            thread::sleep(Duration::from_millis(100));
-        };
+        let state = wait::until(
+            PATIENCE,
+            || {
+                let state = self.run(&[
+                    "display-message",
+                    "-p",
+                    "-t",
+                    "top",
+                    "#{pane_dead} #{alternate_on}",
+                ]);
+                Ok(if state.starts_with('1') {
+                    Ok(state)
+                } else {
+                    Err(state)
+                })
+            },
+            |state| Ok(format!("the pane's command is still running ({state})")),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.printed()));
         let screen = self.printed();
         assert_eq!(state.trim(), "1 0", "ended, on the main screen:\n{screen}");
         let modes: Vec<&str> = screen.split_whitespace().collect();
@@ -228,6 +247,49 @@ fn everything_drawn(screen: &str) -> bool {
         && rates(screen).len() == VIP_NAMES.len() * (1 + BACKENDS.len())
 }
 
+/// Whether `screens` show the traffic: the VIPs are driven one after the
+/// other, so each shows its rates in some frame, its own and every
+/// backend's; and the last frame draws each backend's share (observed over
+/// expected, a bar for the flows it took over the window, a marker where
+/// its table share ends). Else, what is missing.
+fn traffic_shown(screens: &[String]) -> Result<(), String> {
+    let shown: Vec<_> = screens.iter().flat_map(|s| rates(s)).collect();
+    for vip in VIP_NAMES {
+        for backend in [""].into_iter().chain(BACKENDS) {
+            if !shown.iter().any(|(v, b, packets, flows)| {
+                v == vip && b == backend && positive(packets) && positive(flows)
+            }) {
+                return Err(format!(
+                    "{vip} {backend:?}: no frame with packets and new flows per second above zero"
+                ));
+            }
+        }
+    }
+    let last = screens.last().map_or("", String::as_str);
+    let rows: Vec<&str> = last
+        .lines()
+        .filter(|l| BACKENDS.iter().any(|b| l.starts_with(b)))
+        .collect();
+    if rows.len() != VIP_NAMES.len() * BACKENDS.len() {
+        return Err(format!("{} backend rows", rows.len()));
+    }
+    for row in rows {
+        if !row.contains("/33%") {
+            return Err(format!("expected share 33%: {row}"));
+        }
+        if !row.contains('┃') {
+            return Err(format!("the expected share's marker: {row}"));
+        }
+        if !row.contains(['█', '▉', '▊', '▋', '▌', '▍', '▎', '▏']) {
+            return Err(format!("the observed share's bar: {row}"));
+        }
+    }
+    if !last.contains("verdicts/s:") {
+        return Err("no verdicts/s".into());
+    }
+    Ok(())
+}
+
 #[test]
 fn top_draws_every_vip_and_backend_with_live_rates_and_share_bars_and_q_quits() {
     let lab = lab();
@@ -235,55 +297,24 @@ fn top_draws_every_vip_and_backend_with_live_rates_and_share_bars_and_q_quits() 
     let first = tmux.wait_for("frame with every VIP and backend", everything_drawn);
     assert!(first.contains("fulcrum top: eth0 attached"), "{first}");
     assert!(first.contains("q quit"), "{first}");
-    // Rates from the second answer on. The daemon's imbalance window
-    // counts flows from its first sample (a second after it starts): the
-    // traffic waits for it, so that the observed shares show it.
+    // Rates from the second answer on.
     tmux.wait_for("frame with rates", |s| {
         everything_drawn(s) && rates(s).iter().all(|(.., packets, _)| packets != "-")
     });
-    thread::sleep(Duration::from_millis(1500));
 
-    let (traffic, screens) = tmux.screens_during(|| lab.drive(200, 200, 30000));
+    let (traffic, screens) = tmux.screens_during(
+        || lab.drive(200, 200, 30000),
+        |screens| traffic_shown(screens).is_ok(),
+    );
     for (vip, tally) in &traffic.expect("traffic") {
         assert_eq!(tally.failures, 0, "{vip}: every flow answered");
     }
-    // The VIPs are driven one after the other: each shows its rates in
-    // some frame, its own and every backend's.
-    let shown: Vec<_> = screens.iter().flat_map(|s| rates(s)).collect();
-    for vip in VIP_NAMES {
-        for backend in [""].into_iter().chain(BACKENDS) {
-            assert!(
-                shown.iter().any(|(v, b, packets, flows)| v == vip
-                    && b == backend
-                    && positive(packets)
-                    && positive(flows)),
-                "{vip} {backend:?}: no frame with packets and new flows per second above \
-                 zero; last frame:\n{}",
-                screens.last().map_or("", String::as_str)
-            );
-        }
-    }
-    // Each backend's share: observed/expected, a bar for the flows it took
-    // over the window and a marker where its table share ends.
-    let last = screens.last().expect("frames");
-    let rows: Vec<&str> = last
-        .lines()
-        .filter(|l| BACKENDS.iter().any(|b| l.starts_with(b)))
-        .collect();
-    assert_eq!(rows.len(), VIP_NAMES.len() * BACKENDS.len(), "{last}");
-    for row in rows {
-        assert!(row.contains("/33%"), "expected share 33%: {row}\n{last}");
-        assert!(
-            row.contains('┃'),
-            "the expected share's marker: {row}\n{last}"
-        );
-        assert!(
-            row.contains(['█', '▉', '▊', '▋', '▌', '▍', '▎', '▏']),
-            "the observed share's bar: {row}\n{last}"
+    if let Err(why) = traffic_shown(&screens) {
+        panic!(
+            "{why}; last frame:\n{}",
+            screens.last().map_or("", String::as_str)
         );
     }
-    assert!(last.contains("verdicts/s:"), "{last}");
-
     tmux.send("q");
     let after = tmux.ended();
     assert!(after.contains("top exited 0"), "{after}");

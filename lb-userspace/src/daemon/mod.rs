@@ -417,13 +417,16 @@ impl Controller {
         door: Door,
     ) -> Reply {
         let down = self.health.down();
+        // What the file said, for the doors that read it.
+        let file_text = matches!(door, Door::FileChanged | Door::Sighup | Door::Start)
+            .then(|| text.clone());
         let request = desk::Request {
             text,
             force,
             if_generation,
             door: door.clone(),
         };
-        let decision = self.desk.change(request.clone(), &down, &self.network);
+        let decision = self.desk.change(request, &down, &self.network);
         let (reply, codes, reasons) = match &decision {
             Decision::Stale {
                 generation,
@@ -505,10 +508,10 @@ impl Controller {
         };
         let outcome = decision.outcome().unwrap_or(Outcome::Failed);
         self.monitor.decided(outcome, &codes);
-        match door {
-            Door::FileChanged | Door::Sighup | Door::Start => self.file_seen(&request.text),
-            Door::Api(..) if outcome == Outcome::Applied => self.monitor.file_in_force(true),
-            Door::Api(..) | Door::Neighbours | Door::Health(_) => {}
+        if let Some(text) = file_text {
+            self.file_seen(&text);
+        } else if matches!(door, Door::Api(..)) && outcome == Outcome::Applied {
+            self.monitor.file_in_force(true);
         }
         self.announce();
         match outcome {
