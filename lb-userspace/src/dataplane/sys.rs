@@ -166,6 +166,9 @@ struct ObjAttr {
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+    /// The kernel refuses (EINVAL) an attr whose bytes past its last field
+    /// are not zero, and padding is not sure to be: a field is.
+    _pad: u32,
 }
 
 /// The `info` member of `union bpf_attr` (`BPF_OBJ_GET_INFO_BY_FD`).
@@ -469,6 +472,8 @@ mod tests {
         assert_eq!(offset_of!(ObjAttr, bpf_fd), offset_of!(Obj, bpf_fd));
         assert_eq!(offset_of!(ObjAttr, file_flags), offset_of!(Obj, file_flags));
         assert_eq!(offset_of!(ObjAttr, path_fd), offset_of!(Obj, path_fd));
+        // No padding, whose bytes could be anything: every byte a field's.
+        assert_eq!(offset_of!(ObjAttr, _pad) + 4, size_of::<ObjAttr>());
 
         type Info = uapi::bpf_attr__bindgen_ty_9;
         assert_eq!(size_of::<InfoAttr>(), size_of::<Info>());
