@@ -11,7 +11,7 @@ use lb_common::{
 };
 use lb_userspace::{
     config::{Config, MacAddr},
-    dataplane::state::{DesiredState, vip_key},
+    dataplane::state::{DesiredState, UnknownMac, vip_key},
     dataplane::{
         BENCH_OBJECT, Capacities, Dataplane,
         pins::PinDir,
@@ -392,8 +392,10 @@ impl Fixture {
     pub fn with_parsed(config: &Config) -> Self {
         require_root();
         let state = DesiredState::build(config, |b| {
-            b.mac
-                .ok_or_else(|| anyhow::anyhow!("test backends carry their MACs"))
+            b.mac.ok_or(UnknownMac {
+                address: b.address,
+                why: "no MAC in the test config",
+            })
         })
         .expect("test config builds");
         let mut dataplane = Dataplane::load_with(Capacities {

@@ -5,7 +5,10 @@
 
 use aya::{TestRun as _, TestRunOptions};
 use lb_common::maps::Reason;
-use lb_userspace::{config::Config, dataplane::state::DesiredState};
+use lb_userspace::{
+    config::Config,
+    dataplane::state::{DesiredState, UnknownMac},
+};
 
 use crate::{
     fixture::{Fixture, STANDARD_CONFIG, TEST_SEED, xdp_action},
@@ -51,8 +54,10 @@ pub fn b3_drained(previous: &DesiredState) -> DesiredState {
     let text = STANDARD_CONFIG.replacen(b3, &b3.replace("weight = 2", "weight = 0"), 1);
     let config = Config::parse(&text).expect("the drained config parses");
     DesiredState::build_from(&config, Some(previous), |b| {
-        b.mac
-            .ok_or_else(|| anyhow::anyhow!("test backends carry MACs"))
+        b.mac.ok_or(UnknownMac {
+            address: b.address,
+            why: "no MAC in the test config",
+        })
     })
     .expect("the drained state builds")
 }

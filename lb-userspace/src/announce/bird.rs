@@ -4,16 +4,87 @@
 //! configuration again.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{self, BufRead as _, BufReader, Write as _},
     net::IpAddr,
     os::unix::net::UnixStream,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use crate::durable::{self, DurableError};
 
-use crate::durable;
+/// Why BIRD was not told, or did not take, what it was told. Each message
+/// holds its cause: the daemon and `fulcrum detach` print it as it is, and
+/// also through anyhow's `{:#}`, which would print a `source` a second
+/// time.
+#[derive(Debug, thiserror::Error)]
+pub enum BirdError {
+    /// The interface's name cannot be written into BIRD's config.
+    #[error("interface name {0:?} cannot be written into a BIRD config")]
+    Interface(String),
+    /// The include file could not be written.
+    #[error("{0}")]
+    Include(DurableError),
+    /// BIRD's control socket could not be connected to.
+    #[error("connecting to BIRD's control socket {}: {error}", socket.display())]
+    Connect {
+        /// The socket.
+        socket: PathBuf,
+        /// The error.
+        error: io::Error,
+    },
+    /// The connection failed: setting its timeouts, or sending the command.
+    #[error("{0}")]
+    Socket(io::Error),
+    /// BIRD's greeting could not be read.
+    #[error("reading BIRD's greeting: {0}")]
+    Greeting(io::Error),
+    /// BIRD greeted with another code than 0001.
+    #[error("BIRD greeted with code {0:04}, not 0001")]
+    Greeted(u16),
+    /// BIRD's answer to a command could not be read.
+    #[error("reading BIRD's answer to {command:?}: {error}")]
+    Answer {
+        /// The command.
+        command: String,
+        /// The error.
+        error: io::Error,
+    },
+    /// BIRD refused a command (a code of 8000 and up), in its own words.
+    #[error("BIRD answered {command:?} with {code:04}: {}", lines.join("; "))]
+    Refused {
+        /// The command.
+        command: String,
+        /// BIRD's code.
+        code: u16,
+        /// BIRD's answer.
+        lines: Vec<String>,
+    },
+}
+
+impl BirdError {
+    /// Whether it says that no BIRD listens on the socket: then BIRD
+    /// announces nothing now, and reads the include file when it starts.
+    /// Any I/O error on the way that finds nothing there, or nothing
+    /// accepting, says so (the include file's missing directory too).
+    pub fn not_running(&self) -> bool {
+        let error = match self {
+            BirdError::Include(DurableError::Io { source: error, .. })
+            | BirdError::Connect { error, .. }
+            | BirdError::Socket(error)
+            | BirdError::Greeting(error)
+            | BirdError::Answer { error, .. } => error,
+            BirdError::Interface(_)
+            | BirdError::Include(DurableError::NoFile(_))
+            | BirdError::Greeted(_)
+            | BirdError::Refused { .. } => return false,
+        };
+        matches!(
+            error.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        )
+    }
+}
 
 /// Mode of the include file: BIRD may run as its own user.
 const INCLUDE_MODE: u32 = 0o644;
@@ -24,9 +95,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The include file announcing `routes` as host routes through `interface`.
 /// `check link` makes BIRD itself withdraw them when the interface loses
 /// its link, with or without a controller running.
-pub fn render(routes: &[IpAddr], interface: &str) -> anyhow::Result<String> {
+pub fn render(routes: &[IpAddr], interface: &str) -> Result<String, BirdError> {
     if interface.contains(['"', '\\']) || interface.is_empty() {
-        bail!("interface name {interface:?} cannot be written into a BIRD config");
+        return Err(BirdError::Interface(interface.to_string()));
     }
     let mut text = format!(
         "# Written by fulcrum: the VIPs this host is ready to serve on {interface}.\n\
@@ -71,19 +142,26 @@ fn parse_line(line: &str) -> (Option<u16>, bool, &str) {
 /// Sends `command` to the BIRD listening on `socket` and returns its
 /// answer's lines; an error code (8000 and up) is an error with BIRD's
 /// own words.
-pub fn command(socket: &Path, command: &str) -> anyhow::Result<Vec<String>> {
-    let stream = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to BIRD's control socket {}", socket.display()))?;
-    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-    stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut answer = || -> anyhow::Result<(u16, Vec<String>)> {
+pub fn command(socket: &Path, command: &str) -> Result<Vec<String>, BirdError> {
+    let stream = UnixStream::connect(socket).map_err(|error| BirdError::Connect {
+        socket: socket.to_path_buf(),
+        error,
+    })?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(ANSWER_TIMEOUT)))
+        .map_err(BirdError::Socket)?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(BirdError::Socket)?);
+    let mut answer = || -> io::Result<(u16, Vec<String>)> {
         let mut lines = Vec::new();
         let mut last = 0;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line)? == 0 {
-                bail!("BIRD closed its control socket mid-answer");
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "BIRD closed its control socket mid-answer",
+                ));
             }
             let (code, last_line, text) = parse_line(line.trim_end_matches('\n'));
             last = code.unwrap_or(last);
@@ -93,18 +171,23 @@ pub fn command(socket: &Path, command: &str) -> anyhow::Result<Vec<String>> {
             }
         }
     };
-    let (greeting, _) = answer().context("reading BIRD's greeting")?;
+    let (greeting, _) = answer().map_err(BirdError::Greeting)?;
     if greeting != 1 {
-        bail!("BIRD greeted with code {greeting:04}, not 0001");
+        return Err(BirdError::Greeted(greeting));
     }
-    (&stream).write_all(format!("{command}\n").as_bytes())?;
-    let (code, lines) =
-        answer().with_context(|| format!("reading BIRD's answer to {command:?}"))?;
+    (&stream)
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(BirdError::Socket)?;
+    let (code, lines) = answer().map_err(|error| BirdError::Answer {
+        command: command.to_string(),
+        error,
+    })?;
     if code >= 8000 {
-        bail!(
-            "BIRD answered {command:?} with {code:04}: {}",
-            lines.join("; ")
-        );
+        return Err(BirdError::Refused {
+            command: command.to_string(),
+            code,
+            lines,
+        });
     }
     Ok(lines)
 }
@@ -116,9 +199,9 @@ pub fn announce(
     socket: &Path,
     routes: &[IpAddr],
     interface: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), BirdError> {
     let text = render(routes, interface)?;
-    durable::write(include, text.as_bytes(), INCLUDE_MODE)?;
+    durable::write(include, text.as_bytes(), INCLUDE_MODE).map_err(BirdError::Include)?;
     command(socket, "configure").map(drop)
 }
 
@@ -141,7 +224,7 @@ impl Sessions {
 }
 
 /// The BGP sessions of the BIRD listening on `socket`.
-pub fn sessions(socket: &Path) -> anyhow::Result<Sessions> {
+pub fn sessions(socket: &Path) -> Result<Sessions, BirdError> {
     Ok(count_sessions(&command(socket, "show protocols")?))
 }
 
@@ -160,19 +243,6 @@ fn count_sessions(lines: &[String]) -> Sessions {
             .filter(|words| words.contains(&"Established"))
             .count(),
     }
-}
-
-/// Whether `error` says that no BIRD listens on the socket: then BIRD
-/// announces nothing now, and reads the include file when it starts.
-pub fn not_running(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            )
-        })
-    })
 }
 
 #[cfg(test)]
@@ -220,13 +290,21 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let include = dir.join("include.conf");
         let missing = announce(&include, &dir.join("no-such.ctl"), &[], "eth1").unwrap_err();
-        assert!(not_running(&missing), "{missing:#}");
+        assert!(missing.not_running(), "{missing}");
         assert_eq!(
             std::fs::read_to_string(&include).unwrap(),
             render(&[], "eth1").unwrap()
         );
-        let refused = anyhow::anyhow!("BIRD answered \"configure\" with 8002: syntax error");
-        assert!(!not_running(&refused));
+        let refused = BirdError::Refused {
+            command: "configure".into(),
+            code: 8002,
+            lines: vec!["syntax error".into()],
+        };
+        assert_eq!(
+            refused.to_string(),
+            "BIRD answered \"configure\" with 8002: syntax error"
+        );
+        assert!(!refused.not_running());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

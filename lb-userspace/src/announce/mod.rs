@@ -200,7 +200,7 @@ impl Announcer {
         match self.tell(routes) {
             Ok(()) => Some(format!("announce: BIRD now announces {spelt}")),
             Err(e) => {
-                let message = format!("{e:#}");
+                let message = e.to_string();
                 let again = self.report.error.as_ref() == Some(&message);
                 self.report.error = Some(message.clone());
                 (!again).then(|| {
@@ -236,23 +236,23 @@ impl Announcer {
     /// is not running counts as withdrawn: the include file is empty when
     /// it starts. Any other failure is an error: the routes may still be
     /// announced.
-    pub fn withdraw(&mut self) -> anyhow::Result<String> {
+    pub fn withdraw(&mut self) -> Result<String, bird::BirdError> {
         for vip in &mut self.report.vips {
             vip.ready = false;
             vip.why = "withdrawn: detaching".into();
         }
         match self.tell(Vec::new()) {
             Ok(()) => Ok("announce: BIRD withdrew every route".into()),
-            Err(e) if bird::not_running(&e) => {
+            Err(e) if e.not_running() => {
                 self.report.error = None;
                 Ok(format!(
-                    "announce: no BIRD runs on {} ({e:#}); the include file is empty, so it \
+                    "announce: no BIRD runs on {} ({e}); the include file is empty, so it \
                      announces nothing when it starts",
                     self.settings.bird_socket.display()
                 ))
             }
             Err(e) => {
-                self.report.error = Some(format!("{e:#}"));
+                self.report.error = Some(e.to_string());
                 Err(e)
             }
         }
@@ -269,7 +269,7 @@ impl Announcer {
     }
 
     /// Tells BIRD to announce `routes`, and records what BIRD took.
-    fn tell(&mut self, routes: Vec<IpAddr>) -> anyhow::Result<()> {
+    fn tell(&mut self, routes: Vec<IpAddr>) -> Result<(), bird::BirdError> {
         let result = bird::announce(
             &self.settings.bird_include,
             &self.settings.bird_socket,

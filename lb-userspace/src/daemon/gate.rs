@@ -114,15 +114,18 @@ impl HostNetwork {
 
     /// The MACs of `wanted` the kernel knows now, without probing.
     pub fn known(&self, wanted: &[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
-        self.netlink.lookup(wanted, net::ifindex(&self.interface)?)
+        Ok(self
+            .netlink
+            .lookup(wanted, net::ifindex(&self.interface)?)?)
     }
 }
 
 impl Neighbourhood for HostNetwork {
     fn macs(&self, wanted: &[(IpAddr, Reach)]) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
         let ifindex = net::ifindex(&self.interface)?;
-        self.netlink
-            .resolve(wanted, ifindex, neighbours::RESOLVE_TIMEOUT)
+        Ok(self
+            .netlink
+            .resolve(wanted, ifindex, neighbours::RESOLVE_TIMEOUT)?)
     }
 
     fn is_local(&self, address: IpAddr) -> bool {

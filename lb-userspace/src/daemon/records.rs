@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, MacAddr},
-    dataplane::state::{BackendState, DesiredState, VipState, ip_from, vip_key},
+    dataplane::state::{BackendState, DesiredState, UnknownMac, VipState, ip_from, vip_key},
     durable,
     table::TableSize,
     table::VipTable,
@@ -146,9 +146,10 @@ impl Record {
             macs.entry(backend.addr.ip()).or_insert(backend.mac);
         }
         let mut state = DesiredState::build_from(&config, Some(&skeleton), |backend| {
-            macs.get(&backend.address)
-                .copied()
-                .with_context(|| format!("no recorded MAC for {}", backend.address))
+            macs.get(&backend.address).copied().ok_or(UnknownMac {
+                address: backend.address,
+                why: "no recorded MAC",
+            })
         })?;
         state.mark_down(&self.down);
         Ok((judged, state))

@@ -8,25 +8,147 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, bail};
 use aya::{
-    EbpfLoader,
-    maps::{Array, MapData, PerCpuArray},
+    EbpfError, EbpfLoader,
+    maps::{Array, MapData, MapError, PerCpuArray},
+    pin::PinError,
     programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
     },
 };
 use lb_common::maps::{DECAP_ADDRESSES, DecapConfig, DecapReason, names};
 
+use crate::net::InterfaceError;
+
 /// Where decapsulation pins live unless told otherwise.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/fulcrum-decap";
+
+/// Why decapsulation could not be set up, changed, removed or read. Each
+/// message names the step, and the underlying error is its source; a failed
+/// pin, and a link that cannot be pinned, quote aya's error instead.
+#[derive(Debug, thiserror::Error)]
+pub enum DecapError {
+    /// More addresses of a family than the program holds.
+    #[error("more than {DECAP_ADDRESSES} {family} addresses to decapsulate for")]
+    TooManyAddresses {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
+    /// The interface to attach to is not there.
+    #[error(transparent)]
+    Interface(#[from] InterfaceError),
+    /// The settings pinned for an attached program could not be opened.
+    #[error("opening the pinned settings in {}", dir.display())]
+    OpenSettings {
+        /// The pin directory.
+        dir: PathBuf,
+        /// aya's error.
+        #[source]
+        source: MapError,
+    },
+    /// The settings could not be written (`writing`) or changed
+    /// (`updating`).
+    #[error("{step} the settings")]
+    WriteSettings {
+        /// `writing` or `updating`.
+        step: &'static str,
+        /// aya's error.
+        #[source]
+        source: MapError,
+    },
+    /// A map could not be used.
+    #[error(transparent)]
+    Map(#[from] MapError),
+    /// The decapsulation object could not be loaded.
+    #[error("loading the decapsulation object")]
+    Load(#[source] EbpfError),
+    /// The decapsulation object lacks a map or its program.
+    #[error("the decapsulation object has no {0}")]
+    Missing(&'static str),
+    /// The program could not be used.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// The kernel's verifier refused the program.
+    #[error("verifying the decapsulation program")]
+    Verify(#[source] ProgramError),
+    /// The program could not be attached to the interface.
+    #[error("attaching to {interface}")]
+    Attach {
+        /// The interface.
+        interface: String,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
+    },
+    /// The program was attached through a link that cannot be pinned.
+    #[error("the XDP link is not a bpf_link: {0}")]
+    NotBpfLink(LinkError),
+    /// The pin directory could not be made.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A map could not be pinned.
+    #[error("pinning {name}: {error}")]
+    PinMap {
+        /// The map's name.
+        name: &'static str,
+        /// aya's error.
+        error: PinError,
+    },
+    /// The link could not be pinned.
+    #[error("pinning the link: {0}")]
+    PinLink(PinError),
+    /// Pinning under the pin directory failed (and the program was
+    /// detached again).
+    #[error("pinning under {}", dir.display())]
+    Pin {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The step that failed.
+        #[source]
+        source: Box<DecapError>,
+    },
+    /// No decapsulation program is pinned for the interface.
+    #[error("no decapsulation program is pinned for {interface} under {}", root.display())]
+    NotPinned {
+        /// The interface.
+        interface: String,
+        /// The pin root.
+        root: PathBuf,
+    },
+    /// The counters of the interface's program could not be opened.
+    #[error("no decapsulation program is pinned for {interface} under {}", root.display())]
+    NoCounters {
+        /// The interface.
+        interface: String,
+        /// The pin root.
+        root: PathBuf,
+        /// aya's error (boxed: it is large).
+        #[source]
+        source: Box<MapError>,
+    },
+    /// The link's pin could not be opened.
+    #[error("opening the link pin")]
+    OpenLink(#[source] LinkError),
+    /// The link's pin could not be removed.
+    #[error("removing the link pin")]
+    Unpin(#[source] std::io::Error),
+    /// The pin directory could not be removed.
+    #[error("removing {}", dir.display())]
+    Remove {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 const LINK: &str = "link";
 
 /// The settings for `addresses` (at most `DECAP_ADDRESSES` of each family)
 /// and `gue_port` (0: no GUE).
-pub fn settings(addresses: &[IpAddr], gue_port: u16) -> anyhow::Result<DecapConfig> {
+pub fn settings(addresses: &[IpAddr], gue_port: u16) -> Result<DecapConfig, DecapError> {
     let mut config = DecapConfig {
         gue_port,
         ..DecapConfig::default()
@@ -45,11 +167,11 @@ fn take<const N: usize>(
     slots: &mut [[u8; N]; DECAP_ADDRESSES],
     count: &mut u8,
     octets: [u8; N],
-    family: &str,
-) -> anyhow::Result<()> {
-    let slot = slots.get_mut(usize::from(*count)).with_context(|| {
-        format!("more than {DECAP_ADDRESSES} {family} addresses to decapsulate for")
-    })?;
+    family: &'static str,
+) -> Result<(), DecapError> {
+    let slot = slots
+        .get_mut(usize::from(*count))
+        .ok_or(DecapError::TooManyAddresses { family })?;
     *slot = octets;
     *count += 1;
     Ok(())
@@ -67,89 +189,106 @@ pub fn attach(
     root: &Path,
     interface: &str,
     config: DecapConfig,
-) -> anyhow::Result<Option<&'static str>> {
+) -> Result<Option<&'static str>, DecapError> {
     let dir = pin_dir(root, interface);
     if dir.join(LINK).exists() {
-        let data = MapData::from_pin(dir.join(names::DECAP_CONFIG))
-            .with_context(|| format!("opening the pinned settings in {}", dir.display()))?;
+        let data = MapData::from_pin(dir.join(names::DECAP_CONFIG)).map_err(|source| {
+            DecapError::OpenSettings {
+                dir: dir.clone(),
+                source,
+            }
+        })?;
         let mut array: Array<_, DecapConfig> = Array::try_from(aya::maps::Map::Array(data))?;
-        array.set(0, config, 0).context("updating the settings")?;
+        array
+            .set(0, config, 0)
+            .map_err(|source| DecapError::WriteSettings {
+                step: "updating",
+                source,
+            })?;
         return Ok(None);
     }
     crate::net::require_interface(interface)?;
     let mut ebpf = EbpfLoader::new()
         .load(crate::DECAP_OBJECT)
-        .context("loading the decapsulation object")?;
+        .map_err(DecapError::Load)?;
     {
         let mut array: Array<_, DecapConfig> = Array::try_from(
             ebpf.map_mut(names::DECAP_CONFIG)
-                .context("the decapsulation object has no settings map")?,
+                .ok_or(DecapError::Missing("settings map"))?,
         )?;
-        array.set(0, config, 0).context("writing the settings")?;
+        array
+            .set(0, config, 0)
+            .map_err(|source| DecapError::WriteSettings {
+                step: "writing",
+                source,
+            })?;
     }
     let program: &mut Xdp = ebpf
         .program_mut(names::DECAP_PROGRAM)
-        .context("the decapsulation object has no program")?
+        .ok_or(DecapError::Missing("program"))?
         .try_into()?;
-    program
-        .load()
-        .context("verifying the decapsulation program")?;
+    program.load().map_err(DecapError::Verify)?;
     let (id, mode) = match program.attach(interface, XdpMode::Driver) {
         Ok(id) => (id, "native"),
         Err(_) => (
             program
                 .attach(interface, XdpMode::Skb)
-                .with_context(|| format!("attaching to {interface}"))?,
+                .map_err(|source| DecapError::Attach {
+                    interface: interface.to_string(),
+                    source,
+                })?,
             "generic",
         ),
     };
-    let link = FdLink::try_from(program.take_link(id)?)
-        .map_err(|e| anyhow::anyhow!("the XDP link is not a bpf_link: {e}"))?;
+    let link = FdLink::try_from(program.take_link(id)?).map_err(DecapError::NotBpfLink)?;
     let pinned = (|| {
         std::fs::create_dir_all(&dir)?;
         for name in [names::DECAP_CONFIG, names::DECAP_STATS] {
             ebpf.map(name)
-                .with_context(|| format!("the decapsulation object has no {name}"))?
+                .ok_or(DecapError::Missing(name))?
                 .pin(dir.join(name))
-                .map_err(|e| anyhow::anyhow!("pinning {name}: {e}"))?;
+                .map_err(|error| DecapError::PinMap { name, error })?;
         }
-        link.pin(dir.join(LINK))
-            .map_err(|e| anyhow::anyhow!("pinning the link: {e}"))?;
-        anyhow::Ok(())
+        link.pin(dir.join(LINK)).map_err(DecapError::PinLink)?;
+        Ok(())
     })();
     if let Err(e) = pinned {
         // The link was not pinned: dropping it detached the program.
         let _ = std::fs::remove_dir_all(&dir);
-        return Err(e.context(format!("pinning under {}", dir.display())));
+        return Err(DecapError::Pin {
+            dir,
+            source: Box::new(e),
+        });
     }
     Ok(Some(mode))
 }
 
 /// Detaches the decapsulation program from `interface` and removes its
 /// pins. Fails if nothing is pinned for it.
-pub fn detach(root: &Path, interface: &str) -> anyhow::Result<()> {
+pub fn detach(root: &Path, interface: &str) -> Result<(), DecapError> {
     let dir = pin_dir(root, interface);
     if !dir.join(LINK).exists() {
-        bail!(
-            "no decapsulation program is pinned for {interface} under {}",
-            root.display()
-        );
+        return Err(DecapError::NotPinned {
+            interface: interface.to_string(),
+            root: root.to_path_buf(),
+        });
     }
-    let link = PinnedLink::from_pin(dir.join(LINK)).context("opening the link pin")?;
+    let link = PinnedLink::from_pin(dir.join(LINK)).map_err(DecapError::OpenLink)?;
     // Dropping the last reference to the link detaches the program.
-    drop(link.unpin().context("removing the link pin")?);
-    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+    drop(link.unpin().map_err(DecapError::Unpin)?);
+    std::fs::remove_dir_all(&dir).map_err(|source| DecapError::Remove { dir, source })
 }
 
 /// The counters of the decapsulation program on `interface`, by reason,
 /// summed over CPUs.
-pub fn counters(root: &Path, interface: &str) -> anyhow::Result<Vec<(DecapReason, u64)>> {
+pub fn counters(root: &Path, interface: &str) -> Result<Vec<(DecapReason, u64)>, DecapError> {
     let dir = pin_dir(root, interface);
-    let data = MapData::from_pin(dir.join(names::DECAP_STATS)).with_context(|| {
-        format!(
-            "no decapsulation program is pinned for {interface} under {}",
-            root.display()
-        )
+    let data = MapData::from_pin(dir.join(names::DECAP_STATS)).map_err(|source| {
+        DecapError::NoCounters {
+            interface: interface.to_string(),
+            root: root.to_path_buf(),
+            source: Box::new(source),
+        }
     })?;
     let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))?;
     DecapReason::ALL

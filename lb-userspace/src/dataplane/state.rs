@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::Context as _;
 use lb_common::{
     flow_hash::{FlowSeed, flow_hash, table_slot},
     maps::{
@@ -16,8 +15,53 @@ use lb_common::{
 use crate::{
     config::{BackendConfig, Config, Encapsulation, Forwarding, IdleTimeouts, MacAddr},
     table::TableSize,
-    table::VipTable,
+    table::{TableError, VipTable},
 };
+
+/// What `mac_of` answers for a backend whose MAC it does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("{why} for {address}")]
+pub struct UnknownMac {
+    /// The backend's address.
+    pub address: IpAddr,
+    /// Why its MAC is unknown (`no recorded MAC`).
+    pub why: &'static str,
+}
+
+/// Why a config could not be turned into the state to install. Each
+/// message names the VIP and backend; the underlying error is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The config's table size is not one a table can have.
+    #[error(transparent)]
+    TableSize(#[from] TableError),
+    /// More VIPs than the data plane holds.
+    #[error("more than {MAX_VIPS} VIPs")]
+    TooManyVips,
+    /// More backends than the data plane was loaded for.
+    #[error("more than max_backends = {0} backends")]
+    TooManyBackends(u32),
+    /// A backend's MAC is not known.
+    #[error("VIP {vip}, backend {backend}")]
+    Mac {
+        /// The VIP's label.
+        vip: String,
+        /// The backend's label.
+        backend: String,
+        /// Why its MAC is unknown.
+        #[source]
+        source: UnknownMac,
+    },
+    /// A VIP's lookup table could not be built.
+    #[error("VIP {vip}")]
+    Table {
+        /// The VIP's label.
+        vip: String,
+        /// Why.
+        #[source]
+        source: TableError,
+    },
+}
 
 /// Everything `fulcrum` writes into the maps.
 #[derive(Clone, Debug, PartialEq)]
@@ -170,8 +214,8 @@ impl DesiredState {
     /// supplies each backend's MAC.
     pub fn build(
         config: &Config,
-        mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
-    ) -> anyhow::Result<Self> {
+        mac_of: impl FnMut(&BackendConfig) -> Result<MacAddr, UnknownMac>,
+    ) -> Result<Self, BuildError> {
         Self::build_from(config, None, mac_of)
     }
 
@@ -180,8 +224,8 @@ impl DesiredState {
     pub fn build_from(
         config: &Config,
         previous: Option<&DesiredState>,
-        mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
-    ) -> anyhow::Result<Self> {
+        mac_of: impl FnMut(&BackendConfig) -> Result<MacAddr, UnknownMac>,
+    ) -> Result<Self, BuildError> {
         Self::build_with(config, &[], previous, mac_of)
     }
 
@@ -192,8 +236,8 @@ impl DesiredState {
         config: &Config,
         tables: &[Option<VipTable>],
         previous: Option<&DesiredState>,
-        mut mac_of: impl FnMut(&BackendConfig) -> anyhow::Result<MacAddr>,
-    ) -> anyhow::Result<Self> {
+        mut mac_of: impl FnMut(&BackendConfig) -> Result<MacAddr, UnknownMac>,
+    ) -> Result<Self, BuildError> {
         let table_size = TableSize::new(config.table_size)?;
         let old_vips = previous.map_or(&[][..], |p| &p.vips[..]);
         let mut vip_ids = IdAllocator::new(0, MAX_VIPS, old_vips.iter().map(|v| v.vip_id));
@@ -211,9 +255,7 @@ impl DesiredState {
             let old = old_vips.iter().find(|v| v.key == key);
             let vip_id = match old {
                 Some(old) => old.vip_id,
-                None => vip_ids
-                    .fresh()
-                    .with_context(|| format!("more than {MAX_VIPS} VIPs"))?,
+                None => vip_ids.fresh().ok_or(BuildError::TooManyVips)?,
             };
             let mut backends = Vec::with_capacity(vip.backends.len());
             for backend in &vip.backends {
@@ -221,12 +263,15 @@ impl DesiredState {
                 let kept = old.and_then(|o| o.backends.iter().find(|b| b.addr == addr));
                 let backend_id = match kept {
                     Some(kept) => kept.backend_id,
-                    None => backend_ids.fresh().with_context(|| {
-                        format!("more than max_backends = {} backends", config.max_backends)
-                    })?,
+                    None => backend_ids
+                        .fresh()
+                        .ok_or(BuildError::TooManyBackends(config.max_backends))?,
                 };
-                let mac = mac_of(backend)
-                    .with_context(|| format!("VIP {label}, backend {}", backend.label()))?;
+                let mac = mac_of(backend).map_err(|source| BuildError::Mac {
+                    vip: label.clone(),
+                    backend: backend.label(),
+                    source,
+                })?;
                 backends.push(BackendState {
                     label: backend.label(),
                     backend_id,
@@ -240,7 +285,10 @@ impl DesiredState {
                 Some(built) => built.clone(),
                 None => vip
                     .lookup_table(table_size)
-                    .with_context(|| format!("VIP {label}"))?,
+                    .map_err(|source| BuildError::Table {
+                        vip: label.clone(),
+                        source,
+                    })?,
             };
             vips.push(VipState {
                 label,
@@ -494,7 +542,10 @@ mod tests {
     fn missing_macs_name_the_backend() {
         let err = DesiredState::build(&config(), |b| {
             if b.address.to_string() == "198.18.1.2" {
-                anyhow::bail!("not in the neighbour table")
+                return Err(UnknownMac {
+                    address: b.address,
+                    why: "not in the neighbour table",
+                });
             }
             Ok(MacAddr([2, 0, 0, 0, 0, 1]))
         })

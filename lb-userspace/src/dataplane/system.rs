@@ -6,29 +6,47 @@ use std::{os::unix::fs::MetadataExt as _, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use anyhow::{Context as _, bail};
+/// Why this host is not ready to load, attach or pin BPF. Each message
+/// names the file or step; the underlying error, if any, is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    /// This process's status could not be read.
+    #[error("reading /proc/self/status")]
+    Status(#[source] std::io::Error),
+    /// This process's status does not say its effective capabilities.
+    #[error("no CapEff line in /proc/self/status")]
+    NoCapabilities,
+    /// This process lacks a capability XDP needs.
+    #[error(
+        "missing privileges: loading, attaching and verifying XDP needs root \
+         (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)"
+    )]
+    Privileges,
+    /// bpffs's directory could not be made.
+    #[error("creating {BPFFS}")]
+    CreateBpffs(#[source] std::io::Error),
+    /// bpffs could not be mounted.
+    #[error("mounting bpffs at {BPFFS}")]
+    MountBpffs(#[source] std::io::Error),
+}
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
 /// Fails unless this process may load and attach XDP programs.
-pub fn require_bpf_privileges() -> anyhow::Result<()> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+pub fn require_bpf_privileges() -> Result<(), SystemError> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(SystemError::Status)?;
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .context("no CapEff line in /proc/self/status")?;
+        .ok_or(SystemError::NoCapabilities)?;
     let has = |cap: u32| effective & (1 << cap) != 0;
     // CAP_SYS_ADMIN too: reading a lookup table back goes through
     // BPF_MAP_GET_FD_BY_ID, which the kernel allows only with it.
     if !(has(CAP_NET_ADMIN) && has(CAP_BPF) && has(CAP_SYS_ADMIN)) {
-        bail!(
-            "missing privileges: loading, attaching and verifying XDP needs root \
-             (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)"
-        );
+        return Err(SystemError::Privileges);
     }
     Ok(())
 }
@@ -41,11 +59,11 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Mounts bpffs at `/sys/fs/bpf` unless it is already there. Returns
 /// whether it mounted it.
-pub fn ensure_bpffs() -> anyhow::Result<bool> {
+pub fn ensure_bpffs() -> Result<bool, SystemError> {
     if rustix::fs::statfs(BPFFS).is_ok_and(|stats| stats.f_type as u32 == BPF_FS_MAGIC) {
         return Ok(false);
     }
-    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    std::fs::create_dir_all(BPFFS).map_err(SystemError::CreateBpffs)?;
     rustix::mount::mount(
         "bpf",
         BPFFS,
@@ -53,8 +71,7 @@ pub fn ensure_bpffs() -> anyhow::Result<bool> {
         rustix::mount::MountFlags::empty(),
         None,
     )
-    .map_err(std::io::Error::from)
-    .with_context(|| format!("mounting bpffs at {BPFFS}"))?;
+    .map_err(|errno| SystemError::MountBpffs(errno.into()))?;
     Ok(true)
 }
 

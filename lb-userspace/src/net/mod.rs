@@ -6,7 +6,6 @@
 //! its own: their callers (start-up, the neighbour tick, a scrape) are
 //! synchronous, and one request needs no runtime.
 
-use anyhow::{Context as _, bail};
 use rtnetlink::{
     packet_core::{NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
@@ -20,6 +19,36 @@ use rtnetlink::{
 use crate::config::MacAddr;
 
 pub mod neighbours;
+
+/// Why the kernel could not say what was asked of an interface. Each
+/// message names the interface; the kernel's error, if any, is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum InterfaceError {
+    /// The name cannot be an interface's: empty, too long or with a NUL.
+    #[error("not an interface name: {0:?}")]
+    NotAName(String),
+    /// No interface has the name in this network namespace.
+    #[error("unknown interface {0:?}")]
+    Unknown(String),
+    /// The kernel could not be asked about the interface.
+    #[error("asking the kernel about {interface}")]
+    Ask {
+        /// The interface.
+        interface: String,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel answered without describing the interface.
+    #[error("the kernel did not describe interface {0:?}")]
+    Undescribed(String),
+    /// The kernel's description of the interface has no MTU.
+    #[error("the kernel gave no MTU for {0}")]
+    NoMtu(String),
+    /// The interfaces' addresses could not be listed.
+    #[error("listing the interfaces' addresses")]
+    Addresses(#[source] std::io::Error),
+}
 
 /// Sends one rtnetlink request with `flags` (`NLM_F_REQUEST`, plus
 /// `NLM_F_DUMP` for a dump) and returns the answers, through the end of a
@@ -60,20 +89,22 @@ fn ask(request: RouteNetlinkMessage, flags: u16) -> std::io::Result<Vec<RouteNet
 }
 
 /// What the kernel says of `interface` (`RTM_GETLINK` by name).
-fn link(interface: &str) -> anyhow::Result<LinkMessage> {
-    anyhow::ensure!(
-        !interface.is_empty() && interface.len() < libc::IFNAMSIZ && !interface.contains('\0'),
-        "not an interface name: {interface:?}"
-    );
+fn link(interface: &str) -> Result<LinkMessage, InterfaceError> {
+    if interface.is_empty() || interface.len() >= libc::IFNAMSIZ || interface.contains('\0') {
+        return Err(InterfaceError::NotAName(interface.to_string()));
+    }
     let mut request = LinkMessage::default();
     request
         .attributes
         .push(LinkAttribute::IfName(interface.to_string()));
     let answers = match ask(RouteNetlinkMessage::GetLink(request), NLM_F_REQUEST) {
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
-            bail!("unknown interface {interface:?}")
+            return Err(InterfaceError::Unknown(interface.to_string()));
         }
-        answers => answers.with_context(|| format!("asking the kernel about {interface}"))?,
+        answers => answers.map_err(|source| InterfaceError::Ask {
+            interface: interface.to_string(),
+            source,
+        })?,
     };
     answers
         .into_iter()
@@ -81,21 +112,21 @@ fn link(interface: &str) -> anyhow::Result<LinkMessage> {
             RouteNetlinkMessage::NewLink(link) => Some(link),
             _ => None,
         })
-        .with_context(|| format!("the kernel did not describe interface {interface:?}"))
+        .ok_or_else(|| InterfaceError::Undescribed(interface.to_string()))
 }
 
 /// Fails with a clear message if `interface` does not exist.
-pub fn require_interface(interface: &str) -> anyhow::Result<()> {
+pub fn require_interface(interface: &str) -> Result<(), InterfaceError> {
     ifindex(interface).map(drop)
 }
 
 /// The index of `interface` in this network namespace.
-pub fn ifindex(interface: &str) -> anyhow::Result<u32> {
+pub fn ifindex(interface: &str) -> Result<u32, InterfaceError> {
     Ok(link(interface)?.header.index)
 }
 
 /// The MAC address of `interface` (zero if it has none).
-pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
+pub fn interface_mac(interface: &str) -> Result<MacAddr, InterfaceError> {
     let mut mac = [0u8; 6];
     for attribute in link(interface)?.attributes {
         if let LinkAttribute::Address(address) = attribute {
@@ -108,7 +139,7 @@ pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
 }
 
 /// The MTU of `interface`: the largest IP packet it sends.
-pub fn interface_mtu(interface: &str) -> anyhow::Result<u16> {
+pub fn interface_mtu(interface: &str) -> Result<u16, InterfaceError> {
     link(interface)?
         .attributes
         .into_iter()
@@ -116,19 +147,19 @@ pub fn interface_mtu(interface: &str) -> anyhow::Result<u16> {
             LinkAttribute::Mtu(mtu) => Some(u16::try_from(mtu).unwrap_or(u16::MAX)),
             _ => None,
         })
-        .with_context(|| format!("the kernel gave no MTU for {interface}"))
+        .ok_or_else(|| InterfaceError::NoMtu(interface.to_string()))
 }
 
 /// The addresses of `interface` that tunnelled packets may be sent to:
 /// every IPv4 address, and every IPv6 address but link-local ones.
-pub fn interface_addresses(interface: &str) -> anyhow::Result<Vec<std::net::IpAddr>> {
+pub fn interface_addresses(interface: &str) -> Result<Vec<std::net::IpAddr>, InterfaceError> {
     use std::net::IpAddr;
     let index = ifindex(interface)?;
     let answers = ask(
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
         NLM_F_REQUEST | NLM_F_DUMP,
     )
-    .context("listing the interfaces' addresses")?;
+    .map_err(InterfaceError::Addresses)?;
     let mut found = Vec::new();
     for answer in answers {
         let RouteNetlinkMessage::NewAddress(entry) = answer else {

@@ -14,10 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
-    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_core::{ErrorMessage, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
@@ -30,18 +29,41 @@ use crate::config::{MacAddr, Reach};
 /// How long a start-up or an apply waits for unknown backends.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Why the kernel's neighbour or route table could not be read. Each
+/// message names what was asked; the underlying error, if any, is its
+/// source.
+#[derive(Debug, thiserror::Error)]
+pub enum NeighbourError {
+    /// No netlink socket could be opened.
+    #[error("opening a netlink socket")]
+    Open(#[source] std::io::Error),
+    /// The neighbour table could not be read.
+    #[error("reading the neighbour table")]
+    Table(#[source] rtnetlink::Error),
+    /// A route lookup could not be sent.
+    #[error("asking for a route")]
+    Ask(#[source] rtnetlink::Error),
+    /// The kernel has no route to the destination.
+    #[error("no route to {destination}: {error:?}")]
+    NoRoute {
+        /// The destination looked up.
+        destination: IpAddr,
+        /// The kernel's answer.
+        error: ErrorMessage,
+    },
+    /// The kernel ended its answer to a route lookup without a route.
+    #[error("no answer to a route lookup for {0}")]
+    NoAnswer(IpAddr),
+}
+
 /// Every usable entry of the neighbour table on interface `ifindex`.
 async fn table(
     handle: &rtnetlink::Handle,
     ifindex: u32,
-) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+) -> Result<HashMap<IpAddr, MacAddr>, NeighbourError> {
     let mut dump = handle.neighbours().get().execute();
     let mut found = HashMap::new();
-    while let Some(entry) = dump
-        .try_next()
-        .await
-        .context("reading the neighbour table")?
-    {
+    while let Some(entry) = dump.try_next().await.map_err(NeighbourError::Table)? {
         let usable = !matches!(
             entry.header.state,
             NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
@@ -78,7 +100,7 @@ async fn table(
 async fn route(
     handle: &rtnetlink::Handle,
     destination: IpAddr,
-) -> anyhow::Result<(RouteType, IpAddr, Option<u32>)> {
+) -> Result<(RouteType, IpAddr, Option<u32>), NeighbourError> {
     let mut message = RouteMessage::default();
     (
         message.header.address_family,
@@ -95,7 +117,7 @@ async fn route(
     let mut answers = handle
         .clone()
         .request(request)
-        .context("asking for a route")?;
+        .map_err(NeighbourError::Ask)?;
     while let Some(answer) = answers.next().await {
         match answer.payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
@@ -117,12 +139,12 @@ async fn route(
                 return Ok((route.header.kind, gateway.unwrap_or(destination), interface));
             }
             NetlinkPayload::Error(error) => {
-                anyhow::bail!("no route to {destination}: {error:?}")
+                return Err(NeighbourError::NoRoute { destination, error });
             }
             _ => {}
         }
     }
-    anyhow::bail!("no answer to a route lookup for {destination}")
+    Err(NeighbourError::NoAnswer(destination))
 }
 
 /// One rtnetlink socket for as long as its owner lives, in the network
@@ -137,10 +159,9 @@ pub struct Netlink {
 
 impl Netlink {
     /// Opens the socket, its connection driven by `runtime`.
-    pub fn open(runtime: &tokio::runtime::Handle) -> anyhow::Result<Self> {
+    pub fn open(runtime: &tokio::runtime::Handle) -> Result<Self, NeighbourError> {
         let _inside = runtime.enter();
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("opening a netlink socket")?;
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NeighbourError::Open)?;
         runtime.spawn(connection);
         Ok(Self {
             handle,
@@ -168,7 +189,7 @@ impl Netlink {
         &self,
         wanted: &[(IpAddr, Reach)],
         ifindex: u32,
-    ) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+    ) -> Result<HashMap<IpAddr, MacAddr>, NeighbourError> {
         self.runtime.block_on(lookup(&self.handle, wanted, ifindex))
     }
 
@@ -181,7 +202,7 @@ impl Netlink {
         wanted: &[(IpAddr, Reach)],
         ifindex: u32,
         timeout: Duration,
-    ) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+    ) -> Result<HashMap<IpAddr, MacAddr>, NeighbourError> {
         self.runtime.block_on(async {
             let mut known = lookup(&self.handle, wanted, ifindex).await?;
             let missing: Vec<IpAddr> = wanted
@@ -208,7 +229,7 @@ async fn lookup(
     handle: &rtnetlink::Handle,
     wanted: &[(IpAddr, Reach)],
     ifindex: u32,
-) -> anyhow::Result<HashMap<IpAddr, MacAddr>> {
+) -> Result<HashMap<IpAddr, MacAddr>, NeighbourError> {
     let known = table(handle, ifindex).await?;
     let mut found = HashMap::new();
     for &(address, reach) in wanted {
