@@ -16,7 +16,7 @@ pub enum DurableError {
     #[error("{0} names no file")]
     NoFile(PathBuf),
     /// A step of the write failed.
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         /// What was being done.
         step: &'static str,

@@ -25,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod durable;
+pub mod errors;
 pub mod group;
 pub mod health;
 pub mod monitor;

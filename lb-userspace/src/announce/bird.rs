@@ -14,40 +14,41 @@ use std::{
 use crate::durable::{self, DurableError};
 
 /// Why BIRD was not told, or did not take, what it was told. Each message
-/// holds its cause: the daemon and `fulcrum detach` print it as it is, and
-/// also through anyhow's `{:#}`, which would print a `source` a second
-/// time.
+/// names what was being done; the underlying error, if any, is its
+/// source.
 #[derive(Debug, thiserror::Error)]
 pub enum BirdError {
     /// The interface's name cannot be written into BIRD's config.
     #[error("interface name {0:?} cannot be written into a BIRD config")]
     Interface(String),
     /// The include file could not be written.
-    #[error("{0}")]
+    #[error(transparent)]
     Include(DurableError),
     /// BIRD's control socket could not be connected to.
-    #[error("connecting to BIRD's control socket {}: {error}", socket.display())]
+    #[error("connecting to BIRD's control socket {}", socket.display())]
     Connect {
         /// The socket.
         socket: PathBuf,
         /// The error.
+        #[source]
         error: io::Error,
     },
     /// The connection failed: setting its timeouts, or sending the command.
-    #[error("{0}")]
+    #[error(transparent)]
     Socket(io::Error),
     /// BIRD's greeting could not be read.
-    #[error("reading BIRD's greeting: {0}")]
-    Greeting(io::Error),
+    #[error("reading BIRD's greeting")]
+    Greeting(#[source] io::Error),
     /// BIRD greeted with another code than 0001.
     #[error("BIRD greeted with code {0:04}, not 0001")]
     Greeted(u16),
     /// BIRD's answer to a command could not be read.
-    #[error("reading BIRD's answer to {command:?}: {error}")]
+    #[error("reading BIRD's answer to {command:?}")]
     Answer {
         /// The command.
         command: String,
         /// The error.
+        #[source]
         error: io::Error,
     },
     /// BIRD refused a command (a code of 8000 and up), in its own words.

@@ -34,6 +34,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::errors::Chain;
 use crate::{config::Announce, dataplane::state::DesiredState};
 
 /// One installed VIP's readiness to be announced.
@@ -200,7 +201,7 @@ impl Announcer {
         match self.tell(routes) {
             Ok(()) => Some(format!("announce: BIRD now announces {spelt}")),
             Err(e) => {
-                let message = e.to_string();
+                let message = Chain(&e).to_string();
                 let again = self.report.error.as_ref() == Some(&message);
                 self.report.error = Some(message.clone());
                 (!again).then(|| {
@@ -252,7 +253,7 @@ impl Announcer {
                 ))
             }
             Err(e) => {
-                self.report.error = Some(e.to_string());
+                self.report.error = Some(Chain(&e).to_string());
                 Err(e)
             }
         }

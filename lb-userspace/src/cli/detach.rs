@@ -15,6 +15,7 @@ use super::{
     client::{Connection, NO_BODY},
     run::Places,
 };
+use crate::errors::Chain;
 use crate::{
     announce::Announcer,
     config::{Announce, Config},
@@ -65,11 +66,13 @@ fn withdraw(records: &RecordDir, interface: &str, force: bool) -> anyhow::Result
         match Announcer::new(announce, interface).withdraw() {
             Ok(line) => eprintln!("fulcrum: {line}"),
             Err(e) if force => eprintln!(
-                "fulcrum: WARNING withdrawing the routes failed: {e:#}; detaching anyway (--force)"
+                "fulcrum: WARNING withdrawing the routes failed: {}; detaching anyway (--force)",
+                Chain(&e)
             ),
             Err(e) => bail!(
-                "withdrawing the routes failed: {e:#}; nothing was detached (the host still \
-                 forwards what the routers send it); fix BIRD, or add --force"
+                "withdrawing the routes failed: {}; nothing was detached (the host still \
+                 forwards what the routers send it); fix BIRD, or add --force",
+                Chain(&e)
             ),
         }
         drain = drain.max(Duration::from_secs(announce.drain_s));

@@ -874,7 +874,7 @@ pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// Opening or reading it failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// It holds more than `MAX_CONFIG_BYTES`.
     #[error("larger than {MAX_CONFIG_BYTES} bytes (1 MiB), the most a config may hold")]

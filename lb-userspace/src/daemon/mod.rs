@@ -24,6 +24,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::errors::Chain;
 use crate::{
     announce::{self, Announcer, Hold},
     config::{MacAddr, Protocol},
@@ -225,8 +226,9 @@ impl Controller {
             match old.withdraw() {
                 Ok(line) => crate::note!("{line} (announcing settings changed)"),
                 Err(e) => crate::note!(
-                    "announce: WARNING withdrawing through the old settings failed: {e:#}; \
+                    "announce: WARNING withdrawing through the old settings failed: {}; \
                      routes may still be announced through {}",
+                    Chain(&e),
                     old.settings().bird_socket.display()
                 ),
             }
@@ -362,7 +364,11 @@ impl Controller {
                  frames addressed to {mac}",
                 self.network.interface()
             ),
-            Err(e) => crate::note!("following the MAC of {}: {e:#}", self.network.interface()),
+            Err(e) => crate::note!(
+                "following the MAC of {}: {}",
+                self.network.interface(),
+                Chain(&e)
+            ),
         }
     }
 
@@ -418,8 +424,8 @@ impl Controller {
     ) -> Reply {
         let down = self.health.down();
         // What the file said, for the doors that read it.
-        let file_text = matches!(door, Door::FileChanged | Door::Sighup | Door::Start)
-            .then(|| text.clone());
+        let file_text =
+            matches!(door, Door::FileChanged | Door::Sighup | Door::Start).then(|| text.clone());
         let request = desk::Request {
             text,
             force,
@@ -642,12 +648,19 @@ impl Controller {
         };
         let seed = match self.desk.dataplane.config() {
             Ok(config) => config.seed,
-            Err(e) => return Reply::error(500, format!("reading the data plane's config: {e}")),
+            Err(e) => {
+                return Reply::error(
+                    500,
+                    format!("reading the data plane's config: {}", Chain(&e)),
+                );
+            }
         };
         let hash = lb_common::flow_hash::flow_hash(&key, &seed);
         let tracked = match self.desk.dataplane.connection(&key) {
             Ok(tracked) => tracked,
-            Err(e) => return Reply::error(500, format!("reading the connection table: {e}")),
+            Err(e) => {
+                return Reply::error(500, format!("reading the connection table: {}", Chain(&e)));
+            }
         };
         let by_id = |id: u32| vip.backends.iter().find(|b| b.backend_id == id);
         if let Some(flow) = tracked
@@ -709,7 +722,7 @@ impl Controller {
             Ok(stats) => Ok(trace::stats_answer(&stats, self.trace.lost())),
             Err(e) => Err(Reply::error(
                 500,
-                format!("reading the trace counters: {e}"),
+                format!("reading the trace counters: {}", Chain(&e)),
             )),
         }
     }
@@ -727,7 +740,7 @@ impl Controller {
         };
         if let Err(e) = self.desk.dataplane.set_trace(control) {
             self.trace.close(id);
-            return Reply::error(500, format!("turning tracing on: {e}"));
+            return Reply::error(500, format!("turning tracing on: {}", Chain(&e)));
         }
         crate::note!("trace: session {id} on ({request:?})");
         match self.trace_stats() {
@@ -753,7 +766,7 @@ impl Controller {
                 })
         });
         if let Err(e) = renewed {
-            return Reply::error(500, format!("renewing the trace: {e}"));
+            return Reply::error(500, format!("renewing the trace: {}", Chain(&e)));
         }
         match self.trace_stats() {
             Ok(stats) => Reply::ok(&TraceRenewed {
@@ -773,7 +786,10 @@ impl Controller {
             .dataplane
             .set_trace(lb_common::maps::TraceControl::default())
         {
-            crate::note!("trace: WARNING turning tracing off: {e}; its lease ends it in 3 s");
+            crate::note!(
+                "trace: WARNING turning tracing off: {}; its lease ends it in 3 s",
+                Chain(&e)
+            );
         }
         crate::note!("trace: session {id} off");
         match self.trace_stats() {
@@ -792,7 +808,12 @@ impl Controller {
         for vip in &state.vips {
             let held = match self.desk.dataplane.read_table(table_id(bank, vip.vip_id)) {
                 Ok(held) => held,
-                Err(e) => return Reply::error(500, format!("reading {}'s table: {e}", vip.label)),
+                Err(e) => {
+                    return Reply::error(
+                        500,
+                        format!("reading {}'s table: {}", vip.label, Chain(&e)),
+                    );
+                }
             };
             let position: HashMap<u32, u32> = (0u32..)
                 .zip(&vip.backends)
@@ -811,7 +832,7 @@ impl Controller {
         }
         let seed = match self.desk.dataplane.config() {
             Ok(config) => config.seed,
-            Err(e) => return Reply::error(500, format!("reading the seed: {e}")),
+            Err(e) => return Reply::error(500, format!("reading the seed: {}", Chain(&e))),
         };
         let tables = Tables {
             source: format!(

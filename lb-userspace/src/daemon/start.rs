@@ -16,6 +16,7 @@ use anyhow::{Context as _, bail};
 use lb_common::{flow_hash::FlowSeed, maps::DataplaneConfig};
 use tokio::runtime::Handle;
 
+use crate::errors::Chain;
 use crate::{
     config::{Config, join_problems},
     daemon::{
@@ -297,7 +298,7 @@ fn adopt(
                 "this build's XDP program (id {id}) replaced the running one in place, on \
                  the same maps"
             ),
-            Err(e) => crate::note!("kept the running XDP program: {e}"),
+            Err(e) => crate::note!("kept the running XDP program: {}", Chain(&e)),
         }
     } else {
         // Detached from outside, or the interface was made again: the

@@ -82,22 +82,23 @@ pub enum DecapError {
         source: ProgramError,
     },
     /// The program was attached through a link that cannot be pinned.
-    #[error("the XDP link is not a bpf_link: {0}")]
-    NotBpfLink(LinkError),
+    #[error("the XDP link is not a bpf_link")]
+    NotBpfLink(#[source] LinkError),
     /// The pin directory could not be made.
     #[error(transparent)]
     Io(#[from] std::io::Error),
     /// A map could not be pinned.
-    #[error("pinning {name}: {error}")]
+    #[error("pinning {name}")]
     PinMap {
         /// The map's name.
         name: &'static str,
         /// aya's error.
+        #[source]
         error: PinError,
     },
     /// The link could not be pinned.
-    #[error("pinning the link: {0}")]
-    PinLink(PinError),
+    #[error("pinning the link")]
+    PinLink(#[source] PinError),
     /// Pinning under the pin directory failed (and the program was
     /// detached again).
     #[error("pinning under {}", dir.display())]
@@ -108,24 +109,18 @@ pub enum DecapError {
         #[source]
         source: Box<DecapError>,
     },
-    /// No decapsulation program is pinned for the interface.
+    /// No decapsulation program is pinned for the interface (its link
+    /// pin is missing, or its counters cannot be opened).
     #[error("no decapsulation program is pinned for {interface} under {}", root.display())]
     NotPinned {
         /// The interface.
         interface: String,
         /// The pin root.
         root: PathBuf,
-    },
-    /// The counters of the interface's program could not be opened.
-    #[error("no decapsulation program is pinned for {interface} under {}", root.display())]
-    NoCounters {
-        /// The interface.
-        interface: String,
-        /// The pin root.
-        root: PathBuf,
-        /// aya's error (boxed: it is large).
+        /// aya's error opening the counters, if that is how it showed
+        /// (boxed: it is large).
         #[source]
-        source: Box<MapError>,
+        source: Option<Box<MapError>>,
     },
     /// The link's pin could not be opened.
     #[error("opening the link pin")]
@@ -271,6 +266,7 @@ pub fn detach(root: &Path, interface: &str) -> Result<(), DecapError> {
         return Err(DecapError::NotPinned {
             interface: interface.to_string(),
             root: root.to_path_buf(),
+            source: None,
         });
     }
     let link = PinnedLink::from_pin(dir.join(LINK)).map_err(DecapError::OpenLink)?;
@@ -284,10 +280,10 @@ pub fn detach(root: &Path, interface: &str) -> Result<(), DecapError> {
 pub fn counters(root: &Path, interface: &str) -> Result<Vec<(DecapReason, u64)>, DecapError> {
     let dir = pin_dir(root, interface);
     let data = MapData::from_pin(dir.join(names::DECAP_STATS)).map_err(|source| {
-        DecapError::NoCounters {
+        DecapError::NotPinned {
             interface: interface.to_string(),
             root: root.to_path_buf(),
-            source: Box::new(source),
+            source: Some(Box::new(source)),
         }
     })?;
     let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))?;

@@ -49,10 +49,10 @@ pub static BENCH_OBJECT: &[u8] =
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     /// The eBPF object could not be parsed or its maps created.
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
     /// The program could not be verified, loaded or attached.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Program {
         /// What was being done.
         what: String,
@@ -60,7 +60,7 @@ pub enum DataplaneError {
         source: ProgramError,
     },
     /// A map operation failed.
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         /// The map's name.
         map: &'static str,
@@ -121,7 +121,7 @@ pub enum DataplaneError {
         why: String,
     },
     /// Pinning or unpinning failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Pin {
         /// What was being pinned or removed.
         what: String,
@@ -132,7 +132,7 @@ pub enum DataplaneError {
     #[error(transparent)]
     Sys(#[from] SysError),
     /// A system call outside the maps failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

@@ -22,6 +22,7 @@ use lb_common::maps::{BACKEND_ACTIVE, LAYOUT_VERSION, Meta, VipSlot, names};
 use super::sys::{PinnedXdpLink, SysError};
 use super::{AttachMode, Dataplane, DataplaneError, Link, Result, map_err};
 use crate::dataplane::state::DesiredState;
+use crate::errors::Chain;
 
 /// Where pins live unless told otherwise.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/fulcrum";
@@ -78,7 +79,7 @@ impl PinDir {
     /// The pinned link, through aya.
     fn open_link(&self) -> Result<PinnedLink> {
         PinnedLink::from_pin(self.0.join(LINK))
-            .map_err(|e| self.refuse(format!("its link pin cannot be opened: {e}")))
+            .map_err(|e| self.refuse(format!("its link pin cannot be opened: {}", Chain(&e))))
     }
 
     /// Detaches the instance pinned here, if any, and removes every pin.
@@ -105,7 +106,7 @@ impl PinDir {
 fn pin_error(what: &str) -> impl Fn(aya::pin::PinError) -> DataplaneError + '_ {
     move |e| DataplaneError::Pin {
         what: format!("pinning {what}"),
-        source: std::io::Error::other(e.to_string()),
+        source: std::io::Error::other(Chain(&e).to_string()),
     }
 }
 
@@ -143,7 +144,7 @@ impl Dataplane {
             })?;
         let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
             what: "the XDP link is not a bpf_link (kernel older than 5.9?)".into(),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(Chain(&e).to_string()),
         })?;
         let pinned = fd_link
             .pin(dir.path().join(LINK))
@@ -164,13 +165,14 @@ impl Dataplane {
             return Ok(None);
         }
         let meta_data = MapData::from_pin(dir.path().join(names::META))
-            .map_err(|e| dir.refuse(format!("its META map cannot be opened: {e}")))?;
+            .map_err(|e| dir.refuse(format!("its META map cannot be opened: {}", Chain(&e))))?;
         let meta_map = Map::from_map_data(meta_data).map_err(map_err(names::META))?;
         let meta = {
             let array: Array<_, Meta> = Array::try_from(&meta_map).map_err(|e| {
                 dir.refuse(format!(
-                    "its META map does not have this fulcrum's layout ({e}); it was made by \
-                     another version: `fulcrum detach` removes it"
+                    "its META map does not have this fulcrum's layout ({}); it was made by \
+                     another version: `fulcrum detach` removes it",
+                    Chain(&e)
                 ))
             })?;
             array.get(&0, 0).map_err(map_err(names::META))?
@@ -193,7 +195,7 @@ impl Dataplane {
         maps.insert(names::META, meta_map);
         for name in names::OBJECT_MAPS {
             let data = MapData::from_pin(dir.path().join(name))
-                .map_err(|e| dir.refuse(format!("map {name} cannot be opened: {e}")))?;
+                .map_err(|e| dir.refuse(format!("map {name} cannot be opened: {}", Chain(&e))))?;
             maps.insert(name, Map::from_map_data(data).map_err(map_err(name))?);
         }
         Ok(Some(Self {
@@ -216,7 +218,7 @@ impl Dataplane {
     /// new data-plane code. Returns the new program's id.
     pub fn upgrade_program(&mut self, dir: &PinDir) -> Result<u32> {
         let link = XdpLink::try_from(FdLink::from(dir.open_link()?))
-            .map_err(|e| dir.refuse(format!("its link pin holds no XDP link: {e}")))?;
+            .map_err(|e| dir.refuse(format!("its link pin holds no XDP link: {}", Chain(&e))))?;
         let (ebpf, id) = Self::load_against(dir, |program| {
             let swapped = program
                 .attach_to_link(link)

@@ -63,7 +63,7 @@ const BPF_LINK_TYPE_XDP: u32 = 6;
 #[derive(Debug, thiserror::Error)]
 pub enum SysError {
     /// The kernel refused the command.
-    #[error("{command} on {object}: {source}")]
+    #[error("{command} on {object}")]
     Refused {
         /// The command.
         command: Command,
@@ -83,7 +83,7 @@ pub enum SysError {
         why: String,
     },
     /// The layout of a map could not be read.
-    #[error("reading the layout of {object}: {source}")]
+    #[error("reading the layout of {object}")]
     Layout {
         /// The map.
         object: String,
@@ -101,7 +101,7 @@ pub enum SysError {
     },
     /// The possible CPUs, whose values a per-CPU map holds, could not be
     /// counted.
-    #[error("counting the possible CPUs ({what}): {source}")]
+    #[error("counting the possible CPUs ({what})")]
     Cpus {
         /// What was read.
         what: String,

@@ -19,6 +19,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::errors::Chain;
 use crate::{
     announce::AnnounceReport,
     config::Imbalance,
@@ -309,7 +310,10 @@ impl Monitor {
         if let Ok(mut clock) = self.clock.lock()
             && let Err(e) = clock.tick()
         {
-            return Err(io::Error::other(format!("advancing the epoch: {e}")));
+            return Err(io::Error::other(format!(
+                "advancing the epoch: {}",
+                Chain(&e)
+            )));
         }
         let view = self.lock().view.clone();
         let (backends, vips) = view.counted;
