@@ -194,12 +194,7 @@ pub fn attach(
             }
         })?;
         let mut array: Array<_, DecapConfig> = Array::try_from(aya::maps::Map::Array(data))?;
-        array
-            .set(0, config, 0)
-            .map_err(|source| DecapError::WriteSettings {
-                step: "updating",
-                source,
-            })?;
+        write_settings(&mut array, config, "updating")?;
         return Ok(None);
     }
     crate::net::require_interface(interface)?;
@@ -211,12 +206,7 @@ pub fn attach(
             ebpf.map_mut(names::DECAP_CONFIG)
                 .ok_or(DecapError::Missing("settings map"))?,
         )?;
-        array
-            .set(0, config, 0)
-            .map_err(|source| DecapError::WriteSettings {
-                step: "writing",
-                source,
-            })?;
+        write_settings(&mut array, config, "writing")?;
     }
     let program: &mut Xdp = ebpf
         .program_mut(names::DECAP_PROGRAM)
@@ -294,6 +284,18 @@ pub fn counters(root: &Path, interface: &str) -> Result<Vec<(DecapReason, u64)>,
             Ok((reason, values.iter().sum()))
         })
         .collect()
+}
+
+/// Writes `config` into the settings array; `step` says how (updating a
+/// pinned program's, or writing a new one's).
+fn write_settings<T: std::borrow::BorrowMut<MapData>>(
+    array: &mut Array<T, DecapConfig>,
+    config: DecapConfig,
+    step: &'static str,
+) -> Result<(), DecapError> {
+    array
+        .set(0, config, 0)
+        .map_err(|source| DecapError::WriteSettings { step, source })
 }
 
 #[cfg(test)]
