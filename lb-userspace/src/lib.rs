@@ -36,6 +36,18 @@ pub mod problem;
 pub mod splitmix;
 pub mod table;
 
+/// What `--version` prints: the version, the commit it was built from, and
+/// the map layout, which decides whether a running data plane is adopted
+/// by this build (same layout) or must be detached first.
+pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (commit {}, map layout {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("FULCRUM_GIT_COMMIT"),
+        lb_common::maps::LAYOUT_VERSION
+    )
+});
+
 /// The compiled XDP program, built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 

@@ -1,7 +1,9 @@
 //! `fulcrum validate` and `fulcrum plan` run as binaries: for every outcome
 //! (valid, invalid, unreadable, refused, forced) the exit code, and with
 //! `--format json` exactly one JSON document of the documented shape on
-//! stdout, so a machine reading it never gets empty output.
+//! stdout, so a machine reading it never gets empty output. Also what the
+//! command line says of itself (`--version`) and of bad arguments, before
+//! any daemon is asked.
 
 mod common;
 
@@ -379,4 +381,200 @@ fn names_are_printed_inert() {
         .output()
         .unwrap();
     inert("compare", &compare.stdout);
+}
+
+/// Without `--against`, plan asks the daemon: one that does not answer is
+/// still one JSON document, and a FILE that cannot be read is the error
+/// before any daemon is asked.
+#[test]
+fn plan_without_a_daemon_is_one_json_document_and_its_file_comes_first() {
+    let scratch = Scratch::new("plan-unreachable");
+    let six = scratch.file("six.toml", SIX);
+    let missing = scratch.0.join("missing.toml");
+    let socket = scratch.0.join("no.sock");
+    let socket = socket.to_str().unwrap();
+    let (code, document) = json(&[
+        "plan",
+        six.to_str().unwrap(),
+        "--socket",
+        socket,
+        "--format",
+        "json",
+    ]);
+    assert_plan_shape(&document);
+    assert_verdict(code, &document, 1, false);
+    let error = document["error"].as_str().unwrap();
+    assert!(error.contains("no fulcrum daemon answers"), "{document}");
+
+    let (code, document) = json(&[
+        "plan",
+        missing.to_str().unwrap(),
+        "--socket",
+        socket,
+        "--format",
+        "json",
+    ]);
+    assert_verdict(code, &document, 1, false);
+    let error = document["error"].as_str().unwrap();
+    assert!(error.contains("cannot be read"), "{document}");
+    assert!(!error.contains("daemon"), "{document}");
+}
+
+/// A plan's VIPs go by their plain names, as `validate` has them; the
+/// unchanged ones are one line unless `--all`.
+#[test]
+fn plan_names_vips_plainly_and_folds_the_unchanged() {
+    let scratch = Scratch::new("plan-fold");
+    let second = SIX
+        .replace("name = \"checkout\"", "name = \"search\"")
+        .replace("198.18.100.1", "198.18.100.2");
+    let before = scratch.file("before.toml", &format!("{SIX}{second}"));
+    let changed = SIX.replace(
+        r#"{ name = "c6", address = "198.18.0.16", weight = 1 }"#,
+        r#"{ name = "c6", address = "198.18.0.16", weight = 2 }"#,
+    );
+    let after = scratch.file("after.toml", &format!("{changed}{second}"));
+    let (_, document) = json(&[
+        "plan",
+        after.to_str().unwrap(),
+        "--against",
+        before.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let names: Vec<&str> = document["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["checkout", "search"], "{document}");
+    let text = |all: bool| {
+        let mut command = fulcrum();
+        command
+            .arg("plan")
+            .arg(&after)
+            .arg("--against")
+            .arg(&before);
+        if all {
+            command.arg("--all");
+        }
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(0));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let folded = text(false);
+    assert!(folded.contains("checkout 198.18.100.1:443/tcp"), "{folded}");
+    assert!(!folded.contains("search 198.18.100.2"), "{folded}");
+    assert!(
+        folded.contains("1 changed, 0 removed, 1 unchanged"),
+        "{folded}"
+    );
+    assert!(folded.contains("--all shows them"), "{folded}");
+    let all = text(true);
+    assert!(all.contains("search 198.18.100.2:443/tcp"), "{all}");
+    assert!(!all.contains("--all shows them"), "{all}");
+}
+
+/// The commit `git` says this tree is at, when it is a checkout.
+fn head_commit() -> Option<String> {
+    let output = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+#[test]
+fn version_names_the_commit_and_the_map_layout() {
+    let output = fulcrum().arg("--version").output().expect("fulcrum runs");
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).expect("UTF-8");
+    let commit = std::env::var("FULCRUM_GIT_COMMIT")
+        .ok()
+        .or_else(head_commit)
+        .unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        printed.trim(),
+        format!(
+            "fulcrum {} (commit {commit}, map layout {})",
+            env!("CARGO_PKG_VERSION"),
+            lb_common::maps::LAYOUT_VERSION
+        )
+    );
+}
+
+/// Runs `fulcrum args` against a socket in `scratch` that no daemon
+/// listens on; returns the exit code and stderr.
+fn without_a_daemon(scratch: &Scratch, args: &[&str]) -> (Option<i32>, String) {
+    let output = guarded({
+        let mut command = fulcrum();
+        command
+            .args(args)
+            .arg("--socket")
+            .arg(scratch.0.join("fulcrum.sock"));
+        command
+    })
+    .output()
+    .expect("fulcrum runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Bad arguments are reported as such, before any socket is opened: a
+/// daemon that is not there is never the error.
+#[test]
+fn argument_errors_come_before_the_daemon_is_asked() {
+    let scratch = Scratch::new("argument-errors");
+    for (args, says, code) in [
+        (
+            &["explain", "tcp", "1.2.3.4", "198.18.100.1:80"][..],
+            "invalid value '1.2.3.4' for '<SOURCE>'",
+            2,
+        ),
+        (
+            &["explain", "sctp", "1.2.3.4:5", "198.18.100.1:80"],
+            "invalid value 'sctp' for '<PROTOCOL>'",
+            2,
+        ),
+        (
+            &["backend", "add", "web4", "not-an-ip"],
+            "\"not-an-ip\" is not an IP address",
+            1,
+        ),
+        (
+            &["backend", "add", "web4", "198.18.0.9", "--mac", "zz"],
+            "--mac: \"zz\" is not a MAC address",
+            1,
+        ),
+        (
+            &["backend", "set-weight", "web4", "b1", "-1"],
+            "unexpected argument '-1'",
+            2,
+        ),
+    ] {
+        let (exit, stderr) = without_a_daemon(&scratch, args);
+        assert_eq!(exit, Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("no fulcrum daemon answers"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // And the one error there is when the arguments are good.
+    let good = ["explain", "tcp", "1.2.3.4:5", "198.18.100.1:80"];
+    let (exit, stderr) = without_a_daemon(&scratch, &good);
+    assert_eq!(exit, Some(1), "{stderr}");
+    assert!(stderr.contains("no fulcrum daemon answers"), "{stderr}");
 }

@@ -137,12 +137,14 @@ impl Fulcrum {
         config: &Path,
         places: &Places,
     ) -> anyhow::Result<Self> {
-        Self::start_as(lb, Launch::HostMounts, binary, config, places)
+        Self::start_as(lb, (Launch::HostMounts, &[]), binary, config, places)
     }
 
+    /// Starts `fulcrum run` with `extra` arguments, entering `lb` as
+    /// `launch` says.
     pub(crate) fn start_as(
         lb: &Netns,
-        launch: Launch,
+        (launch, extra): (Launch, &[&str]),
         binary: &Path,
         config: &Path,
         places: &Places,
@@ -170,6 +172,7 @@ impl Fulcrum {
             .arg(&places.journal)
             .arg("--config")
             .arg(config)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -929,10 +932,25 @@ impl Lab {
     /// Starts `fulcrum run` from `binary`, entering the load balancer's
     /// namespace as `launch` says.
     pub fn start_fulcrum_as(&self, launch: Launch, binary: &Path) -> anyhow::Result<Vec<String>> {
+        self.start_fulcrum_with(launch, binary, &[])
+    }
+
+    /// Starts `fulcrum run` from `binary` with `extra` arguments.
+    pub fn start_fulcrum_with(
+        &self,
+        launch: Launch,
+        binary: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Vec<String>> {
         let mut slot = self.fulcrum.lock().expect("fulcrum lock");
         anyhow::ensure!(slot.is_none(), "fulcrum is already running");
-        let fulcrum =
-            Fulcrum::start_as(&self.lb, launch, binary, &self.config_path(), &self.places)?;
+        let fulcrum = Fulcrum::start_as(
+            &self.lb,
+            (launch, extra),
+            binary,
+            &self.config_path(),
+            &self.places,
+        )?;
         let log = fulcrum.log.clone();
         *slot = Some(fulcrum);
         Ok(log)

@@ -131,6 +131,7 @@ fn every_verb_answers_with_its_exit_code_and_json_shape() {
         (0, &Value::Bool(true)),
         "{planned}"
     );
+    assert_eq!(planned["generation"], start, "planned against: {planned}");
     // The config in force again: nothing to do, the generation stays.
     let (code, applied) = json(&lab, &["apply", config]);
     assert_applied(code, &applied, true);
@@ -464,7 +465,12 @@ fn only_root_may_use_the_socket() {
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        stderr.contains("permission denied on the daemon's socket")
+            && stderr.contains("Permission denied")
+            && !stderr.contains("no fulcrum daemon answers"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -33,10 +33,20 @@ fn traffic_follows_weights_and_counters_agree() {
     // Late segments (a retransmitted FIN) land before the first report.
     lab.await_quiet(std::time::Duration::from_secs(10))
         .expect("the traffic ends");
+    // A veth has native XDP: the mode the kernel runs is in every view.
+    let samples = lab.scrape().expect("a scrape");
+    let native = [("mode", "native")];
+    assert_eq!(
+        samples.get("fulcrum_dataplane_xdp_mode", &native),
+        Some(1.0)
+    );
+    let (_, text, _) = lab.cli(&["status"]).expect("status");
+    assert!(text.contains("(attached, native XDP)"), "{text}");
     lab.request_counters().expect("SIGUSR1");
     let reports = lab.stop_fulcrum().expect("fulcrum stops and reports");
     assert_eq!(reports.len(), 2, "one report on SIGUSR1, one on exit");
     let report = &reports[1];
+    assert_eq!(reports[0].xdp_mode.as_deref(), Some("native"));
     // The counters, not the window's shares, which move with time.
     let counters = |r: &Report| -> Vec<(String, u64, u64, u64)> {
         r.vips

@@ -102,8 +102,25 @@ pub fn run(args: BackendArgs) -> anyhow::Result<()> {
     };
     let (name, mac, port) = match &args.action {
         BackendAction::Add {
-            name, mac, port, ..
-        } => (name.clone(), mac.clone(), *port),
+            target,
+            name,
+            mac,
+            port,
+            ..
+        } => {
+            // Checked here, before the daemon is asked.
+            target.backend.parse::<std::net::IpAddr>().map_err(|_| {
+                anyhow::anyhow!(
+                    "fulcrum backend add: {:?} is not an IP address (the new backend's address)",
+                    target.backend
+                )
+            })?;
+            if let Some(mac) = mac {
+                mac.parse::<crate::config::MacAddr>()
+                    .map_err(|e| anyhow::anyhow!("fulcrum backend add: --mac: {e}"))?;
+            }
+            (name.clone(), mac.clone(), *port)
+        }
         _ => (None, None, None),
     };
     let verb = action.verb();

@@ -118,12 +118,19 @@ async fn send(
     path: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!(
-            "no fulcrum daemon answers on {} ({e}); is `fulcrum run` running?",
-            socket.display()
-        )
-    })?;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+                "permission denied on the daemon's socket {} ({e}): the admin API is root's \
+                 (run this as root, or with sudo)",
+                socket.display()
+            ),
+            _ => anyhow::anyhow!(
+                "no fulcrum daemon answers on {} ({e}); is `fulcrum run` running?",
+                socket.display()
+            ),
+        })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("talking HTTP to the daemon")?;

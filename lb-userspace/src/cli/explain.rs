@@ -2,20 +2,31 @@
 //! plane sends this flow to, and why: its connection-table entry, or the
 //! lookup-table slot its hash (the kernel's own function) picks.
 
+use std::net::SocketAddr;
+
 use super::client::Connection;
 use crate::daemon::wire::{self, ExplainAnswer, ExplainRequest};
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+/// A flow's protocol.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FlowProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
 
 /// Arguments of `fulcrum explain`.
 #[derive(Args)]
 pub struct ExplainArgs {
-    /// `tcp` or `udp`.
-    pub protocol: String,
+    /// The flow's protocol.
+    pub protocol: FlowProtocol,
     /// The client: ADDRESS:PORT (IPv6 as [ADDRESS]:PORT).
-    pub source: String,
+    pub source: SocketAddr,
     /// The VIP: ADDRESS:PORT.
-    pub destination: String,
+    pub destination: SocketAddr,
     /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
@@ -30,10 +41,14 @@ fn text(answer: &ExplainAnswer) -> String {
 
 /// Asks the daemon and prints the answer.
 pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
+    let protocol = match args.protocol {
+        FlowProtocol::Tcp => "tcp",
+        FlowProtocol::Udp => "udp",
+    };
     let request = ExplainRequest {
-        protocol: args.protocol.clone(),
-        source: args.source.clone(),
-        destination: args.destination.clone(),
+        protocol: protocol.into(),
+        source: args.source.to_string(),
+        destination: args.destination.to_string(),
     };
     let answer = args
         .connection

@@ -38,7 +38,7 @@ pub enum OutputFormat {
 #[derive(Parser)]
 #[command(
     name = "fulcrum",
-    version,
+    version = crate::VERSION.as_str(),
     about,
     after_help = "Verbs that talk to the daemon take --socket PATH (default \
                   /run/fulcrum/api.sock; for apply and plan, their config's [api] \

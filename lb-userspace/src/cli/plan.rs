@@ -39,6 +39,9 @@ pub struct PlanArgs {
     /// override is recorded).
     #[arg(long)]
     pub force: bool,
+    /// Show every VIP; without it, the unchanged ones are one line.
+    #[arg(long)]
+    pub all: bool,
     /// The daemon (without `--against` or `--from-nothing`), and the output
     /// format.
     /// How to reach the daemon and print its answer.
@@ -73,8 +76,8 @@ fn unplannable(args: &PlanArgs, next: &Validation, current: Option<&Validation>)
 }
 
 /// What the daemon `next` is for (its `[api] socket`, unless `--socket`
-/// names another) has installed, validated.
-fn installed(args: &PlanArgs, next: &Validation) -> anyhow::Result<Validation> {
+/// names another) has installed, validated, and its generation.
+fn installed(args: &PlanArgs, next: &Validation) -> anyhow::Result<(Validation, u64)> {
     let connection = match &next.config {
         Some(config) => args.connection.unless_given(config.api.socket.clone()),
         None => args.connection.clone(),
@@ -85,18 +88,27 @@ fn installed(args: &PlanArgs, next: &Validation) -> anyhow::Result<Validation> {
         .ok()
         .filter(|_| answer.ok())
         .ok_or_else(|| anyhow::anyhow!("the daemon gave no config: {}", answer.reason()))?;
-    Ok(crate::policy::validate::validate(&installed.config))
+    Ok((
+        crate::policy::validate::validate(&installed.config),
+        installed.generation,
+    ))
 }
 
-/// Computes and prints the plan.
+/// Computes and prints the plan: with `--format json`, one document
+/// whatever the outcome, a daemon that does not answer included.
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+    // FILE first: one that cannot be read is the error, and no daemon is
+    // asked about it.
     let next = load_config(&args.file);
-    let current = match &args.against {
-        Some(path) => Some(load_config(path)),
-        None if args.from_nothing => None,
-        None => Some(installed(&args, &next)?),
+    let (current, generation, unreachable) = match &args.against {
+        Some(path) => (Some(load_config(path)), None, None),
+        None if args.from_nothing || next.config.is_none() => (None, None, None),
+        None => match installed(&args, &next) {
+            Ok((current, generation)) => (Some(current), Some(generation), None),
+            Err(e) => (None, None, Some(format!("{e:#}"))),
+        },
     };
-    let error = unplannable(&args, &next, current.as_ref());
+    let error = unreachable.or_else(|| unplannable(&args, &next, current.as_ref()));
     let planned = match (&error, next.side()) {
         (None, Some(next_side)) => Some(plan(
             current.as_ref().and_then(Validation::side),
@@ -113,14 +125,19 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
                 error: error.clone(),
                 config_problems: next.problems.clone(),
                 current_problems: current.map(|c| c.problems).unwrap_or_default(),
-                generation: None,
+                generation,
                 plan: planned.clone(),
             };
             println!("{}", serde_json::to_string_pretty(&output)?);
         }
         OutputFormat::Text => {
             if let Some(planned) = &planned {
-                print!("{}", render(&args, &next.problems, planned, accepted));
+                let rendered = Rendered {
+                    args: &args,
+                    generation,
+                    config_problems: &next.problems,
+                };
+                print!("{}", rendered.render(planned, accepted));
             }
         }
     }
@@ -128,7 +145,10 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         bail!(error);
     }
     if !accepted {
-        bail!("plan refused: see the errors above");
+        match args.connection.format {
+            OutputFormat::Text => bail!("plan refused: see the errors above"),
+            OutputFormat::Json => bail!("plan refused: see `problems` in the JSON"),
+        }
     }
     Ok(())
 }
@@ -167,12 +187,12 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
         (before, after) if before == after => after.name().to_string(),
         (before, after) => format!("{} → {}", before.name(), after.name()),
     };
-    let _ = writeln!(
-        out,
-        "\n{} {} (table: {table}): {change}{health}",
-        escaped(&vip.name),
-        vip.endpoint
-    );
+    let name = if vip.name == vip.endpoint {
+        vip.endpoint.clone()
+    } else {
+        format!("{} {}", escaped(&vip.name), vip.endpoint)
+    };
+    let _ = writeln!(out, "\n{name} (table: {table}): {change}{health}");
     let _ = writeln!(
         out,
         "  {:<16} {:>14}  {:<28} {:<28}",
@@ -195,54 +215,86 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
     }
 }
 
-fn render(args: &PlanArgs, config_problems: &[Problem], plan: &Plan, accepted: bool) -> String {
-    let mut out = String::new();
-    let against = match &args.against {
-        Some(path) => path.display().to_string(),
-        None if args.from_nothing => "nothing installed (the config's own guards apply)".into(),
-        None => "what the daemon has installed".into(),
-    };
-    let _ = writeln!(out, "plan: {} against {against}", args.file.display());
-    let (size_before, size_after) = plan.table_size;
-    if !plan.first_install && size_before != size_after {
+/// What a text plan is rendered from, beside the plan.
+struct Rendered<'a> {
+    args: &'a PlanArgs,
+    /// The daemon's generation the plan was made against.
+    generation: Option<u64>,
+    config_problems: &'a [Problem],
+}
+
+impl Rendered<'_> {
+    fn render(&self, plan: &Plan, accepted: bool) -> String {
+        let Rendered {
+            args,
+            generation,
+            config_problems,
+        } = *self;
+        let mut out = String::new();
+        let against = match (&args.against, generation) {
+            (Some(path), _) => path.display().to_string(),
+            (None, _) if args.from_nothing => {
+                "nothing installed (the config's own guards apply)".into()
+            }
+            (None, Some(generation)) => {
+                format!("what the daemon has installed, generation {generation}")
+            }
+            (None, None) => "what the daemon has installed".into(),
+        };
+        let _ = writeln!(out, "plan: {} against {against}", args.file.display());
+        let (size_before, size_after) = plan.table_size;
+        if !plan.first_install && size_before != size_after {
+            let _ = writeln!(
+                out,
+                "table_size: {size_before} → {size_after}: every VIP's table is rebuilt"
+            );
+        }
+        for vip in &plan.vips {
+            if args.all || vip.change != Change::Unchanged {
+                render_vip(&mut out, vip);
+            }
+        }
+        let count = |change| plan.vips.iter().filter(|v| v.change == change).count();
         let _ = writeln!(
             out,
-            "table_size: {size_before} → {size_after}: every VIP's table is rebuilt"
+            "\nVIPs: {} added, {} changed, {} removed, {} unchanged",
+            count(Change::Added),
+            count(Change::Changed),
+            count(Change::Removed),
+            count(Change::Unchanged)
         );
-    }
-    for vip in &plan.vips {
-        render_vip(&mut out, vip);
-    }
-    let count = |change| plan.vips.iter().filter(|v| v.change == change).count();
-    let _ = writeln!(
-        out,
-        "\nVIPs: {} added, {} changed, {} removed, {} unchanged",
-        count(Change::Added),
-        count(Change::Changed),
-        count(Change::Removed),
-        count(Change::Unchanged)
-    );
-    let problems: Vec<&Problem> = config_problems.iter().chain(&plan.problems).collect();
-    if !problems.is_empty() {
-        let _ = writeln!(out);
-        for problem in &problems {
-            let _ = writeln!(out, "{problem}");
+        if !args.all && count(Change::Unchanged) > 0 {
+            let _ = writeln!(out, "(unchanged VIPs are not shown; --all shows them)");
         }
-    }
-    for forced in &plan.forced {
-        let what = if forced.field.is_empty() {
-            forced.value.clone()
+        let problems: Vec<&Problem> = config_problems.iter().chain(&plan.problems).collect();
+        if !problems.is_empty() {
+            let _ = writeln!(out);
+            for problem in &problems {
+                let _ = writeln!(out, "{problem}");
+            }
+        }
+        for forced in &plan.forced {
+            let what = if forced.field.is_empty() {
+                forced.value.clone()
+            } else {
+                format!("{} {}", forced.field, forced.value)
+            };
+            let _ = writeln!(out, "forced: {}: {what} ({})", forced.location, forced.code);
+        }
+        let errors = problems.iter().filter(|p| p.is_error()).count();
+        let verdict = if accepted {
+            format!("verdict: accepted ({} warning(s))", problems.len() - errors)
         } else {
-            format!("{} {}", forced.field, forced.value)
+            format!("verdict: REFUSED ({errors} error(s))")
         };
-        let _ = writeln!(out, "forced: {}: {what} ({})", forced.location, forced.code);
+        let _ = writeln!(out, "\n{verdict}");
+        if let (true, Some(generation)) = (accepted, generation) {
+            let _ = writeln!(
+                out,
+                "apply exactly this plan with `fulcrum apply {} --if-generation {generation}`",
+                args.file.display()
+            );
+        }
+        out
     }
-    let errors = problems.iter().filter(|p| p.is_error()).count();
-    let verdict = if accepted {
-        format!("verdict: accepted ({} warning(s))", problems.len() - errors)
-    } else {
-        format!("verdict: REFUSED ({errors} error(s))")
-    };
-    let _ = writeln!(out, "\n{verdict}");
-    out
 }

@@ -1,7 +1,7 @@
 //! `fulcrum run`: the controller daemon. It adopts the data plane pinned
 //! for the interface if there is one (checking that the kernel holds what
 //! the installed record says), else loads, pins and attaches a new one
-//! (native XDP, else generic). Either way the config file goes through the
+//! (in the XDP mode `--xdp-mode` asks). Either way the config file goes through the
 //! change gate. Then it serves the admin API; API changes, SIGHUP and edits
 //! of the file all go through the same gate, one at a time. SIGUSR1 prints
 //! the counters; SIGINT/SIGTERM exit and leave the data plane forwarding,
@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::OutputFormat;
 use crate::{
@@ -19,7 +19,10 @@ use crate::{
         records::{self, RecordDir},
         start::Options,
     },
-    dataplane::pins::{self, PinDir},
+    dataplane::{
+        XdpChoice,
+        pins::{self, PinDir},
+    },
 };
 
 /// Arguments of `fulcrum run`.
@@ -55,6 +58,33 @@ pub struct RunArgs {
     /// Where the pins and installed records are.
     #[command(flatten)]
     pub places: Places,
+    /// The XDP mode to attach in: `native` (in the driver; an error where
+    /// the driver lacks it), `generic` (any interface, slower), or `auto`
+    /// (native where the driver has it, else generic). A data plane that
+    /// is already attached keeps its mode.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+}
+
+/// `--xdp-mode`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum XdpModeArg {
+    /// Native where the driver has it, else generic.
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic only.
+    Generic,
+}
+
+impl From<XdpModeArg> for XdpChoice {
+    fn from(arg: XdpModeArg) -> Self {
+        match arg {
+            XdpModeArg::Auto => XdpChoice::Auto,
+            XdpModeArg::Native => XdpChoice::Native,
+            XdpModeArg::Generic => XdpChoice::Generic,
+        }
+    }
 }
 
 /// Where the data plane's pins and installed records live.
@@ -91,5 +121,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         journal: args.journal,
         pin_root: args.places.pin_root,
         state_root: args.places.state_root,
+        xdp_mode: args.xdp_mode.into(),
     })
 }

@@ -16,16 +16,14 @@ pub struct StatusArgs {
 }
 
 fn text(status: &StatusAnswer) -> String {
+    let attached = match (&status.report.xdp_mode, status.report.attached) {
+        (Some(mode), true) => format!("attached, {mode} XDP"),
+        (None, true) => "attached".into(),
+        (_, false) => "NOT attached".into(),
+    };
     let header = format!(
-        "interface {} ({}), generation {}, config {}\n",
-        status.interface,
-        if status.report.attached {
-            "attached"
-        } else {
-            "NOT attached"
-        },
-        status.report.generation,
-        status.config,
+        "interface {} ({attached}), generation {}, config {}\n",
+        status.interface, status.report.generation, status.config,
     );
     header + &status.report.to_text()
 }

@@ -26,7 +26,7 @@ use crate::{
         records::RecordDir,
         seed,
     },
-    dataplane::{Capacities, Dataplane, pins::PinDir, system},
+    dataplane::{Capacities, Dataplane, XdpChoice, pins::PinDir, system},
     health::Transition,
     net,
     policy::{
@@ -58,6 +58,8 @@ pub struct Options {
     pub pin_root: PathBuf,
     /// The directory under which each interface's records live.
     pub state_root: PathBuf,
+    /// Which XDP mode to attach in.
+    pub xdp_mode: XdpChoice,
 }
 
 impl Options {
@@ -206,7 +208,7 @@ pub fn start(
     let journal = Journal::new(&options.journal);
     crate::note!(
         "fulcrum {}{} starting",
-        env!("CARGO_PKG_VERSION"),
+        crate::VERSION.as_str(),
         // Set at build time, so that two builds of one version can be told apart.
         option_env!("FULCRUM_BUILD_NOTE").map_or_else(String::new, |n| format!(" ({n})"))
     );
@@ -216,7 +218,13 @@ pub fn start(
     let (dataplane, in_force, first_plan) = match Dataplane::adopt(&pins)? {
         Some(dataplane) => {
             let seed = (seed, seed_from.as_str());
-            let (dataplane, in_force) = adopt(dataplane, &pins, &records, &interface, seed)?;
+            let adopting = Adopting {
+                pins: &pins,
+                records: &records,
+                interface: &interface,
+                xdp_mode: options.xdp_mode,
+            };
+            let (dataplane, in_force) = adopting.adopt(dataplane, seed)?;
             (dataplane, in_force, None)
         }
         None => {
@@ -258,70 +266,94 @@ pub fn start(
     })
 }
 
-/// Takes over a pinned data plane: checks that the kernel holds what its
-/// record says, then swaps this build's program in place, or attaches it
-/// again when it was detached from outside.
-fn adopt(
-    mut dataplane: Dataplane,
-    pins: &PinDir,
-    records: &RecordDir,
-    interface: &str,
-    (seed, seed_from): (FlowSeed, &str),
-) -> anyhow::Result<(Dataplane, InForce)> {
-    dataplane.set_link_mtu(net::interface_mtu(interface)?);
-    let bank = dataplane.live_bank()?;
-    let record = records
-        .read(bank)
-        .context("the pinned data plane has no installed record; `fulcrum detach` removes it")?;
-    let (_, state) = record.state()?;
-    dataplane
-        .adopt_state(state, bank, record.generation)
-        .context("the kernel does not hold what the installed record says")?;
-    if dataplane.config()?.seed != seed {
-        crate::note!(
-            "WARNING the pinned data plane hashes flows with another seed than {seed_from}; it \
+/// A pinned data plane to take over, and where.
+struct Adopting<'a> {
+    pins: &'a PinDir,
+    records: &'a RecordDir,
+    interface: &'a str,
+    xdp_mode: XdpChoice,
+}
+
+impl Adopting<'_> {
+    /// Takes over a pinned data plane: checks that the kernel holds what its
+    /// record says, then swaps this build's program in place, or attaches it
+    /// again when it was detached from outside.
+    fn adopt(
+        self,
+        mut dataplane: Dataplane,
+        (seed, seed_from): (FlowSeed, &str),
+    ) -> anyhow::Result<(Dataplane, InForce)> {
+        let Adopting {
+            pins,
+            records,
+            interface,
+            xdp_mode,
+        } = self;
+        dataplane.set_link_mtu(net::interface_mtu(interface)?);
+        let bank = dataplane.live_bank()?;
+        let record = records.read(bank).context(
+            "the pinned data plane has no installed record; `fulcrum detach` removes it",
+        )?;
+        let (_, state) = record.state()?;
+        dataplane
+            .adopt_state(state, bank, record.generation)
+            .context("the kernel does not hold what the installed record says")?;
+        if dataplane.config()?.seed != seed {
+            crate::note!(
+                "WARNING the pinned data plane hashes flows with another seed than {seed_from}; it \
              keeps its own, since its connection table is placed by it. The new seed takes \
              effect after `fulcrum detach`, which forgets every tracked flow"
-        );
-    }
-    let ifindex = net::ifindex(interface)?;
-    if pins.attached_ifindex().ok().flatten() == Some(ifindex) {
-        crate::note!(
-            "adopted the data plane attached to {interface} (pinned at {}): generation {}, \
-             {} VIPs; forwarding never stopped",
-            pins.path().display(),
-            record.generation,
-            record.vips.len()
-        );
-        match dataplane.upgrade_program(pins) {
-            Ok(id) => crate::note!(
-                "this build's XDP program (id {id}) replaced the running one in place, on \
-                 the same maps"
-            ),
-            Err(e) => crate::note!("kept the running XDP program: {}", Chain(&e)),
+            );
         }
-    } else {
-        // Detached from outside, or the interface was made again: the
-        // pinned link forwards nothing. Attach again, on the same maps
-        // (tables, connection table, counters).
-        let mode = dataplane
-            .reattach(pins, interface)
-            .with_context(|| format!("attaching the adopted data plane to {interface} again"))?;
-        crate::note!(
-            "WARNING the pinned data plane (generation {}, {} VIPs) was no longer attached to \
+        let ifindex = net::ifindex(interface)?;
+        if pins.attached_ifindex().ok().flatten() == Some(ifindex) {
+            crate::note!(
+                "adopted the data plane attached to {interface} (pinned at {}): generation {}, \
+             {} VIPs; forwarding never stopped",
+                pins.path().display(),
+                record.generation,
+                record.vips.len()
+            );
+            match dataplane.upgrade_program(pins) {
+                Ok(id) => crate::note!(
+                    "this build's XDP program (id {id}) replaced the running one in place, on \
+                 the same maps"
+                ),
+                Err(e) => crate::note!("kept the running XDP program: {}", Chain(&e)),
+            }
+            match net::xdp_mode(interface)? {
+                Some(mode) if !xdp_mode.allows(mode) => crate::note!(
+                    "WARNING the adopted data plane runs in {mode} XDP mode, not as --xdp-mode \
+                 asks; adopting never stops forwarding, so it stays so until `fulcrum detach` \
+                 and a fresh start"
+                ),
+                _ => {}
+            }
+        } else {
+            // Detached from outside, or the interface was made again: the
+            // pinned link forwards nothing. Attach again, on the same maps
+            // (tables, connection table, counters).
+            let mode = dataplane
+                .reattach(pins, interface, xdp_mode)
+                .with_context(|| {
+                    format!("attaching the adopted data plane to {interface} again")
+                })?;
+            crate::note!(
+                "WARNING the pinned data plane (generation {}, {} VIPs) was no longer attached to \
              {interface}, so nothing was forwarded; attached it again ({mode} XDP) on the same \
              maps",
-            record.generation,
-            record.vips.len()
-        );
+                record.generation,
+                record.vips.len()
+            );
+        }
+        let in_force = InForce::installed(record.config, record.held_out).map_err(|problems| {
+            anyhow::anyhow!(
+                "the installed record's config cannot be read: {}",
+                join_problems(&problems)
+            )
+        })?;
+        Ok((dataplane, in_force))
     }
-    let in_force = InForce::installed(record.config, record.held_out).map_err(|problems| {
-        anyhow::anyhow!(
-            "the installed record's config cannot be read: {}",
-            join_problems(&problems)
-        )
-    })?;
-    Ok((dataplane, in_force))
 }
 
 /// A data plane to load afresh.
@@ -369,7 +401,7 @@ impl Fresh<'_> {
             };
             let verdict = gate::apply(&mut dataplane, records, None, &proposal, network)?;
             let (plan, in_force) = first_verdict(verdict, &options.config.display().to_string())?;
-            let mode = dataplane.attach(interface)?;
+            let mode = dataplane.attach(interface, options.xdp_mode)?;
             dataplane.pin_link(pins)?;
             crate::note!(
                 "attached to {interface} ({mode} XDP), pinned at {}",

@@ -23,7 +23,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{ProgramError, Xdp, XdpMode, links::PinnedLink, xdp::XdpLinkId},
+    programs::{ProgramError, Xdp, XdpMode as AttachAs, links::PinnedLink, xdp::XdpLinkId},
 };
 use counters::{CounterReader, Counters};
 use lb_common::maps::{
@@ -36,7 +36,7 @@ use mmap::MappedArray;
 use sys::{BatchMap, SysError};
 use vip_index::VipIndexError;
 
-use crate::dataplane::state::DesiredState;
+use crate::{dataplane::state::DesiredState, net::XdpMode};
 
 /// The bench object, built by build.rs from lb-ebpf beside the production
 /// object: programs for the benchmarks and the test lab (`bench_untraced`,
@@ -220,21 +220,26 @@ impl Default for Capacities {
     }
 }
 
-/// How the program ended up attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// Native (driver) XDP.
+/// Which XDP mode to attach in (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpChoice {
+    /// Native if the driver has it, else generic.
+    #[default]
+    Auto,
+    /// Native only: an interface whose driver refuses it is an error.
     Native,
-    /// Generic (skb) XDP: works everywhere, slower.
+    /// Generic only.
     Generic,
 }
 
-impl std::fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-        })
+impl XdpChoice {
+    /// Whether the program attached in `mode` is what was asked for.
+    pub fn allows(self, mode: XdpMode) -> bool {
+        match self {
+            XdpChoice::Auto => matches!(mode, XdpMode::Native | XdpMode::Generic),
+            XdpChoice::Native => mode == XdpMode::Native,
+            XdpChoice::Generic => mode == XdpMode::Generic,
+        }
     }
 }
 
@@ -410,28 +415,43 @@ impl Dataplane {
         Self::xdp_program(ebpf)
     }
 
-    /// Attaches to `interface`: native mode first, generic if the driver
-    /// refuses. The program stays attached until `detach` or drop, unless
-    /// the link is pinned (`pins::Pins::pin_link`).
-    pub fn attach(&mut self, interface: &str) -> Result<AttachMode> {
+    /// Attaches to `interface` as `choice` says: with `Auto`, native
+    /// mode first and generic if the driver refuses. The program stays
+    /// attached until `detach` or drop, unless the link is pinned
+    /// (`pins::Pins::pin_link`).
+    pub fn attach(&mut self, interface: &str, choice: XdpChoice) -> Result<XdpMode> {
         let program = self.program()?;
-        let (link, mode) = match program.attach(interface, XdpMode::Driver) {
-            Ok(link) => (link, AttachMode::Native),
-            Err(ProgramError::UnknownInterface { name }) => {
-                return Err(DataplaneError::Program {
-                    what: format!("attaching to interface {name:?}"),
-                    source: ProgramError::UnknownInterface { name },
-                });
+        let failed = |mode: XdpMode| {
+            move |source| DataplaneError::Program {
+                what: format!("attaching to interface {interface:?} in {mode} XDP mode"),
+                source,
             }
-            Err(_) => {
-                let link = program.attach(interface, XdpMode::Skb).map_err(|source| {
-                    DataplaneError::Program {
-                        what: format!("attaching to interface {interface:?}"),
-                        source,
-                    }
-                })?;
-                (link, AttachMode::Generic)
-            }
+        };
+        let (link, mode) = match choice {
+            XdpChoice::Native => (
+                program
+                    .attach(interface, AttachAs::Driver)
+                    .map_err(failed(XdpMode::Native))?,
+                XdpMode::Native,
+            ),
+            XdpChoice::Generic => (
+                program
+                    .attach(interface, AttachAs::Skb)
+                    .map_err(failed(XdpMode::Generic))?,
+                XdpMode::Generic,
+            ),
+            XdpChoice::Auto => match program.attach(interface, AttachAs::Driver) {
+                Ok(link) => (link, XdpMode::Native),
+                Err(source @ ProgramError::UnknownInterface { .. }) => {
+                    return Err(failed(XdpMode::Native)(source));
+                }
+                Err(_) => (
+                    program
+                        .attach(interface, AttachAs::Skb)
+                        .map_err(failed(XdpMode::Generic))?,
+                    XdpMode::Generic,
+                ),
+            },
         };
         self.link = Link::Owned(link);
         Ok(mode)

@@ -20,9 +20,9 @@ use aya::{
 use lb_common::maps::{BACKEND_ACTIVE, LAYOUT_VERSION, Meta, VipSlot, names};
 
 use super::sys::{PinnedXdpLink, SysError};
-use super::{AttachMode, Dataplane, DataplaneError, Link, Result, map_err};
-use crate::dataplane::state::DesiredState;
+use super::{Dataplane, DataplaneError, Link, Result, XdpChoice, map_err};
 use crate::errors::Chain;
+use crate::{dataplane::state::DesiredState, net::XdpMode};
 
 /// Where pins live unless told otherwise.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/fulcrum";
@@ -247,11 +247,16 @@ impl Dataplane {
     /// adopted instance whose link lost its interface (detached from
     /// outside, or the interface was deleted and made again), which
     /// forwards nothing. Established flows keep their connection entries.
-    pub fn reattach(&mut self, dir: &PinDir, interface: &str) -> Result<AttachMode> {
+    pub fn reattach(
+        &mut self,
+        dir: &PinDir,
+        interface: &str,
+        choice: XdpChoice,
+    ) -> Result<XdpMode> {
         let (ebpf, _) = Self::load_against(dir, |_| Ok(()))?;
         self.ebpf = Some(ebpf);
         self.link = Link::None;
-        let mode = self.attach(interface)?;
+        let mode = self.attach(interface, choice)?;
         let old = dir.path().join(LINK);
         std::fs::remove_file(&old).map_err(dir.io("removing the old link pin in"))?;
         self.pin_link(dir)?;

@@ -449,6 +449,14 @@ impl Scrape {
             "1 while the kernel has the XDP program attached to the interface.",
         )
         .encode(encoder, [(NO_LABELS, flag(self.report.attached))])?;
+        if let Some(mode) = &self.report.xdp_mode {
+            gauge(
+                "dataplane_xdp_mode",
+                "1 for the XDP mode the kernel runs the program in (native: in the driver; \
+                 generic: after an skb is made, slower).",
+            )
+            .encode(encoder, [([("mode", mode.as_str())], 1u64)])?;
+        }
         if let Some(pins) = &self.report.pin_survival {
             gauge(
                 "pins_survive_restart",
@@ -509,8 +517,18 @@ impl Scrape {
             )
             .encode(encoder, [(NO_LABELS, flag(in_force))])?;
         }
-        gauge("build_info", "The fulcrum build (always 1).")
-            .encode(encoder, [([("version", env!("CARGO_PKG_VERSION"))], 1u64)])
+        let layout = lb_common::maps::LAYOUT_VERSION.to_string();
+        let build = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("FULCRUM_GIT_COMMIT")),
+            ("layout", layout.as_str()),
+        ];
+        gauge(
+            "build_info",
+            "The fulcrum build: its version, the commit it was built from and its map layout \
+             (always 1).",
+        )
+        .encode(encoder, [(build, 1u64)])
     }
 }
 

@@ -191,6 +191,12 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// The XDP mode the kernel runs a program on the interface in, if
+    /// one is attached.
+    pub fn mode(&self) -> Option<crate::net::XdpMode> {
+        crate::net::xdp_mode(&self.interface).ok().flatten()
+    }
+
     /// Whether the kernel has the pinned link attached to the interface.
     pub fn holds(&self) -> bool {
         match (
@@ -357,6 +363,10 @@ impl Monitor {
         .with_group(state.group.clone(), state.announce.clone());
         let report = Report {
             pin_survival: Some(self.attachment.survival.clone()),
+            xdp_mode: attached
+                .then(|| self.attachment.mode())
+                .flatten()
+                .map(|mode| mode.to_string()),
             ..report
         };
         Ok((report, state.facts.clone()))

@@ -41,6 +41,10 @@ pub struct Report {
     /// Whether the kernel has the program attached to the interface.
     #[serde(default)]
     pub attached: bool,
+    /// The XDP mode the kernel runs it in (`native`, `generic`), when
+    /// attached.
+    #[serde(default)]
+    pub xdp_mode: Option<String>,
     /// The generation in force.
     #[serde(default)]
     pub generation: u64,
@@ -317,6 +321,7 @@ impl Report {
             group: None,
             announce: None,
             pin_survival: None,
+            xdp_mode: None,
         }
     }
 

@@ -115,6 +115,53 @@ fn link(interface: &str) -> Result<LinkMessage, InterfaceError> {
         .ok_or_else(|| InterfaceError::Undescribed(interface.to_string()))
 }
 
+/// How an XDP program is attached to an interface, as the kernel says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver (native XDP).
+    Native,
+    /// In the generic path, after the kernel made an skb: works on any
+    /// interface, and costs what the skb costs.
+    Generic,
+    /// Offloaded to the NIC.
+    Offloaded,
+    /// Programs in more than one of those places.
+    Several,
+}
+
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+            XdpMode::Offloaded => "offloaded",
+            XdpMode::Several => "several",
+        })
+    }
+}
+
+/// How an XDP program is attached to `interface` (`None`: none is).
+pub fn xdp_mode(interface: &str) -> Result<Option<XdpMode>, InterfaceError> {
+    use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
+    Ok(link(interface)?
+        .attributes
+        .into_iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::Xdp(xdp) => xdp.into_iter().find_map(|nla| match nla {
+                LinkXdp::Attached(attached) => Some(attached),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .and_then(|attached| match attached {
+            XdpAttached::Driver => Some(XdpMode::Native),
+            XdpAttached::SocketBuffer => Some(XdpMode::Generic),
+            XdpAttached::Hardware => Some(XdpMode::Offloaded),
+            XdpAttached::Multiple => Some(XdpMode::Several),
+            _ => None,
+        }))
+}
+
 /// Fails with a clear message if `interface` does not exist.
 pub fn require_interface(interface: &str) -> Result<(), InterfaceError> {
     ifindex(interface).map(drop)

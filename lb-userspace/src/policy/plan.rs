@@ -17,7 +17,7 @@ use crate::{
     config::{Config, GuardOverrides, Guards, VipConfig},
     policy::health::{Down, judge},
     policy::validate::{ValidConfig, Validation, check_concentration, vip_location},
-    problem::Problem,
+    problem::{Problem, quoted},
     table::VipTable,
     table::algorithm::Algorithm,
 };
@@ -70,7 +70,7 @@ pub struct BackendPlan {
 /// One VIP's before and after.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipPlan {
-    /// How problems name it.
+    /// Its name (its endpoint when it has none).
     pub name: String,
     /// `address:port/protocol`.
     pub endpoint: String,
@@ -399,7 +399,7 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
         change
     };
     VipPlan {
-        name: vip_location(vip),
+        name: vip.label(),
         endpoint: vip.endpoint(),
         change,
         table,
@@ -414,7 +414,11 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
 /// Where plan problems point: the VIP's name and endpoint, because the
 /// same name may be removed at one endpoint and added at another.
 fn plan_location(vip: &VipPlan) -> String {
-    format!("{} ({})", vip.name, vip.endpoint)
+    if vip.name == vip.endpoint {
+        format!("vip {} ({})", vip.endpoint, vip.endpoint)
+    } else {
+        format!("vip {} ({})", quoted(&vip.name), vip.endpoint)
+    }
 }
 
 fn check_blast_radius(vip: &VipPlan, guards: &Guards, problems: &mut Vec<Problem>) {
