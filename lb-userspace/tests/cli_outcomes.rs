@@ -115,6 +115,16 @@ fn validate_prints_one_json_document_for_every_outcome() {
     }
     let (_, document) = json(&["validate", good.to_str().unwrap(), "--format", "json"]);
     assert_eq!(document["vips"][0]["backends"].as_array().unwrap().len(), 6);
+    // The guard that refuses is named as the config spells it.
+    let (_, document) = json(&["validate", invalid.to_str().unwrap(), "--format", "json"]);
+    let too_few = document["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["code"] == "too-few-backends")
+        .expect("too-few-backends");
+    let message = too_few["message"].as_str().unwrap();
+    assert!(message.contains("guards.min_backends = 2"), "{message}");
 }
 
 fn assert_verdict(code: i32, document: &Value, exit: i32, accepted: bool) {

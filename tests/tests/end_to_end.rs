@@ -40,6 +40,10 @@ fn traffic_follows_weights_and_counters_agree() {
         samples.get("fulcrum_dataplane_xdp_mode", &native),
         Some(1.0)
     );
+    // And where the journal is, for the alerts to name.
+    let journal = lab.journal().display().to_string();
+    let path = [("path", journal.as_str())];
+    assert_eq!(samples.get("fulcrum_journal_info", &path), Some(1.0));
     let (_, text, _) = lab.cli(&["status"]).expect("status");
     assert!(text.contains("(attached, native XDP)"), "{text}");
     lab.request_counters().expect("SIGUSR1");

@@ -10,6 +10,7 @@ use std::{
     io::Read as _,
     net::IpAddr,
     net::SocketAddr,
+    ops::RangeInclusive,
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -20,6 +21,26 @@ use crate::{
     problem::Problem,
     table::{TableError, TableSize, VipTable},
 };
+
+/// Accepted `max_backends`: each slot costs per-CPU counters, so the
+/// ceiling keeps kernel memory in check.
+pub const BACKEND_SLOT_LIMITS: RangeInclusive<u32> = 1..=((1 << 20) - 1);
+
+/// Accepted connection-table capacities: enough for a small lab, at most
+/// 64 Mi flows (several GiB of kernel memory).
+pub const CONNECTION_TABLE_SIZES: RangeInclusive<u32> = 1024..=(64 << 20);
+
+/// Allowed flow idle timeouts, in seconds (up to a week).
+pub const IDLE_TIMEOUTS: RangeInclusive<u32> = 2..=604_800;
+
+/// Allowed health-check `rise` and `fall`.
+pub const RISE_FALL: RangeInclusive<u32> = 1..=100;
+
+/// Allowed health-check intervals, in milliseconds (up to an hour).
+pub const CHECK_INTERVALS_MS: RangeInclusive<u64> = 1..=3_600_000;
+
+/// Allowed imbalance windows, in seconds.
+pub const IMBALANCE_WINDOWS_S: RangeInclusive<u64> = 2..=3600;
 
 /// The whole config file.
 #[derive(Clone, Debug, PartialEq)]

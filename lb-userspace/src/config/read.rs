@@ -3,14 +3,15 @@
 //! types, missing keys. An entry missing a required key is left out of the
 //! result, so later checks still run on everything else.
 
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
+use std::{fmt, net::IpAddr, net::SocketAddr, ops::RangeInclusive, path::PathBuf};
 
 use toml::{Table, Value};
 
 use super::{
-    Announce, Api, BackendConfig, CheckKind, Config, Encapsulation, Forwarding, Group,
-    GuardOverrides, Guards, HealthCheck, HealthOverrides, IdleTimeouts, Imbalance, MacAddr, Prefix,
-    Protocol, Secret, UnreadableVip, VipConfig,
+    Announce, Api, BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES,
+    CheckKind, Config, Encapsulation, Forwarding, Group, GuardOverrides, Guards, HealthCheck,
+    HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance, MacAddr, Prefix,
+    Protocol, RISE_FALL, Secret, UnreadableVip, VipConfig,
 };
 use crate::{
     problem::{Problem, quoted},
@@ -148,6 +149,47 @@ fn millis(value: &Value) -> Result<u64, String> {
     integer_in(value, "a whole number of milliseconds")
 }
 
+/// A whole number that must lie in `range` (what validation enforces): a
+/// value no integer type holds is told the same range.
+fn in_range<T: TryFrom<i64> + fmt::Display>(
+    value: &Value,
+    range: &RangeInclusive<T>,
+    unit: &str,
+) -> Result<T, String> {
+    integer_in(
+        value,
+        &format!(
+            "a whole number from {} to {}{unit}",
+            range.start(),
+            range.end()
+        ),
+    )
+}
+
+fn connection_table_size(value: &Value) -> Result<u32, String> {
+    in_range(value, &CONNECTION_TABLE_SIZES, " flows")
+}
+
+fn idle_timeout(value: &Value) -> Result<u32, String> {
+    in_range(value, &IDLE_TIMEOUTS, " seconds")
+}
+
+fn max_backends(value: &Value) -> Result<u32, String> {
+    in_range(value, &BACKEND_SLOT_LIMITS, "")
+}
+
+fn rise_fall(value: &Value) -> Result<u32, String> {
+    in_range(value, &RISE_FALL, "")
+}
+
+fn check_interval(value: &Value) -> Result<u64, String> {
+    in_range(value, &CHECK_INTERVALS_MS, " milliseconds")
+}
+
+fn imbalance_window(value: &Value) -> Result<u64, String> {
+    in_range(value, &IMBALANCE_WINDOWS_S, " seconds")
+}
+
 fn finite(value: &Value, what: &str) -> Result<f64, String> {
     match value {
         Value::Float(f) if f.is_finite() => Ok(*f),
@@ -257,17 +299,34 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The key assigned on line `line` (from 1), when `column` (from 1) lies
+/// in its value: `key = value`.
+fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
+    let line = text.lines().nth(line.checked_sub(1)?)?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    (bare && column > line.find('=')? + 1).then(|| key.to_string())
+}
+
 /// Reads `text`; see the module doc.
 pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
     let root: Table = match text.parse() {
         Ok(root) => root,
         Err(err) => {
             let err: toml::de::Error = err;
-            let at = err.span().map_or(String::new(), |span| {
-                let (line, column) = line_and_column(text, span.start);
+            let at = err.span().map(|span| line_and_column(text, span.start));
+            let mut message = err.message().trim().replace('\n', "; ");
+            // An error in a value (a number no integer holds) names its key.
+            if let Some(key) = at.and_then(|(line, column)| key_before(text, line, column)) {
+                message = format!("{key}: {message}");
+            }
+            let at = at.map_or(String::new(), |(line, column)| {
                 format!("line {line}, column {column}")
             });
-            let message = err.message().trim().replace('\n', "; ");
             return (
                 None,
                 vec![Problem::error("syntax", "config", at, "", message)],
@@ -287,15 +346,19 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .optional(&mut problems, "table", algorithm)
         .unwrap_or_default();
     let connection_table_size = top
-        .optional(&mut problems, "connection_table_size", uint)
+        .optional(
+            &mut problems,
+            "connection_table_size",
+            connection_table_size,
+        )
         .unwrap_or(lb_common::maps::CONN_TABLE_ENTRIES);
     let defaults = IdleTimeouts::default();
     let idle = IdleTimeouts {
         tcp_s: top
-            .optional(&mut problems, "tcp_idle_s", uint)
+            .optional(&mut problems, "tcp_idle_s", idle_timeout)
             .unwrap_or(defaults.tcp_s),
         udp_s: top
-            .optional(&mut problems, "udp_idle_s", uint)
+            .optional(&mut problems, "udp_idle_s", idle_timeout)
             .unwrap_or(defaults.udp_s),
     };
     // A secret: a bad one is reported without its text.
@@ -315,7 +378,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
                 .ok()
         });
     let max_backends = top
-        .optional(&mut problems, "max_backends", uint)
+        .optional(&mut problems, "max_backends", max_backends)
         .unwrap_or(lb_common::maps::MAX_BACKENDS - 1);
     let guards = top
         .optional(&mut problems, "guards", table)
@@ -429,10 +492,10 @@ fn read_health_check(
     let mut s = Section::new(t, location);
     let mut overrides = HealthOverrides {
         kind: s.optional(problems, "kind", check_kind),
-        interval_ms: s.optional(problems, "interval_ms", millis),
+        interval_ms: s.optional(problems, "interval_ms", check_interval),
         timeout_ms: s.optional(problems, "timeout_ms", millis),
-        rise: s.optional(problems, "rise", uint),
-        fall: s.optional(problems, "fall", uint),
+        rise: s.optional(problems, "rise", rise_fall),
+        fall: s.optional(problems, "fall", rise_fall),
         http_path: s.optional(problems, "http_path", string),
         http_status: s.optional(problems, "http_status", status_ranges),
         ..HealthOverrides::default()
@@ -525,7 +588,7 @@ fn read_imbalance(t: &Table, problems: &mut Vec<Problem>) -> Imbalance {
             .optional(problems, "factor", number)
             .unwrap_or(defaults.factor),
         window_s: s
-            .optional(problems, "window_s", seconds)
+            .optional(problems, "window_s", imbalance_window)
             .unwrap_or(defaults.window_s),
         for_s: s
             .optional(problems, "for_s", seconds)
@@ -682,6 +745,42 @@ mod tests {
         assert!(config.is_none());
         assert_eq!(problems[0].code, "syntax");
         assert_eq!(problems[0].field, "line 1, column 13");
+    }
+
+    /// A value no integer type holds is told the range validation
+    /// enforces, and a number TOML itself cannot hold names its key.
+    #[test]
+    fn out_of_range_integers_say_the_documented_range_and_their_key() {
+        for (line, range) in [
+            ("connection_table_size = -5", "from 1024 to 67108864 flows"),
+            (
+                "connection_table_size = 5000000000",
+                "from 1024 to 67108864 flows",
+            ),
+            ("tcp_idle_s = -1", "from 2 to 604800 seconds"),
+            ("max_backends = -1", "from 1 to 1048575"),
+            ("[health_check]\nrise = -1", "from 1 to 100"),
+            (
+                "[health_check]\ninterval_ms = -1",
+                "from 1 to 3600000 milliseconds",
+            ),
+            ("[imbalance]\nwindow_s = -1", "from 2 to 3600 seconds"),
+        ] {
+            let (_, problems) = read(line);
+            let problem = problems
+                .iter()
+                .find(|p| p.code == "invalid-value")
+                .unwrap_or_else(|| panic!("{line}: {problems:?}"));
+            assert!(problem.message.contains(range), "{line}: {problem}");
+        }
+        let (_, problems) = read("\nmax_backends = 99999999999999999999\n");
+        assert_eq!(problems[0].code, "syntax");
+        assert_eq!(problems[0].field, "line 2, column 16");
+        assert!(
+            problems[0].message.starts_with("max_backends: "),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

@@ -66,6 +66,11 @@ impl Journal {
         Self(path.to_path_buf())
     }
 
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
     /// Per VIP endpoint, the last applied change that changed it, from the
     /// journal's last 8 MiB (empty when there is no journal; lines it
     /// cannot read are skipped).

@@ -121,6 +121,7 @@ impl Controller {
             view,
             imbalance_settings(&in_force),
         );
+        monitor.journal_at(journal.path());
         let announcer = config
             .announce
             .as_ref()

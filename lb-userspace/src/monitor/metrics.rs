@@ -444,6 +444,12 @@ impl Scrape {
             "IPv4 packets with header options that were parsed.",
         )
         .encode(encoder, [(NO_LABELS, count(Reason::Ipv4Options))])?;
+        counter(
+            "icmp_errors_to_backends",
+            "ICMP errors about a VIP's flows (too big, unreachable) sent on to the backend \
+             that owns the flow.",
+        )
+        .encode(encoder, [(NO_LABELS, count(Reason::IcmpToBackend))])?;
         gauge(
             "dataplane_attached",
             "1 while the kernel has the XDP program attached to the interface.",
@@ -508,6 +514,14 @@ impl Scrape {
                  or failed.",
             )
             .encode(encoder, [(NO_LABELS, flag(result == Outcome::Applied))])?;
+        }
+        if let Some(path) = &facts.journal {
+            gauge(
+                "journal_info",
+                "The journal of changes the daemon writes, by path (always 1): where the \
+                 reasons for every decision are.",
+            )
+            .encode(encoder, [([("path", path.as_str())], 1u64)])?;
         }
         if let Some(in_force) = facts.file_in_force {
             gauge(
@@ -588,4 +602,39 @@ pub fn exposition(report: Report, facts: Facts) -> Vec<String> {
     let _ = encode_eof(&mut eof);
     texts.push(eof);
     texts
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::maps::Reason;
+
+    use super::*;
+
+    /// Every counter the kernel keeps, and so every one `status` shows, is
+    /// exported: each reason's count (all different) is a sample's value.
+    #[test]
+    fn every_counter_in_status_is_in_the_metrics() {
+        let report = Report {
+            reasons: Reason::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name().to_string(), 1000 + i as u64))
+                .collect(),
+            ..Report::default()
+        };
+        let text = exposition(report, Facts::default()).concat();
+        let values: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next())
+            .collect();
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            let value = (1000 + i).to_string();
+            assert!(
+                values.contains(&value.as_str()),
+                "{} ({value}) is in no metric",
+                reason.name()
+            );
+        }
+    }
 }

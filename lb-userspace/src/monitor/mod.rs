@@ -177,6 +177,8 @@ pub struct Facts {
     pub refusals: BTreeMap<String, u64>,
     /// Whether the config file on disk is the config in force, as last seen.
     pub file_in_force: Option<bool>,
+    /// Where the journal of changes is written.
+    pub journal: Option<String>,
 }
 
 /// Where the data plane should be attached, to check that it still is.
@@ -303,6 +305,11 @@ impl Monitor {
     /// Whether the kernel has the data plane attached to its interface.
     pub fn attached(&self) -> bool {
         self.attachment.holds()
+    }
+
+    /// The journal of changes is written to `path`.
+    pub fn journal_at(&self, path: &std::path::Path) {
+        self.lock().facts.journal = Some(path.display().to_string());
     }
 
     /// The config file was seen to be (or not to be) the config in force.

@@ -36,7 +36,7 @@ pub struct Healths<'a> {
 }
 
 /// Counters of the whole data plane.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct Report {
     /// Whether the kernel has the program attached to the interface.
     #[serde(default)]

@@ -13,7 +13,9 @@ use lb_common::maps::{FAMILY_IPV4, FAMILY_IPV6, encap_overhead};
 
 use crate::{
     config::{
-        BackendConfig, CheckKind, Config, Guards, HealthCheck, HealthOverrides, Protocol, VipConfig,
+        BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES, CheckKind,
+        Config, Guards, HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, Protocol,
+        RISE_FALL, VipConfig,
     },
     problem::{Problem, is_unprintable, quoted},
     table::{ALLOWED_SIZES, BackendIdentity, TableError, TableSize, VipTable},
@@ -25,10 +27,6 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// coarse and disruption large (the Maglev paper uses M >> N).
 pub const MIN_SLOTS_PER_BACKEND: u32 = 100;
 
-/// Accepted `max_backends`: each slot costs per-CPU counters, so the
-/// ceiling keeps kernel memory in check.
-pub const BACKEND_SLOT_LIMITS: std::ops::RangeInclusive<u32> = 1..=((1 << 20) - 1);
-
 /// The most lookup-table slots all VIPs together may hold (VIPs ×
 /// `table_size`): 128 VIPs at the default size, 1,024 at 8191 or 16 at
 /// 524287. It bounds the tables' kernel memory at 32 MiB per bank (4
@@ -37,13 +35,6 @@ pub const BACKEND_SLOT_LIMITS: std::ops::RangeInclusive<u32> = 1..=((1 << 20) - 
 /// weighted backends at the budget validates in 0.4-0.7 s on 2 cores, and
 /// at twice the budget in up to 1.7 s.
 pub const MAX_TABLE_SLOTS: u64 = 128 * 65_537;
-
-/// Accepted connection-table capacities: enough for a small lab, at most
-/// 64 Mi flows (several GiB of kernel memory).
-pub const CONNECTION_TABLE_SIZES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
-
-/// Allowed flow idle timeouts, in seconds (up to a week).
-pub const IDLE_TIMEOUTS: std::ops::RangeInclusive<u32> = 2..=604_800;
 
 /// The outcome of validating a config: `T` is what was kept of each VIP's
 /// table (the whole table, unless the caller asked for less).
@@ -757,11 +748,15 @@ fn check_health_settings(hc: &HealthCheck, location: &str, problems: &mut Vec<Pr
             message,
         ));
     };
-    if hc.interval_ms == 0 || hc.interval_ms > 3_600_000 {
+    if !CHECK_INTERVALS_MS.contains(&hc.interval_ms) {
         health(
             "interval_ms",
             hc.interval_ms.to_string(),
-            "must be from 1 to 3600000",
+            &format!(
+                "must be from {} to {}",
+                CHECK_INTERVALS_MS.start(),
+                CHECK_INTERVALS_MS.end()
+            ),
         );
     }
     if hc.timeout_ms == 0 || hc.timeout_ms >= hc.interval_ms {
@@ -771,11 +766,12 @@ fn check_health_settings(hc: &HealthCheck, location: &str, problems: &mut Vec<Pr
             "must be above 0 and below interval_ms",
         );
     }
-    if !(1..=100).contains(&hc.rise) {
-        health("rise", hc.rise.to_string(), "must be from 1 to 100");
+    let counts = format!("must be from {} to {}", RISE_FALL.start(), RISE_FALL.end());
+    if !RISE_FALL.contains(&hc.rise) {
+        health("rise", hc.rise.to_string(), &counts);
     }
-    if !(1..=100).contains(&hc.fall) {
-        health("fall", hc.fall.to_string(), "must be from 1 to 100");
+    if !RISE_FALL.contains(&hc.fall) {
+        health("fall", hc.fall.to_string(), &counts);
     }
     if !hc.http_path.starts_with('/')
         || hc
@@ -832,11 +828,15 @@ fn check_imbalance(settings: &crate::config::Imbalance, problems: &mut Vec<Probl
             "must be above 1 and at most 100 (observed ÷ expected share)",
         );
     }
-    if !(2..=3600).contains(&settings.window_s) {
+    if !IMBALANCE_WINDOWS_S.contains(&settings.window_s) {
         bad(
             "window_s",
             settings.window_s.to_string(),
-            "must be from 2 to 3600 seconds",
+            &format!(
+                "must be from {} to {} seconds",
+                IMBALANCE_WINDOWS_S.start(),
+                IMBALANCE_WINDOWS_S.end()
+            ),
         );
     }
     if settings.for_s > 86_400 {
@@ -1209,8 +1209,9 @@ pub fn check_concentration(
             "backend",
             active.to_string(),
             format!(
-                "only {active} backend(s) can take new flows; this VIP needs at least {} \
-                 (set guards.min_backends = {active} on this VIP if that is intended)",
+                "only {active} backend(s) can take new flows; guards.min_backends = {0} asks \
+                 for at least {0} (set guards.min_backends = {active} on this VIP if that is \
+                 intended)",
                 guards.min_backends
             ),
         ));
