@@ -1,5 +1,7 @@
 //! `fulcrum run` with bad input: each case must end with exactly one error
-//! line on stderr and exit status 1, before anything is loaded or attached.
+//! line on stderr, before anything is loaded or attached, and exit status
+//! 78 (`EX_CONFIG`: starting again cannot help until the config is fixed)
+//! when the config is at fault, else 1.
 
 mod common;
 
@@ -7,13 +9,17 @@ use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
 use common::{Scratch, fulcrum, guarded};
 
-/// Runs `command` and checks: exit 1, one stderr line containing `needle`.
-fn fails_with(mut command: Command, needle: &str) {
+/// Exit status of a start refused for its config.
+const EX_CONFIG: i32 = 78;
+
+/// Runs `command` and checks: exit `code`, one stderr line containing
+/// `needle`.
+fn fails_with(mut command: Command, needle: &str, code: i32) {
     let output = command.output().expect("fulcrum runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         output.status.code(),
-        Some(1),
+        Some(code),
         "exit status; stderr: {stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -42,7 +48,11 @@ fn a_missing_config_file() {
         "--interface",
         "lo",
     ]);
-    fails_with(command, "reading config /nonexistent/fulcrum.toml");
+    fails_with(
+        command,
+        "reading config /nonexistent/fulcrum.toml",
+        EX_CONFIG,
+    );
 }
 
 /// The daemon reads its config (at start, on SIGHUP, after an edit) no
@@ -54,6 +64,7 @@ fn a_config_that_never_ends() {
     fails_with(
         command,
         "reading config /dev/zero: larger than 1048576 bytes (1 MiB), the most a config may hold",
+        EX_CONFIG,
     );
 }
 
@@ -71,6 +82,7 @@ fn a_config_that_does_not_parse() {
     fails_with(
         command,
         "port = \"eighty\": expected a port from 0 to 65535",
+        EX_CONFIG,
     );
 }
 
@@ -82,7 +94,7 @@ fn a_config_with_broken_syntax() {
     command
         .args(["run", "--interface", "lo", "--config"])
         .arg(&path);
-    fails_with(command, "config: line 1, column");
+    fails_with(command, "config: line 1, column", EX_CONFIG);
 }
 
 #[test]
@@ -93,7 +105,7 @@ fn an_unknown_key() {
     command
         .args(["run", "--interface", "lo", "--config"])
         .arg(&path);
-    fails_with(command, "prot = 80: unknown key");
+    fails_with(command, "prot = 80: unknown key", EX_CONFIG);
 }
 
 #[test]
@@ -104,7 +116,7 @@ fn an_unknown_interface() {
     command
         .args(["run", "--interface", "fulcrum-nope0", "--config"])
         .arg(&path);
-    fails_with(command, "unknown interface \"fulcrum-nope0\"");
+    fails_with(command, "unknown interface \"fulcrum-nope0\"", 1);
 }
 
 #[test]
@@ -113,7 +125,7 @@ fn no_interface_at_all() {
     let path = scratch.file("ok.toml", VALID);
     let mut command = fulcrum();
     command.args(["run", "--config"]).arg(&path);
-    fails_with(command, "no interface");
+    fails_with(command, "no interface", EX_CONFIG);
 }
 
 #[test]
@@ -128,7 +140,7 @@ fn a_config_that_fails_validation() {
     command
         .args(["run", "--interface", "lo", "--config"])
         .arg(&path);
-    fails_with(command, "[too-few-backends]");
+    fails_with(command, "[too-few-backends]", EX_CONFIG);
 }
 
 #[test]
@@ -152,5 +164,5 @@ fn missing_privileges() {
         .arg(&binary)
         .args(["run", "--interface", "lo", "--config"])
         .arg(&config);
-    fails_with(command, "missing privileges");
+    fails_with(command, "missing privileges", 1);
 }

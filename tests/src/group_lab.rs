@@ -148,7 +148,7 @@ fn router_bird(hosts: usize) -> String {
     text
 }
 
-/// BIRD on host `i`, as the README's minimal `bird.conf`: it includes the
+/// BIRD on host `i`, as docs/scale-out.md's minimal `bird.conf`: it includes the
 /// file `fulcrum run` writes and exports Fulcrum's protocols only.
 fn host_bird(i: usize, include: &Path) -> String {
     let index = HOST_INDEXES[i];
@@ -252,7 +252,7 @@ impl GroupLab {
         }
         let config_dir = std::env::temp_dir().join(&id);
         let router_bird = Bird::start(&router, &config_dir.join("rt"), &router_bird(2))?;
-        // NAPI for each host's XDP_TX on veth (see DESIGN.md).
+        // NAPI for each host's XDP_TX on veth (see docs/troubleshooting.md).
         let mut peer_pass = standalone_program("lab_peer_pass")?;
         let program = xdp_program(&mut peer_pass, "lab_peer_pass")?;
         let mut hosts = Vec::new();

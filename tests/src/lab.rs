@@ -118,11 +118,24 @@ impl Places {
     }
 }
 
+/// How `fulcrum run` is started: how it enters the load balancer's
+/// namespace, and what it is given beyond the lab's own arguments.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Run<'a> {
+    /// How it enters the namespace.
+    pub launch: Launch,
+    /// Arguments after the lab's.
+    pub args: &'a [&'a str],
+    /// Environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 /// How `fulcrum run` enters the load balancer's namespace.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub enum Launch {
     /// `nsenter --net`: the network namespace only, so fulcrum keeps the
     /// host's mounts and pins on the host's bpffs, as on a real host.
+    #[default]
     HostMounts,
     /// `ip netns exec`, which also gives fulcrum a mount namespace of its
     /// own with a fresh `/sys`: the bpffs it mounts there, and its pins,
@@ -137,19 +150,18 @@ impl Fulcrum {
         config: &Path,
         places: &Places,
     ) -> anyhow::Result<Self> {
-        Self::start_as(lb, (Launch::HostMounts, &[]), binary, config, places)
+        Self::start_as(lb, &Run::default(), binary, config, places)
     }
 
-    /// Starts `fulcrum run` with `extra` arguments, entering `lb` as
-    /// `launch` says.
+    /// Starts `fulcrum run` as `run` says, entering `lb`.
     pub(crate) fn start_as(
         lb: &Netns,
-        (launch, extra): (Launch, &[&str]),
+        run: &Run<'_>,
         binary: &Path,
         config: &Path,
         places: &Places,
     ) -> anyhow::Result<Self> {
-        let mut command = match launch {
+        let mut command = match run.launch {
             Launch::HostMounts => {
                 let mut command = Command::new("nsenter");
                 command.arg(format!("--net=/run/netns/{}", lb.name()));
@@ -172,7 +184,8 @@ impl Fulcrum {
             .arg(&places.journal)
             .arg("--config")
             .arg(config)
-            .args(extra)
+            .args(run.args)
+            .envs(run.env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -771,7 +784,7 @@ impl Lab {
         for host in &network.backend_hosts {
             prepare_backend(host)?;
         }
-        // NAPI for the load balancer's XDP_TX on veth (see DESIGN.md).
+        // NAPI for the load balancer's XDP_TX on veth (see docs/troubleshooting.md).
         let mut peer_pass = standalone_program("lab_peer_pass")?;
         let program = xdp_program(&mut peer_pass, "lab_peer_pass")?;
         let lb_peer = network.lb_peer;
@@ -932,25 +945,18 @@ impl Lab {
     /// Starts `fulcrum run` from `binary`, entering the load balancer's
     /// namespace as `launch` says.
     pub fn start_fulcrum_as(&self, launch: Launch, binary: &Path) -> anyhow::Result<Vec<String>> {
-        self.start_fulcrum_with(launch, binary, &[])
+        let run = Run {
+            launch,
+            ..Run::default()
+        };
+        self.start_fulcrum_with(&run, binary)
     }
 
-    /// Starts `fulcrum run` from `binary` with `extra` arguments.
-    pub fn start_fulcrum_with(
-        &self,
-        launch: Launch,
-        binary: &Path,
-        extra: &[&str],
-    ) -> anyhow::Result<Vec<String>> {
+    /// Starts `fulcrum run` from `binary` as `run` says.
+    pub fn start_fulcrum_with(&self, run: &Run<'_>, binary: &Path) -> anyhow::Result<Vec<String>> {
         let mut slot = self.fulcrum.lock().expect("fulcrum lock");
         anyhow::ensure!(slot.is_none(), "fulcrum is already running");
-        let fulcrum = Fulcrum::start_as(
-            &self.lb,
-            (launch, extra),
-            binary,
-            &self.config_path(),
-            &self.places,
-        )?;
+        let fulcrum = Fulcrum::start_as(&self.lb, run, binary, &self.config_path(), &self.places)?;
         let log = fulcrum.log.clone();
         *slot = Some(fulcrum);
         Ok(log)

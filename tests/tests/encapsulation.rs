@@ -330,7 +330,7 @@ fn l3_of(frame: &[u8]) -> usize {
 }
 
 /// The expected encapsulation of `input` for `flow`, by the rules the
-/// README documents: outer source = prefix | hash bits, flow label and GUE
+/// docs/encapsulation.md documents: outer source = prefix | hash bits, flow label and GUE
 /// port from the hash, DF set, TTL 64, the inner DSCP/ECN copied.
 fn encapsulated(fixture: &Fixture, input: &[u8], flow: &FlowKey) -> Vec<u8> {
     let vip = fixture.state.vip_for(flow).expect("a VIP");

@@ -1,6 +1,7 @@
 //! Fulcrum's developer commands, the ones the README names: `setup` installs
 //! the toolchain, `test` runs every test, `lab` runs the namespace lab and
-//! `bench` the benchmarks. `test`, `lab` and `bench` run `setup` first.
+//! `bench` the benchmarks, `campaign` the randomized fault campaign. `test`,
+//! `lab`, `bench` and `campaign` run `setup` first.
 
 mod setup;
 

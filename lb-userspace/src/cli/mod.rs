@@ -25,6 +25,19 @@ use crate::{
     table::VipTable,
 };
 
+/// The exit status for `error`: `EXIT_CONFIG` when a start was refused
+/// for its config, else 1.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if error
+        .chain()
+        .any(|cause| cause.is::<crate::daemon::start::ConfigRefused>())
+    {
+        crate::daemon::start::EXIT_CONFIG
+    } else {
+        1
+    }
+}
+
 /// How results are printed.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OutputFormat {

@@ -417,7 +417,12 @@ pub fn serve(socket: &Path, jobs: Jobs, hub: Hub, runtime: &Handle) -> anyhow::R
         .route(wire::EXPLAIN.path, post(explain))
         .route(wire::DETACH.path, post(detach))
         .route(wire::TRACE.path, post(trace))
-        .fallback(|| async { respond(Reply::error(404, "no such API path; see the README")) })
+        .fallback(|| async {
+            respond(Reply::error(
+                404,
+                "no such API path; docs/api.md lists them",
+            ))
+        })
         .method_not_allowed_fallback(|| async {
             respond(Reply::error(405, "wrong method for this API path"))
         })

@@ -22,7 +22,7 @@ use crate::{
     daemon::{
         Controller, Door,
         api::{self, Job, Jobs, Request},
-        scrape,
+        notify, scrape,
         start::{Options, Started, read_config, start},
     },
     health::Transition,
@@ -202,6 +202,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         capacities.max_backends,
         options.config.display()
     );
+    notify::tell(&format!(
+        "READY=1\nSTATUS=serving on {interface}, generation {}",
+        controller.dataplane().generation()
+    ));
     let next = loop {
         let Some(event) = inbox.blocking_recv() else {
             break Next::Exit;
@@ -211,6 +215,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             next => break next,
         }
     };
+    notify::tell("STOPPING=1");
     if let Next::Detached = next {
         // Let the answer reach the caller before the socket goes.
         std::thread::sleep(Duration::from_millis(100));

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod health;
 pub mod journal;
 pub mod life;
+pub mod notify;
 pub mod records;
 pub mod scrape;
 pub mod seed;

@@ -86,6 +86,17 @@ pub struct Started {
     pub lock: File,
 }
 
+/// A start refused for its config: unreadable, invalid, refused by the
+/// gate, or naming no interface. Starting again cannot help until the file
+/// is fixed, so `fulcrum run` exits with `EXIT_CONFIG` (which the shipped
+/// systemd unit does not restart).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigRefused(String);
+
+/// The exit status of a start refused for its config (`EX_CONFIG`).
+pub const EXIT_CONFIG: i32 = 78;
+
 /// Reads the config file.
 pub fn read_config(path: &Path) -> anyhow::Result<String> {
     crate::config::read_file(path).with_context(|| format!("reading config {}", path.display()))
@@ -136,10 +147,10 @@ fn first_config(options: &Options, text: &str) -> anyhow::Result<(String, ValidC
             // that runs: start from what it was installed from, and refuse
             // the edit.
             let Some(installed) = installed_config(options, invalid.config.as_ref()) else {
-                bail!(
+                bail!(ConfigRefused(format!(
                     "config {} is invalid (see `fulcrum validate`): {problems}",
                     options.config.display()
-                );
+                )));
             };
             crate::note!(
                 "WARNING config {} is invalid: {problems}; starting from the config the pinned \
@@ -147,7 +158,9 @@ fn first_config(options: &Options, text: &str) -> anyhow::Result<(String, ValidC
                 options.config.display()
             );
             let Ok(valid) = validate(&installed).valid() else {
-                bail!("the installed config is invalid too: {problems}");
+                bail!(ConfigRefused(format!(
+                    "the installed config is invalid too: {problems}"
+                )));
             };
             Ok((installed, valid))
         }
@@ -170,10 +183,10 @@ fn first_verdict(verdict: Verdict, what: &str) -> anyhow::Result<(Plan, InForce)
             Ok((plan, *in_force))
         }
         Verdict::Refused { problems, .. } => {
-            bail!(
+            bail!(ConfigRefused(format!(
                 "{what}: REFUSED, nothing changed: {}",
                 join_problems(&problems)
-            )
+            )))
         }
     }
 }
@@ -184,14 +197,16 @@ pub fn start(
     options: &Options,
     (notify, runtime): (impl Fn(Transition) + Send + Sync + 'static, &Handle),
 ) -> anyhow::Result<Started> {
-    let text = read_config(&options.config)?;
+    let text = read_config(&options.config).map_err(|e| ConfigRefused(format!("{e:#}")))?;
     let (first_text, first) = first_config(options, &text)?;
     for warning in first.warnings() {
         crate::note!("{warning}");
     }
     let config = first.config().clone();
     let Some(interface) = options.interface.clone().or(config.interface.clone()) else {
-        bail!("no interface: set `interface` in the config or pass --interface");
+        bail!(ConfigRefused(
+            "no interface: set `interface` in the config or pass --interface".into()
+        ));
     };
     system::require_bpf_privileges()?;
     net::require_interface(&interface)?;

@@ -3,7 +3,7 @@
 //! each scrape (the values are read fresh each time, so nothing is
 //! registered twice or kept between scrapes). With 100,000 backends the
 //! text is tens of megabytes, so its families are encoded in parts, one per
-//! core, and joined. Every name and label is listed in the README.
+//! core, and joined. Every name and label is listed in docs/monitoring.md.
 
 use std::sync::Arc;
 

@@ -9,7 +9,7 @@ use crate::table::{TableBuilder, maglev::Maglev, stable::Stable};
 /// would disagree while it rolls), and it builds 2-3x faster, which
 /// matters for configs of 100,000 backends; the stable table moves fewer
 /// flows on every change and is the better choice for large pools (see
-/// the README).
+/// docs/design.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
