@@ -317,6 +317,23 @@ pub fn fulcrum_upgrade_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The Debian package of this build: `FULCRUM_DEB`, else the one `cargo
+/// xtask test` packs beside the binaries (`dist/`).
+pub fn package_near_tests() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("FULCRUM_DEB") {
+        return Ok(path.into());
+    }
+    let output = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .context("dpkg --print-architecture")?;
+    let arch = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    binary_near_tests(
+        &format!("dist/fulcrum_{}_{arch}.deb", env!("CARGO_PKG_VERSION")),
+        "`cargo xtask test` packs it, or set FULCRUM_DEB",
+    )
+}
+
 fn binary_near_tests(name: &str, how: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the running executable")?;
     exe.ancestors()

@@ -1,8 +1,9 @@
 //! Fulcrum's developer commands, the ones the README names: `setup` installs
 //! the toolchain, `test` runs every test, `lab` runs the namespace lab and
-//! `bench` the benchmarks, `campaign` the randomized fault campaign. `test`,
-//! `lab`, `bench` and `campaign` run `setup` first.
+//! `bench` the benchmarks, `campaign` the randomized fault campaign, `dist`
+//! the Debian package. All but `setup` run `setup` first.
 
+mod dist;
 mod setup;
 
 use std::{
@@ -34,6 +35,9 @@ enum Task {
     },
     /// Set up, then run the benchmarks.
     Bench,
+    /// Set up, build a release and pack it as a Debian package under
+    /// target/dist.
+    Dist,
     /// Set up, then run the randomized fault campaign for as long as asked.
     Campaign {
         /// How long to run, in seconds.
@@ -79,6 +83,8 @@ fn run(task: Task) -> Result<()> {
             // The end-to-end tests run the real `fulcrum` binary. The `ci`
             // profile is release with overflow checks on.
             cargo(&["build", "--profile", "ci", "-p", "lb-userspace", "--bins"])?;
+            // The package test installs what this build packs.
+            dist::package(&dir.join("fulcrum"), &dir.join("dist"))?;
             // Host tests (no root, no kernel) run in parallel; the kernel
             // and namespace tests one at a time, as their labs share the
             // machine's CPUs and BPF.
@@ -115,6 +121,14 @@ fn run(task: Task) -> Result<()> {
             cargo(&["bench", "-p", "lb-tests", "--bench", "apply"])?;
             cargo(&["bench", "-p", "lb-tests", "--bench", "metrics"])?;
             cargo(&["bench", "-p", "lb-userspace", "--bench", "control_plane"])
+        }
+        Task::Dist => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "lb-userspace", "--bins"])?;
+            let dir = target_dir().join("release");
+            let deb = dist::package(&dir.join("fulcrum"), &target_dir().join("dist"))?;
+            eprintln!("xtask: built {}", deb.display());
+            Ok(())
         }
         Task::Campaign { seconds, seed } => {
             setup::run()?;

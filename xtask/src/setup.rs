@@ -23,8 +23,10 @@ const PACKAGES: &[&str] = &[
     "tmux",
     // The ECMP scale-out test: BIRD announces VIPs over BGP.
     "bird2",
-    // The shipped unit is checked with systemd-analyze.
+    // The shipped unit is checked with systemd-analyze, the package with
+    // lintian.
     "systemd",
+    "lintian",
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const TOOLCHAIN: &str = "debian-bpf";

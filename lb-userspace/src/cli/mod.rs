@@ -8,6 +8,7 @@ pub mod compare;
 pub mod decap;
 pub mod detach;
 pub mod explain;
+pub mod manual;
 pub mod plan;
 pub mod run;
 pub mod status;
@@ -97,6 +98,12 @@ pub enum Command {
     /// On a backend: decapsulate what a load balancer with forwarding =
     /// "ipip" or "gue" sends it (attach, detach, status).
     Decap(decap::DecapArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish,
+    /// elvish, powershell).
+    Completions(manual::CompletionsArgs),
+    /// Write the man pages into DIR (for packaging).
+    #[command(hide = true)]
+    Manpages(manual::ManpagesArgs),
 }
 
 impl Cli {
@@ -116,6 +123,8 @@ impl Cli {
             Command::Tables(args) => tables::run(args),
             Command::Compare(args) => compare::run(args),
             Command::Decap(args) => decap::run(args),
+            Command::Completions(args) => manual::completions(&args),
+            Command::Manpages(args) => manual::manpages(&args),
         }
     }
 }
