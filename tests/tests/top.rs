@@ -387,3 +387,49 @@ fn top_without_a_daemon_is_an_error_before_the_screen_is_taken() {
         );
     }
 }
+
+/// `--format json` is a stream: one status document a line, every
+/// interval; without a daemon, one JSON error and status 1.
+#[test]
+fn top_in_json_streams_one_status_a_line() {
+    use std::io::{BufRead as _, BufReader};
+    let lab = lab();
+    let mut child = Command::new(fulcrum_binary().expect("the fulcrum binary"))
+        .args([
+            "top",
+            "--format",
+            "json",
+            "--interval-ms",
+            "100",
+            "--socket",
+        ])
+        .arg(lab.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("fulcrum top runs");
+    let mut lines = BufReader::new(child.stdout.take().expect("its stdout")).lines();
+    for _ in 0..3 {
+        let line = lines.next().expect("a line").expect("UTF-8");
+        let status: lb_userspace::daemon::wire::StatusAnswer =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let names: Vec<&str> = status.report.vips.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, VIP_NAMES, "{line}");
+    }
+    child.kill().expect("stopping the top we started");
+    let _ = child.wait();
+
+    let output = Command::new(fulcrum_binary().expect("the fulcrum binary"))
+        .args(["top", "--format", "json", "--socket", "/nonexistent/sock"])
+        .output()
+        .expect("fulcrum runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let error: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("no fulcrum daemon answers"),
+        "{error}"
+    );
+}

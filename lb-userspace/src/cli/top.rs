@@ -75,11 +75,36 @@ fn poll(connection: &Connection) -> anyhow::Result<StatusAnswer> {
     decode(connection.request(wire::STATUS, NO_BODY)?)
 }
 
+/// With `--format json`: the daemon's status as one JSON line every
+/// interval, until a signal or a reader that goes away. A refresh the
+/// daemon does not answer is a line `{"error": ...}`, and the stream goes
+/// on, as the screen does; only the first must be answered.
+fn stream(args: &TopArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let every = Duration::from_millis(args.interval_ms);
+    let mut next = Ok(poll(&args.connection).context("fulcrum top")?);
+    let mut stdout = io::stdout();
+    loop {
+        let line = match &next {
+            Ok(status) => serde_json::to_string(status)?,
+            Err(e) => serde_json::to_string(&wire::ErrorAnswer {
+                error: format!("{e:#}"),
+            })?,
+        };
+        match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            written => written?,
+        }
+        thread::sleep(every);
+        next = args.connection.call(wire::STATUS, NO_BODY).and_then(decode);
+    }
+}
+
 /// Draws the daemon's report until a quit key (`q`, `Q`, Esc, Ctrl-C) or
-/// SIGINT, SIGTERM or SIGHUP.
+/// SIGINT, SIGTERM or SIGHUP; with `--format json`, streams it instead.
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
     if let OutputFormat::Json = args.connection.format {
-        bail!("fulcrum top draws for people; for JSON, use `fulcrum status --format json`");
+        return stream(&args);
     }
     // A daemon that cannot be reached is reported as `status` reports it,
     // before the screen is taken.
