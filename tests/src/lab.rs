@@ -844,7 +844,7 @@ impl Lab {
             _middle: network.middle,
         };
         for (index, root) in lab.decap_roots.iter().enumerate() {
-            lab.decap(index, root, "attach")?;
+            lab.decap(index, root, ("attach", &[]))?;
         }
         for index in 0..backends.len() {
             let servers = lab.serve(index)?;
@@ -858,9 +858,15 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Runs `fulcrum decap <verb> eth0` in backend `index`'s namespace,
-    /// pinned under `root` (nsenter: the host's bpffs, see `Fulcrum`).
-    fn decap(&self, index: usize, root: &Path, verb: &str) -> anyhow::Result<String> {
+    /// Runs `fulcrum decap <verb> eth0 [extra]` in backend `index`'s
+    /// namespace, pinned under `root` (nsenter: the host's bpffs, see
+    /// `Fulcrum`).
+    fn decap(
+        &self,
+        index: usize,
+        root: &Path,
+        (verb, extra): (&str, &[&str]),
+    ) -> anyhow::Result<String> {
         let output = Command::new("nsenter")
             .arg(format!(
                 "--net=/run/netns/{}",
@@ -870,6 +876,7 @@ impl Lab {
             .arg(fulcrum_binary()?)
             .args(["decap", verb, "eth0", "--pin-root"])
             .arg(root)
+            .args(extra)
             .output()?;
         anyhow::ensure!(
             output.status.success(),
@@ -879,21 +886,21 @@ impl Lab {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Backend `index`'s decapsulation counters (`fulcrum decap status`),
-    /// by name; a routed lab's only.
+    /// Backend `index`'s decapsulation counters (`fulcrum decap status
+    /// --format json`), by name; a routed lab's only.
     pub fn decap_counters(&self, index: usize) -> anyhow::Result<Vec<(String, u64)>> {
         let root = self
             .decap_roots
             .get(index)
             .context("only a routed lab's backends decapsulate")?;
-        self.decap(index, root, "status")?
-            .lines()
-            .map(|line| {
-                let (name, count) = line
-                    .split_once(char::is_whitespace)
-                    .context("a counter line")?;
-                Ok((name.to_string(), count.trim().parse()?))
-            })
+        let json = self.decap(index, root, ("status", &["--format", "json"]))?;
+        let status: serde_json::Value = serde_json::from_str(&json).context("decap's JSON")?;
+        anyhow::ensure!(status["interface"] == "eth0", "{status}");
+        status["counters"]
+            .as_object()
+            .context("decap's counters")?
+            .iter()
+            .map(|(name, count)| Ok((name.clone(), count.as_u64().context("a count")?)))
             .collect()
     }
 
@@ -1214,7 +1221,7 @@ impl Drop for Lab {
         let _ = pins.remove();
         let _ = std::fs::remove_dir_all(&self.places.pin_root);
         for (index, root) in self.decap_roots.iter().enumerate() {
-            let _ = self.decap(index, root, "detach");
+            let _ = self.decap(index, root, ("detach", &[]));
             let _ = std::fs::remove_dir_all(root);
         }
         let _ = std::fs::remove_dir_all(&self.config_dir);

@@ -2,13 +2,19 @@
 //! `"gue"`. `attach IFACE` puts Fulcrum's decapsulation program on a
 //! backend's interface (pinned: it stays when the command exits), for the
 //! interface's own addresses unless told which; `detach IFACE` removes
-//! it; `status IFACE` prints its counters.
+//! it; `status IFACE` prints its counters. With `--format json`, each
+//! prints one JSON document, an error included.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
-use crate::dataplane::decap::{self, DEFAULT_ROOT};
+use super::OutputFormat;
+use crate::{
+    daemon::wire::ErrorAnswer,
+    dataplane::decap::{self, DEFAULT_ROOT},
+};
 
 /// Arguments of `fulcrum decap`.
 #[derive(Args)]
@@ -20,6 +26,69 @@ pub struct DecapArgs {
     /// program is pinned.
     #[arg(long, global = true, default_value = DEFAULT_ROOT)]
     pub pin_root: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+/// What `decap` did, for `--format json`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Done {
+    /// `attach`: what it decapsulates for, and how it runs.
+    Attached {
+        interface: String,
+        addresses: Vec<IpAddr>,
+        gue_port: u16,
+        /// The XDP mode it was attached in; absent when an attached
+        /// program only took new settings.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
+        pins: PathBuf,
+    },
+    /// `detach`.
+    Detached { interface: String, detached: bool },
+    /// `status`: the counters by reason.
+    Counters {
+        interface: String,
+        counters: BTreeMap<String, u64>,
+    },
+}
+
+impl Done {
+    /// The line(s) for people.
+    fn text(&self) -> String {
+        match self {
+            Done::Attached {
+                interface,
+                addresses,
+                gue_port,
+                mode,
+                pins,
+            } => {
+                let listed: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+                match mode {
+                    Some(mode) => format!(
+                        "decapsulating on {interface} ({mode} XDP) for {}, GUE port \
+                         {gue_port}; pinned under {}\n",
+                        listed.join(", "),
+                        pins.display()
+                    ),
+                    None => format!(
+                        "decapsulating on {interface} now for {}, GUE port {gue_port}\n",
+                        listed.join(", ")
+                    ),
+                }
+            }
+            Done::Detached { interface, .. } => {
+                format!("stopped decapsulating on {interface}\n")
+            }
+            Done::Counters { counters, .. } => counters
+                .iter()
+                .map(|(reason, count)| format!("{reason:<18} {count}\n"))
+                .collect(),
+        }
+    }
 }
 
 /// What `fulcrum decap` does.
@@ -51,10 +120,28 @@ pub enum DecapCommand {
     },
 }
 
-/// Runs `fulcrum decap`.
+/// Runs `fulcrum decap`, printing as `--format` asks.
 pub fn run(args: DecapArgs) -> anyhow::Result<()> {
+    let format = args.format;
+    let done = execute(args);
+    match (format, &done) {
+        (OutputFormat::Text, Ok(done)) => super::print_all(&done.text())?,
+        (OutputFormat::Json, Ok(done)) => println!("{}", serde_json::to_string_pretty(done)?),
+        (OutputFormat::Json, Err(e)) => println!(
+            "{}",
+            serde_json::to_string(&ErrorAnswer {
+                error: format!("{e:#}"),
+            })?
+        ),
+        (OutputFormat::Text, Err(_)) => {}
+    }
+    done.map(drop)
+}
+
+/// Does what `args` asks.
+fn execute(args: DecapArgs) -> anyhow::Result<Done> {
     let root = &args.pin_root;
-    match args.command {
+    Ok(match args.command {
         DecapCommand::Attach {
             interface,
             addresses,
@@ -70,29 +157,28 @@ pub fn run(args: DecapArgs) -> anyhow::Result<()> {
                 "{interface} has no address to decapsulate for; give --address"
             );
             let config = decap::settings(&addresses, gue_port)?;
-            let listed: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
-            match decap::attach(root, &interface, config)? {
-                Some(mode) => println!(
-                    "decapsulating on {interface} ({mode} XDP) for {}, GUE port {gue_port}; \
-                     pinned under {}",
-                    listed.join(", "),
-                    decap::pin_dir(root, &interface).display()
-                ),
-                None => println!(
-                    "decapsulating on {interface} now for {}, GUE port {gue_port}",
-                    listed.join(", ")
-                ),
+            let mode = decap::attach(root, &interface, config)?;
+            Done::Attached {
+                pins: decap::pin_dir(root, &interface),
+                interface,
+                addresses,
+                gue_port,
+                mode: mode.map(str::to_string),
             }
         }
         DecapCommand::Detach { interface } => {
             decap::detach(root, &interface)?;
-            println!("stopped decapsulating on {interface}");
-        }
-        DecapCommand::Status { interface } => {
-            for (reason, count) in decap::counters(root, &interface)? {
-                println!("{:<18} {count}", reason.name());
+            Done::Detached {
+                interface,
+                detached: true,
             }
         }
-    }
-    Ok(())
+        DecapCommand::Status { interface } => Done::Counters {
+            counters: decap::counters(root, &interface)?
+                .into_iter()
+                .map(|(reason, count)| (reason.name().to_string(), count))
+                .collect(),
+            interface,
+        },
+    })
 }
