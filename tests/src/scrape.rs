@@ -125,3 +125,34 @@ impl Samples {
         self.0.keys().map(|(n, _)| n.as_str()).collect()
     }
 }
+
+/// Every `fulcrum_...` metric name the shipped Grafana dashboard queries.
+pub fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    fn walk(value: &serde_json::Value, names: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    if let ("expr" | "query" | "definition", serde_json::Value::String(text)) =
+                        (key.as_str(), value)
+                    {
+                        names.extend(
+                            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                                .filter(|word| word.starts_with("fulcrum_"))
+                                .map(str::to_string),
+                        );
+                    }
+                    walk(value, names);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, names)),
+            _ => {}
+        }
+    }
+    let dashboard = include_str!("../../deploy/grafana/fulcrum-dashboard.json");
+    let mut names = std::collections::BTreeSet::new();
+    walk(
+        &serde_json::from_str(dashboard).expect("the dashboard is JSON"),
+        &mut names,
+    );
+    names
+}

@@ -14,6 +14,7 @@ use std::{
 use lb_tests::{
     group_lab::{GROUP, GroupLab},
     lab::{BackendSpec, UDP_PORT, VIP4, VIP6},
+    scrape::dashboard_metrics,
     traffic::{self, Session},
 };
 use serde_json::Value;
@@ -392,6 +393,23 @@ fn a_change_rolled_out_host_by_host_ends_identical_and_a_cut_link_fails_over() {
     let (end0, end1) = (exported_digests(&lab, 0), exported_digests(&lab, 1));
     assert_eq!(end0, end1);
     assert_ne!(end0, half1, "the change did not reach the tables");
+    // The dashboard's scale-out row shows what a host of a group that
+    // announces exports (the monitoring test covers the rest).
+    let exported = lab.scrape(0).expect("scrape");
+    let exported = exported.names();
+    let shown = dashboard_metrics();
+    for name in [
+        "fulcrum_group_info",
+        "fulcrum_vip_table_digest",
+        "fulcrum_vip_announced",
+        "fulcrum_announce_ok",
+    ] {
+        assert!(shown.contains(name), "the dashboard does not show {name}");
+        assert!(
+            exported.contains(name),
+            "a group host does not export {name}"
+        );
+    }
 
     // Long-lived connections through both hosts; then host 1's cable is
     // pulled. Its BIRD withdraws (check link), the router's BGP session to
