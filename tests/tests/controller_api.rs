@@ -266,8 +266,12 @@ fn the_seeds_mistake_is_refused_at_every_door() {
     let scratch = lab.config_path().with_extension("seed.toml");
     std::fs::write(&scratch, &bad).unwrap();
 
-    let (code, refused) = json(&lab, &["apply", scratch.to_str().unwrap()]);
+    // In JSON the reasons are in the document, and stderr says so.
+    let args = ["apply", scratch.to_str().unwrap(), "--format", "json"];
+    let (code, stdout, stderr) = lab.cli(&args).expect("fulcrum runs");
+    let refused: Value = serde_json::from_str(&stdout).expect("one JSON document");
     assert_applied(code, &refused, false);
+    assert!(stderr.contains("see `problems` in the JSON"), "{stderr}");
     let (code, refused) = json(&lab, &["backend", "set-weight", "web4", "b1", "100"]);
     assert_applied(code, &refused, false);
     let codes = codes(&refused, "problems");

@@ -302,9 +302,13 @@ impl Connection {
                 }
             }
         }
-        if !answer.ok() {
-            bail!("{}", answer.reason());
+        match (answer.ok(), self.format, answer.read::<ErrorAnswer>()) {
+            (true, ..) => Ok(()),
+            // The reasons are in the document just printed, not above.
+            (false, OutputFormat::Json, Err(_)) if answer.status == 422 => {
+                bail!("refused: see `problems` in the JSON; nothing changed")
+            }
+            (false, ..) => bail!("{}", answer.reason()),
         }
-        Ok(())
     }
 }

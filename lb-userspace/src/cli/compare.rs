@@ -128,7 +128,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     };
     print_all(&output)?;
     if !comparison.identical() {
-        bail!("the hosts differ: see above");
+        match args.connection.format {
+            OutputFormat::Text => bail!("the hosts differ: see above"),
+            OutputFormat::Json => bail!("the hosts differ: see the JSON"),
+        }
     }
     Ok(())
 }
