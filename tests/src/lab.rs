@@ -986,6 +986,17 @@ impl Lab {
         Ok(log)
     }
 
+    /// Waits for `fulcrum run` to exit on its own (after an API detach,
+    /// say); returns its exit status.
+    pub fn await_fulcrum_exit(&self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut fulcrum = self.take_fulcrum()?;
+        wait::until(
+            Duration::from_secs(10),
+            || Ok(fulcrum.child.try_wait()?.ok_or(())),
+            |()| Ok("fulcrum did not exit".into()),
+        )
+    }
+
     /// `kill -9` of `fulcrum run`; returns the counter reports it printed.
     pub fn kill_fulcrum(&self) -> anyhow::Result<Vec<Report>> {
         self.take_fulcrum()?.stop(libc::SIGKILL)

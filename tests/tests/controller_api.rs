@@ -230,6 +230,9 @@ fn every_verb_answers_with_its_exit_code_and_json_shape() {
         "{detached}"
     );
     assert!(!lab.lb_has_xdp().unwrap(), "detach removed the program");
+    // The daemon exits 0, which the shipped unit does not restart.
+    let status = lab.await_fulcrum_exit().expect("fulcrum exits");
+    assert_eq!(status.code(), Some(0), "{status}");
 }
 
 /// The lab's config with backend `name` of `web4` (the first VIP) at `weight`.
