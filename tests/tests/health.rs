@@ -126,6 +126,14 @@ fn a_dead_backend_leaves_the_table_and_comes_back_without_breaking_others() {
     let b2 = backend(&down, "web4", "b2");
     assert_eq!(b2["health"], "down", "{b2}");
     assert_eq!(b2["expected_share"], 0.0, "{b2}");
+    let samples = lab.scrape().expect("a scrape");
+    let taken_down = |name| {
+        samples.get(
+            "fulcrum_backend_taken_down",
+            &[("vip", "web4"), ("backend", name)],
+        )
+    };
+    assert_eq!((taken_down("b2"), taken_down("b1")), (Some(1.0), Some(0.0)));
     for name in ["b1", "b3"] {
         let share = backend(&down, "web4", name)["expected_share"]
             .as_f64()
@@ -247,6 +255,14 @@ fn two_dead_of_three_is_panic_not_concentration() {
             &[("vip", "web4"), ("backend", "b1")]
         ),
         Some(0.0)
+    );
+    assert_eq!(
+        samples.get(
+            "fulcrum_backend_taken_down",
+            &[("vip", "web4"), ("backend", "b1")]
+        ),
+        Some(0.0),
+        "in panic a dead backend is kept"
     );
     lab.stop_fulcrum().expect("fulcrum stops");
 }

@@ -361,6 +361,15 @@ impl Scrape {
             }),
         )?;
         gauge(
+            "backend_taken_down",
+            "1 while the backend is out of its VIP's table because its health checks fail \
+             (0 while it is kept: healthy, or its VIP in panic).",
+        )
+        .encode(
+            encoder,
+            checked(|b| (b.health != "unchecked").then_some(f64::from(u8::from(b.taken_down)))),
+        )?;
+        gauge(
             "backend_check_seconds",
             "The latency of the backend's last health check (to connect, or to the HTTP \
              status line; the timeout when it timed out).",
