@@ -48,16 +48,46 @@ pub enum OutputFormat {
     Json,
 }
 
+/// What the verbs that talk to the daemon share (a macro, so that
+/// `concat!` can build the long help from it).
+macro_rules! daemon_verbs {
+    () => {
+        "Verbs that talk to the daemon take --socket PATH (default /run/fulcrum/api.sock; \
+         for apply and plan, their config's [api] socket), --timeout SECONDS (how long to \
+         wait for its answer; default 10) and --format text|json."
+    };
+}
+
+/// `--help` and the man page, after the options: what an operator looks
+/// up in a man page.
+const LONG_HELP: &str = concat!(
+    daemon_verbs!(),
+    "
+
+Exit status: 0 done; 1 failed, refused, or no daemon answered; 2 a usage error; 78 \
+`fulcrum run` refused for its config (the systemd unit does not restart it).
+
+Signals to `fulcrum run`: SIGHUP applies the config file through the gate; SIGUSR1 prints \
+the counters; SIGINT and SIGTERM exit and leave the data plane forwarding.
+
+Files: /etc/fulcrum/fulcrum.toml (the config); /run/fulcrum/api.sock (the admin API, \
+root's); /var/lib/fulcrum/journal.jsonl (every change and why); \
+/var/lib/fulcrum/flow-hash-seed (the flow hash seed, unless the config sets one); \
+/sys/fs/bpf/fulcrum/IFACE (the pinned data plane); /run/fulcrum/IFACE (what each table \
+bank holds).
+
+See also: /usr/share/doc/fulcrum/README.md and the book in /usr/share/doc/fulcrum/book \
+(operations, monitoring, troubleshooting, runbook)."
+);
+
 /// Fulcrum: an XDP layer-4 load balancer.
 #[derive(Parser)]
 #[command(
     name = "fulcrum",
     version = crate::VERSION.as_str(),
     about,
-    after_help = "Verbs that talk to the daemon take --socket PATH (default \
-                  /run/fulcrum/api.sock; for apply and plan, their config's [api] \
-                  socket), --timeout SECONDS (how long to wait for its answer; \
-                  default 10) and --format text|json."
+    after_help = daemon_verbs!(),
+    after_long_help = LONG_HELP
 )]
 pub struct Cli {
     /// What to do.
