@@ -193,20 +193,15 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// The XDP mode the kernel runs a program on the interface in, if
-    /// one is attached.
-    pub fn mode(&self) -> Option<crate::net::XdpMode> {
-        crate::net::xdp_mode(&self.interface).ok().flatten()
-    }
-
-    /// Whether the kernel has the pinned link attached to the interface.
-    pub fn holds(&self) -> bool {
+    /// Whether the kernel has the pinned link attached to the interface,
+    /// and then the XDP mode it runs the program in.
+    pub fn state(&self) -> (bool, Option<crate::net::XdpMode>) {
         match (
             self.pins.attached_ifindex(),
-            crate::net::ifindex(&self.interface),
+            crate::net::xdp_of(&self.interface),
         ) {
-            (Ok(Some(attached)), Ok(ifindex)) => attached == ifindex,
-            _ => false,
+            (Ok(Some(attached)), Ok((ifindex, mode))) if attached == ifindex => (true, mode),
+            _ => (false, None),
         }
     }
 }
@@ -304,7 +299,7 @@ impl Monitor {
 
     /// Whether the kernel has the data plane attached to its interface.
     pub fn attached(&self) -> bool {
-        self.attachment.holds()
+        self.attachment.state().0
     }
 
     /// The journal of changes is written to `path`.
@@ -352,7 +347,7 @@ impl Monitor {
         let (backends, vips) = view.counted;
         let counters = self.reader.read(backends, vips)?;
         let (census, sets) = self.reader.census()?;
-        let attached = self.attachment.holds();
+        let (attached, xdp_mode) = self.attachment.state();
         let health = self.checker.states();
         let state = self.lock();
         let report = Report::build(
@@ -370,10 +365,7 @@ impl Monitor {
         .with_group(state.group.clone(), state.announce.clone());
         let report = Report {
             pin_survival: Some(self.attachment.survival.clone()),
-            xdp_mode: attached
-                .then(|| self.attachment.mode())
-                .flatten()
-                .map(|mode| mode.to_string()),
+            xdp_mode: xdp_mode.map(|mode| mode.to_string()),
             ..report
         };
         Ok((report, state.facts.clone()))

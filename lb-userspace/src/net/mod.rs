@@ -142,8 +142,15 @@ impl std::fmt::Display for XdpMode {
 
 /// How an XDP program is attached to `interface` (`None`: none is).
 pub fn xdp_mode(interface: &str) -> Result<Option<XdpMode>, InterfaceError> {
+    xdp_of(interface).map(|(_, mode)| mode)
+}
+
+/// The index of `interface` and how an XDP program is attached to it,
+/// from one question to the kernel.
+pub fn xdp_of(interface: &str) -> Result<(u32, Option<XdpMode>), InterfaceError> {
     use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
-    Ok(link(interface)?
+    let link = link(interface)?;
+    let mode = link
         .attributes
         .into_iter()
         .find_map(|attribute| match attribute {
@@ -159,7 +166,8 @@ pub fn xdp_mode(interface: &str) -> Result<Option<XdpMode>, InterfaceError> {
             XdpAttached::Hardware => Some(XdpMode::Offloaded),
             XdpAttached::Multiple => Some(XdpMode::Several),
             _ => None,
-        }))
+        });
+    Ok((link.header.index, mode))
 }
 
 /// Fails with a clear message if `interface` does not exist.
