@@ -132,12 +132,10 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         }
         OutputFormat::Text => {
             if let Some(planned) = &planned {
-                let rendered = Rendered {
-                    args: &args,
-                    generation,
-                    config_problems: &next.problems,
-                };
-                print!("{}", rendered.render(planned, accepted));
+                print!(
+                    "{}",
+                    render(&args, generation, &next.problems, planned, accepted)
+                );
             }
         }
     }
@@ -215,86 +213,79 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
     }
 }
 
-/// What a text plan is rendered from, beside the plan.
-struct Rendered<'a> {
-    args: &'a PlanArgs,
-    /// The daemon's generation the plan was made against.
+/// The text plan; `generation` is the daemon's the plan was made
+/// against.
+fn render(
+    args: &PlanArgs,
     generation: Option<u64>,
-    config_problems: &'a [Problem],
-}
-
-impl Rendered<'_> {
-    fn render(&self, plan: &Plan, accepted: bool) -> String {
-        let Rendered {
-            args,
-            generation,
-            config_problems,
-        } = *self;
-        let mut out = String::new();
-        let against = match (&args.against, generation) {
-            (Some(path), _) => path.display().to_string(),
-            (None, _) if args.from_nothing => {
-                "nothing installed (the config's own guards apply)".into()
-            }
-            (None, Some(generation)) => {
-                format!("what the daemon has installed, generation {generation}")
-            }
-            (None, None) => "what the daemon has installed".into(),
-        };
-        let _ = writeln!(out, "plan: {} against {against}", args.file.display());
-        let (size_before, size_after) = plan.table_size;
-        if !plan.first_install && size_before != size_after {
-            let _ = writeln!(
-                out,
-                "table_size: {size_before} → {size_after}: every VIP's table is rebuilt"
-            );
+    config_problems: &[Problem],
+    plan: &Plan,
+    accepted: bool,
+) -> String {
+    let mut out = String::new();
+    let against = match (&args.against, generation) {
+        (Some(path), _) => path.display().to_string(),
+        (None, _) if args.from_nothing => {
+            "nothing installed (the config's own guards apply)".into()
         }
-        for vip in &plan.vips {
-            if args.all || vip.change != Change::Unchanged {
-                render_vip(&mut out, vip);
-            }
+        (None, Some(generation)) => {
+            format!("what the daemon has installed, generation {generation}")
         }
-        let count = |change| plan.vips.iter().filter(|v| v.change == change).count();
+        (None, None) => "what the daemon has installed".into(),
+    };
+    let _ = writeln!(out, "plan: {} against {against}", args.file.display());
+    let (size_before, size_after) = plan.table_size;
+    if !plan.first_install && size_before != size_after {
         let _ = writeln!(
             out,
-            "\nVIPs: {} added, {} changed, {} removed, {} unchanged",
-            count(Change::Added),
-            count(Change::Changed),
-            count(Change::Removed),
-            count(Change::Unchanged)
+            "table_size: {size_before} → {size_after}: every VIP's table is rebuilt"
         );
-        if !args.all && count(Change::Unchanged) > 0 {
-            let _ = writeln!(out, "(unchanged VIPs are not shown; --all shows them)");
-        }
-        let problems: Vec<&Problem> = config_problems.iter().chain(&plan.problems).collect();
-        if !problems.is_empty() {
-            let _ = writeln!(out);
-            for problem in &problems {
-                let _ = writeln!(out, "{problem}");
-            }
-        }
-        for forced in &plan.forced {
-            let what = if forced.field.is_empty() {
-                forced.value.clone()
-            } else {
-                format!("{} {}", forced.field, forced.value)
-            };
-            let _ = writeln!(out, "forced: {}: {what} ({})", forced.location, forced.code);
-        }
-        let errors = problems.iter().filter(|p| p.is_error()).count();
-        let verdict = if accepted {
-            format!("verdict: accepted ({} warning(s))", problems.len() - errors)
-        } else {
-            format!("verdict: REFUSED ({errors} error(s))")
-        };
-        let _ = writeln!(out, "\n{verdict}");
-        if let (true, Some(generation)) = (accepted, generation) {
-            let _ = writeln!(
-                out,
-                "apply exactly this plan with `fulcrum apply {} --if-generation {generation}`",
-                args.file.display()
-            );
-        }
-        out
     }
+    for vip in &plan.vips {
+        if args.all || vip.change != Change::Unchanged {
+            render_vip(&mut out, vip);
+        }
+    }
+    let count = |change| plan.vips.iter().filter(|v| v.change == change).count();
+    let _ = writeln!(
+        out,
+        "\nVIPs: {} added, {} changed, {} removed, {} unchanged",
+        count(Change::Added),
+        count(Change::Changed),
+        count(Change::Removed),
+        count(Change::Unchanged)
+    );
+    if !args.all && count(Change::Unchanged) > 0 {
+        let _ = writeln!(out, "(unchanged VIPs are not shown; --all shows them)");
+    }
+    let problems: Vec<&Problem> = config_problems.iter().chain(&plan.problems).collect();
+    if !problems.is_empty() {
+        let _ = writeln!(out);
+        for problem in &problems {
+            let _ = writeln!(out, "{problem}");
+        }
+    }
+    for forced in &plan.forced {
+        let what = if forced.field.is_empty() {
+            forced.value.clone()
+        } else {
+            format!("{} {}", forced.field, forced.value)
+        };
+        let _ = writeln!(out, "forced: {}: {what} ({})", forced.location, forced.code);
+    }
+    let errors = problems.iter().filter(|p| p.is_error()).count();
+    let verdict = if accepted {
+        format!("verdict: accepted ({} warning(s))", problems.len() - errors)
+    } else {
+        format!("verdict: REFUSED ({errors} error(s))")
+    };
+    let _ = writeln!(out, "\n{verdict}");
+    if let (true, Some(generation)) = (accepted, generation) {
+        let _ = writeln!(
+            out,
+            "apply exactly this plan with `fulcrum apply {} --if-generation {generation}`",
+            args.file.display()
+        );
+    }
+    out
 }
