@@ -252,14 +252,20 @@ impl Fulcrum {
 
     /// Sends `signal`, waits, and parses every counter report it printed
     /// (one per SIGUSR1, then, after SIGTERM, the final one).
+    /// Waits (10 s at most) for the process to exit; `what` says what
+    /// it failed to do otherwise.
+    fn exited(&mut self, what: &str) -> anyhow::Result<std::process::ExitStatus> {
+        wait::until(
+            Duration::from_secs(10),
+            || Ok(self.child.try_wait()?.ok_or(())),
+            |()| Ok(format!("fulcrum {what}")),
+        )
+    }
+
     pub(crate) fn stop(mut self, signal: i32) -> anyhow::Result<Vec<Report>> {
         // SAFETY: signalling the child we started, by its PID.
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        let status = wait::until(
-            Duration::from_secs(10),
-            || Ok(self.child.try_wait()?.ok_or(())),
-            |()| Ok(format!("fulcrum ignored signal {signal}")),
-        )?;
+        let status = self.exited(&format!("ignored signal {signal}"))?;
         // It exited: its stdout ends, and the reader hands on the rest.
         self.reports.extend(self.stdout.iter());
         let stdout = self.reports.join("\n");
@@ -989,12 +995,7 @@ impl Lab {
     /// Waits for `fulcrum run` to exit on its own (after an API detach,
     /// say); returns its exit status.
     pub fn await_fulcrum_exit(&self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut fulcrum = self.take_fulcrum()?;
-        wait::until(
-            Duration::from_secs(10),
-            || Ok(fulcrum.child.try_wait()?.ok_or(())),
-            |()| Ok("fulcrum did not exit".into()),
-        )
+        self.take_fulcrum()?.exited("did not exit")
     }
 
     /// `kill -9` of `fulcrum run`; returns the counter reports it printed.

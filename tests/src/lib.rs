@@ -11,5 +11,6 @@ pub mod netns;
 pub mod packet;
 pub mod prometheus;
 pub mod scrape;
+pub mod scratch;
 pub mod traffic;
 pub mod wait;

@@ -9,16 +9,7 @@ use std::{
     process::Command,
 };
 
-use lb_tests::lab::package_near_tests;
-
-/// A scratch root, removed on drop.
-struct Root(PathBuf);
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use lb_tests::{lab::package_near_tests, scratch::Scratch};
 
 /// Runs `program args`; returns stdout, failing with stderr.
 fn run(program: &str, args: &[&str]) -> String {
@@ -57,7 +48,7 @@ fn shipped(path: &str) -> String {
 fn the_package_installs_what_an_operator_needs_and_removes_cleanly() {
     let deb = package_near_tests().expect("the package");
     let deb = deb.to_str().expect("a UTF-8 path");
-    let root = Root(std::env::temp_dir().join(format!("fulcrum-pkg-{}", std::process::id())));
+    let root = Scratch::new("pkg");
     for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
         std::fs::create_dir_all(root.0.join(dir)).expect("dpkg's directories");
     }

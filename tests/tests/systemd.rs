@@ -6,16 +6,12 @@
 //! `STOPPING=1` when it stops, and nothing but exit status 78 when its
 //! config is refused.
 
-use std::{
-    os::unix::net::UnixDatagram,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{os::unix::net::UnixDatagram, path::Path, process::Command, time::Duration};
 
 use lb_tests::{
     fixture::require_root,
     lab::{BackendSpec, Lab, Run, fulcrum_binary},
+    scratch::Scratch,
 };
 
 /// The unit as shipped.
@@ -26,23 +22,6 @@ fn values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
     unit.lines()
         .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
         .collect()
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("fulcrum-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch directory");
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A datagram socket at `path` for the daemon to tell.
