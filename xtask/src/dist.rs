@@ -38,23 +38,18 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Copies `from` (relative to the repository) to `to` (relative to the
-/// staged root), with `mode`.
+/// Copies `from` to `to` (relative to the staged root), with `mode`.
 fn put(stage: &Path, from: &Path, to: &str, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let target = stage.join(to);
-    fs::create_dir_all(target.parent().context("a file's directory")?)?;
-    fs::copy(from, &target).with_context(|| format!("copying {} to {to}", from.display()))?;
-    fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
-    Ok(())
+    let bytes = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    write(stage, to, bytes, mode)
 }
 
-/// Writes `text` to `to` (relative to the staged root), with `mode`.
-fn write(stage: &Path, to: &str, text: &str, mode: u32) -> Result<()> {
+/// Writes `bytes` to `to` (relative to the staged root), with `mode`.
+fn write(stage: &Path, to: &str, bytes: impl AsRef<[u8]>, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let target = stage.join(to);
     fs::create_dir_all(target.parent().context("a file's directory")?)?;
-    fs::write(&target, text).with_context(|| format!("writing {to}"))?;
+    fs::write(&target, bytes).with_context(|| format!("writing {to}"))?;
     fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
@@ -155,7 +150,7 @@ pub fn package(binary: &Path, out: &Path) -> Result<PathBuf> {
         ("zsh", "usr/share/zsh/vendor-completions/_fulcrum"),
         ("fish", "usr/share/fish/vendor_completions.d/fulcrum.fish"),
     ] {
-        write(&stage, to, &run(&binary, &["completions", shell])?, 0o644)?;
+        write(&stage, to, run(&binary, &["completions", shell])?, 0o644)?;
     }
     let doc = "usr/share/doc/fulcrum";
     put(
@@ -177,11 +172,11 @@ pub fn package(binary: &Path, out: &Path) -> Result<PathBuf> {
         &format!("{doc}/examples/fulcrum.toml"),
         0o644,
     )?;
-    write(&stage, &format!("{doc}/copyright"), &copyright()?, 0o644)?;
+    write(&stage, &format!("{doc}/copyright"), copyright()?, 0o644)?;
     write(
         &stage,
         &format!("{doc}/changelog"),
-        &changelog(version),
+        changelog(version),
         0o644,
     )?;
     gzip(&stage.join(format!("{doc}/changelog")))?;
@@ -216,7 +211,7 @@ pub fn package(binary: &Path, out: &Path) -> Result<PathBuf> {
          plan, swaps tables atomically, verifies what the kernel holds, checks\n \
          backend health and exports per-backend counters to Prometheus.\n"
     );
-    write(&stage, "DEBIAN/control", &control, 0o644)?;
+    write(&stage, "DEBIAN/control", control, 0o644)?;
     write(&stage, "DEBIAN/postinst", POSTINST, 0o755)?;
     write(&stage, "DEBIAN/postrm", POSTRM, 0o755)?;
     let deb = out.join(format!("{NAME}_{version}_{arch}.deb"));
