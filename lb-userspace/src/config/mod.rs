@@ -42,6 +42,12 @@ pub const CHECK_INTERVALS_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// Allowed imbalance windows, in seconds.
 pub const IMBALANCE_WINDOWS_S: RangeInclusive<u64> = 2..=3600;
 
+/// `from A to B`: a range as the reader's and the validator's messages
+/// say it.
+pub fn span<T: fmt::Display>(range: &RangeInclusive<T>) -> String {
+    format!("from {} to {}", range.start(), range.end())
+}
+
 /// The whole config file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {

@@ -11,7 +11,7 @@ use super::{
     Announce, Api, BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES,
     CheckKind, Config, Encapsulation, Forwarding, Group, GuardOverrides, Guards, HealthCheck,
     HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance, MacAddr, Prefix,
-    Protocol, RISE_FALL, Secret, UnreadableVip, VipConfig,
+    Protocol, RISE_FALL, Secret, UnreadableVip, VipConfig, span,
 };
 use crate::{
     problem::{Problem, quoted},
@@ -156,14 +156,7 @@ fn in_range<T: TryFrom<i64> + fmt::Display>(
     range: &RangeInclusive<T>,
     unit: &str,
 ) -> Result<T, String> {
-    integer_in(
-        value,
-        &format!(
-            "a whole number from {} to {}{unit}",
-            range.start(),
-            range.end()
-        ),
-    )
+    integer_in(value, &format!("a whole number {}{unit}", span(range)))
 }
 
 fn connection_table_size(value: &Value) -> Result<u32, String> {

@@ -15,7 +15,7 @@ use crate::{
     config::{
         BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES, CheckKind,
         Config, Guards, HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, Protocol,
-        RISE_FALL, VipConfig,
+        RISE_FALL, VipConfig, span,
     },
     problem::{Problem, is_unprintable, quoted},
     table::{ALLOWED_SIZES, BackendIdentity, TableError, TableSize, VipTable},
@@ -401,11 +401,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
             "config",
             "connection_table_size",
             config.connection_table_size.to_string(),
-            format!(
-                "must be from {} to {} flows",
-                CONNECTION_TABLE_SIZES.start(),
-                CONNECTION_TABLE_SIZES.end()
-            ),
+            format!("must be {} flows", span(&CONNECTION_TABLE_SIZES)),
         ));
     }
     for (key, seconds) in [
@@ -419,9 +415,8 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
                 key,
                 seconds.to_string(),
                 format!(
-                    "must be from {} to {} seconds (the data plane's clock ticks once a second)",
-                    IDLE_TIMEOUTS.start(),
-                    IDLE_TIMEOUTS.end()
+                    "must be {} seconds (the data plane's clock ticks once a second)",
+                    span(&IDLE_TIMEOUTS)
                 ),
             ));
         }
@@ -432,11 +427,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
             "config",
             "max_backends",
             config.max_backends.to_string(),
-            format!(
-                "must be from {} to {}",
-                BACKEND_SLOT_LIMITS.start(),
-                BACKEND_SLOT_LIMITS.end()
-            ),
+            format!("must be {}", span(&BACKEND_SLOT_LIMITS)),
         ));
     }
     check_guard_ranges(&config.guards, "guards", problems);
@@ -752,11 +743,7 @@ fn check_health_settings(hc: &HealthCheck, location: &str, problems: &mut Vec<Pr
         health(
             "interval_ms",
             hc.interval_ms.to_string(),
-            &format!(
-                "must be from {} to {}",
-                CHECK_INTERVALS_MS.start(),
-                CHECK_INTERVALS_MS.end()
-            ),
+            &format!("must be {}", span(&CHECK_INTERVALS_MS)),
         );
     }
     if hc.timeout_ms == 0 || hc.timeout_ms >= hc.interval_ms {
@@ -766,7 +753,7 @@ fn check_health_settings(hc: &HealthCheck, location: &str, problems: &mut Vec<Pr
             "must be above 0 and below interval_ms",
         );
     }
-    let counts = format!("must be from {} to {}", RISE_FALL.start(), RISE_FALL.end());
+    let counts = format!("must be {}", span(&RISE_FALL));
     if !RISE_FALL.contains(&hc.rise) {
         health("rise", hc.rise.to_string(), &counts);
     }
@@ -832,11 +819,7 @@ fn check_imbalance(settings: &crate::config::Imbalance, problems: &mut Vec<Probl
         bad(
             "window_s",
             settings.window_s.to_string(),
-            &format!(
-                "must be from {} to {} seconds",
-                IMBALANCE_WINDOWS_S.start(),
-                IMBALANCE_WINDOWS_S.end()
-            ),
+            &format!("must be {} seconds", span(&IMBALANCE_WINDOWS_S)),
         );
     }
     if settings.for_s > 86_400 {
