@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -234,10 +234,10 @@ pub struct Backend {
     pub addr: [u8; 16],
 }
 
-/// `EncapJob::flags`: the packet opened a new flow (for the counters).
-pub const JOB_NEW_FLOW: u8 = 1;
 /// `EncapJob::flags`: the packet is traced (`TRACE_JOBS` holds its job).
-pub const JOB_TRACED: u8 = 2;
+/// The other bits are the packet's `TALLY_*` bits, which the
+/// encapsulation program counts once the packet goes out.
+pub const JOB_TRACED: u8 = 0x80;
 
 /// What the XDP program hands its encapsulation program, which it
 /// tail-calls (so that each has a whole BPF stack of its own), about the
@@ -529,6 +529,9 @@ pub const FLOW_CLOSING: u8 = 1;
 pub const FLOW_UNPROVEN: u8 = 2;
 /// The flow is not TCP (it idles out after `udp_idle_s`).
 pub const FLOW_UDP: u8 = 4;
+/// The flow was recorded from its SYN: its second packet completes a
+/// handshake (a flow recorded from a later packet proves nothing).
+pub const FLOW_SYN: u8 = 8;
 
 /// Bits of `DataplaneConfig::epoch` a way records: ages are taken modulo
 /// 2^24 seconds (194 days), far beyond any idle timeout.
@@ -605,8 +608,11 @@ pub struct FlowEntry {
     /// `flow_hash::flow_check` of the way's tag and this entry's backend,
     /// VIP and generation.
     pub check: u32,
+    /// `DataplaneConfig::epoch` when the flow was recorded (not covered by
+    /// `check`: a torn value misfiles one early reset at most).
+    pub born: u32,
     /// Reserved; zero.
-    pub pad: [u32; 2],
+    pub pad: u32,
 }
 
 /// The large half of a connection-table set: its ways' entries. A writer
@@ -618,7 +624,32 @@ pub struct FlowWays {
     pub entries: [FlowEntry; FLOW_WAYS],
 }
 
+/// A forwarded packet's `TALLY_*` bits: what it adds to its backend's and
+/// VIP's `TrafficCounters` beyond one packet and its bytes.
+pub type Tally = u8;
+/// It was assigned through the lookup table (`new_flows`).
+pub const TALLY_NEW_FLOW: Tally = 1;
+/// A SYN whose flow the connection table recorded (`syns`).
+pub const TALLY_SYN: Tally = 2;
+/// A SYN again for a flow recorded from its SYN, to the same backend,
+/// with no second packet from the client yet (`syn_retries`).
+pub const TALLY_SYN_RETRY: Tally = 4;
+/// The second packet of a flow recorded from its SYN, neither a RST nor
+/// an ICMP error: the client completed the handshake (`handshakes`).
+pub const TALLY_HANDSHAKE: Tally = 8;
+/// The client's first RST on a handshaken flow within `EARLY_RESET_S` of
+/// its SYN (`early_resets`).
+pub const TALLY_EARLY_RESET: Tally = 16;
+/// Every `TALLY_*` bit: `EncapJob::flags` carries them beside `JOB_TRACED`.
+pub const TALLY_ALL: Tally =
+    TALLY_NEW_FLOW | TALLY_SYN | TALLY_SYN_RETRY | TALLY_HANDSHAKE | TALLY_EARLY_RESET;
+const _: () = assert!(TALLY_ALL & JOB_TRACED == 0);
+/// Seconds after its SYN within which a client's RST counts as early.
+pub const EARLY_RESET_S: u32 = 2;
+
 /// Traffic counters kept per backend and per VIP (per CPU in the kernel).
+/// Besides the traffic, the handshake counters: what the client's side of
+/// each TCP flow says of the backend's answers (passive health).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrafficCounters {
@@ -628,6 +659,45 @@ pub struct TrafficCounters {
     pub bytes: u64,
     /// Flows assigned through the lookup table (SYNs and connection-table misses).
     pub new_flows: u64,
+    /// TCP flows recorded from their SYN: handshakes attempted.
+    pub syns: u64,
+    /// SYNs retransmitted to the backend of their recorded, unanswered flow.
+    pub syn_retries: u64,
+    /// Handshakes completed: the client's second packet on a flow recorded
+    /// from its SYN.
+    pub handshakes: u64,
+    /// Handshaken flows the client reset within `EARLY_RESET_S`.
+    pub early_resets: u64,
+}
+
+impl TrafficCounters {
+    /// Counts one forwarded frame of `bytes` whose `TALLY_*` bits are
+    /// `tally`. The handshake fields are written only when a bit asks.
+    #[inline(always)]
+    pub fn count(&mut self, bytes: u64, tally: Tally) {
+        self.packets += 1;
+        self.bytes += bytes;
+        if tally != 0 {
+            self.new_flows += u64::from(tally & TALLY_NEW_FLOW != 0);
+            self.syns += u64::from(tally & TALLY_SYN != 0);
+            self.syn_retries += u64::from(tally & TALLY_SYN_RETRY != 0);
+            self.handshakes += u64::from(tally & TALLY_HANDSHAKE != 0);
+            self.early_resets += u64::from(tally & TALLY_EARLY_RESET != 0);
+        }
+    }
+
+    /// The counters of `words`, the fields in their order in memory.
+    pub const fn from_words(words: [u64; 7]) -> Self {
+        Self {
+            packets: words[0],
+            bytes: words[1],
+            new_flows: words[2],
+            syns: words[3],
+            syn_retries: words[4],
+            handshakes: words[5],
+            early_resets: words[6],
+        }
+    }
 }
 
 /// Where encapsulated frames come from and how large they may be.
@@ -1073,7 +1143,7 @@ mod tests {
         assert_eq!(size_of::<FlowEntry>(), 64);
         assert_eq!(size_of::<FlowWays>(), 8 * 64);
         assert_eq!(size_of::<FlowMeta>(), 64);
-        assert_eq!(size_of::<TrafficCounters>(), 24);
+        assert_eq!(size_of::<TrafficCounters>(), 56);
         assert_eq!(size_of::<Encapsulation>(), 44);
         assert_eq!(size_of::<EncapJob>(), 56);
         assert_eq!(size_of::<DecapConfig>(), 8 * 4 + 8 * 16 + 4);

@@ -17,19 +17,20 @@ use lb_common::{
     maps::{
         BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS, DataplaneConfig, EncapJob, FlowEntry, FlowKey,
         FlowMeta, FlowWays, LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS, Reason, TABLE_MAP_FLAGS,
-        TAIL_ENCAP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, TraceEvent, TrafficCounters,
+        TAIL_ENCAP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
         VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipFilter, VipKey, VipSlot, WayWord,
     },
 };
 use lb_ebpf::{
     Verdict,
     conn::{
-        Stale, find_way, insertion_way, new_entry, new_word, refreshed, standing, still_pinned,
+        Stale, find_way, hit_tally, insertion_way, new_entry, new_word, refreshed, standing,
+        still_pinned, syn_tally,
     },
     discard,
     forward::{
-        Choice, Probe, Via, Vip, encap_job, encapsulates, probe, probe_slot, serves, starts_flow,
-        vip_key,
+        Choice, Probe, Via, Vip, encap_job, encapsulates, new_flow_tally, probe, probe_slot,
+        serves, vip_key,
     },
     frame::header_mut,
     parse::{Flow, Notes, parse},
@@ -112,15 +113,13 @@ pub fn count(reason: Reason) {
     }
 }
 
-/// Counts a forwarded frame of `bytes` in a traffic counter (this CPU's).
+/// Counts a forwarded frame of `bytes` and its `TALLY_*` bits in a traffic
+/// counter (this CPU's).
 #[inline(always)]
-pub fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, new_flow: bool) {
+pub fn add_traffic(counters: Option<*mut TrafficCounters>, bytes: u64, tally: Tally) {
     if let Some(counters) = counters {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        let counters = unsafe { &mut *counters };
-        counters.packets += 1;
-        counters.bytes += bytes;
-        counters.new_flows += u64::from(new_flow);
+        unsafe { (*counters).count(bytes, tally) };
     }
 }
 
@@ -237,13 +236,14 @@ fn locate(key: &FlowKey, config: &DataplaneConfig) -> Place {
 
 /// An established flow: the VIP, backend id and backend its entry names,
 /// if the entry still stands and its backend slot still holds the backend
-/// it pinned. Refreshes the way's clock and marks.
+/// it pinned, and what the packet tells of the backend. Refreshes the
+/// way's clock and marks.
 #[inline(always)]
 fn tracked_flow(
     place: &Place,
     flow: &Flow,
     config: &DataplaneConfig,
-) -> Option<(u32, u32, &'static Backend)> {
+) -> Option<(u32, u32, &'static Backend, Tally)> {
     let ((meta, ways), way) = (place.set?, place.way?);
     // SAFETY: map values are valid while the program runs; `way` is a way
     // index found by `locate`.
@@ -267,22 +267,35 @@ fn tracked_flow(
     if now != seen {
         *word = now.0;
     }
-    Some((state.vip_id, state.backend_id, backend))
+    let tally = hit_tally(seen, &state, flow, config.epoch);
+    Some((state.vip_id, state.backend_id, backend, tally))
 }
 
 /// Records a new flow, unproven until its next packet, in its own way or
 /// a free one; counts the insert, an eviction, or that it found no way.
+/// Returns what a SYN it records tells (`syn_tally`), else 0.
 #[inline(always)]
-fn track(place: &Place, flow: &Flow, pin: FlowEntry, config: &DataplaneConfig) {
+fn track(place: &Place, flow: &Flow, pin: FlowEntry, config: &DataplaneConfig) -> Tally {
     let Some((meta, ways)) = place.set else {
         count(Reason::ConnInsertFailed);
-        return;
+        return 0;
     };
     // SAFETY: map values are valid while the program runs.
     let (meta, ways) = unsafe { (&mut *meta, &mut *ways) };
     let Some((way, evicts)) = insertion_way(place.way, meta, config) else {
         count(Reason::ConnInsertFailed);
-        return;
+        return 0;
+    };
+    let tally = if flow.opens {
+        syn_tally(
+            WayWord(meta.ways[way]),
+            &ways.entries[way],
+            place.tag,
+            &pin,
+            config,
+        )
+    } else {
+        0
     };
     let entry = new_entry(flow, place.tag, pin);
     let word = new_word(flow, place.tag, config.epoch);
@@ -299,6 +312,7 @@ fn track(place: &Place, flow: &Flow, pin: FlowEntry, config: &DataplaneConfig) {
     if evicts {
         count(Reason::ConnEvicted);
     }
+    tally
 }
 
 /// The backend the VIP's lookup table assigns to a new flow.
@@ -341,12 +355,12 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
         let tracked = tracked_flow(&place, flow, config);
         (Some((place, config)), tracked)
     };
-    let (vip_id, backend_id, backend, new_flow, hash, config) = match (tracked, looked_up) {
-        (Some((vip_id, backend_id, backend)), Some((place, config))) => {
+    let (vip_id, backend_id, backend, tally, hash, config) = match (tracked, looked_up) {
+        (Some((vip_id, backend_id, backend, tally)), Some((place, config))) => {
             count(Reason::ConnHit);
             trace_choice(trace, vip_id, backend_id, TRACE_VIA_CONNECTION, (0, 0));
-            let new_flow = starts_flow(flow, Via::Connection);
-            (vip_id, backend_id, backend, new_flow, place.hash, config)
+            let tally = tally | new_flow_tally(flow, Via::Connection);
+            (vip_id, backend_id, backend, tally, place.hash, config)
         }
         (_, looked_up) => {
             let Some(vip) = lookup_vip(&flow.key) else {
@@ -374,17 +388,18 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
                 TRACE_VIA_TABLE,
                 (slot, vip.table_id),
             );
-            let new_flow = starts_flow(flow, Via::Table);
-            if new_flow {
+            let mut tally = new_flow_tally(flow, Via::Table);
+            if tally != 0 {
                 let pin = FlowEntry {
                     backend_id,
                     vip_id,
                     generation: backend.generation,
+                    born: config.epoch,
                     ..FlowEntry::default()
                 };
-                track(&place, flow, pin, config);
+                tally |= track(&place, flow, pin, config);
             }
-            (vip_id, backend_id, backend, new_flow, place.hash, config)
+            (vip_id, backend_id, backend, tally, place.hash, config)
         }
     };
     if flow.icmp {
@@ -401,7 +416,7 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             };
             // SAFETY: per-CPU slot, only this CPU uses it while we run.
             unsafe {
-                *job = encap_job(flow, &choice, new_flow, trace.is_some());
+                *job = encap_job(flow, &choice, tally, trace.is_some());
                 TAIL_CALLS.tail_call(ctx, TAIL_ENCAP);
             }
         }
@@ -422,8 +437,8 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
         (*eth).src_addr = if_mac;
     }
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, new_flow);
-    add_traffic(VIP_STATS.get_ptr_mut(vip_id), bytes, new_flow);
+    add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, tally);
+    add_traffic(VIP_STATS.get_ptr_mut(vip_id), bytes, tally);
     Verdict {
         action: xdp_action::XDP_TX,
         reason: Reason::Tx,

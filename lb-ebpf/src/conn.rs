@@ -7,8 +7,9 @@
 use lb_common::{
     flow_hash::flow_check,
     maps::{
-        Backend, DataplaneConfig, FLOW_CLOSING, FLOW_UDP, FLOW_UNPROVEN, FLOW_WAYS, FlowEntry,
-        FlowKey, FlowMeta, FlowWays, PROTO_TCP, WayWord,
+        Backend, DataplaneConfig, EARLY_RESET_S, FLOW_CLOSING, FLOW_SYN, FLOW_UDP, FLOW_UNPROVEN,
+        FLOW_WAYS, FlowEntry, FlowKey, FlowMeta, FlowWays, PROTO_TCP, TALLY_EARLY_RESET,
+        TALLY_HANDSHAKE, TALLY_SYN, TALLY_SYN_RETRY, Tally, WayWord,
     },
 };
 
@@ -71,6 +72,53 @@ pub fn refreshed(seen: WayWord, tag: u32, epoch: u32, flow: &Flow) -> WayWord {
     WayWord::new(tag, epoch, (seen.flags() & !FLOW_UNPROVEN) | closing(flow))
 }
 
+/// What a packet of a tracked flow tells of its backend, from the way's
+/// word before the packet (`seen`) and the entry (`state`), at epoch
+/// `epoch`: the second packet of a flow recorded from its SYN completes a
+/// handshake (a RST or an ICMP error does not), and the client's first
+/// RST within `EARLY_RESET_S` of the SYN of a handshaken flow is an early
+/// reset. Anything else tells nothing (0), as every established packet.
+#[inline(always)]
+pub fn hit_tally(seen: WayWord, state: &FlowEntry, flow: &Flow, epoch: u32) -> Tally {
+    let flags = seen.flags();
+    if flags & FLOW_SYN == 0 || flow.icmp {
+        return 0;
+    }
+    if flags & FLOW_UNPROVEN != 0 {
+        return if flow.resets { 0 } else { TALLY_HANDSHAKE };
+    }
+    let young = epoch.wrapping_sub(state.born) < EARLY_RESET_S;
+    if flow.resets && flags & FLOW_CLOSING == 0 && young {
+        TALLY_EARLY_RESET
+    } else {
+        0
+    }
+}
+
+/// What a SYN the connection table records tells: a retransmission when
+/// the way it takes (`old`, holding `entry`) already held its flow,
+/// recorded from a SYN and still unanswered, whole and pinned to the same
+/// backend as `pin`; else a new attempt.
+#[inline(always)]
+pub fn syn_tally(
+    old: WayWord,
+    entry: &FlowEntry,
+    tag: u32,
+    pin: &FlowEntry,
+    config: &DataplaneConfig,
+) -> Tally {
+    let waiting =
+        old.flags() & (FLOW_SYN | FLOW_UNPROVEN | FLOW_CLOSING) == FLOW_SYN | FLOW_UNPROVEN;
+    let same = entry.backend_id == pin.backend_id
+        && entry.vip_id == pin.vip_id
+        && entry.generation == pin.generation;
+    if old.tag() == tag && waiting && same && standing(old, entry, tag, config).is_ok() {
+        TALLY_SYN_RETRY
+    } else {
+        TALLY_SYN
+    }
+}
+
 /// A way a new flow may take when no way holds its 5-tuple: an empty way,
 /// else the longest-idle of the ways it may reclaim (unproven, closing, or
 /// idle past their timeout), never an established flow's. The flag says
@@ -118,7 +166,8 @@ pub fn new_entry(flow: &Flow, tag: u32, pin: FlowEntry) -> FlowEntry {
 }
 
 /// The way word a new flow (tagged `tag`) is recorded with at epoch
-/// `epoch`: unproven until its next packet.
+/// `epoch`: unproven until its next packet, and marked when its first
+/// packet is a SYN.
 #[inline(always)]
 pub fn new_word(flow: &Flow, tag: u32, epoch: u32) -> WayWord {
     let udp = if flow.key.proto == PROTO_TCP {
@@ -126,12 +175,16 @@ pub fn new_word(flow: &Flow, tag: u32, epoch: u32) -> WayWord {
     } else {
         FLOW_UDP
     };
-    WayWord::new(tag, epoch, FLOW_UNPROVEN | udp | closing(flow))
+    let syn = if flow.opens { FLOW_SYN } else { 0 };
+    WayWord::new(tag, epoch, FLOW_UNPROVEN | udp | syn | closing(flow))
 }
 
 #[cfg(test)]
 mod tests {
-    use lb_common::maps::{BACKEND_ACTIVE, FAMILY_IPV4, PROTO_UDP};
+    use lb_common::maps::{
+        BACKEND_ACTIVE, FAMILY_IPV4, PROTO_UDP, TALLY_EARLY_RESET, TALLY_HANDSHAKE, TALLY_SYN,
+        TALLY_SYN_RETRY,
+    };
 
     use super::*;
 
@@ -161,6 +214,7 @@ mod tests {
             key,
             opens: false,
             closes: false,
+            resets: false,
             icmp: false,
             l3: 14,
         }
@@ -458,11 +512,17 @@ mod tests {
             ..FlowEntry::default()
         };
         let rows = [
-            ("a TCP SYN", tcp, FLOW_UNPROVEN),
+            (
+                "a TCP SYN",
+                Flow { opens: true, ..tcp },
+                FLOW_UNPROVEN | FLOW_SYN,
+            ),
+            ("a TCP ACK the table did not know", tcp, FLOW_UNPROVEN),
             (
                 "a TCP RST",
                 Flow {
                     closes: true,
+                    resets: true,
                     ..tcp
                 },
                 FLOW_UNPROVEN | FLOW_CLOSING,
@@ -485,6 +545,127 @@ mod tests {
                 new_word(&flow, TAG, NOW),
                 WayWord(word(TAG, 0, flags)),
                 "{what}: word"
+            );
+        }
+    }
+
+    #[test]
+    fn a_handshake_is_the_second_packet_of_a_flow_recorded_from_its_syn() {
+        let ack = flow(PROTO_TCP, 40000);
+        let rst = Flow {
+            closes: true,
+            resets: true,
+            ..ack
+        };
+        let fin = Flow {
+            closes: true,
+            ..ack
+        };
+        let icmp = Flow { icmp: true, ..ack };
+        let born = |age: u32| FlowEntry {
+            born: NOW - age,
+            ..pinned(ack.key, TAG)
+        };
+        let waiting = FLOW_SYN | FLOW_UNPROVEN;
+        let rows = [
+            ("an ACK after the SYN", waiting, 0, ack, TALLY_HANDSHAKE),
+            ("a FIN after the SYN", waiting, 0, fin, TALLY_HANDSHAKE),
+            ("a RST after the SYN (a scan)", waiting, 0, rst, 0),
+            ("an ICMP error after the SYN", waiting, 0, icmp, 0),
+            (
+                "a second packet of a flow recorded from a later packet",
+                FLOW_UNPROVEN,
+                0,
+                ack,
+                0,
+            ),
+            ("an established flow's packet", FLOW_SYN, 1, ack, 0),
+            (
+                "a RST within 2 s of the SYN",
+                FLOW_SYN,
+                1,
+                rst,
+                TALLY_EARLY_RESET,
+            ),
+            ("a RST 2 s after the SYN", FLOW_SYN, 2, rst, 0),
+            (
+                "a RST after the client's FIN",
+                FLOW_SYN | FLOW_CLOSING,
+                1,
+                rst,
+                0,
+            ),
+            ("a RST on a flow not from a SYN", 0, 1, rst, 0),
+        ];
+        for (what, flags, age, packet, expected) in rows {
+            let seen = WayWord(word(TAG, age, flags));
+            assert_eq!(
+                hit_tally(seen, &born(age), &packet, NOW),
+                expected,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_syn_again_to_the_same_backend_before_any_answer_is_a_retry() {
+        let key = flow(PROTO_TCP, 40000).key;
+        let pin = pinned(key, TAG);
+        let waiting = FLOW_SYN | FLOW_UNPROVEN;
+        let rows = [
+            (
+                "its own unanswered SYN",
+                word(TAG, 1, waiting),
+                pin,
+                TALLY_SYN_RETRY,
+            ),
+            ("an empty way", 0, FlowEntry::default(), TALLY_SYN),
+            (
+                "its flow, handshaken (the 5-tuple reused)",
+                word(TAG, 1, FLOW_SYN),
+                pin,
+                TALLY_SYN,
+            ),
+            (
+                "its flow after the client's RST",
+                word(TAG, 1, waiting | FLOW_CLOSING),
+                pin,
+                TALLY_SYN,
+            ),
+            (
+                "its flow, recorded from a later packet",
+                word(TAG, 1, FLOW_UNPROVEN),
+                pin,
+                TALLY_SYN,
+            ),
+            (
+                "its flow on another backend (the table moved it)",
+                word(TAG, 1, waiting),
+                FlowEntry {
+                    backend_id: 4,
+                    check: flow_check(TAG, 4, 7, 2),
+                    ..pin
+                },
+                TALLY_SYN,
+            ),
+            (
+                "its flow, idle past the timeout",
+                word(TAG, 901, waiting),
+                pin,
+                TALLY_SYN,
+            ),
+            (
+                "another flow's way (evicted)",
+                word(TAG ^ 2, 1, waiting),
+                pinned(key, TAG ^ 2),
+                TALLY_SYN,
+            ),
+        ];
+        for (what, old, entry, expected) in rows {
+            assert_eq!(
+                syn_tally(WayWord(old), &entry, TAG, &pin, &config()),
+                expected,
+                "{what}"
             );
         }
     }

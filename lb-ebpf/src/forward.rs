@@ -5,7 +5,7 @@
 //! DSR), or handed to the encapsulation program with a job.
 
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, EncapJob, FORWARD_L2_DSR, FlowKey, JOB_NEW_FLOW, JOB_TRACED,
+    BACKEND_ACTIVE, Backend, EncapJob, FORWARD_L2_DSR, FlowKey, JOB_TRACED, TALLY_NEW_FLOW, Tally,
     VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot,
 };
 
@@ -82,12 +82,16 @@ pub enum Via {
     Table,
 }
 
-/// Whether a packet whose backend came `via` starts a flow: it is then
-/// recorded in the connection table and counted as a new flow. An ICMP
-/// error follows its flow but never starts one.
+/// `TALLY_NEW_FLOW` when a packet whose backend came `via` starts a flow:
+/// it is then recorded in the connection table and counted as a new flow.
+/// An ICMP error follows its flow but never starts one.
 #[inline(always)]
-pub fn starts_flow(flow: &Flow, via: Via) -> bool {
-    via == Via::Table && !flow.icmp
+pub fn new_flow_tally(flow: &Flow, via: Via) -> Tally {
+    if via == Via::Table && !flow.icmp {
+        TALLY_NEW_FLOW
+    } else {
+        0
+    }
 }
 
 /// Whether packets reach `backend` encapsulated (by the encapsulation
@@ -111,24 +115,26 @@ pub struct Choice<'a> {
 }
 
 /// What the encapsulation program needs to send a packet of `flow` to the
-/// backend `choice` names; `new_flow` when it starts the flow, `traced`
-/// when the trace job holds its decision.
+/// backend `choice` names, and to count it (its `TALLY_*` bits, `tally`);
+/// `traced` when the trace job holds its decision.
 #[inline(always)]
-pub fn encap_job(flow: &Flow, choice: &Choice, new_flow: bool, traced: bool) -> EncapJob {
+pub fn encap_job(flow: &Flow, choice: &Choice, tally: Tally, traced: bool) -> EncapJob {
     EncapJob {
         backend: *choice.backend,
         backend_id: choice.backend_id,
         vip_id: choice.vip_id,
         l3: flow.l3 as u16,
         family: flow.key.family,
-        flags: if new_flow { JOB_NEW_FLOW } else { 0 } | if traced { JOB_TRACED } else { 0 },
+        flags: tally | if traced { JOB_TRACED } else { 0 },
         hash: choice.hash,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use lb_common::maps::{FAMILY_IPV4, FAMILY_IPV6, FORWARD_GUE, FORWARD_IPIP, PROTO_TCP};
+    use lb_common::maps::{
+        FAMILY_IPV4, FAMILY_IPV6, FORWARD_GUE, FORWARD_IPIP, PROTO_TCP, TALLY_SYN,
+    };
 
     use super::*;
 
@@ -158,6 +164,7 @@ mod tests {
             key,
             opens: false,
             closes: false,
+            resets: false,
             icmp,
             l3: 18,
         }
@@ -270,28 +277,28 @@ mod tests {
     #[test]
     fn a_flow_starts_only_from_the_table_and_never_with_an_icmp_error() {
         let rows = [
-            ("a packet the table placed", flow(false), Via::Table, true),
+            (
+                "a packet the table placed",
+                flow(false),
+                Via::Table,
+                TALLY_NEW_FLOW,
+            ),
             (
                 "a packet of a tracked flow",
                 flow(false),
                 Via::Connection,
-                false,
+                0,
             ),
-            (
-                "an ICMP error the table placed",
-                flow(true),
-                Via::Table,
-                false,
-            ),
+            ("an ICMP error the table placed", flow(true), Via::Table, 0),
             (
                 "an ICMP error of a tracked flow",
                 flow(true),
                 Via::Connection,
-                false,
+                0,
             ),
         ];
         for (what, flow, via, expected) in rows {
-            assert_eq!(starts_flow(&flow, via), expected, "{what}");
+            assert_eq!(new_flow_tally(&flow, via), expected, "{what}");
         }
     }
 
@@ -318,14 +325,19 @@ mod tests {
             hash: 0x0123_4567_89ab_cdef,
         };
         let rows = [
-            ("an established flow", false, false, 0),
-            ("a new flow", true, false, JOB_NEW_FLOW),
-            ("a traced packet", false, true, JOB_TRACED),
-            ("a traced new flow", true, true, JOB_NEW_FLOW | JOB_TRACED),
+            ("an established flow", 0, false, 0),
+            ("a new flow", TALLY_NEW_FLOW, false, TALLY_NEW_FLOW),
+            ("a traced packet", 0, true, JOB_TRACED),
+            (
+                "a traced SYN",
+                TALLY_NEW_FLOW | TALLY_SYN,
+                true,
+                TALLY_NEW_FLOW | TALLY_SYN | JOB_TRACED,
+            ),
         ];
-        for (what, new_flow, traced, flags) in rows {
+        for (what, tally, traced, flags) in rows {
             assert_eq!(
-                encap_job(&flow(false), &choice, new_flow, traced),
+                encap_job(&flow(false), &choice, tally, traced),
                 EncapJob {
                     backend: slot,
                     backend_id: 3,

@@ -29,7 +29,7 @@ use balancer::{
     BACKEND_STATS, CONFIG, ENCAP_JOBS, TAIL_CALLS, Trace, VIP_STATS, add_traffic, count, process,
 };
 use lb_common::maps::{
-    JOB_NEW_FLOW, JOB_TRACED, Reason, TAIL_TRACE, TAIL_TRACED, TRACE_ANY_VIP, TraceControl,
+    JOB_TRACED, Reason, TAIL_TRACE, TAIL_TRACED, TALLY_ALL, TRACE_ANY_VIP, TraceControl,
     TraceEvent, TraceOutcome, TraceState,
 };
 use lb_ebpf::Verdict;
@@ -140,9 +140,9 @@ pub fn fulcrum_encap(ctx: XdpContext) -> u32 {
     count(reason);
     let action = match reason {
         Reason::Tx => {
-            let new_flow = job.flags & JOB_NEW_FLOW != 0;
-            add_traffic(BACKEND_STATS.get_ptr_mut(job.backend_id), bytes, new_flow);
-            add_traffic(VIP_STATS.get_ptr_mut(job.vip_id), bytes, new_flow);
+            let tally = job.flags & TALLY_ALL;
+            add_traffic(BACKEND_STATS.get_ptr_mut(job.backend_id), bytes, tally);
+            add_traffic(VIP_STATS.get_ptr_mut(job.vip_id), bytes, tally);
             xdp_action::XDP_TX
         }
         Reason::TxTooBig => xdp_action::XDP_TX,

@@ -94,6 +94,13 @@ pub fn tcp_opens_flow(flags: u8) -> bool {
     flags & (SYN | ACK) == SYN
 }
 
+/// A TCP segment with RST: the client aborts its connection.
+#[inline(always)]
+pub fn tcp_resets_flow(flags: u8) -> bool {
+    const RST: u8 = 0x04;
+    flags & RST != 0
+}
+
 /// A TCP segment with FIN or RST: the client is closing its connection.
 #[inline(always)]
 pub fn tcp_closes_flow(flags: u8) -> bool {
@@ -257,6 +264,8 @@ pub struct Flow {
     pub opens: bool,
     /// A TCP FIN or RST.
     pub closes: bool,
+    /// A TCP RST.
+    pub resets: bool,
     /// An ICMP error quoting one of the flow's packets.
     pub icmp: bool,
     /// Where the IP header starts.
@@ -382,7 +391,7 @@ fn parse_l4<F: Frame + ?Sized>(
     (l3, l4, end): (usize, usize, usize),
     mut key: FlowKey,
 ) -> Result<Flow, Verdict> {
-    let (opens, closes) = if key.proto == PROTO_TCP {
+    let (opens, closes, resets) = if key.proto == PROTO_TCP {
         let tcp = frame
             .header::<[u8; TCP_LEN]>(l4)
             .ok_or(discard(Reason::DropTruncated))?;
@@ -393,7 +402,11 @@ fn parse_l4<F: Frame + ?Sized>(
         }
         key.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
         key.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
-        (tcp_opens_flow(flags), tcp_closes_flow(flags))
+        (
+            tcp_opens_flow(flags),
+            tcp_closes_flow(flags),
+            tcp_resets_flow(flags),
+        )
     } else {
         let udp = frame
             .header::<UdpHdr>(l4)
@@ -403,12 +416,13 @@ fn parse_l4<F: Frame + ?Sized>(
         }
         key.src_port = u16::from_be_bytes(udp.src);
         key.dst_port = u16::from_be_bytes(udp.dst);
-        (false, false)
+        (false, false, false)
     };
     Ok(Flow {
         key,
         opens,
         closes,
+        resets,
         icmp: false,
         l3,
     })
@@ -478,6 +492,7 @@ fn parse_icmp<F: Frame + ?Sized>(
         key,
         opens: false,
         closes: false,
+        resets: false,
         icmp: true,
         l3,
     })
@@ -488,12 +503,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fin_and_rst_close_a_flow() {
+    fn fin_and_rst_close_a_flow_and_only_rst_resets_it() {
         assert!(tcp_closes_flow(0x11), "FIN+ACK");
         assert!(tcp_closes_flow(0x04), "RST");
         assert!(tcp_closes_flow(0x14), "RST+ACK");
         assert!(!tcp_closes_flow(0x10), "ACK");
         assert!(!tcp_closes_flow(0x02), "SYN");
+        assert!(tcp_resets_flow(0x04), "RST");
+        assert!(tcp_resets_flow(0x14), "RST+ACK");
+        assert!(!tcp_resets_flow(0x11), "FIN+ACK");
     }
 
     #[test]
@@ -683,6 +701,7 @@ mod tests {
             key: key(proto, (src, src_port), (dst, dst_port)),
             opens: false,
             closes: false,
+            resets: false,
             icmp: false,
             l3,
         }
@@ -746,6 +765,7 @@ mod tests {
                 tcp4(RST),
                 Ok(Flow {
                     closes: true,
+                    resets: true,
                     ..tcp_v4
                 }),
                 Noted::default(),

@@ -19,6 +19,8 @@ pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
     /// SYN.
     pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
     /// PSH.
     pub const PSH: u8 = 0x08;
     /// ACK.
@@ -77,6 +79,11 @@ impl Frame {
             tcp_offset: None,
             udp_length: None,
         }
+    }
+
+    /// Whether it is a TCP SYN without ACK: a segment that opens a flow.
+    pub fn opens(&self) -> bool {
+        matches!(self.transport, Transport::Tcp { flags } if flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
     }
 
     /// A TCP segment with `flags`.

@@ -306,7 +306,7 @@ fn reused_slot(fixture: &mut Fixture, algorithm: Algorithm) {
 
 #[test]
 fn a_flow_records_when_it_was_seen_and_when_its_client_closed_it() {
-    use lb_common::maps::{FLOW_CLOSING, FLOW_UNPROVEN};
+    use lb_common::maps::{FLOW_CLOSING, FLOW_SYN, FLOW_UNPROVEN};
     let mut fixture = Fixture::standard();
     let epoch = |fixture: &mut Fixture, epoch: u32| fixture.set_epoch(epoch);
     let flow = client(43000, SYN);
@@ -321,14 +321,14 @@ fn a_flow_records_when_it_was_seen_and_when_its_client_closed_it() {
     };
     assert_eq!(
         (entry(&fixture).seen, entry(&fixture).flags),
-        (100, FLOW_UNPROVEN),
+        (100, FLOW_UNPROVEN | FLOW_SYN),
         "a SYN alone does not prove a flow"
     );
     epoch(&mut fixture, 105);
     forwarded_to(&mut fixture, &client(43000, ACK));
     assert_eq!(
         (entry(&fixture).seen, entry(&fixture).flags),
-        (105, 0),
+        (105, FLOW_SYN),
         "every packet refreshes it, and the second proves it"
     );
     forwarded_to(&mut fixture, &client(43000, FIN | ACK));
@@ -340,6 +340,6 @@ fn a_flow_records_when_it_was_seen_and_when_its_client_closed_it() {
     forwarded_to(&mut fixture, &client(43000, SYN));
     assert_eq!(
         (entry(&fixture).seen, entry(&fixture).flags),
-        (110, FLOW_UNPROVEN)
+        (110, FLOW_UNPROVEN | FLOW_SYN)
     );
 }

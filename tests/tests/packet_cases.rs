@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use lb_common::maps::{
-    Reason, TABLE_HEADER_SLOTS, TRACE_ANY_VIP, TRACE_VIA_TABLE, TraceControl, TraceEvent,
+    FlowKey, Reason, TABLE_HEADER_SLOTS, TRACE_ANY_VIP, TRACE_VIA_TABLE, TraceControl, TraceEvent,
 };
 use lb_tests::{
     fixture::{Fixture, Snapshot, TABLELESS_VIP, TEST_SEED, run_problems, xdp_action},
@@ -447,7 +447,9 @@ fn arp_request() -> Vec<u8> {
 }
 
 /// Checks one case; returns a description of every way it went wrong.
-fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
+/// Checks one case, given the SYNs sent so far (`syns`, which it extends:
+/// a SYN again for one of them, unanswered, is a retry).
+fn check(fixture: &mut Fixture, case: &Case, syns: &mut Vec<FlowKey>) -> Vec<String> {
     let mut problems = Vec::new();
     let before = fixture.snapshot();
     let run = fixture.run(&case.input);
@@ -494,6 +496,11 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
         expected_output[..6].copy_from_slice(&backend.mac.0);
         expected_output[6..12].copy_from_slice(&LB_MAC);
         let len = case.input.len() as u64;
+        let opens = case.frame.as_ref().is_some_and(Frame::opens);
+        let retried = opens && syns.contains(&flow);
+        if opens && !retried {
+            syns.push(flow);
+        }
         for counters in [
             expected_traffic.backends.get_mut(&backend.backend_id),
             expected_traffic.vips.get_mut(&vip.vip_id),
@@ -502,6 +509,8 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
             counters.packets += 1;
             counters.bytes += len;
             counters.new_flows += 1;
+            counters.syns += u64::from(opens && !retried);
+            counters.syn_retries += u64::from(retried);
         }
         if after.reason_delta(&before, Reason::ConnMiss) != 1 {
             problems.push("a new flow did not count a connection-table miss".into());
@@ -534,8 +543,9 @@ fn packet_cases() {
         "the table should cover at least 30 cases"
     );
     let mut failures = Vec::new();
+    let mut syns = Vec::new();
     for case in &cases {
-        let problems = check(&mut fixture, case);
+        let problems = check(&mut fixture, case, &mut syns);
         if !problems.is_empty() {
             failures.push(format!("{}:\n    {}", case.name, problems.join("\n    ")));
         }
@@ -638,9 +648,10 @@ fn a_trace_reports_each_case_once_and_nothing_when_off() {
     let cases = cases();
     let mut failures = Vec::new();
     let mut traced = 0;
+    let mut syns = Vec::new();
     for case in &cases {
         // Tracing changes nothing the case checks...
-        let mut problems = check(&mut fixture, case);
+        let mut problems = check(&mut fixture, case, &mut syns);
         // ...and reports the decision exactly once.
         let sent = events.drain();
         if !matches!(case.expect, Refused) {

@@ -87,18 +87,21 @@ fn read_per_cpu(
     Ok(values)
 }
 
-/// Sums per-CPU `TrafficCounters` (three u64 words per CPU).
+/// u64 words of one `TrafficCounters`.
+const TRAFFIC_WORDS: usize = size_of::<TrafficCounters>() / size_of::<u64>();
+
+/// Sums per-CPU `TrafficCounters` (`TRAFFIC_WORDS` u64 words per CPU).
 fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
     words
-        .chunks_exact(cpus * 3)
+        .chunks_exact(cpus * TRAFFIC_WORDS)
         .map(|entry| {
-            entry
-                .chunks_exact(3)
-                .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
-                    packets: sum.packets + cpu[0],
-                    bytes: sum.bytes + cpu[1],
-                    new_flows: sum.new_flows + cpu[2],
-                })
+            let mut sum = [0u64; TRAFFIC_WORDS];
+            for cpu in entry.chunks_exact(TRAFFIC_WORDS) {
+                for (total, word) in sum.iter_mut().zip(cpu) {
+                    *total += word;
+                }
+            }
+            TrafficCounters::from_words(sum)
         })
         .collect()
 }
@@ -174,15 +177,17 @@ impl CounterReader {
 
     /// Reads backend slots `0..backends`, VIP ids `0..vips` and every reason.
     pub fn read(&self, backends: u32, vips: u32) -> io::Result<Counters> {
-        const _: () = assert!(size_of::<TrafficCounters>() == 3 * size_of::<u64>());
         let cpus = self.cpus;
         let reasons = read_per_cpu(&self.reasons, Reason::COUNT, cpus, 1)?
             .chunks_exact(cpus)
             .map(|per_cpu| per_cpu.iter().sum())
             .collect();
         Ok(Counters {
-            backends: traffic(&read_per_cpu(&self.backends, backends, cpus, 3)?, cpus),
-            vips: traffic(&read_per_cpu(&self.vips, vips, cpus, 3)?, cpus),
+            backends: traffic(
+                &read_per_cpu(&self.backends, backends, cpus, TRAFFIC_WORDS)?,
+                cpus,
+            ),
+            vips: traffic(&read_per_cpu(&self.vips, vips, cpus, TRAFFIC_WORDS)?, cpus),
             reasons,
         })
     }

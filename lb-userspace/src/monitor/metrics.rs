@@ -19,7 +19,7 @@ use prometheus_client::{
 
 use super::{
     Facts,
-    report::{BackendReport, Report, VipHealthReport, VipReport},
+    report::{BackendReport, HandshakeCounts, Report, VipHealthReport, VipReport},
 };
 use crate::{parallel, policy::Outcome};
 use lb_common::maps::Reason;
@@ -73,6 +73,41 @@ const fn gauge<'a>(name: &'a str, help: &'a str) -> Family<'a> {
         help,
         kind: MetricType::Gauge,
     }
+}
+
+/// Reads one handshake counter.
+type HandshakeField = fn(&HandshakeCounts) -> u64;
+
+/// The handshake counter families of `scope` (`vip` or `backend`), whose
+/// help ends with `whose`: each handed to `encode` with the field it reads.
+fn handshake_counters(
+    scope: &str,
+    whose: &str,
+    mut encode: impl FnMut(&Family<'_>, HandshakeField) -> Encoded,
+) -> Encoded {
+    let families: [(&str, &str, HandshakeField); 4] = [
+        (
+            "syns",
+            "TCP flows recorded from their SYN (handshakes attempted) to",
+            |h| h.syns,
+        ),
+        ("syn_retries", "SYNs sent again, unanswered, to", |h| {
+            h.syn_retries
+        }),
+        ("handshakes", "Handshakes the clients completed with", |h| {
+            h.completed
+        }),
+        (
+            "early_resets",
+            "Handshaken flows the client reset within 2 s, to",
+            |h| h.early_resets,
+        ),
+    ];
+    for (name, help, read) in families {
+        let (name, help) = (format!("{scope}_{name}"), format!("{help} {whose}."));
+        encode(&counter(&name, &help), read)?;
+    }
+    Ok(())
 }
 
 /// The label set of a family without labels.
@@ -166,6 +201,9 @@ impl Scrape {
             "Flows the VIP's lookup table assigned (SYNs and connection-table misses).",
         )
         .encode(encoder, self.per_vip(|v| v.new_flows))?;
+        handshake_counters("vip", "the VIP's backends", |kind, read| {
+            kind.encode(encoder, self.per_vip(|v| read(&v.handshakes)))
+        })?;
         gauge(
             "vip_new_flow_rate",
             "New flows per second over the imbalance detector's window.",
@@ -317,7 +355,10 @@ impl Scrape {
             "backend_new_flows",
             "Flows the lookup table assigned to the backend.",
         )
-        .encode(encoder, self.per_backend(|b| b.new_flows))
+        .encode(encoder, self.per_backend(|b| b.new_flows))?;
+        handshake_counters("backend", "the backend", |kind, read| {
+            kind.encode(encoder, self.per_backend(|b| read(&b.handshakes)))
+        })
     }
 
     fn backend_shares(&self, encoder: &mut DescriptorEncoder) -> Encoded {

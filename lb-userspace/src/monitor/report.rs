@@ -9,7 +9,7 @@ use std::{
     fmt::Write as _,
 };
 
-use lb_common::maps::{FLOW_WAYS, Reason};
+use lb_common::maps::{FLOW_WAYS, Reason, TrafficCounters};
 use serde::{Deserialize, Serialize};
 
 use super::{Changes, LastChange, View, describe_change, window::Window};
@@ -108,6 +108,32 @@ impl ConnectionsReport {
     }
 }
 
+/// What the clients' side of TCP flows says of a backend (or a VIP's
+/// backends together), as counted in the kernel since the data plane was
+/// loaded.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct HandshakeCounts {
+    /// Flows recorded from their SYN: handshakes attempted.
+    pub syns: u64,
+    /// SYNs sent again to the backend of an unanswered flow.
+    pub syn_retries: u64,
+    /// Handshakes the client completed (its second packet).
+    pub completed: u64,
+    /// Handshaken flows the client reset within 2 s.
+    pub early_resets: u64,
+}
+
+impl From<&TrafficCounters> for HandshakeCounts {
+    fn from(counters: &TrafficCounters) -> Self {
+        Self {
+            syns: counters.syns,
+            syn_retries: counters.syn_retries,
+            completed: counters.handshakes,
+            early_resets: counters.early_resets,
+        }
+    }
+}
+
 /// Counters of one VIP.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct VipReport {
@@ -122,6 +148,9 @@ pub struct VipReport {
     pub bytes: u64,
     /// Flows assigned.
     pub new_flows: u64,
+    /// Its backends' handshakes together.
+    #[serde(default)]
+    pub handshakes: HandshakeCounts,
     /// New flows per second over the window.
     #[serde(default)]
     pub flow_rate: f64,
@@ -189,6 +218,9 @@ pub struct BackendReport {
     pub bytes: u64,
     /// Flows assigned.
     pub new_flows: u64,
+    /// Its handshakes.
+    #[serde(default)]
+    pub handshakes: HandshakeCounts,
     /// Held out of the table: no MAC could be found for it.
     #[serde(default)]
     pub held_out: bool,
@@ -243,6 +275,7 @@ impl Report {
                     packets: totals.packets,
                     bytes: totals.bytes,
                     new_flows: totals.new_flows,
+                    handshakes: HandshakeCounts::from(&totals),
                     flow_rate: judged.flow_rate,
                     imbalance_ratio: judged.imbalance_ratio,
                     last_change: vip.last_change.clone(),
@@ -285,6 +318,7 @@ impl Report {
                                 packets: c.packets,
                                 bytes: c.bytes,
                                 new_flows: c.new_flows,
+                                handshakes: HandshakeCounts::from(&c),
                                 held_out: b.held_out,
                                 imbalanced: judged.imbalanced,
                                 skewed_for_s: judged.skewed_for.map(|d| d.as_secs()),
