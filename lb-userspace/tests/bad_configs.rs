@@ -302,6 +302,16 @@ fn cases() -> Vec<Case> {
                 ("protocol = \"tcp\"", "protocol = \"tcpp\""),
                 (C2_LINE, r#"{ name = "c2", address = "::ffff:198.18.0.11", weight = 1 }"#)],
             &[("invalid-value", CHECKOUT, "protocol"), ("identity-clash", C2, "address")]),
+        // Outlier detection: judged against peers, for a bounded time.
+        case("outliers judged against no peer", &[("interface = \"eth1\"", "interface = \"eth1\"\noutlier = { min_backends = 1 }")],
+            &[("outlier", "outlier", "min_backends")]),
+        case("an outlier factor of 1 ejects the merely average", &[("interface = \"eth1\"", "interface = \"eth1\"\noutlier = { success_factor = 1.0 }")],
+            &[("outlier", "outlier", "success_factor")]),
+        case("a first ejection longer than the longest", &[("interface = \"eth1\"", "interface = \"eth1\"\noutlier = { base_ejection_s = 600 }")],
+            &[("outlier", "outlier", "base_ejection_s")]),
+        case("outlier ejection on a UDP VIP", &[("health_check = { port = 8053 }", "health_check = { port = 8053 }\neject_outliers = true")],
+            &[("outlier-udp", DNS6, "eject_outliers")]),
+        case("outlier ejection switched off on a TCP VIP is valid", &[("port = 443\n", "port = 443\neject_outliers = false\n")], &[]),
         case("unchanged text is valid (control)", &[(EXTRA, EXTRA)], &[]),
     ]
 }

@@ -21,7 +21,7 @@ use lb_tests::{
     packet::{Frame, tcp_flags::ACK},
 };
 use lb_userspace::{
-    config::{Config, Imbalance},
+    config::{Config, Imbalance, Outlier},
     daemon::scrape,
     dataplane::{counted_ids, pins::PinDir},
     health::Checker,
@@ -146,7 +146,7 @@ fn main() {
             survival: Default::default(),
         },
         View::of(&fixture.state, 1, &HashMap::new()),
-        Imbalance::default(),
+        (Imbalance::default(), Outlier::default()),
     );
     monitor.sample().expect("a sample");
     let mut size = 0;

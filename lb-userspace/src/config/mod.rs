@@ -42,6 +42,12 @@ pub const CHECK_INTERVALS_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// Allowed imbalance windows, in seconds.
 pub const IMBALANCE_WINDOWS_S: RangeInclusive<u64> = 2..=3600;
 
+/// Allowed outlier-detection intervals, in seconds.
+pub const OUTLIER_INTERVALS_S: RangeInclusive<u64> = 1..=3600;
+
+/// Allowed ejection times, in seconds (up to a day).
+pub const EJECTION_TIMES_S: RangeInclusive<u64> = 1..=86_400;
+
 /// `from A to B`: a range as the reader's and the validator's messages
 /// say it.
 pub fn span<T: fmt::Display>(range: &RangeInclusive<T>) -> String {
@@ -77,6 +83,9 @@ pub struct Config {
     pub api: Api,
     /// When a backend's observed share of new flows counts as skew.
     pub imbalance: Imbalance,
+    /// When a backend's handshakes make it an outlier, and how outliers
+    /// are ejected.
+    pub outlier: Outlier,
     /// The group of hosts behind one ECMP route this host belongs to.
     pub group: Option<Group>,
     /// How this host announces the VIPs it is ready to serve.
@@ -659,6 +668,51 @@ impl Default for Imbalance {
     }
 }
 
+/// The outlier detector's settings: each TCP backend's handshake success
+/// (handshakes completed per attempt) over each `interval_s` is judged
+/// against its peers' in the same VIP, and an outlier is ejected from the
+/// table for a time that grows with repeats.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outlier {
+    /// Whether outliers are ejected (per VIP: `eject_outliers`); they are
+    /// detected and reported either way.
+    pub eject: bool,
+    /// The interval each judgement covers, in seconds.
+    pub interval_s: u64,
+    /// Handshakes a backend must have attempted in an interval to be judged.
+    pub min_syns: u64,
+    /// Backends of a VIP that must be judged for any of them to be an outlier.
+    pub min_backends: u32,
+    /// A backend is an outlier when its success is at most this fraction
+    /// of the median of its peers'.
+    pub success_factor: f64,
+    /// Below this median success, the whole VIP is failing (or flooded):
+    /// nobody is an outlier.
+    pub min_median: f64,
+    /// The first ejection's length, in seconds; each repeat adds as much.
+    pub base_ejection_s: u64,
+    /// The longest ejection, in seconds.
+    pub max_ejection_s: u64,
+    /// At most this percentage of a VIP's weight is ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Self {
+            eject: true,
+            interval_s: 10,
+            min_syns: 100,
+            min_backends: 3,
+            success_factor: 0.5,
+            min_median: 0.5,
+            base_ejection_s: 30,
+            max_ejection_s: 300,
+            max_ejection_percent: 25,
+        }
+    }
+}
+
 /// One virtual IP service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VipConfig {
@@ -679,6 +733,9 @@ pub struct VipConfig {
     /// How its frames reach its backends: its own `forwarding`, else the
     /// config's.
     pub forwarding: Forwarding,
+    /// Whether its outliers are ejected (`eject_outliers`); `None`: as
+    /// `[outlier] eject` says.
+    pub eject_outliers: Option<bool>,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
 }

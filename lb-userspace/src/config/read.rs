@@ -9,9 +9,10 @@ use toml::{Table, Value};
 
 use super::{
     Announce, Api, BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES,
-    CheckKind, Config, Encapsulation, Forwarding, Group, GuardOverrides, Guards, HealthCheck,
-    HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance, MacAddr, Prefix,
-    Protocol, RISE_FALL, Secret, UnreadableVip, VipConfig, span,
+    CheckKind, Config, EJECTION_TIMES_S, Encapsulation, Forwarding, Group, GuardOverrides, Guards,
+    HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance,
+    MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, RISE_FALL, Secret, UnreadableVip,
+    VipConfig, span,
 };
 use crate::{
     problem::{Problem, quoted},
@@ -197,6 +198,28 @@ fn fraction(value: &Value) -> Result<f64, String> {
 
 fn number(value: &Value) -> Result<f64, String> {
     finite(value, "a number")
+}
+
+fn count(value: &Value) -> Result<u64, String> {
+    integer_in(value, "a whole number")
+}
+
+fn boolean(value: &Value) -> Result<bool, String> {
+    value
+        .as_bool()
+        .ok_or_else(|| "expected true or false".to_string())
+}
+
+fn outlier_interval(value: &Value) -> Result<u64, String> {
+    in_range(value, &OUTLIER_INTERVALS_S, " seconds")
+}
+
+fn ejection_time(value: &Value) -> Result<u64, String> {
+    in_range(value, &EJECTION_TIMES_S, " seconds")
+}
+
+fn percent(value: &Value) -> Result<u32, String> {
+    in_range(value, &(0..=100), " percent")
 }
 
 fn seconds(value: &Value) -> Result<u64, String> {
@@ -391,6 +414,10 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .optional(&mut problems, "imbalance", table)
         .map(|t| read_imbalance(t, &mut problems))
         .unwrap_or_default();
+    let outlier = top
+        .optional(&mut problems, "outlier", table)
+        .map(|t| read_outlier(t, &mut problems))
+        .unwrap_or_default();
     let encapsulation = top
         .optional(&mut problems, "encapsulation", table)
         .map(|t| read_encapsulation(t, &mut problems))
@@ -431,6 +458,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         health_check,
         api,
         imbalance,
+        outlier,
         group,
         announce,
         encapsulation,
@@ -594,6 +622,42 @@ fn read_imbalance(t: &Table, problems: &mut Vec<Problem>) -> Imbalance {
     imbalance
 }
 
+fn read_outlier(t: &Table, problems: &mut Vec<Problem>) -> Outlier {
+    let mut s = Section::new(t, "outlier");
+    let defaults = Outlier::default();
+    let outlier = Outlier {
+        eject: s
+            .optional(problems, "eject", boolean)
+            .unwrap_or(defaults.eject),
+        interval_s: s
+            .optional(problems, "interval_s", outlier_interval)
+            .unwrap_or(defaults.interval_s),
+        min_syns: s
+            .optional(problems, "min_syns", count)
+            .unwrap_or(defaults.min_syns),
+        min_backends: s
+            .optional(problems, "min_backends", uint)
+            .unwrap_or(defaults.min_backends),
+        success_factor: s
+            .optional(problems, "success_factor", fraction)
+            .unwrap_or(defaults.success_factor),
+        min_median: s
+            .optional(problems, "min_median", fraction)
+            .unwrap_or(defaults.min_median),
+        base_ejection_s: s
+            .optional(problems, "base_ejection_s", ejection_time)
+            .unwrap_or(defaults.base_ejection_s),
+        max_ejection_s: s
+            .optional(problems, "max_ejection_s", ejection_time)
+            .unwrap_or(defaults.max_ejection_s),
+        max_ejection_percent: s
+            .optional(problems, "max_ejection_percent", percent)
+            .unwrap_or(defaults.max_ejection_percent),
+    };
+    s.finish(problems);
+    outlier
+}
+
 /// `vip "name"`, else `vip <address>:<port>/<protocol>` as written, else
 /// `vip #n`: the most recognisable label available before reading.
 fn vip_location(t: &Table, index: usize) -> String {
@@ -646,6 +710,7 @@ fn read_vip(
     let forwarding = s
         .optional(problems, "forwarding", forwarding)
         .unwrap_or(defaults.forwarding);
+    let eject_outliers = s.optional(problems, "eject_outliers", boolean);
     let backends = s
         .optional(problems, "backend", tables)
         .unwrap_or_default()
@@ -664,6 +729,7 @@ fn read_vip(
             health_check,
             table,
             forwarding,
+            eject_outliers,
             backends,
         }),
         _ => Err(UnreadableVip { location, backends }),
@@ -758,6 +824,12 @@ mod tests {
                 "from 1 to 3600000 milliseconds",
             ),
             ("[imbalance]\nwindow_s = -1", "from 2 to 3600 seconds"),
+            ("[outlier]\ninterval_s = -1", "from 1 to 3600 seconds"),
+            ("[outlier]\nmax_ejection_s = -1", "from 1 to 86400 seconds"),
+            (
+                "[outlier]\nmax_ejection_percent = -1",
+                "from 0 to 100 percent",
+            ),
         ] {
             let (_, problems) = read(line);
             let problem = problems

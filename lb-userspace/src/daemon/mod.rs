@@ -69,8 +69,9 @@ pub struct Controller {
 }
 
 /// The imbalance detector's settings of the config in force.
-fn imbalance_settings(in_force: &InForce) -> crate::config::Imbalance {
-    in_force.config().imbalance.clone()
+fn monitor_settings(in_force: &InForce) -> (crate::config::Imbalance, crate::config::Outlier) {
+    let config = in_force.config();
+    (config.imbalance.clone(), config.outlier.clone())
 }
 
 fn lines(problems: &[Problem]) -> Vec<String> {
@@ -120,7 +121,7 @@ impl Controller {
                 survival,
             },
             view,
-            imbalance_settings(&in_force),
+            monitor_settings(&in_force),
         );
         monitor.journal_at(journal.path());
         let announcer = config
@@ -562,7 +563,7 @@ impl Controller {
         if let Some(state) = self.desk.dataplane.installed() {
             self.monitor.install(
                 View::of(state, self.desk.dataplane.generation(), &self.changes),
-                imbalance_settings(self.desk.in_force()),
+                monitor_settings(self.desk.in_force()),
             );
         }
     }

@@ -382,6 +382,18 @@ impl Scrape {
              above factor x its expected share for for_s seconds.",
         )
         .encode(encoder, self.per_backend(|b| flag(b.imbalanced)))?;
+        gauge(
+            "backend_outlier",
+            "1 while the outlier detector judged the backend an outlier in its last interval: \
+             its handshake success far below its peers'.",
+        )
+        .encode(encoder, self.per_backend(|b| flag(b.outlier)))?;
+        gauge(
+            "backend_ejected",
+            "1 while the backend is ejected as an outlier: out of its VIP's table for new \
+             flows, its established flows kept.",
+        )
+        .encode(encoder, self.per_backend(|b| flag(b.ejected)))?;
         // Health: only backends that are checked (kind "none" is not).
         let checked = |value: fn(&BackendReport) -> Option<f64>| {
             self.pairs().filter_map(move |(v, b)| {
@@ -415,7 +427,13 @@ impl Scrape {
             "The latency of the backend's last health check (to connect, or to the HTTP \
              status line; the timeout when it timed out).",
         )
-        .encode(encoder, checked(|b| b.check_ms.map(|ms| share(ms / 1e3))))
+        .encode(encoder, checked(|b| b.check_ms.map(|ms| share(ms / 1e3))))?;
+        gauge(
+            "backend_handshake_success",
+            "Handshakes completed per attempt over the outlier detector's last interval \
+             (backends with attempts only).",
+        )
+        .encode(encoder, checked(|b| b.handshake_success.map(share)))
     }
 
     fn global(&self, encoder: &mut DescriptorEncoder) -> Encoded {

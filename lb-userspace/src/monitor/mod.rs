@@ -1,16 +1,18 @@
 //! Watching the data plane run: the installed state as the monitor sees it
 //! (names, expected shares, the apply that last changed each VIP), a
 //! sampler that reads every counter each second into the imbalance
-//! detector's window and logs each flag that goes up or down, the
+//! detector's window and the outlier detector, and logs each flag that
+//! goes up or down, the
 //! controller's own facts (generation, applies, refusals), and the report
 //! that `status`, `top` and `/metrics` are all made from.
 
 pub mod metrics;
+pub mod outlier;
 pub mod report;
 pub mod window;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     io,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, Weak},
@@ -22,15 +24,19 @@ use serde::{Deserialize, Serialize};
 use crate::errors::Chain;
 use crate::{
     announce::AnnounceReport,
-    config::Imbalance,
+    config::{Imbalance, Outlier},
     dataplane::{
         clock::EpochClock, counted_ids, counters::CounterReader, pins::PinDir, state::DesiredState,
         system::PinSurvival,
     },
     group::GroupReport,
     health::Checker,
-    policy::{Outcome, health::VipHealth},
+    policy::{
+        Outcome,
+        health::{Down, VipHealth},
+    },
 };
+use outlier::{Detector, Found};
 use report::{ConnectionsReport, Healths, Report};
 use window::{Transition, Window};
 
@@ -209,6 +215,9 @@ impl Attachment {
 struct State {
     view: Arc<View>,
     window: Window,
+    outliers: Detector,
+    /// The backends the controller ejected as outliers, per VIP endpoint.
+    ejected: BTreeSet<Down>,
     facts: Facts,
     verdicts: Vec<VipHealth>,
     health_changes: BTreeMap<String, Changes>,
@@ -233,7 +242,7 @@ impl Monitor {
         (reader, clock): (CounterReader, EpochClock),
         attachment: Attachment,
         view: View,
-        settings: Imbalance,
+        (imbalance, outlier): (Imbalance, Outlier),
     ) -> Arc<Self> {
         Arc::new(Self {
             checker,
@@ -242,7 +251,9 @@ impl Monitor {
             attachment,
             state: Mutex::new(State {
                 view: Arc::new(view),
-                window: Window::new(settings),
+                window: Window::new(imbalance),
+                outliers: Detector::new(outlier),
+                ejected: BTreeSet::new(),
                 facts: Facts::default(),
                 verdicts: Vec::new(),
                 health_changes: BTreeMap::new(),
@@ -269,11 +280,24 @@ impl Monitor {
 
     /// A new state went live: VIPs whose tables changed start their window
     /// afresh.
-    pub fn install(&self, view: View, settings: Imbalance) {
+    pub fn install(&self, view: View, (imbalance, outlier): (Imbalance, Outlier)) {
         let mut state = self.lock();
         let changed = view.changed_since(&state.view);
-        state.window.restart(settings, &changed, Instant::now());
+        state.window.restart(imbalance, &changed, Instant::now());
+        state.outliers.configure(outlier);
         state.view = Arc::new(view);
+    }
+
+    /// The outlier detector's last findings: the intervals judged so far
+    /// (a new count means new findings) and the outliers of the last one.
+    pub fn outliers(&self) -> (u64, Vec<Found>) {
+        let state = self.lock();
+        (state.outliers.judged(), state.outliers.found().to_vec())
+    }
+
+    /// The backends ejected as outliers now.
+    pub fn ejected(&self, ejected: BTreeSet<Down>) {
+        self.lock().ejected = ejected;
     }
 
     /// Counts one decision of the gate; `codes` are a refusal's problem codes.
@@ -326,8 +350,15 @@ impl Monitor {
         let view = self.lock().view.clone();
         let (backends, vips) = view.counted;
         let counters = self.reader.read(backends, vips)?;
-        let transitions = self.lock().window.observe(Instant::now(), &view, &counters);
-        let settings = self.lock().window.settings().clone();
+        let now = Instant::now();
+        let mut state = self.lock();
+        let transitions = state.window.observe(now, &view, &counters);
+        let before: Vec<Found> = state.outliers.found().to_vec();
+        if state.outliers.observe(now, &view, &counters) {
+            log_outliers(&before, state.outliers.found());
+        }
+        let settings = state.window.settings().clone();
+        drop(state);
         for transition in transitions {
             log_transition(&view, &settings, &transition);
         }
@@ -353,12 +384,13 @@ impl Monitor {
         let report = Report::build(
             &view,
             (&counters, ConnectionsReport::of(&census, sets)),
-            &state.window,
+            (&state.window, &state.outliers),
             attached,
             &Healths {
                 states: &health,
                 verdicts: &state.verdicts,
                 changes: &state.health_changes,
+                ejected: &state.ejected,
             },
             active.as_ref(),
         )
@@ -435,6 +467,27 @@ pub fn describe_change(change: Option<&LastChange>) -> String {
             )
         },
     )
+}
+
+/// Logs the backends that became outliers in the interval just judged
+/// (`now`), and those that no longer are (`before` held them).
+fn log_outliers(before: &[Found], now: &[Found]) {
+    let same = |a: &Found, b: &Found| a.vip == b.vip && a.backend == b.backend;
+    for found in now.iter().filter(|f| !before.iter().any(|b| same(b, f))) {
+        crate::note!(
+            "WARNING outlier: VIP {} backend {}: {}; see `fulcrum status` and docs/runbook.md",
+            found.vip,
+            found.backend,
+            found.evidence
+        );
+    }
+    for gone in before.iter().filter(|b| !now.iter().any(|f| same(b, f))) {
+        crate::note!(
+            "outlier cleared: VIP {} backend {} (judged again, or no longer judged)",
+            gone.vip,
+            gone.backend
+        );
+    }
 }
 
 fn log_transition(view: &View, settings: &Imbalance, t: &Transition) {

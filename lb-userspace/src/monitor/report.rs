@@ -5,14 +5,14 @@
 //! text or JSON, `top` draws it, `/metrics` exports it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Write as _,
 };
 
 use lb_common::maps::{FLOW_WAYS, Reason, TrafficCounters};
 use serde::{Deserialize, Serialize};
 
-use super::{Changes, LastChange, View, describe_change, window::Window};
+use super::{Changes, LastChange, View, describe_change, outlier::Detector, window::Window};
 use crate::{
     announce::AnnounceReport,
     dataplane::{
@@ -22,7 +22,7 @@ use crate::{
     },
     group::GroupReport,
     health::{Health, Key},
-    policy::health::VipHealth,
+    policy::health::{Down, VipHealth},
 };
 
 /// What health checks know, for a report.
@@ -33,6 +33,8 @@ pub struct Healths<'a> {
     pub verdicts: &'a [VipHealth],
     /// Health-driven changes per VIP endpoint.
     pub changes: &'a BTreeMap<String, Changes>,
+    /// The backends ejected as outliers.
+    pub ejected: &'a BTreeSet<Down>,
 }
 
 /// Counters of the whole data plane.
@@ -151,6 +153,10 @@ pub struct VipReport {
     /// Its backends' handshakes together.
     #[serde(default)]
     pub handshakes: HandshakeCounts,
+    /// The outlier detector's last verdict on it (absent before its first
+    /// interval).
+    #[serde(default)]
+    pub outliers: Option<String>,
     /// New flows per second over the window.
     #[serde(default)]
     pub flow_rate: f64,
@@ -221,6 +227,21 @@ pub struct BackendReport {
     /// Its handshakes.
     #[serde(default)]
     pub handshakes: HandshakeCounts,
+    /// Its handshakes completed per attempt over the outlier detector's
+    /// last interval (absent without attempts).
+    #[serde(default)]
+    pub handshake_success: Option<f64>,
+    /// The median of its judged peers' over the same interval, when it
+    /// was judged.
+    #[serde(default)]
+    pub peers_success: Option<f64>,
+    /// Judged an outlier in the last interval.
+    #[serde(default)]
+    pub outlier: bool,
+    /// Ejected as an outlier: out of the table for new flows, its
+    /// established flows kept.
+    #[serde(default)]
+    pub ejected: bool,
     /// Held out of the table: no MAC could be found for it.
     #[serde(default)]
     pub held_out: bool,
@@ -257,7 +278,7 @@ impl Report {
     pub fn build(
         view: &View,
         (counters, connections): (&Counters, ConnectionsReport),
-        window: &Window,
+        (window, outliers): (&Window, &Detector),
         attached: bool,
         healths: &Healths<'_>,
         active: Option<&HashMap<(u32, u32), u64>>,
@@ -276,6 +297,7 @@ impl Report {
                     bytes: totals.bytes,
                     new_flows: totals.new_flows,
                     handshakes: HandshakeCounts::from(&totals),
+                    outliers: outliers.vip(vip.vip_id).map(ToString::to_string),
                     flow_rate: judged.flow_rate,
                     imbalance_ratio: judged.imbalance_ratio,
                     last_change: vip.last_change.clone(),
@@ -305,6 +327,7 @@ impl Report {
                         .map(|b| {
                             let c = counters.backend(b.backend_id);
                             let judged = window.backend(vip.vip_id, b.backend_id);
+                            let found = outliers.backend(vip.vip_id, b.backend_id);
                             let health = healths.states.get(&Key {
                                 vip: vip.endpoint.clone(),
                                 backend: b.socket,
@@ -319,6 +342,12 @@ impl Report {
                                 bytes: c.bytes,
                                 new_flows: c.new_flows,
                                 handshakes: HandshakeCounts::from(&c),
+                                handshake_success: found.handshakes.success(),
+                                peers_success: found.peers,
+                                outlier: found.outlier,
+                                ejected: healths
+                                    .ejected
+                                    .contains(&(vip.endpoint.clone(), b.socket)),
                                 held_out: b.held_out,
                                 imbalanced: judged.imbalanced,
                                 skewed_for_s: judged.skewed_for.map(|d| d.as_secs()),
@@ -480,6 +509,13 @@ impl Report {
                     None => "",
                 }
             );
+            if let Some(verdict) = vip
+                .outliers
+                .as_ref()
+                .filter(|_| vip.endpoint.ends_with("/tcp"))
+            {
+                let _ = writeln!(out, "  outliers: {verdict}");
+            }
             let _ = writeln!(
                 out,
                 "  {:<12} {:<24} {:>6} {:>9} {:>9} {:>10} {:>12} {:>10} {:>7} {:>14}",
@@ -503,6 +539,22 @@ impl Report {
                     ),
                     (false, true, false) => "  IMBALANCED".into(),
                     (false, false, false) => String::new(),
+                };
+                let success = |rate: Option<f64>| {
+                    rate.map_or_else(|| "-".to_string(), |r| format!("{:.1}%", r * 100.0))
+                };
+                let mark = match (b.ejected, b.outlier) {
+                    (true, _) => format!(
+                        "{mark}  EJECTED (outlier): out of the table for new flows; \
+                         handshake success {}",
+                        success(b.handshake_success)
+                    ),
+                    (false, true) => format!(
+                        "{mark}  OUTLIER: handshake success {} against {} for its peers",
+                        success(b.handshake_success),
+                        success(b.peers_success)
+                    ),
+                    (false, false) => mark,
                 };
                 let health = match b.check_ms {
                     Some(ms) => format!("{} {ms:.0}ms", b.health),

@@ -14,8 +14,8 @@ use lb_common::maps::{FAMILY_IPV4, FAMILY_IPV6, encap_overhead};
 use crate::{
     config::{
         BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES, CheckKind,
-        Config, Guards, HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, Protocol,
-        RISE_FALL, VipConfig, span,
+        Config, EJECTION_TIMES_S, Guards, HealthCheck, HealthOverrides, IDLE_TIMEOUTS,
+        IMBALANCE_WINDOWS_S, OUTLIER_INTERVALS_S, Protocol, RISE_FALL, VipConfig, span,
     },
     problem::{Problem, is_unprintable, quoted},
     table::{ALLOWED_SIZES, BackendIdentity, TableError, TableSize, VipTable},
@@ -434,6 +434,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
     check_encapsulation(config, problems);
     check_health(config, problems);
     check_imbalance(&config.imbalance, problems);
+    check_outlier(&config.outlier, problems);
     check_group(config, problems);
     for (section, key, path) in [
         ("api", "socket", Some(&config.api.socket)),
@@ -838,6 +839,78 @@ fn check_imbalance(settings: &crate::config::Imbalance, problems: &mut Vec<Probl
     }
 }
 
+/// The outlier detector's settings must judge a backend against peers, on
+/// evidence, and eject for a bounded time.
+fn check_outlier(settings: &crate::config::Outlier, problems: &mut Vec<Problem>) {
+    let mut bad = |field: &str, value: String, message: String| {
+        problems.push(Problem::error("outlier", "outlier", field, value, message));
+    };
+    if !OUTLIER_INTERVALS_S.contains(&settings.interval_s) {
+        bad(
+            "interval_s",
+            settings.interval_s.to_string(),
+            format!("must be {} seconds", span(&OUTLIER_INTERVALS_S)),
+        );
+    }
+    if settings.min_syns == 0 {
+        bad(
+            "min_syns",
+            "0".into(),
+            "must be at least 1: a backend with no attempts says nothing".into(),
+        );
+    }
+    if settings.min_backends < 2 {
+        bad(
+            "min_backends",
+            settings.min_backends.to_string(),
+            "must be at least 2: a backend is judged against its peers".into(),
+        );
+    }
+    if !(settings.success_factor > 0.0 && settings.success_factor < 1.0) {
+        bad(
+            "success_factor",
+            settings.success_factor.to_string(),
+            "must be above 0 and below 1 (a fraction of the peers' median success)".into(),
+        );
+    }
+    if !(0.0..=1.0).contains(&settings.min_median) {
+        bad(
+            "min_median",
+            settings.min_median.to_string(),
+            "must be from 0 to 1 (a success ratio)".into(),
+        );
+    }
+    for (field, value) in [
+        ("base_ejection_s", settings.base_ejection_s),
+        ("max_ejection_s", settings.max_ejection_s),
+    ] {
+        if !EJECTION_TIMES_S.contains(&value) {
+            bad(
+                field,
+                value.to_string(),
+                format!("must be {} seconds", span(&EJECTION_TIMES_S)),
+            );
+        }
+    }
+    if settings.base_ejection_s > settings.max_ejection_s {
+        bad(
+            "base_ejection_s",
+            settings.base_ejection_s.to_string(),
+            format!(
+                "must be at most max_ejection_s ({})",
+                settings.max_ejection_s
+            ),
+        );
+    }
+    if settings.max_ejection_percent > 100 {
+        bad(
+            "max_ejection_percent",
+            settings.max_ejection_percent.to_string(),
+            "must be from 0 (never eject) to 100".into(),
+        );
+    }
+}
+
 /// The data plane's capacities, which `fulcrum run` would otherwise hit,
 /// the budget of lookup-table slots, and the backends a table of
 /// `table_size` slots holds; whether the config is within them all.
@@ -935,6 +1008,15 @@ fn check_vip(
             "address",
             vip.address.to_string(),
             format!("a VIP cannot be {why}"),
+        ));
+    }
+    if vip.protocol == Protocol::Udp && vip.eject_outliers == Some(true) {
+        problems.push(Problem::error(
+            "outlier-udp",
+            &location,
+            "eject_outliers",
+            "true",
+            "UDP has no handshake to judge a backend by: outliers are found on TCP VIPs only",
         ));
     }
     let (endpoint_twin, name_twin) = twins;
