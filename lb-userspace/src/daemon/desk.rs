@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use crate::{
     daemon::{
         gate::{self, Failure, InForce, Install, Neighbourhood, Proposal, Verdict},
-        health::HealthChange,
         journal::{Entry, Journal},
         records::RecordDir,
     },
@@ -23,6 +22,28 @@ use crate::{
     },
     problem::Problem,
 };
+
+/// What a reconciliation (health checks, outliers) asks the gate to
+/// install: the same config, with other backends left out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableChange {
+    /// For the journal: per VIP, what changed and why.
+    pub details: Vec<String>,
+    /// The endpoints of the VIPs whose tables change.
+    pub vips: Vec<String>,
+}
+
+/// The backends left out of what is installed, beside what the
+/// operator's config says.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeftOut<'a> {
+    /// Found dead by health checks: out of the tables, their slots
+    /// inactive (their flows move).
+    pub down: &'a [Down],
+    /// Ejected as outliers: out of the tables for new flows, their
+    /// established flows kept.
+    pub ejected: &'a [Down],
+}
 
 /// Which door a change came by.
 #[derive(Clone, Debug)]
@@ -38,7 +59,10 @@ pub enum Door {
     /// The neighbour table: a backend's MAC appeared or changed.
     Neighbours,
     /// Health checks: backends went down or came back.
-    Health(HealthChange),
+    Health(TableChange),
+    /// The outlier detector: backends ejected, or back after their
+    /// ejection.
+    Outlier(TableChange),
 }
 
 impl Door {
@@ -51,13 +75,15 @@ impl Door {
             Door::Start => "start".into(),
             Door::Neighbours => "neighbours".into(),
             Door::Health(_) => "health".into(),
+            Door::Outlier(_) => "outlier".into(),
         }
     }
 
-    /// What the door itself says changed: health changes per VIP.
+    /// What the door itself says changed: health and outlier changes per
+    /// VIP.
     pub fn details(&self) -> (&[String], &[String]) {
         match self {
-            Door::Health(change) => (&change.details, &change.vips),
+            Door::Health(change) | Door::Outlier(change) => (&change.details, &change.vips),
             _ => (&[], &[]),
         }
     }
@@ -223,15 +249,15 @@ impl<D: Install> Desk<D> {
     }
 
     /// Takes a change through the gate, leaving out the backends in
-    /// `down`. An API change is written back to the config file (durably)
+    /// `left_out`. An API change is written back to the config file (durably)
     /// before it goes live, and refused when the file holds an edit not in
     /// force. The text in force is taken again only by the doors that
     /// change what is installed without changing the text (neighbours,
-    /// health).
+    /// health, outliers).
     pub fn change(
         &mut self,
         request: Request,
-        down: &[Down],
+        left_out: LeftOut<'_>,
         network: &dyn Neighbourhood,
     ) -> Decision {
         let Request {
@@ -249,7 +275,8 @@ impl<D: Install> Desk<D> {
                 expected,
             };
         }
-        if text == self.in_force.text && !matches!(door, Door::Neighbours | Door::Health(_)) {
+        let reconciles = matches!(door, Door::Neighbours | Door::Health(_) | Door::Outlier(_));
+        if text == self.in_force.text && !reconciles {
             return Decision::Unchanged { generation };
         }
         let persist = matches!(door, Door::Api(..)).then_some(self.config_path.as_path());
@@ -272,7 +299,7 @@ impl<D: Install> Desk<D> {
             text: &text,
             force,
             persist,
-            down,
+            left_out,
         };
         let verdict = gate::apply(
             &mut self.dataplane,

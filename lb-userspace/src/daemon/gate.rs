@@ -10,7 +10,10 @@ use std::{collections::HashMap, fmt, net::IpAddr, path::Path};
 
 use crate::{
     config::{Config, MacAddr, Reach},
-    daemon::records::{Record, RecordDir},
+    daemon::{
+        desk::LeftOut,
+        records::{Record, RecordDir},
+    },
     dataplane::{Dataplane, Staged, state::DesiredState},
     durable,
     net::{
@@ -227,8 +230,9 @@ pub struct Proposal<'a> {
     pub force: bool,
     /// The config file to write `text` to before it goes live, if any.
     pub persist: Option<&'a Path>,
-    /// Backends health checks took down, left out of what is installed.
-    pub down: &'a [Down],
+    /// Backends left out of what is installed: taken down by health
+    /// checks, ejected as outliers.
+    pub left_out: LeftOut<'a>,
 }
 
 /// What the gate decided.
@@ -360,7 +364,7 @@ pub fn apply<D: Install>(
         text,
         force,
         persist,
-        down,
+        left_out,
     } = *proposal;
     let written = match validate(text).valid() {
         Ok(valid) => valid,
@@ -459,14 +463,20 @@ pub fn apply<D: Install>(
         }
     };
     // The plan judged the operator's config; what is installed also leaves
-    // out the backends health checks took down (their VIPs' tables are
-    // built again without them).
+    // out the backends health checks took down and the outliers ejected
+    // (their VIPs' tables are built again without them).
     let taken;
-    let (config, tables) = if down.is_empty() {
+    let out: Vec<Down> = left_out
+        .down
+        .iter()
+        .chain(left_out.ejected)
+        .cloned()
+        .collect();
+    let (config, tables) = if out.is_empty() {
         (next.config(), next.tables())
     } else {
         let mut config = next.config().clone();
-        config.take_down(down);
+        config.take_down(&out);
         let tables: Vec<Option<VipTable>> = config
             .vips
             .iter()
@@ -475,7 +485,7 @@ pub fn apply<D: Install>(
                 let endpoint = vip.endpoint();
                 table
                     .clone()
-                    .filter(|_| !down.iter().any(|(e, _)| *e == endpoint))
+                    .filter(|_| !out.iter().any(|(e, _)| *e == endpoint))
             })
             .collect();
         taken = (config, tables);
@@ -488,14 +498,16 @@ pub fn apply<D: Install>(
             .unwrap_or(HELD_OUT_MAC))
     })
     .map_err(at(Step::Build))?;
-    state.mark_down(down);
+    // Only a dead backend's slot goes inactive: an ejected one keeps its
+    // established flows, as a drained one does.
+    state.mark_down(left_out.down);
     let staged = dataplane.stage(&state).map_err(at(Step::Stage))?;
     dataplane.verify(&staged).map_err(at(Step::Verify))?;
     let generation = dataplane.generation() + 1;
     records
         .write(
             D::bank(&staged),
-            &Record::of(&state, text, &held_out, generation),
+            &Record::of(&state, text, (&held_out, left_out.ejected), generation),
         )
         .map_err(at(Step::Record))?;
     if let Some(path) = persist {

@@ -30,7 +30,7 @@ use tokio::runtime::Handle;
 
 use crate::{
     config::{CheckKind, Config},
-    daemon::records::RecordDir,
+    daemon::{desk::TableChange, records::RecordDir},
     health::{Checker, Health, Key, Target, Transition},
     monitor::Changes,
     policy::health::{Down, VipHealth, judge},
@@ -38,15 +38,6 @@ use crate::{
 
 /// The window damping counts table changes in.
 const DAMPING_WINDOW: Duration = Duration::from_secs(60);
-
-/// What a reconciliation asks the gate to install.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HealthChange {
-    /// For the journal: per VIP, what changed and why.
-    pub details: Vec<String>,
-    /// The endpoints of the VIPs whose tables change.
-    pub vips: Vec<String>,
-}
 
 /// How one backend is judged, from its check's settings.
 #[derive(Clone, Copy, Debug)]
@@ -397,7 +388,7 @@ impl HealthControl {
     /// to install when a VIP's dead backends differ from what its table
     /// leaves out and its damping budget allows it; a VIP whose budget is
     /// spent waits (and is counted) until a later call.
-    pub fn reconcile(&mut self, config: &Config) -> Option<HealthChange> {
+    pub fn reconcile(&mut self, config: &Config) -> Option<TableChange> {
         let states = self.checker.states();
         self.record_failing(&states);
         let dead = self.dead_in(&states);
@@ -531,7 +522,7 @@ impl HealthControl {
             }
         }
         self.verdicts = verdicts;
-        (!vips.is_empty()).then_some(HealthChange { details, vips })
+        (!vips.is_empty()).then_some(TableChange { details, vips })
     }
 
     /// Forgets a change the gate did not install: the tables still leave

@@ -41,7 +41,7 @@ pub enum Event {
     /// The config file changed on disk.
     FileChanged,
     /// Time to look at the neighbour table again (and at health changes
-    /// damping held back).
+    /// damping held back, and the outlier detector's findings).
     Neighbours,
     /// A backend's health checks changed its state.
     Health(Transition),
@@ -286,6 +286,7 @@ fn handle(controller: &mut Controller, event: Event, options: &Options, seen: &F
             controller.follow_interface_mac();
             controller.refresh_neighbours();
             controller.reconcile_health();
+            controller.reconcile_outliers();
             controller.announce();
         }
         Event::Health(transition) => {
@@ -297,6 +298,7 @@ fn handle(controller: &mut Controller, event: Event, options: &Options, seen: &F
                 transition.reason
             );
             controller.reconcile_health();
+            controller.reconcile_outliers();
         }
         Event::Exit => return Next::Exit,
     }

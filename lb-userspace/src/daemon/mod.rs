@@ -11,6 +11,7 @@ pub mod health;
 pub mod journal;
 pub mod life;
 pub mod notify;
+pub mod outlier;
 pub mod records;
 pub mod scrape;
 pub mod seed;
@@ -23,6 +24,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
     sync::Arc,
+    time::Instant,
 };
 
 use crate::errors::Chain;
@@ -62,6 +64,7 @@ pub struct Controller {
     /// Per VIP endpoint, the apply that last changed it.
     changes: HashMap<String, LastChange>,
     health: health::HealthControl,
+    outliers: outlier::OutlierControl,
     /// Keeps BIRD's routes in step, when the config announces.
     announcer: Option<Announcer>,
     /// The trace session's events.
@@ -107,6 +110,14 @@ impl Controller {
             .unwrap_or_default();
         let config = in_force.config();
         let health = health::HealthControl::start(config, &down, &records, (notify, runtime))?;
+        let ejected = match dataplane.installed() {
+            Some(_) => records
+                .read(dataplane.bank())
+                .map(|record| record.ejected)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let outliers = outlier::OutlierControl::start(config, &ejected, Instant::now());
         let changes = journal.last_changes();
         let view = dataplane
             .installed()
@@ -140,9 +151,13 @@ impl Controller {
             monitor,
             changes,
             health,
+            outliers,
             announcer,
             trace: hub,
         };
+        controller
+            .monitor
+            .ejected(controller.outliers.ejected().into_iter().collect());
         controller.report_group()?;
         Ok(controller)
     }
@@ -425,7 +440,7 @@ impl Controller {
         if_generation: Option<u64>,
         door: Door,
     ) -> Reply {
-        let down = self.health.down();
+        let (down, ejected) = (self.health.down(), self.outliers.ejected());
         // What the file said, for the doors that read it.
         let file_text =
             matches!(door, Door::FileChanged | Door::Sighup | Door::Start).then(|| text.clone());
@@ -435,7 +450,11 @@ impl Controller {
             if_generation,
             door: door.clone(),
         };
-        let decision = self.desk.change(request, &down, &self.network);
+        let left_out = desk::LeftOut {
+            down: &down,
+            ejected: &ejected,
+        };
+        let decision = self.desk.change(request, left_out, &self.network);
         let (reply, codes, reasons) = match &decision {
             Decision::Stale {
                 generation,
@@ -553,7 +572,7 @@ impl Controller {
         {
             self.changes.insert(endpoint, change.clone());
         }
-        if !matches!(door, Door::Health(_)) {
+        if !matches!(door, Door::Health(_) | Door::Outlier(_)) {
             self.health.retarget(self.desk.in_force().config());
         }
         self.follow_announce_settings();
@@ -587,6 +606,32 @@ impl Controller {
                 self.health.undo(&before);
             }
         }
+    }
+
+    /// Takes the outlier detector's findings to the tables, by the door
+    /// `outlier`: ejections, returns, and the ejected backends of a VIP
+    /// health failures put into panic.
+    pub fn reconcile_outliers(&mut self) {
+        let config = self.desk.in_force().config().clone();
+        let before = self.outliers.clone();
+        let (judged, found) = self.monitor.outliers();
+        let dead = self.health.dead();
+        let change = self
+            .outliers
+            .reconcile(&config, &dead, (judged, &found), Instant::now());
+        if let Some(change) = change {
+            let reply = self.change(
+                self.desk.in_force().text.clone(),
+                false,
+                None,
+                Door::Outlier(change),
+            );
+            if reply.status != 200 {
+                self.outliers.undo(before);
+            }
+        }
+        self.monitor
+            .ejected(self.outliers.ejected().into_iter().collect());
     }
 
     /// The config file was read with `text`: is that the config in force?

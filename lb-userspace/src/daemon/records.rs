@@ -40,6 +40,10 @@ pub struct Record {
     /// Backends the health checker took out: VIP endpoint and identity.
     #[serde(default)]
     pub down: Vec<(String, SocketAddr)>,
+    /// Backends ejected as outliers (out of the tables, their slots still
+    /// active): VIP endpoint and identity.
+    #[serde(default)]
+    pub ejected: Vec<(String, SocketAddr)>,
     /// The ids and MACs it gave.
     pub vips: Vec<RecordedVip>,
 }
@@ -71,14 +75,21 @@ pub struct RecordedBackend {
 }
 
 impl Record {
-    /// The record of `state`, built from `config` text, as `generation`.
-    pub fn of(state: &DesiredState, config: &str, held_out: &[IpAddr], generation: u64) -> Self {
+    /// The record of `state`, built from `config` text with the backends
+    /// `held_out` and `ejected` left out of its tables, as `generation`.
+    pub fn of(
+        state: &DesiredState,
+        config: &str,
+        (held_out, ejected): (&[IpAddr], &[(String, SocketAddr)]),
+        generation: u64,
+    ) -> Self {
         Self {
             layout_version: LAYOUT_VERSION,
             generation,
             config: config.to_string(),
             held_out: held_out.to_vec(),
             down: state.down_backends(),
+            ejected: ejected.to_vec(),
             vips: state
                 .vips
                 .iter()
@@ -102,14 +113,17 @@ impl Record {
     }
 
     /// Rebuilds the config and the exact state this record describes: the
-    /// same ids, MACs and tables (held-out and dead backends at weight 0).
+    /// same ids, MACs and tables (held-out, dead and ejected backends at
+    /// weight 0).
     /// The config returned holds out only the backends without a MAC: it
     /// is the operator's config as the plan judges it.
     pub fn state(&self) -> anyhow::Result<(Config, DesiredState)> {
         let mut config = Config::parse(&self.config).context("the recorded config")?;
         config.hold_out(&self.held_out);
         let judged = config.clone();
-        config.take_down(&self.down);
+        let out: Vec<(String, SocketAddr)> =
+            self.down.iter().chain(&self.ejected).cloned().collect();
+        config.take_down(&out);
         let skeleton = DesiredState {
             table_size: TableSize::new(config.table_size)?,
             idle: config.idle,

@@ -20,7 +20,7 @@ use crate::errors::Chain;
 use crate::{
     config::{Config, join_problems},
     daemon::{
-        Controller, Door,
+        Controller, Door, desk,
         gate::{self, HostNetwork, InForce, Verdict},
         journal::Journal,
         records::RecordDir,
@@ -412,7 +412,7 @@ impl Fresh<'_> {
                 text,
                 force: options.force,
                 persist: None,
-                down: &[],
+                left_out: desk::LeftOut::default(),
             };
             let verdict = gate::apply(&mut dataplane, records, None, &proposal, network)?;
             let (plan, in_force) = first_verdict(verdict, &options.config.display().to_string())?;

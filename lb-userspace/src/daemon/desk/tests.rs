@@ -13,7 +13,6 @@ use crate::{
     config::{MacAddr, Reach},
     daemon::{
         gate::Step,
-        health::HealthChange,
         records::{Record, RecordDir},
     },
     dataplane::state::DesiredState,
@@ -162,7 +161,7 @@ impl Rig {
             text,
             force: false,
             persist: None,
-            down: &[],
+            left_out: LeftOut::default(),
         };
         let in_force = match gate::apply(&mut dataplane, &records, None, &proposal, &lan) {
             Ok(Verdict::Applied { in_force, .. }) => in_force,
@@ -174,7 +173,7 @@ impl Rig {
     }
 
     fn change(&mut self, text: &str, door: Door) -> Decision {
-        self.request(text, door, false, None, &[])
+        self.request(text, door, false, None, LeftOut::default())
     }
 
     fn request(
@@ -183,7 +182,7 @@ impl Rig {
         door: Door,
         force: bool,
         if_generation: Option<u64>,
-        down: &[Down],
+        left_out: LeftOut<'_>,
     ) -> Decision {
         let request = Request {
             text: text.to_string(),
@@ -191,7 +190,7 @@ impl Rig {
             if_generation,
             door,
         };
-        self.desk.change(request, down, &self.lan)
+        self.desk.change(request, left_out, &self.lan)
     }
 
     fn file(&self) -> String {
@@ -254,10 +253,15 @@ fn api() -> Door {
 }
 
 fn health(vips: &[&str]) -> Door {
-    Door::Health(HealthChange {
+    Door::Health(TableChange {
         details: vec!["a backend went down".into()],
         vips: vips.iter().map(ToString::to_string).collect(),
     })
+}
+
+/// Only `down` left out, by health checks.
+fn down_only(down: &[Down]) -> LeftOut<'_> {
+    LeftOut { down, ejected: &[] }
 }
 
 fn codes(decision: &Decision) -> Vec<String> {
@@ -328,7 +332,7 @@ fn a_change_planned_on_another_generation_is_stale() {
     let mut rig = Rig::new(&config(&[1, 1, 1], "", true));
     let before = rig.snapshot();
     let next = config(&[1, 1, 2], "", true);
-    let decision = rig.request(&next, api(), false, Some(7), &[]);
+    let decision = rig.request(&next, api(), false, Some(7), LeftOut::default());
     assert!(matches!(
         decision,
         Decision::Stale {
@@ -338,7 +342,7 @@ fn a_change_planned_on_another_generation_is_stale() {
     ));
     assert_eq!(rig.snapshot(), before);
     assert!(rig.journal().is_empty());
-    let decision = rig.request(&next, api(), false, Some(1), &[]);
+    let decision = rig.request(&next, api(), false, Some(1), LeftOut::default());
     assert!(matches!(decision, Decision::Applied { generation: 2, .. }));
 }
 
@@ -408,7 +412,7 @@ fn every_refusal_leaves_the_state_in_force_and_is_journalled() {
 fn force_lets_a_guard_through_and_names_it() {
     let mut rig = Rig::new(&config(&[1, 1, 1, 1], "", true));
     let next = config(&[1, 1, 1, 1, 1, 1, 1], "", true);
-    let decision = rig.request(&next, api(), true, None, &[]);
+    let decision = rig.request(&next, api(), true, None, LeftOut::default());
     let Decision::Applied { plan, .. } = decision else {
         panic!("{decision:?}");
     };
@@ -498,7 +502,7 @@ fn a_backend_without_a_mac_is_held_out_and_joins_once_it_resolves() {
     rig.lan
         .macs
         .insert(backend(9).ip(), MacAddr([2, 0, 0, 0, 0, 9]));
-    let decision = rig.request(&next, Door::Neighbours, true, None, &[]);
+    let decision = rig.request(&next, Door::Neighbours, true, None, LeftOut::default());
     assert!(matches!(decision, Decision::Applied { .. }), "{decision:?}");
     assert!(rig.desk.in_force().held_out.is_empty());
     assert!(rig.slots()[&backend(9)] > 50, "{:?}", rig.slots());
@@ -510,25 +514,31 @@ fn health_and_operator_changes_interleave_without_losing_either() {
     let down: Vec<Down> = vec![(VIP.to_string(), backend(4))];
     let text = rig.desk.in_force().text.clone();
     // Health takes backend 4 out; the operator's text stays in force.
-    let decision = rig.request(&text, health(&[VIP]), false, None, &down);
+    let decision = rig.request(&text, health(&[VIP]), false, None, down_only(&down));
     assert!(matches!(decision, Decision::Applied { .. }), "{decision:?}");
     assert_eq!(rig.slots()[&backend(4)], 0);
     assert_eq!(rig.desk.in_force().text, text);
     // The operator reweights while it is down: the new weights, still
     // without backend 4.
     let reweighted = config(&[2, 2, 1, 1], "", true);
-    let decision = rig.request(&reweighted, api(), false, None, &down);
+    let decision = rig.request(&reweighted, api(), false, None, down_only(&down));
     assert!(matches!(decision, Decision::Applied { .. }), "{decision:?}");
     let slots = rig.slots();
     assert_eq!(slots[&backend(4)], 0, "still down: {slots:?}");
     assert!(slots[&backend(1)] > slots[&backend(3)], "{slots:?}");
     assert_eq!(rig.file(), reweighted);
     // A refused operator change keeps both the weights and the health.
-    let decision = rig.request(&config(&[9, 1, 1, 1], "", true), api(), false, None, &down);
+    let decision = rig.request(
+        &config(&[9, 1, 1, 1], "", true),
+        api(),
+        false,
+        None,
+        down_only(&down),
+    );
     assert!(codes(&decision).iter().any(|c| c == "concentration"));
     assert_eq!(rig.slots(), slots);
     // Health brings it back, at the operator's weight.
-    let decision = rig.request(&reweighted, health(&[VIP]), false, None, &[]);
+    let decision = rig.request(&reweighted, health(&[VIP]), false, None, LeftOut::default());
     assert!(matches!(decision, Decision::Applied { .. }), "{decision:?}");
     let slots = rig.slots();
     assert!(slots[&backend(4)] > 0, "{slots:?}");
@@ -539,4 +549,60 @@ fn health_and_operator_changes_interleave_without_losing_either() {
     );
     let results: Vec<String> = rig.journal().into_iter().map(|(_, r)| r).collect();
     assert_eq!(results, ["applied", "applied", "refused", "applied"]);
+}
+
+#[test]
+fn an_ejected_backend_leaves_the_table_but_keeps_its_slot_and_is_recorded() {
+    let mut rig = Rig::new(&config(&[1, 1, 1, 1], "", true));
+    let text = rig.desk.in_force().text.clone();
+    let ejected: Vec<Down> = vec![(VIP.to_string(), backend(2))];
+    let down: Vec<Down> = vec![(VIP.to_string(), backend(4))];
+    let outlier = Door::Outlier(TableChange {
+        details: vec!["web: eject 198.18.0.2:80".into()],
+        vips: vec![VIP.into()],
+    });
+    let left_out = LeftOut {
+        down: &down,
+        ejected: &ejected,
+    };
+    let decision = rig.request(&text, outlier, false, None, left_out);
+    assert!(matches!(decision, Decision::Applied { .. }), "{decision:?}");
+    let slots = rig.slots();
+    assert_eq!(
+        (slots[&backend(2)], slots[&backend(4)]),
+        (0, 0),
+        "{slots:?}"
+    );
+    let state = rig.desk.dataplane.installed().expect("installed");
+    let down_in_state: Vec<(SocketAddr, bool)> = state.vips[0]
+        .backends
+        .iter()
+        .map(|b| (b.addr, b.down))
+        .collect();
+    assert_eq!(
+        down_in_state,
+        [
+            (backend(1), false),
+            (backend(2), false),
+            (backend(3), false),
+            (backend(4), true)
+        ],
+        "only the dead backend's slot goes inactive: the ejected one keeps its flows"
+    );
+    let record = rig.live_record();
+    assert_eq!(
+        (record.down.clone(), record.ejected.clone()),
+        (down.clone(), ejected.clone())
+    );
+    let (_, rebuilt) = record.state().expect("the record rebuilds");
+    assert_eq!(
+        Some(&rebuilt.vips[0].table),
+        rig.desk.dataplane.installed().map(|s| &s.vips[0].table),
+        "a restart rebuilds the same table"
+    );
+    assert_eq!(rig.desk.in_force().text, text, "the operator's text stays");
+    assert_eq!(
+        rig.journal(),
+        [("outlier".to_string(), "applied".to_string())]
+    );
 }
