@@ -945,13 +945,33 @@ impl Lab {
     /// backend's host stops answering the load balancer's own addresses
     /// (a `prohibit` route), which only the checks come from under DSR.
     pub fn blind_checks(&self, index: usize, blind: bool) -> anyhow::Result<()> {
-        let (host, _, _) = self.backend_host(index);
-        let verb = if blind { "add" } else { "del" };
-        for (lb, family) in [
-            (ipv4_of(LB_INDEX).to_string() + "/32", "-4"),
-            (ipv6_of(LB_INDEX).to_string() + "/128", "-6"),
+        self.unreachable_from(index, (LB_INDEX, "prohibit"), blind)
+    }
+
+    /// Makes backend `index`'s service drop its clients' connections, or
+    /// serve them again (`dropped` false), while its health checks keep
+    /// passing: its replies to the client's addresses go nowhere (a
+    /// `blackhole` route), so a client's SYN is never answered, as behind
+    /// a firewall rule or a wedged service.
+    pub fn drop_clients(&self, index: usize, dropped: bool) -> anyhow::Result<()> {
+        self.unreachable_from(index, (CLIENT_INDEX, "blackhole"), dropped)
+    }
+
+    /// Adds (`on`) or removes a route of `kind` on backend `index`'s host
+    /// to both addresses of the lab host numbered `host`.
+    fn unreachable_from(
+        &self,
+        index: usize,
+        (host, kind): (u8, &str),
+        on: bool,
+    ) -> anyhow::Result<()> {
+        let (backend, _, _) = self.backend_host(index);
+        let verb = if on { "add" } else { "del" };
+        for (to, family) in [
+            (ipv4_of(host).to_string() + "/32", "-4"),
+            (ipv6_of(host).to_string() + "/128", "-6"),
         ] {
-            host.ip(&[family, "route", verb, "prohibit", &lb])?;
+            backend.ip(&[family, "route", verb, kind, &to])?;
         }
         Ok(())
     }

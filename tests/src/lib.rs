@@ -12,5 +12,6 @@ pub mod packet;
 pub mod prometheus;
 pub mod scrape;
 pub mod scratch;
+pub mod status;
 pub mod traffic;
 pub mod wait;

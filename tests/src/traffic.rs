@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -268,8 +268,10 @@ fn read_name(reader: &mut BufReader<TcpStream>) -> anyhow::Result<String> {
     Ok(name.to_string())
 }
 
-fn tcp_once(vip: SocketAddr) -> anyhow::Result<String> {
-    let stream = TcpStream::connect_timeout(&vip, IO_TIMEOUT).context("connect")?;
+/// One connection to `vip`, given up after `patience` unanswered: who
+/// answered on it.
+fn tcp_once(vip: SocketAddr, patience: Duration) -> anyhow::Result<String> {
+    let stream = TcpStream::connect_timeout(&vip, patience).context("connect")?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     read_name(&mut BufReader::new(stream))
 }
@@ -319,7 +321,7 @@ pub fn tcp_connections(
                     client.join_current_thread()?;
                     let mut tally = Tally::default();
                     for _ in (w..count).step_by(workers) {
-                        tally.record(tcp_once(vip));
+                        tally.record(tcp_once(vip, IO_TIMEOUT));
                     }
                     Ok(tally)
                 })
@@ -334,6 +336,52 @@ pub fn tcp_connections(
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(tally)
+}
+
+/// How clients keep connecting: so many at a time, each giving up on a
+/// connection after `patience` unanswered (a few SYN retransmissions) and
+/// opening its next no sooner than `pace` after its last.
+#[derive(Clone, Copy, Debug)]
+pub struct Clients {
+    /// Clients connecting at once.
+    pub workers: usize,
+    /// How long one waits for an answer.
+    pub patience: Duration,
+    /// The least time between one client's connections.
+    pub pace: Duration,
+}
+
+/// Opens TCP connections to `vip` from the client namespace, as `clients`
+/// says, until `stop` is set. What they met, so far, is in `tally`.
+pub fn keep_connecting(
+    client: &Netns,
+    vip: SocketAddr,
+    clients: Clients,
+    (stop, tally): (&AtomicBool, &Mutex<Tally>),
+) -> anyhow::Result<()> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients.workers)
+            .map(|_| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    client.join_current_thread()?;
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = std::time::Instant::now();
+                        let met = tcp_once(vip, clients.patience);
+                        tally.lock().expect("tally lock").record(met);
+                        // Stimulus pacing, not a wait for an event.
+                        std::thread::sleep(clients.pace.saturating_sub(started.elapsed()));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        }
+        Ok(())
+    })
 }
 
 fn udp_once(vip: SocketAddr, source_port: u16) -> anyhow::Result<String> {

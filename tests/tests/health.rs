@@ -11,9 +11,9 @@ use std::{
 };
 
 use lb_tests::{
-    lab::{BackendSpec, Lab, TCP_PORT, UDP_PORT, VIP_NAMES, VIP4},
-    traffic::{self, Session},
-    wait,
+    lab::{BackendSpec, Lab, UDP_PORT, VIP_NAMES, VIP4},
+    status::{backend, sessions, status, vip, wait_for, web4},
+    traffic,
 };
 use serde_json::Value;
 
@@ -23,50 +23,6 @@ const FAST_CHECKS: &str =
 /// interval x fall + interval, as the issue bounds detection, plus the
 /// time for the change to go through the gate.
 const DETECTION: Duration = Duration::from_millis(300 * 2 + 300 + 1500);
-
-fn web4() -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT)
-}
-
-fn status(lab: &Lab) -> Value {
-    let (code, stdout, stderr) = lab.cli(&["status", "--format", "json"]).expect("status");
-    assert_eq!(code, 0, "{stdout} {stderr}");
-    serde_json::from_str(&stdout).expect("JSON")
-}
-
-fn vip<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["vips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name)
-        .expect("the VIP")
-}
-
-fn backend<'a>(status: &'a Value, vip_name: &str, name: &str) -> &'a Value {
-    vip(status, vip_name)["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == name)
-        .expect("the backend")
-}
-
-/// Waits until `ready` holds for the status, or `limit` passes; returns
-/// the status and how long it took.
-fn wait_for(lab: &Lab, limit: Duration, ready: impl Fn(&Value) -> bool) -> (Value, Duration) {
-    let started = Instant::now();
-    let now = wait::until(
-        limit,
-        || {
-            let now = status(lab);
-            Ok(if ready(&now) { Ok(now) } else { Err(now) })
-        },
-        |now| Ok(format!("status: {now:#}")),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    (now, started.elapsed())
-}
 
 /// Each of `vips` is in panic with b1 and b2 down, and keeps every
 /// backend.
@@ -80,21 +36,6 @@ fn b1_b2_down_in_panic_all_kept(s: &Value, vips: &[&str]) -> bool {
                 .iter()
                 .all(|b| backend(s, v, b)["taken_down"] == false)
     })
-}
-
-/// Long-lived connections to web4 until every backend has at least two.
-fn sessions(lab: &Lab, backends: &[&str]) -> Vec<Session> {
-    let mut open = Vec::new();
-    for _ in 0..200 {
-        if backends
-            .iter()
-            .all(|b| open.iter().filter(|s: &&Session| s.backend == *b).count() >= 2)
-        {
-            return open;
-        }
-        open.push(Session::open(lab.client(), web4()).expect("a connection"));
-    }
-    panic!("200 connections did not reach every backend twice");
 }
 
 #[test]

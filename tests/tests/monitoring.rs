@@ -17,6 +17,7 @@ use lb_tests::{
     lab::{BackendSpec, Lab, METRICS, UDP_PORT, VIP_NAMES, VIP4},
     prometheus::{Prometheus, rules_file},
     scrape::{Samples, dashboard_metrics},
+    status::status,
     traffic, wait,
 };
 use lb_userspace::{
@@ -27,14 +28,6 @@ use serde_json::Value;
 
 /// Metrics a daemon exports only with `[announce]`.
 const ANNOUNCE_ONLY: [&str; 2] = ["fulcrum_vip_announced", "fulcrum_announce_ok"];
-
-fn status(lab: &Lab) -> Value {
-    let (code, stdout, stderr) = lab
-        .cli(&["status", "--format", "json"])
-        .expect("fulcrum status runs");
-    assert_eq!(code, 0, "status failed: {stdout} {stderr}");
-    serde_json::from_str(&stdout).expect("status prints JSON")
-}
 
 fn counter(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     samples

@@ -53,6 +53,10 @@ pub struct Report {
     /// The detector's window, in seconds.
     #[serde(default)]
     pub window_s: u64,
+    /// The intervals the outlier detector has judged since the daemon
+    /// started.
+    #[serde(default)]
+    pub outlier_intervals: u64,
     /// Per VIP.
     pub vips: Vec<VipReport>,
     /// Global per-reason counters by name.
@@ -378,6 +382,7 @@ impl Report {
             attached,
             generation: view.generation,
             window_s: window.settings().window_s,
+            outlier_intervals: outliers.judged(),
             vips,
             reasons,
             connections,
