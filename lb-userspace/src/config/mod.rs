@@ -45,6 +45,9 @@ pub const IMBALANCE_WINDOWS_S: RangeInclusive<u64> = 2..=3600;
 /// Allowed outlier-detection intervals, in seconds.
 pub const OUTLIER_INTERVALS_S: RangeInclusive<u64> = 1..=3600;
 
+/// Allowed slow-start ramps, in seconds (0: off; up to an hour).
+pub const SLOW_STARTS_S: RangeInclusive<u64> = 0..=3600;
+
 /// Allowed ejection times, in seconds (up to a day).
 pub const EJECTION_TIMES_S: RangeInclusive<u64> = 1..=86_400;
 
@@ -736,6 +739,9 @@ pub struct VipConfig {
     /// Whether its outliers are ejected (`eject_outliers`); `None`: as
     /// `[outlier] eject` says.
     pub eject_outliers: Option<bool>,
+    /// Seconds over which a backend that joins its table (added, back from
+    /// down, drain or ejection) ramps up to its weight; 0: at once.
+    pub slow_start_s: u64,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
 }
@@ -758,6 +764,40 @@ impl Config {
                 if hit {
                     backend.weight = 0;
                 }
+            }
+        }
+    }
+
+    /// Scales the weights of every VIP with a backend in `ramped` (its
+    /// VIP's endpoint and identity, and the fraction of its weight it
+    /// takes now) so that each ramping backend weighs that fraction of its
+    /// weight against the others' whole weights (at least 1 while its
+    /// weight is positive).
+    pub fn ramp(&mut self, ramped: &[((String, SocketAddr), f64)]) {
+        const SCALE: f64 = 100.0;
+        for vip in &mut self.vips {
+            let endpoint = vip.endpoint();
+            let factors: Vec<Option<f64>> = vip
+                .backends
+                .iter()
+                .map(|b| {
+                    let addr = vip.backend_addr(b);
+                    ramped
+                        .iter()
+                        .find(|((e, a), _)| *e == endpoint && *a == addr)
+                        .map(|(_, factor)| factor.clamp(0.0, 1.0))
+                })
+                .collect();
+            if factors.iter().all(Option::is_none) {
+                continue;
+            }
+            for (backend, factor) in vip.backends.iter_mut().zip(factors) {
+                let whole = f64::from(backend.weight) * SCALE;
+                backend.weight = match factor {
+                    _ if backend.weight == 0 => 0,
+                    Some(factor) => (whole * factor).round().max(1.0) as u32,
+                    None => whole as u32,
+                };
             }
         }
     }

@@ -11,8 +11,8 @@ use super::{
     Announce, Api, BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES,
     CheckKind, Config, EJECTION_TIMES_S, Encapsulation, Forwarding, Group, GuardOverrides, Guards,
     HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance,
-    MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, RISE_FALL, Secret, UnreadableVip,
-    VipConfig, span,
+    MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, RISE_FALL, SLOW_STARTS_S, Secret,
+    UnreadableVip, VipConfig, span,
 };
 use crate::{
     problem::{Problem, quoted},
@@ -212,6 +212,10 @@ fn boolean(value: &Value) -> Result<bool, String> {
 
 fn outlier_interval(value: &Value) -> Result<u64, String> {
     in_range(value, &OUTLIER_INTERVALS_S, " seconds")
+}
+
+fn slow_start(value: &Value) -> Result<u64, String> {
+    in_range(value, &SLOW_STARTS_S, " seconds")
 }
 
 fn ejection_time(value: &Value) -> Result<u64, String> {
@@ -711,6 +715,9 @@ fn read_vip(
         .optional(problems, "forwarding", forwarding)
         .unwrap_or(defaults.forwarding);
     let eject_outliers = s.optional(problems, "eject_outliers", boolean);
+    let slow_start_s = s
+        .optional(problems, "slow_start_s", slow_start)
+        .unwrap_or(0);
     let backends = s
         .optional(problems, "backend", tables)
         .unwrap_or_default()
@@ -730,6 +737,7 @@ fn read_vip(
             table,
             forwarding,
             eject_outliers,
+            slow_start_s,
             backends,
         }),
         _ => Err(UnreadableVip { location, backends }),

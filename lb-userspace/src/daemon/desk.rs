@@ -33,8 +33,8 @@ pub struct TableChange {
     pub vips: Vec<String>,
 }
 
-/// The backends left out of what is installed, beside what the
-/// operator's config says.
+/// The backends left out of what is installed (or partly out, while they
+/// ramp up), beside what the operator's config says.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LeftOut<'a> {
     /// Found dead by health checks: out of the tables, their slots
@@ -43,7 +43,14 @@ pub struct LeftOut<'a> {
     /// Ejected as outliers: out of the tables for new flows, their
     /// established flows kept.
     pub ejected: &'a [Down],
+    /// Ramping up after they joined their table (slow start): each with
+    /// the fraction of its weight it takes now.
+    pub ramped: &'a [Ramped],
 }
+
+/// A backend ramping up: its VIP's endpoint and identity, and the
+/// fraction of its weight it takes now.
+pub type Ramped = (Down, f64);
 
 /// Which door a change came by.
 #[derive(Clone, Debug)]
@@ -63,6 +70,8 @@ pub enum Door {
     /// The outlier detector: backends ejected, or back after their
     /// ejection.
     Outlier(TableChange),
+    /// Slow start: ramping backends take a larger part of their weight.
+    SlowStart(TableChange),
 }
 
 impl Door {
@@ -76,6 +85,7 @@ impl Door {
             Door::Neighbours => "neighbours".into(),
             Door::Health(_) => "health".into(),
             Door::Outlier(_) => "outlier".into(),
+            Door::SlowStart(_) => "slow-start".into(),
         }
     }
 
@@ -83,7 +93,9 @@ impl Door {
     /// VIP.
     pub fn details(&self) -> (&[String], &[String]) {
         match self {
-            Door::Health(change) | Door::Outlier(change) => (&change.details, &change.vips),
+            Door::Health(change) | Door::Outlier(change) | Door::SlowStart(change) => {
+                (&change.details, &change.vips)
+            }
             _ => (&[], &[]),
         }
     }
@@ -275,7 +287,10 @@ impl<D: Install> Desk<D> {
                 expected,
             };
         }
-        let reconciles = matches!(door, Door::Neighbours | Door::Health(_) | Door::Outlier(_));
+        let reconciles = matches!(
+            door,
+            Door::Neighbours | Door::Health(_) | Door::Outlier(_) | Door::SlowStart(_)
+        );
         if text == self.in_force.text && !reconciles {
             return Decision::Unchanged { generation };
         }

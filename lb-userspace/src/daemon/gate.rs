@@ -463,8 +463,9 @@ pub fn apply<D: Install>(
         }
     };
     // The plan judged the operator's config; what is installed also leaves
-    // out the backends health checks took down and the outliers ejected
-    // (their VIPs' tables are built again without them).
+    // out the backends health checks took down and the outliers ejected,
+    // and weighs ramping backends at their fraction (their VIPs' tables
+    // are built again).
     let taken;
     let out: Vec<Down> = left_out
         .down
@@ -472,11 +473,17 @@ pub fn apply<D: Install>(
         .chain(left_out.ejected)
         .cloned()
         .collect();
-    let (config, tables) = if out.is_empty() {
+    let rebuilt: Vec<&str> = out
+        .iter()
+        .chain(left_out.ramped.iter().map(|(d, _)| d))
+        .map(|(endpoint, _)| endpoint.as_str())
+        .collect();
+    let (config, tables) = if rebuilt.is_empty() {
         (next.config(), next.tables())
     } else {
         let mut config = next.config().clone();
         config.take_down(&out);
+        config.ramp(left_out.ramped);
         let tables: Vec<Option<VipTable>> = config
             .vips
             .iter()
@@ -485,7 +492,7 @@ pub fn apply<D: Install>(
                 let endpoint = vip.endpoint();
                 table
                     .clone()
-                    .filter(|_| !out.iter().any(|(e, _)| *e == endpoint))
+                    .filter(|_| !rebuilt.contains(&endpoint.as_str()))
             })
             .collect();
         taken = (config, tables);
@@ -507,7 +514,7 @@ pub fn apply<D: Install>(
     records
         .write(
             D::bank(&staged),
-            &Record::of(&state, text, (&held_out, left_out.ejected), generation),
+            &Record::of(&state, text, (&held_out, &left_out), generation),
         )
         .map_err(at(Step::Record))?;
     if let Some(path) = persist {

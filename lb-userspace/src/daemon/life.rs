@@ -41,7 +41,8 @@ pub enum Event {
     /// The config file changed on disk.
     FileChanged,
     /// Time to look at the neighbour table again (and at health changes
-    /// damping held back, and the outlier detector's findings).
+    /// damping held back, the outlier detector's findings, and the
+    /// slow-start ramps).
     Neighbours,
     /// A backend's health checks changed its state.
     Health(Transition),
@@ -287,6 +288,7 @@ fn handle(controller: &mut Controller, event: Event, options: &Options, seen: &F
             controller.refresh_neighbours();
             controller.reconcile_health();
             controller.reconcile_outliers();
+            controller.advance_ramps();
             controller.announce();
         }
         Event::Health(transition) => {

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod life;
 pub mod notify;
 pub mod outlier;
+pub mod ramp;
 pub mod records;
 pub mod scrape;
 pub mod seed;
@@ -20,7 +21,7 @@ pub mod trace;
 pub mod wire;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     path::Path,
     sync::Arc,
@@ -30,7 +31,7 @@ use std::{
 use crate::errors::Chain;
 use crate::{
     announce::{self, Announcer, Hold},
-    config::{MacAddr, Protocol},
+    config::{Config, MacAddr, Protocol},
     daemon::records::RecordDir,
     dataplane::state::{DesiredState, flow_key},
     dataplane::{Dataplane, pins::PinDir, table_id},
@@ -38,7 +39,7 @@ use crate::{
     monitor::{Attachment, LastChange, Monitor, View, unix_now},
     net,
     policy::plan::{Plan, plan},
-    policy::{Outcome, validate::validate},
+    policy::{Outcome, health::Down, validate::validate},
     problem::Problem,
 };
 use api::{Reply, Request};
@@ -65,6 +66,7 @@ pub struct Controller {
     changes: HashMap<String, LastChange>,
     health: health::HealthControl,
     outliers: outlier::OutlierControl,
+    ramps: ramp::RampControl,
     /// Keeps BIRD's routes in step, when the config announces.
     announcer: Option<Announcer>,
     /// The trace session's events.
@@ -152,12 +154,11 @@ impl Controller {
             changes,
             health,
             outliers,
+            ramps: ramp::RampControl::default(),
             announcer,
             trace: hub,
         };
-        controller
-            .monitor
-            .ejected(controller.outliers.ejected().into_iter().collect());
+        controller.tell_left_out();
         controller.report_group()?;
         Ok(controller)
     }
@@ -441,6 +442,9 @@ impl Controller {
         door: Door,
     ) -> Reply {
         let (down, ejected) = (self.health.down(), self.outliers.ejected());
+        let ramps_before = self.ramps.clone();
+        self.start_ramps(&text, (&down, &ejected));
+        let ramped = self.ramps.ramped();
         // What the file said, for the doors that read it.
         let file_text =
             matches!(door, Door::FileChanged | Door::Sighup | Door::Start).then(|| text.clone());
@@ -453,8 +457,12 @@ impl Controller {
         let left_out = desk::LeftOut {
             down: &down,
             ejected: &ejected,
+            ramped: &ramped,
         };
         let decision = self.desk.change(request, left_out, &self.network);
+        if !matches!(decision, Decision::Applied { .. }) {
+            self.ramps.undo(ramps_before);
+        }
         let (reply, codes, reasons) = match &decision {
             Decision::Stale {
                 generation,
@@ -572,13 +580,17 @@ impl Controller {
         {
             self.changes.insert(endpoint, change.clone());
         }
-        if !matches!(door, Door::Health(_) | Door::Outlier(_)) {
+        if !matches!(
+            door,
+            Door::Health(_) | Door::Outlier(_) | Door::SlowStart(_)
+        ) {
             self.health.retarget(self.desk.in_force().config());
         }
         self.follow_announce_settings();
         if let Err(e) = self.report_group() {
             crate::note!("reading the seed in force: {e:#}");
         }
+        self.tell_left_out();
         if let Some(state) = self.desk.dataplane.installed() {
             self.monitor.install(
                 View::of(state, self.desk.dataplane.generation(), &self.changes),
@@ -608,6 +620,48 @@ impl Controller {
         }
     }
 
+    /// Starts the ramps of the backends that `text` (the config a change
+    /// proposes), installed without `out` (down, ejected), puts into a
+    /// table they are not in now.
+    fn start_ramps(&mut self, text: &str, (down, ejected): (&[Down], &[Down])) {
+        let Ok(next) = Config::parse(text) else {
+            return;
+        };
+        let out: BTreeSet<Down> = down.iter().chain(ejected).cloned().collect();
+        let before: BTreeSet<Down> = self
+            .desk
+            .dataplane
+            .installed()
+            .iter()
+            .flat_map(|state| &state.vips)
+            .flat_map(|vip| {
+                let endpoint = vip.endpoint();
+                vip.backends
+                    .iter()
+                    .filter(|b| b.weight > 0 && !b.down)
+                    .map(move |b| (endpoint.clone(), b.addr))
+            })
+            .collect();
+        let serving = ramp::serving(&next, &out);
+        self.ramps.start(&next, (&before, &serving), Instant::now());
+    }
+
+    /// Moves the slow-start ramps on, by the door `slow-start`.
+    pub fn advance_ramps(&mut self) {
+        let before = self.ramps.clone();
+        if let Some(change) = self.ramps.advance(Instant::now()) {
+            let reply = self.change(
+                self.desk.in_force().text.clone(),
+                false,
+                None,
+                Door::SlowStart(change),
+            );
+            if reply.status != 200 {
+                self.ramps.undo(before);
+            }
+        }
+    }
+
     /// Takes the outlier detector's findings to the tables, by the door
     /// `outlier`: ejections, returns, and the ejected backends of a VIP
     /// health failures put into panic.
@@ -630,8 +684,15 @@ impl Controller {
                 self.outliers.undo(before);
             }
         }
-        self.monitor
-            .ejected(self.outliers.ejected().into_iter().collect());
+        self.tell_left_out();
+    }
+
+    /// Tells the monitor which backends are ejected and which ramp up.
+    fn tell_left_out(&self) {
+        self.monitor.left_out(
+            self.outliers.ejected().into_iter().collect(),
+            self.ramps.ramped().into_iter().collect(),
+        );
     }
 
     /// The config file was read with `text`: is that the config in force?

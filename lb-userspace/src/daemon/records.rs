@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, MacAddr},
+    daemon::desk::{LeftOut, Ramped},
     dataplane::state::{BackendState, DesiredState, UnknownMac, VipState, ip_from, vip_key},
     durable,
     table::TableSize,
@@ -44,6 +45,10 @@ pub struct Record {
     /// active): VIP endpoint and identity.
     #[serde(default)]
     pub ejected: Vec<(String, SocketAddr)>,
+    /// Backends ramping up (slow start), with the fraction of their weight
+    /// they took.
+    #[serde(default)]
+    pub ramped: Vec<Ramped>,
     /// The ids and MACs it gave.
     pub vips: Vec<RecordedVip>,
 }
@@ -76,11 +81,11 @@ pub struct RecordedBackend {
 
 impl Record {
     /// The record of `state`, built from `config` text with the backends
-    /// `held_out` and `ejected` left out of its tables, as `generation`.
+    /// `held_out` and `left_out` left out of its tables, as `generation`.
     pub fn of(
         state: &DesiredState,
         config: &str,
-        (held_out, ejected): (&[IpAddr], &[(String, SocketAddr)]),
+        (held_out, left_out): (&[IpAddr], &LeftOut<'_>),
         generation: u64,
     ) -> Self {
         Self {
@@ -89,7 +94,8 @@ impl Record {
             config: config.to_string(),
             held_out: held_out.to_vec(),
             down: state.down_backends(),
-            ejected: ejected.to_vec(),
+            ejected: left_out.ejected.to_vec(),
+            ramped: left_out.ramped.to_vec(),
             vips: state
                 .vips
                 .iter()
@@ -114,7 +120,7 @@ impl Record {
 
     /// Rebuilds the config and the exact state this record describes: the
     /// same ids, MACs and tables (held-out, dead and ejected backends at
-    /// weight 0).
+    /// weight 0, ramping ones at their fraction).
     /// The config returned holds out only the backends without a MAC: it
     /// is the operator's config as the plan judges it.
     pub fn state(&self) -> anyhow::Result<(Config, DesiredState)> {
@@ -124,6 +130,7 @@ impl Record {
         let out: Vec<(String, SocketAddr)> =
             self.down.iter().chain(&self.ejected).cloned().collect();
         config.take_down(&out);
+        config.ramp(&self.ramped);
         let skeleton = DesiredState {
             table_size: TableSize::new(config.table_size)?,
             idle: config.idle,

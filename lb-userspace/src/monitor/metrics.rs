@@ -394,6 +394,22 @@ impl Scrape {
              flows, its established flows kept.",
         )
         .encode(encoder, self.per_backend(|b| flag(b.ejected)))?;
+        gauge(
+            "backend_slow_start",
+            "The fraction of its weight a backend ramping up after it joined its table takes \
+             now (ramping backends only).",
+        )
+        .encode(
+            encoder,
+            self.pairs().filter_map(|(v, b)| {
+                b.slow_start.map(|part| {
+                    (
+                        [("vip", v.name.as_str()), ("backend", b.name.as_str())],
+                        part,
+                    )
+                })
+            }),
+        )?;
         // Health: only backends that are checked (kind "none" is not).
         let checked = |value: fn(&BackendReport) -> Option<f64>| {
             self.pairs().filter_map(move |(v, b)| {

@@ -216,8 +216,11 @@ struct State {
     view: Arc<View>,
     window: Window,
     outliers: Detector,
-    /// The backends the controller ejected as outliers, per VIP endpoint.
+    /// The backends the controller ejected as outliers.
     ejected: BTreeSet<Down>,
+    /// The backends ramping up (slow start), with the fraction of their
+    /// weight they take.
+    ramped: BTreeMap<Down, f64>,
     facts: Facts,
     verdicts: Vec<VipHealth>,
     health_changes: BTreeMap<String, Changes>,
@@ -254,6 +257,7 @@ impl Monitor {
                 window: Window::new(imbalance),
                 outliers: Detector::new(outlier),
                 ejected: BTreeSet::new(),
+                ramped: BTreeMap::new(),
                 facts: Facts::default(),
                 verdicts: Vec::new(),
                 health_changes: BTreeMap::new(),
@@ -295,9 +299,12 @@ impl Monitor {
         (state.outliers.judged(), state.outliers.found().to_vec())
     }
 
-    /// The backends ejected as outliers now.
-    pub fn ejected(&self, ejected: BTreeSet<Down>) {
-        self.lock().ejected = ejected;
+    /// The backends ejected as outliers now, and those ramping up with
+    /// the fraction of their weight they take.
+    pub fn left_out(&self, ejected: BTreeSet<Down>, ramped: BTreeMap<Down, f64>) {
+        let mut state = self.lock();
+        state.ejected = ejected;
+        state.ramped = ramped;
     }
 
     /// Counts one decision of the gate; `codes` are a refusal's problem codes.
@@ -391,6 +398,7 @@ impl Monitor {
                 verdicts: &state.verdicts,
                 changes: &state.health_changes,
                 ejected: &state.ejected,
+                ramped: &state.ramped,
             },
             active.as_ref(),
         )

@@ -35,6 +35,8 @@ pub struct Healths<'a> {
     pub changes: &'a BTreeMap<String, Changes>,
     /// The backends ejected as outliers.
     pub ejected: &'a BTreeSet<Down>,
+    /// The backends ramping up, with the fraction of their weight they take.
+    pub ramped: &'a BTreeMap<Down, f64>,
 }
 
 /// Counters of the whole data plane.
@@ -246,6 +248,10 @@ pub struct BackendReport {
     /// established flows kept.
     #[serde(default)]
     pub ejected: bool,
+    /// Ramping up after it joined the table (slow start): the fraction of
+    /// its weight it takes now.
+    #[serde(default)]
+    pub slow_start: Option<f64>,
     /// Held out of the table: no MAC could be found for it.
     #[serde(default)]
     pub held_out: bool,
@@ -352,6 +358,10 @@ impl Report {
                                 ejected: healths
                                     .ejected
                                     .contains(&(vip.endpoint.clone(), b.socket)),
+                                slow_start: healths
+                                    .ramped
+                                    .get(&(vip.endpoint.clone(), b.socket))
+                                    .copied(),
                                 held_out: b.held_out,
                                 imbalanced: judged.imbalanced,
                                 skewed_for_s: judged.skewed_for.map(|d| d.as_secs()),
@@ -560,6 +570,13 @@ impl Report {
                         success(b.peers_success)
                     ),
                     (false, false) => mark,
+                };
+                let mark = match b.slow_start {
+                    Some(part) => format!(
+                        "{mark}  RAMPING (slow start): {:.0}% of its weight",
+                        part * 100.0
+                    ),
+                    None => mark,
                 };
                 let health = match b.check_ms {
                     Some(ms) => format!("{} {ms:.0}ms", b.health),

@@ -15,7 +15,8 @@ use crate::{
     config::{
         BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES, CheckKind,
         Config, EJECTION_TIMES_S, Guards, HealthCheck, HealthOverrides, IDLE_TIMEOUTS,
-        IMBALANCE_WINDOWS_S, OUTLIER_INTERVALS_S, Protocol, RISE_FALL, VipConfig, span,
+        IMBALANCE_WINDOWS_S, OUTLIER_INTERVALS_S, Protocol, RISE_FALL, SLOW_STARTS_S, VipConfig,
+        span,
     },
     problem::{Problem, is_unprintable, quoted},
     table::{ALLOWED_SIZES, BackendIdentity, TableError, TableSize, VipTable},
@@ -1008,6 +1009,15 @@ fn check_vip(
             "address",
             vip.address.to_string(),
             format!("a VIP cannot be {why}"),
+        ));
+    }
+    if !SLOW_STARTS_S.contains(&vip.slow_start_s) {
+        problems.push(Problem::error(
+            "slow-start",
+            &location,
+            "slow_start_s",
+            vip.slow_start_s.to_string(),
+            format!("must be {} seconds", span(&SLOW_STARTS_S)),
         ));
     }
     if vip.protocol == Protocol::Udp && vip.eject_outliers == Some(true) {

@@ -261,7 +261,10 @@ fn health(vips: &[&str]) -> Door {
 
 /// Only `down` left out, by health checks.
 fn down_only(down: &[Down]) -> LeftOut<'_> {
-    LeftOut { down, ejected: &[] }
+    LeftOut {
+        down,
+        ..LeftOut::default()
+    }
 }
 
 fn codes(decision: &Decision) -> Vec<String> {
@@ -552,7 +555,7 @@ fn health_and_operator_changes_interleave_without_losing_either() {
 }
 
 #[test]
-fn an_ejected_backend_leaves_the_table_but_keeps_its_slot_and_is_recorded() {
+fn ejected_and_ramping_backends_are_installed_and_recorded_apart_from_dead_ones() {
     let mut rig = Rig::new(&config(&[1, 1, 1, 1], "", true));
     let text = rig.desk.in_force().text.clone();
     let ejected: Vec<Down> = vec![(VIP.to_string(), backend(2))];
@@ -561,9 +564,11 @@ fn an_ejected_backend_leaves_the_table_but_keeps_its_slot_and_is_recorded() {
         details: vec!["web: eject 198.18.0.2:80".into()],
         vips: vec![VIP.into()],
     });
+    let ramped: Vec<Ramped> = vec![((VIP.to_string(), backend(3)), 0.5)];
     let left_out = LeftOut {
         down: &down,
         ejected: &ejected,
+        ramped: &ramped,
     };
     let decision = rig.request(&text, outlier, false, None, left_out);
     assert!(matches!(decision, Decision::Applied { .. }), "{decision:?}");
@@ -591,8 +596,12 @@ fn an_ejected_backend_leaves_the_table_but_keeps_its_slot_and_is_recorded() {
     );
     let record = rig.live_record();
     assert_eq!(
-        (record.down.clone(), record.ejected.clone()),
-        (down.clone(), ejected.clone())
+        (
+            record.down.clone(),
+            record.ejected.clone(),
+            record.ramped.clone()
+        ),
+        (down.clone(), ejected.clone(), ramped.clone())
     );
     let (_, rebuilt) = record.state().expect("the record rebuilds");
     assert_eq!(
