@@ -384,6 +384,39 @@ pub fn keep_connecting(
     })
 }
 
+/// Stops the clients when dropped.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `body` while `clients` keep connecting to `vip` from the client
+/// namespace; returns what they met.
+pub fn while_connecting(
+    client: &Netns,
+    vip: SocketAddr,
+    clients: Clients,
+    body: impl FnOnce(),
+) -> Tally {
+    let stop = AtomicBool::new(false);
+    let tally = Mutex::new(Tally::default());
+    std::thread::scope(|scope| {
+        let driver = scope.spawn(|| keep_connecting(client, vip, clients, (&stop, &tally)));
+        {
+            let _stop = Stop(&stop);
+            body();
+        }
+        driver
+            .join()
+            .expect("the clients' thread")
+            .expect("the clients connect");
+    });
+    tally.into_inner().expect("tally")
+}
+
 fn udp_once(vip: SocketAddr, source_port: u16) -> anyhow::Result<String> {
     let bind: SocketAddr = match vip.ip() {
         IpAddr::V4(_) => ([0, 0, 0, 0], source_port).into(),

@@ -6,10 +6,7 @@
 //! misbehave only `max_ejection_percent` of the weight is ejected, and
 //! when all of them do, nobody is.
 
-use std::{
-    sync::{Mutex, atomic::AtomicBool, atomic::Ordering},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use lb_tests::{
     lab::{BackendSpec, Lab},
@@ -39,33 +36,10 @@ const CLIENTS: traffic::Clients = traffic::Clients {
     pace: Duration::from_millis(100),
 };
 
-/// Stops the clients when dropped.
-struct Stop<'a>(&'a AtomicBool);
-
-impl Drop for Stop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Runs `body` while `CLIENTS` keep connecting to web4; returns what
 /// they met.
 fn with_clients(lab: &Lab, body: impl FnOnce()) -> Tally {
-    let stop = AtomicBool::new(false);
-    let tally = Mutex::new(Tally::default());
-    std::thread::scope(|scope| {
-        let driver = scope
-            .spawn(|| traffic::keep_connecting(lab.client(), web4(), CLIENTS, (&stop, &tally)));
-        {
-            let _stop = Stop(&stop);
-            body();
-        }
-        driver
-            .join()
-            .expect("the clients' thread")
-            .expect("the clients connect");
-    });
-    tally.into_inner().expect("tally")
+    traffic::while_connecting(lab.client(), web4(), CLIENTS, body)
 }
 
 fn ejected(status: &Value, name: &str) -> bool {

@@ -1,11 +1,12 @@
 //! `fulcrum apply FILE`: sends a whole config to the daemon on its `[api]
 //! socket` (or `--socket`), which takes it through the gate (validate, plan against what is installed, guards,
 //! build, stage, verify, go live in one step) and writes it back to its
-//! config file before answering.
+//! config file before answering; with `--watch`, waits for the watch's
+//! verdict.
 
 use std::path::PathBuf;
 
-use super::client::Connection;
+use super::{client::Connection, watch::WatchArg};
 use crate::{
     config::Config,
     daemon::wire::{self, ApplyRequest, ChangeAnswer},
@@ -25,6 +26,9 @@ pub struct ApplyArgs {
     /// Refuse unless the generation in force is N (from `fulcrum status`).
     #[arg(long, value_name = "N")]
     pub if_generation: Option<u64>,
+    /// Watch the change, and wait for the verdict.
+    #[command(flatten)]
+    pub watch: WatchArg,
     /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
@@ -77,9 +81,11 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         config,
         force: args.force,
         if_generation: args.if_generation,
+        watch_s: args.watch.watch_s(),
     };
     let answer = connection
         .request(wire::APPLY, Some(&request))
         .context("fulcrum apply")?;
-    connection.finish(&answer, change_text)
+    connection.finish(&answer, change_text)?;
+    args.watch.wait(&connection, &answer)
 }

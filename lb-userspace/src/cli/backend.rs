@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::{
     apply::change_text,
     client::{Connection, NO_BODY},
+    watch::WatchArg,
 };
 use crate::daemon::{
     edit::Action,
@@ -30,6 +31,9 @@ pub struct BackendArgs {
     /// Refuse unless the generation in force is N.
     #[arg(long, global = true, value_name = "N")]
     pub if_generation: Option<u64>,
+    /// Watch the change, and wait for the verdict.
+    #[command(flatten)]
+    pub watch: WatchArg,
     /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
@@ -134,12 +138,14 @@ pub fn run(args: BackendArgs) -> anyhow::Result<()> {
         port,
         force: args.force,
         if_generation: args.if_generation,
+        watch_s: args.watch.watch_s(),
     };
     let answer = args
         .connection
         .request(wire::BACKEND, Some(&request))
         .with_context(|| format!("fulcrum backend {verb}"))?;
     args.connection.finish(&answer, change_text)?;
+    args.watch.wait(&args.connection, &answer)?;
     if let BackendAction::Drain { target, wait: true } = &args.action {
         let limit = args.connection.timeout.unwrap_or(DRAIN_TIMEOUT);
         wait_drained(&args.connection, target, limit)?;

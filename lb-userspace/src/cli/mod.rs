@@ -16,6 +16,7 @@ pub mod tables;
 pub mod top;
 pub mod trace;
 pub mod validate;
+pub mod watch;
 
 use std::path::Path;
 

@@ -25,7 +25,27 @@ fn text(status: &StatusAnswer) -> String {
         "interface {} ({attached}), generation {}, config {}\n",
         status.interface, status.report.generation, status.config,
     );
-    header + &status.report.to_text()
+    let watch = match &status.watch {
+        Some(w) if w.state == "watching" => format!(
+            "WATCHING generation {} ({}): {} s left; it is rolled back if it makes {} worse\n",
+            w.generation,
+            w.source,
+            w.left_s.unwrap_or(0),
+            w.vips.join(", ")
+        ),
+        Some(w) => format!(
+            "last watch: generation {} ({}): {}\n{}",
+            w.generation,
+            w.source,
+            w.state,
+            w.evidence
+                .iter()
+                .map(|line| format!("  {line}\n"))
+                .collect::<String>()
+        ),
+        None => String::new(),
+    };
+    header + &watch + &status.report.to_text()
 }
 
 /// Asks the daemon and prints the answer.

@@ -48,6 +48,9 @@ pub const OUTLIER_INTERVALS_S: RangeInclusive<u64> = 1..=3600;
 /// Allowed slow-start ramps, in seconds (0: off; up to an hour).
 pub const SLOW_STARTS_S: RangeInclusive<u64> = 0..=3600;
 
+/// Allowed watch times, in seconds (0: only when asked; up to an hour).
+pub const WATCH_TIMES_S: RangeInclusive<u64> = 0..=3600;
+
 /// Allowed ejection times, in seconds (up to a day).
 pub const EJECTION_TIMES_S: RangeInclusive<u64> = 1..=86_400;
 
@@ -89,6 +92,8 @@ pub struct Config {
     /// When a backend's handshakes make it an outlier, and how outliers
     /// are ejected.
     pub outlier: Outlier,
+    /// How operator changes are watched, and when they roll back.
+    pub rollout: Rollout,
     /// The group of hosts behind one ECMP route this host belongs to.
     pub group: Option<Group>,
     /// How this host announces the VIPs it is ready to serve.
@@ -716,6 +721,35 @@ impl Default for Outlier {
     }
 }
 
+/// How an operator's change is watched: for `watch_s` seconds after it
+/// goes live, the changed VIPs' signals are compared with what they were
+/// before, and a change that made them worse is rolled back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    /// Seconds each change is watched; 0: only when asked (`--watch`).
+    pub watch_s: u64,
+    /// Whether a watched change is judged, and rolled back when it made
+    /// things worse (per VIP: `rollback`).
+    pub rollback: bool,
+    /// How far a VIP's handshake success may fall (a fraction: 0.1 is ten
+    /// points) before the change counts as worse.
+    pub max_success_drop: f64,
+    /// Handshake attempts a VIP must see during the watch for its success
+    /// to be compared.
+    pub min_syns: u64,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            watch_s: 0,
+            rollback: true,
+            max_success_drop: 0.1,
+            min_syns: 50,
+        }
+    }
+}
+
 /// One virtual IP service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VipConfig {
@@ -742,6 +776,9 @@ pub struct VipConfig {
     /// Seconds over which a backend that joins its table (added, back from
     /// down, drain or ejection) ramps up to its weight; 0: at once.
     pub slow_start_s: u64,
+    /// Whether a watched change that made this VIP worse is rolled back
+    /// (`rollback`); `None`: as `[rollout] rollback` says.
+    pub rollback: Option<bool>,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
 }

@@ -11,8 +11,8 @@ use super::{
     Announce, Api, BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES,
     CheckKind, Config, EJECTION_TIMES_S, Encapsulation, Forwarding, Group, GuardOverrides, Guards,
     HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance,
-    MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, RISE_FALL, SLOW_STARTS_S, Secret,
-    UnreadableVip, VipConfig, span,
+    MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, RISE_FALL, Rollout, SLOW_STARTS_S,
+    Secret, UnreadableVip, VipConfig, WATCH_TIMES_S, span,
 };
 use crate::{
     problem::{Problem, quoted},
@@ -212,6 +212,10 @@ fn boolean(value: &Value) -> Result<bool, String> {
 
 fn outlier_interval(value: &Value) -> Result<u64, String> {
     in_range(value, &OUTLIER_INTERVALS_S, " seconds")
+}
+
+fn watch_time(value: &Value) -> Result<u64, String> {
+    in_range(value, &WATCH_TIMES_S, " seconds")
 }
 
 fn slow_start(value: &Value) -> Result<u64, String> {
@@ -422,6 +426,10 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .optional(&mut problems, "outlier", table)
         .map(|t| read_outlier(t, &mut problems))
         .unwrap_or_default();
+    let rollout = top
+        .optional(&mut problems, "rollout", table)
+        .map(|t| read_rollout(t, &mut problems))
+        .unwrap_or_default();
     let encapsulation = top
         .optional(&mut problems, "encapsulation", table)
         .map(|t| read_encapsulation(t, &mut problems))
@@ -463,6 +471,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         api,
         imbalance,
         outlier,
+        rollout,
         group,
         announce,
         encapsulation,
@@ -662,6 +671,27 @@ fn read_outlier(t: &Table, problems: &mut Vec<Problem>) -> Outlier {
     outlier
 }
 
+fn read_rollout(t: &Table, problems: &mut Vec<Problem>) -> Rollout {
+    let mut s = Section::new(t, "rollout");
+    let defaults = Rollout::default();
+    let rollout = Rollout {
+        watch_s: s
+            .optional(problems, "watch_s", watch_time)
+            .unwrap_or(defaults.watch_s),
+        rollback: s
+            .optional(problems, "rollback", boolean)
+            .unwrap_or(defaults.rollback),
+        max_success_drop: s
+            .optional(problems, "max_success_drop", fraction)
+            .unwrap_or(defaults.max_success_drop),
+        min_syns: s
+            .optional(problems, "min_syns", count)
+            .unwrap_or(defaults.min_syns),
+    };
+    s.finish(problems);
+    rollout
+}
+
 /// `vip "name"`, else `vip <address>:<port>/<protocol>` as written, else
 /// `vip #n`: the most recognisable label available before reading.
 fn vip_location(t: &Table, index: usize) -> String {
@@ -718,6 +748,7 @@ fn read_vip(
     let slow_start_s = s
         .optional(problems, "slow_start_s", slow_start)
         .unwrap_or(0);
+    let rollback = s.optional(problems, "rollback", boolean);
     let backends = s
         .optional(problems, "backend", tables)
         .unwrap_or_default()
@@ -738,6 +769,7 @@ fn read_vip(
             forwarding,
             eject_outliers,
             slow_start_s,
+            rollback,
             backends,
         }),
         _ => Err(UnreadableVip { location, backends }),

@@ -56,6 +56,8 @@ pub enum Request {
     Tables,
     /// `POST /v1/detach`.
     Detach,
+    /// `GET /v1/watch`.
+    Watch,
     /// `POST /v1/trace`: open a trace session.
     TraceStart(TraceRequest),
     /// Renew the open session's lease (its stream is still read).
@@ -273,6 +275,7 @@ bare_route!(status, Status);
 bare_route!(config, Config);
 bare_route!(tables, Tables);
 bare_route!(detach, Detach);
+bare_route!(watch, Watch);
 
 macro_rules! json_route {
     ($name:ident, $body:ty, $variant:ident) => {
@@ -417,6 +420,7 @@ pub fn serve(socket: &Path, jobs: Jobs, hub: Hub, runtime: &Handle) -> anyhow::R
         .route(wire::EXPLAIN.path, post(explain))
         .route(wire::DETACH.path, post(detach))
         .route(wire::TRACE.path, post(trace))
+        .route(wire::WATCH.path, get(watch))
         .fallback(|| async {
             respond(Reply::error(
                 404,

@@ -72,6 +72,9 @@ pub enum Door {
     Outlier(TableChange),
     /// Slow start: ramping backends take a larger part of their weight.
     SlowStart(TableChange),
+    /// A watched change made things worse: the config before it, back
+    /// (written back to the file, like an API change).
+    Rollback(TableChange),
 }
 
 impl Door {
@@ -86,6 +89,7 @@ impl Door {
             Door::Health(_) => "health".into(),
             Door::Outlier(_) => "outlier".into(),
             Door::SlowStart(_) => "slow-start".into(),
+            Door::Rollback(_) => "rollback".into(),
         }
     }
 
@@ -93,9 +97,10 @@ impl Door {
     /// VIP.
     pub fn details(&self) -> (&[String], &[String]) {
         match self {
-            Door::Health(change) | Door::Outlier(change) | Door::SlowStart(change) => {
-                (&change.details, &change.vips)
-            }
+            Door::Health(change)
+            | Door::Outlier(change)
+            | Door::SlowStart(change)
+            | Door::Rollback(change) => (&change.details, &change.vips),
             _ => (&[], &[]),
         }
     }
@@ -294,7 +299,8 @@ impl<D: Install> Desk<D> {
         if text == self.in_force.text && !reconciles {
             return Decision::Unchanged { generation };
         }
-        let persist = matches!(door, Door::Api(..)).then_some(self.config_path.as_path());
+        let persist =
+            matches!(door, Door::Api(..) | Door::Rollback(_)).then_some(self.config_path.as_path());
         if persist.is_some() {
             // An edit of the file that is not in force (refused, or not seen
             // yet) would be overwritten by the write-back: refuse instead.

@@ -268,6 +268,7 @@ fn handle(controller: &mut Controller, event: Event, options: &Options, seen: &F
                     );
                 } else {
                     controller.change(text, false, None, Door::Sighup);
+                    controller.begin_watch(None);
                 }
             }
             Err(e) => crate::note!("SIGHUP: {e:#}; the installed state stays in force"),
@@ -278,6 +279,7 @@ fn handle(controller: &mut Controller, event: Event, options: &Options, seen: &F
             match read_config(&options.config) {
                 Ok(text) if text != controller.config_text() => {
                     controller.change(text, false, None, Door::FileChanged);
+                    controller.begin_watch(None);
                 }
                 Ok(text) => controller.file_seen(&text),
                 Err(e) => crate::note!("{e:#}; the installed state stays in force"),
@@ -289,6 +291,7 @@ fn handle(controller: &mut Controller, event: Event, options: &Options, seen: &F
             controller.reconcile_health();
             controller.reconcile_outliers();
             controller.advance_ramps();
+            controller.check_watch();
             controller.announce();
         }
         Event::Health(transition) => {

@@ -18,6 +18,7 @@ pub mod scrape;
 pub mod seed;
 pub mod start;
 pub mod trace;
+pub mod watch;
 pub mod wire;
 
 use std::{
@@ -44,7 +45,7 @@ use crate::{
 };
 use api::{Reply, Request};
 pub use desk::Door;
-use desk::{Decision, Desk, changed_vips};
+use desk::{Decision, Desk, TableChange, changed_vips};
 use gate::{HostNetwork, InForce};
 use journal::Journal;
 use wire::{
@@ -67,6 +68,13 @@ pub struct Controller {
     health: health::HealthControl,
     outliers: outlier::OutlierControl,
     ramps: ramp::RampControl,
+    /// The operator's change under watch, if one is.
+    watch: Option<watch::Watch>,
+    /// How the last watch ended.
+    watched: Option<watch::WatchReport>,
+    /// The last operator change applied, for a watch to start from: its
+    /// generation, the door, the config before it and the VIPs it changed.
+    last_applied: Option<watch::Applied>,
     /// Keeps BIRD's routes in step, when the config announces.
     announcer: Option<Announcer>,
     /// The trace session's events.
@@ -155,6 +163,9 @@ impl Controller {
             health,
             outliers,
             ramps: ramp::RampControl::default(),
+            watch: None,
+            watched: None,
+            last_applied: None,
             announcer,
             trace: hub,
         };
@@ -289,13 +300,23 @@ impl Controller {
                 config: self.desk.in_force().text.clone(),
             }),
             Request::Plan(request) => self.plan(&request),
-            Request::Apply(request) => self.change(
-                request.config,
-                request.force,
-                request.if_generation,
-                Door::Api(uid, "apply".into()),
-            ),
-            Request::Backend(request) => self.backend(request, uid),
+            Request::Apply(request) => {
+                let reply = self.change(
+                    request.config,
+                    request.force,
+                    request.if_generation,
+                    Door::Api(uid, "apply".into()),
+                );
+                self.watched_reply(reply, request.watch_s)
+            }
+            Request::Backend(request) => {
+                let watch_s = request.watch_s;
+                let reply = self.backend(request, uid);
+                self.watched_reply(reply, watch_s)
+            }
+            Request::Watch => Reply::ok(&wire::WatchAnswer {
+                watch: self.watch_report(),
+            }),
             Request::Explain(request) => self.explain(&request),
             Request::Tables => self.tables(),
             Request::TraceStart(request) => self.trace_start(&request),
@@ -318,6 +339,7 @@ impl Controller {
             bank: self.desk.dataplane.bank(),
             config: self.desk.config_path().display().to_string(),
             pins: self.pins.path().display().to_string(),
+            watch: self.watch_report(),
             report,
         })
     }
@@ -442,6 +464,7 @@ impl Controller {
         door: Door,
     ) -> Reply {
         let (down, ejected) = (self.health.down(), self.outliers.ejected());
+        let previous = self.desk.in_force().text.clone();
         let ramps_before = self.ramps.clone();
         self.start_ramps(&text, (&down, &ejected));
         let ramped = self.ramps.ramped();
@@ -501,6 +524,15 @@ impl Controller {
             Decision::FileUnreadable(why) => return Reply::error(500, why.clone()),
             Decision::Applied { plan, generation } => {
                 self.installed(plan, &door);
+                if matches!(door, Door::Api(..) | Door::FileChanged | Door::Sighup) {
+                    self.supersede_watch();
+                    self.last_applied = Some(watch::Applied {
+                        generation: *generation,
+                        source: door.name(),
+                        previous,
+                        vips: changed_vips(plan).into_iter().collect(),
+                    });
+                }
                 let answer = ChangeAnswer {
                     applied: true,
                     generation: *generation,
@@ -546,7 +578,7 @@ impl Controller {
         self.monitor.decided(outcome, &codes);
         if let Some(text) = file_text {
             self.file_seen(&text);
-        } else if matches!(door, Door::Api(..)) && outcome == Outcome::Applied {
+        } else if matches!(door, Door::Api(..) | Door::Rollback(_)) && outcome == Outcome::Applied {
             self.monitor.file_in_force(true);
         }
         self.announce();
@@ -660,6 +692,189 @@ impl Controller {
                 self.ramps.undo(before);
             }
         }
+    }
+
+    /// Starts watching the operator change just applied, for `asked`
+    /// seconds, else `[rollout] watch_s` (none when 0, or when it changed
+    /// no VIP).
+    pub fn begin_watch(&mut self, asked: Option<u64>) {
+        let Some(applied) = self.last_applied.take() else {
+            return;
+        };
+        let generation = applied.generation;
+        let length = asked.unwrap_or(self.desk.in_force().config().rollout.watch_s);
+        if generation != self.desk.dataplane.generation() || length == 0 || applied.vips.is_empty()
+        {
+            return;
+        }
+        let before = match self.monitor.signals() {
+            Ok(signals) => watch::only(signals, &applied.vips),
+            Err(e) => {
+                crate::note!(
+                    "WARNING watch: reading the counters: {e}; generation {generation} is not watched"
+                );
+                return;
+            }
+        };
+        let dead = self.health.dead();
+        crate::note!(
+            "watch: generation {generation} ({}) is watched for {length} s: {}",
+            applied.source,
+            applied.vips.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        self.watch = Some(watch::Watch::new(
+            applied,
+            (before, dead),
+            (Instant::now(), std::time::Duration::from_secs(length)),
+        ));
+        self.monitor.watching(true, None);
+    }
+
+    /// Starts the watch of the change `reply` answered (for `asked`
+    /// seconds, else as configured), and says in it how long the watch is.
+    fn watched_reply(&mut self, mut reply: Reply, asked: Option<u64>) -> Reply {
+        self.begin_watch(asked);
+        if let Some(watch) = &self.watch
+            && reply.status == 200
+            && reply.body["generation"] == watch.generation
+        {
+            reply.body["watch_s"] = watch.length().as_secs().into();
+        }
+        reply
+    }
+
+    /// The watch under way, else how the last one ended.
+    fn watch_report(&self) -> Option<watch::WatchReport> {
+        self.watch
+            .as_ref()
+            .map(|w| w.report(Instant::now()))
+            .or_else(|| self.watched.clone())
+    }
+
+    /// Ends the watch under way (another operator change came): it is
+    /// neither kept nor rolled back.
+    fn supersede_watch(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            crate::note!(
+                "watch: generation {} ({}) is superseded by a new change before its watch ended",
+                watch.generation,
+                watch.source
+            );
+            self.end_watch(&watch, ("superseded", "superseded"), Vec::new(), None);
+        }
+    }
+
+    fn end_watch(
+        &mut self,
+        watch: &watch::Watch,
+        (state, result): (&str, &'static str),
+        evidence: Vec<String>,
+        rolled_back_as: Option<u64>,
+    ) {
+        self.watched = Some(watch::WatchReport {
+            state: state.into(),
+            left_s: None,
+            evidence,
+            rolled_back_as,
+            ..watch.report(Instant::now())
+        });
+        self.monitor.watching(false, Some(result));
+    }
+
+    /// Looks at the change under watch: keeps it when its watch is over
+    /// and nothing got worse, rolls it back when something did.
+    pub fn check_watch(&mut self) {
+        let Some(watch) = &self.watch else {
+            return;
+        };
+        let signals = match self.monitor.signals() {
+            Ok(signals) => signals,
+            Err(e) => {
+                crate::note!("watch: reading the counters: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let config = self.desk.in_force().config().clone();
+        let look = watch.look(&config, (&signals, &self.health.dead()), now);
+        let Some(watch) = (look != watch::Look::Watching)
+            .then(|| self.watch.take())
+            .flatten()
+        else {
+            return;
+        };
+        match look {
+            watch::Look::Worse(evidence) => self.roll_back(&watch, evidence),
+            _ => {
+                crate::note!(
+                    "watch: generation {} ({}) kept after {} s: nothing got worse",
+                    watch.generation,
+                    watch.source,
+                    watch.watched_for(now).as_secs()
+                );
+                self.end_watch(&watch, ("kept", "kept"), Vec::new(), None);
+            }
+        }
+    }
+
+    /// Rolls the watched change back to the config before it, through the
+    /// gate and its guards (door `rollback`, the file written back).
+    fn roll_back(&mut self, watch: &watch::Watch, evidence: Vec<String>) {
+        crate::note!(
+            "WARNING watch: generation {} ({}) made things worse after {} s: {}; rolling back to \
+             the config before it",
+            watch.generation,
+            watch.source,
+            watch.watched_for(Instant::now()).as_secs(),
+            evidence.join("; ")
+        );
+        let change = TableChange {
+            details: std::iter::once(format!(
+                "rolls back generation {} ({})",
+                watch.generation, watch.source
+            ))
+            .chain(evidence.iter().cloned())
+            .collect(),
+            vips: watch.vips.iter().cloned().collect(),
+        };
+        let reply = self.change(watch.previous.clone(), false, None, Door::Rollback(change));
+        if reply.status == 200 {
+            let generation = self.desk.dataplane.generation();
+            self.end_watch(
+                watch,
+                ("rolled back", "rolled_back"),
+                evidence,
+                Some(generation),
+            );
+            return;
+        }
+        let answer: ChangeAnswer = serde_json::from_value(reply.body).unwrap_or_default();
+        let why: Vec<String> = answer
+            .problems
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .chain(answer.error)
+            .collect();
+        crate::note!(
+            "WARNING watch: the rollback of generation {} was REFUSED ({}); the change stays in \
+             force although it made things worse: act now",
+            watch.generation,
+            why.join("; ")
+        );
+        let evidence = evidence
+            .into_iter()
+            .chain(
+                why.into_iter()
+                    .map(|w| format!("the rollback was refused: {w}")),
+            )
+            .collect();
+        self.end_watch(
+            watch,
+            ("rollback refused", "rollback_refused"),
+            evidence,
+            None,
+        );
     }
 
     /// Takes the outlier detector's findings to the tables, by the door

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    daemon::edit::{Action, BackendEdit},
+    daemon::{
+        edit::{Action, BackendEdit},
+        watch::WatchReport,
+    },
     monitor::report::Report,
     policy::plan::{Plan, VipPlan},
     problem::Problem,
@@ -101,10 +104,12 @@ pub const TABLES: Route = Route::get("/v1/tables");
 pub const TRACE: Route = Route::post("/v1/trace");
 /// `POST /v1/detach`.
 pub const DETACH: Route = Route::post("/v1/detach");
+/// `GET /v1/watch`.
+pub const WATCH: Route = Route::get("/v1/watch");
 
 /// Every route.
-pub const ROUTES: [Route; 9] = [
-    STATUS, CONFIG, PLAN, APPLY, BACKEND, EXPLAIN, TABLES, TRACE, DETACH,
+pub const ROUTES: [Route; 10] = [
+    STATUS, CONFIG, PLAN, APPLY, BACKEND, EXPLAIN, TABLES, TRACE, DETACH, WATCH,
 ];
 
 /// `POST /v1/apply` and `POST /v1/plan`.
@@ -119,6 +124,10 @@ pub struct ApplyRequest {
     /// Refuse unless this is the generation in force.
     #[serde(default)]
     pub if_generation: Option<u64>,
+    /// Watch the change for this many seconds, and roll it back if it
+    /// makes things worse (0: not watched; absent: `[rollout] watch_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_s: Option<u64>,
 }
 
 /// `POST /v1/backend`.
@@ -149,6 +158,10 @@ pub struct BackendRequest {
     /// Refuse unless this is the generation in force.
     #[serde(default)]
     pub if_generation: Option<u64>,
+    /// Watch the change for this many seconds, and roll it back if it
+    /// makes things worse (0: not watched; absent: `[rollout] watch_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_s: Option<u64>,
 }
 
 impl BackendRequest {
@@ -197,6 +210,9 @@ pub struct StatusAnswer {
     pub config: String,
     /// The data plane's pin directory.
     pub pins: String,
+    /// The change under watch, else how the last watch ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchReport>,
     /// Per VIP and backend: weights, shares, counters, health.
     #[serde(flatten)]
     pub report: Report,
@@ -257,6 +273,17 @@ pub struct ChangeAnswer {
     /// Why installing failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Seconds the change is watched for (`GET /v1/watch` has the
+    /// verdict), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_s: Option<u64>,
+}
+
+/// `GET /v1/watch`: the change under watch, or how the last watch ended.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WatchAnswer {
+    /// The watch, when a change was watched since the daemon started.
+    pub watch: Option<WatchReport>,
 }
 
 /// How `explain` found a flow's backend.
@@ -417,7 +444,8 @@ mod tests {
         let problem = json!({"severity": "error", "code": "c", "location": "l", "field": "f",
             "value": "v", "message": "m"});
         let report = json!({"vips": [], "reasons": {}});
-        let mut status = json!({"interface": "eth0", "bank": 0, "config": "c", "pins": "p"});
+        let mut status = json!({"interface": "eth0", "bank": 0, "config": "c", "pins": "p",
+            "watch": {"generation": 2, "source": "file", "vips": [], "state": "kept"}});
         status
             .as_object_mut()
             .unwrap()
@@ -431,7 +459,7 @@ mod tests {
             .unwrap()
             .extend(plan.as_object().unwrap().clone());
         let change = json!({"applied": true, "unchanged": true, "generation": 1, "forced": [],
-            "warnings": [], "problems": [], "vips": [], "error": "e"});
+            "warnings": [], "problems": [], "vips": [], "error": "e", "watch_s": 30});
         let event = json!({"time_ns": 1, "cpu": 0, "vlan": 0, "action": "tx", "reason": "tx",
             "protocol": "tcp", "source": "s", "destination": "d", "vip": "v", "backend": "b",
             "address": "a", "via": "table", "slot": 1, "generation": 1});
@@ -444,13 +472,15 @@ mod tests {
         vec![
             (
                 "ApplyRequest",
-                typed::<ApplyRequest>(json!({"config": "", "force": true, "if_generation": 1})),
+                typed::<ApplyRequest>(
+                    json!({"config": "", "force": true, "if_generation": 1, "watch_s": 30}),
+                ),
             ),
             (
                 "BackendRequest",
                 typed::<BackendRequest>(json!({"action": "add", "vip": "v", "backend": "b",
                     "weight": 1, "name": "n", "mac": "m", "port": 1, "force": true,
-                    "if_generation": 1})),
+                    "if_generation": 1, "watch_s": 30})),
             ),
             (
                 "ExplainRequest",
@@ -486,6 +516,11 @@ mod tests {
             (
                 "DetachAnswer",
                 typed::<DetachAnswer>(json!({"detached": true, "interface": "i", "pins": "p"})),
+            ),
+            (
+                "WatchAnswer",
+                typed::<WatchAnswer>(json!({"watch": {"generation": 2, "source": "file",
+                    "vips": [], "state": "kept"}})),
             ),
             ("TraceEventLine", typed::<TraceEventLine>(event)),
             ("TraceStatsLine", typed::<TraceStatsLine>(stats)),

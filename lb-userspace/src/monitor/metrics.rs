@@ -18,7 +18,7 @@ use prometheus_client::{
 };
 
 use super::{
-    Facts,
+    Facts, WATCH_RESULTS,
     report::{BackendReport, HandshakeCounts, Report, VipHealthReport, VipReport},
 };
 use crate::{parallel, policy::Outcome};
@@ -585,6 +585,24 @@ impl Scrape {
                 .refusals
                 .iter()
                 .map(|(code, &n)| ([("code", code.as_str())], n)),
+        )?;
+        gauge(
+            "change_watched",
+            "1 while an operator's change is watched, to be rolled back if it makes its VIPs \
+             worse.",
+        )
+        .encode(encoder, [(NO_LABELS, flag(facts.watching))])?;
+        counter(
+            "watches",
+            "Watches of changes that ended, by result: kept, rolled_back, rollback_refused (the \
+             guards refused the rollback, or it failed) or superseded (another change came).",
+        )
+        .encode(
+            encoder,
+            WATCH_RESULTS.iter().map(|&result| {
+                let n = facts.watches.get(result).copied().unwrap_or(0);
+                ([("result", result)], n)
+            }),
         )?;
         if let Some((time, result)) = facts.last_apply {
             gauge(

@@ -163,6 +163,22 @@ impl View {
     }
 }
 
+/// What the monitor sees, now, of what a change could make worse: per
+/// backend (its VIP's endpoint and identity) and per VIP endpoint.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Signals {
+    /// The outliers of the detector's last interval, with their evidence.
+    pub outliers: BTreeMap<Down, String>,
+    /// The backends the imbalance detector flags.
+    pub imbalanced: BTreeSet<Down>,
+    /// Per VIP: handshakes attempted and completed since the data plane
+    /// was loaded.
+    pub handshakes: BTreeMap<String, (u64, u64)>,
+    /// Per VIP: handshakes attempted and completed in the outlier
+    /// detector's last interval.
+    pub last_interval: BTreeMap<String, (u64, u64)>,
+}
+
 /// Health-driven table changes of one VIP.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Changes {
@@ -185,7 +201,14 @@ pub struct Facts {
     pub file_in_force: Option<bool>,
     /// Where the journal of changes is written.
     pub journal: Option<String>,
+    /// Whether a change is being watched now.
+    pub watching: bool,
+    /// Watches ended, by how (`WATCH_RESULTS`).
+    pub watches: BTreeMap<&'static str, u64>,
 }
+
+/// How a watch of a change can end, as the metrics name it.
+pub const WATCH_RESULTS: [&str; 4] = ["kept", "rolled_back", "rollback_refused", "superseded"];
 
 /// Where the data plane should be attached, to check that it still is.
 #[derive(Clone, Debug)]
@@ -292,6 +315,55 @@ impl Monitor {
         state.view = Arc::new(view);
     }
 
+    /// What a change could make worse, as it stands now.
+    pub fn signals(&self) -> io::Result<Signals> {
+        let view = self.lock().view.clone();
+        let (backends, vips) = view.counted;
+        let counters = self.reader.read(backends, vips)?;
+        let state = self.lock();
+        let mut signals = Signals {
+            outliers: state
+                .outliers
+                .found()
+                .iter()
+                .map(|f| ((f.vip.clone(), f.backend), f.evidence.clone()))
+                .collect(),
+            ..Signals::default()
+        };
+        for vip in &view.vips {
+            let totals = counters.vip(vip.vip_id);
+            signals.handshakes.insert(
+                vip.endpoint.clone(),
+                (
+                    totals.syns,
+                    totals.handshakes.saturating_sub(totals.early_resets),
+                ),
+            );
+            let mut last = (0, 0);
+            for backend in &vip.backends {
+                let shakes = state
+                    .outliers
+                    .backend(vip.vip_id, backend.backend_id)
+                    .handshakes;
+                last = (
+                    last.0 + shakes.syns,
+                    last.1 + shakes.completed.min(shakes.syns),
+                );
+                if state
+                    .window
+                    .backend(vip.vip_id, backend.backend_id)
+                    .imbalanced
+                {
+                    signals
+                        .imbalanced
+                        .insert((vip.endpoint.clone(), backend.socket));
+                }
+            }
+            signals.last_interval.insert(vip.endpoint.clone(), last);
+        }
+        Ok(signals)
+    }
+
     /// The outlier detector's last findings: the intervals judged so far
     /// (a new count means new findings) and the outliers of the last one.
     pub fn outliers(&self) -> (u64, Vec<Found>) {
@@ -305,6 +377,16 @@ impl Monitor {
         let mut state = self.lock();
         state.ejected = ejected;
         state.ramped = ramped;
+    }
+
+    /// Whether a change is watched now; with `ended`, how the last watch
+    /// ended (one of `WATCH_RESULTS`).
+    pub fn watching(&self, watching: bool, ended: Option<&'static str>) {
+        let mut state = self.lock();
+        state.facts.watching = watching;
+        if let Some(result) = ended {
+            *state.facts.watches.entry(result).or_default() += 1;
+        }
     }
 
     /// Counts one decision of the gate; `codes` are a refusal's problem codes.

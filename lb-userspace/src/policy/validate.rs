@@ -16,7 +16,7 @@ use crate::{
         BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES, CheckKind,
         Config, EJECTION_TIMES_S, Guards, HealthCheck, HealthOverrides, IDLE_TIMEOUTS,
         IMBALANCE_WINDOWS_S, OUTLIER_INTERVALS_S, Protocol, RISE_FALL, SLOW_STARTS_S, VipConfig,
-        span,
+        WATCH_TIMES_S, span,
     },
     problem::{Problem, is_unprintable, quoted},
     table::{ALLOWED_SIZES, BackendIdentity, TableError, TableSize, VipTable},
@@ -436,6 +436,7 @@ fn check_globals(config: &Config, problems: &mut Vec<Problem>) {
     check_health(config, problems);
     check_imbalance(&config.imbalance, problems);
     check_outlier(&config.outlier, problems);
+    check_rollout(&config.rollout, problems);
     check_group(config, problems);
     for (section, key, path) in [
         ("api", "socket", Some(&config.api.socket)),
@@ -908,6 +909,34 @@ fn check_outlier(settings: &crate::config::Outlier, problems: &mut Vec<Problem>)
             "max_ejection_percent",
             settings.max_ejection_percent.to_string(),
             "must be from 0 (never eject) to 100".into(),
+        );
+    }
+}
+
+/// A watch must be able to compare, and to see a change at all.
+fn check_rollout(settings: &crate::config::Rollout, problems: &mut Vec<Problem>) {
+    let mut bad = |field: &str, value: String, message: String| {
+        problems.push(Problem::error("rollout", "rollout", field, value, message));
+    };
+    if !WATCH_TIMES_S.contains(&settings.watch_s) {
+        bad(
+            "watch_s",
+            settings.watch_s.to_string(),
+            format!("must be {} seconds", span(&WATCH_TIMES_S)),
+        );
+    }
+    if !(settings.max_success_drop > 0.0 && settings.max_success_drop <= 1.0) {
+        bad(
+            "max_success_drop",
+            settings.max_success_drop.to_string(),
+            "must be above 0 and at most 1 (a fall in handshake success)".into(),
+        );
+    }
+    if settings.min_syns == 0 {
+        bad(
+            "min_syns",
+            "0".into(),
+            "must be at least 1: no attempts say nothing".into(),
         );
     }
 }

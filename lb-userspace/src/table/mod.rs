@@ -331,8 +331,10 @@ mod tests {
         /// Each algorithm's name, builder and disruption bound.
         fn builders() -> impl Iterator<Item = (&'static str, &'static dyn TableBuilder, f64)> {
             Algorithm::ALL.into_iter().map(|a| {
+                // Maglev's bound: about 1 in 300 random pools of 5 to 100
+                // moves more than twice the ideal (2.17x at worst seen).
                 let bound = match a {
-                    Algorithm::Maglev => 2.0,
+                    Algorithm::Maglev => 2.5,
                     Algorithm::Stable => 1.5,
                 };
                 (a.name(), a.builder(), bound)

@@ -615,3 +615,60 @@ fn ejected_and_ramping_backends_are_installed_and_recorded_apart_from_dead_ones(
         [("outlier".to_string(), "applied".to_string())]
     );
 }
+
+fn rollback() -> Door {
+    Door::Rollback(TableChange {
+        details: vec!["rolls back generation 2 (api apply)".into()],
+        vips: vec![VIP.into()],
+    })
+}
+
+#[test]
+fn a_rollback_is_judged_by_the_guards_and_written_back_like_an_api_change() {
+    let before = config(&[1, 1, 1, 1], "", true);
+    // A small change, rolled back: applied, and the file is the old text.
+    let mut rig = Rig::new(&before);
+    let added = config(&[1, 1, 1, 1, 1], "", true);
+    let decision = rig.change(&added, api());
+    assert!(matches!(decision, Decision::Applied { .. }), "{decision:?}");
+    let decision = rig.change(&before, rollback());
+    assert!(
+        matches!(decision, Decision::Applied { generation: 3, .. }),
+        "{decision:?}"
+    );
+    assert_eq!(rig.file(), before, "written back");
+    assert_eq!(rig.desk.in_force().text, before);
+    // A forced change the guards would refuse to undo at once: its
+    // rollback is refused too, and nothing changes.
+    let mut rig = Rig::new(&before);
+    let heavy = config(&[1, 1, 1, 1, 4], "", true);
+    let mut request = Request {
+        text: heavy.clone(),
+        force: true,
+        if_generation: None,
+        door: api(),
+    };
+    let decision = rig
+        .desk
+        .change(request.clone(), LeftOut::default(), &rig.lan);
+    assert!(matches!(decision, Decision::Applied { .. }), "{decision:?}");
+    let state = rig.snapshot();
+    request.text = before.clone();
+    request.force = false;
+    request.door = rollback();
+    let decision = rig.desk.change(request, LeftOut::default(), &rig.lan);
+    let refused = codes(&decision);
+    assert!(
+        refused.iter().any(|c| c.starts_with("blast-radius")),
+        "{refused:?}"
+    );
+    assert_eq!(rig.snapshot(), state, "nothing changed");
+    let results: Vec<(String, String)> = rig.journal();
+    assert_eq!(
+        results,
+        [
+            ("api apply".to_string(), "applied".to_string()),
+            ("rollback".to_string(), "refused".to_string())
+        ]
+    );
+}
