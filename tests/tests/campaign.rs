@@ -658,9 +658,12 @@ impl Campaign {
             }
             let serving = counts.iter().filter(|c| **c > 0).count();
             let most = *counts.iter().max().unwrap_or(&0) as f64 / slots.len() as f64;
+            // Backends health checks took down, or the outlier detector
+            // ejected, leave their share to the others.
             let health_out = record
                 .down
                 .iter()
+                .chain(&record.ejected)
                 .any(|(endpoint, _)| *endpoint == vip.endpoint());
             anyhow::ensure!(
                 panic || serving >= MIN_BACKENDS,

@@ -639,17 +639,19 @@ impl Controller {
         let change = self.health.reconcile(&config);
         self.monitor
             .health_verdicts(self.health.verdicts(), self.health.changes());
-        if let Some(change) = change {
-            let reply = self.change(
-                self.desk.in_force().text.clone(),
-                false,
-                None,
-                Door::Health(change),
-            );
-            if reply.status != 200 {
-                self.health.undo(&before);
-            }
+        if let Some(change) = change
+            && !self.reconcile(Door::Health(change))
+        {
+            self.health.undo(&before);
         }
+    }
+
+    /// Takes an automatic change by `door` through the gate: the config in
+    /// force, installed with what the daemon leaves out now. Whether it
+    /// went live.
+    fn reconcile(&mut self, door: Door) -> bool {
+        let text = self.desk.in_force().text.clone();
+        self.change(text, false, None, door).status == 200
     }
 
     /// Starts the ramps of the backends that `text` (the config a change
@@ -681,16 +683,10 @@ impl Controller {
     /// Moves the slow-start ramps on, by the door `slow-start`.
     pub fn advance_ramps(&mut self) {
         let before = self.ramps.clone();
-        if let Some(change) = self.ramps.advance(Instant::now()) {
-            let reply = self.change(
-                self.desk.in_force().text.clone(),
-                false,
-                None,
-                Door::SlowStart(change),
-            );
-            if reply.status != 200 {
-                self.ramps.undo(before);
-            }
+        if let Some(change) = self.ramps.advance(Instant::now())
+            && !self.reconcile(Door::SlowStart(change))
+        {
+            self.ramps.undo(before);
         }
     }
 
@@ -888,16 +884,10 @@ impl Controller {
         let change = self
             .outliers
             .reconcile(&config, &dead, (judged, &found), Instant::now());
-        if let Some(change) = change {
-            let reply = self.change(
-                self.desk.in_force().text.clone(),
-                false,
-                None,
-                Door::Outlier(change),
-            );
-            if reply.status != 200 {
-                self.outliers.undo(before);
-            }
+        if let Some(change) = change
+            && !self.reconcile(Door::Outlier(change))
+        {
+            self.outliers.undo(before);
         }
         self.tell_left_out();
     }
