@@ -97,8 +97,8 @@ pub fn hit_tally(seen: WayWord, state: &FlowEntry, flow: &Flow, epoch: u32) -> T
 
 /// What a SYN the connection table records tells: a retransmission when
 /// the way it takes (`old`, holding `entry`) already held its flow,
-/// recorded from a SYN and still unanswered, whole and pinned to the same
-/// backend as `pin`; else a new attempt.
+/// recorded from a SYN, still unanswered and not idle past its timeout,
+/// pinned to the same backend as `pin`; else a new attempt.
 #[inline(always)]
 pub fn syn_tally(
     old: WayWord,
@@ -112,7 +112,9 @@ pub fn syn_tally(
     let same = entry.backend_id == pin.backend_id
         && entry.vip_id == pin.vip_id
         && entry.generation == pin.generation;
-    if old.tag() == tag && waiting && same && standing(old, entry, tag, config).is_ok() {
+    // The way holds this flow's 5-tuple (`find_way` compared it whole);
+    // a torn entry at worst misfiles one retry.
+    if old.tag() == tag && waiting && same && !old.idle(config) {
         TALLY_SYN_RETRY
     } else {
         TALLY_SYN
