@@ -61,6 +61,13 @@ fn a_returning_backend_ramps_up_its_share_of_new_flows() {
     let share = b3(&first)["expected_share"].as_f64().unwrap();
     eprintln!("back at {part} of its weight, {share:.3} of the table");
     assert!(part <= 0.2, "{part}");
+    for name in ["b1", "b3"] {
+        let weight = &backend(&first, "web4", name)["weight"];
+        assert_eq!(
+            weight, 1,
+            "{name} shows its configured weight while b3 ramps"
+        );
+    }
     assert!(share < 0.1, "a small share first, not a third: {share}");
     let early = new_flow_share(&lab);
 

@@ -120,18 +120,24 @@ impl Controller {
             .unwrap_or_default();
         let config = in_force.config();
         let health = health::HealthControl::start(config, &down, &records, (notify, runtime))?;
-        let ejected = match dataplane.installed() {
+        // What the installed state leaves out as outliers, or weighs less
+        // while it ramps: a restart keeps both.
+        let (ejected, ramped) = match dataplane.installed() {
             Some(_) => records
                 .read(dataplane.bank())
-                .map(|record| record.ejected)
+                .map(|record| (record.ejected, record.ramped))
                 .unwrap_or_default(),
-            None => Vec::new(),
+            None => Default::default(),
         };
-        let outliers = outlier::OutlierControl::start(config, &ejected, Instant::now());
+        let now = Instant::now();
+        let outliers = outlier::OutlierControl::start(config, &ejected, now);
+        let ramps = ramp::RampControl::resume(config, &ramped, now);
         let changes = journal.last_changes();
         let view = dataplane
             .installed()
-            .map(|state| View::of(state, dataplane.generation(), &changes))
+            .map(|state| {
+                View::of(state, dataplane.generation(), &changes).unramped(config, &ramped)
+            })
             .unwrap_or_default();
         let monitor = Monitor::new(
             health.checker(),
@@ -162,7 +168,7 @@ impl Controller {
             changes,
             health,
             outliers,
-            ramps: ramp::RampControl::default(),
+            ramps,
             watch: None,
             watched: None,
             last_applied: None,
@@ -624,10 +630,10 @@ impl Controller {
         }
         self.tell_left_out();
         if let Some(state) = self.desk.dataplane.installed() {
-            self.monitor.install(
-                View::of(state, self.desk.dataplane.generation(), &self.changes),
-                monitor_settings(self.desk.in_force()),
-            );
+            let view = View::of(state, self.desk.dataplane.generation(), &self.changes)
+                .unramped(self.desk.in_force().config(), &self.ramps.ramped());
+            self.monitor
+                .install(view, monitor_settings(self.desk.in_force()));
         }
     }
 

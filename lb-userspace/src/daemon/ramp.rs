@@ -98,6 +98,32 @@ impl RampControl {
         }
     }
 
+    /// The ramps the installed state holds (`ramped`, from its record, as
+    /// a restarted daemon finds them), each at its step, going on from
+    /// `now` as if it had started that many steps ago.
+    pub fn resume(config: &Config, ramped: &[Ramped], now: Instant) -> Self {
+        let ramps = ramped
+            .iter()
+            .filter_map(|((vip, backend), part)| {
+                let slow = config
+                    .vips
+                    .iter()
+                    .find(|v| v.endpoint() == *vip)?
+                    .slow_start_s;
+                let length = Duration::from_secs(slow);
+                let step = ((part * f64::from(STEPS)).round() as u32).clamp(1, STEPS);
+                let started = now.checked_sub(length / STEPS * (step - 1))?;
+                let ramp = Ramp {
+                    started,
+                    length,
+                    step,
+                };
+                Some(((vip.clone(), *backend), ramp))
+            })
+            .collect();
+        Self { ramps }
+    }
+
     /// The ramping backends, with the fraction of their weight each takes.
     pub fn ramped(&self) -> Vec<Ramped> {
         self.ramps
@@ -218,5 +244,19 @@ mod tests {
         let without: BTreeSet<Down> = before.clone();
         ramps.start(&config(20), (&all, &without), t0);
         assert!(ramps.ramped().is_empty());
+    }
+
+    #[test]
+    fn a_restarted_daemon_resumes_a_ramp_at_its_step() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let mut ramps = RampControl::resume(&config(20), &[(down(3), 0.4)], t0);
+        assert_eq!(ramps.ramped(), vec![(down(3), 0.4)]);
+        assert_eq!(ramps.advance(t0 + Duration::from_millis(1999)), None);
+        ramps.advance(t0 + Duration::from_secs(2));
+        assert_eq!(ramps.ramped(), vec![(down(3), 0.5)]);
+        // Slow start is off now: the ramp ends at the next look.
+        let mut off = RampControl::resume(&config(0), &[(down(3), 0.4)], t0);
+        assert!(off.advance(t0).is_some());
+        assert!(off.ramped().is_empty());
     }
 }

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::errors::Chain;
 use crate::{
     announce::AnnounceReport,
-    config::{Imbalance, Outlier},
+    config::{Config, Imbalance, Outlier},
+    daemon::desk::Ramped,
     dataplane::{
         clock::EpochClock, counted_ids, counters::CounterReader, pins::PinDir, state::DesiredState,
         system::PinSurvival,
@@ -145,6 +146,34 @@ impl View {
             vips,
             counted: counted_ids(state),
         }
+    }
+
+    /// The view with the configured weights of `config` in the VIPs where
+    /// a backend ramps up (`ramped`): their tables are built from weights
+    /// scaled for the ramp, which say nothing to an operator. A backend
+    /// out of its table keeps weight 0.
+    pub fn unramped(mut self, config: &Config, ramped: &[Ramped]) -> Self {
+        for vip in &mut self.vips {
+            if !ramped
+                .iter()
+                .any(|((endpoint, _), _)| *endpoint == vip.endpoint)
+            {
+                continue;
+            }
+            let Some(configured) = config.vips.iter().find(|v| v.endpoint() == vip.endpoint) else {
+                continue;
+            };
+            for backend in vip.backends.iter_mut().filter(|b| b.weight > 0) {
+                if let Some(b) = configured
+                    .backends
+                    .iter()
+                    .find(|b| configured.backend_addr(b) == backend.socket)
+                {
+                    backend.weight = b.weight;
+                }
+            }
+        }
+        self
     }
 
     /// The ids of VIPs that are new in `self` or whose backends or shares
