@@ -850,13 +850,14 @@ impl Controller {
             );
             return;
         }
-        let answer: ChangeAnswer = serde_json::from_value(reply.body).unwrap_or_default();
-        let why: Vec<String> = answer
-            .problems
+        // A refusal lists its problems; a failure, or a file that holds
+        // another edit, says its error.
+        let problems: Vec<Problem> =
+            serde_json::from_value(reply.body["problems"].clone()).unwrap_or_default();
+        let why: Vec<String> = problems
             .iter()
-            .flatten()
             .map(ToString::to_string)
-            .chain(answer.error)
+            .chain(reply.body["error"].as_str().map(str::to_string))
             .collect();
         crate::note!(
             "WARNING watch: the rollback of generation {} was REFUSED ({}); the change stays in \
