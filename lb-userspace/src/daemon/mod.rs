@@ -664,9 +664,29 @@ impl Controller {
     /// proposes), installed without `out` (down, ejected), puts into a
     /// table they are not in now.
     fn start_ramps(&mut self, text: &str, (down, ejected): (&[Down], &[Down])) {
-        let Ok(next) = Config::parse(text) else {
+        // The automatic doors propose the text in force, read already; a
+        // new text is read here only when it can ramp at all (reading a
+        // config of 100,000 backends takes most of a second, and the gate
+        // reads it again). Without slow start anywhere, nothing ramps.
+        let parsed;
+        let next = if text == self.desk.in_force().text {
+            self.desk.in_force().config()
+        } else if text.contains("slow_start_s") {
+            match Config::parse(text) {
+                Ok(config) => {
+                    parsed = config;
+                    &parsed
+                }
+                Err(_) => return,
+            }
+        } else {
+            self.ramps = ramp::RampControl::default();
             return;
         };
+        if next.vips.iter().all(|vip| vip.slow_start_s == 0) {
+            self.ramps = ramp::RampControl::default();
+            return;
+        }
         let out: BTreeSet<Down> = down.iter().chain(ejected).cloned().collect();
         let before: BTreeSet<Down> = self
             .desk
@@ -682,8 +702,8 @@ impl Controller {
                     .map(move |b| (endpoint.clone(), b.addr))
             })
             .collect();
-        let serving = ramp::serving(&next, &out);
-        self.ramps.start(&next, (&before, &serving), Instant::now());
+        let serving = ramp::serving(next, &out);
+        self.ramps.start(next, (&before, &serving), Instant::now());
     }
 
     /// Moves the slow-start ramps on, by the door `slow-start`.
