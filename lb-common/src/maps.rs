@@ -14,7 +14,7 @@ pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -96,6 +96,8 @@ const _: () = assert!(VIP_INDEX_SLOTS.is_power_of_two());
 pub const VIP_INDEX_MAX_PROBES: u32 = 16;
 /// The slot holds a VIP.
 pub const VIP_SLOT_USED: u32 = 1;
+/// The VIP's `Admission` has flags: a packet of a new flow reads it.
+pub const VIP_SLOT_ADMIT: u32 = 2;
 
 /// One slot of the VIP index. The index is a plain array, so the kernel
 /// inlines each probe; userspace swaps the whole index atomically.
@@ -745,8 +747,14 @@ pub struct DataplaneConfig {
     pub seed: crate::flow_hash::FlowSeed,
     /// Outer headers of encapsulated frames.
     pub encap: Encapsulation,
+    /// The table bank in force: an established flow's VIP finds its
+    /// `Admission` there.
+    pub bank: u8,
+    /// 1 when some VIP has an `Admission` with flags: established flows
+    /// read theirs only then.
+    pub admission: u8,
     /// Reserved; zero.
-    pub reserved: [u8; 4],
+    pub reserved: [u8; 2],
 }
 
 impl DataplaneConfig {
@@ -760,6 +768,108 @@ impl DataplaneConfig {
             self.tcp_idle_s
         }
     }
+}
+
+/// Source rules (prefixes, either family) the data plane holds in each
+/// bank: an apply writes a VIP's rules into the bank not in use, so each
+/// source trie holds up to twice this many entries.
+pub const MAX_SOURCE_RULES: u32 = 32_768;
+/// Slots of the per-rule drop counters: a deny rule keeps its slot while
+/// either bank holds it, so the two banks together never need more.
+pub const SOURCE_RULE_SLOTS: u32 = TABLE_BANKS * MAX_SOURCE_RULES;
+
+/// `Admission.flags`: the VIP has source rules; look its sources up in
+/// the tries.
+pub const ADMIT_SOURCES: u32 = 1;
+/// `Admission.flags`: the VIP's rules include allow rules, so a source no
+/// rule covers is refused (`AdmissionDrop::NotAllowed`).
+pub const ADMIT_ALLOW_LIST: u32 = 2;
+
+/// `SourceRule.action`: the sources the rule covers are admitted.
+pub const SOURCE_ALLOW: u32 = 0;
+/// `SourceRule.action`: the sources the rule covers are dropped.
+pub const SOURCE_DENY: u32 = 1;
+
+/// What the data plane checks before it admits a packet to a VIP, in the
+/// `ADMISSION` array at the VIP's table id (`bank * MAX_VIPS + vip_id`):
+/// the bank in force names it, so an apply changes it with the tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// `ADMIT_*` bits; 0: every packet is admitted.
+    pub flags: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+
+/// The data of an IPv4 source trie key: the rule list (the VIP's table
+/// id, big-endian, so that its 32 bits come first) and the prefix. The
+/// key's prefix length counts the list's 32 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceV4 {
+    /// `table_id.to_be_bytes()`.
+    pub list: [u8; 4],
+    /// The address (network order).
+    pub addr: [u8; 4],
+}
+
+/// The same for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceV6 {
+    /// `table_id.to_be_bytes()`.
+    pub list: [u8; 4],
+    /// The address (network order).
+    pub addr: [u8; 16],
+}
+
+/// Bits of a source trie key's prefix length that name the list.
+pub const SOURCE_LIST_BITS: u32 = 32;
+
+/// A source rule as the tries hold it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRule {
+    /// Its slot in `RULE_STATS` (deny rules; 0 for allow rules).
+    pub slot: u32,
+    /// `SOURCE_ALLOW` or `SOURCE_DENY`.
+    pub action: u32,
+}
+
+/// Why the data plane refused a packet to a VIP: the index of its
+/// `AdmissionCounters` entry.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmissionDrop {
+    /// Its source's longest matching rule is a deny rule.
+    Denied = 0,
+    /// The VIP has allow rules and none covers its source.
+    NotAllowed = 1,
+}
+
+impl AdmissionDrop {
+    /// Every reason, in index order.
+    pub const ALL: [AdmissionDrop; 2] = [AdmissionDrop::Denied, AdmissionDrop::NotAllowed];
+    /// Length of `AdmissionCounters::drops`.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AdmissionDrop::Denied => "denied",
+            AdmissionDrop::NotAllowed => "not_allowed",
+        }
+    }
+}
+
+/// Packets the data plane refused to one VIP, by `AdmissionDrop` (per CPU
+/// in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdmissionCounters {
+    /// Packets, by `AdmissionDrop`.
+    pub drops: [u64; AdmissionDrop::COUNT],
 }
 
 /// Why a packet got the verdict it got. Each value is an index of the global
@@ -829,11 +939,15 @@ pub enum Reason {
     /// came from the VIP, and the error is addressed to the VIP) went to
     /// the backend that owns the flow.
     IcmpToBackend = 21,
+    /// The VIP's source rules refuse the packet's source (a deny rule, or
+    /// an allow list that does not cover it): dropped, and counted by VIP,
+    /// reason and rule.
+    DropDenied = 22,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::Tx,
         Reason::PassNotIp,
         Reason::PassNotVip,
@@ -856,12 +970,13 @@ impl Reason {
         Reason::ConnEvicted,
         Reason::ConnExpired,
         Reason::IcmpToBackend,
+        Reason::DropDenied,
     ];
 
     /// Whether this reason is a verdict (every packet moves exactly one
     /// verdict counter) rather than an informational counter.
     pub const fn is_verdict(self) -> bool {
-        (self as u32) <= Reason::PassMulticast as u32
+        (self as u32) <= Reason::PassMulticast as u32 || (self as u32) >= Reason::DropDenied as u32
     }
 
     /// Length of the global counter array.
@@ -883,7 +998,8 @@ impl Reason {
             | Reason::DropMalformed
             | Reason::DropNoBackend
             | Reason::DropTooBig
-            | Reason::DropEncapFailed => "drop",
+            | Reason::DropEncapFailed
+            | Reason::DropDenied => "drop",
             Reason::Ipv4Options
             | Reason::ConnHit
             | Reason::ConnMiss
@@ -925,6 +1041,7 @@ impl Reason {
             Reason::ConnEvicted => "conn_evicted",
             Reason::ConnExpired => "conn_expired",
             Reason::IcmpToBackend => "icmp_to_backend",
+            Reason::DropDenied => "drop_denied",
         }
     }
 }
@@ -966,6 +1083,16 @@ pub mod names {
     pub const TRACE_STATS: &str = "TRACE_STATS";
     /// `RingBuf<TraceEvent>`: the events.
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// `Array<Admission>` indexed by table id (`bank * MAX_VIPS + vip_id`).
+    pub const ADMISSION: &str = "ADMISSION";
+    /// `LpmTrie<SourceV4, SourceRule>`: every VIP's IPv4 source rules.
+    pub const SOURCES_V4: &str = "SOURCES_V4";
+    /// `LpmTrie<SourceV6, SourceRule>`: every VIP's IPv6 source rules.
+    pub const SOURCES_V6: &str = "SOURCES_V6";
+    /// `PerCpuArray<u64>` indexed by a deny rule's slot: packets it dropped.
+    pub const RULE_STATS: &str = "RULE_STATS";
+    /// `PerCpuArray<AdmissionCounters>` indexed by `vip_id`.
+    pub const ADMISSION_STATS: &str = "ADMISSION_STATS";
     /// `Array<Meta>` with one entry; created and pinned by `fulcrum`, not
     /// part of the eBPF object.
     pub const META: &str = "META";
@@ -985,7 +1112,7 @@ pub mod names {
     /// The decapsulation program.
     pub const DECAP_PROGRAM: &str = "fulcrum_decap";
     /// The maps of the eBPF object, every one pinned.
-    pub const OBJECT_MAPS: [&str; 17] = [
+    pub const OBJECT_MAPS: [&str; 22] = [
         VIP_INDEX,
         VIP_FILTER,
         BACKENDS,
@@ -1003,6 +1130,11 @@ pub mod names {
         TRACE_STATE,
         TRACE_STATS,
         TRACE_EVENTS,
+        ADMISSION,
+        SOURCES_V4,
+        SOURCES_V6,
+        RULE_STATS,
+        ADMISSION_STATS,
     ];
 }
 
@@ -1038,6 +1170,11 @@ mod pod {
         EncapJob,
         DecapConfig,
         Meta,
+        Admission,
+        SourceV4,
+        SourceV6,
+        SourceRule,
+        AdmissionCounters,
     );
 }
 
@@ -1150,6 +1287,10 @@ mod tests {
         assert_eq!(size_of::<DataplaneConfig>(), 88);
         assert_eq!(size_of::<TraceControl>(), 48);
         assert_eq!(size_of::<TraceState>(), 24);
+        assert_eq!(size_of::<Admission>(), 8);
+        assert_eq!(size_of::<SourceV4>(), 8);
+        assert_eq!(size_of::<SourceV6>(), 20);
+        assert_eq!(size_of::<SourceRule>(), 8);
     }
 
     #[test]

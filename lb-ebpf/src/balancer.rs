@@ -8,21 +8,24 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray},
+    btf_maps::{Array, ArrayOfMaps, LpmTrie, PerCpuArray, ProgramArray},
     macros::btf_map,
     programs::XdpContext,
 };
 use lb_common::{
     flow_hash::{flow_hash, flow_set, flow_tag, table_slot, vip_home_slot},
     maps::{
-        BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS, DataplaneConfig, EncapJob, FlowEntry, FlowKey,
-        FlowMeta, FlowWays, LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_VIPS, Reason, TABLE_MAP_FLAGS,
-        TAIL_ENCAP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
+        Admission, AdmissionCounters, AdmissionDrop, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS,
+        DataplaneConfig, EncapJob, FAMILY_IPV4, FlowEntry, FlowKey, FlowMeta, FlowWays,
+        LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_SOURCE_RULES, MAX_VIPS, Reason, SOURCE_RULE_SLOTS,
+        SourceRule, SourceV4, SourceV6, TABLE_BANKS, TABLE_MAP_FLAGS, TAIL_ENCAP,
+        TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
         VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipFilter, VipKey, VipSlot, WayWord,
     },
 };
 use lb_ebpf::{
     Verdict,
+    admission::{judge, source_v4, source_v6},
     conn::{
         Stale, find_way, hit_tally, insertion_way, new_entry, new_word, refreshed, standing,
         still_pinned, syn_tally,
@@ -90,6 +93,30 @@ static GLOBAL_STATS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray:
 
 #[btf_map]
 pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
+
+/// What each VIP checks before it admits a packet, by table id: the bank
+/// in force holds the live ones, and an apply writes the other.
+#[btf_map]
+static ADMISSION: Array<Admission, { LOOKUP_TABLE_IDS as usize }> = Array::new();
+
+/// Every VIP's IPv4 source rules, keyed by list (the VIP's table id) and
+/// prefix: both banks' lists.
+#[btf_map]
+static SOURCES_V4: LpmTrie<SourceV4, SourceRule, { (TABLE_BANKS * MAX_SOURCE_RULES) as usize }> =
+    LpmTrie::new();
+
+/// The same for IPv6.
+#[btf_map]
+static SOURCES_V6: LpmTrie<SourceV6, SourceRule, { (TABLE_BANKS * MAX_SOURCE_RULES) as usize }> =
+    LpmTrie::new();
+
+/// Packets each deny rule dropped, by the rule's slot.
+#[btf_map]
+static RULE_STATS: PerCpuArray<u64, { SOURCE_RULE_SLOTS as usize }> = PerCpuArray::new();
+
+/// Packets each VIP refused, by `AdmissionDrop`.
+#[btf_map]
+static ADMISSION_STATS: PerCpuArray<AdmissionCounters, { MAX_VIPS as usize }> = PerCpuArray::new();
 
 /// The programs `fulcrum_xdp` tail-calls, which `fulcrum` puts here:
 /// `fulcrum_encap` at `TAIL_ENCAP`, `fulcrum_trace` at `TAIL_TRACE`,
@@ -315,6 +342,34 @@ fn track(place: &Place, flow: &Flow, pin: FlowEntry, config: &DataplaneConfig) -
     tally
 }
 
+/// The drop verdict when VIP `vip_id`, whose admission is `list` (its
+/// table id in some bank), refuses a packet of `key`; counted by VIP,
+/// reason and rule. `None`: admitted.
+#[inline(always)]
+fn refused(key: &FlowKey, vip_id: u32, list: u32) -> Option<Verdict> {
+    let admission = ADMISSION.get(list)?;
+    if admission.flags == 0 {
+        return None;
+    }
+    let rule = if key.family == FAMILY_IPV4 {
+        SOURCES_V4.get(&source_v4(list, &key.src_addr))
+    } else {
+        SOURCES_V6.get(&source_v6(list, &key.src_addr))
+    };
+    let drop = judge(admission, rule)?;
+    if let Some(counters) = ADMISSION_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { (*counters).drops[drop as usize] += 1 };
+    }
+    if drop == AdmissionDrop::Denied
+        && let Some(counter) = rule.and_then(|rule| RULE_STATS.get_ptr_mut(rule.slot))
+    {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *counter += 1 };
+    }
+    Some(discard(Reason::DropDenied))
+}
+
 /// The backend the VIP's lookup table assigns to a new flow.
 #[inline(always)]
 fn table_backend(hash: u64, vip: &Vip) -> Option<(u32, u32, &'static Backend)> {
@@ -359,6 +414,12 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
         (Some((vip_id, backend_id, backend, tally)), Some((place, config))) => {
             count(Reason::ConnHit);
             trace_choice(trace, vip_id, backend_id, TRACE_VIA_CONNECTION, (0, 0));
+            if config.admission != 0 {
+                let list = u32::from(config.bank) * MAX_VIPS + vip_id;
+                if let Some(verdict) = refused(&flow.key, vip_id, list) {
+                    return verdict;
+                }
+            }
             let tally = tally | new_flow_tally(flow, Via::Connection);
             (vip_id, backend_id, backend, tally, place.hash, config)
         }
@@ -368,6 +429,11 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             };
             count(Reason::ConnMiss);
             trace_choice(trace, vip.vip_id, 0, 0, (0, vip.table_id));
+            if vip.admits
+                && let Some(verdict) = refused(&flow.key, vip.vip_id, vip.table_id)
+            {
+                return verdict;
+            }
             let (place, config) = match looked_up {
                 Some(found) => found,
                 None => {

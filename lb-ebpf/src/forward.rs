@@ -6,7 +6,7 @@
 
 use lb_common::maps::{
     BACKEND_ACTIVE, Backend, EncapJob, FORWARD_L2_DSR, FlowKey, JOB_TRACED, TALLY_NEW_FLOW, Tally,
-    VIP_INDEX_SLOTS, VIP_SLOT_USED, VipKey, VipSlot,
+    VIP_INDEX_SLOTS, VIP_SLOT_ADMIT, VIP_SLOT_USED, VipKey, VipSlot,
 };
 
 use crate::parse::Flow;
@@ -38,6 +38,8 @@ pub struct Vip {
     pub table_id: u32,
     /// That table's size.
     pub table_size: u32,
+    /// Whether its `Admission` has flags (`VIP_SLOT_ADMIT`).
+    pub admits: bool,
 }
 
 /// What one slot of the VIP index says about a key.
@@ -67,6 +69,7 @@ pub fn probe(slot: &VipSlot, key: &VipKey) -> Probe {
             vip_id: slot.vip_id,
             table_id: slot.table_id,
             table_size: slot.table_size,
+            admits: slot.flags & VIP_SLOT_ADMIT != 0,
         })
     } else {
         Probe::Occupied
@@ -208,9 +211,22 @@ mod tests {
             vip_id: 7,
             table_id: 1031,
             table_size: 251,
+            admits: false,
+        };
+        let admitting = VipSlot {
+            flags: VIP_SLOT_USED | VIP_SLOT_ADMIT,
+            ..slot
         };
         let rows = [
             ("the key's VIP", slot, Probe::Found(vip)),
+            (
+                "the key's VIP, with source rules or limits",
+                admitting,
+                Probe::Found(Vip {
+                    admits: true,
+                    ..vip
+                }),
+            ),
             ("an empty slot", VipSlot { flags: 0, ..slot }, Probe::Vacant),
             (
                 "the any-port VIP of the same address",

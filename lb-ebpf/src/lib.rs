@@ -1,6 +1,7 @@
 //! The XDP programs' decisions, over a small frame abstraction (`frame`)
 //! and over values as the maps hold them, so that host unit tests reach
-//! them: the header walking (`parse`), the connection table's policy
+//! them: the header walking (`parse`), which packets a VIP admits
+//! (`admission`), the connection table's policy
 //! (`conn`), the forwarding decision (`forward`), the outer headers the
 //! encapsulation writes (`outer`) and what the decapsulation strips
 //! (`tunnel`). The programs themselves are the glue that talks to the
@@ -8,6 +9,7 @@
 //! backends' decapsulation), `bench.rs` (the benchmarks' and the lab's).
 #![cfg_attr(not(test), no_std)]
 
+pub mod admission;
 pub mod conn;
 pub mod forward;
 pub mod frame;

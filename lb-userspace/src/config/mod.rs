@@ -237,7 +237,7 @@ pub enum Reach {
 }
 
 /// An address prefix (`198.18.64.0/24`, `2001:2:0:64::/64`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Prefix {
     /// Its first address.
     pub address: IpAddr,
@@ -779,8 +779,33 @@ pub struct VipConfig {
     /// Whether a watched change that made this VIP worse is rolled back
     /// (`rollback`); `None`: as `[rollout] rollback` says.
     pub rollback: Option<bool>,
+    /// Which sources it admits (`allow_sources`, `deny_sources`).
+    pub sources: SourceRules,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
+}
+
+/// A VIP's source rules: the data plane drops a packet whose source's
+/// longest matching prefix is denied, and, when there are allow rules, a
+/// packet whose source none of them covers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceRules {
+    /// Prefixes admitted (`allow_sources`); empty: every source not denied.
+    pub allow: Vec<Prefix>,
+    /// Prefixes dropped (`deny_sources`).
+    pub deny: Vec<Prefix>,
+}
+
+impl SourceRules {
+    /// Whether there are no rules: every source is admitted.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// How many rules there are.
+    pub fn len(&self) -> usize {
+        self.allow.len() + self.deny.len()
+    }
 }
 
 impl Config {

@@ -12,7 +12,7 @@ use super::{
     CheckKind, Config, EJECTION_TIMES_S, Encapsulation, Forwarding, Group, GuardOverrides, Guards,
     HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance,
     MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, RISE_FALL, Rollout, SLOW_STARTS_S,
-    Secret, UnreadableVip, VipConfig, WATCH_TIMES_S, span,
+    Secret, SourceRules, UnreadableVip, VipConfig, WATCH_TIMES_S, span,
 };
 use crate::{
     problem::{Problem, quoted},
@@ -297,6 +297,17 @@ fn prefix(value: &Value) -> Result<Prefix, String> {
         .as_str()
         .ok_or_else(|| "expected a prefix string like \"198.18.64.0/24\"".to_string())?
         .parse()
+}
+
+fn prefixes(value: &Value) -> Result<Vec<Prefix>, String> {
+    let items = value
+        .as_array()
+        .ok_or_else(|| "expected an array of prefixes like [\"198.18.64.0/24\"]".to_string())?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| prefix(item).map_err(|e| format!("item {}: {e}", i + 1)))
+        .collect()
 }
 
 fn mtu(value: &Value) -> Result<u16, String> {
@@ -749,6 +760,14 @@ fn read_vip(
         .optional(problems, "slow_start_s", slow_start)
         .unwrap_or(0);
     let rollback = s.optional(problems, "rollback", boolean);
+    let sources = SourceRules {
+        allow: s
+            .optional(problems, "allow_sources", prefixes)
+            .unwrap_or_default(),
+        deny: s
+            .optional(problems, "deny_sources", prefixes)
+            .unwrap_or_default(),
+    };
     let backends = s
         .optional(problems, "backend", tables)
         .unwrap_or_default()
@@ -770,6 +789,7 @@ fn read_vip(
             eject_outliers,
             slow_start_s,
             rollback,
+            sources,
             backends,
         }),
         _ => Err(UnreadableVip { location, backends }),

@@ -156,6 +156,7 @@ impl Record {
                     table: VipTable::default(),
                     // Only ids are taken from the skeleton.
                     forwarding: config.forwarding,
+                    sources: Default::default(),
                 })
                 .collect(),
             encap: config.encapsulation.clone(),

@@ -12,7 +12,9 @@ use std::{
 use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
-use lb_common::maps::{DataplaneConfig, Reason, TrafficCounters, names};
+use lb_common::maps::{
+    AdmissionCounters, AdmissionDrop, DataplaneConfig, Reason, TrafficCounters, names,
+};
 
 use super::{
     flows::{self, Census, MappedTable},
@@ -34,6 +36,8 @@ pub struct Counters {
     pub vips: Vec<TrafficCounters>,
     /// Indexed by `Reason`.
     pub reasons: Vec<u64>,
+    /// Packets each VIP refused, indexed by VIP id.
+    pub refused: Vec<AdmissionCounters>,
 }
 
 impl Counters {
@@ -45,6 +49,12 @@ impl Counters {
     /// VIP `id`'s counters (zero beyond what was read).
     pub fn vip(&self, id: u32) -> TrafficCounters {
         self.vips.get(id as usize).copied().unwrap_or_default()
+    }
+
+    /// Packets VIP `id` refused, by `AdmissionDrop` (zero beyond what was
+    /// read).
+    pub fn refused(&self, id: u32) -> AdmissionCounters {
+        self.refused.get(id as usize).copied().unwrap_or_default()
     }
 
     /// One reason's count.
@@ -59,6 +69,7 @@ pub struct CounterReader {
     backends: BatchMap<MapData>,
     vips: BatchMap<MapData>,
     reasons: BatchMap<MapData>,
+    refused: BatchMap<MapData>,
     /// The connection table.
     flows: MappedTable,
     config: Array<MapData, DataplaneConfig>,
@@ -90,29 +101,36 @@ fn read_per_cpu(
 /// u64 words of one `TrafficCounters`.
 const TRAFFIC_WORDS: usize = size_of::<TrafficCounters>() / size_of::<u64>();
 
-/// Sums per-CPU `TrafficCounters` (`TRAFFIC_WORDS` u64 words per CPU).
-fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
+/// Sums per-CPU values of `N` u64 words each (`cpus` values an entry).
+fn summed<const N: usize>(words: &[u64], cpus: usize) -> Vec<[u64; N]> {
     words
-        .chunks_exact(cpus * TRAFFIC_WORDS)
+        .chunks_exact(cpus * N)
         .map(|entry| {
-            let mut sum = [0u64; TRAFFIC_WORDS];
-            for cpu in entry.chunks_exact(TRAFFIC_WORDS) {
+            let mut sum = [0u64; N];
+            for cpu in entry.chunks_exact(N) {
                 for (total, word) in sum.iter_mut().zip(cpu) {
                     *total += word;
                 }
             }
-            TrafficCounters::from_words(sum)
+            sum
         })
+        .collect()
+}
+
+/// Sums per-CPU `TrafficCounters` (`TRAFFIC_WORDS` u64 words per CPU).
+fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
+    summed::<TRAFFIC_WORDS>(words, cpus)
+        .into_iter()
+        .map(TrafficCounters::from_words)
         .collect()
 }
 
 impl CounterReader {
     /// A reader over the given maps (`BACKEND_STATS`, `VIP_STATS`,
-    /// `GLOBAL_STATS`, (`CONN_META`, `CONN_TABLE`) and `CONFIG` handles).
+    /// `GLOBAL_STATS`, `ADMISSION_STATS`, (`CONN_META`, `CONN_TABLE`) and
+    /// `CONFIG` handles).
     pub fn new(
-        backends: OwnedFd,
-        vips: OwnedFd,
-        reasons: OwnedFd,
+        [backends, vips, reasons, refused]: [OwnedFd; 4],
         (meta, ways): (OwnedFd, OwnedFd),
         config: OwnedFd,
     ) -> io::Result<Self> {
@@ -138,6 +156,7 @@ impl CounterReader {
             backends: batch(backends, names::BACKEND_STATS)?,
             vips: batch(vips, names::VIP_STATS)?,
             reasons: batch(reasons, names::GLOBAL_STATS)?,
+            refused: batch(refused, names::ADMISSION_STATS)?,
             flows,
             config,
             cpus,
@@ -189,6 +208,13 @@ impl CounterReader {
             ),
             vips: traffic(&read_per_cpu(&self.vips, vips, cpus, TRAFFIC_WORDS)?, cpus),
             reasons,
+            refused: summed::<{ AdmissionDrop::COUNT }>(
+                &read_per_cpu(&self.refused, vips, cpus, AdmissionDrop::COUNT)?,
+                cpus,
+            )
+            .into_iter()
+            .map(|drops| AdmissionCounters { drops })
+            .collect(),
         })
     }
 }

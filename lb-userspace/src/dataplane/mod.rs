@@ -3,6 +3,7 @@
 //! making one apply live in one step, and reading counters back. Everything
 //! that touches aya lives in this folder.
 
+mod admission;
 pub mod clock;
 pub mod counters;
 pub mod decap;
@@ -27,10 +28,10 @@ use aya::{
 };
 use counters::{CounterReader, Counters};
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS, FlowKey, FlowMeta,
-    FlowWays, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS, TABLE_HEADER_SLOTS,
-    TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE, TAIL_TRACED, TrafficCounters, VIP_INDEX_SLOTS,
-    VIP_SLOT_USED, VipFilter, VipSlot, names,
+    AdmissionCounters, BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS,
+    FlowKey, FlowMeta, FlowWays, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS,
+    TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE, TAIL_TRACED, TrafficCounters,
+    VIP_INDEX_SLOTS, VIP_SLOT_USED, VipFilter, VipSlot, names,
 };
 use mmap::MappedArray;
 use sys::{BatchMap, SysError};
@@ -261,6 +262,8 @@ pub struct Dataplane {
     ebpf: Option<Ebpf>,
     link: Link,
     installed: Option<DesiredState>,
+    /// Both banks' admission as the kernel holds it, once read.
+    admissions: Option<admission::Admissions>,
     /// The table bank the VIP index points into.
     bank: u32,
     /// Applies made live so far (kept in `META`, so it survives restarts).
@@ -338,6 +341,7 @@ impl Dataplane {
             ebpf: Some(ebpf),
             link: Link::None,
             installed: None,
+            admissions: None,
             bank: 0,
             generation: 0,
             link_mtu: 0,
@@ -563,16 +567,20 @@ impl Dataplane {
         )
     }
 
-    /// Zeroes entry `index` of a per-CPU traffic-counter map.
-    fn zero_counters(&mut self, name: &'static str, index: u32) -> Result<()> {
+    /// Zeroes entry `index` of a per-CPU counter map of `V`s.
+    fn zero_counters<V: aya::Pod + Default>(
+        &mut self,
+        name: &'static str,
+        index: u32,
+    ) -> Result<()> {
         let io = |what: &str| {
             let what = what.to_string();
             move |source| DataplaneError::Io { what, source }
         };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| io("counting CPUs")(e))?;
-        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])
+        let zeros = PerCpuValues::try_from(vec![V::default(); cpus])
             .map_err(io("zeroed per-CPU counters"))?;
-        let mut array: PerCpuArray<_, TrafficCounters> =
+        let mut array: PerCpuArray<_, V> =
             PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         array.set(index, zeros, 0).map_err(map_err(name))
     }
@@ -731,7 +739,8 @@ impl Dataplane {
         for vip in &state.vips {
             if !kept_vips.contains(&vip.vip_id) {
                 // A new VIP's id may have served another VIP before.
-                self.zero_counters(names::VIP_STATS, vip.vip_id)?;
+                self.zero_counters::<TrafficCounters>(names::VIP_STATS, vip.vip_id)?;
+                self.zero_counters::<AdmissionCounters>(names::ADMISSION_STATS, vip.vip_id)?;
             }
             for backend in &vip.backends {
                 let slot = self.read_backend(backend.backend_id)?;
@@ -748,7 +757,10 @@ impl Dataplane {
                 };
                 let wanted = backend.slot(vip, active, generation);
                 if !kept {
-                    self.zero_counters(names::BACKEND_STATS, backend.backend_id)?;
+                    self.zero_counters::<TrafficCounters>(
+                        names::BACKEND_STATS,
+                        backend.backend_id,
+                    )?;
                 }
                 if slot != wanted {
                     self.set_backend(backend.backend_id, wanted)?;
@@ -783,6 +795,7 @@ impl Dataplane {
             .map(|(vip_id, map)| (table_id(bank, *vip_id), map))
             .collect();
         self.set_tables(&entries)?;
+        self.stage_admission(bank, state)?;
         Ok(Staged {
             state: state.clone(),
             bank,
@@ -836,6 +849,8 @@ impl Dataplane {
             tcp_idle_s: state.idle.tcp_s,
             udp_idle_s: state.idle.udp_s,
             encap: state.encap.kernel(self.link_mtu),
+            bank: bank as u8,
+            admission: u8::from(state.vips.iter().any(|v| !v.sources.is_empty())),
             ..config
         };
         if wanted != config {
@@ -918,9 +933,12 @@ impl Dataplane {
                 })
         };
         CounterReader::new(
-            handle(names::BACKEND_STATS)?,
-            handle(names::VIP_STATS)?,
-            handle(names::GLOBAL_STATS)?,
+            [
+                handle(names::BACKEND_STATS)?,
+                handle(names::VIP_STATS)?,
+                handle(names::GLOBAL_STATS)?,
+                handle(names::ADMISSION_STATS)?,
+            ],
             (handle(names::CONN_META)?, handle(names::CONN_TABLE)?),
             handle(names::CONFIG)?,
         )

@@ -203,6 +203,7 @@ impl Dataplane {
             ebpf: None,
             link: Link::Pinned(link),
             installed: None,
+            admissions: None,
             bank: meta.bank,
             generation: meta.generation,
             link_mtu: 0,

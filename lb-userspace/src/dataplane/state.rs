@@ -8,12 +8,14 @@ use lb_common::{
     flow_hash::{FlowSeed, flow_hash, table_slot},
     maps::{
         BACKEND_ACTIVE, Backend, FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, PROTO_TCP, PROTO_UDP,
-        VipKey, VipSlot,
+        VIP_SLOT_ADMIT, VipKey, VipSlot,
     },
 };
 
 use crate::{
-    config::{BackendConfig, Config, Encapsulation, Forwarding, IdleTimeouts, MacAddr},
+    config::{
+        BackendConfig, Config, Encapsulation, Forwarding, IdleTimeouts, MacAddr, SourceRules,
+    },
     table::TableSize,
     table::{TableError, VipTable},
 };
@@ -92,6 +94,8 @@ pub struct VipState {
     pub table: VipTable,
     /// How its frames reach its backends.
     pub forwarding: Forwarding,
+    /// Which sources it admits.
+    pub sources: SourceRules,
 }
 
 /// One backend as installed.
@@ -297,6 +301,7 @@ impl DesiredState {
                 backends,
                 table,
                 forwarding: vip.forwarding,
+                sources: vip.sources.clone(),
             });
         }
         Ok(Self {
@@ -372,7 +377,11 @@ impl VipState {
         VipSlot {
             key: self.key,
             vip_id: self.vip_id,
-            flags: 0,
+            flags: if self.sources.is_empty() {
+                0
+            } else {
+                VIP_SLOT_ADMIT
+            },
             table_id: super::table_id(bank, self.vip_id),
             table_size: self.table.table.len() as u32,
         }

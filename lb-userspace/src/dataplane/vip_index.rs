@@ -20,8 +20,8 @@ pub enum VipIndexError {
     Full(VipKey),
 }
 
-/// Lays out VIP slots (key, VIP id and table id; `flags` is set here)
-/// into `VIP_INDEX_SLOTS` slots.
+/// Lays out VIP slots (key, VIP id, table id and flags; `VIP_SLOT_USED`
+/// is set here) into `VIP_INDEX_SLOTS` slots.
 pub fn build(entries: &[VipSlot]) -> Result<Vec<VipSlot>, VipIndexError> {
     let mut slots = vec![VipSlot::default(); VIP_INDEX_SLOTS as usize];
     for entry in entries {
@@ -32,7 +32,7 @@ pub fn build(entries: &[VipSlot]) -> Result<Vec<VipSlot>, VipIndexError> {
             let slot = &mut slots[((home + probe) & (VIP_INDEX_SLOTS - 1)) as usize];
             if slot.flags & VIP_SLOT_USED == 0 {
                 *slot = VipSlot {
-                    flags: VIP_SLOT_USED,
+                    flags: entry.flags | VIP_SLOT_USED,
                     ..*entry
                 };
                 placed = true;

@@ -319,7 +319,7 @@ mod tests {
                 new_flows: flows.iter().sum(),
                 ..TrafficCounters::default()
             }],
-            reasons: Vec::new(),
+            ..Counters::default()
         }
     }
 

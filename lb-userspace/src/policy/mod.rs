@@ -6,6 +6,7 @@
 
 pub mod health;
 pub mod plan;
+pub mod sources;
 pub mod validate;
 
 /// What the gate made of a change: the journal's `result`, and the

@@ -168,6 +168,7 @@ pub fn check<T: Send>(
     let mut problems = Vec::new();
     let within_capacities = check_capacities(config, &mut problems);
     check_globals(config, &mut problems);
+    super::sources::check_total(config, &mut problems);
     let endpoints = earlier_twins(
         config
             .vips
@@ -1049,6 +1050,7 @@ fn check_vip(
             format!("must be {} seconds", span(&SLOW_STARTS_S)),
         ));
     }
+    super::sources::check(vip, &location, problems);
     if vip.protocol == Protocol::Udp && vip.eject_outliers == Some(true) {
         problems.push(Problem::error(
             "outlier-udp",

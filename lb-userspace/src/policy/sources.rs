@@ -1,0 +1,256 @@
+//! The checks on a VIP's source rules: every prefix of the VIP's family,
+//! none twice, none both allowed and denied, and rules that admit some
+//! source: a deny list that covers every address, or an allow list whose
+//! every prefix longer deny rules cover, would take the VIP dark. Also
+//! what the rules decide for one source, as the data plane decides it.
+
+use std::{collections::HashSet, net::IpAddr};
+
+use lb_common::maps::MAX_SOURCE_RULES;
+
+use crate::{
+    config::{Config, Prefix, SourceRules, VipConfig},
+    problem::Problem,
+};
+
+/// The verdict of a VIP's rules on one source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Admitted: by the allow rule named, or by no rule at all.
+    Yes(Option<Prefix>),
+    /// Dropped by the deny rule named.
+    Denied(Prefix),
+    /// Dropped: there are allow rules and none covers it.
+    NotAllowed,
+}
+
+impl SourceRules {
+    /// What the rules decide for `source`: the longest covering prefix
+    /// decides (a deny rule drops, an allow rule admits); with allow
+    /// rules, a source none covers is dropped.
+    pub fn admits(&self, source: IpAddr) -> Admitted {
+        let longest = |list: &[Prefix]| {
+            list.iter()
+                .filter(|p| p.contains(source))
+                .max_by_key(|p| p.len)
+                .copied()
+        };
+        match (longest(&self.allow), longest(&self.deny)) {
+            (Some(allow), Some(deny)) if deny.len > allow.len => Admitted::Denied(deny),
+            (Some(allow), _) => Admitted::Yes(Some(allow)),
+            (None, Some(deny)) => Admitted::Denied(deny),
+            (None, None) if self.allow.is_empty() => Admitted::Yes(None),
+            (None, None) => Admitted::NotAllowed,
+        }
+    }
+
+    /// Whether some source is admitted: with allow rules, some allow
+    /// prefix has an address no longer deny prefix covers; without, the
+    /// deny rules leave some address of `family_width` bits uncovered.
+    pub fn admits_any(&self, family_width: u8) -> bool {
+        if self.allow.is_empty() {
+            return !self
+                .deny
+                .iter()
+                .any(|d| d.len == 0 && d.width() == family_width);
+        }
+        self.allow.iter().any(|allow| {
+            let inner: Vec<Prefix> = self
+                .deny
+                .iter()
+                .filter(|d| d.len > allow.len && allow.contains(d.address))
+                .copied()
+                .collect();
+            !covers(&inner, allow)
+        })
+    }
+}
+
+impl Prefix {
+    /// Bits of its family's addresses: 32 or 128.
+    pub fn width(&self) -> u8 {
+        if self.address.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// Whether `address` is in it.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        match (self.address, address) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(p) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(p) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// Its first and last address as numbers of its family's width.
+    fn range(&self) -> (u128, u128) {
+        let first = match self.address {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        let host_bits = u32::from(self.width() - self.len);
+        let span = 1u128.checked_shl(host_bits).map_or(u128::MAX, |s| s - 1);
+        (first, first.saturating_add(span))
+    }
+}
+
+/// Whether `prefixes` (all inside `outer`) cover every address of it.
+fn covers(prefixes: &[Prefix], outer: &Prefix) -> bool {
+    let mut ranges: Vec<(u128, u128)> = prefixes.iter().map(Prefix::range).collect();
+    ranges.sort_unstable();
+    let (first, last) = outer.range();
+    let mut next = first;
+    for (start, end) in ranges {
+        if start > next {
+            return false;
+        }
+        if end >= last {
+            return true;
+        }
+        next = next.max(end + 1);
+    }
+    false
+}
+
+/// Checks one VIP's source rules.
+pub fn check(vip: &VipConfig, location: &str, problems: &mut Vec<Problem>) {
+    let rules = &vip.sources;
+    let width = if vip.address.is_ipv4() { 32 } else { 128 };
+    let mut seen = HashSet::new();
+    let lists = [
+        ("allow_sources", &rules.allow),
+        ("deny_sources", &rules.deny),
+    ];
+    for (field, list) in lists {
+        for prefix in list.iter() {
+            let text = format!("{}/{}", prefix.address, prefix.len);
+            if prefix.width() != width {
+                problems.push(Problem::error(
+                    "sources",
+                    location,
+                    field,
+                    text.clone(),
+                    format!(
+                        "the VIP is {}: only its family's sources reach it",
+                        vip.address
+                    ),
+                ));
+            }
+            if !seen.insert(*prefix) {
+                let why = if field == "deny_sources" && rules.allow.contains(prefix) {
+                    "is both allowed and denied: say which"
+                } else {
+                    "is listed twice"
+                };
+                problems.push(Problem::error("sources", location, field, text, why));
+            }
+        }
+    }
+    let (field, list) = if rules.allow.is_empty() {
+        ("deny_sources", &rules.deny)
+    } else {
+        ("allow_sources", &rules.allow)
+    };
+    if !list.is_empty() && !rules.admits_any(width) {
+        let why = if rules.allow.is_empty() {
+            "the deny rules cover every source: the VIP would take no traffic at all"
+        } else {
+            "longer deny rules cover every allowed prefix: the VIP would take no traffic at all"
+        };
+        problems.push(Problem::error(
+            "sources-admit-none",
+            location,
+            field,
+            format!("{} rules", list.len()),
+            why,
+        ));
+    }
+}
+
+/// Checks that the rules of all VIPs fit the data plane.
+pub fn check_total(config: &Config, problems: &mut Vec<Problem>) {
+    let total: usize = config.vips.iter().map(|v| v.sources.len()).sum();
+    if total > MAX_SOURCE_RULES as usize {
+        problems.push(Problem::error(
+            "sources",
+            "config",
+            "allow_sources",
+            total.to_string(),
+            format!(
+                "more source rules over all VIPs than the data plane holds \
+                 ({MAX_SOURCE_RULES})"
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Prefix {
+        text.parse().unwrap()
+    }
+
+    fn rules(allow: &[&str], deny: &[&str]) -> SourceRules {
+        SourceRules {
+            allow: allow.iter().map(|t| p(t)).collect(),
+            deny: deny.iter().map(|t| p(t)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_longest_prefix_decides() {
+        let r = rules(&["198.18.0.0/15", "198.18.5.128/25"], &["198.18.5.0/24"]);
+        let at = |a: &str| r.admits(a.parse().unwrap());
+        assert_eq!(at("198.18.1.1"), Admitted::Yes(Some(p("198.18.0.0/15"))));
+        assert_eq!(at("198.18.5.1"), Admitted::Denied(p("198.18.5.0/24")));
+        assert_eq!(
+            at("198.18.5.200"),
+            Admitted::Yes(Some(p("198.18.5.128/25")))
+        );
+        assert_eq!(at("192.0.2.1"), Admitted::NotAllowed);
+        let deny_only = rules(&[], &["2001:2::/48"]);
+        assert_eq!(
+            deny_only.admits("2001:2::9".parse().unwrap()),
+            Admitted::Denied(p("2001:2::/48"))
+        );
+        assert_eq!(
+            deny_only.admits("2001:3::9".parse().unwrap()),
+            Admitted::Yes(None)
+        );
+    }
+
+    #[test]
+    fn rules_that_admit_nobody_are_found() {
+        assert!(!rules(&[], &["0.0.0.0/0"]).admits_any(32));
+        assert!(rules(&[], &["198.18.0.0/15"]).admits_any(32));
+        assert!(rules(&["0.0.0.0/0"], &["0.0.0.0/1"]).admits_any(32));
+        assert!(!rules(&["0.0.0.0/0"], &["0.0.0.0/1", "128.0.0.0/1"]).admits_any(32));
+        // Two /25s cover the /24 allowed; a /23 elsewhere does not help.
+        assert!(
+            !rules(
+                &["198.18.5.0/24"],
+                &["198.18.5.0/25", "198.18.5.128/25", "198.18.8.0/23"]
+            )
+            .admits_any(32)
+        );
+        // An allow rule inside the denied space admits again.
+        assert!(
+            rules(
+                &["198.18.5.0/24", "198.18.5.7/32"],
+                &["198.18.5.0/25", "198.18.5.128/25"]
+            )
+            .admits_any(32)
+        );
+        assert!(!rules(&[], &["::/0"]).admits_any(128));
+        assert!(rules(&["2001:2::/48"], &["2001:2::/49"]).admits_any(128));
+    }
+}
