@@ -302,11 +302,30 @@ impl FromStr for Prefix {
             .zip(prefix.host_mask())
             .any(|(byte, host)| byte & host != 0)
         {
+            let first = Prefix {
+                address: masked(address, len),
+                len,
+            };
             return Err(format!(
-                "{text:?} has host bits set: the source's host bits come from each flow's hash"
+                "{text:?} has host bits set: a prefix is written with its first address \
+                 ({first})"
             ));
         }
         Ok(prefix)
+    }
+}
+
+/// `address` with all but its first `len` bits cleared.
+pub fn masked(address: IpAddr, len: u8) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::from(std::net::Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::from(std::net::Ipv6Addr::from(u128::from(v6) & mask))
+        }
     }
 }
 

@@ -201,6 +201,22 @@ impl Scrape {
             "Flows the VIP's lookup table assigned (SYNs and connection-table misses).",
         )
         .encode(encoder, self.per_vip(|v| v.new_flows))?;
+        counter(
+            "vip_refused_packets",
+            "Packets the VIP's source rules dropped in XDP, by reason: denied (a deny rule) \
+             or not_allowed (no allow rule covers the source).",
+        )
+        .encode(
+            encoder,
+            self.report.vips.iter().flat_map(|v| {
+                v.refused.iter().map(|(reason, count)| {
+                    (
+                        [("vip", v.name.as_str()), ("reason", reason.as_str())],
+                        *count,
+                    )
+                })
+            }),
+        )?;
         handshake_counters("vip", "the VIP's backends", |kind, read| {
             kind.encode(encoder, self.per_vip(|v| read(&v.handshakes)))
         })?;

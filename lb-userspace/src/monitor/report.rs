@@ -156,6 +156,10 @@ pub struct VipReport {
     pub bytes: u64,
     /// Flows assigned.
     pub new_flows: u64,
+    /// Packets its source rules refused, by reason (`denied`,
+    /// `not_allowed`).
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
     /// Its backends' handshakes together.
     #[serde(default)]
     pub handshakes: HandshakeCounts,
@@ -306,6 +310,13 @@ impl Report {
                     packets: totals.packets,
                     bytes: totals.bytes,
                     new_flows: totals.new_flows,
+                    refused: {
+                        let refused = counters.refused(vip.vip_id);
+                        lb_common::maps::AdmissionDrop::ALL
+                            .into_iter()
+                            .map(|drop| (drop.name().to_string(), refused.drops[drop as usize]))
+                            .collect()
+                    },
                     handshakes: HandshakeCounts::from(&totals),
                     outliers: outliers.vip(vip.vip_id).map(ToString::to_string),
                     flow_rate: judged.flow_rate,
@@ -524,6 +535,18 @@ impl Report {
                     None => "",
                 }
             );
+            if vip.refused.values().any(|&n| n > 0) {
+                let counts: Vec<String> = vip
+                    .refused
+                    .iter()
+                    .map(|(reason, n)| format!("{reason} {n}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  refused by source rules: {} packets",
+                    counts.join(", ")
+                );
+            }
             if let Some(verdict) = vip
                 .outliers
                 .as_ref()

@@ -74,19 +74,8 @@ impl Prefix {
 
     /// Whether `address` is in it.
     pub fn contains(&self, address: IpAddr) -> bool {
-        match (self.address, address) {
-            (IpAddr::V4(p), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(p) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(p), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(p) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
+        address.is_ipv4() == self.address.is_ipv4()
+            && crate::config::masked(address, self.len) == self.address
     }
 
     /// Its first and last address as numbers of its family's width.
@@ -130,7 +119,7 @@ pub fn check(vip: &VipConfig, location: &str, problems: &mut Vec<Problem>) {
     ];
     for (field, list) in lists {
         for prefix in list.iter() {
-            let text = format!("{}/{}", prefix.address, prefix.len);
+            let text = prefix.to_string();
             if prefix.width() != width {
                 problems.push(Problem::error(
                     "sources",
@@ -225,6 +214,60 @@ mod tests {
         assert_eq!(
             deny_only.admits("2001:3::9".parse().unwrap()),
             Admitted::Yes(None)
+        );
+    }
+
+    #[test]
+    fn validation_refuses_rules_that_cannot_mean_what_they_say() {
+        let vip = |rules: &str| {
+            format!(
+                "[[vip]]\naddress = \"198.18.0.10\"\nport = 80\nprotocol = \"tcp\"\n{rules}\n\
+                 backend = [{{ address = \"198.18.1.1\" }}, {{ address = \"198.18.1.2\" }}]\n"
+            )
+        };
+        let cases = [
+            (r#"deny_sources = ["2001:2::/48"]"#, "sources", "family"),
+            (
+                r#"deny_sources = ["198.18.5.0/24", "198.18.5.0/24"]"#,
+                "sources",
+                "twice",
+            ),
+            (
+                r#"allow_sources = ["198.18.5.0/24"]
+deny_sources = ["198.18.5.0/24"]"#,
+                "sources",
+                "both allowed and denied",
+            ),
+            (
+                r#"deny_sources = ["0.0.0.0/0"]"#,
+                "sources-admit-none",
+                "every source",
+            ),
+            (
+                r#"allow_sources = ["198.18.5.0/24"]
+deny_sources = ["198.18.5.0/25", "198.18.5.128/25"]"#,
+                "sources-admit-none",
+                "every allowed prefix",
+            ),
+            (
+                r#"deny_sources = ["198.18.5.1/24"]"#,
+                "invalid-value",
+                "host bits set: a prefix is written with its first address (198.18.5.0/24)",
+            ),
+        ];
+        for (rules, code, words) in cases {
+            let validation = crate::policy::validate::validate(&vip(rules));
+            let found = validation
+                .problems
+                .iter()
+                .any(|p| p.is_error() && p.code == code && p.to_string().contains(words));
+            assert!(found, "{rules}: {:?}", validation.problems);
+        }
+        let fine = vip(r#"allow_sources = ["0.0.0.0/0", "198.18.5.7/32"]
+deny_sources = ["198.18.5.0/24"]"#);
+        assert!(
+            crate::policy::validate::validate(&fine).valid().is_ok(),
+            "deny rules with an exception inside an open VIP"
         );
     }
 
