@@ -785,6 +785,22 @@ pub const ADMIT_SOURCES: u32 = 1;
 /// rule covers is refused (`AdmissionDrop::NotAllowed`).
 pub const ADMIT_ALLOW_LIST: u32 = 2;
 
+/// `Admission.flags`: the VIP caps its new flows (`new_flows`).
+pub const ADMIT_FLOW_LIMIT: u32 = 4;
+/// `Admission.flags`: the VIP caps its packets (`packets`).
+pub const ADMIT_PACKET_LIMIT: u32 = 8;
+/// `Admission.flags`: the VIP caps each source prefix's new flows
+/// (`source_new_flows`).
+pub const ADMIT_SOURCE_LIMIT: u32 = 16;
+/// `Admission.flags`: any of the limits.
+pub const ADMIT_LIMITS: u32 = ADMIT_FLOW_LIMIT | ADMIT_PACKET_LIMIT | ADMIT_SOURCE_LIMIT;
+
+/// Buckets of each row of `SOURCE_BUCKETS`: a source prefix's new flows
+/// count in one bucket of each of two rows, chosen by a keyed hash of the
+/// VIP and the prefix; it is refused only when both are over their rate.
+/// Fixed, so a flood of spoofed sources cannot grow it.
+pub const SOURCE_BUCKET_ROWS: u32 = 65_536;
+
 /// `SourceRule.action`: the sources the rule covers are admitted.
 pub const SOURCE_ALLOW: u32 = 0;
 /// `SourceRule.action`: the sources the rule covers are dropped.
@@ -798,8 +814,44 @@ pub const SOURCE_DENY: u32 = 1;
 pub struct Admission {
     /// `ADMIT_*` bits; 0: every packet is admitted.
     pub flags: u32,
+    /// The prefix length a source's new flows are counted under (IPv4).
+    pub source_len_v4: u8,
+    /// The same for IPv6.
+    pub source_len_v6: u8,
     /// Reserved; zero.
-    pub reserved: u32,
+    pub reserved: [u8; 2],
+    /// The VIP's cap on new flows (`ADMIT_FLOW_LIMIT`).
+    pub new_flows: Rate,
+    /// The VIP's cap on packets (`ADMIT_PACKET_LIMIT`).
+    pub packets: Rate,
+    /// Each source prefix's cap on new flows (`ADMIT_SOURCE_LIMIT`).
+    pub source_new_flows: Rate,
+}
+
+/// A rate limit as a generic cell rate algorithm holds it: a packet
+/// conforms while its bucket's theoretical arrival time is at most
+/// `burst_ns` after now, and then moves that time on by `interval_ns`.
+/// Only admitted packets write the bucket, so a flood it refuses only
+/// reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    /// Nanoseconds per packet: 1e9 / the rate.
+    pub interval_ns: u64,
+    /// How far ahead of now a bucket may run: a burst of `burst_ns /
+    /// interval_ns + 1` packets passes at once.
+    pub burst_ns: u64,
+}
+
+/// A VIP's limit buckets: theoretical arrival times on the kernel's
+/// monotonic clock, in ns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipBuckets {
+    /// Its new flows'.
+    pub new_flows: u64,
+    /// Its packets'.
+    pub packets: u64,
 }
 
 /// The data of an IPv4 source trie key: the rule list (the VIP's table
@@ -846,11 +898,23 @@ pub enum AdmissionDrop {
     Denied = 0,
     /// The VIP has allow rules and none covers its source.
     NotAllowed = 1,
+    /// A new flow over the VIP's cap on new flows.
+    FlowLimit = 2,
+    /// A packet over the VIP's cap on packets.
+    PacketLimit = 3,
+    /// A new flow over its source prefix's cap.
+    SourceLimit = 4,
 }
 
 impl AdmissionDrop {
     /// Every reason, in index order.
-    pub const ALL: [AdmissionDrop; 2] = [AdmissionDrop::Denied, AdmissionDrop::NotAllowed];
+    pub const ALL: [AdmissionDrop; 5] = [
+        AdmissionDrop::Denied,
+        AdmissionDrop::NotAllowed,
+        AdmissionDrop::FlowLimit,
+        AdmissionDrop::PacketLimit,
+        AdmissionDrop::SourceLimit,
+    ];
     /// Length of `AdmissionCounters::drops`.
     pub const COUNT: usize = Self::ALL.len();
 
@@ -859,6 +923,19 @@ impl AdmissionDrop {
         match self {
             AdmissionDrop::Denied => "denied",
             AdmissionDrop::NotAllowed => "not_allowed",
+            AdmissionDrop::FlowLimit => "flow_limit",
+            AdmissionDrop::PacketLimit => "packet_limit",
+            AdmissionDrop::SourceLimit => "source_limit",
+        }
+    }
+
+    /// The verdict counter it moves.
+    pub const fn reason(self) -> Reason {
+        match self {
+            AdmissionDrop::Denied | AdmissionDrop::NotAllowed => Reason::DropDenied,
+            AdmissionDrop::FlowLimit | AdmissionDrop::PacketLimit | AdmissionDrop::SourceLimit => {
+                Reason::DropLimited
+            }
         }
     }
 }
@@ -943,11 +1020,16 @@ pub enum Reason {
     /// an allow list that does not cover it): dropped, and counted by VIP,
     /// reason and rule.
     DropDenied = 22,
+    /// The VIP's limits refuse the packet: over its cap on new flows or on
+    /// packets, or a new flow over its source prefix's cap. Dropped, and
+    /// counted by VIP and reason. Established flows never meet the caps on
+    /// new flows.
+    DropLimited = 23,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::Tx,
         Reason::PassNotIp,
         Reason::PassNotVip,
@@ -971,6 +1053,7 @@ impl Reason {
         Reason::ConnExpired,
         Reason::IcmpToBackend,
         Reason::DropDenied,
+        Reason::DropLimited,
     ];
 
     /// Whether this reason is a verdict (every packet moves exactly one
@@ -999,7 +1082,8 @@ impl Reason {
             | Reason::DropNoBackend
             | Reason::DropTooBig
             | Reason::DropEncapFailed
-            | Reason::DropDenied => "drop",
+            | Reason::DropDenied
+            | Reason::DropLimited => "drop",
             Reason::Ipv4Options
             | Reason::ConnHit
             | Reason::ConnMiss
@@ -1042,6 +1126,7 @@ impl Reason {
             Reason::ConnExpired => "conn_expired",
             Reason::IcmpToBackend => "icmp_to_backend",
             Reason::DropDenied => "drop_denied",
+            Reason::DropLimited => "drop_limited",
         }
     }
 }
@@ -1093,6 +1178,11 @@ pub mod names {
     pub const RULE_STATS: &str = "RULE_STATS";
     /// `PerCpuArray<AdmissionCounters>` indexed by `vip_id`.
     pub const ADMISSION_STATS: &str = "ADMISSION_STATS";
+    /// `Array<VipBuckets>` indexed by `vip_id`.
+    pub const VIP_BUCKETS: &str = "VIP_BUCKETS";
+    /// `Array<u64>` of `2 * SOURCE_BUCKET_ROWS` buckets: the source
+    /// prefixes' new flows.
+    pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
     /// `Array<Meta>` with one entry; created and pinned by `fulcrum`, not
     /// part of the eBPF object.
     pub const META: &str = "META";
@@ -1112,7 +1202,7 @@ pub mod names {
     /// The decapsulation program.
     pub const DECAP_PROGRAM: &str = "fulcrum_decap";
     /// The maps of the eBPF object, every one pinned.
-    pub const OBJECT_MAPS: [&str; 22] = [
+    pub const OBJECT_MAPS: [&str; 24] = [
         VIP_INDEX,
         VIP_FILTER,
         BACKENDS,
@@ -1135,6 +1225,8 @@ pub mod names {
         SOURCES_V6,
         RULE_STATS,
         ADMISSION_STATS,
+        VIP_BUCKETS,
+        SOURCE_BUCKETS,
     ];
 }
 
@@ -1175,6 +1267,8 @@ mod pod {
         SourceV6,
         SourceRule,
         AdmissionCounters,
+        Rate,
+        VipBuckets,
     );
 }
 
@@ -1287,7 +1381,7 @@ mod tests {
         assert_eq!(size_of::<DataplaneConfig>(), 88);
         assert_eq!(size_of::<TraceControl>(), 48);
         assert_eq!(size_of::<TraceState>(), 24);
-        assert_eq!(size_of::<Admission>(), 8);
+        assert_eq!(size_of::<Admission>(), 56);
         assert_eq!(size_of::<SourceV4>(), 8);
         assert_eq!(size_of::<SourceV6>(), 20);
         assert_eq!(size_of::<SourceRule>(), 8);

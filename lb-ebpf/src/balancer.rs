@@ -9,23 +9,25 @@
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, ArrayOfMaps, LpmTrie, PerCpuArray, ProgramArray},
+    helpers::bpf_ktime_get_ns,
     macros::btf_map,
     programs::XdpContext,
 };
 use lb_common::{
     flow_hash::{flow_hash, flow_set, flow_tag, table_slot, vip_home_slot},
     maps::{
+        ADMIT_FLOW_LIMIT, ADMIT_LIMITS, ADMIT_PACKET_LIMIT, ADMIT_SOURCE_LIMIT, ADMIT_SOURCES,
         Admission, AdmissionCounters, AdmissionDrop, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS,
         DataplaneConfig, EncapJob, FAMILY_IPV4, FlowEntry, FlowKey, FlowMeta, FlowWays,
-        LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_SOURCE_RULES, MAX_VIPS, Reason, SOURCE_RULE_SLOTS,
-        SourceRule, SourceV4, SourceV6, TABLE_BANKS, TABLE_MAP_FLAGS, TAIL_ENCAP,
-        TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
-        VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipFilter, VipKey, VipSlot, WayWord,
+        LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_SOURCE_RULES, MAX_VIPS, Reason, SOURCE_BUCKET_ROWS,
+        SOURCE_RULE_SLOTS, SourceRule, SourceV4, SourceV6, TABLE_BANKS, TABLE_MAP_FLAGS,
+        TAIL_ENCAP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
+        VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipBuckets, VipFilter, VipKey, VipSlot, WayWord,
     },
 };
 use lb_ebpf::{
     Verdict,
-    admission::{judge, source_v4, source_v6},
+    admission::{conforms, judge, source_bucket_key, source_buckets, source_v4, source_v6},
     conn::{
         Stale, find_way, hit_tally, insertion_way, new_entry, new_word, refreshed, standing,
         still_pinned, syn_tally,
@@ -113,6 +115,14 @@ static SOURCES_V6: LpmTrie<SourceV6, SourceRule, { (TABLE_BANKS * MAX_SOURCE_RUL
 /// Packets each deny rule dropped, by the rule's slot.
 #[btf_map]
 static RULE_STATS: PerCpuArray<u64, { SOURCE_RULE_SLOTS as usize }> = PerCpuArray::new();
+
+/// Each VIP's limit buckets, by `vip_id`: they outlive applies.
+#[btf_map]
+static VIP_BUCKETS: Array<VipBuckets, { MAX_VIPS as usize }> = Array::new();
+
+/// The source prefixes' new-flow buckets: two rows of `SOURCE_BUCKET_ROWS`.
+#[btf_map]
+static SOURCE_BUCKETS: Array<u64, { (2 * SOURCE_BUCKET_ROWS) as usize }> = Array::new();
 
 /// Packets each VIP refused, by `AdmissionDrop`.
 #[btf_map]
@@ -343,20 +353,27 @@ fn track(place: &Place, flow: &Flow, pin: FlowEntry, config: &DataplaneConfig) -
 }
 
 /// The drop verdict when VIP `vip_id`, whose admission is `list` (its
-/// table id in some bank), refuses a packet of `key`; counted by VIP,
-/// reason and rule. `None`: admitted.
+/// table id in some bank), refuses a packet of `key` (one that starts a
+/// flow when `new_flow`); counted by VIP, reason and rule. `None`:
+/// admitted.
 #[inline(always)]
-fn refused(key: &FlowKey, vip_id: u32, list: u32) -> Option<Verdict> {
+fn refused(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> Option<Verdict> {
     let admission = ADMISSION.get(list)?;
     if admission.flags == 0 {
         return None;
     }
-    let rule = if key.family == FAMILY_IPV4 {
-        SOURCES_V4.get(&source_v4(list, &key.src_addr))
-    } else {
-        SOURCES_V6.get(&source_v6(list, &key.src_addr))
+    let mut rule = None;
+    if admission.flags & ADMIT_SOURCES != 0 {
+        rule = if key.family == FAMILY_IPV4 {
+            SOURCES_V4.get(&source_v4(list, &key.src_addr))
+        } else {
+            SOURCES_V6.get(&source_v6(list, &key.src_addr))
+        };
+    }
+    let drop = match judge(admission, rule) {
+        Some(drop) => drop,
+        None => limited(admission, key, vip_id, new_flow)?,
     };
-    let drop = judge(admission, rule)?;
     if let Some(counters) = ADMISSION_STATS.get_ptr_mut(vip_id) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { (*counters).drops[drop as usize] += 1 };
@@ -367,7 +384,80 @@ fn refused(key: &FlowKey, vip_id: u32, list: u32) -> Option<Verdict> {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *counter += 1 };
     }
-    Some(discard(Reason::DropDenied))
+    Some(discard(drop.reason()))
+}
+
+/// Which of the VIP's limits refuses the packet, if one does: its
+/// source prefix's cap on new flows, the VIP's cap on new flows, then its
+/// cap on packets. Each bucket a packet passes moves on; the one that
+/// refuses it does not. Racing CPUs may each admit one packet more than
+/// the rate.
+#[inline(always)]
+fn limited(
+    admission: &Admission,
+    key: &FlowKey,
+    vip_id: u32,
+    new_flow: bool,
+) -> Option<AdmissionDrop> {
+    let flags = admission.flags;
+    if flags & ADMIT_LIMITS == 0 {
+        return None;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if new_flow && flags & ADMIT_SOURCE_LIMIT != 0 && !source_admits(admission, key, vip_id, now) {
+        return Some(AdmissionDrop::SourceLimit);
+    }
+    let buckets = VIP_BUCKETS.get_ptr_mut(vip_id)?;
+    if new_flow && flags & ADMIT_FLOW_LIMIT != 0 {
+        // SAFETY: a map value, valid while we run; word loads and stores.
+        let bucket = unsafe { &mut (*buckets).new_flows };
+        if !take(bucket, now, &admission.new_flows) {
+            return Some(AdmissionDrop::FlowLimit);
+        }
+    }
+    if flags & ADMIT_PACKET_LIMIT != 0 {
+        // SAFETY: as above.
+        let bucket = unsafe { &mut (*buckets).packets };
+        if !take(bucket, now, &admission.packets) {
+            return Some(AdmissionDrop::PacketLimit);
+        }
+    }
+    None
+}
+
+/// Whether a packet at `now` conforms to `rate`; moves the bucket on
+/// when it does.
+#[inline(always)]
+fn take(bucket: &mut u64, now: u64, rate: &lb_common::maps::Rate) -> bool {
+    match conforms(*bucket, now, rate) {
+        Some(next) => {
+            *bucket = next;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether the source prefix of `key` may open another flow to VIP
+/// `vip_id`: one of its two buckets has room (each that has moves on).
+#[inline(always)]
+fn source_admits(admission: &Admission, key: &FlowKey, vip_id: u32, now: u64) -> bool {
+    let Some(config) = CONFIG.get(0) else {
+        return true;
+    };
+    let hash = flow_hash(&source_bucket_key(key, vip_id, admission), &config.seed);
+    let (first, second) = source_buckets(hash);
+    let rate = &admission.source_new_flows;
+    let (Some(first), Some(second)) = (
+        SOURCE_BUCKETS.get_ptr_mut(first),
+        SOURCE_BUCKETS.get_ptr_mut(second),
+    ) else {
+        return true;
+    };
+    // SAFETY: map values, valid while we run. Both move on where they
+    // have room (no short circuit).
+    unsafe { take(&mut *first, now, rate) | take(&mut *second, now, rate) }
 }
 
 /// The backend the VIP's lookup table assigns to a new flow.
@@ -416,7 +506,7 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             trace_choice(trace, vip_id, backend_id, TRACE_VIA_CONNECTION, (0, 0));
             if config.admission != 0 {
                 let list = u32::from(config.bank) * MAX_VIPS + vip_id;
-                if let Some(verdict) = refused(&flow.key, vip_id, list) {
+                if let Some(verdict) = refused(&flow.key, vip_id, list, false) {
                     return verdict;
                 }
             }
@@ -430,7 +520,7 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             count(Reason::ConnMiss);
             trace_choice(trace, vip.vip_id, 0, 0, (0, vip.table_id));
             if vip.admits
-                && let Some(verdict) = refused(&flow.key, vip.vip_id, vip.table_id)
+                && let Some(verdict) = refused(&flow.key, vip.vip_id, vip.table_id, !flow.icmp)
             {
                 return verdict;
             }

@@ -36,6 +36,7 @@ protocol = "tcp"
 zzz = 1
 guards = { zzz = 1 }
 health_check = { zzz = 1 }
+limits = { zzz = 1 }
 [[vip.backend]]
 address = "198.18.0.1"
 zzz = 1
@@ -49,6 +50,7 @@ fn section(location: &str) -> String {
         table @ ("guards" | "health_check" | "imbalance" | "encapsulation" | "api" | "group"
         | "announce") => format!("## `[{table}]`"),
         _ if location.contains(" backend ") => "## `[[vip.backend]]`".into(),
+        "limits" => "## `[vip.limits]`".into(),
         _ => "## `[[vip]]`".into(),
     }
 }
@@ -85,7 +87,7 @@ fn every_key_the_parser_accepts_is_in_the_reference() {
             .or_default()
             .extend(keys.split(", ").map(str::to_string));
     }
-    assert_eq!(accepted.len(), 10, "a table of every kind: {accepted:?}");
+    assert_eq!(accepted.len(), 11, "a table of every kind: {accepted:?}");
     let mut missing = Vec::new();
     for (heading, keys) in &accepted {
         let listed = documented(heading);

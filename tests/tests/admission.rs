@@ -5,6 +5,8 @@
 //! is counted by VIP, reason and rule, and a rule's count runs on across
 //! applies (which write the bank not in use, and only what changed).
 
+use std::time::Instant;
+
 use lb_common::maps::{AdmissionDrop, Reason};
 use lb_tests::{
     fixture::{Fixture, xdp_action},
@@ -195,4 +197,146 @@ fn a_rule_applied_later_refuses_established_flows_and_counts_run_on() {
         Some(0),
         "web6's rule was never hit"
     );
+}
+
+/// Three capped VIPs: each source /24 may open 50 flows a second on
+/// capped4, flows4 takes 20 new flows a second, pps6 30 packets. The
+/// backends have the load balancer's own MAC, so that a repeated test run
+/// (which runs each repeat on the frame the last one left) meets the same
+/// path every time.
+const LIMITS: &str = r#"
+table_size = 251
+
+[[vip]]
+name = "capped4"
+address = "198.18.0.110"
+port = 80
+protocol = "tcp"
+limits = { source_new_flows_per_s = 50 }
+backend = [{ name = "b1", address = "198.18.1.1", mac = "02:fc:00:00:00:01" }]
+
+[[vip]]
+name = "flows4"
+address = "198.18.0.111"
+port = 80
+protocol = "tcp"
+limits = { new_flows_per_s = 20 }
+backend = [{ name = "b1", address = "198.18.1.1", mac = "02:fc:00:00:00:01" }]
+
+[[vip]]
+name = "pps6"
+address = "2001:2::103"
+port = 80
+protocol = "tcp"
+limits = { packets_per_s = 30 }
+backend = [{ name = "b6", address = "2001:2::1:1", mac = "02:fc:00:00:00:01" }]
+"#;
+
+/// Runs `frame` `times` times (one kernel call); returns how many the
+/// VIP `name` forwarded and how many it refused for `drop`.
+fn burst(
+    fixture: &mut Fixture,
+    name: &str,
+    frame: &Frame,
+    times: u32,
+    drop: AdmissionDrop,
+) -> (u64, u64) {
+    let vip_id = fixture
+        .state
+        .vips
+        .iter()
+        .find(|v| v.label == name)
+        .expect("VIP installed")
+        .vip_id;
+    let before = fixture.snapshot();
+    let refused_before = refused(fixture, name, drop);
+    fixture
+        .run_repeated(&frame.bytes(), times)
+        .expect("test run");
+    let after = fixture.snapshot();
+    let forwarded = after.vips[&vip_id].packets - before.vips[&vip_id].packets;
+    (forwarded, refused(fixture, name, drop) - refused_before)
+}
+
+#[test]
+fn limits_cap_new_flows_per_source_and_per_vip_and_packets_but_not_established_flows() {
+    let mut fixture = Fixture::with_config(LIMITS);
+    let syn = |src: &str, dst: &str| Frame::tcp(src, dst, SYN);
+    let capped = "198.18.0.110:80";
+    let start = Instant::now();
+    // One /24 opens a thousand flows at once: a second's worth (a burst of
+    // 50) passes; the rest are refused, counted as source_limit.
+    let (passed, limited) = burst(
+        &mut fixture,
+        "capped4",
+        &syn("198.18.99.1:1000", capped),
+        1000,
+        AdmissionDrop::SourceLimit,
+    );
+    assert!((50..=52).contains(&passed), "{passed} passed");
+    assert_eq!(passed + limited, 1000);
+    // Another host of that /24 is refused too; another /24 is not.
+    // Time goes on between kernel calls: the bucket refills 50 a second.
+    let refill = |since: Instant| (since.elapsed().as_secs_f64() * 50.0).ceil() as u64 + 1;
+    let (passed, limited) = burst(
+        &mut fixture,
+        "capped4",
+        &syn("198.18.99.200:1000", capped),
+        100,
+        AdmissionDrop::SourceLimit,
+    );
+    let allowed = refill(start);
+    assert!(
+        passed <= allowed && passed + limited == 100,
+        "the same /24 is over its cap: {passed} passed, {allowed} at most"
+    );
+    let (passed, limited) = burst(
+        &mut fixture,
+        "capped4",
+        &syn("198.18.98.1:1000", capped),
+        10,
+        AdmissionDrop::SourceLimit,
+    );
+    assert_eq!((passed, limited), (10, 0), "another /24 has its own cap");
+    // The VIP-wide cap on new flows: 20 pass, and the flow the first SYN
+    // opened goes on, though the cap is spent.
+    let flows = "198.18.0.111:80";
+    let (passed, limited) = burst(
+        &mut fixture,
+        "flows4",
+        &syn("198.18.97.1:2000", flows),
+        500,
+        AdmissionDrop::FlowLimit,
+    );
+    assert!(
+        (20..=21).contains(&passed) && passed + limited == 500,
+        "{passed} passed, {limited} limited"
+    );
+    let ack = Frame::tcp("198.18.97.1:2000", flows, ACK).payload(b"GET /");
+    let (passed, limited) = burst(&mut fixture, "flows4", &ack, 100, AdmissionDrop::FlowLimit);
+    assert_eq!(
+        (passed, limited),
+        (100, 0),
+        "an established flow never meets the cap on new flows"
+    );
+    // The cap on packets counts every packet, established ones too.
+    let pps = "[2001:2::103]:80";
+    let since = Instant::now();
+    let (passed, _) = burst(
+        &mut fixture,
+        "pps6",
+        &syn("[2001:2:97::1]:3000", pps),
+        1,
+        AdmissionDrop::PacketLimit,
+    );
+    assert_eq!(passed, 1);
+    let ack = Frame::tcp("[2001:2:97::1]:3000", pps, ACK).payload(b"GET /");
+    let (passed, limited) = burst(&mut fixture, "pps6", &ack, 1000, AdmissionDrop::PacketLimit);
+    let allowed = 29 + (since.elapsed().as_secs_f64() * 30.0).ceil() as u64 + 1;
+    assert!(
+        (29..=allowed).contains(&passed) && passed + limited == 1000,
+        "{passed} passed, {limited} limited"
+    );
+    let snapshot = fixture.snapshot();
+    assert!(snapshot.reasons[Reason::DropLimited.name()] >= 1000 + 470 + 960);
 }

@@ -800,8 +800,49 @@ pub struct VipConfig {
     pub rollback: Option<bool>,
     /// Which sources it admits (`allow_sources`, `deny_sources`).
     pub sources: SourceRules,
+    /// Its caps on new flows and packets (`limits`).
+    pub limits: Limits,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
+}
+
+/// Accepted rates of a VIP's `limits`, per second.
+pub const RATE_LIMITS: RangeInclusive<u32> = 1..=100_000_000;
+
+/// A VIP's caps, enforced in XDP (`[vip.limits]`); unset: no cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// New flows a second (SYNs, new UDP flows, connection-table misses).
+    pub new_flows_per_s: Option<u32>,
+    /// Packets a second, every packet of the VIP.
+    pub packets_per_s: Option<u32>,
+    /// New flows a second from any one source prefix.
+    pub source_new_flows_per_s: Option<u32>,
+    /// The prefix length an IPv4 source is counted under.
+    pub source_prefix_v4: u8,
+    /// The prefix length an IPv6 source is counted under.
+    pub source_prefix_v6: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            new_flows_per_s: None,
+            packets_per_s: None,
+            source_new_flows_per_s: None,
+            source_prefix_v4: 24,
+            source_prefix_v6: 64,
+        }
+    }
+}
+
+impl Limits {
+    /// Whether no cap is set.
+    pub fn is_empty(&self) -> bool {
+        self.new_flows_per_s.is_none()
+            && self.packets_per_s.is_none()
+            && self.source_new_flows_per_s.is_none()
+    }
 }
 
 /// A VIP's source rules: the data plane drops a packet whose source's

@@ -11,8 +11,8 @@ use super::{
     Announce, Api, BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES,
     CheckKind, Config, EJECTION_TIMES_S, Encapsulation, Forwarding, Group, GuardOverrides, Guards,
     HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance,
-    MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, RISE_FALL, Rollout, SLOW_STARTS_S,
-    Secret, SourceRules, UnreadableVip, VipConfig, WATCH_TIMES_S, span,
+    Limits, MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, RATE_LIMITS, RISE_FALL,
+    Rollout, SLOW_STARTS_S, Secret, SourceRules, UnreadableVip, VipConfig, WATCH_TIMES_S, span,
 };
 use crate::{
     problem::{Problem, quoted},
@@ -507,6 +507,30 @@ fn read_encapsulation(t: &Table, problems: &mut Vec<Problem>) -> Encapsulation {
     encapsulation
 }
 
+fn rate_limit(value: &Value) -> Result<u32, String> {
+    in_range(value, &RATE_LIMITS, " a second")
+}
+
+fn read_limits(t: &Table, location: &str, problems: &mut Vec<Problem>) -> Limits {
+    let mut s = Section::new(t, location);
+    let defaults = Limits::default();
+    let limits = Limits {
+        new_flows_per_s: s.optional(problems, "new_flows_per_s", rate_limit),
+        packets_per_s: s.optional(problems, "packets_per_s", rate_limit),
+        source_new_flows_per_s: s.optional(problems, "source_new_flows_per_s", rate_limit),
+        source_prefix_v4: s
+            .optional(problems, "source_prefix_v4", |v| in_range(v, &(8..=32), ""))
+            .unwrap_or(defaults.source_prefix_v4),
+        source_prefix_v6: s
+            .optional(problems, "source_prefix_v6", |v| {
+                in_range(v, &(16..=128), "")
+            })
+            .unwrap_or(defaults.source_prefix_v6),
+    };
+    s.finish(problems);
+    limits
+}
+
 fn read_guards(t: &Table, location: &str, problems: &mut Vec<Problem>) -> GuardOverrides {
     let mut s = Section::new(t, location);
     let overrides = GuardOverrides {
@@ -749,6 +773,10 @@ fn read_vip(
             read_health_check(h, &location, HealthScope::Vip, problems)
         })
         .unwrap_or_default();
+    let limits = s
+        .optional(problems, "limits", table)
+        .map(|l| read_limits(l, &format!("{location} limits"), problems))
+        .unwrap_or_default();
     let table = s
         .optional(problems, "table", algorithm)
         .unwrap_or(defaults.table);
@@ -790,6 +818,7 @@ fn read_vip(
             slow_start_s,
             rollback,
             sources,
+            limits,
             backends,
         }),
         _ => Err(UnreadableVip { location, backends }),

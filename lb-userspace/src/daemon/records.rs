@@ -157,6 +157,7 @@ impl Record {
                     // Only ids are taken from the skeleton.
                     forwarding: config.forwarding,
                     sources: Default::default(),
+                    limits: Default::default(),
                 })
                 .collect(),
             encap: config.encapsulation.clone(),

@@ -1,5 +1,6 @@
 //! The VIPs' admission as the kernel holds it, bank by bank: each VIP's
-//! `Admission` record and its source rules in the two tries, keyed by the
+//! `Admission` record (which rules apply, its limits as rates) and its
+//! source rules in the two tries, keyed by the
 //! VIP's table id so that an apply writes the bank not in use and the
 //! commit makes it live with the tables. Only what differs from what the
 //! bank held is written. A deny rule keeps its drop counter's slot while
@@ -15,11 +16,16 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use lb_common::maps::{
-    ADMIT_ALLOW_LIST, ADMIT_SOURCES, Admission, MAX_VIPS, SOURCE_ALLOW, SOURCE_DENY,
-    SOURCE_LIST_BITS, SOURCE_RULE_SLOTS, SourceRule, SourceV4, SourceV6, TABLE_BANKS, names,
+    ADMIT_ALLOW_LIST, ADMIT_FLOW_LIMIT, ADMIT_PACKET_LIMIT, ADMIT_SOURCE_LIMIT, ADMIT_SOURCES,
+    Admission, MAX_VIPS, Rate, SOURCE_ALLOW, SOURCE_DENY, SOURCE_LIST_BITS, SOURCE_RULE_SLOTS,
+    SourceRule, SourceV4, SourceV6, TABLE_BANKS, names,
 };
 
-use super::{Dataplane, Result, map_err, state::DesiredState, table_id};
+use super::{
+    Dataplane, Result, map_err,
+    state::{DesiredState, VipState},
+    table_id,
+};
 use crate::config::Prefix;
 
 /// One VIP's rule: its id and the prefix.
@@ -30,8 +36,8 @@ type RuleKey = (u32, Prefix);
 struct Bank {
     /// Each rule's value.
     rules: HashMap<RuleKey, SourceRule>,
-    /// The VIPs whose `Admission` has flags, with them.
-    flags: HashMap<u32, u32>,
+    /// The VIPs whose `Admission` has flags, with it.
+    records: HashMap<u32, Admission>,
 }
 
 /// Both banks as the kernel holds them, and the deny rules' counter slots.
@@ -112,12 +118,38 @@ fn rule_of(prefix_len: u32, list: [u8; 4], address: IpAddr) -> (u32, Prefix) {
     (u32::from_be_bytes(list), Prefix { address, len })
 }
 
-/// The flags of `vip`'s `Admission` in `state`'s terms.
-fn flags_of(rules: &crate::config::SourceRules) -> u32 {
-    match (rules.allow.is_empty(), rules.deny.is_empty()) {
-        (true, true) => 0,
-        (true, false) => ADMIT_SOURCES,
-        (false, _) => ADMIT_SOURCES | ADMIT_ALLOW_LIST,
+/// A rate of `per_s` a second, with a burst of one second's worth.
+fn rate(per_s: Option<u32>) -> Rate {
+    per_s.map_or_else(Rate::default, |per_s| {
+        let interval_ns = 1_000_000_000u64.div_ceil(u64::from(per_s.max(1)));
+        Rate {
+            interval_ns,
+            burst_ns: interval_ns * u64::from(per_s.saturating_sub(1)),
+        }
+    })
+}
+
+/// What the data plane checks for `vip`: its rules and limits.
+fn admission_of(vip: &VipState) -> Admission {
+    let (sources, limits) = (&vip.sources, &vip.limits);
+    let bits = [
+        (!sources.is_empty(), ADMIT_SOURCES),
+        (!sources.allow.is_empty(), ADMIT_ALLOW_LIST),
+        (limits.new_flows_per_s.is_some(), ADMIT_FLOW_LIMIT),
+        (limits.packets_per_s.is_some(), ADMIT_PACKET_LIMIT),
+        (limits.source_new_flows_per_s.is_some(), ADMIT_SOURCE_LIMIT),
+    ];
+    Admission {
+        flags: bits
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |flags, (_, bit)| flags | bit),
+        source_len_v4: limits.source_prefix_v4,
+        source_len_v6: limits.source_prefix_v6,
+        reserved: [0; 2],
+        new_flows: rate(limits.new_flows_per_s),
+        packets: rate(limits.packets_per_s),
+        source_new_flows: rate(limits.source_new_flows_per_s),
     }
 }
 
@@ -145,7 +177,7 @@ impl Dataplane {
                     .get(&table_id(bank_index, vip_id), 0)
                     .map_err(map_err(names::ADMISSION))?;
                 if record.flags != 0 {
-                    bank.flags.insert(vip_id, record.flags);
+                    bank.records.insert(vip_id, record);
                 }
             }
         }
@@ -165,7 +197,7 @@ impl Dataplane {
 
     fn write_bank(&mut self, held: &mut Admissions, bank: u32, state: &DesiredState) -> Result<()> {
         let mut wanted: HashMap<RuleKey, u32> = HashMap::new();
-        let mut flags = HashMap::new();
+        let mut records = HashMap::new();
         for vip in &state.vips {
             for prefix in &vip.sources.allow {
                 wanted.insert((vip.vip_id, *prefix), SOURCE_ALLOW);
@@ -173,9 +205,9 @@ impl Dataplane {
             for prefix in &vip.sources.deny {
                 wanted.insert((vip.vip_id, *prefix), SOURCE_DENY);
             }
-            let vip_flags = flags_of(&vip.sources);
-            if vip_flags != 0 {
-                flags.insert(vip.vip_id, vip_flags);
+            let record = admission_of(vip);
+            if record.flags != 0 {
+                records.insert(vip.vip_id, record);
             }
         }
         // Slots the other bank's deny rules hold stay theirs.
@@ -220,27 +252,18 @@ impl Dataplane {
             self.write_rule(table_id(bank, key.0), &key.1, Some(rule))?;
             rules.insert(key, rule);
         }
-        let records = mine
-            .flags
-            .keys()
-            .chain(flags.keys())
-            .copied()
-            .collect::<HashSet<u32>>();
+        let vips: HashSet<u32> = mine.records.keys().chain(records.keys()).copied().collect();
         let mut array: Array<_, Admission> =
             Array::try_from(self.map_mut(names::ADMISSION)?).map_err(map_err(names::ADMISSION))?;
-        for vip_id in records {
-            let want = flags.get(&vip_id).copied().unwrap_or(0);
-            if mine.flags.get(&vip_id).copied().unwrap_or(0) != want {
-                let record = Admission {
-                    flags: want,
-                    ..Admission::default()
-                };
+        for vip_id in vips {
+            let want = records.get(&vip_id).copied().unwrap_or_default();
+            if mine.records.get(&vip_id).copied().unwrap_or_default() != want {
                 array
-                    .set(table_id(bank, vip_id), record, 0)
+                    .set(table_id(bank, vip_id), want, 0)
                     .map_err(map_err(names::ADMISSION))?;
             }
         }
-        held.banks[bank as usize] = Bank { rules, flags };
+        held.banks[bank as usize] = Bank { rules, records };
         Ok(())
     }
 

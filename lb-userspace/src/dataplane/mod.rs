@@ -37,7 +37,10 @@ use mmap::MappedArray;
 use sys::{BatchMap, SysError};
 use vip_index::VipIndexError;
 
-use crate::{dataplane::state::DesiredState, net::XdpMode};
+use crate::{
+    dataplane::state::{DesiredState, VipState},
+    net::XdpMode,
+};
 
 /// The bench object, built by build.rs from lb-ebpf beside the production
 /// object: programs for the benchmarks and the test lab (`bench_untraced`,
@@ -850,7 +853,7 @@ impl Dataplane {
             udp_idle_s: state.idle.udp_s,
             encap: state.encap.kernel(self.link_mtu),
             bank: bank as u8,
-            admission: u8::from(state.vips.iter().any(|v| !v.sources.is_empty())),
+            admission: u8::from(state.vips.iter().any(VipState::admits)),
             ..config
         };
         if wanted != config {
@@ -986,7 +989,7 @@ pub fn counted_ids(state: &DesiredState) -> (u32, u32) {
 /// Every backend id both states use must name the same backend of the same
 /// VIP.
 fn check_stable_ids(previous: &DesiredState, next: &DesiredState) -> Result<()> {
-    let owner = |v: &state::VipState, b: &state::BackendState| {
+    let owner = |v: &VipState, b: &state::BackendState| {
         ((v.key, b.addr), format!("{} of VIP {}", b.addr, v.label))
     };
     let before: HashMap<u32, _> = previous

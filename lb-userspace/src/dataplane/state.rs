@@ -14,7 +14,8 @@ use lb_common::{
 
 use crate::{
     config::{
-        BackendConfig, Config, Encapsulation, Forwarding, IdleTimeouts, MacAddr, SourceRules,
+        BackendConfig, Config, Encapsulation, Forwarding, IdleTimeouts, Limits, MacAddr,
+        SourceRules,
     },
     table::TableSize,
     table::{TableError, VipTable},
@@ -96,6 +97,15 @@ pub struct VipState {
     pub forwarding: Forwarding,
     /// Which sources it admits.
     pub sources: SourceRules,
+    /// Its caps on new flows and packets.
+    pub limits: Limits,
+}
+
+impl VipState {
+    /// Whether the data plane checks its packets (source rules or limits).
+    pub fn admits(&self) -> bool {
+        !self.sources.is_empty() || !self.limits.is_empty()
+    }
 }
 
 /// One backend as installed.
@@ -302,6 +312,7 @@ impl DesiredState {
                 table,
                 forwarding: vip.forwarding,
                 sources: vip.sources.clone(),
+                limits: vip.limits,
             });
         }
         Ok(Self {
@@ -377,11 +388,7 @@ impl VipState {
         VipSlot {
             key: self.key,
             vip_id: self.vip_id,
-            flags: if self.sources.is_empty() {
-                0
-            } else {
-                VIP_SLOT_ADMIT
-            },
+            flags: if self.admits() { VIP_SLOT_ADMIT } else { 0 },
             table_id: super::table_id(bank, self.vip_id),
             table_size: self.table.table.len() as u32,
         }

@@ -203,8 +203,9 @@ impl Scrape {
         .encode(encoder, self.per_vip(|v| v.new_flows))?;
         counter(
             "vip_refused_packets",
-            "Packets the VIP's source rules dropped in XDP, by reason: denied (a deny rule) \
-             or not_allowed (no allow rule covers the source).",
+            "Packets the VIP refused in XDP, by reason: denied (a deny rule), not_allowed \
+             (no allow rule covers the source), source_limit, flow_limit, packet_limit (over \
+             a cap of its limits).",
         )
         .encode(
             encoder,

@@ -156,8 +156,8 @@ pub struct VipReport {
     pub bytes: u64,
     /// Flows assigned.
     pub new_flows: u64,
-    /// Packets its source rules refused, by reason (`denied`,
-    /// `not_allowed`).
+    /// Packets it refused in XDP, by reason (`denied`, `not_allowed`,
+    /// `source_limit`, `flow_limit`, `packet_limit`).
     #[serde(default)]
     pub refused: BTreeMap<String, u64>,
     /// Its backends' handshakes together.
@@ -541,11 +541,7 @@ impl Report {
                     .iter()
                     .map(|(reason, n)| format!("{reason} {n}"))
                     .collect();
-                let _ = writeln!(
-                    out,
-                    "  refused by source rules: {} packets",
-                    counts.join(", ")
-                );
+                let _ = writeln!(out, "  refused in XDP: {} packets", counts.join(", "));
             }
             if let Some(verdict) = vip
                 .outliers
