@@ -1164,6 +1164,11 @@ impl Lab {
         &self.lb
     }
 
+    /// The load balancer's MAC on the switched segment.
+    pub fn lb_mac() -> [u8; 6] {
+        [0x02, 0xf0, 0, 0, 0, LB_INDEX]
+    }
+
     /// Backend `index`'s namespace (config order) and its IPv4 and IPv6
     /// addresses.
     pub fn backend_host(&self, index: usize) -> (&Netns, Ipv4Addr, Ipv6Addr) {

@@ -12,6 +12,7 @@ pub mod packet;
 pub mod prometheus;
 pub mod scrape;
 pub mod scratch;
+pub mod spoof;
 pub mod status;
 pub mod traffic;
 pub mod wait;
