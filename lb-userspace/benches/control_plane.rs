@@ -162,7 +162,7 @@ fn validate_and_plan() {
         current.is_valid() && next.is_valid(),
         "bench configs must be valid"
     );
-    let planned = plan(current.side(), next.side().expect("valid"), false);
+    let planned = plan(current.side(), next.side().expect("valid"), false, None);
     let total = start.elapsed().as_secs_f64();
     let moved: f64 =
         planned.vips.iter().map(|v| v.flows_moved).sum::<f64>() / planned.vips.len() as f64;

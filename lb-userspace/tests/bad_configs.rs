@@ -713,7 +713,7 @@ fn a_change_is_judged_by_the_guards_in_force() {
             case.name,
             next.problems
         );
-        let judge = |force| plan(current.side(), next.side().unwrap(), force);
+        let judge = |force| plan(current.side(), next.side().unwrap(), force, None);
         let refused = judge(false);
         let want: Found = case
             .refused
@@ -760,7 +760,7 @@ fn a_change_is_judged_by_the_guards_in_force() {
 fn a_first_install_uses_the_configs_own_guards_and_says_where_they_are_loose() {
     use lb_userspace::policy::plan::plan;
     let next = validate(&edited(&[(DNS6_END, SOLO)], "first install"));
-    let planned = plan(None, next.side().unwrap(), false);
+    let planned = plan(None, next.side().unwrap(), false, None);
     assert!(planned.accepted(), "{:?}", planned.problems);
     assert!(planned.first_install);
     assert!(planned.forced.is_empty());

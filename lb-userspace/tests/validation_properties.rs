@@ -324,7 +324,7 @@ proptest! {
         let next = current.mixed(&other, &mask);
         let (current, next) = (validate(&current.toml()), validate(&next.toml()));
         prop_assume!(current.is_valid() && next.is_valid());
-        let planned = plan(current.side(), next.side().unwrap(), false);
+        let planned = plan(current.side(), next.side().unwrap(), false, None);
         if !planned.accepted() {
             return Ok(());
         }

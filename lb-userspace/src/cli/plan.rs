@@ -10,14 +10,10 @@ use std::{fmt::Write as _, path::PathBuf};
 use anyhow::bail;
 use clap::Args;
 
-use super::{
-    OutputFormat,
-    client::{Connection, NO_BODY},
-    load_config,
-};
+use super::{OutputFormat, client::Connection, load_config};
 use crate::{
     config::join_problems,
-    daemon::wire::{self, ConfigAnswer, PlanAnswer},
+    daemon::wire::{self, ApplyRequest, PlanAnswer},
     policy::plan::{Change, Plan, VipPlan, plan},
     policy::validate::Validation,
     problem::{Problem, escaped},
@@ -75,23 +71,27 @@ fn unplannable(args: &PlanArgs, next: &Validation, current: Option<&Validation>)
     None
 }
 
-/// What the daemon `next` is for (its `[api] socket`, unless `--socket`
-/// names another) has installed, validated, and its generation.
-fn installed(args: &PlanArgs, next: &Validation) -> anyhow::Result<(Validation, u64)> {
+/// The plan of the daemon `next` is for (its `[api] socket`, unless
+/// `--socket` names another): against what it has installed, with the
+/// backends it found dead and, for a change of source rules or limits,
+/// the clients its data plane sees.
+fn daemon_plan(args: &PlanArgs, next: &Validation) -> anyhow::Result<PlanAnswer> {
     let connection = match &next.config {
         Some(config) => args.connection.unless_given(config.api.socket.clone()),
         None => args.connection.clone(),
     };
-    let answer = connection.call(wire::CONFIG, NO_BODY)?;
-    let installed = answer
-        .read::<ConfigAnswer>()
-        .ok()
-        .filter(|_| answer.ok())
-        .ok_or_else(|| anyhow::anyhow!("the daemon gave no config: {}", answer.reason()))?;
-    Ok((
-        crate::policy::validate::validate(&installed.config),
-        installed.generation,
-    ))
+    let text = crate::config::read_file(&args.file)
+        .map_err(|why| anyhow::anyhow!("{}", why.problem(args.file.display().to_string())))?;
+    let request = ApplyRequest {
+        config: text,
+        force: args.force,
+        if_generation: None,
+        watch_s: None,
+    };
+    let answer = connection.call(wire::PLAN, Some(&request))?;
+    answer
+        .read::<PlanAnswer>()
+        .map_err(|_| anyhow::anyhow!("the daemon gave no plan: {}", answer.reason()))
 }
 
 /// Computes and prints the plan: with `--format json`, one document
@@ -100,20 +100,25 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     // FILE first: one that cannot be read is the error, and no daemon is
     // asked about it.
     let next = load_config(&args.file);
-    let (current, generation, unreachable) = match &args.against {
+    let (current, unreachable, from_daemon) = match &args.against {
         Some(path) => (Some(load_config(path)), None, None),
         None if args.from_nothing || next.config.is_none() => (None, None, None),
-        None => match installed(&args, &next) {
-            Ok((current, generation)) => (Some(current), Some(generation), None),
-            Err(e) => (None, None, Some(format!("{e:#}"))),
+        None => match daemon_plan(&args, &next) {
+            Ok(answer) => (None, None, Some(answer)),
+            Err(e) => (None, Some(format!("{e:#}")), None),
         },
     };
-    let error = unreachable.or_else(|| unplannable(&args, &next, current.as_ref()));
-    let planned = match (&error, next.side()) {
-        (None, Some(next_side)) => Some(plan(
+    let generation = from_daemon.as_ref().and_then(|answer| answer.generation);
+    let error = unreachable
+        .or_else(|| from_daemon.as_ref().and_then(|answer| answer.error.clone()))
+        .or_else(|| unplannable(&args, &next, current.as_ref()));
+    let planned = match (&error, &from_daemon, next.side()) {
+        (None, Some(answer), _) => answer.plan.clone(),
+        (None, None, Some(next_side)) => Some(plan(
             current.as_ref().and_then(Validation::side),
             next_side,
             args.force,
+            None,
         )),
         _ => None,
     };
@@ -124,7 +129,11 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
                 accepted,
                 error: error.clone(),
                 config_problems: next.problems.clone(),
-                current_problems: current.map(|c| c.problems).unwrap_or_default(),
+                current_problems: current.map(|c| c.problems).unwrap_or_else(|| {
+                    from_daemon
+                        .map(|answer| answer.current_problems)
+                        .unwrap_or_default()
+                }),
                 generation,
                 plan: planned.clone(),
             };
@@ -191,6 +200,20 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
         format!("{} {}", escaped(&vip.name), vip.endpoint)
     };
     let _ = writeln!(out, "\n{name} (table: {table}): {change}{health}");
+    if let Some(refused) = &vip.refused {
+        let _ = writeln!(
+            out,
+            "  source rules and limits: refuse {} of {} active flows, and {} of the {} flows \
+             opened in the last {} s ({} by the rules, {} by the caps)",
+            refused.active_flows,
+            refused.active_total,
+            refused.new_flows,
+            refused.new_total,
+            refused.window_s,
+            refused.by_rules,
+            refused.new_flows - refused.by_rules
+        );
+    }
     let _ = writeln!(
         out,
         "  {:<16} {:>14}  {:<28} {:<28}",

@@ -394,6 +394,10 @@ pub struct Guards {
     pub max_flows_moved: f64,
     /// One apply may remove at most this share of a VIP's capacity (0..=1).
     pub max_capacity_removed: f64,
+    /// One apply of source rules or limits may refuse at most this share
+    /// of a VIP's active flows, or of the flows its clients opened in the
+    /// last window (0..=1).
+    pub max_clients_refused: f64,
 }
 
 impl Default for Guards {
@@ -403,6 +407,7 @@ impl Default for Guards {
             min_backends: 2,
             max_flows_moved: 0.35,
             max_capacity_removed: 0.5,
+            max_clients_refused: 0.1,
         }
     }
 }
@@ -432,7 +437,7 @@ impl GuardValue {
 
 impl Guards {
     /// Every threshold, in config order.
-    pub fn values(&self) -> [GuardValue; 4] {
+    pub fn values(&self) -> [GuardValue; 5] {
         let value = |field, value, larger_is_looser| GuardValue {
             field,
             value,
@@ -443,6 +448,7 @@ impl Guards {
             value("min_backends", f64::from(self.min_backends), false),
             value("max_flows_moved", self.max_flows_moved, true),
             value("max_capacity_removed", self.max_capacity_removed, true),
+            value("max_clients_refused", self.max_clients_refused, true),
         ]
     }
 
@@ -453,6 +459,7 @@ impl Guards {
             min_backends: self.min_backends.max(other.min_backends),
             max_flows_moved: self.max_flows_moved.min(other.max_flows_moved),
             max_capacity_removed: self.max_capacity_removed.min(other.max_capacity_removed),
+            max_clients_refused: self.max_clients_refused.min(other.max_clients_refused),
         }
     }
 }
@@ -468,6 +475,8 @@ pub struct GuardOverrides {
     pub max_flows_moved: Option<f64>,
     /// Overrides `Guards::max_capacity_removed`.
     pub max_capacity_removed: Option<f64>,
+    /// Overrides `Guards::max_clients_refused`.
+    pub max_clients_refused: Option<f64>,
 }
 
 impl GuardOverrides {
@@ -480,6 +489,9 @@ impl GuardOverrides {
             max_capacity_removed: self
                 .max_capacity_removed
                 .unwrap_or(global.max_capacity_removed),
+            max_clients_refused: self
+                .max_clients_refused
+                .unwrap_or(global.max_clients_refused),
         }
     }
 
@@ -490,6 +502,7 @@ impl GuardOverrides {
             "min_backends" => self.min_backends.is_some(),
             "max_flows_moved" => self.max_flows_moved.is_some(),
             "max_capacity_removed" => self.max_capacity_removed.is_some(),
+            "max_clients_refused" => self.max_clients_refused.is_some(),
             _ => false,
         }
     }

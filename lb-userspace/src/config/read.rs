@@ -538,6 +538,7 @@ fn read_guards(t: &Table, location: &str, problems: &mut Vec<Problem>) -> GuardO
         min_backends: s.optional(problems, "min_backends", uint),
         max_flows_moved: s.optional(problems, "max_flows_moved", fraction),
         max_capacity_removed: s.optional(problems, "max_capacity_removed", fraction),
+        max_clients_refused: s.optional(problems, "max_clients_refused", fraction),
     };
     s.finish(problems);
     overrides

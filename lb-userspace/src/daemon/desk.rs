@@ -19,6 +19,7 @@ use crate::{
         Outcome,
         health::Down,
         plan::{Change, Plan},
+        refusal::Clients,
     },
     problem::Problem,
 };
@@ -124,6 +125,9 @@ pub struct Request {
     pub if_generation: Option<u64>,
     /// Which door it came by.
     pub door: Door,
+    /// The clients the data plane saw, when the change touches source
+    /// rules or limits.
+    pub clients: Option<Clients>,
 }
 
 /// What came of a change.
@@ -282,6 +286,7 @@ impl<D: Install> Desk<D> {
             force,
             if_generation,
             door,
+            clients,
         } = request;
         let generation = self.dataplane.generation();
         if let Some(expected) = if_generation
@@ -321,6 +326,7 @@ impl<D: Install> Desk<D> {
             force,
             persist,
             left_out,
+            clients: clients.as_ref(),
         };
         let verdict = gate::apply(
             &mut self.dataplane,

@@ -22,6 +22,7 @@ use crate::{
     },
     policy::health::Down,
     policy::plan::{Plan, Side, plan},
+    policy::refusal::Clients,
     policy::validate::{ValidConfig, Validation, validate, validate_with},
     problem::Problem,
     table::VipTable,
@@ -233,6 +234,9 @@ pub struct Proposal<'a> {
     /// Backends left out of what is installed: taken down by health
     /// checks, ejected as outliers.
     pub left_out: LeftOut<'a>,
+    /// The clients the data plane saw, to judge a change of source rules
+    /// or limits by (none: it is judged on the rules alone).
+    pub clients: Option<&'a Clients>,
 }
 
 /// What the gate decided.
@@ -365,6 +369,7 @@ pub fn apply<D: Install>(
         force,
         persist,
         left_out,
+        clients,
     } = *proposal;
     let written = match validate(text).valid() {
         Ok(valid) => valid,
@@ -428,7 +433,7 @@ pub fn apply<D: Install>(
             plan: None,
         });
     };
-    let mut planned = plan(in_force.map(InForce::side), next_side, force);
+    let mut planned = plan(in_force.map(InForce::side), next_side, force, clients);
     for address in &held_out {
         planned.problems.push(
             Problem::error(

@@ -370,7 +370,15 @@ impl Controller {
                 },
             );
         };
-        let mut planned = plan(Some(self.desk.in_force().side()), next_side, request.force);
+        let clients = touches_admission(&self.desk.in_force().text, &request.config)
+            .then(|| self.monitor.clients().ok())
+            .flatten();
+        let mut planned = plan(
+            Some(self.desk.in_force().side()),
+            next_side,
+            request.force,
+            clients.as_ref(),
+        );
         if let Some(config) = &next.config {
             planned.judge_health(config, &self.health.dead());
         }
@@ -477,11 +485,25 @@ impl Controller {
         // What the file said, for the doors that read it.
         let file_text =
             matches!(door, Door::FileChanged | Door::Sighup | Door::Start).then(|| text.clone());
+        // A change of source rules or limits is judged on the clients the
+        // data plane saw: the operator's doors only (the automatic ones
+        // keep the rules in force).
+        let operator = matches!(
+            door,
+            Door::Api(..) | Door::FileChanged | Door::Sighup | Door::Rollback(_)
+        );
+        let clients = (operator && touches_admission(&previous, &text))
+            .then(|| self.monitor.clients())
+            .and_then(|read| {
+                read.map_err(|e| eprintln!("fulcrum: reading the clients' sources: {e}"))
+                    .ok()
+            });
         let request = desk::Request {
             text,
             force,
             if_generation,
             door: door.clone(),
+            clients,
         };
         let left_out = desk::LeftOut {
             down: &down,
@@ -1224,4 +1246,13 @@ impl Controller {
             Err(e) => Reply::error(500, format!("detaching: {e:#}")),
         }
     }
+}
+
+/// Whether a change from `before` to `after` may touch source rules or
+/// limits: only then is reading the clients' sources worth a pass over
+/// the connection table.
+fn touches_admission(before: &str, after: &str) -> bool {
+    [before, after]
+        .iter()
+        .any(|text| text.contains("_sources") || text.contains("limits"))
 }

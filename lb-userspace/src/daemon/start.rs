@@ -413,6 +413,7 @@ impl Fresh<'_> {
                 force: options.force,
                 persist: None,
                 left_out: desk::LeftOut::default(),
+                clients: None,
             };
             let verdict = gate::apply(&mut dataplane, records, None, &proposal, network)?;
             let (plan, in_force) = first_verdict(verdict, &options.config.display().to_string())?;

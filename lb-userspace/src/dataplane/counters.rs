@@ -181,6 +181,17 @@ impl CounterReader {
         ))
     }
 
+    /// Each VIP's clients' sources (by VIP id): of its active flows, and
+    /// of the proven flows recorded in the last `recent_s` seconds.
+    pub fn sources(&self, recent_s: u32) -> io::Result<HashMap<u32, flows::Sources>> {
+        Ok(flows::sources(
+            &self.flows,
+            &self.config()?,
+            ACTIVE_IDLE_S,
+            recent_s,
+        ))
+    }
+
     /// The connection table's ways by state, from a window of at most
     /// `CENSUS_SETS` sets that moves on at each call, and the table's
     /// size in sets.

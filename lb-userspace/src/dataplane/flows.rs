@@ -3,7 +3,7 @@
 //! The table is read in place, through mmap: the way words of every set,
 //! and only the entries a question needs.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{
     flow_hash::{flow_check, flow_hash, flow_set, flow_tag},
@@ -200,4 +200,51 @@ pub fn active_flows(
         }
     }
     active
+}
+
+/// The sources one VIP's clients use, from the connection table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sources {
+    /// Of its active flows (as `active_flows` counts them).
+    pub active: Vec<IpAddr>,
+    /// Of the flows recorded in the last `recent_s` seconds that proved to
+    /// be clients (their client sent a second packet: established or
+    /// closing): a spoofed flood's SYNs are not among them.
+    pub recent: Vec<IpAddr>,
+}
+
+/// Each VIP's `Sources` (by VIP id): one pass over the connection table,
+/// reading the entries of live ways only.
+pub fn sources(
+    table: &MappedTable,
+    config: &DataplaneConfig,
+    active_s: u32,
+    recent_s: u32,
+) -> HashMap<u32, Sources> {
+    let mut found: HashMap<u32, Sources> = HashMap::new();
+    for set in 0..table.sets() {
+        for (way, word) in table.way_words(set).into_iter().enumerate() {
+            let word = WayWord(word);
+            let state = WayState::of(word, config);
+            let active = state == WayState::Established && word.age(config.epoch) <= active_s;
+            let proven = matches!(state, WayState::Established | WayState::Closing);
+            if !active && !proven {
+                continue;
+            }
+            let entry = table.entry(set, way);
+            let recent = proven && config.epoch.wrapping_sub(entry.born) <= recent_s;
+            if !active && !recent {
+                continue;
+            }
+            let source = super::state::ip_from(&entry.key.src_addr, entry.key.family);
+            let vip = found.entry(entry.vip_id).or_default();
+            if active {
+                vip.active.push(source);
+            }
+            if recent {
+                vip.recent.push(source);
+            }
+        }
+    }
+    found
 }

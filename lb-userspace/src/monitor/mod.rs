@@ -35,6 +35,7 @@ use crate::{
     policy::{
         Outcome,
         health::{Down, VipHealth},
+        refusal::{Clients, Seen},
     },
 };
 use outlier::{Detector, Found};
@@ -342,6 +343,30 @@ impl Monitor {
         state.window.restart(imbalance, &changed, Instant::now());
         state.outliers.configure(outlier);
         state.view = Arc::new(view);
+    }
+
+    /// The clients each VIP's flows come from, as the connection table
+    /// holds them: of its active flows, and of the proven flows opened in
+    /// the imbalance detector's window (by endpoint).
+    pub fn clients(&self) -> io::Result<Clients> {
+        let (view, window_s) = {
+            let state = self.lock();
+            (state.view.clone(), state.window.settings().window_s)
+        };
+        let mut sources = self.reader.sources(window_s as u32)?;
+        Ok(view
+            .vips
+            .iter()
+            .map(|vip| {
+                let found = sources.remove(&vip.vip_id).unwrap_or_default();
+                let seen = Seen {
+                    active: found.active,
+                    recent: found.recent,
+                    window_s,
+                };
+                (vip.endpoint.clone(), seen)
+            })
+            .collect())
     }
 
     /// What a change could make worse, as it stands now.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Config, GuardOverrides, Guards, VipConfig},
     policy::health::{Down, judge},
+    policy::refusal::{Clients, Refusal, refusal},
     policy::validate::{ValidConfig, Validation, check_concentration, vip_location},
     problem::{Problem, quoted},
     table::VipTable,
@@ -91,6 +92,11 @@ pub struct VipPlan {
     /// After the change, it would be in panic (with the backends found
     /// dead now).
     pub panic: bool,
+    /// What a change of its source rules or limits would refuse of the
+    /// clients the data plane saw (absent when they do not change, or
+    /// when no traffic was at hand: a plan against a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
 }
 
 /// A whole plan.
@@ -176,12 +182,19 @@ fn percent(share: f64) -> String {
 
 /// Plans moving from `current` (nothing installed if `None`) to `next`.
 /// With `force`, guard loosenings and blast-radius refusals become
-/// recorded warnings.
+/// recorded warnings. With `clients` (what the data plane saw), a change
+/// of source rules or limits is also judged by the clients it would
+/// refuse.
 ///
 /// With nothing installed there are no guards in force: the config's own
 /// apply, and where they are looser than the built-in defaults the plan
 /// says so in warnings.
-pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
+pub fn plan(
+    current: Option<Side<'_>>,
+    next: Side<'_>,
+    force: bool,
+    clients: Option<&Clients>,
+) -> Plan {
     let first_install = current.is_none();
     // The defaults stand in for the rules in force when nothing is.
     let empty = Config {
@@ -212,7 +225,7 @@ pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
         .collect();
     for (vip, table) in next.config.vips.iter().zip(next.tables) {
         let old = current_vips.get(&endpoint_key(vip)).copied();
-        let vip_plan = match old {
+        let mut vip_plan = match old {
             None => vip_plan(None, Some((vip, table.as_ref())), Change::Added),
             Some((old_vip, old_table)) => vip_plan(
                 Some((old_vip, old_table.as_ref())),
@@ -220,6 +233,10 @@ pub fn plan(current: Option<Side<'_>>, next: Side<'_>, force: bool) -> Plan {
                 Change::Changed,
             ),
         };
+        if let Some(clients) = clients {
+            let seen = clients.get(&vip.endpoint()).cloned().unwrap_or_default();
+            vip_plan.refused = refusal(old.map(|(o, _)| o), vip, &seen);
+        }
         // A VIP added now is judged by the global guards in force.
         let old_overrides = old.map_or(GuardOverrides::default(), |(o, _)| o.guards);
         let in_force = old_overrides.apply(&current.config.guards);
@@ -393,7 +410,11 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
         algorithm(before).unwrap_or(vip.table),
         algorithm(after).unwrap_or(vip.table),
     );
-    let change = if change == Change::Unchanged && table.0 != table.1 {
+    let admission_changed = match (before, after) {
+        (Some((old, _)), Some((new, _))) => old.sources != new.sources || old.limits != new.limits,
+        _ => false,
+    };
+    let change = if change == Change::Unchanged && (table.0 != table.1 || admission_changed) {
         Change::Changed
     } else {
         change
@@ -408,6 +429,7 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
         backends,
         failures_to_panic: None,
         panic: false,
+        refused: None,
     }
 }
 
@@ -444,6 +466,28 @@ fn check_blast_radius(vip: &VipPlan, guards: &Guards, problems: &mut Vec<Problem
                  limit of {} (guards.max_flows_moved)",
                 percent(vip.flows_moved),
                 percent(guards.max_flows_moved)
+            ),
+        ));
+    }
+    if let Some(refused) = &vip.refused
+        && refused.share() > guards.max_clients_refused + 1e-12
+    {
+        problems.push(Problem::error(
+            "blast-radius-clients",
+            &location,
+            "sources",
+            percent(refused.share()),
+            format!(
+                "this change refuses {} of the VIP's {} active flows and {} of the {} flows \
+                 its clients opened in the last {} s ({}), above the limit of {} \
+                 (guards.max_clients_refused)",
+                refused.active_flows,
+                refused.active_total,
+                refused.new_flows,
+                refused.new_total,
+                refused.window_s,
+                percent(refused.share()),
+                percent(guards.max_clients_refused)
             ),
         ));
     }
@@ -518,7 +562,7 @@ mod tests {
         let next = validate(next);
         let current = current.map(validate);
         let current = current.as_ref().map(|c| c.side().unwrap());
-        plan(current, next.side().unwrap(), force)
+        plan(current, next.side().unwrap(), force, None)
     }
 
     #[test]

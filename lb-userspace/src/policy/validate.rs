@@ -342,6 +342,7 @@ fn check_guard_ranges(guards: &Guards, location: &str, problems: &mut Vec<Proble
         ("max_backend_share", guards.max_backend_share, false),
         ("max_flows_moved", guards.max_flows_moved, true),
         ("max_capacity_removed", guards.max_capacity_removed, true),
+        ("max_clients_refused", guards.max_clients_refused, true),
     ];
     for (field, value, zero_ok) in fractions {
         let low_ok = if zero_ok { value >= 0.0 } else { value > 0.0 };

@@ -162,6 +162,7 @@ impl Rig {
             force: false,
             persist: None,
             left_out: LeftOut::default(),
+            clients: None,
         };
         let in_force = match gate::apply(&mut dataplane, &records, None, &proposal, &lan) {
             Ok(Verdict::Applied { in_force, .. }) => in_force,
@@ -189,6 +190,7 @@ impl Rig {
             force,
             if_generation,
             door,
+            clients: None,
         };
         self.desk.change(request, left_out, &self.lan)
     }
@@ -647,6 +649,7 @@ fn a_rollback_is_judged_by_the_guards_and_written_back_like_an_api_change() {
         force: true,
         if_generation: None,
         door: api(),
+        clients: None,
     };
     let decision = rig
         .desk
