@@ -533,7 +533,98 @@ fn trace_cost() {
     );
 }
 
-/// Sections by name (cost, distinct, encap, trace, live, flood, one-cpu, apply):
+/// Deny rules of the bench's list: /30s spread over 198.18.0.0/15.
+const BENCH_RULES: u32 = 10_000;
+
+/// Three VIPs on one host with admission on: one without rules or
+/// limits, one with `BENCH_RULES` deny rules, one with every cap (set far
+/// above what the bench sends, so every packet is checked and admitted).
+/// The backends have the load balancer's MAC, as in `Fixture::looped`.
+fn admission_config() -> String {
+    let lb = "02:fc:00:00:00:01";
+    let rules: Vec<String> = (0..BENCH_RULES)
+        .map(|i| {
+            // Every third /30 of the /15, from 198.18.8.0 on.
+            let n = 2048 + i * 3;
+            format!(
+                "\"198.{}.{}.{}/30\"",
+                18 + (n >> 14),
+                (n >> 6) & 0xff,
+                (n & 0x3f) << 2
+            )
+        })
+        .collect();
+    let vip = |name: &str, last: u8, extra: &str| {
+        format!(
+            "[[vip]]\nname = \"{name}\"\naddress = \"198.18.0.{last}\"\nport = 80\n\
+             protocol = \"tcp\"\n{extra}\nbackend = [{{ address = \"198.18.1.1\", mac = \"{lb}\" }}, \
+             {{ address = \"198.18.1.2\", mac = \"{lb}\" }}]\n"
+        )
+    };
+    [
+        "table_size = 65537\n".to_string(),
+        vip("plain", 120, ""),
+        vip(
+            "acl",
+            121,
+            &format!("deny_sources = [{}]", rules.join(", ")),
+        ),
+        vip(
+            "limited",
+            122,
+            "limits = { new_flows_per_s = 100000000, packets_per_s = 100000000, \
+             source_new_flows_per_s = 100000000 }",
+        ),
+    ]
+    .concat()
+}
+
+/// What source rules and limits cost a packet: the same flows to a VIP
+/// without either, to one with a 10,000-rule list, and to one with every
+/// cap, in interleaved rounds on one program.
+fn admission_cost() {
+    let text = admission_config();
+    let started = Instant::now();
+    let mut fixture = Fixture::with_config(&text);
+    println!(
+        "admission cost: {BENCH_RULES} deny rules loaded with the rest in {:.0?}",
+        started.elapsed()
+    );
+    let rows = [
+        ("SYN (new flow)", SYN, "198.18.2.1:40000"),
+        ("established (conn hit)", ACK, "198.18.2.1:40002"),
+        ("SYN from a denied /30", SYN, "198.18.32.1:40000"),
+    ];
+    println!("BPF_PROG_TEST_RUN, repeat {REPEAT}, median of {ROUNDS} interleaved rounds (ns/pkt)");
+    println!(
+        "{:<26} {:>10} {:>12} {:>10}",
+        "path", "no rules", "10,000 rules", "all caps"
+    );
+    for (name, flags, source) in rows {
+        let frames: Vec<Vec<u8>> = [120, 121, 122]
+            .iter()
+            .map(|last| Frame::tcp(source, &format!("198.18.0.{last}:80"), flags).bytes())
+            .collect();
+        for frame in &frames {
+            fixture.run(frame).expect("warm-up run");
+        }
+        let mut columns: [Vec<f64>; 3] = Default::default();
+        for _ in 0..ROUNDS {
+            for (column, frame) in columns.iter_mut().zip(&frames) {
+                let program = fixture.dataplane.program().expect("program");
+                column.push(ns_per_packet(program, frame));
+            }
+        }
+        let [plain, acl, limited] = columns.map(median);
+        println!("{name:<26} {plain:>10.1} {acl:>12.1} {limited:>10.1}");
+    }
+    println!(
+        "(the denied row: the list's VIP drops it after one trie lookup; the others \
+         forward it)"
+    );
+}
+
+/// Sections by name (cost, distinct, encap, trace, admission, live, flood, one-cpu, apply):
 /// `cargo bench -p lb-tests --bench dataplane -- NAME...`
 /// runs only the named ones (all without a name).
 fn main() {
@@ -554,6 +645,9 @@ fn main() {
     }
     if runs("trace") {
         trace_cost();
+    }
+    if runs("admission") {
+        admission_cost();
     }
     if runs("live") {
         live_rate();
