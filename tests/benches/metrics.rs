@@ -119,7 +119,7 @@ fn main() {
     let reader = fixture.dataplane.counter_reader().expect("a reader");
     let (backends, vips) = counted_ids(&fixture.state);
     let read_ms = time_ms(20, || {
-        std::hint::black_box(reader.read(backends, vips).expect("counters"));
+        std::hint::black_box(reader.read((backends, vips, 0)).expect("counters"));
     });
     println!(
         "reading every counter ({backends} backend slots, {vips} VIPs): {read_ms:.1} ms \

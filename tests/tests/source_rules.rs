@@ -133,8 +133,14 @@ fn a_deny_rule_that_cuts_active_clients_is_shown_and_refused_until_forced() {
         0,
         "new connections are refused: {tally:?}"
     );
+    // Counted by reason, and against the rule.
     let (after, _) = wait_for(&lab, Duration::from_secs(10), |s| {
         vip(s, "web4")["refused"]["denied"].as_u64() > Some(0)
+            && vip(s, "web4")["rule_drops"][&client_net].as_u64() > Some(0)
     });
-    eprintln!("refused: {}", vip(&after, "web4")["refused"]);
+    eprintln!(
+        "refused: {}; by rule: {}",
+        vip(&after, "web4")["refused"],
+        vip(&after, "web4")["rule_drops"]
+    );
 }

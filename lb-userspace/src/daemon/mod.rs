@@ -97,7 +97,7 @@ impl Controller {
     /// health checks and the trace ring's reader run on `runtime`, and the
     /// checks report to `notify`.
     pub fn new(
-        dataplane: Dataplane,
+        mut dataplane: Dataplane,
         (pins, records): (PinDir, RecordDir),
         in_force: InForce,
         (config_path, journal): (&Path, Journal),
@@ -133,10 +133,13 @@ impl Controller {
         let outliers = outlier::OutlierControl::start(config, &ejected, now);
         let ramps = ramp::RampControl::resume(config, &ramped, now);
         let changes = journal.last_changes();
+        let rules = dataplane.deny_rules()?;
         let view = dataplane
             .installed()
             .map(|state| {
-                View::of(state, dataplane.generation(), &changes).unramped(config, &ramped)
+                View::of(state, dataplane.generation(), &changes)
+                    .unramped(config, &ramped)
+                    .with_rules(rules)
             })
             .unwrap_or_default();
         let monitor = Monitor::new(
@@ -651,9 +654,14 @@ impl Controller {
             crate::note!("reading the seed in force: {e:#}");
         }
         self.tell_left_out();
+        let rules = self.desk.dataplane.deny_rules().unwrap_or_else(|e| {
+            eprintln!("fulcrum: reading the deny rules in force: {e}");
+            Vec::new()
+        });
         if let Some(state) = self.desk.dataplane.installed() {
             let view = View::of(state, self.desk.dataplane.generation(), &self.changes)
-                .unramped(self.desk.in_force().config(), &self.ramps.ramped());
+                .unramped(self.desk.in_force().config(), &self.ramps.ramped())
+                .with_rules(rules);
             self.monitor
                 .install(view, monitor_settings(self.desk.in_force()));
         }

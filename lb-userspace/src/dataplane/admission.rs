@@ -310,20 +310,46 @@ impl Dataplane {
     }
 }
 
+/// A deny rule in force and the slot of its drop counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenyRule {
+    /// Its VIP's id.
+    pub vip_id: u32,
+    /// The prefix it denies.
+    pub prefix: Prefix,
+    /// Its counter's slot in `RULE_STATS`.
+    pub slot: u32,
+}
+
 impl Dataplane {
+    /// The deny rules in force, with their counters' slots.
+    pub fn deny_rules(&mut self) -> Result<Vec<DenyRule>> {
+        let held = self.admissions()?;
+        let rules = held
+            .deny_slots(self.bank)
+            .map(|(vip_id, prefix, slot)| DenyRule {
+                vip_id,
+                prefix,
+                slot,
+            })
+            .collect();
+        self.admissions = Some(held);
+        Ok(rules)
+    }
+
     /// Packets each deny rule in force dropped, summed over CPUs: the
     /// VIP's id, the prefix and the count.
     pub fn rule_drops(&mut self) -> Result<Vec<(u32, Prefix, u64)>> {
-        let held = self.admissions()?;
-        let rules: Vec<_> = held.deny_slots(self.bank).collect();
-        self.admissions = Some(held);
+        let rules = self.deny_rules()?;
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(names::RULE_STATS)?)
             .map_err(map_err(names::RULE_STATS))?;
         rules
             .into_iter()
-            .map(|(vip_id, prefix, slot)| {
-                let values = counters.get(&slot, 0).map_err(map_err(names::RULE_STATS))?;
-                Ok((vip_id, prefix, values.iter().sum()))
+            .map(|rule| {
+                let values = counters
+                    .get(&rule.slot, 0)
+                    .map_err(map_err(names::RULE_STATS))?;
+                Ok((rule.vip_id, rule.prefix, values.iter().sum()))
             })
             .collect()
     }

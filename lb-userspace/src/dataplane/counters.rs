@@ -38,6 +38,8 @@ pub struct Counters {
     pub reasons: Vec<u64>,
     /// Packets each VIP refused, indexed by VIP id.
     pub refused: Vec<AdmissionCounters>,
+    /// Packets each deny rule dropped, indexed by its counter's slot.
+    pub rules: Vec<u64>,
 }
 
 impl Counters {
@@ -70,6 +72,7 @@ pub struct CounterReader {
     vips: BatchMap<MapData>,
     reasons: BatchMap<MapData>,
     refused: BatchMap<MapData>,
+    rules: BatchMap<MapData>,
     /// The connection table.
     flows: MappedTable,
     config: Array<MapData, DataplaneConfig>,
@@ -127,10 +130,10 @@ fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
 
 impl CounterReader {
     /// A reader over the given maps (`BACKEND_STATS`, `VIP_STATS`,
-    /// `GLOBAL_STATS`, `ADMISSION_STATS`, (`CONN_META`, `CONN_TABLE`) and
-    /// `CONFIG` handles).
+    /// `GLOBAL_STATS`, `ADMISSION_STATS`, `RULE_STATS`, (`CONN_META`,
+    /// `CONN_TABLE`) and `CONFIG` handles).
     pub fn new(
-        [backends, vips, reasons, refused]: [OwnedFd; 4],
+        [backends, vips, reasons, refused, rules]: [OwnedFd; 5],
         (meta, ways): (OwnedFd, OwnedFd),
         config: OwnedFd,
     ) -> io::Result<Self> {
@@ -157,6 +160,7 @@ impl CounterReader {
             vips: batch(vips, names::VIP_STATS)?,
             reasons: batch(reasons, names::GLOBAL_STATS)?,
             refused: batch(refused, names::ADMISSION_STATS)?,
+            rules: batch(rules, names::RULE_STATS)?,
             flows,
             config,
             cpus,
@@ -205,8 +209,9 @@ impl CounterReader {
         Ok((census, sets))
     }
 
-    /// Reads backend slots `0..backends`, VIP ids `0..vips` and every reason.
-    pub fn read(&self, backends: u32, vips: u32) -> io::Result<Counters> {
+    /// Reads backend slots `0..backends`, VIP ids `0..vips`, deny-rule
+    /// counter slots `0..rules` and every reason.
+    pub fn read(&self, (backends, vips, rules): (u32, u32, u32)) -> io::Result<Counters> {
         let cpus = self.cpus;
         let reasons = read_per_cpu(&self.reasons, Reason::COUNT, cpus, 1)?
             .chunks_exact(cpus)
@@ -226,6 +231,10 @@ impl CounterReader {
             .into_iter()
             .map(|drops| AdmissionCounters { drops })
             .collect(),
+            rules: summed::<1>(&read_per_cpu(&self.rules, rules, cpus, 1)?, cpus)
+                .into_iter()
+                .map(|[count]| count)
+                .collect(),
         })
     }
 }

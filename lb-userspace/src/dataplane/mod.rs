@@ -3,7 +3,7 @@
 //! making one apply live in one step, and reading counters back. Everything
 //! that touches aya lives in this folder.
 
-mod admission;
+pub mod admission;
 pub mod clock;
 pub mod counters;
 pub mod decap;
@@ -941,6 +941,7 @@ impl Dataplane {
                 handle(names::VIP_STATS)?,
                 handle(names::GLOBAL_STATS)?,
                 handle(names::ADMISSION_STATS)?,
+                handle(names::RULE_STATS)?,
             ],
             (handle(names::CONN_META)?, handle(names::CONN_TABLE)?),
             handle(names::CONFIG)?,
@@ -971,7 +972,7 @@ impl Dataplane {
     pub fn counters(&self) -> Result<Counters> {
         let (backends, vips) = self.installed.as_ref().map_or((0, 0), counted_ids);
         self.counter_reader()?
-            .read(backends, vips)
+            .read((backends, vips, 0))
             .map_err(|source| DataplaneError::Io {
                 what: "reading the counters".into(),
                 source,

@@ -218,6 +218,19 @@ impl Scrape {
                 })
             }),
         )?;
+        counter(
+            "source_rule_drops",
+            "Packets a deny rule of the VIP dropped in XDP, by the rule's prefix (rules that \
+             dropped nothing are left out).",
+        )
+        .encode(
+            encoder,
+            self.report.vips.iter().flat_map(|v| {
+                v.rule_drops.iter().map(|(rule, count)| {
+                    ([("vip", v.name.as_str()), ("rule", rule.as_str())], *count)
+                })
+            }),
+        )?;
         handshake_counters("vip", "the VIP's backends", |kind, read| {
             kind.encode(encoder, self.per_vip(|v| read(&v.handshakes)))
         })?;

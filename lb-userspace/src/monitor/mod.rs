@@ -27,8 +27,8 @@ use crate::{
     config::{Config, Imbalance, Outlier},
     daemon::desk::Ramped,
     dataplane::{
-        clock::EpochClock, counted_ids, counters::CounterReader, pins::PinDir, state::DesiredState,
-        system::PinSurvival,
+        admission::DenyRule, clock::EpochClock, counted_ids, counters::CounterReader, pins::PinDir,
+        state::DesiredState, system::PinSurvival,
     },
     group::GroupReport,
     health::Checker,
@@ -65,6 +65,23 @@ pub struct View {
     pub vips: Vec<VipView>,
     /// How many backend and VIP counter entries cover their ids.
     pub counted: (u32, u32),
+    /// The deny rules in force.
+    pub rules: Vec<DenyRule>,
+}
+
+impl View {
+    /// This view with the deny rules in force, whose drops it reports.
+    pub fn with_rules(mut self, rules: Vec<DenyRule>) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// How many counters cover the deny rules' slots, with the backends'
+    /// and VIPs'.
+    fn counters(&self) -> (u32, u32, u32) {
+        let rules = self.rules.iter().map(|r| r.slot + 1).max().unwrap_or(0);
+        (self.counted.0, self.counted.1, rules)
+    }
 }
 
 /// One installed VIP.
@@ -146,6 +163,7 @@ impl View {
             generation,
             vips,
             counted: counted_ids(state),
+            rules: Vec::new(),
         }
     }
 
@@ -372,8 +390,7 @@ impl Monitor {
     /// What a change could make worse, as it stands now.
     pub fn signals(&self) -> io::Result<Signals> {
         let view = self.lock().view.clone();
-        let (backends, vips) = view.counted;
-        let counters = self.reader.read(backends, vips)?;
+        let counters = self.reader.read(view.counters())?;
         let state = self.lock();
         let mut signals = Signals {
             outliers: state
@@ -491,8 +508,7 @@ impl Monitor {
             )));
         }
         let view = self.lock().view.clone();
-        let (backends, vips) = view.counted;
-        let counters = self.reader.read(backends, vips)?;
+        let counters = self.reader.read(view.counters())?;
         let now = Instant::now();
         let mut state = self.lock();
         let transitions = state.window.observe(now, &view, &counters);
@@ -518,8 +534,7 @@ impl Monitor {
             None
         };
         let view = self.lock().view.clone();
-        let (backends, vips) = view.counted;
-        let counters = self.reader.read(backends, vips)?;
+        let counters = self.reader.read(view.counters())?;
         let (census, sets) = self.reader.census()?;
         let (attached, xdp_mode) = self.attachment.state();
         let health = self.checker.states();

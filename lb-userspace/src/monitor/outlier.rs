@@ -335,6 +335,7 @@ mod tests {
                 table_digest: String::new(),
             }],
             counted: (n + 1, 2),
+            rules: Vec::new(),
         }
     }
 

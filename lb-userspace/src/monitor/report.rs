@@ -160,6 +160,10 @@ pub struct VipReport {
     /// `source_limit`, `flow_limit`, `packet_limit`).
     #[serde(default)]
     pub refused: BTreeMap<String, u64>,
+    /// Packets each of its deny rules dropped, by prefix (rules that
+    /// dropped nothing are left out).
+    #[serde(default)]
+    pub rule_drops: BTreeMap<String, u64>,
     /// Its backends' handshakes together.
     #[serde(default)]
     pub handshakes: HandshakeCounts,
@@ -317,6 +321,15 @@ impl Report {
                             .map(|drop| (drop.name().to_string(), refused.drops[drop as usize]))
                             .collect()
                     },
+                    rule_drops: view
+                        .rules
+                        .iter()
+                        .filter(|rule| rule.vip_id == vip.vip_id)
+                        .filter_map(|rule| {
+                            let count = counters.rules.get(rule.slot as usize).copied()?;
+                            (count > 0).then(|| (rule.prefix.to_string(), count))
+                        })
+                        .collect(),
                     handshakes: HandshakeCounts::from(&totals),
                     outliers: outliers.vip(vip.vip_id).map(ToString::to_string),
                     flow_rate: judged.flow_rate,
@@ -541,7 +554,19 @@ impl Report {
                     .iter()
                     .map(|(reason, n)| format!("{reason} {n}"))
                     .collect();
-                let _ = writeln!(out, "  refused in XDP: {} packets", counts.join(", "));
+                let mut rules: Vec<(&String, &u64)> = vip.rule_drops.iter().collect();
+                rules.sort_by(|a, b| b.1.cmp(a.1));
+                let top: Vec<String> = rules
+                    .iter()
+                    .take(3)
+                    .map(|(prefix, n)| format!("{prefix} {n}"))
+                    .collect();
+                let top = if top.is_empty() {
+                    String::new()
+                } else {
+                    format!("; most by deny rules {}", top.join(", "))
+                };
+                let _ = writeln!(out, "  refused in XDP: {} packets{top}", counts.join(", "));
             }
             if let Some(verdict) = vip
                 .outliers

@@ -283,6 +283,7 @@ mod tests {
         View {
             generation: 1,
             counted: (shares.len() as u32 + 1, 1),
+            rules: Vec::new(),
             vips: vec![VipView {
                 name: "web".into(),
                 endpoint: "198.18.100.1:80/tcp".into(),
