@@ -56,6 +56,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
         src: args.src.clone(),
         sample: args.sample,
         rate: args.rate,
+        snap_len: 0,
     };
     let mut seen = 0u64;
     let mut last_stats = None;
