@@ -3,14 +3,14 @@
 //! action, the exact output bytes, and the counters it moves. Runs the real
 //! XDP program in the kernel through BPF_PROG_TEST_RUN.
 
-use std::time::Duration;
-
 use lb_common::maps::{
-    FlowKey, Reason, TABLE_HEADER_SLOTS, TRACE_ANY_VIP, TRACE_SNAP_MAX, TRACE_VIA_TABLE,
-    TraceControl,
+    FlowKey, Reason, TABLE_HEADER_SLOTS, TRACE_SNAP_MAX, TRACE_VIA_TABLE, TraceControl,
 };
 use lb_tests::{
-    fixture::{Fixture, Snapshot, TABLELESS_VIP, TEST_SEED, run_problems, xdp_action},
+    fixture::{
+        Fixture, Snapshot, TABLELESS_VIP, TEST_SEED, capture_problems, run_problems,
+        trace_everything, xdp_action,
+    },
     packet::{Frame, LB_MAC, tcp_flags::*},
 };
 use lb_userspace::dataplane::trace::TraceRecord;
@@ -566,17 +566,6 @@ fn packet_cases() {
     );
 }
 
-/// Tracing everything, for a minute.
-fn trace_everything() -> TraceControl {
-    TraceControl {
-        expires_ns: lb_userspace::dataplane::trace::lease_end(Duration::from_secs(60)),
-        vip_id: TRACE_ANY_VIP,
-        sample: 1,
-        per_cpu_per_s: 1_000_000,
-        ..TraceControl::default()
-    }
-}
-
 /// What is wrong with the events one traced case sent, given the frame
 /// as the program left it (`output`), whose first `TRACE_SNAP_MAX` bytes
 /// each event carries.
@@ -586,8 +575,9 @@ fn trace_problems(
     records: &[TraceRecord],
     output: &[u8],
 ) -> Vec<String> {
-    let [TraceRecord { event, packet }] = records else {
-        return vec![format!("{} trace events, not 1", records.len())];
+    let mut problems = capture_problems(records, output);
+    let [TraceRecord { event, .. }] = records else {
+        return problems;
     };
     let (action, verdict) = match case.expect {
         Forward => (xdp_action::TX, Reason::Tx),
@@ -595,22 +585,6 @@ fn trace_problems(
         Drop(reason) => (xdp_action::DROP, reason),
         Refused => return vec!["a refused frame was traced".into()],
     };
-    let mut problems = Vec::new();
-    let snap = output.len().min(TRACE_SNAP_MAX as usize);
-    if (event.packet_len as usize, event.captured as usize) != (output.len(), snap) {
-        problems.push(format!(
-            "event says {} of {} bytes captured, the frame left with {}",
-            event.captured,
-            event.packet_len,
-            output.len()
-        ));
-    }
-    if packet[..] != output[..snap] {
-        problems.push(format!(
-            "captured bytes {packet:02x?} are not the frame as it left, {:02x?}",
-            &output[..snap]
-        ));
-    }
     if (event.action, event.reason) != (action, verdict as u32) {
         problems.push(format!(
             "event says action {} reason {}, the case {action} {}",
@@ -666,19 +640,8 @@ fn trace_problems(
 #[test]
 fn a_trace_reports_each_case_once_and_nothing_when_off() {
     let mut fixture = Fixture::standard();
-    let mut events = fixture
-        .dataplane
-        .take_trace_events()
-        .expect("the trace ring buffer");
     // With the most bytes an event carries: the frame as it left.
-    let with_bytes = TraceControl {
-        snap_len: TRACE_SNAP_MAX,
-        ..trace_everything()
-    };
-    fixture
-        .dataplane
-        .set_trace(with_bytes)
-        .expect("trace control");
+    let mut events = fixture.trace_everything(TRACE_SNAP_MAX);
     let cases = cases();
     assert!(
         cases
@@ -761,7 +724,7 @@ fn a_trace_samples_caps_counts_and_ends_with_its_lease() {
     // Only the VIP asked for.
     let only_web = TraceControl {
         vip_id: web_vip,
-        ..trace_everything()
+        ..trace_everything(0)
     };
     let mut frames = web[..3].to_vec();
     frames.push(other_vip.clone());
