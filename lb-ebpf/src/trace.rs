@@ -89,7 +89,8 @@ fn send_event(job: &mut TraceEvent) -> bool {
 }
 
 /// Sends the event with the packet's first `snap_len` bytes, copied
-/// straight into the ring buffer's entry; false if it is full.
+/// straight into the ring buffer's entry (`bpf_xdp_load_bytes`, Linux
+/// 5.18); false if it is full.
 #[inline(always)]
 fn send_packet(ctx: &XdpContext, job: &mut TraceEvent, snap_len: u32) -> bool {
     let Some(mut entry) = TRACE_EVENTS.reserve_untyped::<TracePacket>(0) else {
