@@ -273,6 +273,15 @@ pub const TAIL_TRACED: u32 = 2;
 /// `TraceControl::vip_id` that matches every VIP (and traffic of none).
 pub const TRACE_ANY_VIP: u32 = u32::MAX;
 
+/// The most bytes of a packet one trace event carries. 256 holds every
+/// header the data plane reads or writes in the worst case, an Ethernet
+/// header with a VLAN tag, an outer IPv6 header, GUE (UDP and its own
+/// header) and an inner IPv6 header and TCP with full options (170
+/// bytes), with the start of the payload after it; a record of that size
+/// (344 bytes) still leaves the 1 MiB ring room for about 3 seconds of
+/// events at the default cap.
+pub const TRACE_SNAP_MAX: u32 = 256;
+
 /// What `fulcrum trace` asks the data plane to report: off while
 /// `expires_ns` is 0. The controller renews the lease while its client
 /// listens; once `bpf_ktime_get_ns()` passes it, the trace program turns
@@ -299,8 +308,9 @@ pub struct TraceControl {
     pub sample: u32,
     /// At most this many events a second, per CPU.
     pub per_cpu_per_s: u32,
-    /// Reserved; zero.
-    pub reserved: u32,
+    /// Each event carries the packet's first `snap_len` bytes (0: none;
+    /// at most `TRACE_SNAP_MAX`).
+    pub snap_len: u32,
 }
 
 impl TraceControl {
@@ -373,6 +383,25 @@ pub struct TraceEvent {
     pub table_id: u32,
     /// The CPU that handled the packet.
     pub cpu: u32,
+    /// The packet's length as it left the data plane (after the MAC
+    /// rewrite or the encapsulation; as received for a pass or a drop).
+    pub packet_len: u32,
+    /// How many of its first bytes follow the event (a `TracePacket`);
+    /// 0: the record is the event alone.
+    pub captured: u32,
+}
+
+/// The record the trace program sends while `TraceControl::snap_len` is
+/// not 0: the event, then the packet's first `event.captured` bytes (the
+/// rest of `bytes` is not written). Reserved in the ring buffer and filled
+/// there: it is too big for the BPF stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracePacket {
+    /// The decision.
+    pub event: TraceEvent,
+    /// The packet's first bytes.
+    pub bytes: [u8; TRACE_SNAP_MAX as usize],
 }
 
 /// The trace program's own state on one CPU.
@@ -1166,7 +1195,8 @@ pub mod names {
     pub const TRACE_STATE: &str = "TRACE_STATE";
     /// `PerCpuArray<u64>` indexed by `TraceOutcome`.
     pub const TRACE_STATS: &str = "TRACE_STATS";
-    /// `RingBuf<TraceEvent>`: the events.
+    /// `RingBuf<TraceEvent>`: the events (`TracePacket`s while the
+    /// control's `snap_len` is not 0).
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
     /// `Array<Admission>` indexed by table id (`bank * MAX_VIPS + vip_id`).
     pub const ADMISSION: &str = "ADMISSION";
@@ -1380,6 +1410,8 @@ mod tests {
         assert_eq!(size_of::<DecapConfig>(), 8 * 4 + 8 * 16 + 4);
         assert_eq!(size_of::<DataplaneConfig>(), 88);
         assert_eq!(size_of::<TraceControl>(), 48);
+        assert_eq!(size_of::<TraceEvent>(), 88);
+        assert_eq!(size_of::<TracePacket>(), 88 + TRACE_SNAP_MAX as usize);
         assert_eq!(size_of::<TraceState>(), 24);
         assert_eq!(size_of::<Admission>(), 56);
         assert_eq!(size_of::<SourceV4>(), 8);

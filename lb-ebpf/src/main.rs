@@ -50,7 +50,9 @@ static TRACE_STATE: PerCpuArray<TraceState, 1> = PerCpuArray::new();
 #[btf_map]
 static TRACE_STATS: PerCpuArray<u64, { TraceOutcome::COUNT as usize }> = PerCpuArray::new();
 
-/// The events, for the controller to read (1 MiB: 13,107 events).
+/// The events, for the controller to read (1 MiB: 10,922 events alone,
+/// 2,978 with 256 bytes of their packets; the daemon drains it as each
+/// one comes).
 #[btf_map]
 static TRACE_EVENTS: RingBuf<TraceEvent, { 1 << 20 }> = RingBuf::new();
 
@@ -115,13 +117,13 @@ fn hand_to_trace(ctx: &XdpContext, job: *mut TraceEvent, verdict: &Verdict) {
 /// has no room for the event, and the cost stays off the path while
 /// tracing is off.
 #[xdp]
-pub fn fulcrum_trace(_ctx: XdpContext) -> u32 {
+pub fn fulcrum_trace(ctx: XdpContext) -> u32 {
     let Some(job) = TRACE_JOBS.get_ptr_mut(0) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: per-CPU slot, only this CPU uses it while we run.
     let job = unsafe { &mut *job };
-    trace::report(job);
+    trace::report(&ctx, job);
     job.action
 }
 

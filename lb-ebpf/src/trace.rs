@@ -3,11 +3,15 @@
 //! (only while tracing is on) and tail-calls `fulcrum_trace`, which keeps
 //! the events the control asks for (VIP, backend, source prefix), samples
 //! them, holds each CPU to its per-second cap, sends them through the
-//! `TRACE_EVENTS` ring buffer and counts every outcome. It turns tracing
-//! off by itself once the controller's lease runs out.
+//! `TRACE_EVENTS` ring buffer (with the packet's first bytes, as it
+//! leaves, when the control asks for them) and counts every outcome. It
+//! turns tracing off by itself once the controller's lease runs out.
 
-use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
-use lb_common::maps::{TraceEvent, TraceOutcome};
+use aya_ebpf::{
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
+use lb_common::maps::{TRACE_SNAP_MAX, TraceEvent, TraceOutcome, TracePacket};
 
 use crate::{TRACE_CONTROL, TRACE_EVENTS, TRACE_STATE, TRACE_STATS};
 
@@ -21,9 +25,9 @@ fn counted(outcome: TraceOutcome) {
     }
 }
 
-/// Sends `job` if the control asks for it.
+/// Sends `job` about the packet in `ctx` if the control asks for it.
 #[inline(always)]
-pub fn report(job: &mut TraceEvent) {
+pub fn report(ctx: &XdpContext, job: &mut TraceEvent) {
     let (Some(control), Some(state)) = (TRACE_CONTROL.get_ptr_mut(0), TRACE_STATE.get_ptr_mut(0))
     else {
         return;
@@ -54,15 +58,65 @@ pub fn report(job: &mut TraceEvent) {
         counted(TraceOutcome::Capped);
         return;
     }
-    let Some(mut entry) = TRACE_EVENTS.reserve(0) else {
-        counted(TraceOutcome::RingFull);
-        return;
-    };
     job.time_ns = now;
     // SAFETY: no preconditions.
     job.cpu = unsafe { bpf_get_smp_processor_id() };
-    entry.write(*job);
-    entry.submit(0);
+    // The program is loaded without XDP frags: the frame is all linear.
+    job.packet_len = (ctx.data_end() - ctx.data()) as u32;
+    let sent = if control.snap_len == 0 {
+        send_event(job)
+    } else {
+        send_packet(ctx, job, control.snap_len)
+    };
+    if !sent {
+        counted(TraceOutcome::RingFull);
+        return;
+    }
     state.sent += 1;
     counted(TraceOutcome::Sent);
+}
+
+/// Sends the event alone; false if the ring buffer is full.
+#[inline(always)]
+fn send_event(job: &mut TraceEvent) -> bool {
+    let Some(mut entry) = TRACE_EVENTS.reserve(0) else {
+        return false;
+    };
+    job.captured = 0;
+    entry.write(*job);
+    entry.submit(0);
+    true
+}
+
+/// Sends the event with the packet's first `snap_len` bytes, copied
+/// straight into the ring buffer's entry (`bpf_xdp_load_bytes`, Linux
+/// 5.18); false if it is full.
+#[inline(always)]
+fn send_packet(ctx: &XdpContext, job: &mut TraceEvent, snap_len: u32) -> bool {
+    let Some(mut entry) = TRACE_EVENTS.reserve_untyped::<TracePacket>(0) else {
+        return false;
+    };
+    let record = entry.as_mut_ptr();
+    let len = snap_len.min(job.packet_len).min(TRACE_SNAP_MAX);
+    job.captured = 0;
+    // A length the verifier can bound: 1 to the bytes' size.
+    if len > 0 && len <= TRACE_SNAP_MAX {
+        // SAFETY: `record` is the reserved entry, `TracePacket`-sized;
+        // `len` fits its `bytes`.
+        let copied = unsafe {
+            bpf_xdp_load_bytes(
+                ctx.ctx,
+                0,
+                core::ptr::addr_of_mut!((*record).bytes).cast(),
+                len,
+            )
+        };
+        if copied == 0 {
+            job.captured = len;
+        }
+    }
+    // SAFETY: the reserved entry; only its event is written, in place.
+    unsafe { core::ptr::addr_of_mut!((*record).event).write(*job) };
+    entry.submit(0);
+    true
 }

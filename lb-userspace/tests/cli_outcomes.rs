@@ -573,6 +573,21 @@ fn argument_errors_come_before_the_daemon_is_asked() {
             "unexpected argument '-1'",
             2,
         ),
+        (
+            &["trace", "--pcap", "-", "--format", "json"],
+            "--format json has no room there",
+            1,
+        ),
+        (
+            &["trace", "--snap-len", "64"],
+            "the text trace shows no bytes",
+            1,
+        ),
+        (
+            &["trace", "--pcap", "x.pcapng", "--snap-len", "0"],
+            "--snap-len must be at least 1",
+            1,
+        ),
     ] {
         let (exit, stderr) = without_a_daemon(&scratch, args);
         assert_eq!(exit, Some(code), "{args:?}: {stderr}");

@@ -437,9 +437,17 @@ fn apply_latency() {
     );
 }
 
-/// Traced runs per round: the 1 MiB ring holds 13,107 events, and the
+/// Traced runs per round: the 1 MiB ring holds 10,922 events, and the
 /// reader drains it between rounds, so that every traced packet is sent.
 const TRACED_REPEAT: u32 = 10_000;
+
+/// Traced runs per round with packet bytes: the ring holds 2,978 such
+/// records.
+const CAPTURED_REPEAT: u32 = 2_500;
+
+/// The bytes of each packet the capture column asks for (`fulcrum trace
+/// --pcap`'s default).
+const CAPTURED_SNAP: u32 = 128;
 
 /// Rounds of the trace rows: the differences sought are a few ns, under
 /// this machine's noise, so more rounds than the other rows.
@@ -448,8 +456,9 @@ const TRACE_ROUNDS: usize = 21;
 /// What tracing costs, in one loop of interleaved rounds: the program
 /// without its trace hooks (`bench_untraced`), the same program with
 /// tracing off (the flag check), tracing on for another VIP (the hooks and
-/// the trace program's filter), and tracing on for every packet (each one
-/// sent through the ring buffer).
+/// the trace program's filter), tracing on for every packet (each one
+/// sent through the ring buffer), and the same with each packet's first
+/// bytes copied into its event.
 fn trace_cost() {
     let mut fixture = Fixture::looped();
     // Before the trace ring leaves the data plane: every map is pinned.
@@ -487,16 +496,20 @@ fn trace_cost() {
         vip_id: 12_345,
         ..everything
     };
+    let captured = TraceControl {
+        snap_len: CAPTURED_SNAP,
+        ..everything
+    };
     println!(
-        "trace cost: BPF_PROG_TEST_RUN, repeat {REPEAT} ({TRACED_REPEAT} traced), median of \
-         {TRACE_ROUNDS} interleaved rounds"
+        "trace cost: BPF_PROG_TEST_RUN, repeat {REPEAT} ({TRACED_REPEAT} traced, \
+         {CAPTURED_REPEAT} with bytes), median of {TRACE_ROUNDS} interleaved rounds"
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "path", "untraced", "off", "off-cost", "other VIP", "traced"
+        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "path", "untraced", "off", "off-cost", "other VIP", "traced", "+bytes"
     );
     for (name, frame) in &rows {
-        let mut columns: [Vec<f64>; 4] = Default::default();
+        let mut columns: [Vec<f64>; 5] = Default::default();
         for _ in 0..TRACE_ROUNDS {
             let untraced =
                 xdp_program(&mut bench_object, "bench_untraced").expect("bench_untraced");
@@ -505,21 +518,30 @@ fn trace_cost() {
                 (1, TraceControl::default()),
                 (2, other_vip),
                 (3, everything),
+                (4, captured),
             ] {
                 fixture.dataplane.set_trace(control).expect("trace control");
                 let program = fixture.dataplane.program().expect("program");
-                // Only the traced column sends events: the others run long.
-                let repeat = if column == 3 { TRACED_REPEAT } else { REPEAT };
+                // Only the traced columns send events: the others run long.
+                let repeat = match column {
+                    3 => TRACED_REPEAT,
+                    4 => CAPTURED_REPEAT,
+                    _ => REPEAT,
+                };
                 columns[column].push(ns_repeated(program, frame, repeat));
-                let sent = events.drain().len();
-                if column == 3 {
-                    assert_eq!(sent, TRACED_REPEAT as usize, "every traced packet is sent");
+                let sent = events.drain();
+                if column >= 3 {
+                    assert_eq!(sent.len(), repeat as usize, "every traced packet is sent");
+                }
+                if column == 4 {
+                    assert!(sent.iter().all(|r| r.packet.len() == frame.len()));
                 }
             }
         }
-        let [untraced, off, other, traced] = columns.map(median);
+        let [untraced, off, other, traced, with_bytes] = columns.map(median);
         println!(
-            "{name:<26} {untraced:>10.1} {off:>10.1} {:>+10.1} {other:>10.1} {traced:>10.1}",
+            "{name:<26} {untraced:>10.1} {off:>10.1} {:>+10.1} {other:>10.1} {traced:>10.1} \
+             {with_bytes:>10.1}",
             off - untraced
         );
     }
@@ -529,7 +551,7 @@ fn trace_cost() {
         .expect("trace control");
     println!(
         "(ns/pkt; off-cost: the flag check, off minus untraced; traced: every packet sent \
-         as an event)"
+         as an event; +bytes: the same with its first {CAPTURED_SNAP} bytes)"
     );
 }
 

@@ -7,11 +7,15 @@ use std::{collections::BTreeMap, path::Path};
 use aya::{TestRun as _, TestRunOptions};
 use lb_common::{
     flow_hash::FlowSeed,
-    maps::{DataplaneConfig, Reason, TrafficCounters, VipSlot, names},
+    maps::{
+        DataplaneConfig, Reason, TRACE_ANY_VIP, TRACE_SNAP_MAX, TraceControl, TrafficCounters,
+        VipSlot, names,
+    },
 };
 use lb_userspace::{
     config::{Config, MacAddr},
     dataplane::state::{DesiredState, UnknownMac, vip_key},
+    dataplane::trace::{TraceEvents, TraceRecord},
     dataplane::{
         BENCH_OBJECT, Capacities, Dataplane,
         pins::PinDir,
@@ -215,6 +219,44 @@ pub mod xdp_action {
             other => format!("action {other}"),
         }
     }
+}
+
+/// Tracing every packet for a minute, each event with its packet's first
+/// `snap_len` bytes.
+pub fn trace_everything(snap_len: u32) -> TraceControl {
+    TraceControl {
+        expires_ns: lb_userspace::dataplane::trace::lease_end(std::time::Duration::from_secs(60)),
+        vip_id: TRACE_ANY_VIP,
+        sample: 1,
+        per_cpu_per_s: 1_000_000,
+        snap_len,
+        ..TraceControl::default()
+    }
+}
+
+/// What is wrong with the one trace record sent about a frame the
+/// program left as `output`, traced with the most bytes an event carries.
+pub fn capture_problems(records: &[TraceRecord], output: &[u8]) -> Vec<String> {
+    let [TraceRecord { event, packet }] = records else {
+        return vec![format!("{} trace events, not 1", records.len())];
+    };
+    let mut problems = Vec::new();
+    let snap = output.len().min(TRACE_SNAP_MAX as usize);
+    if (event.packet_len as usize, event.captured as usize) != (output.len(), snap) {
+        problems.push(format!(
+            "event says {} of {} bytes captured, the frame left with {}",
+            event.captured,
+            event.packet_len,
+            output.len()
+        ));
+    }
+    if packet[..] != output[..snap] {
+        problems.push(format!(
+            "captured bytes {packet:02x?} are not the frame as it left, {:02x?}",
+            &output[..snap]
+        ));
+    }
+    problems
 }
 
 /// Fails with a clear message unless the test can load BPF programs.
@@ -461,6 +503,19 @@ impl Fixture {
     pub fn run_repeated(&mut self, input: &[u8], repeat: u32) -> std::io::Result<Run> {
         let program = self.dataplane.program().expect("program");
         test_run(program, input, repeat)
+    }
+
+    /// Takes the trace ring buffer and traces every packet, each event
+    /// with its first `snap_len` bytes.
+    pub fn trace_everything(&mut self, snap_len: u32) -> TraceEvents {
+        let events = self
+            .dataplane
+            .take_trace_events()
+            .expect("the trace ring buffer");
+        self.dataplane
+            .set_trace(trace_everything(snap_len))
+            .expect("trace control");
+        events
     }
 
     /// Runs one frame through the program once.

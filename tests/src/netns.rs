@@ -48,6 +48,20 @@ impl Netns {
         command("ip", &full)
     }
 
+    /// The MAC address of interface `dev`.
+    pub fn mac(&self, dev: &str) -> anyhow::Result<String> {
+        let output = Command::new("ip")
+            .args(["-n", &self.name, "-j", "link", "show", "dev", dev])
+            .output()
+            .context("starting ip")?;
+        let links: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("`ip -j link show dev {dev}` in {}", self.name))?;
+        links[0]["address"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no MAC address for {dev} in {}: {links}", self.name))
+    }
+
     /// Runs a program inside the namespace (`ip netns exec`).
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
         let mut full = vec!["netns", "exec", self.name.as_str(), program];

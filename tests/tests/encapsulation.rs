@@ -7,10 +7,13 @@
 
 use lb_common::{
     flow_hash::{flow_hash, mix64},
-    maps::{FlowKey, Reason},
+    maps::{FlowKey, Reason, TRACE_SNAP_MAX},
 };
 use lb_tests::{
-    fixture::{ENCAP_CONFIG, Fixture, TEST_SEED, run_problems, test_run, xdp_action, xdp_program},
+    fixture::{
+        ENCAP_CONFIG, Fixture, TEST_SEED, capture_problems, run_problems, test_run, xdp_action,
+        xdp_program,
+    },
     packet::{Frame, LB_MAC, ROUTER_MAC, internet_checksum, tcp_flags::*},
 };
 use lb_userspace::{config::Forwarding, dataplane::state::ip_bytes};
@@ -507,13 +510,12 @@ fn check(fixture: &mut Fixture, case: &Case) -> Vec<String> {
     problems
 }
 
-#[test]
-fn encapsulation_cases() {
-    let mut fixture = Fixture::with_config(ENCAP_CONFIG);
+/// Runs every case through `problems`; fails listing what went wrong.
+fn check_all(fixture: &mut Fixture, mut problems: impl FnMut(&mut Fixture, &Case) -> Vec<String>) {
     let cases = cases();
     let mut failures = Vec::new();
     for case in &cases {
-        for problem in check(&mut fixture, case) {
+        for problem in problems(fixture, case) {
             failures.push(format!("{}: {problem}", case.name));
         }
     }
@@ -524,6 +526,23 @@ fn encapsulation_cases() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn encapsulation_cases() {
+    check_all(&mut Fixture::with_config(ENCAP_CONFIG), check);
+}
+
+#[test]
+fn a_traced_packet_carries_its_bytes_as_they_left_encapsulated_or_not() {
+    let mut fixture = Fixture::with_config(ENCAP_CONFIG);
+    let mut events = fixture.trace_everything(TRACE_SNAP_MAX);
+    check_all(&mut fixture, |fixture, case| {
+        match fixture.run(&case.input) {
+            Ok(run) => capture_problems(&events.drain(), &run.output),
+            Err(err) => vec![format!("BPF_PROG_TEST_RUN failed: {err}")],
+        }
+    });
 }
 
 #[test]

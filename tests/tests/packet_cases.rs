@@ -3,15 +3,17 @@
 //! action, the exact output bytes, and the counters it moves. Runs the real
 //! XDP program in the kernel through BPF_PROG_TEST_RUN.
 
-use std::time::Duration;
-
 use lb_common::maps::{
-    FlowKey, Reason, TABLE_HEADER_SLOTS, TRACE_ANY_VIP, TRACE_VIA_TABLE, TraceControl, TraceEvent,
+    FlowKey, Reason, TABLE_HEADER_SLOTS, TRACE_SNAP_MAX, TRACE_VIA_TABLE, TraceControl,
 };
 use lb_tests::{
-    fixture::{Fixture, Snapshot, TABLELESS_VIP, TEST_SEED, run_problems, xdp_action},
+    fixture::{
+        Fixture, Snapshot, TABLELESS_VIP, TEST_SEED, capture_problems, run_problems,
+        trace_everything, xdp_action,
+    },
     packet::{Frame, LB_MAC, tcp_flags::*},
 };
+use lb_userspace::dataplane::trace::TraceRecord;
 
 /// What must happen to a case's frame.
 #[derive(Clone, Copy, Debug)]
@@ -446,10 +448,15 @@ fn arp_request() -> Vec<u8> {
     frame
 }
 
-/// Checks one case; returns a description of every way it went wrong.
 /// Checks one case, given the SYNs sent so far (`syns`, which it extends:
-/// a SYN again for one of them, unanswered, is a retry).
-fn check(fixture: &mut Fixture, case: &Case, syns: &mut Vec<FlowKey>) -> Vec<String> {
+/// a SYN again for one of them, unanswered, is a retry); returns a
+/// description of every way it went wrong, and the frame as the program
+/// left it (none if the kernel refused it).
+fn check(
+    fixture: &mut Fixture,
+    case: &Case,
+    syns: &mut Vec<FlowKey>,
+) -> (Vec<String>, Option<Vec<u8>>) {
     let mut problems = Vec::new();
     let before = fixture.snapshot();
     let run = fixture.run(&case.input);
@@ -465,12 +472,12 @@ fn check(fixture: &mut Fixture, case: &Case, syns: &mut Vec<FlowKey>) -> Vec<Str
             if after != before {
                 problems.push("counters moved for a refused frame".into());
             }
-            return problems;
+            return (problems, None);
         }
     };
     let run = match run {
         Ok(run) => run,
-        Err(err) => return vec![format!("BPF_PROG_TEST_RUN failed: {err}")],
+        Err(err) => return (vec![format!("BPF_PROG_TEST_RUN failed: {err}")], None),
     };
     for &note in case.notes {
         if after.reason_delta(&before, note) != 1 {
@@ -531,7 +538,7 @@ fn check(fixture: &mut Fixture, case: &Case, syns: &mut Vec<FlowKey>) -> Vec<Str
     if after.vips != expected_traffic.vips {
         problems.push("VIP counters differ from the expected ones".into());
     }
-    problems
+    (problems, Some(run.output))
 }
 
 #[test]
@@ -545,7 +552,7 @@ fn packet_cases() {
     let mut failures = Vec::new();
     let mut syns = Vec::new();
     for case in &cases {
-        let problems = check(&mut fixture, case, &mut syns);
+        let (problems, _) = check(&mut fixture, case, &mut syns);
         if !problems.is_empty() {
             failures.push(format!("{}:\n    {}", case.name, problems.join("\n    ")));
         }
@@ -559,21 +566,18 @@ fn packet_cases() {
     );
 }
 
-/// Tracing everything, for a minute.
-fn trace_everything() -> TraceControl {
-    TraceControl {
-        expires_ns: lb_userspace::dataplane::trace::lease_end(Duration::from_secs(60)),
-        vip_id: TRACE_ANY_VIP,
-        sample: 1,
-        per_cpu_per_s: 1_000_000,
-        ..TraceControl::default()
-    }
-}
-
-/// What is wrong with the events one traced case sent.
-fn trace_problems(fixture: &Fixture, case: &Case, events: &[TraceEvent]) -> Vec<String> {
-    let [event] = events else {
-        return vec![format!("{} trace events, not 1", events.len())];
+/// What is wrong with the events one traced case sent, given the frame
+/// as the program left it (`output`), whose first `TRACE_SNAP_MAX` bytes
+/// each event carries.
+fn trace_problems(
+    fixture: &Fixture,
+    case: &Case,
+    records: &[TraceRecord],
+    output: &[u8],
+) -> Vec<String> {
+    let mut problems = capture_problems(records, output);
+    let [TraceRecord { event, .. }] = records else {
+        return problems;
     };
     let (action, verdict) = match case.expect {
         Forward => (xdp_action::TX, Reason::Tx),
@@ -581,7 +585,6 @@ fn trace_problems(fixture: &Fixture, case: &Case, events: &[TraceEvent]) -> Vec<
         Drop(reason) => (xdp_action::DROP, reason),
         Refused => return vec!["a refused frame was traced".into()],
     };
-    let mut problems = Vec::new();
     if (event.action, event.reason) != (action, verdict as u32) {
         problems.push(format!(
             "event says action {} reason {}, the case {action} {}",
@@ -637,25 +640,25 @@ fn trace_problems(fixture: &Fixture, case: &Case, events: &[TraceEvent]) -> Vec<
 #[test]
 fn a_trace_reports_each_case_once_and_nothing_when_off() {
     let mut fixture = Fixture::standard();
-    let mut events = fixture
-        .dataplane
-        .take_trace_events()
-        .expect("the trace ring buffer");
-    fixture
-        .dataplane
-        .set_trace(trace_everything())
-        .expect("trace control");
+    // With the most bytes an event carries: the frame as it left.
+    let mut events = fixture.trace_everything(TRACE_SNAP_MAX);
     let cases = cases();
+    assert!(
+        cases
+            .iter()
+            .any(|c| c.input.len() > TRACE_SNAP_MAX as usize),
+        "a case longer than the snap length shows the cut"
+    );
     let mut failures = Vec::new();
     let mut traced = 0;
     let mut syns = Vec::new();
     for case in &cases {
         // Tracing changes nothing the case checks...
-        let mut problems = check(&mut fixture, case, &mut syns);
-        // ...and reports the decision exactly once.
+        let (mut problems, output) = check(&mut fixture, case, &mut syns);
+        // ...and reports the decision exactly once, with the frame.
         let sent = events.drain();
-        if !matches!(case.expect, Refused) {
-            problems.extend(trace_problems(&fixture, case, &sent));
+        if let Some(output) = output {
+            problems.extend(trace_problems(&fixture, case, &sent, &output));
             traced += 1;
         } else if !sent.is_empty() {
             problems.push("a refused frame was traced".into());
@@ -721,12 +724,15 @@ fn a_trace_samples_caps_counts_and_ends_with_its_lease() {
     // Only the VIP asked for.
     let only_web = TraceControl {
         vip_id: web_vip,
-        ..trace_everything()
+        ..trace_everything(0)
     };
     let mut frames = web[..3].to_vec();
     frames.push(other_vip.clone());
     assert_eq!(run(&mut fixture, only_web, &frames), (3, 0, 0));
-    assert!(events.drain().iter().all(|e| e.vip_id == web_vip));
+    // Without a snap length, the event alone.
+    assert!(events.drain().iter().all(|r| r.event.vip_id == web_vip
+        && r.event.packet_len == web[0].len() as u32
+        && (r.event.captured, r.packet.len()) == (0, 0)));
 
     // One in four.
     let quarter = TraceControl {

@@ -23,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "tmux",
     // The ECMP scale-out test: BIRD announces VIPs over BGP.
     "bird2",
+    // The trace test reads `fulcrum trace --pcap`'s file back with tcpdump.
+    "tcpdump",
     // The shipped unit is checked with systemd-analyze, the package with
     // lintian.
     "systemd",

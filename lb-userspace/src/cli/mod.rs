@@ -9,6 +9,7 @@ pub mod decap;
 pub mod detach;
 pub mod explain;
 pub mod manual;
+pub mod pcap;
 pub mod plan;
 pub mod run;
 pub mod status;

@@ -1,7 +1,8 @@
 //! `fulcrum trace` in the daemon: one session at a time. The controller
 //! turns the data plane's events on for what the client asked (a VIP, a
-//! backend, a source prefix, a sampling rate, a per-second cap) with a
-//! short lease it renews while the client listens; a reader thread takes
+//! backend, a source prefix, a sampling rate, a per-second cap, how many
+//! of each packet's bytes) with a short lease it renews while the client
+//! listens; a reader thread takes
 //! the events off the ring buffer and hands them to the session; the API
 //! streams them as JSON lines, with the names the controller knows. When
 //! the client goes (Ctrl-C, a crash) the session ends and tracing goes off
@@ -15,8 +16,8 @@ use std::{
 
 use anyhow::Context as _;
 use lb_common::maps::{
-    MAX_VIPS, PROTO_TCP, PROTO_UDP, Reason, TRACE_ANY_VIP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE,
-    TraceControl, TraceEvent,
+    MAX_VIPS, PROTO_TCP, PROTO_UDP, Reason, TRACE_ANY_VIP, TRACE_SNAP_MAX, TRACE_VIA_CONNECTION,
+    TRACE_VIA_TABLE, TraceControl,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -25,10 +26,10 @@ use tokio::{
 };
 
 use crate::{
-    daemon::wire::{Labels, TraceEventLine, TraceRequest, TraceStatsAnswer, Via},
+    daemon::wire::{Labels, TraceEventLine, TraceRequest, TraceStatsAnswer, Via, packet_hex},
     dataplane::{
         state::{DesiredState, ip_from},
-        trace::{TraceEvents, TraceStats, lease_end},
+        trace::{TraceEvents, TraceRecord, TraceStats, lease_end},
     },
 };
 
@@ -75,6 +76,13 @@ pub fn control(request: &TraceRequest, state: &DesiredState) -> Result<TraceCont
         return Err("rate must be at least 1 event a second".into());
     }
     control.per_cpu_per_s = request.rate.div_ceil(cpus.max(1));
+    if request.snap_len > TRACE_SNAP_MAX {
+        return Err(format!(
+            "snap_len {} is over the most a trace event carries, {TRACE_SNAP_MAX} bytes",
+            request.snap_len
+        ));
+    }
+    control.snap_len = request.snap_len;
     let vip = match &request.vip {
         Some(name) => {
             let vip = state
@@ -117,7 +125,8 @@ pub fn control(request: &TraceRequest, state: &DesiredState) -> Result<TraceCont
 }
 
 /// One event as a line of the stream, named with `labels`.
-pub fn event_line(event: &TraceEvent, labels: &Labels) -> TraceEventLine {
+pub fn event_line(record: &TraceRecord, labels: &Labels) -> TraceEventLine {
+    let event = &record.event;
     let reason = Reason::ALL
         .iter()
         .find(|r| **r as u32 == event.reason)
@@ -136,6 +145,8 @@ pub fn event_line(event: &TraceEvent, labels: &Labels) -> TraceEventLine {
         vlan: event.vlan,
         action: action.into(),
         reason: reason.into(),
+        packet_len: event.packet_len,
+        packet: (!record.packet.is_empty()).then(|| packet_hex(&record.packet)),
         ..TraceEventLine::default()
     };
     if event.has_flow != 0 {
@@ -215,8 +226,8 @@ pub fn event_text(event: &TraceEventLine) -> String {
 #[derive(Default)]
 struct HubState {
     next_id: u64,
-    session: Option<(u64, mpsc::Sender<TraceEvent>)>,
-    receiver: Option<(u64, mpsc::Receiver<TraceEvent>)>,
+    session: Option<(u64, mpsc::Sender<TraceRecord>)>,
+    receiver: Option<(u64, mpsc::Receiver<TraceRecord>)>,
     /// Events the session's buffer had no room for (its client is slow).
     lost: u64,
 }
@@ -249,7 +260,7 @@ impl Hub {
     }
 
     /// Session `id`'s events, for the API to stream.
-    pub fn events(&self, id: u64) -> Option<mpsc::Receiver<TraceEvent>> {
+    pub fn events(&self, id: u64) -> Option<mpsc::Receiver<TraceRecord>> {
         let mut state = self.lock();
         match state.receiver.take() {
             Some((open, receiver)) if open == id => Some(receiver),
@@ -284,14 +295,14 @@ impl Hub {
         self.lock().lost
     }
 
-    fn hand(&self, events: Vec<TraceEvent>) {
+    fn hand(&self, records: Vec<TraceRecord>) {
         let mut state = self.lock();
         let Some((_, sender)) = &state.session else {
             return;
         };
         let mut lost = 0;
-        for event in events {
-            if sender.try_send(event).is_err() {
+        for record in records {
+            if sender.try_send(record).is_err() {
                 lost += 1;
             }
         }
@@ -338,7 +349,7 @@ pub fn stats_answer(stats: &TraceStats, lost: u64) -> TraceStatsAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::maps::FAMILY_IPV4;
+    use lb_common::maps::{FAMILY_IPV4, TraceEvent};
 
     fn state() -> DesiredState {
         crate::dataplane::state::sample_state()
@@ -351,6 +362,7 @@ mod tests {
             src: None,
             sample: 1,
             rate: crate::daemon::wire::DEFAULT_RATE,
+            snap_len: 0,
         }
     }
 
@@ -401,6 +413,26 @@ mod tests {
     }
 
     #[test]
+    fn a_request_asks_for_packet_bytes_up_to_the_most_an_event_carries() {
+        let state = state();
+        assert_eq!(control(&request(), &state).unwrap().snap_len, 0);
+        let most = TraceRequest {
+            snap_len: TRACE_SNAP_MAX,
+            ..request()
+        };
+        assert_eq!(control(&most, &state).unwrap().snap_len, TRACE_SNAP_MAX);
+        let over = TraceRequest {
+            snap_len: TRACE_SNAP_MAX + 1,
+            ..request()
+        };
+        let why = control(&over, &state).unwrap_err();
+        assert!(
+            why.contains("snap_len 257") && why.contains("256 bytes"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn events_are_named_and_read() {
         let state = state();
         let labels = Labels::of(&state, 1, 7);
@@ -421,7 +453,13 @@ mod tests {
             "198.18.100.1:80".parse().unwrap(),
             PROTO_TCP,
         );
-        let line = event_line(&event, &labels);
+        let line = event_line(
+            &TraceRecord {
+                event,
+                packet: Vec::new(),
+            },
+            &labels,
+        );
         assert_eq!(line.backend.as_deref(), Some("b2"));
         assert_eq!(line.generation, Some(7));
         assert_eq!(line.source.as_deref(), Some("198.18.2.1:40000"));
@@ -432,6 +470,23 @@ mod tests {
             event_text(&line),
             "tcp 198.18.2.1:40000 -> 198.18.100.1:80: tx tx; VIP web -> b2 (198.18.1.2:80) \
              by table slot 42 (generation 7)"
+        );
+        assert!(json.get("packet").is_none(), "no bytes asked for: {json}");
+
+        let captured = event_line(
+            &TraceRecord {
+                event: TraceEvent {
+                    packet_len: 74,
+                    captured: 2,
+                    ..event
+                },
+                packet: vec![0x02, 0xf0],
+            },
+            &labels,
+        );
+        assert_eq!(
+            (captured.packet_len, captured.packet.as_deref()),
+            (74, Some("02f0"))
         );
     }
 }

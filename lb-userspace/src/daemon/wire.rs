@@ -39,6 +39,10 @@ pub struct TraceRequest {
     /// At most this many events a second.
     #[serde(default = "default_rate")]
     pub rate: u32,
+    /// Each event carries the packet's first `snap_len` bytes (0: none;
+    /// at most `TRACE_SNAP_MAX`).
+    #[serde(default)]
+    pub snap_len: u32,
 }
 
 fn one() -> u32 {
@@ -415,6 +419,38 @@ pub struct TraceEventLine {
     /// The generation of the table (by table only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The packet's length as it left the data plane.
+    #[serde(default)]
+    pub packet_len: u32,
+    /// Its first bytes as it left (the request's `snap_len`), in
+    /// lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet: Option<String>,
+}
+
+impl TraceEventLine {
+    /// The bytes `packet` carries (none without it).
+    pub fn packet_bytes(&self) -> Result<Vec<u8>, String> {
+        let Some(text) = &self.packet else {
+            return Ok(Vec::new());
+        };
+        if text.len() % 2 != 0 {
+            return Err(format!("packet: odd hex length {}", text.len()));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                text.get(i..i + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(|| format!("packet: not hex at {i}"))
+            })
+            .collect()
+    }
+}
+
+/// Bytes as `TraceEventLine::packet` carries them.
+pub fn packet_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One line of the `POST /v1/trace` stream.
@@ -462,7 +498,8 @@ mod tests {
             "warnings": [], "problems": [], "vips": [], "error": "e", "watch_s": 30});
         let event = json!({"time_ns": 1, "cpu": 0, "vlan": 0, "action": "tx", "reason": "tx",
             "protocol": "tcp", "source": "s", "destination": "d", "vip": "v", "backend": "b",
-            "address": "a", "via": "table", "slot": 1, "generation": 1});
+            "address": "a", "via": "table", "slot": 1, "generation": 1, "packet_len": 60,
+            "packet": "02f0"});
         let stats = json!({"stats": TraceStatsAnswer::default()});
         // Each through its type and back: what the type writes.
         fn typed<T: Serialize + serde::de::DeserializeOwned>(value: Value) -> Value {
@@ -490,7 +527,9 @@ mod tests {
             ),
             (
                 "TraceRequest",
-                typed::<TraceRequest>(json!({"vip": "v", "backend": "b", "src": "s"})),
+                typed::<TraceRequest>(
+                    json!({"vip": "v", "backend": "b", "src": "s", "snap_len": 128}),
+                ),
             ),
             ("ErrorAnswer", typed::<ErrorAnswer>(json!({"error": "e"}))),
             ("StatusAnswer", typed::<StatusAnswer>(status)),
@@ -551,6 +590,25 @@ mod tests {
                 .cloned()
                 .collect();
             assert_eq!(documented(name), fields, "docs/api.md, {name}");
+        }
+    }
+
+    #[test]
+    fn packet_bytes_travel_as_hex() {
+        let bytes = [0x02, 0xf0, 0x00, 0xff, 0x7a];
+        let line = TraceEventLine {
+            packet: Some(packet_hex(&bytes)),
+            ..TraceEventLine::default()
+        };
+        assert_eq!(line.packet.as_deref(), Some("02f000ff7a"));
+        assert_eq!(line.packet_bytes(), Ok(bytes.to_vec()));
+        assert_eq!(TraceEventLine::default().packet_bytes(), Ok(vec![]));
+        for bad in ["0", "zz", "éé"] {
+            let line = TraceEventLine {
+                packet: Some(bad.into()),
+                ..TraceEventLine::default()
+            };
+            assert!(line.packet_bytes().is_err(), "{bad:?}");
         }
     }
 

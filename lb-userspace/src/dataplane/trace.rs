@@ -1,9 +1,10 @@
 //! The data plane's trace maps from userspace: the control `fulcrum trace`
 //! writes (what to report, and a lease that ends it), the ring buffer the
-//! events come through, and what became of matching packets.
+//! events come through (each with the packet bytes it carries), and what
+//! became of matching packets.
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use lb_common::maps::{TraceControl, TraceEvent, TraceOutcome, names};
+use lb_common::maps::{TraceControl, TraceEvent, TraceOutcome, TracePacket, names};
 
 use super::{Dataplane, DataplaneError, Result, map_err};
 
@@ -21,22 +22,47 @@ pub struct TraceStats {
     pub ring_full: u64,
 }
 
+/// One record of the ring buffer: the event, and the packet's first
+/// bytes when the control asked for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// The decision.
+    pub event: TraceEvent,
+    /// The packet's first `event.captured` bytes (empty: none asked for).
+    pub packet: Vec<u8>,
+}
+
+impl TraceRecord {
+    /// The record in a ring buffer item: a `TraceEvent`, or a
+    /// `TracePacket`; none if it is too short to hold an event.
+    pub fn read(item: &[u8]) -> Option<Self> {
+        if item.len() < size_of::<TraceEvent>() {
+            return None;
+        }
+        // SAFETY: the item holds a whole `TraceEvent`, a plain
+        // `#[repr(C)]` value; read unaligned, since the ring's records are
+        // 8-byte aligned only by convention.
+        let event = unsafe { item.as_ptr().cast::<TraceEvent>().read_unaligned() };
+        let start = std::mem::offset_of!(TracePacket, bytes);
+        let packet = item
+            .get(start..start + event.captured as usize)
+            .unwrap_or_default()
+            .to_vec();
+        Some(Self { event, packet })
+    }
+}
+
 /// The events' reader: the ring buffer, taken out of the data plane.
 pub struct TraceEvents(RingBuf<MapData>);
 
 impl TraceEvents {
-    /// The events waiting, oldest first (none when it is empty).
-    pub fn drain(&mut self) -> Vec<TraceEvent> {
-        let mut events = Vec::new();
+    /// The records waiting, oldest first (none when it is empty).
+    pub fn drain(&mut self) -> Vec<TraceRecord> {
+        let mut records = Vec::new();
         while let Some(item) = self.0.next() {
-            if item.len() >= size_of::<TraceEvent>() {
-                // SAFETY: the program writes whole `TraceEvent`s; read
-                // unaligned, since the ring's records are 8-byte aligned
-                // only by convention.
-                events.push(unsafe { item.as_ptr().cast::<TraceEvent>().read_unaligned() });
-            }
+            records.extend(TraceRecord::read(&item));
         }
-        events
+        records
     }
 }
 
@@ -97,5 +123,39 @@ impl Dataplane {
             capped: sum(TraceOutcome::Capped)?,
             ring_full: sum(TraceOutcome::RingFull)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(value: &T) -> &[u8] {
+        // SAFETY: a plain `#[repr(C)]` value without padding, read as bytes.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
+    #[test]
+    fn a_record_is_an_event_alone_or_with_its_packet_bytes() {
+        let event = TraceEvent {
+            vip_id: 3,
+            packet_len: 1500,
+            ..TraceEvent::default()
+        };
+        let alone = TraceRecord::read(bytes_of(&event)).expect("an event");
+        assert_eq!((alone.event, alone.packet.len()), (event, 0));
+
+        let mut record = TracePacket {
+            event: TraceEvent {
+                captured: 3,
+                ..event
+            },
+            bytes: [0; lb_common::maps::TRACE_SNAP_MAX as usize],
+        };
+        record.bytes[..4].copy_from_slice(&[1, 2, 3, 4]);
+        let read = TraceRecord::read(bytes_of(&record)).expect("a packet");
+        assert_eq!((read.event.vip_id, read.packet), (3, vec![1, 2, 3]));
+
+        assert_eq!(TraceRecord::read(&[0; 8]), None, "too short for an event");
     }
 }
