@@ -80,3 +80,26 @@ pub fn sessions(lab: &Lab, backends: &[&str]) -> Vec<Session> {
     }
     panic!("200 connections did not reach every backend twice");
 }
+
+/// The lab's config file with `line` added to web4, as an operator
+/// writes it.
+pub fn web4_edited(lab: &Lab, line: &str) -> String {
+    let text = std::fs::read_to_string(lab.config_path()).expect("the config");
+    let edited = text.replacen(
+        "name = \"web4\"\n",
+        &format!("name = \"web4\"\n{line}\n"),
+        1,
+    );
+    assert_ne!(edited, text, "web4 is in the config");
+    edited
+}
+
+/// Adds `line` to web4 by editing the lab's config file, and waits until
+/// the daemon has applied the edit.
+pub fn edit_web4(lab: &Lab, line: &str) {
+    let generation = status(lab)["generation"].as_u64().expect("a generation");
+    std::fs::write(lab.config_path(), web4_edited(lab, line)).expect("the edit");
+    wait_for(lab, Duration::from_secs(10), |s| {
+        s["generation"].as_u64() > Some(generation)
+    });
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use lb_tests::{
     lab::{BackendSpec, Lab},
-    status::{backend, status, wait_for, web4},
+    status::{backend, edit_web4, wait_for, web4},
     traffic,
 };
 use serde_json::Value;
@@ -34,19 +34,7 @@ fn new_flow_share(lab: &Lab) -> f64 {
 fn a_returning_backend_ramps_up_its_share_of_new_flows() {
     let lab = Lab::start_with(&BackendSpec::equal(3), FAST_CHECKS).expect("lab starts");
     // The operator turns slow start on for web4, by editing the file.
-    let generation = status(&lab)["generation"].as_u64().expect("a generation");
-    let path = lab.config_path();
-    let text = std::fs::read_to_string(&path).expect("the config");
-    let edited = text.replacen(
-        "name = \"web4\"\n",
-        &format!("name = \"web4\"\nslow_start_s = {SLOW_START_S}\n"),
-        1,
-    );
-    assert_ne!(edited, text);
-    std::fs::write(&path, edited).expect("the edit");
-    wait_for(&lab, Duration::from_secs(10), |s| {
-        s["generation"].as_u64() > Some(generation)
-    });
+    edit_web4(&lab, &format!("slow_start_s = {SLOW_START_S}"));
 
     lab.stop_backend(2);
     wait_for(&lab, Duration::from_secs(10), |s| {

@@ -13,7 +13,7 @@ use lb_tests::{
     lab::{BackendSpec, Lab},
     packet::{Frame, tcp_flags::SYN},
     spoof,
-    status::{sessions, status, vip, wait_for, web4},
+    status::{edit_web4, sessions, status, vip, wait_for, web4},
     traffic,
 };
 
@@ -32,21 +32,12 @@ fn a_flood_from_one_spoofed_prefix_is_capped_and_everyone_else_gets_through() {
     let lab = Lab::start(&BackendSpec::equal(3)).expect("lab starts");
     let mut held = sessions(&lab, &["b1", "b2", "b3"]);
     let first = status(&lab);
-    let generation = first["generation"].as_u64().expect("a generation");
     let new_flows_before = vip(&first, "web4")["new_flows"].as_u64().unwrap();
     // The operator caps each source prefix, by editing the file.
-    let path = lab.config_path();
-    let text = std::fs::read_to_string(&path).expect("the config");
-    let edited = text.replacen(
-        "name = \"web4\"\n",
-        &format!("name = \"web4\"\nlimits = {{ source_new_flows_per_s = {SOURCE_CAP} }}\n"),
-        1,
+    edit_web4(
+        &lab,
+        &format!("limits = {{ source_new_flows_per_s = {SOURCE_CAP} }}"),
     );
-    assert_ne!(edited, text);
-    std::fs::write(&path, edited).expect("the edit");
-    wait_for(&lab, Duration::from_secs(10), |s| {
-        s["generation"].as_u64() > Some(generation)
-    });
 
     // The flood: SYNs from every host of 198.18.99.0/24, every port, sent
     // raw from the client's host while the client connects for real.

@@ -10,22 +10,15 @@ use std::time::Duration;
 use lb_tests::{
     lab::{BackendSpec, Lab},
     scratch::Scratch,
-    status::{sessions, status, vip, wait_for, web4},
+    status::{sessions, status, vip, wait_for, web4, web4_edited},
     traffic,
 };
 use serde_json::Value;
 
-/// The lab's config with `rule` added to web4.
+/// A candidate config file: the lab's with `rule` added to web4.
 fn with_rule(lab: &Lab, scratch: &Scratch, name: &str, rule: &str) -> String {
-    let text = std::fs::read_to_string(lab.config_path()).expect("the config");
-    let edited = text.replacen(
-        "name = \"web4\"\n",
-        &format!("name = \"web4\"\n{rule}\n"),
-        1,
-    );
-    assert_ne!(edited, text);
     let path = scratch.0.join(name);
-    std::fs::write(&path, edited).expect("the candidate");
+    std::fs::write(&path, web4_edited(lab, rule)).expect("the candidate");
     path.display().to_string()
 }
 
