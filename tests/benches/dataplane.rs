@@ -16,6 +16,7 @@ use lb_tests::{
     netns::Netns,
     packet::{Frame, tcp_flags::*},
 };
+use lb_userspace::dataplane::state::DesiredState;
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
@@ -606,11 +607,29 @@ fn admission_config() -> String {
 /// cap, in interleaved rounds on one program.
 fn admission_cost() {
     let text = admission_config();
-    let started = Instant::now();
-    let mut fixture = Fixture::with_config(&text);
-    println!(
-        "admission cost: {BENCH_RULES} deny rules loaded with the rest in {:.0?}",
+    let mut fixture = Fixture::with_config(&text.replace("deny_sources", "# deny_sources"));
+    // The rule list's applies: all of it from none, then (once both
+    // banks hold it) one rule changed.
+    let mut install = |text: &str| {
+        let config = lb_userspace::config::Config::parse(text).expect("bench config");
+        let next = DesiredState::build_from(&config, Some(&fixture.state), |b| Ok(b.mac.unwrap()))
+            .expect("bench state");
+        let started = Instant::now();
+        fixture.dataplane.install(&next).expect("install");
+        fixture.state = next;
         started.elapsed()
+    };
+    let first = install(&text);
+    // Into the other bank (which held no rules), then back into the first
+    // bank, which differs from it by the one rule.
+    let changed = text.replacen("/30\"", "/31\"", 1);
+    install(&changed);
+    let one = install(&changed);
+    println!(
+        "admission: apply of {BENCH_RULES} deny rules onto none {:.1} ms; an apply that \
+         changes one of them {:.1} ms",
+        first.as_secs_f64() * 1e3,
+        one.as_secs_f64() * 1e3
     );
     let rows = [
         ("SYN (new flow)", SYN, "198.18.2.1:40000"),
