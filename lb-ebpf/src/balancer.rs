@@ -352,15 +352,32 @@ fn track(place: &Place, flow: &Flow, pin: FlowEntry, config: &DataplaneConfig) -
     tally
 }
 
+/// What `refused` answers for an admitted packet.
+const ADMITTED: u32 = u32::MAX;
+
 /// The drop verdict when VIP `vip_id`, whose admission is `list` (its
 /// table id in some bank), refuses a packet of `key` (one that starts a
 /// flow when `new_flow`); counted by VIP, reason and rule. `None`:
 /// admitted.
 #[inline(always)]
-fn refused(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> Option<Verdict> {
-    let admission = ADMISSION.get(list)?;
+fn admission(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> Option<Verdict> {
+    match refused(key, vip_id, list, new_flow) {
+        ADMITTED => None,
+        code if code == Reason::DropDenied as u32 => Some(discard(Reason::DropDenied)),
+        _ => Some(discard(Reason::DropLimited)),
+    }
+}
+
+/// `admission`'s work, a function of its own (a BPF-to-BPF call) so that
+/// VIPs without source rules or limits carry none of its code on their
+/// path: the verdict counter of the drop, or `ADMITTED`.
+#[inline(never)]
+fn refused(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> u32 {
+    let Some(admission) = ADMISSION.get(list) else {
+        return ADMITTED;
+    };
     if admission.flags == 0 {
-        return None;
+        return ADMITTED;
     }
     let mut rule = None;
     if admission.flags & ADMIT_SOURCES != 0 {
@@ -372,7 +389,10 @@ fn refused(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> Option<Verd
     }
     let drop = match judge(admission, rule) {
         Some(drop) => drop,
-        None => limited(admission, key, vip_id, new_flow)?,
+        None => match limited(admission, key, vip_id, new_flow) {
+            Some(drop) => drop,
+            None => return ADMITTED,
+        },
     };
     if let Some(counters) = ADMISSION_STATS.get_ptr_mut(vip_id) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
@@ -384,7 +404,7 @@ fn refused(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> Option<Verd
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *counter += 1 };
     }
-    Some(discard(drop.reason()))
+    drop.reason() as u32
 }
 
 /// Which of the VIP's limits refuses the packet, if one does: its
@@ -506,7 +526,7 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             trace_choice(trace, vip_id, backend_id, TRACE_VIA_CONNECTION, (0, 0));
             if config.admission != 0 {
                 let list = u32::from(config.bank) * MAX_VIPS + vip_id;
-                if let Some(verdict) = refused(&flow.key, vip_id, list, false) {
+                if let Some(verdict) = admission(&flow.key, vip_id, list, false) {
                     return verdict;
                 }
             }
@@ -520,7 +540,7 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             count(Reason::ConnMiss);
             trace_choice(trace, vip.vip_id, 0, 0, (0, vip.table_id));
             if vip.admits
-                && let Some(verdict) = refused(&flow.key, vip.vip_id, vip.table_id, !flow.icmp)
+                && let Some(verdict) = admission(&flow.key, vip.vip_id, vip.table_id, !flow.icmp)
             {
                 return verdict;
             }
