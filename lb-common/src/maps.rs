@@ -803,8 +803,9 @@ impl DataplaneConfig {
 /// bank: an apply writes a VIP's rules into the bank not in use, so each
 /// source trie holds up to twice this many entries.
 pub const MAX_SOURCE_RULES: u32 = 32_768;
-/// Slots of the per-rule drop counters: a deny rule keeps its slot while
-/// either bank holds it, so the two banks together never need more.
+/// Slots of the per-rule drop counters, 1 to this (0 is never a deny
+/// rule's): a deny rule keeps its slot while either bank holds it, so the
+/// two banks together never need more.
 pub const SOURCE_RULE_SLOTS: u32 = TABLE_BANKS * MAX_SOURCE_RULES;
 
 /// `Admission.flags`: the VIP has source rules; look its sources up in

@@ -114,7 +114,7 @@ static SOURCES_V6: LpmTrie<SourceV6, SourceRule, { (TABLE_BANKS * MAX_SOURCE_RUL
 
 /// Packets each deny rule dropped, by the rule's slot.
 #[btf_map]
-static RULE_STATS: PerCpuArray<u64, { SOURCE_RULE_SLOTS as usize }> = PerCpuArray::new();
+static RULE_STATS: PerCpuArray<u64, { SOURCE_RULE_SLOTS as usize + 1 }> = PerCpuArray::new();
 
 /// Each VIP's limit buckets, by `vip_id`: they outlive applies.
 #[btf_map]
@@ -361,6 +361,13 @@ const ADMITTED: u32 = u32::MAX;
 /// admitted.
 #[inline(always)]
 fn admission(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> Option<Verdict> {
+    // A VIP without rules or limits reads its record and goes on.
+    if ADMISSION
+        .get(list)
+        .is_none_or(|admission| admission.flags == 0)
+    {
+        return None;
+    }
     match refused(key, vip_id, list, new_flow) {
         ADMITTED => None,
         code if code == Reason::DropDenied as u32 => Some(discard(Reason::DropDenied)),
@@ -368,9 +375,9 @@ fn admission(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> Option<Ve
     }
 }
 
-/// `admission`'s work, a function of its own (a BPF-to-BPF call) so that
-/// VIPs without source rules or limits carry none of its code on their
-/// path: the verdict counter of the drop, or `ADMITTED`.
+/// `admission`'s work for a VIP with rules or limits, a function of its
+/// own (a BPF-to-BPF call), so that the path of the others carries none
+/// of its code: the verdict counter of the drop, or `ADMITTED`.
 #[inline(never)]
 fn refused(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> u32 {
     let Some(admission) = ADMISSION.get(list) else {

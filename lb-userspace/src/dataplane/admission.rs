@@ -63,7 +63,7 @@ impl Admissions {
             .iter()
             .flat_map(|b| b.rules.values().map(|r| r.slot))
             .collect();
-        let free = (1..SOURCE_RULE_SLOTS)
+        let free = (1..=SOURCE_RULE_SLOTS)
             .rev()
             .filter(|slot| !used.contains(slot))
             .collect();

@@ -49,10 +49,21 @@ impl SourceRules {
     /// deny rules leave some address of `family_width` bits uncovered.
     pub fn admits_any(&self, family_width: u8) -> bool {
         if self.allow.is_empty() {
-            return !self
+            let everything = Prefix {
+                address: if family_width == 32 {
+                    IpAddr::from([0u8; 4])
+                } else {
+                    IpAddr::from([0u8; 16])
+                },
+                len: 0,
+            };
+            let denied: Vec<Prefix> = self
                 .deny
                 .iter()
-                .any(|d| d.len == 0 && d.width() == family_width);
+                .filter(|d| d.width() == family_width)
+                .copied()
+                .collect();
+            return !covers(&denied, &everything);
         }
         self.allow.iter().any(|allow| {
             let inner: Vec<Prefix> = self
@@ -274,6 +285,8 @@ deny_sources = ["198.18.5.0/24"]"#);
     #[test]
     fn rules_that_admit_nobody_are_found() {
         assert!(!rules(&[], &["0.0.0.0/0"]).admits_any(32));
+        assert!(!rules(&[], &["0.0.0.0/1", "128.0.0.0/1"]).admits_any(32));
+        assert!(rules(&[], &["0.0.0.0/1", "128.0.0.0/2"]).admits_any(32));
         assert!(rules(&[], &["198.18.0.0/15"]).admits_any(32));
         assert!(rules(&["0.0.0.0/0"], &["0.0.0.0/1"]).admits_any(32));
         assert!(!rules(&["0.0.0.0/0"], &["0.0.0.0/1", "128.0.0.0/1"]).admits_any(32));
