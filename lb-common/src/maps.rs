@@ -11,6 +11,13 @@ pub const TABLE_BANKS: u32 = 2;
 /// Length of the outer lookup-table map: `table_id = bank * MAX_VIPS + vip_id`.
 pub const LOOKUP_TABLE_IDS: u32 = TABLE_BANKS * MAX_VIPS;
 
+/// The id of VIP `vip_id`'s table in bank `bank`: the index of its lookup
+/// table, and of its `Admission` record and source-rule list.
+#[inline(always)]
+pub const fn table_id(bank: u32, vip_id: u32) -> u32 {
+    bank * MAX_VIPS + vip_id
+}
+
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
@@ -860,9 +867,9 @@ pub struct Admission {
 
 /// A rate limit as a generic cell rate algorithm holds it: a packet
 /// conforms while its bucket's theoretical arrival time is at most
-/// `burst_ns` after now, and then moves that time on by `interval_ns`.
-/// Only admitted packets write the bucket, so a flood it refuses only
-/// reads it.
+/// `burst_ns` after now, and then moves that time on by `interval_ns`. A
+/// packet that does not conform leaves the bucket as it was, so a flood
+/// the bucket holds only reads it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rate {
@@ -1052,8 +1059,8 @@ pub enum Reason {
     DropDenied = 22,
     /// The VIP's limits refuse the packet: over its cap on new flows or on
     /// packets, or a new flow over its source prefix's cap. Dropped, and
-    /// counted by VIP and reason. Established flows never meet the caps on
-    /// new flows.
+    /// counted by VIP and reason. Flows the connection table holds never
+    /// meet the caps on new flows.
     DropLimited = 23,
 }
 

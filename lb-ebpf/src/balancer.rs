@@ -19,10 +19,11 @@ use lb_common::{
         ADMIT_FLOW_LIMIT, ADMIT_LIMITS, ADMIT_PACKET_LIMIT, ADMIT_SOURCE_LIMIT, ADMIT_SOURCES,
         Admission, AdmissionCounters, AdmissionDrop, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS,
         DataplaneConfig, EncapJob, FAMILY_IPV4, FlowEntry, FlowKey, FlowMeta, FlowWays,
-        LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_SOURCE_RULES, MAX_VIPS, Reason, SOURCE_BUCKET_ROWS,
-        SOURCE_RULE_SLOTS, SourceRule, SourceV4, SourceV6, TABLE_BANKS, TABLE_MAP_FLAGS,
-        TAIL_ENCAP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
-        VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipBuckets, VipFilter, VipKey, VipSlot, WayWord,
+        LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_SOURCE_RULES, MAX_VIPS, Rate, Reason,
+        SOURCE_BUCKET_ROWS, SOURCE_RULE_SLOTS, SourceRule, SourceV4, SourceV6, TABLE_BANKS,
+        TABLE_MAP_FLAGS, TAIL_ENCAP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, Tally, TraceEvent,
+        TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipBuckets, VipFilter, VipKey,
+        VipSlot, WayWord, table_id,
     },
 };
 use lb_ebpf::{
@@ -362,30 +363,28 @@ const ADMITTED: u32 = u32::MAX;
 #[inline(always)]
 fn admission(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> Option<Verdict> {
     // A VIP without rules or limits reads its record and goes on.
-    if ADMISSION
-        .get(list)
-        .is_none_or(|admission| admission.flags == 0)
-    {
+    let record = ADMISSION.get(list)?;
+    if record.flags == 0 {
         return None;
     }
-    match refused(key, vip_id, list, new_flow) {
+    match refused(record, key, (vip_id, list), new_flow) {
         ADMITTED => None,
         code if code == Reason::DropDenied as u32 => Some(discard(Reason::DropDenied)),
         _ => Some(discard(Reason::DropLimited)),
     }
 }
 
-/// `admission`'s work for a VIP with rules or limits, a function of its
-/// own (a BPF-to-BPF call), so that the path of the others carries none
-/// of its code: the verdict counter of the drop, or `ADMITTED`.
+/// `admission`'s work for a VIP with rules or limits (`admission`, its
+/// record), a function of its own (a BPF-to-BPF call), so that the path
+/// of the others carries none of its code: the verdict counter of the
+/// drop, or `ADMITTED`.
 #[inline(never)]
-fn refused(key: &FlowKey, vip_id: u32, list: u32, new_flow: bool) -> u32 {
-    let Some(admission) = ADMISSION.get(list) else {
-        return ADMITTED;
-    };
-    if admission.flags == 0 {
-        return ADMITTED;
-    }
+fn refused(
+    admission: &Admission,
+    key: &FlowKey,
+    (vip_id, list): (u32, u32),
+    new_flow: bool,
+) -> u32 {
     let mut rule = None;
     if admission.flags & ADMIT_SOURCES != 0 {
         rule = if key.family == FAMILY_IPV4 {
@@ -456,7 +455,7 @@ fn limited(
 /// Whether a packet at `now` conforms to `rate`; moves the bucket on
 /// when it does.
 #[inline(always)]
-fn take(bucket: &mut u64, now: u64, rate: &lb_common::maps::Rate) -> bool {
+fn take(bucket: &mut u64, now: u64, rate: &Rate) -> bool {
     match conforms(*bucket, now, rate) {
         Some(next) => {
             *bucket = next;
@@ -532,7 +531,7 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             count(Reason::ConnHit);
             trace_choice(trace, vip_id, backend_id, TRACE_VIA_CONNECTION, (0, 0));
             if config.admission != 0 {
-                let list = u32::from(config.bank) * MAX_VIPS + vip_id;
+                let list = table_id(u32::from(config.bank), vip_id);
                 if let Some(verdict) = admission(&flow.key, vip_id, list, false) {
                     return verdict;
                 }

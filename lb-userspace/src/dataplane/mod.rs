@@ -27,9 +27,10 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode as AttachAs, links::PinnedLink, xdp::XdpLinkId},
 };
 use counters::{CounterReader, Counters};
+pub use lb_common::maps::table_id;
 use lb_common::maps::{
     AdmissionCounters, BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS,
-    FlowKey, FlowMeta, FlowWays, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, Meta, TABLE_BANKS,
+    FlowKey, FlowMeta, FlowWays, LAYOUT_VERSION, MAX_BACKENDS, Meta, TABLE_BANKS,
     TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE, TAIL_TRACED, TrafficCounters,
     VIP_INDEX_SLOTS, VIP_SLOT_USED, VipFilter, VipSlot, names,
 };
@@ -296,11 +297,6 @@ impl Staged {
 /// least one.
 pub fn connection_table_sets(flows: u32) -> u32 {
     flows.div_ceil(FLOW_WAYS as u32).max(1).next_power_of_two()
-}
-
-/// The id of VIP `vip_id`'s table in bank `bank`.
-pub fn table_id(bank: u32, vip_id: u32) -> u32 {
-    bank * MAX_VIPS + vip_id
 }
 
 impl Dataplane {
