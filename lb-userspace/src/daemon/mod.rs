@@ -40,6 +40,7 @@ use crate::{
     monitor::{Attachment, LastChange, Monitor, View, unix_now},
     net,
     policy::plan::{Plan, plan},
+    policy::refusal::Clients,
     policy::{Outcome, health::Down, validate::validate},
     problem::Problem,
 };
@@ -358,6 +359,24 @@ impl Controller {
         self.monitor.report(true).map(|(report, _)| report)
     }
 
+    /// The clients the data plane sees, to judge a change from the config
+    /// in force to `text` by, when either may hold source rules or limits
+    /// (only then is a pass over the connection table worth it). `None`
+    /// otherwise, or when reading fails (said in the log): the change is
+    /// then judged on the rules alone.
+    fn clients_for(&self, text: &str) -> Option<Clients> {
+        let touches = [self.desk.in_force().text.as_str(), text]
+            .iter()
+            .any(|text| text.contains("_sources") || text.contains("limits"));
+        if !touches {
+            return None;
+        }
+        self.monitor
+            .clients()
+            .map_err(|e| eprintln!("fulcrum: reading the clients' sources: {e}"))
+            .ok()
+    }
+
     fn plan(&self, request: &ApplyRequest) -> Reply {
         let next = validate(&request.config);
         let Some(next_side) = next.side() else {
@@ -373,9 +392,7 @@ impl Controller {
                 },
             );
         };
-        let clients = touches_admission(&self.desk.in_force().text, &request.config)
-            .then(|| self.monitor.clients().ok())
-            .flatten();
+        let clients = self.clients_for(&request.config);
         let mut planned = plan(
             Some(self.desk.in_force().side()),
             next_side,
@@ -495,12 +512,11 @@ impl Controller {
             door,
             Door::Api(..) | Door::FileChanged | Door::Sighup | Door::Rollback(_)
         );
-        let clients = (operator && touches_admission(&previous, &text))
-            .then(|| self.monitor.clients())
-            .and_then(|read| {
-                read.map_err(|e| eprintln!("fulcrum: reading the clients' sources: {e}"))
-                    .ok()
-            });
+        let clients = if operator {
+            self.clients_for(&text)
+        } else {
+            None
+        };
         let request = desk::Request {
             text,
             force,
@@ -1254,13 +1270,4 @@ impl Controller {
             Err(e) => Reply::error(500, format!("detaching: {e:#}")),
         }
     }
-}
-
-/// Whether a change from `before` to `after` may touch source rules or
-/// limits: only then is reading the clients' sources worth a pass over
-/// the connection table.
-fn touches_admission(before: &str, after: &str) -> bool {
-    [before, after]
-        .iter()
-        .any(|text| text.contains("_sources") || text.contains("limits"))
 }

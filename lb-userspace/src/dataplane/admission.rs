@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::maps::{
-    Array, PerCpuArray,
+    Array,
     lpm_trie::{Key, LpmTrie},
 };
 use lb_common::maps::{
@@ -50,12 +50,16 @@ pub struct Admissions {
 
 impl Admissions {
     /// The deny rules of `bank`, with their counter slots.
-    pub fn deny_slots(&self, bank: u32) -> impl Iterator<Item = (u32, Prefix, u32)> + '_ {
+    fn deny_rules(&self, bank: u32) -> impl Iterator<Item = DenyRule> + '_ {
         self.banks[bank as usize]
             .rules
             .iter()
             .filter(|(_, rule)| rule.action == SOURCE_DENY)
-            .map(|(&(vip_id, prefix), rule)| (vip_id, prefix, rule.slot))
+            .map(|(&(vip_id, prefix), rule)| DenyRule {
+                vip_id,
+                prefix,
+                slot: rule.slot,
+            })
     }
 
     fn with_banks(banks: [Bank; TABLE_BANKS as usize]) -> Self {
@@ -211,13 +215,12 @@ impl Dataplane {
             }
         }
         // Slots the other bank's deny rules hold stay theirs.
-        let other = &held.banks[(bank as usize + 1) % TABLE_BANKS as usize];
-        let other_slots: HashMap<RuleKey, u32> = other
-            .rules
-            .iter()
-            .filter(|(_, r)| r.action == SOURCE_DENY)
-            .map(|(k, r)| (*k, r.slot))
+        let other = (bank + 1) % TABLE_BANKS;
+        let other_slots: HashMap<RuleKey, u32> = held
+            .deny_rules(other)
+            .map(|rule| ((rule.vip_id, rule.prefix), rule.slot))
             .collect();
+        let kept_slots: HashSet<u32> = other_slots.values().copied().collect();
         let mine = std::mem::take(&mut held.banks[bank as usize]);
         let gone: Vec<(RuleKey, SourceRule)> = mine
             .rules
@@ -227,7 +230,7 @@ impl Dataplane {
             .collect();
         for ((vip_id, prefix), rule) in &gone {
             self.write_rule(table_id(bank, *vip_id), prefix, None)?;
-            if rule.action == SOURCE_DENY && !other_slots.values().any(|s| s == &rule.slot) {
+            if rule.action == SOURCE_DENY && !kept_slots.contains(&rule.slot) {
                 held.free.push(rule.slot);
             }
         }
@@ -325,33 +328,31 @@ impl Dataplane {
     /// The deny rules in force, with their counters' slots.
     pub fn deny_rules(&mut self) -> Result<Vec<DenyRule>> {
         let held = self.admissions()?;
-        let rules = held
-            .deny_slots(self.bank)
-            .map(|(vip_id, prefix, slot)| DenyRule {
-                vip_id,
-                prefix,
-                slot,
-            })
-            .collect();
+        let rules = held.deny_rules(self.bank).collect();
         self.admissions = Some(held);
         Ok(rules)
     }
 
-    /// Packets each deny rule in force dropped, summed over CPUs: the
-    /// VIP's id, the prefix and the count.
+    /// Packets each deny rule in force dropped, summed over CPUs (the
+    /// counter reader's batch read): the VIP's id, the prefix and the
+    /// count.
     pub fn rule_drops(&mut self) -> Result<Vec<(u32, Prefix, u64)>> {
         let rules = self.deny_rules()?;
-        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(names::RULE_STATS)?)
-            .map_err(map_err(names::RULE_STATS))?;
-        rules
+        let slots = rules.iter().map(|rule| rule.slot + 1).max().unwrap_or(0);
+        let counters = self
+            .counter_reader()?
+            .read((0, 0, slots))
+            .map_err(|source| super::DataplaneError::Io {
+                what: "reading the deny rules' counters".into(),
+                source,
+            })?;
+        Ok(rules
             .into_iter()
             .map(|rule| {
-                let values = counters
-                    .get(&rule.slot, 0)
-                    .map_err(map_err(names::RULE_STATS))?;
-                Ok((rule.vip_id, rule.prefix, values.iter().sum()))
+                let count = counters.rules.get(rule.slot as usize).copied();
+                (rule.vip_id, rule.prefix, count.unwrap_or(0))
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -177,6 +177,12 @@ impl Census {
     }
 }
 
+/// Whether the way holds an active flow: established, and sent a packet
+/// within `active_s` seconds.
+fn is_active(word: WayWord, config: &DataplaneConfig, active_s: u32) -> bool {
+    WayState::of(word, config) == WayState::Established && word.age(config.epoch) <= active_s
+}
+
 /// Active flows per (VIP id, backend id): established ways (see
 /// `WayState`) whose flow sent a packet within `active_s` seconds. Reads
 /// every set's way words, and the entries of the active ways only.
@@ -188,10 +194,7 @@ pub fn active_flows(
     let mut active = HashMap::new();
     for set in 0..table.sets() {
         for (way, word) in table.way_words(set).into_iter().enumerate() {
-            let word = WayWord(word);
-            if WayState::of(word, config) == WayState::Established
-                && word.age(config.epoch) <= active_s
-            {
+            if is_active(WayWord(word), config, active_s) {
                 // An entry rewritten at this moment counts for the flow
                 // before or after.
                 let entry = table.entry(set, way);
@@ -225,9 +228,11 @@ pub fn sources(
     for set in 0..table.sets() {
         for (way, word) in table.way_words(set).into_iter().enumerate() {
             let word = WayWord(word);
-            let state = WayState::of(word, config);
-            let active = state == WayState::Established && word.age(config.epoch) <= active_s;
-            let proven = matches!(state, WayState::Established | WayState::Closing);
+            let proven = matches!(
+                WayState::of(word, config),
+                WayState::Established | WayState::Closing
+            );
+            let active = is_active(word, config, active_s);
             if !active && !proven {
                 continue;
             }

@@ -302,6 +302,19 @@ impl Report {
         active: Option<&HashMap<(u32, u32), u64>>,
     ) -> Self {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        // The deny rules that dropped packets, by VIP: one pass over them
+        // all (thousands), not one per VIP.
+        let mut rule_drops: HashMap<u32, BTreeMap<String, u64>> = HashMap::new();
+        for rule in &view.rules {
+            if let Some(&count) = counters.rules.get(rule.slot as usize)
+                && count > 0
+            {
+                rule_drops
+                    .entry(rule.vip_id)
+                    .or_default()
+                    .insert(rule.prefix.to_string(), count);
+            }
+        }
         let vips = view
             .vips
             .iter()
@@ -321,15 +334,7 @@ impl Report {
                             .map(|drop| (drop.name().to_string(), refused.drops[drop as usize]))
                             .collect()
                     },
-                    rule_drops: view
-                        .rules
-                        .iter()
-                        .filter(|rule| rule.vip_id == vip.vip_id)
-                        .filter_map(|rule| {
-                            let count = counters.rules.get(rule.slot as usize).copied()?;
-                            (count > 0).then(|| (rule.prefix.to_string(), count))
-                        })
-                        .collect(),
+                    rule_drops: rule_drops.remove(&vip.vip_id).unwrap_or_default(),
                     handshakes: HandshakeCounts::from(&totals),
                     outliers: outliers.vip(vip.vip_id).map(ToString::to_string),
                     flow_rate: judged.flow_rate,

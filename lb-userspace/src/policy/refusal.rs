@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::sources::Admitted;
+use super::sources::{Admitted, Matcher};
 use crate::config::{Prefix, VipConfig, masked};
 
 /// What the data plane saw of one VIP's clients.
@@ -61,9 +61,9 @@ impl Refusal {
     }
 }
 
-/// Whether `vip`'s rules admit `source` (with no VIP, everything is).
-fn admitted(vip: Option<&VipConfig>, source: IpAddr) -> bool {
-    vip.is_none_or(|v| matches!(v.sources.admits(source), Admitted::Yes(_)))
+/// Whether `rules` admit `source` (with none, everything is).
+fn admitted(rules: Option<&Matcher>, source: IpAddr) -> bool {
+    rules.is_none_or(|rules| matches!(rules.admits(source), Admitted::Yes(_)))
 }
 
 /// How many of `count` flows a cap of `per_s` lets through in `window_s`
@@ -81,7 +81,9 @@ pub fn refusal(old: Option<&VipConfig>, new: &VipConfig, seen: &Seen) -> Option<
     if unchanged || (old.is_none() && new.sources.is_empty() && new.limits.is_empty()) {
         return None;
     }
-    let cut = |source: &IpAddr| admitted(old, *source) && !admitted(Some(new), *source);
+    let (before, after) = (old.map(|o| o.sources.matcher()), new.sources.matcher());
+    let (before, after) = (before.as_ref(), Some(&after));
+    let cut = |source: &IpAddr| admitted(before, *source) && !admitted(after, *source);
     let active_flows = seen.active.iter().filter(|s| cut(s)).count() as u64;
     let by_rules = seen.recent.iter().filter(|s| cut(s)).count() as u64;
     let mut limited = 0;
@@ -91,7 +93,7 @@ pub fn refusal(old: Option<&VipConfig>, new: &VipConfig, seen: &Seen) -> Option<
             .recent
             .iter()
             .copied()
-            .filter(|s| admitted(Some(new), *s))
+            .filter(|s| admitted(after, *s))
             .collect();
         let mut prefixes: HashMap<Prefix, u64> = HashMap::new();
         for source in &kept {

@@ -4,12 +4,15 @@
 //! every prefix longer deny rules cover, would take the VIP dark. Also
 //! what the rules decide for one source, as the data plane decides it.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
 
 use lb_common::maps::MAX_SOURCE_RULES;
 
 use crate::{
-    config::{Config, Prefix, SourceRules, VipConfig},
+    config::{Config, Prefix, SourceRules, VipConfig, masked},
     problem::Problem,
 };
 
@@ -24,24 +27,63 @@ pub enum Admitted {
     NotAllowed,
 }
 
-impl SourceRules {
+/// A VIP's rules indexed for many lookups: per family, each prefix length
+/// the rules use, longest first, with its prefixes and whether each
+/// denies. A lookup probes one set per length, not every rule, so judging
+/// a connection table's sources against thousands of rules stays linear.
+pub struct Matcher {
+    /// IPv4's lengths, then IPv6's.
+    lengths: [Vec<(u8, HashMap<IpAddr, bool>)>; 2],
+    /// Whether there are allow rules.
+    allow_list: bool,
+}
+
+impl Matcher {
     /// What the rules decide for `source`: the longest covering prefix
     /// decides (a deny rule drops, an allow rule admits); with allow
     /// rules, a source none covers is dropped.
     pub fn admits(&self, source: IpAddr) -> Admitted {
-        let longest = |list: &[Prefix]| {
-            list.iter()
-                .filter(|p| p.contains(source))
-                .max_by_key(|p| p.len)
-                .copied()
-        };
-        match (longest(&self.allow), longest(&self.deny)) {
-            (Some(allow), Some(deny)) if deny.len > allow.len => Admitted::Denied(deny),
-            (Some(allow), _) => Admitted::Yes(Some(allow)),
-            (None, Some(deny)) => Admitted::Denied(deny),
-            (None, None) if self.allow.is_empty() => Admitted::Yes(None),
-            (None, None) => Admitted::NotAllowed,
+        for (len, prefixes) in &self.lengths[usize::from(source.is_ipv6())] {
+            let address = masked(source, *len);
+            if let Some(&deny) = prefixes.get(&address) {
+                let prefix = Prefix { address, len: *len };
+                return if deny {
+                    Admitted::Denied(prefix)
+                } else {
+                    Admitted::Yes(Some(prefix))
+                };
+            }
         }
+        if self.allow_list {
+            Admitted::NotAllowed
+        } else {
+            Admitted::Yes(None)
+        }
+    }
+}
+
+impl SourceRules {
+    /// The rules indexed for lookups. Where a prefix is both allowed and
+    /// denied (which validation refuses), the allow rule wins.
+    pub fn matcher(&self) -> Matcher {
+        let mut lengths: [BTreeMap<u8, HashMap<IpAddr, bool>>; 2] = Default::default();
+        for (list, deny) in [(&self.deny, true), (&self.allow, false)] {
+            for prefix in list {
+                lengths[usize::from(prefix.address.is_ipv6())]
+                    .entry(prefix.len)
+                    .or_default()
+                    .insert(prefix.address, deny);
+            }
+        }
+        Matcher {
+            lengths: lengths.map(|by_len| by_len.into_iter().rev().collect()),
+            allow_list: !self.allow.is_empty(),
+        }
+    }
+
+    /// What the rules decide for `source` (see `Matcher::admits`).
+    pub fn admits(&self, source: IpAddr) -> Admitted {
+        self.matcher().admits(source)
     }
 
     /// Whether some source is admitted: with allow rules, some allow
@@ -85,8 +127,7 @@ impl Prefix {
 
     /// Whether `address` is in it.
     pub fn contains(&self, address: IpAddr) -> bool {
-        address.is_ipv4() == self.address.is_ipv4()
-            && crate::config::masked(address, self.len) == self.address
+        address.is_ipv4() == self.address.is_ipv4() && masked(address, self.len) == self.address
     }
 
     /// Its first and last address as numbers of its family's width.
