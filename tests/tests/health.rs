@@ -213,14 +213,31 @@ fn a_flapping_backend_changes_the_table_no_more_than_damping_allows() {
     let settings = "\n[health_check]\ninterval_ms = 150\ntimeout_ms = 100\nrise = 1\nfall = 1\n\
                     max_changes_per_minute = 4\n";
     let lab = Lab::start_with(&BackendSpec::equal(3), settings).expect("lab starts");
-    // b3 goes down and up six times, each time once its checks saw it.
-    let b3_is =
-        |health: &'static str| move |s: &Value| backend(s, "web4", "b3")["health"] == health;
+    // b3 goes down and up six times. Each turn waits for its checks to
+    // see it and for the daemon to answer: the table follows (b3 out when
+    // down, in when up) or the change is held back and counted.
+    let damped = |s: &Value| vip(s, "web4")["health"]["changes"]["damped"].as_u64();
+    let b3_judged = |health: &'static str, out: bool, damped_before: Option<u64>| {
+        move |s: &Value| {
+            let b3 = backend(s, "web4", "b3");
+            b3["health"] == health && (b3["taken_down"] == out || damped(s) > damped_before)
+        }
+    };
     for _ in 0..6 {
+        let before = damped(&status(&lab));
         lab.stop_backend(2);
-        wait_for(&lab, Duration::from_secs(10), b3_is("down"));
+        wait_for(
+            &lab,
+            Duration::from_secs(10),
+            b3_judged("down", true, before),
+        );
+        let before = damped(&status(&lab));
         lab.start_backend(2).expect("b3 restarts");
-        wait_for(&lab, Duration::from_secs(10), b3_is("up"));
+        wait_for(
+            &lab,
+            Duration::from_secs(10),
+            b3_judged("up", false, before),
+        );
     }
     let now = status(&lab);
     let changes = &vip(&now, "web4")["health"]["changes"];
