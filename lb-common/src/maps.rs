@@ -21,7 +21,7 @@ pub const fn table_id(bank: u32, vip_id: u32) -> u32 {
 /// The version of every map layout in this file. `fulcrum` stamps it into
 /// the pinned `META` map and refuses to adopt a pinned instance with
 /// another: bump it with any change to a key, value or map here.
-pub const LAYOUT_VERSION: u32 = 13;
+pub const LAYOUT_VERSION: u32 = 14;
 /// Default number of entries of the backend maps (all VIPs together; slot
 /// 0 means "none"). `fulcrum` sets the real size at load time from the
 /// config's `max_backends`.
@@ -105,6 +105,9 @@ pub const VIP_INDEX_MAX_PROBES: u32 = 16;
 pub const VIP_SLOT_USED: u32 = 1;
 /// The VIP's `Admission` has flags: a packet of a new flow reads it.
 pub const VIP_SLOT_ADMIT: u32 = 2;
+/// The VIP routes QUIC short-header packets by the server ID in their
+/// destination connection ID (`VipSlot::quic` says where it is).
+pub const VIP_SLOT_QUIC: u32 = 4;
 
 /// One slot of the VIP index. The index is a plain array, so the kernel
 /// inlines each probe; userspace swaps the whole index atomically.
@@ -123,6 +126,9 @@ pub struct VipSlot {
     /// That table's size M (also in its slot 0): with it here, a new flow
     /// reads one slot of the table, one inner-map lookup instead of two.
     pub table_size: u32,
+    /// Where its servers put their ID in a connection ID, when
+    /// `VIP_SLOT_QUIC` is set.
+    pub quic: QuicRoute,
 }
 
 /// A filter of the VIPs' addresses (one bit per address hash, 512 bits in
@@ -350,12 +356,179 @@ impl TraceControl {
     }
 }
 
+/// The `VIP_FILTER` entry that holds the QUIC VIPs' addresses (entry 0
+/// holds every VIP's).
+pub const QUIC_FILTER: u32 = 1;
+/// The longest server ID (QUIC-LB: 1 to 15 octets).
+pub const QUIC_SERVER_ID_MAX: u8 = 15;
+/// The longest connection ID (RFC 9000).
+pub const QUIC_CID_MAX: u8 = 20;
+/// The config rotation codepoint of a connection ID no load balancer can
+/// route (QUIC-LB: `0b111`).
+pub const QUIC_UNROUTABLE: u8 = 0b111;
+/// Server IDs of one bank, over every QUIC VIP.
+pub const MAX_QUIC_SERVERS: u32 = 32_768;
+
+/// How a QUIC VIP's servers encode their ID in the connection IDs they
+/// issue, in the plaintext form of QUIC-LB (draft-ietf-quic-load-balancers
+/// -21): the CID's first octet carries the config rotation codepoint in its
+/// top three bits, and the server ID follows at `offset`, `len` octets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct QuicRoute {
+    /// The config rotation codepoint (0 to 6) of the CIDs this VIP routes.
+    pub config_id: u8,
+    /// Where the server ID starts in the CID, in octets (at least 1: the
+    /// first octet is the config's).
+    pub offset: u8,
+    /// The server ID's length in octets (1 to `QUIC_SERVER_ID_MAX`).
+    pub len: u8,
+    /// Reserved; zero.
+    pub pad: u8,
+}
+
+/// Bytes of a QUIC packet the data plane reads for the server ID, from the
+/// ID's first octet: every valid short-header packet holds them (header
+/// protection samples 16 bytes past the packet number, which follows the
+/// CID), so a packet without them is no QUIC packet.
+pub const QUIC_WINDOW: usize = 16;
+
+/// The `n` low-order bytes of a little-endian word set, the others clear.
+#[inline(always)]
+const fn low_bytes(n: u8) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (n as u32 * 8)) - 1
+    }
+}
+
+impl QuicRoute {
+    /// What a short-header packet whose CID starts with `first` says, by
+    /// its config rotation codepoint: `None` when it is this VIP's config,
+    /// so the server ID decides.
+    #[inline(always)]
+    pub const fn judge(&self, first: u8) -> Option<QuicOutcome> {
+        let codepoint = first >> 5;
+        if codepoint == QUIC_UNROUTABLE {
+            Some(QuicOutcome::Unroutable)
+        } else if codepoint != self.config_id {
+            Some(QuicOutcome::OtherConfig)
+        } else {
+            None
+        }
+    }
+
+    /// The server ID in `window` (the `QUIC_WINDOW` bytes from the ID's
+    /// first octet), as the server-ID map keys it: its `len` octets, zeros
+    /// after.
+    #[inline(always)]
+    pub fn server_id(&self, window: &[u8; QUIC_WINDOW]) -> [u8; QUIC_WINDOW] {
+        let word = |at: usize| {
+            u64::from_le_bytes([
+                window[at],
+                window[at + 1],
+                window[at + 2],
+                window[at + 3],
+                window[at + 4],
+                window[at + 5],
+                window[at + 6],
+                window[at + 7],
+            ])
+        };
+        let low = word(0) & low_bytes(self.len);
+        let high = word(8) & low_bytes(self.len.saturating_sub(8));
+        let mut id = [0u8; QUIC_WINDOW];
+        let (head, tail) = id.split_at_mut(8);
+        head.copy_from_slice(&low.to_le_bytes());
+        tail.copy_from_slice(&high.to_le_bytes());
+        id
+    }
+}
+
+/// A server-ID map key: the VIP's list (its table id in a bank, as the
+/// source rules' are) and the server ID, zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct QuicServerKey {
+    /// `table_id(bank, vip_id)`.
+    pub list: u32,
+    /// The server ID (`QuicRoute::server_id`).
+    pub id: [u8; QUIC_WINDOW],
+}
+
+/// What a QUIC VIP's packet told of its server: the index of its
+/// `QuicCounters` entry.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuicOutcome {
+    /// A short header naming a server that serves the VIP: sent there.
+    Routed = 0,
+    /// A long header (Initial, 0-RTT, Handshake, Retry): the connection
+    /// table and the 4-tuple hash, as every UDP flow.
+    LongHeader = 1,
+    /// A short header whose CID says it is unroutable (codepoint `0b111`):
+    /// the connection table and the 4-tuple hash.
+    Unroutable = 2,
+    /// A short header of another config rotation codepoint: the same.
+    OtherConfig = 3,
+    /// A short header whose server ID no backend of the VIP has: the same.
+    UnknownServer = 4,
+    /// A short header whose server ID's backend is down or gone: the same.
+    ServerDown = 5,
+    /// Too short to hold a server ID: the same.
+    Truncated = 6,
+}
+
+impl QuicOutcome {
+    /// Every outcome, in index order.
+    pub const ALL: [QuicOutcome; 7] = [
+        QuicOutcome::Routed,
+        QuicOutcome::LongHeader,
+        QuicOutcome::Unroutable,
+        QuicOutcome::OtherConfig,
+        QuicOutcome::UnknownServer,
+        QuicOutcome::ServerDown,
+        QuicOutcome::Truncated,
+    ];
+    /// Length of `QuicCounters::packets`.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            QuicOutcome::Routed => "routed",
+            QuicOutcome::LongHeader => "long_header",
+            QuicOutcome::Unroutable => "unroutable",
+            QuicOutcome::OtherConfig => "other_config",
+            QuicOutcome::UnknownServer => "unknown_server",
+            QuicOutcome::ServerDown => "server_down",
+            QuicOutcome::Truncated => "truncated",
+        }
+    }
+
+    /// The outcome of index `index`.
+    pub fn from_index(index: u32) -> Option<QuicOutcome> {
+        Self::ALL.get(index as usize).copied()
+    }
+}
+
+/// A QUIC VIP's packets by `QuicOutcome` (per CPU in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuicCounters {
+    /// Packets, by `QuicOutcome`.
+    pub packets: [u64; QuicOutcome::COUNT],
+}
+
 /// Where a traced packet's backend came from.
 pub const TRACE_VIA_NONE: u8 = 0;
 /// Its flow's connection-table entry.
 pub const TRACE_VIA_CONNECTION: u8 = 1;
 /// A slot of its VIP's lookup table.
 pub const TRACE_VIA_TABLE: u8 = 2;
+/// The QUIC server ID in its destination connection ID.
+pub const TRACE_VIA_QUIC: u8 = 3;
 
 /// One decision of the data plane, as `fulcrum trace` reports it: the
 /// value the XDP program fills as the packet goes (one per CPU, in
@@ -396,6 +569,10 @@ pub struct TraceEvent {
     /// How many of its first bytes follow the event (a `TracePacket`);
     /// 0: the record is the event alone.
     pub captured: u32,
+    /// For a packet to a QUIC VIP, its `QuicOutcome` plus one; else 0.
+    pub quic: u32,
+    /// Reserved; zero.
+    pub pad: u32,
 }
 
 /// The record the trace program sends while `TraceControl::snap_len` is
@@ -1172,7 +1349,8 @@ impl Reason {
 pub mod names {
     /// `ArrayOfMaps<Array<VipSlot>>` with one entry: the current VIP index.
     pub const VIP_INDEX: &str = "VIP_INDEX";
-    /// `Array<VipFilter>` with one entry: the VIPs' addresses.
+    /// `Array<VipFilter>` with two entries: the VIPs' addresses, then the
+    /// QUIC VIPs'.
     pub const VIP_FILTER: &str = "VIP_FILTER";
     /// `Array<Backend>`.
     pub const BACKENDS: &str = "BACKENDS";
@@ -1221,6 +1399,11 @@ pub mod names {
     /// `Array<u64>` of `2 * SOURCE_BUCKET_ROWS` buckets: the source
     /// prefixes' new flows.
     pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
+    /// `HashMap<QuicServerKey, u32>`: each QUIC VIP's server IDs, by list,
+    /// to backend ids.
+    pub const QUIC_SERVERS: &str = "QUIC_SERVERS";
+    /// `PerCpuArray<QuicCounters>` indexed by `vip_id`.
+    pub const QUIC_STATS: &str = "QUIC_STATS";
     /// `Array<Meta>` with one entry; created and pinned by `fulcrum`, not
     /// part of the eBPF object.
     pub const META: &str = "META";
@@ -1240,7 +1423,7 @@ pub mod names {
     /// The decapsulation program.
     pub const DECAP_PROGRAM: &str = "fulcrum_decap";
     /// The maps of the eBPF object, every one pinned.
-    pub const OBJECT_MAPS: [&str; 24] = [
+    pub const OBJECT_MAPS: [&str; 26] = [
         VIP_INDEX,
         VIP_FILTER,
         BACKENDS,
@@ -1265,6 +1448,8 @@ pub mod names {
         ADMISSION_STATS,
         VIP_BUCKETS,
         SOURCE_BUCKETS,
+        QUIC_SERVERS,
+        QUIC_STATS,
     ];
 }
 
@@ -1307,6 +1492,9 @@ mod pod {
         AdmissionCounters,
         Rate,
         VipBuckets,
+        QuicRoute,
+        QuicServerKey,
+        QuicCounters,
     );
 }
 
@@ -1402,9 +1590,41 @@ mod tests {
     }
 
     #[test]
+    fn a_quic_route_reads_its_codepoint_and_server_id() {
+        let route = QuicRoute {
+            config_id: 0,
+            offset: 1,
+            len: 3,
+            pad: 0,
+        };
+        // QUIC-LB's plaintext test vector: config 0, server ID c4605e,
+        // nonce 4504cc4f.
+        let cid = [0x07, 0xc4, 0x60, 0x5e, 0x45, 0x04, 0xcc, 0x4f];
+        assert_eq!(route.judge(cid[0]), None);
+        let mut window = [0xaa; QUIC_WINDOW];
+        window[..7].copy_from_slice(&cid[1..]);
+        let mut id = [0; QUIC_WINDOW];
+        id[..3].copy_from_slice(&[0xc4, 0x60, 0x5e]);
+        assert_eq!(route.server_id(&window), id);
+        assert_eq!(route.judge(0xe7), Some(QuicOutcome::Unroutable));
+        assert_eq!(route.judge(0x27), Some(QuicOutcome::OtherConfig));
+        let widest = QuicRoute { len: 15, ..route };
+        let id = widest.server_id(&[0xff; QUIC_WINDOW]);
+        assert_eq!((id[14], id[15]), (0xff, 0), "15 octets and a zero");
+        let narrowest = QuicRoute { len: 1, ..route };
+        assert_eq!(narrowest.server_id(&[0xff; QUIC_WINDOW])[..2], [0xff, 0]);
+        for (index, outcome) in QuicOutcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, index, "{}", outcome.name());
+            assert_eq!(QuicOutcome::from_index(index as u32), Some(*outcome));
+        }
+    }
+
+    #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipSlot>(), 36);
+        assert_eq!(size_of::<VipSlot>(), 40);
+        assert_eq!(size_of::<QuicRoute>(), 4);
+        assert_eq!(size_of::<QuicServerKey>(), 20);
         assert_eq!(size_of::<VipFilter>(), 64);
         assert_eq!(size_of::<Meta>(), 16);
         assert_eq!(size_of::<Backend>(), 36);
@@ -1418,8 +1638,8 @@ mod tests {
         assert_eq!(size_of::<DecapConfig>(), 8 * 4 + 8 * 16 + 4);
         assert_eq!(size_of::<DataplaneConfig>(), 88);
         assert_eq!(size_of::<TraceControl>(), 48);
-        assert_eq!(size_of::<TraceEvent>(), 88);
-        assert_eq!(size_of::<TracePacket>(), 88 + TRACE_SNAP_MAX as usize);
+        assert_eq!(size_of::<TraceEvent>(), 96);
+        assert_eq!(size_of::<TracePacket>(), 96 + TRACE_SNAP_MAX as usize);
         assert_eq!(size_of::<TraceState>(), 24);
         assert_eq!(size_of::<Admission>(), 56);
         assert_eq!(size_of::<SourceV4>(), 8);

@@ -7,8 +7,8 @@
 //! declared once, here, alike in both.
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    btf_maps::{Array, ArrayOfMaps, LpmTrie, PerCpuArray, ProgramArray},
+    bindings::{xdp_action, xdp_md},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, PerCpuArray, ProgramArray},
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
     programs::XdpContext,
@@ -19,11 +19,12 @@ use lb_common::{
         ADMIT_FLOW_LIMIT, ADMIT_LIMITS, ADMIT_PACKET_LIMIT, ADMIT_SOURCE_LIMIT, ADMIT_SOURCES,
         Admission, AdmissionCounters, AdmissionDrop, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS,
         DataplaneConfig, EncapJob, FAMILY_IPV4, FlowEntry, FlowKey, FlowMeta, FlowWays,
-        LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_SOURCE_RULES, MAX_VIPS, Rate, Reason,
-        SOURCE_BUCKET_ROWS, SOURCE_RULE_SLOTS, SourceRule, SourceV4, SourceV6, TABLE_BANKS,
-        TABLE_MAP_FLAGS, TAIL_ENCAP, TRACE_VIA_CONNECTION, TRACE_VIA_TABLE, Tally, TraceEvent,
-        TrafficCounters, VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipBuckets, VipFilter, VipKey,
-        VipSlot, WayWord, table_id,
+        LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_QUIC_SERVERS, MAX_SOURCE_RULES, MAX_VIPS, PROTO_UDP,
+        QUIC_FILTER, QuicCounters, QuicOutcome, QuicServerKey, Rate, Reason, SOURCE_BUCKET_ROWS,
+        SOURCE_RULE_SLOTS, SourceRule, SourceV4, SourceV6, TABLE_BANKS, TABLE_MAP_FLAGS, TAIL_ENCAP,
+        TRACE_VIA_CONNECTION, TRACE_VIA_QUIC, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
+        VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipBuckets, VipFilter, VipKey, VipSlot, WayWord,
+        table_id,
     },
 };
 use lb_ebpf::{
@@ -41,6 +42,7 @@ use lb_ebpf::{
     frame::header_mut,
     parse::{Flow, Notes, parse},
     pass,
+    quic::server_id,
 };
 use network_types::eth::EthHdr;
 
@@ -50,9 +52,11 @@ use network_types::eth::EthHdr;
 static VIP_INDEX: ArrayOfMaps<Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, 1> = ArrayOfMaps::new();
 
 /// The VIPs' addresses: a packet other than a SYN to no VIP passes after
-/// one bit test (a SYN's VIP probe is as cheap).
+/// one bit test (a SYN's VIP probe is as cheap). Entry `QUIC_FILTER`
+/// holds the QUIC VIPs' alone: a UDP packet to another address goes to
+/// the connection table without a VIP probe.
 #[btf_map]
-static VIP_FILTER: Array<VipFilter, 1> = Array::new();
+static VIP_FILTER: Array<VipFilter, 2> = Array::new();
 
 /// Backend slots. The size here is a default: `fulcrum` sets the real one at
 /// load time (`max_backends`), as for the connection table and the backend
@@ -128,6 +132,16 @@ static SOURCE_BUCKETS: Array<u64, { (2 * SOURCE_BUCKET_ROWS) as usize }> = Array
 /// Packets each VIP refused, by `AdmissionDrop`.
 #[btf_map]
 static ADMISSION_STATS: PerCpuArray<AdmissionCounters, { MAX_VIPS as usize }> = PerCpuArray::new();
+
+/// Each QUIC VIP's server IDs, by list (the VIP's table id, so both banks
+/// have their own) and ID, to backend ids.
+#[btf_map]
+static QUIC_SERVERS: HashMap<QuicServerKey, u32, { (TABLE_BANKS * MAX_QUIC_SERVERS) as usize }> =
+    HashMap::new();
+
+/// Each QUIC VIP's packets, by `QuicOutcome`.
+#[btf_map]
+static QUIC_STATS: PerCpuArray<QuicCounters, { MAX_VIPS as usize }> = PerCpuArray::new();
 
 /// The programs `fulcrum_xdp` tail-calls, which `fulcrum` puts here:
 /// `fulcrum_encap` at `TAIL_ENCAP`, `fulcrum_trace` at `TAIL_TRACE`,
@@ -244,6 +258,7 @@ fn live_backend(backend_id: u32, vip_id: u32) -> Option<&'static Backend> {
 
 /// Where a flow belongs in the connection table: its hash, its tag, its
 /// set's two halves and the way that holds its 5-tuple, if one does.
+#[derive(Clone, Copy)]
 struct Place {
     hash: u64,
     tag: u32,
@@ -495,6 +510,101 @@ fn table_backend(hash: u64, vip: &Vip) -> Option<(u32, u32, &'static Backend)> {
     live_backend(backend_id, vip.vip_id).map(|backend| (slot, backend_id, backend))
 }
 
+/// What `quic_route` found for a packet it routed: its VIP, and the flow
+/// hash when its backend encapsulates (only the encapsulation spreads by
+/// it; 0 otherwise).
+#[derive(Clone, Copy, Default)]
+struct Routed {
+    vip: Vip,
+    hash: u64,
+}
+
+/// The backend a UDP packet of `flow` goes to by the QUIC server ID in
+/// its destination connection ID, when it is for a QUIC VIP (its VIP and
+/// hash into `routed`), or 0: the connection table and the hash decide.
+/// Counts a QUIC VIP's outcome, and notes it in the trace job `job` (null
+/// while tracing is off: an `Option` of a raw pointer takes two registers,
+/// and a `None` leaves one unset). A function of its own (a BPF-to-BPF
+/// call), so that other packets' path carries none of its code: not even
+/// the VIP probe, which the few packets that fall back repeat on a
+/// connection-table miss.
+#[inline(never)]
+fn quic_route(ctx: *mut xdp_md, flow: &Flow, routed: *mut Routed, job: *mut TraceEvent) -> u32 {
+    let Some(vip) = lookup_vip(&flow.key) else {
+        return 0;
+    };
+    let Some(route) = &vip.quic else {
+        return 0;
+    };
+    let found = server_id(&XdpContext::new(ctx), flow, route).and_then(|id| {
+        let key = QuicServerKey {
+            list: vip.table_id,
+            id,
+        };
+        // SAFETY: a map value, valid while we run; copied out.
+        let backend_id = unsafe { QUIC_SERVERS.get(key) }
+            .copied()
+            .ok_or(QuicOutcome::UnknownServer)?;
+        live_backend(backend_id, vip.vip_id)
+            .map(|backend| (backend_id, backend))
+            .ok_or(QuicOutcome::ServerDown)
+    });
+    let (outcome, backend_id) = match found {
+        Ok((backend_id, backend)) => {
+            let hash = match CONFIG.get(0) {
+                Some(config) if encapsulates(backend) => flow_hash(&flow.key, &config.seed),
+                _ => 0,
+            };
+            // SAFETY: the caller's value, written once.
+            unsafe { *routed = Routed { vip, hash } };
+            (QuicOutcome::Routed, backend_id)
+        }
+        Err(outcome) => (outcome, 0),
+    };
+    if let Some(counters) = QUIC_STATS.get_ptr_mut(vip.vip_id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { (*counters).packets[outcome as usize] += 1 };
+    }
+    if !job.is_null() {
+        // SAFETY: the per-CPU trace job, only this CPU uses it while we run.
+        unsafe { (*job).quic = outcome as u32 + 1 };
+    }
+    backend_id
+}
+
+/// The backend of a UDP packet to a QUIC VIP's address whose server ID
+/// names a live one, with what `quic_route` found: the QUIC filter's bit
+/// first, so that other packets pay one bit test.
+#[inline(always)]
+fn by_server_id(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Option<(Routed, u32, &'static Backend)> {
+    if flow.key.proto != PROTO_UDP
+        || flow.icmp
+        || !VIP_FILTER
+            .get(QUIC_FILTER)
+            .is_some_and(|filter| filter.may_hold(&flow.key.dst_addr))
+    {
+        return None;
+    }
+    let mut routed = Routed::default();
+    let job = trace.unwrap_or(core::ptr::null_mut());
+    let backend_id = quic_route(ctx.ctx, flow, &mut routed, job);
+    live_backend(backend_id, routed.vip.vip_id).map(|backend| (routed, backend_id, backend))
+}
+
+/// How far the first look at a packet got: a SYN (nothing looked up),
+/// a QUIC packet routed by its server ID, or the connection table's
+/// answer.
+#[derive(Clone, Copy)]
+enum Start {
+    Syn,
+    Routed(Routed, u32, &'static Backend, &'static DataplaneConfig),
+    Located(
+        Place,
+        &'static DataplaneConfig,
+        Option<(u32, u32, &'static Backend, Tally)>,
+    ),
+}
+
 #[inline(always)]
 fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
     if let Some(job) = trace {
@@ -510,8 +620,10 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
     // SYN always takes the lookup table's current choice, and reads the
     // config only once it is known to be for a VIP. Any other packet to an
     // address no VIP has passes after one bit test, before the flow hash.
-    let (looked_up, tracked) = if flow.opens {
-        (None, None)
+    // A QUIC VIP's packet goes by the server ID in its connection ID when
+    // it names a live backend, before the connection table.
+    let start = if flow.opens {
+        Start::Syn
     } else {
         if !VIP_FILTER
             .get(0)
@@ -522,24 +634,55 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
         let Some(config) = CONFIG.get(0) else {
             return discard(Reason::DropNoBackend);
         };
-        let place = locate(&flow.key, config);
-        let tracked = tracked_flow(&place, flow, config);
-        (Some((place, config)), tracked)
+        match by_server_id(ctx, flow, trace) {
+            Some((routed, backend_id, backend)) => {
+                Start::Routed(routed, backend_id, backend, config)
+            }
+            None => {
+                let place = locate(&flow.key, config);
+                let tracked = tracked_flow(&place, flow, config);
+                Start::Located(place, config, tracked)
+            }
+        }
     };
-    let (vip_id, backend_id, backend, tally, hash, config) = match (tracked, looked_up) {
-        (Some((vip_id, backend_id, backend, tally)), Some((place, config))) => {
+    // A packet routed by its server ID and one of an established flow
+    // meet the same checks (one call site of the admission check: the
+    // verifier walks it once for both).
+    let established = match start {
+        // Its tally hidden from the verifier, so that it walks the rest
+        // once for both (a known 0 would be a state of its own).
+        Start::Routed(Routed { vip, hash }, backend_id, backend, config) => Some((
+            (vip.vip_id, backend_id, backend),
+            (core::hint::black_box(0), hash, config),
+            TRACE_VIA_QUIC,
+        )),
+        Start::Located(place, config, Some((vip_id, backend_id, backend, tally))) => {
             count(Reason::ConnHit);
-            trace_choice(trace, vip_id, backend_id, TRACE_VIA_CONNECTION, (0, 0));
+            let tally = tally | new_flow_tally(flow, Via::Connection);
+            Some((
+                (vip_id, backend_id, backend),
+                (tally, place.hash, config),
+                TRACE_VIA_CONNECTION,
+            ))
+        }
+        _ => None,
+    };
+    let (vip_id, backend_id, backend, tally, hash, config) = match (established, start) {
+        (Some(((vip_id, backend_id, backend), (tally, hash, config), via)), _) => {
+            trace_choice(trace, vip_id, backend_id, via, (0, 0));
             if config.admission != 0 {
                 let list = table_id(u32::from(config.bank), vip_id);
                 if let Some(verdict) = admission(&flow.key, vip_id, list, false) {
                     return verdict;
                 }
             }
-            let tally = tally | new_flow_tally(flow, Via::Connection);
-            (vip_id, backend_id, backend, tally, place.hash, config)
+            (vip_id, backend_id, backend, tally, hash, config)
         }
-        (_, looked_up) => {
+        (None, start) => {
+            let looked_up = match start {
+                Start::Located(place, config, _) => Some((place, config)),
+                _ => None,
+            };
             let Some(vip) = lookup_vip(&flow.key) else {
                 return pass(Reason::PassNotVip);
             };

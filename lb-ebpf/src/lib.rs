@@ -2,7 +2,8 @@
 //! and over values as the maps hold them, so that host unit tests reach
 //! them: the header walking (`parse`), which packets a VIP admits
 //! (`admission`), the connection table's policy
-//! (`conn`), the forwarding decision (`forward`), the outer headers the
+//! (`conn`), the forwarding decision (`forward`), a QUIC packet's server ID
+//! (`quic`), the outer headers the
 //! encapsulation writes (`outer`) and what the decapsulation strips
 //! (`tunnel`). The programs themselves are the glue that talks to the
 //! maps: `main.rs` and `balancer.rs` (the load balancer), `decap.rs` (the
@@ -15,6 +16,7 @@ pub mod forward;
 pub mod frame;
 pub mod outer;
 pub mod parse;
+pub mod quic;
 #[cfg(test)]
 mod testing;
 pub mod tunnel;

@@ -462,7 +462,7 @@ impl Fixture {
             vip_id: TABLELESS_VIP_ID,
             flags: 0,
             table_id: table_id(dataplane.bank(), TABLELESS_VIP_ID),
-            table_size: 0,
+            ..VipSlot::default()
         });
         dataplane
             .install_vip_index(&entries)

@@ -206,7 +206,7 @@ fn a_vip_moved_to_a_new_address_is_forwarded_there_and_its_old_address_passes() 
     for vip in &next.vips {
         expected.insert(&vip.key.addr);
     }
-    assert_eq!(fixture.dataplane.vip_filter().unwrap(), expected);
+    assert_eq!(fixture.dataplane.vip_filter(0).unwrap(), expected);
 }
 
 #[test]

@@ -815,8 +815,71 @@ pub struct VipConfig {
     pub sources: SourceRules,
     /// Its caps on new flows and packets (`limits`).
     pub limits: Limits,
+    /// How it routes QUIC by connection ID (`[vip.quic]`); `None`: it
+    /// does not (a UDP VIP's packets go by the 4-tuple).
+    pub quic: Option<QuicConfig>,
     /// The real servers.
     pub backends: Vec<BackendConfig>,
+}
+
+/// The server IDs' accepted lengths, in octets (QUIC-LB).
+pub const SERVER_ID_LENS: RangeInclusive<u8> = 1..=lb_common::maps::QUIC_SERVER_ID_MAX;
+/// The accepted config rotation codepoints (`0b111` marks unroutable CIDs).
+pub const QUIC_CONFIG_IDS: RangeInclusive<u8> = 0..=6;
+
+/// How a QUIC VIP's servers encode their ID in the connection IDs they
+/// issue (`[vip.quic]`): QUIC-LB's plaintext layout, the CID's first octet
+/// carrying `config_id` in its top three bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QuicConfig {
+    /// The config rotation codepoint (0 to 6).
+    pub config_id: u8,
+    /// Where the server ID starts in the CID, in octets (1: right after
+    /// the first octet, as QUIC-LB puts it).
+    pub server_id_offset: u8,
+    /// The server ID's length in octets (1 to 15).
+    pub server_id_len: u8,
+}
+
+impl QuicConfig {
+    /// The kernel's form.
+    pub fn route(&self) -> lb_common::maps::QuicRoute {
+        lb_common::maps::QuicRoute {
+            config_id: self.config_id,
+            offset: self.server_id_offset,
+            len: self.server_id_len,
+            pad: 0,
+        }
+    }
+}
+
+/// A QUIC server ID: its octets, written as hex in the config.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId(pub Vec<u8>);
+
+impl FromStr for ServerId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let digits = text.trim_start_matches("0x");
+        if digits.is_empty() || digits.len() % 2 != 0 {
+            return Err(format!(
+                "{text:?} is not a server ID: an even number of hex digits, like \"0a1b\""
+            ));
+        }
+        (0..digits.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&digits[at..at + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map(ServerId)
+            .map_err(|_| format!("{text:?} is not a server ID: hex digits only, like \"0a1b\""))
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }
 
 /// Accepted rates of a VIP's `limits`, per second.
@@ -1041,6 +1104,8 @@ pub struct BackendConfig {
     pub mac: Option<MacAddr>,
     /// Health-check overrides for this backend, and where its check goes.
     pub health_check: HealthOverrides,
+    /// Its QUIC server ID (`server_id`); `None`: derived from its identity.
+    pub server_id: Option<ServerId>,
 }
 
 impl BackendConfig {

@@ -5,14 +5,16 @@
 
 use std::{fmt, net::IpAddr, net::SocketAddr, ops::RangeInclusive, path::PathBuf};
 
+use lb_common::maps::QUIC_CID_MAX;
 use toml::{Table, Value};
 
 use super::{
     Announce, Api, BACKEND_SLOT_LIMITS, BackendConfig, CHECK_INTERVALS_MS, CONNECTION_TABLE_SIZES,
     CheckKind, Config, EJECTION_TIMES_S, Encapsulation, Forwarding, Group, GuardOverrides, Guards,
     HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance,
-    Limits, MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, RATE_LIMITS, RISE_FALL,
-    Rollout, SLOW_STARTS_S, Secret, SourceRules, UnreadableVip, VipConfig, WATCH_TIMES_S, span,
+    Limits, MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, QUIC_CONFIG_IDS, QuicConfig,
+    RATE_LIMITS, RISE_FALL, Rollout, SERVER_ID_LENS, SLOW_STARTS_S, Secret, ServerId, SourceRules,
+    UnreadableVip, VipConfig, WATCH_TIMES_S, span,
 };
 use crate::{
     problem::{Problem, quoted},
@@ -531,6 +533,34 @@ fn read_limits(t: &Table, location: &str, problems: &mut Vec<Problem>) -> Limits
     limits
 }
 
+fn server_id(value: &Value) -> Result<ServerId, String> {
+    value
+        .as_str()
+        .ok_or_else(|| "expected a string of hex digits".to_string())?
+        .parse()
+}
+
+fn read_quic(t: &Table, location: &str, problems: &mut Vec<Problem>) -> QuicConfig {
+    let mut s = Section::new(t, location);
+    let quic = QuicConfig {
+        config_id: s
+            .optional(problems, "config_id", |v| in_range(v, &QUIC_CONFIG_IDS, ""))
+            .unwrap_or(0),
+        server_id_offset: s
+            .optional(problems, "server_id_offset", |v| {
+                in_range(v, &(1..=QUIC_CID_MAX - 1), " octets")
+            })
+            .unwrap_or(1),
+        server_id_len: s
+            .required(problems, "server_id_len", |v| {
+                in_range(v, &SERVER_ID_LENS, " octets")
+            })
+            .unwrap_or(*SERVER_ID_LENS.start()),
+    };
+    s.finish(problems);
+    quic
+}
+
 fn read_guards(t: &Table, location: &str, problems: &mut Vec<Problem>) -> GuardOverrides {
     let mut s = Section::new(t, location);
     let overrides = GuardOverrides {
@@ -778,6 +808,9 @@ fn read_vip(
         .optional(problems, "limits", table)
         .map(|l| read_limits(l, &format!("{location} limits"), problems))
         .unwrap_or_default();
+    let quic = s
+        .optional(problems, "quic", table)
+        .map(|q| read_quic(q, &format!("{location} quic"), problems));
     let table = s
         .optional(problems, "table", algorithm)
         .unwrap_or(defaults.table);
@@ -820,6 +853,7 @@ fn read_vip(
             rollback,
             sources,
             limits,
+            quic,
             backends,
         }),
         _ => Err(UnreadableVip { location, backends }),
@@ -844,6 +878,7 @@ fn read_backend(
     let port = s.optional(problems, "port", port);
     let weight = s.optional(problems, "weight", weight).unwrap_or(1);
     let mac = s.optional(problems, "mac", mac);
+    let server_id = s.optional(problems, "server_id", server_id);
     let health_check = s
         .optional(problems, "health_check", table)
         .map(|h| {
@@ -859,6 +894,7 @@ fn read_backend(
         weight,
         mac,
         health_check,
+        server_id,
     })
 }
 

@@ -151,6 +151,7 @@ impl Record {
                             weight: 0,
                             mac: MacAddr(b.mac),
                             down: false,
+                            server_id: None,
                         })
                         .collect(),
                     table: VipTable::default(),
@@ -158,6 +159,7 @@ impl Record {
                     forwarding: config.forwarding,
                     sources: Default::default(),
                     limits: Default::default(),
+                    quic: None,
                 })
                 .collect(),
             encap: config.encapsulation.clone(),

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
 use lb_common::maps::{
-    AdmissionCounters, AdmissionDrop, DataplaneConfig, Reason, TrafficCounters, names,
+    AdmissionCounters, AdmissionDrop, DataplaneConfig, QuicCounters, QuicOutcome, Reason,
+    TrafficCounters, names,
 };
 
 use super::{
@@ -40,6 +41,8 @@ pub struct Counters {
     pub refused: Vec<AdmissionCounters>,
     /// Packets each deny rule dropped, indexed by its counter's slot.
     pub rules: Vec<u64>,
+    /// Each QUIC VIP's packets by outcome, indexed by VIP id.
+    pub quic: Vec<QuicCounters>,
 }
 
 impl Counters {
@@ -59,6 +62,12 @@ impl Counters {
         self.refused.get(id as usize).copied().unwrap_or_default()
     }
 
+    /// VIP `id`'s QUIC packets, by `QuicOutcome` (zero beyond what was
+    /// read).
+    pub fn quic(&self, id: u32) -> QuicCounters {
+        self.quic.get(id as usize).copied().unwrap_or_default()
+    }
+
     /// One reason's count.
     pub fn reason(&self, reason: Reason) -> u64 {
         self.reasons.get(reason as usize).copied().unwrap_or(0)
@@ -73,6 +82,7 @@ pub struct CounterReader {
     reasons: BatchMap<MapData>,
     refused: BatchMap<MapData>,
     rules: BatchMap<MapData>,
+    quic: BatchMap<MapData>,
     /// The connection table.
     flows: MappedTable,
     config: Array<MapData, DataplaneConfig>,
@@ -130,10 +140,10 @@ fn traffic(words: &[u64], cpus: usize) -> Vec<TrafficCounters> {
 
 impl CounterReader {
     /// A reader over the given maps (`BACKEND_STATS`, `VIP_STATS`,
-    /// `GLOBAL_STATS`, `ADMISSION_STATS`, `RULE_STATS`, (`CONN_META`,
-    /// `CONN_TABLE`) and `CONFIG` handles).
+    /// `GLOBAL_STATS`, `ADMISSION_STATS`, `RULE_STATS`, `QUIC_STATS`,
+    /// (`CONN_META`, `CONN_TABLE`) and `CONFIG` handles).
     pub fn new(
-        [backends, vips, reasons, refused, rules]: [OwnedFd; 5],
+        [backends, vips, reasons, refused, rules, quic]: [OwnedFd; 6],
         (meta, ways): (OwnedFd, OwnedFd),
         config: OwnedFd,
     ) -> io::Result<Self> {
@@ -161,6 +171,7 @@ impl CounterReader {
             reasons: batch(reasons, names::GLOBAL_STATS)?,
             refused: batch(refused, names::ADMISSION_STATS)?,
             rules: batch(rules, names::RULE_STATS)?,
+            quic: batch(quic, names::QUIC_STATS)?,
             flows,
             config,
             cpus,
@@ -235,6 +246,13 @@ impl CounterReader {
                 .into_iter()
                 .map(|[count]| count)
                 .collect(),
+            quic: summed::<{ QuicOutcome::COUNT }>(
+                &read_per_cpu(&self.quic, vips, cpus, QuicOutcome::COUNT)?,
+                cpus,
+            )
+            .into_iter()
+            .map(|packets| QuicCounters { packets })
+            .collect(),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod decap;
 pub mod flows;
 mod mmap;
 pub mod pins;
+pub mod quic;
 pub mod state;
 pub mod sys;
 pub mod system;
@@ -32,7 +33,8 @@ use lb_common::maps::{
     AdmissionCounters, BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS,
     FlowKey, FlowMeta, FlowWays, LAYOUT_VERSION, MAX_BACKENDS, Meta, TABLE_BANKS,
     TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE, TAIL_TRACED, TrafficCounters,
-    VIP_INDEX_SLOTS, VIP_SLOT_USED, VipFilter, VipSlot, names,
+    QUIC_FILTER, QuicCounters, VIP_INDEX_SLOTS, VIP_SLOT_QUIC, VIP_SLOT_USED, VipFilter, VipSlot,
+    names,
 };
 use mmap::MappedArray;
 use sys::{BatchMap, SysError};
@@ -268,6 +270,8 @@ pub struct Dataplane {
     installed: Option<DesiredState>,
     /// Both banks' admission as the kernel holds it, once read.
     admissions: Option<admission::Admissions>,
+    /// Both banks' QUIC server IDs as the kernel holds them, once read.
+    quic_servers: Option<quic::QuicServers>,
     /// The table bank the VIP index points into.
     bank: u32,
     /// Applies made live so far (kept in `META`, so it survives restarts).
@@ -341,6 +345,7 @@ impl Dataplane {
             link: Link::None,
             installed: None,
             admissions: None,
+            quic_servers: None,
             bank: 0,
             generation: 0,
             link_mtu: 0,
@@ -615,27 +620,36 @@ impl Dataplane {
         let used = (0u32..)
             .zip(slots)
             .filter(|(_, slot)| slot.flags & VIP_SLOT_USED != 0);
-        let mut filter = VipFilter::default();
+        let mut filters = [VipFilter::default(); 2];
         for entry in entries {
-            filter.insert(&entry.key.addr);
+            filters[0].insert(&entry.key.addr);
+            if entry.flags & VIP_SLOT_QUIC != 0 {
+                filters[QUIC_FILTER as usize].insert(&entry.key.addr);
+            }
         }
-        let held = self.vip_filter()?;
-        self.set_vip_filter(held.union(filter))?;
+        for (index, filter) in (0..).zip(filters) {
+            let held = self.vip_filter(index)?;
+            self.set_vip_filter(index, held.union(filter))?;
+        }
         self.swap_in(names::VIP_INDEX, 0, (VIP_INDEX_SLOTS, 0), used)?;
-        self.set_vip_filter(filter)
+        for (index, filter) in (0..).zip(filters) {
+            self.set_vip_filter(index, filter)?;
+        }
+        Ok(())
     }
 
-    /// The VIP address filter as the kernel holds it.
-    pub fn vip_filter(&self) -> Result<VipFilter> {
+    /// VIP address filter `index` as the kernel holds it: 0 of every VIP,
+    /// `QUIC_FILTER` of the QUIC VIPs.
+    pub fn vip_filter(&self, index: u32) -> Result<VipFilter> {
         let array: Array<_, VipFilter> =
             Array::try_from(self.map(names::VIP_FILTER)?).map_err(map_err(names::VIP_FILTER))?;
-        array.get(&0, 0).map_err(map_err(names::VIP_FILTER))
+        array.get(&index, 0).map_err(map_err(names::VIP_FILTER))
     }
 
-    fn set_vip_filter(&mut self, filter: VipFilter) -> Result<()> {
+    fn set_vip_filter(&mut self, index: u32, filter: VipFilter) -> Result<()> {
         let mut array: Array<_, VipFilter> = Array::try_from(self.map_mut(names::VIP_FILTER)?)
             .map_err(map_err(names::VIP_FILTER))?;
-        array.set(0, filter, 0).map_err(map_err(names::VIP_FILTER))
+        array.set(index, filter, 0).map_err(map_err(names::VIP_FILTER))
     }
 
     /// Installs a whole lookup table as table `table_id` in one atomic step
@@ -740,6 +754,7 @@ impl Dataplane {
                 // A new VIP's id may have served another VIP before.
                 self.zero_counters::<TrafficCounters>(names::VIP_STATS, vip.vip_id)?;
                 self.zero_counters::<AdmissionCounters>(names::ADMISSION_STATS, vip.vip_id)?;
+                self.zero_counters::<QuicCounters>(names::QUIC_STATS, vip.vip_id)?;
             }
             for backend in &vip.backends {
                 let slot = self.read_backend(backend.backend_id)?;
@@ -795,6 +810,7 @@ impl Dataplane {
             .collect();
         self.set_tables(&entries)?;
         self.stage_admission(bank, state)?;
+        self.stage_quic(bank, state)?;
         Ok(Staged {
             state: state.clone(),
             bank,
@@ -938,6 +954,7 @@ impl Dataplane {
                 handle(names::GLOBAL_STATS)?,
                 handle(names::ADMISSION_STATS)?,
                 handle(names::RULE_STATS)?,
+                handle(names::QUIC_STATS)?,
             ],
             (handle(names::CONN_META)?, handle(names::CONN_TABLE)?),
             handle(names::CONFIG)?,

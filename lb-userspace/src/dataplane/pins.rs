@@ -204,6 +204,7 @@ impl Dataplane {
             link: Link::Pinned(link),
             installed: None,
             admissions: None,
+            quic_servers: None,
             bank: meta.bank,
             generation: meta.generation,
             link_mtu: 0,

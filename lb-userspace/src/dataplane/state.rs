@@ -8,14 +8,14 @@ use lb_common::{
     flow_hash::{FlowSeed, flow_hash, table_slot},
     maps::{
         BACKEND_ACTIVE, Backend, FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, PROTO_TCP, PROTO_UDP,
-        VIP_SLOT_ADMIT, VipKey, VipSlot,
+        QuicRoute, VIP_SLOT_ADMIT, VIP_SLOT_QUIC, VipKey, VipSlot,
     },
 };
 
 use crate::{
     config::{
         BackendConfig, Config, Encapsulation, Forwarding, IdleTimeouts, Limits, MacAddr,
-        SourceRules,
+        QuicConfig, ServerId, SourceRules,
     },
     table::TableSize,
     table::{TableError, VipTable},
@@ -99,6 +99,8 @@ pub struct VipState {
     pub sources: SourceRules,
     /// Its caps on new flows and packets.
     pub limits: Limits,
+    /// How it routes QUIC by connection ID, if it does.
+    pub quic: Option<QuicConfig>,
 }
 
 impl VipState {
@@ -125,6 +127,8 @@ pub struct BackendState {
     /// Found dead by the health checker: out of the table, and its slot
     /// inactive, so its flows are hashed again into the table.
     pub down: bool,
+    /// Its QUIC server ID, when its VIP routes QUIC by connection ID.
+    pub server_id: Option<ServerId>,
 }
 
 impl BackendState {
@@ -272,6 +276,7 @@ impl DesiredState {
                 None => vip_ids.fresh().ok_or(BuildError::TooManyVips)?,
             };
             let mut backends = Vec::with_capacity(vip.backends.len());
+            let mut server_ids = crate::policy::quic::server_ids(vip).map(Vec::into_iter);
             for backend in &vip.backends {
                 let addr = vip.backend_addr(backend);
                 let kept = old.and_then(|o| o.backends.iter().find(|b| b.addr == addr));
@@ -293,6 +298,7 @@ impl DesiredState {
                     weight: backend.weight,
                     mac,
                     down: false,
+                    server_id: server_ids.as_mut().and_then(Iterator::next),
                 });
             }
             let table = match tables.get(vips.len()).and_then(Option::as_ref) {
@@ -313,6 +319,7 @@ impl DesiredState {
                 forwarding: vip.forwarding,
                 sources: vip.sources.clone(),
                 limits: vip.limits,
+                quic: vip.quic,
             });
         }
         Ok(Self {
@@ -385,12 +392,18 @@ impl DesiredState {
 impl VipState {
     /// Its slot of the VIP index, naming its table in `bank`.
     pub fn slot(&self, bank: u32) -> VipSlot {
+        let admit = if self.admits() { VIP_SLOT_ADMIT } else { 0 };
+        let quic = if self.quic.is_some() { VIP_SLOT_QUIC } else { 0 };
         VipSlot {
             key: self.key,
             vip_id: self.vip_id,
-            flags: if self.admits() { VIP_SLOT_ADMIT } else { 0 },
+            flags: admit | quic,
             table_id: super::table_id(bank, self.vip_id),
             table_size: self.table.table.len() as u32,
+            quic: self
+                .quic
+                .as_ref()
+                .map_or_else(QuicRoute::default, QuicConfig::route),
         }
     }
 

@@ -78,7 +78,7 @@ mod tests {
             vip_id: id,
             flags: 0,
             table_id: id + MAX_VIPS,
-            table_size: 0,
+            ..VipSlot::default()
         }
     }
 

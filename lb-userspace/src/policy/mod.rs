@@ -6,6 +6,7 @@
 
 pub mod health;
 pub mod plan;
+pub mod quic;
 pub mod refusal;
 pub mod sources;
 pub mod validate;

@@ -169,6 +169,7 @@ pub fn check<T: Send>(
     let within_capacities = check_capacities(config, &mut problems);
     check_globals(config, &mut problems);
     super::sources::check_total(config, &mut problems);
+    super::quic::check_total(config, &mut problems);
     let endpoints = earlier_twins(
         config
             .vips
@@ -1052,6 +1053,7 @@ fn check_vip(
         ));
     }
     super::sources::check(vip, &location, problems);
+    super::quic::check(vip, &location, problems);
     if vip.protocol == Protocol::Udp && vip.eject_outliers == Some(true) {
         problems.push(Problem::error(
             "outlier-udp",
