@@ -10,6 +10,7 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;
+pub mod quic;
 pub mod scrape;
 pub mod scratch;
 pub mod spoof;
