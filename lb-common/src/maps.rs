@@ -106,7 +106,7 @@ pub const VIP_SLOT_USED: u32 = 1;
 /// The VIP's `Admission` has flags: a packet of a new flow reads it.
 pub const VIP_SLOT_ADMIT: u32 = 2;
 /// The VIP routes QUIC short-header packets by the server ID in their
-/// destination connection ID (`VipSlot::quic` says where it is).
+/// destination connection ID (its `QuicRoute` says where it is).
 pub const VIP_SLOT_QUIC: u32 = 4;
 
 /// One slot of the VIP index. The index is a plain array, so the kernel
@@ -126,9 +126,6 @@ pub struct VipSlot {
     /// That table's size M (also in its slot 0): with it here, a new flow
     /// reads one slot of the table, one inner-map lookup instead of two.
     pub table_size: u32,
-    /// Where its servers put their ID in a connection ID, when
-    /// `VIP_SLOT_QUIC` is set.
-    pub quic: QuicRoute,
 }
 
 /// A filter of the VIPs' addresses (one bit per address hash, 512 bits in
@@ -282,6 +279,24 @@ pub const TAIL_ENCAP: u32 = 0;
 pub const TAIL_TRACE: u32 = 1;
 /// `TAIL_CALLS` index of the traced copy of the XDP program's path.
 pub const TAIL_TRACED: u32 = 2;
+/// `TAIL_CALLS` index of the QUIC program: the path of a QUIC VIP's
+/// packets, which tries the server ID first.
+pub const TAIL_QUIC: u32 = 3;
+
+/// What `fulcrum_xdp` tells `fulcrum_quic` about the UDP packet it hands
+/// over (its flow; a UDP packet neither opens, closes nor resets one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuicJob {
+    /// The flow's 5-tuple.
+    pub key: FlowKey,
+    /// Where its IP header starts.
+    pub l3: u16,
+    /// 1 when the trace job holds its decision so far.
+    pub traced: u8,
+    /// Reserved; zero.
+    pub pad: u8,
+}
 
 /// `TraceControl::vip_id` that matches every VIP (and traffic of none).
 pub const TRACE_ANY_VIP: u32 = u32::MAX;
@@ -1369,7 +1384,7 @@ pub mod names {
     /// `Array<DataplaneConfig>` with one entry.
     pub const CONFIG: &str = "CONFIG";
     /// `ProgramArray`: the programs the XDP program tail-calls
-    /// (`TAIL_ENCAP`, `TAIL_TRACE`, `TAIL_TRACED`).
+    /// (`TAIL_ENCAP`, `TAIL_TRACE`, `TAIL_TRACED`, `TAIL_QUIC`).
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
     /// `PerCpuArray<EncapJob>` with one entry.
     pub const ENCAP_JOBS: &str = "ENCAP_JOBS";
@@ -1404,6 +1419,10 @@ pub mod names {
     pub const QUIC_SERVERS: &str = "QUIC_SERVERS";
     /// `PerCpuArray<QuicCounters>` indexed by `vip_id`.
     pub const QUIC_STATS: &str = "QUIC_STATS";
+    /// `Array<QuicRoute>` indexed by table id (`bank * MAX_VIPS + vip_id`).
+    pub const QUIC_ROUTES: &str = "QUIC_ROUTES";
+    /// `PerCpuArray<QuicJob>` with one entry.
+    pub const QUIC_JOBS: &str = "QUIC_JOBS";
     /// `Array<Meta>` with one entry; created and pinned by `fulcrum`, not
     /// part of the eBPF object.
     pub const META: &str = "META";
@@ -1411,6 +1430,8 @@ pub mod names {
     pub const PROGRAM: &str = "fulcrum_xdp";
     /// Name of the encapsulation program it tail-calls.
     pub const ENCAP_PROGRAM: &str = "fulcrum_encap";
+    /// Name of the QUIC program it tail-calls.
+    pub const QUIC_PROGRAM: &str = "fulcrum_quic";
     /// Name of the trace program it tail-calls.
     pub const TRACE_PROGRAM: &str = "fulcrum_trace";
     /// Name of the traced copy of its path, which it tail-calls while
@@ -1423,7 +1444,7 @@ pub mod names {
     /// The decapsulation program.
     pub const DECAP_PROGRAM: &str = "fulcrum_decap";
     /// The maps of the eBPF object, every one pinned.
-    pub const OBJECT_MAPS: [&str; 26] = [
+    pub const OBJECT_MAPS: [&str; 28] = [
         VIP_INDEX,
         VIP_FILTER,
         BACKENDS,
@@ -1450,6 +1471,8 @@ pub mod names {
         SOURCE_BUCKETS,
         QUIC_SERVERS,
         QUIC_STATS,
+        QUIC_JOBS,
+        QUIC_ROUTES,
     ];
 }
 
@@ -1495,6 +1518,7 @@ mod pod {
         QuicRoute,
         QuicServerKey,
         QuicCounters,
+        QuicJob,
     );
 }
 
@@ -1622,9 +1646,10 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipSlot>(), 40);
+        assert_eq!(size_of::<VipSlot>(), 36);
         assert_eq!(size_of::<QuicRoute>(), 4);
         assert_eq!(size_of::<QuicServerKey>(), 20);
+        assert_eq!(size_of::<QuicJob>(), 44);
         assert_eq!(size_of::<VipFilter>(), 64);
         assert_eq!(size_of::<Meta>(), 16);
         assert_eq!(size_of::<Backend>(), 36);

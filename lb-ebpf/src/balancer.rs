@@ -7,7 +7,7 @@
 //! declared once, here, alike in both.
 
 use aya_ebpf::{
-    bindings::{xdp_action, xdp_md},
+    bindings::xdp_action,
     btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, PerCpuArray, ProgramArray},
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
@@ -20,9 +20,9 @@ use lb_common::{
         Admission, AdmissionCounters, AdmissionDrop, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS,
         DataplaneConfig, EncapJob, FAMILY_IPV4, FlowEntry, FlowKey, FlowMeta, FlowWays,
         LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_QUIC_SERVERS, MAX_SOURCE_RULES, MAX_VIPS, PROTO_UDP,
-        QUIC_FILTER, QuicCounters, QuicOutcome, QuicServerKey, Rate, Reason, SOURCE_BUCKET_ROWS,
+        QUIC_FILTER, QuicCounters, QuicJob, QuicOutcome, QuicRoute, QuicServerKey, Rate, Reason, SOURCE_BUCKET_ROWS,
         SOURCE_RULE_SLOTS, SourceRule, SourceV4, SourceV6, TABLE_BANKS, TABLE_MAP_FLAGS, TAIL_ENCAP,
-        TRACE_VIA_CONNECTION, TRACE_VIA_QUIC, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
+        TAIL_QUIC, TRACE_VIA_CONNECTION, TRACE_VIA_QUIC, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
         VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipBuckets, VipFilter, VipKey, VipSlot, WayWord,
         table_id,
     },
@@ -139,15 +139,24 @@ static ADMISSION_STATS: PerCpuArray<AdmissionCounters, { MAX_VIPS as usize }> = 
 static QUIC_SERVERS: HashMap<QuicServerKey, u32, { (TABLE_BANKS * MAX_QUIC_SERVERS) as usize }> =
     HashMap::new();
 
+/// Where each QUIC VIP's servers put their ID, by table id: the bank in
+/// force holds the live ones, and an apply writes the other.
+#[btf_map]
+static QUIC_ROUTES: Array<QuicRoute, { LOOKUP_TABLE_IDS as usize }> = Array::new();
+
+/// What `fulcrum_xdp` tells `fulcrum_quic` about the packet it hands over.
+#[btf_map]
+pub static QUIC_JOBS: PerCpuArray<QuicJob, 1> = PerCpuArray::new();
+
 /// Each QUIC VIP's packets, by `QuicOutcome`.
 #[btf_map]
 static QUIC_STATS: PerCpuArray<QuicCounters, { MAX_VIPS as usize }> = PerCpuArray::new();
 
 /// The programs `fulcrum_xdp` tail-calls, which `fulcrum` puts here:
 /// `fulcrum_encap` at `TAIL_ENCAP`, `fulcrum_trace` at `TAIL_TRACE`,
-/// `fulcrum_traced` at `TAIL_TRACED`.
+/// `fulcrum_traced` at `TAIL_TRACED`, `fulcrum_quic` at `TAIL_QUIC`.
 #[btf_map]
-pub static TAIL_CALLS: ProgramArray<3> = ProgramArray::new();
+pub static TAIL_CALLS: ProgramArray<4> = ProgramArray::new();
 
 /// What `fulcrum_xdp` tells `fulcrum_encap` about the packet it hands over.
 #[btf_map]
@@ -217,7 +226,12 @@ pub fn process(ctx: &XdpContext, trace: Trace) -> Verdict {
         return discard(Reason::DropNoBackend);
     };
     match parse(ctx, &config.if_mac, &mut MapNotes(trace)) {
-        Ok(flow) => forward(ctx, &flow, trace),
+        Ok(flow) => {
+            // Before anything else is held: values live across the tail
+            // call would take stack the traced path has no room for.
+            to_quic(ctx, &flow, trace);
+            forward(ctx, &flow, trace)
+        }
         Err(verdict) => verdict,
     }
 }
@@ -258,7 +272,6 @@ fn live_backend(backend_id: u32, vip_id: u32) -> Option<&'static Backend> {
 
 /// Where a flow belongs in the connection table: its hash, its tag, its
 /// set's two halves and the way that holds its 5-tuple, if one does.
-#[derive(Clone, Copy)]
 struct Place {
     hash: u64,
     tag: u32,
@@ -510,33 +523,62 @@ fn table_backend(hash: u64, vip: &Vip) -> Option<(u32, u32, &'static Backend)> {
     live_backend(backend_id, vip.vip_id).map(|backend| (slot, backend_id, backend))
 }
 
-/// What `quic_route` found for a packet it routed: its VIP, and the flow
-/// hash when its backend encapsulates (only the encapsulation spreads by
-/// it; 0 otherwise).
-#[derive(Clone, Copy, Default)]
-struct Routed {
-    vip: Vip,
-    hash: u64,
+/// Hands a UDP packet of `flow` to a QUIC VIP's address to the QUIC
+/// program (tail call): other packets pay one bit test. Returns only when
+/// the packet is not for it (or the program is not loaded), and the path
+/// goes on as for any UDP flow.
+#[inline(always)]
+fn to_quic(ctx: &XdpContext, flow: &Flow, trace: Trace) {
+    if flow.key.proto != PROTO_UDP
+        || flow.icmp
+        || !VIP_FILTER
+            .get(QUIC_FILTER)
+            .is_some_and(|filter| filter.may_hold(&flow.key.dst_addr))
+    {
+        return;
+    }
+    let Some(job) = QUIC_JOBS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU uses it while we run; a tail
+    // call returns only if the slot is empty.
+    // Field by field: a whole value would be built on the stack first.
+    unsafe {
+        (*job).key = flow.key;
+        (*job).l3 = flow.l3 as u16;
+        (*job).traced = u8::from(trace.is_some());
+        TAIL_CALLS.tail_call(ctx, TAIL_QUIC);
+    }
 }
 
-/// The backend a UDP packet of `flow` goes to by the QUIC server ID in
-/// its destination connection ID, when it is for a QUIC VIP (its VIP and
-/// hash into `routed`), or 0: the connection table and the hash decide.
-/// Counts a QUIC VIP's outcome, and notes it in the trace job `job` (null
-/// while tracing is off: an `Option` of a raw pointer takes two registers,
-/// and a `None` leaves one unset). A function of its own (a BPF-to-BPF
-/// call), so that other packets' path carries none of its code: not even
-/// the VIP probe, which the few packets that fall back repeat on a
-/// connection-table miss.
-#[inline(never)]
-fn quic_route(ctx: *mut xdp_md, flow: &Flow, routed: *mut Routed, job: *mut TraceEvent) -> u32 {
+/// The path of a packet `fulcrum_xdp` handed over for a QUIC VIP's
+/// address (`job`), the trace job `trace` while tracing is on: the server
+/// ID in a short header's destination connection ID names its backend,
+/// checked like an established flow's; anything else goes the way of
+/// every UDP flow.
+#[inline(always)]
+pub fn quic_process(ctx: &XdpContext, job: &QuicJob, trace: Trace) -> Verdict {
+    let flow = Flow {
+        key: job.key,
+        opens: false,
+        closes: false,
+        resets: false,
+        icmp: false,
+        // Bounded for the verifier, which reads the job as any number: an
+        // IP header starts at 14 (18 behind a VLAN tag).
+        l3: usize::from(job.l3 & 0x3f),
+    };
+    let Some(config) = CONFIG.get(0) else {
+        return discard(Reason::DropNoBackend);
+    };
     let Some(vip) = lookup_vip(&flow.key) else {
-        return 0;
+        return forward(ctx, &flow, trace);
     };
-    let Some(route) = &vip.quic else {
-        return 0;
+    let route = match QUIC_ROUTES.get(vip.table_id) {
+        Some(route) if vip.quic => route,
+        _ => return forward(ctx, &flow, trace),
     };
-    let found = server_id(&XdpContext::new(ctx), flow, route).and_then(|id| {
+    let found = server_id(ctx, &flow, route).and_then(|id| {
         let key = QuicServerKey {
             list: vip.table_id,
             id,
@@ -549,62 +591,37 @@ fn quic_route(ctx: *mut xdp_md, flow: &Flow, routed: *mut Routed, job: *mut Trac
             .map(|backend| (backend_id, backend))
             .ok_or(QuicOutcome::ServerDown)
     });
-    let (outcome, backend_id) = match found {
-        Ok((backend_id, backend)) => {
-            let hash = match CONFIG.get(0) {
-                Some(config) if encapsulates(backend) => flow_hash(&flow.key, &config.seed),
-                _ => 0,
-            };
-            // SAFETY: the caller's value, written once.
-            unsafe { *routed = Routed { vip, hash } };
-            (QuicOutcome::Routed, backend_id)
-        }
-        Err(outcome) => (outcome, 0),
+    let outcome = match found {
+        Ok(_) => QuicOutcome::Routed,
+        Err(outcome) => outcome,
     };
     if let Some(counters) = QUIC_STATS.get_ptr_mut(vip.vip_id) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { (*counters).packets[outcome as usize] += 1 };
     }
-    if !job.is_null() {
-        // SAFETY: the per-CPU trace job, only this CPU uses it while we run.
+    if let Some(job) = trace {
+        // SAFETY: per-CPU slot, only this CPU uses it while we run.
         unsafe { (*job).quic = outcome as u32 + 1 };
     }
-    backend_id
-}
-
-/// The backend of a UDP packet to a QUIC VIP's address whose server ID
-/// names a live one, with what `quic_route` found: the QUIC filter's bit
-/// first, so that other packets pay one bit test.
-#[inline(always)]
-fn by_server_id(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Option<(Routed, u32, &'static Backend)> {
-    if flow.key.proto != PROTO_UDP
-        || flow.icmp
-        || !VIP_FILTER
-            .get(QUIC_FILTER)
-            .is_some_and(|filter| filter.may_hold(&flow.key.dst_addr))
+    let Ok((backend_id, backend)) = found else {
+        return forward(ctx, &flow, trace);
+    };
+    trace_choice(trace, vip.vip_id, backend_id, TRACE_VIA_QUIC, (0, vip.table_id));
+    if vip.admits
+        && let Some(verdict) = admission(&flow.key, vip.vip_id, vip.table_id, false)
     {
-        return None;
+        return verdict;
     }
-    let mut routed = Routed::default();
-    let job = trace.unwrap_or(core::ptr::null_mut());
-    let backend_id = quic_route(ctx.ctx, flow, &mut routed, job);
-    live_backend(backend_id, routed.vip.vip_id).map(|backend| (routed, backend_id, backend))
+    // Only the encapsulation spreads by the hash.
+    let hash = if encapsulates(backend) {
+        flow_hash(&flow.key, &config.seed)
+    } else {
+        0
+    };
+    deliver(ctx, &flow, (vip.vip_id, backend_id, backend), (0, hash, config), trace)
 }
 
-/// How far the first look at a packet got: a SYN (nothing looked up),
-/// a QUIC packet routed by its server ID, or the connection table's
-/// answer.
-#[derive(Clone, Copy)]
-enum Start {
-    Syn,
-    Routed(Routed, u32, &'static Backend, &'static DataplaneConfig),
-    Located(
-        Place,
-        &'static DataplaneConfig,
-        Option<(u32, u32, &'static Backend, Tally)>,
-    ),
-}
-
+/// The path of a parsed packet of `flow`.
 #[inline(always)]
 fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
     if let Some(job) = trace {
@@ -620,10 +637,8 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
     // SYN always takes the lookup table's current choice, and reads the
     // config only once it is known to be for a VIP. Any other packet to an
     // address no VIP has passes after one bit test, before the flow hash.
-    // A QUIC VIP's packet goes by the server ID in its connection ID when
-    // it names a live backend, before the connection table.
-    let start = if flow.opens {
-        Start::Syn
+    let (looked_up, tracked) = if flow.opens {
+        (None, None)
     } else {
         if !VIP_FILTER
             .get(0)
@@ -634,55 +649,24 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
         let Some(config) = CONFIG.get(0) else {
             return discard(Reason::DropNoBackend);
         };
-        match by_server_id(ctx, flow, trace) {
-            Some((routed, backend_id, backend)) => {
-                Start::Routed(routed, backend_id, backend, config)
-            }
-            None => {
-                let place = locate(&flow.key, config);
-                let tracked = tracked_flow(&place, flow, config);
-                Start::Located(place, config, tracked)
-            }
-        }
+        let place = locate(&flow.key, config);
+        let tracked = tracked_flow(&place, flow, config);
+        (Some((place, config)), tracked)
     };
-    // A packet routed by its server ID and one of an established flow
-    // meet the same checks (one call site of the admission check: the
-    // verifier walks it once for both).
-    let established = match start {
-        // Its tally hidden from the verifier, so that it walks the rest
-        // once for both (a known 0 would be a state of its own).
-        Start::Routed(Routed { vip, hash }, backend_id, backend, config) => Some((
-            (vip.vip_id, backend_id, backend),
-            (core::hint::black_box(0), hash, config),
-            TRACE_VIA_QUIC,
-        )),
-        Start::Located(place, config, Some((vip_id, backend_id, backend, tally))) => {
+    let (vip_id, backend_id, backend, tally, hash, config) = match (tracked, looked_up) {
+        (Some((vip_id, backend_id, backend, tally)), Some((place, config))) => {
             count(Reason::ConnHit);
-            let tally = tally | new_flow_tally(flow, Via::Connection);
-            Some((
-                (vip_id, backend_id, backend),
-                (tally, place.hash, config),
-                TRACE_VIA_CONNECTION,
-            ))
-        }
-        _ => None,
-    };
-    let (vip_id, backend_id, backend, tally, hash, config) = match (established, start) {
-        (Some(((vip_id, backend_id, backend), (tally, hash, config), via)), _) => {
-            trace_choice(trace, vip_id, backend_id, via, (0, 0));
+            trace_choice(trace, vip_id, backend_id, TRACE_VIA_CONNECTION, (0, 0));
             if config.admission != 0 {
                 let list = table_id(u32::from(config.bank), vip_id);
                 if let Some(verdict) = admission(&flow.key, vip_id, list, false) {
                     return verdict;
                 }
             }
-            (vip_id, backend_id, backend, tally, hash, config)
+            let tally = tally | new_flow_tally(flow, Via::Connection);
+            (vip_id, backend_id, backend, tally, place.hash, config)
         }
-        (None, start) => {
-            let looked_up = match start {
-                Start::Located(place, config, _) => Some((place, config)),
-                _ => None,
-            };
+        (_, looked_up) => {
             let Some(vip) = lookup_vip(&flow.key) else {
                 return pass(Reason::PassNotVip);
             };
@@ -727,6 +711,21 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             (vip_id, backend_id, backend, tally, place.hash, config)
         }
     };
+    deliver(ctx, flow, (vip_id, backend_id, backend), (tally, hash, config), trace)
+}
+
+/// Sends a packet of `flow` to the backend chosen for it (its VIP, its
+/// slot and the slot's value), counting its `TALLY_*` bits `tally`: its
+/// MACs rewritten, or handed to the encapsulation program (which spreads
+/// by `hash`).
+#[inline(always)]
+fn deliver(
+    ctx: &XdpContext,
+    flow: &Flow,
+    (vip_id, backend_id, backend): (u32, u32, &Backend),
+    (tally, hash, config): (Tally, u64, &DataplaneConfig),
+    trace: Trace,
+) -> Verdict {
     if flow.icmp {
         count(Reason::IcmpToBackend);
     }

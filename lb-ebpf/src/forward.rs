@@ -5,8 +5,7 @@
 //! DSR), or handed to the encapsulation program with a job.
 
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, EncapJob, FORWARD_L2_DSR, FlowKey, JOB_TRACED, QuicRoute,
-    TALLY_NEW_FLOW, Tally, VIP_INDEX_SLOTS, VIP_SLOT_ADMIT, VIP_SLOT_QUIC, VIP_SLOT_USED, VipKey,
+    BACKEND_ACTIVE, Backend, EncapJob, FORWARD_L2_DSR, FlowKey, JOB_TRACED, TALLY_NEW_FLOW, Tally, VIP_INDEX_SLOTS, VIP_SLOT_ADMIT, VIP_SLOT_QUIC, VIP_SLOT_USED, VipKey,
     VipSlot,
 };
 
@@ -41,9 +40,8 @@ pub struct Vip {
     pub table_size: u32,
     /// Whether its `Admission` has flags (`VIP_SLOT_ADMIT`).
     pub admits: bool,
-    /// Where its servers put their ID in a QUIC connection ID, when it
-    /// routes QUIC by it (`VIP_SLOT_QUIC`).
-    pub quic: Option<QuicRoute>,
+    /// Whether it routes QUIC by connection ID (`VIP_SLOT_QUIC`).
+    pub quic: bool,
 }
 
 /// What one slot of the VIP index says about a key.
@@ -74,7 +72,7 @@ pub fn probe(slot: &VipSlot, key: &VipKey) -> Probe {
             table_id: slot.table_id,
             table_size: slot.table_size,
             admits: slot.flags & VIP_SLOT_ADMIT != 0,
-            quic: (slot.flags & VIP_SLOT_QUIC != 0).then_some(slot.quic),
+            quic: slot.flags & VIP_SLOT_QUIC != 0,
         })
     } else {
         Probe::Occupied
@@ -211,28 +209,20 @@ mod tests {
             flags: VIP_SLOT_USED,
             table_id: 1031,
             table_size: 251,
-            quic: QuicRoute::default(),
         };
         let vip = Vip {
             vip_id: 7,
             table_id: 1031,
             table_size: 251,
             admits: false,
-            quic: None,
+            quic: false,
         };
         let admitting = VipSlot {
             flags: VIP_SLOT_USED | VIP_SLOT_ADMIT,
             ..slot
         };
-        let route = QuicRoute {
-            config_id: 2,
-            offset: 1,
-            len: 4,
-            pad: 0,
-        };
         let quic = VipSlot {
             flags: VIP_SLOT_USED | VIP_SLOT_QUIC,
-            quic: route,
             ..slot
         };
         let rows = [
@@ -248,15 +238,7 @@ mod tests {
             (
                 "the key's VIP, routing QUIC by server ID",
                 quic,
-                Probe::Found(Vip {
-                    quic: Some(route),
-                    ..vip
-                }),
-            ),
-            (
-                "the key's VIP, a route without the flag",
-                VipSlot { quic: route, ..slot },
-                Probe::Found(vip),
+                Probe::Found(Vip { quic: true, ..vip }),
             ),
             ("an empty slot", VipSlot { flags: 0, ..slot }, Probe::Vacant),
             (

@@ -26,7 +26,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use balancer::{
-    BACKEND_STATS, CONFIG, ENCAP_JOBS, TAIL_CALLS, Trace, VIP_STATS, add_traffic, count, process,
+    BACKEND_STATS, CONFIG, ENCAP_JOBS, QUIC_JOBS, TAIL_CALLS, Trace, VIP_STATS, add_traffic,
+    count, process, quic_process,
 };
 use lb_common::maps::{
     JOB_TRACED, Reason, TAIL_TRACE, TAIL_TRACED, TALLY_ALL, TRACE_ANY_VIP, TraceControl,
@@ -83,6 +84,29 @@ pub fn fulcrum_traced(ctx: XdpContext) -> u32 {
     verdict.action
 }
 
+/// The path of a QUIC VIP's packet, tail-called by `fulcrum_xdp` or
+/// `fulcrum_traced` with its flow in `QUIC_JOBS`: a program of its own,
+/// so that the verifier walks its paths apart from the main program's
+/// (whose flow it takes as one, not as each way a header walk found it).
+#[xdp]
+pub fn fulcrum_quic(ctx: XdpContext) -> u32 {
+    let Some(job) = QUIC_JOBS.get(0) else {
+        count(Reason::DropNoBackend);
+        return xdp_action::XDP_DROP;
+    };
+    let trace = if job.traced != 0 {
+        TRACE_JOBS.get_ptr_mut(0)
+    } else {
+        None
+    };
+    let verdict = quic_process(&ctx, job, trace);
+    count(verdict.reason);
+    if let Some(job) = trace {
+        hand_to_trace(&ctx, job, &verdict);
+    }
+    verdict.action
+}
+
 /// `TRACE_JOBS`' entry, cleared for a new packet.
 #[inline(always)]
 fn trace_job() -> Trace {
@@ -96,6 +120,7 @@ fn trace_job() -> Trace {
         (*job).backend_id = 0;
         (*job).slot = 0;
         (*job).table_id = 0;
+        (*job).quic = 0;
     }
     Some(job)
 }

@@ -21,7 +21,9 @@ const LONG_HEADER: u8 = 0x80;
 #[inline(always)]
 fn udp_header<F: Frame + ?Sized>(frame: &F, flow: &Flow) -> Option<usize> {
     if flow.key.family == FAMILY_IPV4 {
-        let [vihl] = *frame.header::<[u8; 1]>(flow.l3)?;
+        // Two bytes, not one: LLVM turns a one-byte bound into `>=`,
+        // which leaves the verifier a range of nothing.
+        let [vihl, _] = *frame.header::<[u8; 2]>(flow.l3)?;
         Some(flow.l3 + ipv4_header_len(vihl)?)
     } else {
         Some(flow.l3 + Ipv6Hdr::LEN)

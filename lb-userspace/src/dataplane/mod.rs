@@ -32,7 +32,7 @@ pub use lb_common::maps::table_id;
 use lb_common::maps::{
     AdmissionCounters, BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS,
     FlowKey, FlowMeta, FlowWays, LAYOUT_VERSION, MAX_BACKENDS, Meta, TABLE_BANKS,
-    TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_TRACE, TAIL_TRACED, TrafficCounters,
+    TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_QUIC, TAIL_TRACE, TAIL_TRACED, TrafficCounters,
     QUIC_FILTER, QuicCounters, VIP_INDEX_SLOTS, VIP_SLOT_QUIC, VIP_SLOT_USED, VipFilter, VipSlot,
     names,
 };
@@ -380,6 +380,7 @@ impl Dataplane {
             ),
             (TAIL_TRACE, names::TRACE_PROGRAM, "the trace program"),
             (TAIL_TRACED, names::TRACED_PROGRAM, "the traced path"),
+            (TAIL_QUIC, names::QUIC_PROGRAM, "the QUIC path"),
         ] {
             let program = Self::xdp_named(ebpf, name)?;
             let program_error = |doing: String| {

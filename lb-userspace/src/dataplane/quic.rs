@@ -1,12 +1,13 @@
-//! The QUIC VIPs' server IDs as the kernel holds them (`QUIC_SERVERS`),
-//! bank by bank: each key names the VIP's table id, so an apply writes
-//! the bank not in use and the commit makes it live with the tables.
-//! Only what differs from what the bank held is written.
+//! The QUIC VIPs' routing as the kernel holds it, bank by bank: where
+//! each VIP's servers put their ID (`QUIC_ROUTES`, by table id) and the
+//! IDs (`QUIC_SERVERS`, each key naming the VIP's table id), so an apply
+//! writes the bank not in use and the commit makes it live with the
+//! tables. Only what differs from what the bank held is written.
 
 use std::collections::HashMap;
 
-use aya::maps::HashMap as BpfHashMap;
-use lb_common::maps::{MAX_VIPS, QUIC_WINDOW, QuicServerKey, TABLE_BANKS, names};
+use aya::maps::{Array, HashMap as BpfHashMap};
+use lb_common::maps::{MAX_VIPS, QUIC_WINDOW, QuicRoute, QuicServerKey, TABLE_BANKS, names};
 
 use super::{Dataplane, Result, map_err, state::DesiredState, table_id};
 use crate::config::ServerId;
@@ -89,6 +90,15 @@ impl Dataplane {
             }
         }
         self.quic_servers = Some(held);
+        let mut routes: Array<_, QuicRoute> = Array::try_from(self.map_mut(names::QUIC_ROUTES)?)
+            .map_err(map_err(names::QUIC_ROUTES))?;
+        for vip in &state.vips {
+            if let Some(quic) = &vip.quic {
+                routes
+                    .set(table_id(bank, vip.vip_id), quic.route(), 0)
+                    .map_err(map_err(names::QUIC_ROUTES))?;
+            }
+        }
         Ok(())
     }
 

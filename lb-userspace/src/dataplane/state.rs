@@ -8,7 +8,7 @@ use lb_common::{
     flow_hash::{FlowSeed, flow_hash, table_slot},
     maps::{
         BACKEND_ACTIVE, Backend, FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_VIPS, PROTO_TCP, PROTO_UDP,
-        QuicRoute, VIP_SLOT_ADMIT, VIP_SLOT_QUIC, VipKey, VipSlot,
+        VIP_SLOT_ADMIT, VIP_SLOT_QUIC, VipKey, VipSlot,
     },
 };
 
@@ -400,10 +400,6 @@ impl VipState {
             flags: admit | quic,
             table_id: super::table_id(bank, self.vip_id),
             table_size: self.table.table.len() as u32,
-            quic: self
-                .quic
-                .as_ref()
-                .map_or_else(QuicRoute::default, QuicConfig::route),
         }
     }
 
