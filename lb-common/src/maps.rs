@@ -282,6 +282,11 @@ pub const TAIL_TRACED: u32 = 2;
 /// `TAIL_CALLS` index of the QUIC program: the path of a QUIC VIP's
 /// packets, which tries the server ID first.
 pub const TAIL_QUIC: u32 = 3;
+/// `TAIL_CALLS` index of the XDP program itself, which the QUIC program
+/// hands back a packet that its server ID does not route.
+pub const TAIL_MAIN: u32 = 4;
+/// How many `TAIL_CALLS` entries there are.
+pub const TAIL_SLOTS: u32 = 5;
 
 /// What `fulcrum_xdp` tells `fulcrum_quic` about the UDP packet it hands
 /// over (its flow; a UDP packet neither opens, closes nor resets one).
@@ -294,8 +299,10 @@ pub struct QuicJob {
     pub l3: u16,
     /// 1 when the trace job holds its decision so far.
     pub traced: u8,
-    /// Reserved; zero.
-    pub pad: u8,
+    /// 1 when the QUIC program hands the packet back for the 4-tuple
+    /// path. The XDP program clears it as it reads it, so that it hands
+    /// over the same packet only once.
+    pub fallback: u8,
 }
 
 /// `TraceControl::vip_id` that matches every VIP (and traffic of none).
@@ -1384,7 +1391,8 @@ pub mod names {
     /// `Array<DataplaneConfig>` with one entry.
     pub const CONFIG: &str = "CONFIG";
     /// `ProgramArray`: the programs the XDP program tail-calls
-    /// (`TAIL_ENCAP`, `TAIL_TRACE`, `TAIL_TRACED`, `TAIL_QUIC`).
+    /// (`TAIL_ENCAP`, `TAIL_TRACE`, `TAIL_TRACED`, `TAIL_QUIC`,
+    /// `TAIL_MAIN`).
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
     /// `PerCpuArray<EncapJob>` with one entry.
     pub const ENCAP_JOBS: &str = "ENCAP_JOBS";

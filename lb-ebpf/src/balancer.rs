@@ -20,9 +20,10 @@ use lb_common::{
         Admission, AdmissionCounters, AdmissionDrop, BPF_F_MMAPABLE, Backend, CONN_TABLE_SETS,
         DataplaneConfig, EncapJob, FAMILY_IPV4, FlowEntry, FlowKey, FlowMeta, FlowWays,
         LOOKUP_TABLE_IDS, MAX_BACKENDS, MAX_QUIC_SERVERS, MAX_SOURCE_RULES, MAX_VIPS, PROTO_UDP,
-        QUIC_FILTER, QuicCounters, QuicJob, QuicOutcome, QuicRoute, QuicServerKey, Rate, Reason, SOURCE_BUCKET_ROWS,
-        SOURCE_RULE_SLOTS, SourceRule, SourceV4, SourceV6, TABLE_BANKS, TABLE_MAP_FLAGS, TAIL_ENCAP,
-        TAIL_QUIC, TRACE_VIA_CONNECTION, TRACE_VIA_QUIC, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
+        QUIC_FILTER, QuicCounters, QuicJob, QuicOutcome, QuicRoute, QuicServerKey, Rate, Reason,
+        SOURCE_BUCKET_ROWS, SOURCE_RULE_SLOTS, SourceRule, SourceV4, SourceV6, TABLE_BANKS,
+        TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_MAIN, TAIL_QUIC, TAIL_SLOTS, TAIL_TRACED,
+        TRACE_VIA_CONNECTION, TRACE_VIA_QUIC, TRACE_VIA_TABLE, Tally, TraceEvent, TrafficCounters,
         VIP_INDEX_MAX_PROBES, VIP_INDEX_SLOTS, VipBuckets, VipFilter, VipKey, VipSlot, WayWord,
         table_id,
     },
@@ -154,9 +155,10 @@ static QUIC_STATS: PerCpuArray<QuicCounters, { MAX_VIPS as usize }> = PerCpuArra
 
 /// The programs `fulcrum_xdp` tail-calls, which `fulcrum` puts here:
 /// `fulcrum_encap` at `TAIL_ENCAP`, `fulcrum_trace` at `TAIL_TRACE`,
-/// `fulcrum_traced` at `TAIL_TRACED`, `fulcrum_quic` at `TAIL_QUIC`.
+/// `fulcrum_traced` at `TAIL_TRACED`, `fulcrum_quic` at `TAIL_QUIC`,
+/// and `fulcrum_xdp` itself at `TAIL_MAIN`.
 #[btf_map]
-pub static TAIL_CALLS: ProgramArray<4> = ProgramArray::new();
+pub static TAIL_CALLS: ProgramArray<{ TAIL_SLOTS as usize }> = ProgramArray::new();
 
 /// What `fulcrum_xdp` tells `fulcrum_encap` about the packet it hands over.
 #[btf_map]
@@ -524,9 +526,10 @@ fn table_backend(hash: u64, vip: &Vip) -> Option<(u32, u32, &'static Backend)> {
 }
 
 /// Hands a UDP packet of `flow` to a QUIC VIP's address to the QUIC
-/// program (tail call): other packets pay one bit test. Returns only when
-/// the packet is not for it (or the program is not loaded), and the path
-/// goes on as for any UDP flow.
+/// program (tail call): other packets pay one bit test. Returns when the
+/// packet is not for it, when the QUIC program handed it back (its
+/// server ID routes nowhere: the path goes on as for any UDP flow), or
+/// when the program is not loaded.
 #[inline(always)]
 fn to_quic(ctx: &XdpContext, flow: &Flow, trace: Trace) {
     if flow.key.proto != PROTO_UDP
@@ -540,13 +543,18 @@ fn to_quic(ctx: &XdpContext, flow: &Flow, trace: Trace) {
     let Some(job) = QUIC_JOBS.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: per-CPU slot, only this CPU uses it while we run; a tail
-    // call returns only if the slot is empty.
-    // Field by field: a whole value would be built on the stack first.
+    // SAFETY: per-CPU slot, only this CPU uses it while we run (and the
+    // QUIC program, which hands back to this one, before us).
     unsafe {
+        if (*job).fallback != 0 {
+            (*job).fallback = 0;
+            return;
+        }
+        // Field by field: a whole value would be built on the stack first.
         (*job).key = flow.key;
         (*job).l3 = flow.l3 as u16;
         (*job).traced = u8::from(trace.is_some());
+        // Returns only if the slot is empty.
         TAIL_CALLS.tail_call(ctx, TAIL_QUIC);
     }
 }
@@ -554,29 +562,30 @@ fn to_quic(ctx: &XdpContext, flow: &Flow, trace: Trace) {
 /// The path of a packet `fulcrum_xdp` handed over for a QUIC VIP's
 /// address (`job`), the trace job `trace` while tracing is on: the server
 /// ID in a short header's destination connection ID names its backend,
-/// checked like an established flow's; anything else goes the way of
-/// every UDP flow.
+/// checked like an established flow's; any other packet goes back to
+/// `fulcrum_xdp` (`fall_back`), the way of every UDP flow.
 #[inline(always)]
-pub fn quic_process(ctx: &XdpContext, job: &QuicJob, trace: Trace) -> Verdict {
+pub fn quic_process(ctx: &XdpContext, job: *mut QuicJob, trace: Trace) -> Verdict {
+    // SAFETY: per-CPU slot, only this CPU uses it while we run.
+    let (key, l3) = unsafe { ((*job).key, (*job).l3) };
     let flow = Flow {
-        key: job.key,
+        key,
         opens: false,
         closes: false,
         resets: false,
         icmp: false,
         // Bounded for the verifier, which reads the job as any number: an
         // IP header starts at 14 (18 behind a VLAN tag).
-        l3: usize::from(job.l3 & 0x3f),
+        l3: usize::from(l3 & 0x3f),
     };
     let Some(config) = CONFIG.get(0) else {
         return discard(Reason::DropNoBackend);
     };
-    let Some(vip) = lookup_vip(&flow.key) else {
-        return forward(ctx, &flow, trace);
+    let Some(vip) = lookup_vip(&flow.key).filter(|vip| vip.quic) else {
+        return fall_back(ctx, job, trace.is_some());
     };
-    let route = match QUIC_ROUTES.get(vip.table_id) {
-        Some(route) if vip.quic => route,
-        _ => return forward(ctx, &flow, trace),
+    let Some(route) = QUIC_ROUTES.get(vip.table_id) else {
+        return fall_back(ctx, job, trace.is_some());
     };
     let found = server_id(ctx, &flow, route).and_then(|id| {
         let key = QuicServerKey {
@@ -599,14 +608,22 @@ pub fn quic_process(ctx: &XdpContext, job: &QuicJob, trace: Trace) -> Verdict {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { (*counters).packets[outcome as usize] += 1 };
     }
+    // Kept through a fallback: `fulcrum_trace` clears it once reported.
     if let Some(job) = trace {
         // SAFETY: per-CPU slot, only this CPU uses it while we run.
         unsafe { (*job).quic = outcome as u32 + 1 };
     }
     let Ok((backend_id, backend)) = found else {
-        return forward(ctx, &flow, trace);
+        return fall_back(ctx, job, trace.is_some());
     };
-    trace_choice(trace, vip.vip_id, backend_id, TRACE_VIA_QUIC, (0, vip.table_id));
+    trace_flow(trace, &flow);
+    trace_choice(
+        trace,
+        vip.vip_id,
+        backend_id,
+        TRACE_VIA_QUIC,
+        (0, vip.table_id),
+    );
     if vip.admits
         && let Some(verdict) = admission(&flow.key, vip.vip_id, vip.table_id, false)
     {
@@ -618,12 +635,35 @@ pub fn quic_process(ctx: &XdpContext, job: &QuicJob, trace: Trace) -> Verdict {
     } else {
         0
     };
-    deliver(ctx, &flow, (vip.vip_id, backend_id, backend), (0, hash, config), trace)
+    deliver(
+        ctx,
+        &flow,
+        (vip.vip_id, backend_id, backend),
+        (0, hash, config),
+        trace,
+    )
 }
 
-/// The path of a parsed packet of `flow`.
+/// Hands the packet of `job` back to the path that handed it over
+/// (`fulcrum_traced` when `traced`, else `fulcrum_xdp`; tail call), marked
+/// so that it takes the 4-tuple path this time. Returns the drop verdict
+/// only if that program is not in its slot.
 #[inline(always)]
-fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
+fn fall_back(ctx: &XdpContext, job: *mut QuicJob, traced: bool) -> Verdict {
+    let slot = if traced { TAIL_TRACED } else { TAIL_MAIN };
+    // SAFETY: per-CPU slot, only this CPU uses it while we run; a tail
+    // call returns only if the slot is empty.
+    unsafe {
+        (*job).fallback = 1;
+        TAIL_CALLS.tail_call(ctx, slot);
+        (*job).fallback = 0;
+    }
+    discard(Reason::DropNoBackend)
+}
+
+/// Records the flow in the traced decision.
+#[inline(always)]
+fn trace_flow(trace: Trace, flow: &Flow) {
     if let Some(job) = trace {
         // SAFETY: per-CPU slot, only this CPU uses it while we run.
         unsafe {
@@ -631,6 +671,12 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             (*job).has_flow = 1;
         }
     }
+}
+
+/// The path of a parsed packet of `flow`.
+#[inline(always)]
+fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
+    trace_flow(trace, flow);
     // An established flow is found by its 5-tuple alone: the entry names its
     // VIP, and a backend slot is honoured only while it serves that VIP, so
     // the VIP probe is needed only for SYNs and connection-table misses. A
@@ -711,7 +757,13 @@ fn forward(ctx: &XdpContext, flow: &Flow, trace: Trace) -> Verdict {
             (vip_id, backend_id, backend, tally, place.hash, config)
         }
     };
-    deliver(ctx, flow, (vip_id, backend_id, backend), (tally, hash, config), trace)
+    deliver(
+        ctx,
+        flow,
+        (vip_id, backend_id, backend),
+        (tally, hash, config),
+        trace,
+    )
 }
 
 /// Sends a packet of `flow` to the backend chosen for it (its VIP, its

@@ -5,8 +5,8 @@
 //! DSR), or handed to the encapsulation program with a job.
 
 use lb_common::maps::{
-    BACKEND_ACTIVE, Backend, EncapJob, FORWARD_L2_DSR, FlowKey, JOB_TRACED, TALLY_NEW_FLOW, Tally, VIP_INDEX_SLOTS, VIP_SLOT_ADMIT, VIP_SLOT_QUIC, VIP_SLOT_USED, VipKey,
-    VipSlot,
+    BACKEND_ACTIVE, Backend, EncapJob, FORWARD_L2_DSR, FlowKey, JOB_TRACED, TALLY_NEW_FLOW, Tally,
+    VIP_INDEX_SLOTS, VIP_SLOT_ADMIT, VIP_SLOT_QUIC, VIP_SLOT_USED, VipKey, VipSlot,
 };
 
 use crate::parse::Flow;

@@ -26,8 +26,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use balancer::{
-    BACKEND_STATS, CONFIG, ENCAP_JOBS, QUIC_JOBS, TAIL_CALLS, Trace, VIP_STATS, add_traffic,
-    count, process, quic_process,
+    BACKEND_STATS, CONFIG, ENCAP_JOBS, QUIC_JOBS, TAIL_CALLS, Trace, VIP_STATS, add_traffic, count,
+    process, quic_process,
 };
 use lb_common::maps::{
     JOB_TRACED, Reason, TAIL_TRACE, TAIL_TRACED, TALLY_ALL, TRACE_ANY_VIP, TraceControl,
@@ -85,16 +85,19 @@ pub fn fulcrum_traced(ctx: XdpContext) -> u32 {
 }
 
 /// The path of a QUIC VIP's packet, tail-called by `fulcrum_xdp` or
-/// `fulcrum_traced` with its flow in `QUIC_JOBS`: a program of its own,
-/// so that the verifier walks its paths apart from the main program's
-/// (whose flow it takes as one, not as each way a header walk found it).
+/// `fulcrum_traced` with its flow in `QUIC_JOBS`: it routes a short
+/// header by its server ID and hands any other packet back to
+/// `fulcrum_xdp`. A program of its own, so that the verifier walks its
+/// paths apart from the main program's (whose flow it takes as one, not
+/// as each way a header walk found it).
 #[xdp]
 pub fn fulcrum_quic(ctx: XdpContext) -> u32 {
-    let Some(job) = QUIC_JOBS.get(0) else {
+    let Some(job) = QUIC_JOBS.get_ptr_mut(0) else {
         count(Reason::DropNoBackend);
         return xdp_action::XDP_DROP;
     };
-    let trace = if job.traced != 0 {
+    // SAFETY: per-CPU slot, only this CPU uses it while we run.
+    let trace = if unsafe { (*job).traced } != 0 {
         TRACE_JOBS.get_ptr_mut(0)
     } else {
         None
@@ -107,7 +110,8 @@ pub fn fulcrum_quic(ctx: XdpContext) -> u32 {
     verdict.action
 }
 
-/// `TRACE_JOBS`' entry, cleared for a new packet.
+/// `TRACE_JOBS`' entry, cleared for a new packet (but for `quic`, which
+/// `fulcrum_trace` clears).
 #[inline(always)]
 fn trace_job() -> Trace {
     let job = TRACE_JOBS.get_ptr_mut(0)?;
@@ -120,7 +124,6 @@ fn trace_job() -> Trace {
         (*job).backend_id = 0;
         (*job).slot = 0;
         (*job).table_id = 0;
-        (*job).quic = 0;
     }
     Some(job)
 }
@@ -149,6 +152,9 @@ pub fn fulcrum_trace(ctx: XdpContext) -> u32 {
     // SAFETY: per-CPU slot, only this CPU uses it while we run.
     let job = unsafe { &mut *job };
     trace::report(&ctx, job);
+    // Not cleared with the rest for each packet: the QUIC program sets
+    // it before it hands a packet back to the main path.
+    job.quic = 0;
     job.action
 }
 

@@ -41,9 +41,7 @@ pub fn server_id<F: Frame + ?Sized>(
     route: &QuicRoute,
 ) -> Result<[u8; QUIC_WINDOW], QuicOutcome> {
     let l4 = udp_header(frame, flow).ok_or(QuicOutcome::Truncated)?;
-    let udp = frame
-        .header::<UdpHdr>(l4)
-        .ok_or(QuicOutcome::Truncated)?;
+    let udp = frame.header::<UdpHdr>(l4).ok_or(QuicOutcome::Truncated)?;
     let end = l4 + usize::from(u16::from_be_bytes(udp.len));
     let payload = l4 + UdpHdr::LEN;
     if payload + 2 > end {
@@ -134,8 +132,16 @@ mod tests {
         };
         for family in [FAMILY_IPV4, FAMILY_IPV6] {
             let rows: [(&str, Vec<u8>, Result<[u8; QUIC_WINDOW], QuicOutcome>); 8] = [
-                ("short header", frame(family, &short(0x07)), Ok(id(&[0x0a, 0x0b]))),
-                ("long header", frame(family, &long), Err(QuicOutcome::LongHeader)),
+                (
+                    "short header",
+                    frame(family, &short(0x07)),
+                    Ok(id(&[0x0a, 0x0b])),
+                ),
+                (
+                    "long header",
+                    frame(family, &long),
+                    Err(QuicOutcome::LongHeader),
+                ),
                 (
                     "unroutable codepoint",
                     frame(family, &short(0xe7)),
@@ -146,8 +152,16 @@ mod tests {
                     frame(family, &short(0x27)),
                     Err(QuicOutcome::OtherConfig),
                 ),
-                ("empty datagram", frame(family, &[]), Err(QuicOutcome::Truncated)),
-                ("one byte", frame(family, &[0x40]), Err(QuicOutcome::Truncated)),
+                (
+                    "empty datagram",
+                    frame(family, &[]),
+                    Err(QuicOutcome::Truncated),
+                ),
+                (
+                    "one byte",
+                    frame(family, &[0x40]),
+                    Err(QuicOutcome::Truncated),
+                ),
                 (
                     "cut before the window ends",
                     frame(family, &short(0x07)[..1 + 1 + QUIC_WINDOW - 1]),
@@ -187,7 +201,11 @@ mod tests {
             ..ROUTE
         };
         assert_eq!(
-            server_id(&frame(FAMILY_IPV4, &short(0x27))[..], &flow(FAMILY_IPV4), &other_config),
+            server_id(
+                &frame(FAMILY_IPV4, &short(0x27))[..],
+                &flow(FAMILY_IPV4),
+                &other_config
+            ),
             Ok(id(&[0x0a, 0x0b]))
         );
     }

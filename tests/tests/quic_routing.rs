@@ -85,9 +85,8 @@ fn initial(id: [u8; 2]) -> Vec<u8> {
 fn apply(fixture: &mut Fixture, text: &str, down: &[(String, std::net::SocketAddr)]) {
     let mut config = Config::parse(text).expect("test config parses");
     config.take_down(down);
-    let mut next =
-        DesiredState::build_from(&config, Some(&fixture.state), |b| Ok(b.mac.unwrap()))
-            .expect("test config builds");
+    let mut next = DesiredState::build_from(&config, Some(&fixture.state), |b| Ok(b.mac.unwrap()))
+        .expect("test config builds");
     next.mark_down(down);
     fixture.dataplane.install(&next).expect("installs");
     fixture.state = next;
@@ -148,14 +147,18 @@ fn a_short_header_reaches_its_server_from_any_address() {
         spread.insert(hashed(&fixture, &frame));
         assert_eq!(sent_to(&mut fixture, &frame), "b2", "port {port}");
     }
-    assert_eq!(spread.len(), 3, "the 4-tuples alone would spread: {spread:?}");
+    assert_eq!(
+        spread.len(),
+        3,
+        "the 4-tuples alone would spread: {spread:?}"
+    );
     assert_eq!(counted(&fixture, "q4", QuicOutcome::Routed), 64);
     let b1 = Frame::udp(&from(40000), Q4).payload(&short(0x07, [0x0a, 0x01]));
     assert_eq!(sent_to(&mut fixture, &b1), "b1");
     // IPv6, under codepoint 1.
     for port in [5000, 6000, 7000] {
-        let frame = Frame::udp(&format!("[2001:2:7::1]:{port}"), Q6)
-            .payload(&short(0x27, [0x0b, 0x07]));
+        let frame =
+            Frame::udp(&format!("[2001:2:7::1]:{port}"), Q6).payload(&short(0x27, [0x0b, 0x07]));
         assert_eq!(sent_to(&mut fixture, &frame), "b7");
     }
     assert_eq!(counted(&fixture, "q6", QuicOutcome::Routed), 3);
@@ -168,7 +171,11 @@ fn a_short_header_reaches_its_server_from_any_address() {
         })
         .expect("some port hashes to b1");
     let pinned = Frame::udp(&from(port), Q4).payload(&initial([0x0a, 0x01]));
-    assert_eq!(sent_to(&mut fixture, &pinned), "b1", "the Initial's 4-tuple");
+    assert_eq!(
+        sent_to(&mut fixture, &pinned),
+        "b1",
+        "the Initial's 4-tuple"
+    );
     let named = Frame::udp(&from(port), Q4).payload(&short(0x07, [0x0a, 0x02]));
     assert_eq!(sent_to(&mut fixture, &named), "b2");
 }
@@ -179,7 +186,12 @@ fn what_names_no_server_goes_by_the_four_tuple_and_is_counted() {
     let mut cut = short(0x07, [0x0a, 0x02]);
     cut.truncate(1 + 1 + 16 - 1);
     let rows: [(&str, &str, Vec<u8>, QuicOutcome); 7] = [
-        ("a long header", Q4, initial([0x0a, 0x02]), QuicOutcome::LongHeader),
+        (
+            "a long header",
+            Q4,
+            initial([0x0a, 0x02]),
+            QuicOutcome::LongHeader,
+        ),
         (
             "an unknown server ID",
             Q4,
@@ -198,7 +210,12 @@ fn what_names_no_server_goes_by_the_four_tuple_and_is_counted() {
             short(0x47, [0x0a, 0x02]),
             QuicOutcome::OtherConfig,
         ),
-        ("a datagram too short for an ID", Q4, cut, QuicOutcome::Truncated),
+        (
+            "a datagram too short for an ID",
+            Q4,
+            cut,
+            QuicOutcome::Truncated,
+        ),
         ("an empty datagram", Q4, Vec::new(), QuicOutcome::Truncated),
         (
             "IPv6, codepoint 0 where the VIP's is 1",
@@ -246,7 +263,9 @@ fn what_names_no_server_goes_by_the_four_tuple_and_is_counted() {
         .udp_length(200);
     assert_eq!(sent_to(&mut fixture, &bad), "XDP_DROP");
     assert_eq!(
-        fixture.snapshot().reason_delta(&before, Reason::DropMalformed),
+        fixture
+            .snapshot()
+            .reason_delta(&before, Reason::DropMalformed),
         1
     );
 }
@@ -258,7 +277,10 @@ fn a_down_server_and_a_changed_id_follow_the_apply() {
     assert_eq!(sent_to(&mut fixture, &named(46000, [0x0a, 0x02])), "b2");
     // b2 found dead: its ID no longer routes, its packets are hashed over
     // the live backends, and counted as a down server's.
-    let down = vec![("198.18.0.120:443/udp".to_string(), "198.18.1.2:443".parse().unwrap())];
+    let down = vec![(
+        "198.18.0.120:443/udp".to_string(),
+        "198.18.1.2:443".parse().unwrap(),
+    )];
     apply(&mut fixture, &config("0a02"), &down);
     for port in 46000..46016 {
         let frame = named(port, [0x0a, 0x02]);
@@ -272,7 +294,10 @@ fn a_down_server_and_a_changed_id_follow_the_apply() {
     assert_eq!(sent_to(&mut fixture, &named(46100, [0x0a, 0x09])), "b2");
     let before = counted(&fixture, "q4", QuicOutcome::UnknownServer);
     sent_to(&mut fixture, &named(46100, [0x0a, 0x02]));
-    assert_eq!(counted(&fixture, "q4", QuicOutcome::UnknownServer), before + 1);
+    assert_eq!(
+        counted(&fixture, "q4", QuicOutcome::UnknownServer),
+        before + 1
+    );
     // And back to the first ID, over what that bank held.
     apply(&mut fixture, &config("0a02"), &[]);
     assert_eq!(sent_to(&mut fixture, &named(46200, [0x0a, 0x02])), "b2");

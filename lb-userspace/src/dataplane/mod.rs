@@ -31,10 +31,10 @@ use counters::{CounterReader, Counters};
 pub use lb_common::maps::table_id;
 use lb_common::maps::{
     AdmissionCounters, BACKEND_ACTIVE, Backend, CONN_TABLE_ENTRIES, DataplaneConfig, FLOW_WAYS,
-    FlowKey, FlowMeta, FlowWays, LAYOUT_VERSION, MAX_BACKENDS, Meta, TABLE_BANKS,
-    TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_QUIC, TAIL_TRACE, TAIL_TRACED, TrafficCounters,
-    QUIC_FILTER, QuicCounters, VIP_INDEX_SLOTS, VIP_SLOT_QUIC, VIP_SLOT_USED, VipFilter, VipSlot,
-    names,
+    FlowKey, FlowMeta, FlowWays, LAYOUT_VERSION, MAX_BACKENDS, Meta, QUIC_FILTER, QuicCounters,
+    TABLE_BANKS, TABLE_HEADER_SLOTS, TABLE_MAP_FLAGS, TAIL_ENCAP, TAIL_MAIN, TAIL_QUIC, TAIL_TRACE,
+    TAIL_TRACED, TrafficCounters, VIP_INDEX_SLOTS, VIP_SLOT_QUIC, VIP_SLOT_USED, VipFilter,
+    VipSlot, names,
 };
 use mmap::MappedArray;
 use sys::{BatchMap, SysError};
@@ -319,12 +319,7 @@ impl Dataplane {
             .map_max_entries(names::BACKENDS, backend_entries)
             .map_max_entries(names::BACKEND_STATS, backend_entries)
             .load(crate::EBPF_OBJECT)?;
-        let program = Self::xdp_program(&mut ebpf)?;
-        program.load().map_err(|source| DataplaneError::Program {
-            what: "verifying the XDP program".into(),
-            source,
-        })?;
-        Self::load_tail_calls(&mut ebpf)?;
+        Self::load_programs(&mut ebpf)?;
         let mut maps = HashMap::new();
         for name in names::OBJECT_MAPS {
             let map = ebpf.take_map(name).ok_or(DataplaneError::Missing(name))?;
@@ -368,11 +363,13 @@ impl Dataplane {
             })
     }
 
-    /// Loads the programs the XDP program tail-calls (encapsulation and
-    /// trace) and puts them in `TAIL_CALLS` (the entries outlive this
-    /// process while the map is pinned).
-    fn load_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+    /// Loads the XDP program and the programs it tail-calls (encapsulation,
+    /// trace, the traced path, QUIC) and puts each in `TAIL_CALLS` (the
+    /// QUIC program hands packets back to the XDP program; the entries
+    /// outlive this process while the map is pinned).
+    fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
         for (index, name, what) in [
+            (TAIL_MAIN, names::PROGRAM, "the XDP program"),
             (
                 TAIL_ENCAP,
                 names::ENCAP_PROGRAM,
@@ -650,7 +647,9 @@ impl Dataplane {
     fn set_vip_filter(&mut self, index: u32, filter: VipFilter) -> Result<()> {
         let mut array: Array<_, VipFilter> = Array::try_from(self.map_mut(names::VIP_FILTER)?)
             .map_err(map_err(names::VIP_FILTER))?;
-        array.set(index, filter, 0).map_err(map_err(names::VIP_FILTER))
+        array
+            .set(index, filter, 0)
+            .map_err(map_err(names::VIP_FILTER))
     }
 
     /// Installs a whole lookup table as table `table_id` in one atomic step

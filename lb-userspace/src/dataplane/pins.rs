@@ -282,14 +282,9 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
-        let program = Self::xdp_program(&mut ebpf)?;
-        program.load().map_err(|source| DataplaneError::Program {
-            what: "verifying the new XDP program against the pinned maps".into(),
-            source,
-        })?;
-        // The new encapsulation program first: the old XDP program hands
-        // it jobs of the same layout (the layout version says so).
-        Self::load_tail_calls(&mut ebpf)?;
+        // The new tail-called programs first: the old XDP program hands
+        // them jobs of the same layout (the layout version says so).
+        Self::load_programs(&mut ebpf)?;
         let program = Self::xdp_program(&mut ebpf)?;
         install(program)?;
         let id = program

@@ -393,7 +393,11 @@ impl VipState {
     /// Its slot of the VIP index, naming its table in `bank`.
     pub fn slot(&self, bank: u32) -> VipSlot {
         let admit = if self.admits() { VIP_SLOT_ADMIT } else { 0 };
-        let quic = if self.quic.is_some() { VIP_SLOT_QUIC } else { 0 };
+        let quic = if self.quic.is_some() {
+            VIP_SLOT_QUIC
+        } else {
+            0
+        };
         VipSlot {
             key: self.key,
             vip_id: self.vip_id,

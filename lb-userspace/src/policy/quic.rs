@@ -60,7 +60,11 @@ pub fn check(vip: &VipConfig, location: &str, problems: &mut Vec<Problem>) {
                 "server-id",
                 format!("{location} backend {}", backend.label()),
                 "server_id",
-                backend.server_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+                backend
+                    .server_id
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 "only a VIP with a [vip.quic] table routes by server ID",
             ));
         }
@@ -209,7 +213,11 @@ mod tests {
         assert_eq!(derived(a, 2), derived(a, 2), "the same everywhere");
         assert_ne!(derived(a, 4), derived(b, 4));
         assert_eq!(derived(a, 15).0.len(), 15);
-        assert_eq!(derived(a, 15).0[..2], derived(a, 2).0[..], "a longer ID extends");
+        assert_eq!(
+            derived(a, 15).0[..2],
+            derived(a, 2).0[..],
+            "a longer ID extends"
+        );
         let port: SocketAddr = "198.18.0.11:8443".parse().unwrap();
         assert_ne!(derived(a, 4), derived(port, 4), "the port is part of it");
     }
@@ -249,8 +257,14 @@ mod tests {
                 quic_vip(
                     "quic = { server_id_len = 2 }",
                     &THREE
-                        .replace("\"198.18.0.12\"\n", "\"198.18.0.12\"\nserver_id = \"0a0b\"\n")
-                        .replace("\"198.18.0.13\"\n", "\"198.18.0.13\"\nserver_id = \"0a0b\"\n"),
+                        .replace(
+                            "\"198.18.0.12\"\n",
+                            "\"198.18.0.12\"\nserver_id = \"0a0b\"\n",
+                        )
+                        .replace(
+                            "\"198.18.0.13\"\n",
+                            "\"198.18.0.13\"\nserver_id = \"0a0b\"\n",
+                        ),
                 ),
                 vec!["server-id-twin"],
             ),
@@ -258,7 +272,10 @@ mod tests {
                 "a server ID without [vip.quic]",
                 quic_vip(
                     "",
-                    &THREE.replace("\"198.18.0.12\"\n", "\"198.18.0.12\"\nserver_id = \"0a0b\"\n"),
+                    &THREE.replace(
+                        "\"198.18.0.12\"\n",
+                        "\"198.18.0.12\"\nserver_id = \"0a0b\"\n",
+                    ),
                 ),
                 vec!["server-id"],
             ),
@@ -285,7 +302,10 @@ mod tests {
             .map(|i| format!("[[vip.backend]]\naddress = \"198.18.0.{i}\"\n"))
             .collect();
         let crowded = codes(&quic_vip("quic = { server_id_len = 1 }", &many));
-        assert!(crowded.contains(&"server-id-twin".to_string()), "{crowded:?}");
+        assert!(
+            crowded.contains(&"server-id-twin".to_string()),
+            "{crowded:?}"
+        );
     }
 
     #[test]
