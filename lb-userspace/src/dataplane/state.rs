@@ -542,6 +542,7 @@ mod tests {
             weight: 1,
             mac: None,
             health_check: Default::default(),
+            server_id: None,
         });
         changed.vips.swap(0, 1);
         let next =

@@ -219,6 +219,27 @@ impl Scrape {
             }),
         )?;
         counter(
+            "vip_quic_packets",
+            "A QUIC VIP's UDP packets, by outcome: routed (by the server ID in a short header's \
+             connection ID), or the reason they went by the 4-tuple: long_header, unroutable \
+             (config codepoint 7), other_config (another config rotation codepoint), \
+             unknown_server (an ID no backend has), server_down (its backend is out of the \
+             table), truncated (no whole short header).",
+        )
+        .encode(
+            encoder,
+            self.report.vips.iter().flat_map(|v| {
+                v.quic.iter().flat_map(|quic| {
+                    quic.packets.iter().map(|(outcome, count)| {
+                        (
+                            [("vip", v.name.as_str()), ("outcome", outcome.as_str())],
+                            *count,
+                        )
+                    })
+                })
+            }),
+        )?;
+        counter(
             "source_rule_drops",
             "Packets a deny rule of the VIP dropped in XDP, by the rule's prefix (rules that \
              dropped nothing are left out).",
@@ -738,9 +759,12 @@ pub fn exposition(report: Report, facts: Facts) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::maps::Reason;
+    use std::collections::BTreeMap;
+
+    use lb_common::maps::{QuicOutcome, Reason};
 
     use super::*;
+    use crate::monitor::report::{QuicReport, VipReport};
 
     /// Every counter the kernel keeps, and so every one `status` shows, is
     /// exported: each reason's count (all different) is a sample's value.
@@ -768,5 +792,61 @@ mod tests {
                 reason.name()
             );
         }
+    }
+
+    /// A QUIC VIP's packets are exported by outcome, each its own count;
+    /// a VIP without QUIC routing exports none.
+    #[test]
+    fn a_quic_vips_packets_are_exported_by_outcome() {
+        let vip = |name: &str, quic| VipReport {
+            name: name.into(),
+            endpoint: String::new(),
+            packets: 0,
+            bytes: 0,
+            new_flows: 0,
+            refused: BTreeMap::new(),
+            rule_drops: BTreeMap::new(),
+            handshakes: Default::default(),
+            outliers: None,
+            flow_rate: 0.0,
+            imbalance_ratio: 0.0,
+            last_change: None,
+            health: None,
+            table_digest: String::new(),
+            announced: None,
+            quic,
+            backends: Vec::new(),
+        };
+        let packets: BTreeMap<String, u64> = QuicOutcome::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.name().to_string(), 500 + i as u64))
+            .collect();
+        let report = Report {
+            vips: vec![
+                vip(
+                    "h3",
+                    Some(QuicReport {
+                        packets,
+                        ..QuicReport::default()
+                    }),
+                ),
+                vip("dns", None),
+            ],
+            ..Report::default()
+        };
+        let text = exposition(report, Facts::default()).concat();
+        for (i, outcome) in QuicOutcome::ALL.iter().enumerate() {
+            let line = format!(
+                "fulcrum_vip_quic_packets_total{{vip=\"h3\",outcome=\"{}\"}} {}",
+                outcome.name(),
+                500 + i
+            );
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+        assert!(
+            !text.contains("vip_quic_packets_total{vip=\"dns\""),
+            "{text}"
+        );
     }
 }

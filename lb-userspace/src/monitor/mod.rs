@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::errors::Chain;
 use crate::{
     announce::AnnounceReport,
-    config::{Config, Imbalance, Outlier},
+    config::{Config, Imbalance, Outlier, QuicConfig},
     daemon::desk::Ramped,
     dataplane::{
         admission::DenyRule, clock::EpochClock, counted_ids, counters::CounterReader, pins::PinDir,
@@ -99,6 +99,8 @@ pub struct VipView {
     pub last_change: Option<LastChange>,
     /// Its table's digest.
     pub table_digest: String,
+    /// Where its QUIC servers put their server ID, for a QUIC VIP.
+    pub quic: Option<QuicConfig>,
 }
 
 /// One installed backend.
@@ -120,6 +122,8 @@ pub struct BackendView {
     pub socket: SocketAddr,
     /// Out of the table because its checks fail.
     pub down: bool,
+    /// Its QUIC server ID, in hex, on a QUIC VIP.
+    pub server_id: Option<String>,
 }
 
 impl View {
@@ -141,6 +145,7 @@ impl View {
                     table_digest: crate::group::spelt(crate::group::vip_digest(vip)),
                     endpoint,
                     vip_id: vip.vip_id,
+                    quic: vip.quic,
                     backends: vip
                         .backends
                         .iter()
@@ -154,6 +159,7 @@ impl View {
                             held_out: b.mac.0 == [0; 6],
                             socket: b.addr,
                             down: b.down,
+                            server_id: b.server_id.as_ref().map(ToString::to_string),
                         })
                         .collect(),
                 }

@@ -329,10 +329,12 @@ mod tests {
                         held_out: false,
                         socket: format!("198.18.1.{id}:80").parse().unwrap(),
                         down: false,
+                        server_id: None,
                     })
                     .collect(),
                 last_change: None,
                 table_digest: String::new(),
+                quic: None,
             }],
             counted: (n + 1, 2),
             rules: Vec::new(),

@@ -9,12 +9,13 @@ use std::{
     fmt::Write as _,
 };
 
-use lb_common::maps::{FLOW_WAYS, Reason, TrafficCounters};
+use lb_common::maps::{FLOW_WAYS, QuicCounters, QuicOutcome, Reason, TrafficCounters};
 use serde::{Deserialize, Serialize};
 
 use super::{Changes, LastChange, View, describe_change, outlier::Detector, window::Window};
 use crate::{
     announce::AnnounceReport,
+    config::QuicConfig,
     dataplane::{
         counters::Counters,
         flows::{Census, WayState},
@@ -191,8 +192,64 @@ pub struct VipReport {
     /// Whether its address is announced (`None`: announcing is off).
     #[serde(default)]
     pub announced: Option<bool>,
+    /// Its QUIC routing, on a QUIC VIP.
+    #[serde(default)]
+    pub quic: Option<QuicReport>,
     /// Per backend.
     pub backends: Vec<BackendReport>,
+}
+
+/// A QUIC VIP's routing by connection ID, as `status` shows it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct QuicReport {
+    /// The config rotation codepoint its servers' CIDs carry.
+    pub config_id: u8,
+    /// Where the server ID starts in the CID, in octets.
+    pub server_id_offset: u8,
+    /// The server ID's length in octets.
+    pub server_id_len: u8,
+    /// Its UDP packets by outcome: `routed` by their server ID, or the
+    /// reason they went by the 4-tuple (`QuicOutcome`'s names).
+    pub packets: BTreeMap<String, u64>,
+}
+
+impl QuicReport {
+    /// The report of `quic` with its packets `counters`.
+    fn of(quic: &QuicConfig, counters: &QuicCounters) -> Self {
+        Self {
+            config_id: quic.config_id,
+            server_id_offset: quic.server_id_offset,
+            server_id_len: quic.server_id_len,
+            packets: QuicOutcome::ALL
+                .iter()
+                .map(|&o| (o.name().to_string(), counters.packets[o as usize]))
+                .collect(),
+        }
+    }
+
+    /// `status`'s line: the layout, then where its packets went.
+    fn line(&self) -> String {
+        let routed = self.packets.get(QuicOutcome::Routed.name()).copied();
+        let fallbacks: Vec<String> = self
+            .packets
+            .iter()
+            .filter(|&(outcome, &n)| n > 0 && outcome != QuicOutcome::Routed.name())
+            .map(|(outcome, n)| format!("{outcome} {n}"))
+            .collect();
+        format!(
+            "quic: server IDs of {} octets at offset {}, config {}; {} packets routed by \
+             server ID, by the 4-tuple: {}",
+            self.server_id_len,
+            self.server_id_offset,
+            self.config_id,
+            routed.unwrap_or(0),
+            if fallbacks.is_empty() {
+                "none".to_string()
+            } else {
+                fallbacks.join(", ")
+            }
+        )
+    }
 }
 
 /// A VIP's health, as `status` shows it.
@@ -289,6 +346,9 @@ pub struct BackendReport {
     /// Why the last check failed.
     #[serde(default)]
     pub check_error: Option<String>,
+    /// Its QUIC server ID in hex, on a QUIC VIP.
+    #[serde(default)]
+    pub server_id: Option<String>,
 }
 
 impl Report {
@@ -342,6 +402,10 @@ impl Report {
                     last_change: vip.last_change.clone(),
                     table_digest: vip.table_digest.clone(),
                     announced: None,
+                    quic: vip
+                        .quic
+                        .as_ref()
+                        .map(|quic| QuicReport::of(quic, &counters.quic(vip.vip_id))),
                     health: healths
                         .verdicts
                         .iter()
@@ -407,6 +471,7 @@ impl Report {
                                 check_ms: health.and_then(|h| h.last_latency).map(ms),
                                 check_avg_ms: health.and_then(|h| h.latency_avg).map(ms),
                                 check_error: health.and_then(|h| h.last_error.clone()),
+                                server_id: b.server_id.clone(),
                             }
                         })
                         .collect(),
@@ -573,6 +638,9 @@ impl Report {
                 };
                 let _ = writeln!(out, "  refused in XDP: {} packets{top}", counts.join(", "));
             }
+            if let Some(quic) = &vip.quic {
+                let _ = writeln!(out, "  {}", quic.line());
+            }
             if let Some(verdict) = vip
                 .outliers
                 .as_ref()
@@ -625,6 +693,10 @@ impl Report {
                         "{mark}  RAMPING (slow start): {:.0}% of its weight",
                         part * 100.0
                     ),
+                    None => mark,
+                };
+                let mark = match &b.server_id {
+                    Some(id) => format!("{mark}  server ID {id}"),
                     None => mark,
                 };
                 let health = match b.check_ms {

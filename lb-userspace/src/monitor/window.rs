@@ -290,6 +290,7 @@ mod tests {
                 vip_id: 0,
                 last_change: None,
                 table_digest: String::new(),
+                quic: None,
                 backends: shares
                     .iter()
                     .enumerate()
@@ -302,6 +303,7 @@ mod tests {
                         held_out: false,
                         socket: format!("198.18.0.{}:80", i + 10).parse().unwrap(),
                         down: false,
+                        server_id: None,
                     })
                     .collect(),
             }],

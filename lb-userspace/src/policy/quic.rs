@@ -10,7 +10,9 @@ use std::{collections::HashMap, net::SocketAddr};
 use lb_common::maps::{MAX_QUIC_SERVERS, QUIC_CID_MAX, QUIC_WINDOW, QuicOutcome, QuicRoute};
 
 use crate::{
-    config::{Config, Protocol, QuicConfig, ServerId, VipConfig},
+    config::{
+        Config, Protocol, QUIC_CONFIG_IDS, QuicConfig, SERVER_ID_LENS, ServerId, VipConfig, span,
+    },
     problem::Problem,
     splitmix::SplitMix64,
 };
@@ -78,6 +80,36 @@ pub fn check(vip: &VipConfig, location: &str, problems: &mut Vec<Problem>) {
             vip.protocol.to_string(),
             "QUIC runs over UDP: only a UDP VIP can route it by connection ID",
         ));
+    }
+    for (key, value, range, what) in [
+        (
+            "config_id",
+            quic.config_id,
+            QUIC_CONFIG_IDS,
+            "codepoint 7 marks an unroutable CID",
+        ),
+        (
+            "server_id_len",
+            quic.server_id_len,
+            SERVER_ID_LENS,
+            "octets",
+        ),
+        (
+            "server_id_offset",
+            quic.server_id_offset,
+            1..=QUIC_CID_MAX - 1,
+            "octets: the first octet holds the config codepoint",
+        ),
+    ] {
+        if !range.contains(&value) {
+            problems.push(Problem::error(
+                "quic-layout",
+                format!("{location} quic"),
+                key,
+                value.to_string(),
+                format!("must be {} ({what})", span(&range)),
+            ));
+        }
     }
     let end = u16::from(quic.server_id_offset) + u16::from(quic.server_id_len);
     if end > u16::from(QUIC_CID_MAX) {
@@ -226,7 +258,7 @@ mod tests {
     fn a_quic_vip_is_udp_with_ids_that_fit_and_differ() {
         let ok = quic_vip("quic = { server_id_len = 2 }", THREE);
         assert_eq!(codes(&ok), Vec::<String>::new());
-        let config = crate::config::Config::parse(&ok).unwrap();
+        let config = Config::parse(&ok).unwrap();
         let ids = server_ids(&config.vips[0]).unwrap();
         assert_eq!(ids.len(), 3);
         assert!(ids.iter().all(|id| id.0.len() == 2));
@@ -287,7 +319,17 @@ mod tests {
             (
                 "the unroutable codepoint",
                 quic_vip("quic = { server_id_len = 2, config_id = 7 }", THREE),
-                vec!["invalid-value"],
+                vec!["quic-layout"],
+            ),
+            (
+                "an empty ID",
+                quic_vip("quic = { server_id_len = 0 }", THREE),
+                vec!["quic-layout"],
+            ),
+            (
+                "an ID over the first octet",
+                quic_vip("quic = { server_id_len = 2, server_id_offset = 0 }", THREE),
+                vec!["quic-layout"],
             ),
         ];
         for (what, text, want) in rows {
