@@ -1,6 +1,7 @@
-//! `fulcrum explain tcp|udp SRC:PORT VIP:PORT`: which backend the data
-//! plane sends this flow to, and why: its connection-table entry, or the
-//! lookup-table slot its hash (the kernel's own function) picks.
+//! `fulcrum explain tcp|udp SRC:PORT VIP:PORT [--cid HEX]`: which
+//! backend the data plane sends this flow to, and why: the server ID in a
+//! QUIC connection ID, its connection-table entry, or the lookup-table
+//! slot its hash (the kernel's own function) picks.
 
 use std::net::SocketAddr;
 
@@ -27,6 +28,11 @@ pub struct ExplainArgs {
     pub source: SocketAddr,
     /// The VIP: ADDRESS:PORT.
     pub destination: SocketAddr,
+    /// The destination connection ID of a QUIC short-header packet, in
+    /// hex (as a packet capture shows it): on a QUIC VIP, the server ID it
+    /// carries is tried first.
+    #[arg(long, value_name = "HEX")]
+    pub cid: Option<String>,
     /// How to reach the daemon and print its answer.
     #[command(flatten)]
     pub connection: Connection,
@@ -49,6 +55,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
         protocol: protocol.into(),
         source: args.source.to_string(),
         destination: args.destination.to_string(),
+        cid: args.cid,
     };
     let answer = args
         .connection

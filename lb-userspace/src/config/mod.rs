@@ -853,7 +853,8 @@ impl QuicConfig {
     }
 }
 
-/// A QUIC server ID: its octets, written as hex in the config.
+/// A QUIC server ID (or any octets, such as a connection ID): written
+/// as hex in the config and on the command line.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerId(pub Vec<u8>);
 
@@ -864,7 +865,7 @@ impl FromStr for ServerId {
         let digits = text.trim_start_matches("0x");
         if digits.is_empty() || digits.len() % 2 != 0 {
             return Err(format!(
-                "{text:?} is not a server ID: an even number of hex digits, like \"0a1b\""
+                "{text:?} is not hex octets: an even number of hex digits, like \"0a1b\""
             ));
         }
         (0..digits.len())
@@ -872,7 +873,7 @@ impl FromStr for ServerId {
             .map(|at| u8::from_str_radix(&digits[at..at + 2], 16))
             .collect::<Result<Vec<u8>, _>>()
             .map(ServerId)
-            .map_err(|_| format!("{text:?} is not a server ID: hex digits only, like \"0a1b\""))
+            .map_err(|_| format!("{text:?} is not hex octets: hex digits only, like \"0a1b\""))
     }
 }
 

@@ -41,7 +41,12 @@ use crate::{
     net,
     policy::plan::{Plan, plan},
     policy::refusal::Clients,
-    policy::{Outcome, health::Down, validate::validate},
+    policy::{
+        Outcome,
+        health::Down,
+        quic::{CidRoute, route_cid},
+        validate::validate,
+    },
     problem::Problem,
 };
 use api::{Reply, Request};
@@ -1049,6 +1054,22 @@ impl Controller {
                 return Reply::error(500, format!("reading the connection table: {}", Chain(&e)));
             }
         };
+        let quic = match route_cid(vip, request.cid.as_deref()) {
+            Ok(CidRoute::Server(backend, why)) => {
+                return Reply::ok(&ExplainAnswer {
+                    vip: vip.label.clone(),
+                    backend: backend.label.clone(),
+                    address: backend.addr.to_string(),
+                    via: Via::ServerId,
+                    forwarding: vip.forwarding.name().into(),
+                    why,
+                    hash,
+                    slot: None,
+                });
+            }
+            Ok(CidRoute::Fallback(why)) => why,
+            Err(e) => return Reply::error(400, e),
+        };
         let by_id = |id: u32| vip.backends.iter().find(|b| b.backend_id == id);
         if let Some(flow) = tracked
             && flow.entry.vip_id == vip.vip_id
@@ -1060,7 +1081,9 @@ impl Controller {
                 address: backend.addr.to_string(),
                 via: Via::ConnectionTable,
                 forwarding: vip.forwarding.name().into(),
-                why: "an established flow: the connection table pins it to this backend".into(),
+                why: format!(
+                    "{quic}an established flow: the connection table pins it to this backend"
+                ),
                 hash,
                 slot: None,
             });
@@ -1074,7 +1097,7 @@ impl Controller {
                 via: Via::Table,
                 forwarding: vip.forwarding.name().into(),
                 why: format!(
-                    "a new flow: its hash {hash:#010x} picks slot {} of {}",
+                    "{quic}a new flow: its hash {hash:#010x} picks slot {} of {}",
                     slot.unwrap_or(0),
                     vip.table.table.len()
                 ),

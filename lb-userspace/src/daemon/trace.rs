@@ -16,8 +16,8 @@ use std::{
 
 use anyhow::Context as _;
 use lb_common::maps::{
-    MAX_VIPS, PROTO_TCP, PROTO_UDP, Reason, TRACE_ANY_VIP, TRACE_SNAP_MAX, TRACE_VIA_CONNECTION,
-    TRACE_VIA_TABLE, TraceControl,
+    MAX_VIPS, PROTO_TCP, PROTO_UDP, QuicOutcome, Reason, TRACE_ANY_VIP, TRACE_SNAP_MAX,
+    TRACE_VIA_CONNECTION, TRACE_VIA_QUIC, TRACE_VIA_TABLE, TraceControl,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -175,6 +175,7 @@ pub fn event_line(record: &TraceRecord, labels: &Labels) -> TraceEventLine {
     }
     match event.via {
         TRACE_VIA_CONNECTION => line.via = Some(Via::ConnectionTable),
+        TRACE_VIA_QUIC => line.via = Some(Via::ServerId),
         TRACE_VIA_TABLE => {
             line.via = Some(Via::Table);
             line.slot = Some(event.slot);
@@ -185,6 +186,11 @@ pub fn event_line(record: &TraceRecord, labels: &Labels) -> TraceEventLine {
         }
         _ => {}
     }
+    line.quic = event
+        .quic
+        .checked_sub(1)
+        .and_then(QuicOutcome::from_index)
+        .map(|outcome| outcome.name().to_string());
     line
 }
 
@@ -217,7 +223,12 @@ pub fn event_text(event: &TraceEventLine) -> String {
             );
         }
         Some(Via::ConnectionTable) => line += " by its connection-table entry",
+        Some(Via::ServerId) => line += " by the server ID in its QUIC connection ID",
         None => {}
+    }
+    match event.quic.as_deref() {
+        Some("routed") | None => {}
+        Some(outcome) => line += &format!(" (QUIC: {outcome}, so by the 4-tuple)"),
     }
     line
 }

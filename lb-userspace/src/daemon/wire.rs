@@ -193,6 +193,10 @@ pub struct ExplainRequest {
     pub source: String,
     /// The VIP's address and port.
     pub destination: String,
+    /// The destination connection ID of a QUIC short-header packet, in
+    /// hex: for a QUIC VIP, the server ID it names decides first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
 }
 
 /// Any answer that is not a success: why.
@@ -298,6 +302,8 @@ pub enum Via {
     ConnectionTable,
     /// The slot its hash picks in the VIP's table.
     Table,
+    /// The server ID in its QUIC connection ID.
+    ServerId,
 }
 
 /// `POST /v1/explain`: which backend a flow goes to, and why.
@@ -419,6 +425,10 @@ pub struct TraceEventLine {
     /// The generation of the table (by table only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// On a QUIC VIP: what its connection ID decided (`routed`, or why it
+    /// went by the 4-tuple: `long_header`, `unknown_server`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<String>,
     /// The packet's length as it left the data plane.
     #[serde(default)]
     pub packet_len: u32,
@@ -498,8 +508,8 @@ mod tests {
             "warnings": [], "problems": [], "vips": [], "error": "e", "watch_s": 30});
         let event = json!({"time_ns": 1, "cpu": 0, "vlan": 0, "action": "tx", "reason": "tx",
             "protocol": "tcp", "source": "s", "destination": "d", "vip": "v", "backend": "b",
-            "address": "a", "via": "table", "slot": 1, "generation": 1, "packet_len": 60,
-            "packet": "02f0"});
+            "address": "a", "via": "table", "slot": 1, "generation": 1, "quic": "long_header",
+            "packet_len": 60, "packet": "02f0"});
         let stats = json!({"stats": TraceStatsAnswer::default()});
         // Each through its type and back: what the type writes.
         fn typed<T: Serialize + serde::de::DeserializeOwned>(value: Value) -> Value {
@@ -522,7 +532,7 @@ mod tests {
             (
                 "ExplainRequest",
                 typed::<ExplainRequest>(
-                    json!({"protocol": "tcp", "source": "s", "destination": "d"}),
+                    json!({"protocol": "udp", "source": "s", "destination": "d", "cid": "c"}),
                 ),
             ),
             (

@@ -13,6 +13,7 @@ use crate::{
     config::{
         Config, Protocol, QUIC_CONFIG_IDS, QuicConfig, SERVER_ID_LENS, ServerId, VipConfig, span,
     },
+    dataplane::state::{BackendState, VipState},
     problem::Problem,
     splitmix::SplitMix64,
 };
@@ -213,6 +214,78 @@ pub fn server_id_in(quic: &QuicConfig, cid: &[u8]) -> Result<ServerId, QuicOutco
     Ok(ServerId(id[..usize::from(quic.server_id_len)].to_vec()))
 }
 
+/// Where a QUIC connection ID sends a packet of a VIP, as `explain`
+/// says it.
+#[derive(Debug)]
+pub enum CidRoute<'s> {
+    /// To this backend, by its server ID; why.
+    Server(&'s BackendState, String),
+    /// By the 4-tuple: why the CID does not decide (the start of the
+    /// explanation; empty without a CID).
+    Fallback(String),
+}
+
+/// Where a short-header packet whose destination connection ID is `cid`
+/// (hex; `None`: no CID given) goes at `vip`, as the data plane decides:
+/// its server's backend while that is in the table, else the 4-tuple's,
+/// with the outcome the VIP's QUIC counters count. An error for a CID
+/// that is not hex octets or is longer than QUIC allows.
+pub fn route_cid<'s>(vip: &'s VipState, cid: Option<&str>) -> Result<CidRoute<'s>, String> {
+    let Some(text) = cid else {
+        return Ok(CidRoute::Fallback(String::new()));
+    };
+    let cid = text.parse::<ServerId>().map_err(|e| format!("cid: {e}"))?.0;
+    if cid.len() > usize::from(QUIC_CID_MAX) {
+        return Err(format!(
+            "cid: a QUIC connection ID has at most {QUIC_CID_MAX} octets; {text:?} has {}",
+            cid.len()
+        ));
+    }
+    let Some(quic) = vip.quic else {
+        return Ok(CidRoute::Fallback(
+            "the VIP does not route by connection ID (it has no [vip.quic]), so ".into(),
+        ));
+    };
+    let why = match server_id_in(&quic, &cid) {
+        Ok(id) => match vip
+            .backends
+            .iter()
+            .find(|b| b.server_id.as_ref() == Some(&id))
+        {
+            Some(backend) if !backend.down => {
+                let start = quic.server_id_offset;
+                return Ok(CidRoute::Server(
+                    backend,
+                    format!(
+                        "a QUIC short header: octets {start} to {} of its connection ID hold \
+                         server ID {id}, this backend's",
+                        start + quic.server_id_len - 1
+                    ),
+                ));
+            }
+            Some(backend) => format!(
+                "server ID {id} is {}'s, which is out of the table (server_down)",
+                backend.label
+            ),
+            None => format!("server ID {id} names no backend of the VIP (unknown_server)"),
+        },
+        Err(QuicOutcome::OtherConfig) => format!(
+            "its first octet carries config codepoint {}, not the VIP's {} (other_config)",
+            cid[0] >> 5,
+            quic.config_id
+        ),
+        Err(QuicOutcome::Unroutable) => {
+            "its first octet carries codepoint 7, which marks it unroutable (unroutable)".into()
+        }
+        // `server_id_in`'s only other outcome.
+        Err(_) => format!(
+            "it ends before the server ID does, at octet {} (truncated)",
+            u16::from(quic.server_id_offset) + u16::from(quic.server_id_len) - 1
+        ),
+    };
+    Ok(CidRoute::Fallback(format!("{why}, so by the 4-tuple: ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,5 +446,57 @@ mod tests {
         );
         assert_eq!(server_id_in(&quic, &[0x07, 1]), Err(QuicOutcome::Truncated));
         assert_eq!(server_id_in(&quic, &[]), Err(QuicOutcome::Truncated));
+    }
+
+    /// `explain --cid`: the server's backend while it is in the table,
+    /// else the 4-tuple, saying which outcome the counters count.
+    #[test]
+    fn explain_follows_the_server_id_as_the_data_plane_does() {
+        let text = quic_vip(
+            "quic = { server_id_len = 2, config_id = 1 }",
+            &THREE.replace(
+                "\"198.18.0.12\"\n",
+                "\"198.18.0.12\"\nname = \"b2\"\nserver_id = \"0a0b\"\n",
+            ),
+        );
+        let config = Config::parse(&text).unwrap();
+        let mut state = crate::dataplane::state::DesiredState::build_from(&config, None, |_| {
+            Ok(crate::config::MacAddr([2, 0, 0, 0, 0, 1]))
+        })
+        .unwrap();
+        let vip = &state.vips[0];
+        let fallback = |cid: &str| match route_cid(vip, Some(cid)) {
+            Ok(CidRoute::Fallback(why)) => why,
+            other => panic!("{cid}: {other:?}"),
+        };
+        match route_cid(vip, Some("200a0b9f3c")) {
+            Ok(CidRoute::Server(backend, why)) => {
+                assert_eq!(backend.label, "b2");
+                assert!(
+                    why.contains("octets 1 to 2") && why.contains("0a0b"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(fallback("200a0c9f3c").contains("(unknown_server)"));
+        assert!(fallback("000a0b9f3c").contains("codepoint 0, not the VIP's 1"));
+        assert!(fallback("e00a0b9f3c").contains("(unroutable)"));
+        assert!(fallback("200a").contains("(truncated)"));
+        assert!(matches!(route_cid(vip, None), Ok(CidRoute::Fallback(why)) if why.is_empty()));
+        for bad in ["20zz", "200", &"00".repeat(21)] {
+            assert!(route_cid(vip, Some(bad)).is_err(), "{bad}");
+        }
+        state.vips[0].backends[1].down = true;
+        let vip = &state.vips[0];
+        match route_cid(vip, Some("200a0b9f3c")) {
+            Ok(CidRoute::Fallback(why)) => assert!(why.contains("(server_down)"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        state.vips[0].quic = None;
+        match route_cid(&state.vips[0], Some("200a0b9f3c")) {
+            Ok(CidRoute::Fallback(why)) => assert!(why.contains("no [vip.quic]"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
