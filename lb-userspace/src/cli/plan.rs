@@ -227,9 +227,14 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
         );
         let before = format!("{:>5.1}% {}", b.share_before * 100.0, bar(b.share_before));
         let after = format!("{:>5.1}% {}", b.share_after * 100.0, bar(b.share_after));
+        let server_id = match (&b.server_id_before, &b.server_id_after) {
+            (Some(old), Some(new)) if old != new => format!("  server ID {old} → {new}"),
+            (_, Some(id)) | (Some(id), None) => format!("  server ID {id}"),
+            (None, None) => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:<16} {:>14}  {before:<28} {after:<28}",
+            "  {:<16} {:>14}  {before:<28} {after:<28}{server_id}",
             escaped(&b.name),
             weights
         );

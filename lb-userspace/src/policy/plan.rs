@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, GuardOverrides, Guards, VipConfig},
+    config::{Config, GuardOverrides, Guards, ServerId, VipConfig},
     policy::health::{Down, judge},
     policy::refusal::{Clients, Refusal, refusal},
     policy::validate::{ValidConfig, Validation, check_concentration, vip_location},
@@ -66,6 +66,12 @@ pub struct BackendPlan {
     pub share_before: f64,
     /// Share after.
     pub share_after: f64,
+    /// Its QUIC server ID now, in hex (on a QUIC VIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id_before: Option<String>,
+    /// Its QUIC server ID after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id_after: Option<String>,
 }
 
 /// One VIP's before and after.
@@ -267,6 +273,9 @@ pub fn plan(
             }
         }
         check_blast_radius(&vip_plan, &judged, &mut problems);
+        if let Some((old_vip, _)) = old {
+            check_quic_change(old_vip, vip, &vip_plan, &mut problems);
+        }
         vips.push(vip_plan);
     }
     let next_endpoints: HashSet<_> = next.config.vips.iter().map(endpoint_key).collect();
@@ -337,6 +346,16 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
         })
     };
     let (positions_before, positions_after) = (positions(before), positions(after));
+    let ids = |entry: Option<Entry<'_>>| {
+        entry
+            .and_then(|(vip, _)| super::quic::server_ids(vip))
+            .unwrap_or_default()
+    };
+    let (ids_before, ids_after) = (ids(before), ids(after));
+    let id = |ids: &[ServerId], positions: &HashMap<SocketAddr, usize>, addr| {
+        let at = positions.get(&addr)?;
+        ids.get(*at).map(ToString::to_string)
+    };
     let share = |entry: Option<Entry<'_>>,
                  positions: &HashMap<SocketAddr, usize>,
                  addr: SocketAddr|
@@ -359,10 +378,18 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
             }
             let (weight_before, share_before) = share(before, &positions_before, addr);
             let (weight_after, share_after) = share(after, &positions_after, addr);
+            let server_id_before = id(&ids_before, &positions_before, addr);
+            let server_id_after = id(&ids_after, &positions_after, addr);
             let change = match (weight_before, weight_after) {
                 (None, _) => Change::Added,
                 (_, None) => Change::Removed,
-                (b, a) if b == a && (share_before - share_after).abs() < 1e-12 => Change::Unchanged,
+                (b, a)
+                    if b == a
+                        && (share_before - share_after).abs() < 1e-12
+                        && server_id_before == server_id_after =>
+                {
+                    Change::Unchanged
+                }
                 _ => Change::Changed,
             };
             backends.push(BackendPlan {
@@ -373,6 +400,8 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
                 weight_after,
                 share_before,
                 share_after,
+                server_id_before,
+                server_id_after,
             });
         }
     }
@@ -411,7 +440,9 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
         algorithm(after).unwrap_or(vip.table),
     );
     let admission_changed = match (before, after) {
-        (Some((old, _)), Some((new, _))) => old.sources != new.sources || old.limits != new.limits,
+        (Some((old, _)), Some((new, _))) => {
+            old.sources != new.sources || old.limits != new.limits || old.quic != new.quic
+        }
         _ => false,
     };
     let change = if change == Change::Unchanged && (table.0 != table.1 || admission_changed) {
@@ -430,6 +461,81 @@ fn vip_plan(before: Option<Entry<'_>>, after: Option<Entry<'_>>, change: Change)
         failures_to_panic: None,
         panic: false,
         refused: None,
+    }
+}
+
+/// Warns of a change that strands a QUIC VIP's connections: a new
+/// server-ID layout (or none), or a kept backend's new server ID. The
+/// connection IDs its servers issued name the old ones: their short
+/// headers go by the 4-tuple until the connections end, and a client
+/// that changes address meanwhile loses its connection.
+fn check_quic_change(
+    old: &VipConfig,
+    new: &VipConfig,
+    plan: &VipPlan,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(quic) = old.quic else {
+        return;
+    };
+    let stranded = "the connection IDs issued so far name the old ones: their packets go by the \
+                    4-tuple until those connections end, and a client that changes address \
+                    meanwhile loses its connection";
+    if new.quic != Some(quic) {
+        let after = new.quic.map_or_else(
+            || "no routing by connection ID".to_string(),
+            |q| {
+                format!(
+                    "server IDs of {} octets at offset {}, config {}",
+                    q.server_id_len, q.server_id_offset, q.config_id
+                )
+            },
+        );
+        problems.push(
+            Problem::error(
+                "quic-change",
+                plan_location(plan),
+                "quic",
+                after,
+                format!(
+                    "the VIP's QUIC routing changes from server IDs of {} octets at offset {}, \
+                 config {}: {stranded} (rotate config_id on the servers first to change it \
+                 without a cut)",
+                    quic.server_id_len, quic.server_id_offset, quic.config_id
+                ),
+            )
+            .warning(),
+        );
+        return;
+    }
+    let changed: Vec<String> = plan
+        .backends
+        .iter()
+        .filter(|b| {
+            b.server_id_before.is_some()
+                && b.server_id_after.is_some()
+                && b.server_id_before != b.server_id_after
+        })
+        .map(|b| {
+            format!(
+                "{} {} → {}",
+                b.name,
+                b.server_id_before.as_deref().unwrap_or(""),
+                b.server_id_after.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    if !changed.is_empty() {
+        problems.push(
+            Problem::error(
+                "server-id-change",
+                plan_location(plan),
+                "server_id",
+                changed.join(", "),
+                format!("kept backends get new QUIC server IDs: {stranded}"),
+            )
+            .warning(),
+        );
     }
 }
 
@@ -677,6 +783,69 @@ mod tests {
         let same = plan_texts(Some(&after), &after, false);
         assert_eq!(same.vips[0].table, (Algorithm::Stable, Algorithm::Stable));
         assert_eq!(same.vips[0].change, Change::Unchanged);
+    }
+
+    /// A QUIC VIP's plan shows each backend's server ID before and after,
+    /// and warns when kept backends' IDs or the VIP's layout change.
+    #[test]
+    fn the_plan_shows_server_ids_and_warns_when_they_change() {
+        let quic = |extra: &str, b2: &str| {
+            pool(&[1, 1, 1], "")
+                .replace(
+                    "port = 80\nprotocol = \"tcp\"",
+                    &format!("port = 443\nprotocol = \"udp\"\n{extra}"),
+                )
+                .replace(
+                    "\"198.18.0.2\"\n",
+                    &format!("\"198.18.0.2\"\nname = \"b2\"\n{b2}"),
+                )
+        };
+        let before = quic("quic = { server_id_len = 2 }", "server_id = \"0a02\"\n");
+        let warnings = |plan: &Plan| -> Vec<String> {
+            plan.problems.iter().map(|p| p.code.to_string()).collect()
+        };
+        let same = plan_texts(Some(&before), &before, false);
+        assert_eq!(same.vips[0].change, Change::Unchanged);
+        assert_eq!(warnings(&same), Vec::<String>::new());
+        let b2 = |plan: &Plan| {
+            let b = plan.vips[0]
+                .backends
+                .iter()
+                .find(|b| b.name == "b2")
+                .unwrap();
+            (
+                b.server_id_before.clone(),
+                b.server_id_after.clone(),
+                b.change,
+            )
+        };
+        assert_eq!(
+            b2(&same),
+            (Some("0a02".into()), Some("0a02".into()), Change::Unchanged)
+        );
+
+        let renumbered = quic("quic = { server_id_len = 2 }", "server_id = \"0b02\"\n");
+        let plan = plan_texts(Some(&before), &renumbered, false);
+        assert!(plan.accepted(), "a warning, not a refusal");
+        assert_eq!(
+            b2(&plan),
+            (Some("0a02".into()), Some("0b02".into()), Change::Changed)
+        );
+        assert_eq!(plan.vips[0].change, Change::Changed);
+        assert_eq!(warnings(&plan), ["server-id-change"]);
+        assert!(
+            plan.problems[0].value.contains("b2 0a02 → 0b02"),
+            "{:?}",
+            plan.problems
+        );
+
+        let rotated = quic(
+            "quic = { server_id_len = 2, config_id = 1 }",
+            "server_id = \"0a02\"\n",
+        );
+        let plan = plan_texts(Some(&before), &rotated, false);
+        assert_eq!(plan.vips[0].change, Change::Changed);
+        assert_eq!(warnings(&plan), ["quic-change"]);
     }
 
     #[test]
