@@ -9,7 +9,8 @@
 //! backend holds some, ask who serves them, then each moves its
 //! connection to a new local port again and again, asking after every
 //! move. On a QUIC VIP every connection survives every move on the server
-//! that answered first, which hears it at each new port. On a control VIP
+//! that answered first, which hears it at each new port, and the kernel
+//! counts its short headers as routed by server ID. On a control VIP
 //! the 4-tuple hash sends a moved connection to a server that does not
 //! know it (two times in three per move, with three backends), so
 //! connections are lost.
@@ -43,7 +44,7 @@ const MIN_CLIENTS: usize = 8;
 /// ...and until every backend holds this many of them...
 const PER_BACKEND: usize = 2;
 /// ...giving up after this many (three equal backends miss that with a
-/// chance of about 1e-5).
+/// chance under 1e-5).
 const MAX_CLIENTS: usize = 40;
 /// Octets of a server ID, as `[vip.quic] server_id_len` says.
 const SERVER_ID_LEN: usize = 2;
