@@ -863,7 +863,7 @@ impl FromStr for ServerId {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let digits = text.trim_start_matches("0x");
-        if digits.is_empty() || digits.len() % 2 != 0 {
+        if digits.is_empty() || !digits.len().is_multiple_of(2) {
             return Err(format!(
                 "{text:?} is not hex octets: an even number of hex digits, like \"0a1b\""
             ));
