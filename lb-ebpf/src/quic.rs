@@ -122,6 +122,9 @@ mod tests {
         id
     }
 
+    /// What the server-ID read answers: the ID's window, or why not.
+    type Read = Result<[u8; QUIC_WINDOW], QuicOutcome>;
+
     #[test]
     fn a_short_header_names_its_server_and_others_say_why_not() {
         let mut long = short(0x07);
@@ -131,7 +134,7 @@ mod tests {
             frame[at..at + 2].copy_from_slice(&len.to_be_bytes());
         };
         for family in [FAMILY_IPV4, FAMILY_IPV6] {
-            let rows: [(&str, Vec<u8>, Result<[u8; QUIC_WINDOW], QuicOutcome>); 8] = [
+            let rows: [(&str, Vec<u8>, Read); 8] = [
                 (
                     "short header",
                     frame(family, &short(0x07)),

@@ -10,7 +10,8 @@
 //! connection to a new local port again and again, asking after every
 //! move. On a QUIC VIP every connection survives every move on the server
 //! that answered first, which hears it at each new port, and the kernel
-//! counts its short headers as routed by server ID. On a control VIP
+//! counts its short headers as routed by server ID (as `fulcrum status`
+//! reports, with each backend's server ID). On a control VIP
 //! the 4-tuple hash sends a moved connection to a server that does not
 //! know it (two times in three per move, with three backends), so
 //! connections are lost.
@@ -18,19 +19,16 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
-use aya::maps::{Map, MapData, PerCpuArray};
-use lb_common::maps::{QuicCounters, QuicOutcome, names};
 use lb_tests::{
     lab::{BackendSpec, Lab, TCP_PORT, VIP4, VIP6},
     netns::Netns,
     quic::{CidScheme, QuicClient, QuicServer, ServerIdCids},
     scratch::Scratch,
-    status::{backend, wait_for},
+    status::{backend, status, vip, wait_for},
 };
 
 /// The QUIC VIPs' port.
@@ -400,37 +398,45 @@ fn assert_most_broke(service: &Service, journeys: &[Journey]) {
     );
 }
 
-/// The kernel's QUIC counters (`QUIC_STATS`), summed over every VIP and
-/// CPU, by outcome: read from the lab's pinned map, since the daemon
-/// reports them nowhere yet.
-fn quic_outcomes(lab: &Lab) -> anyhow::Result<[u64; QuicOutcome::COUNT]> {
-    // `--pin-root DIR ...`
-    let places = lab.place_args();
-    let pin_root = places.get(1).context("the lab's pin root")?;
-    let path = Path::new(pin_root).join("eth0").join(names::QUIC_STATS);
-    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let stats: PerCpuArray<_, QuicCounters> = PerCpuArray::try_from(Map::PerCpuArray(map))?;
-    let mut sum = [0; QuicOutcome::COUNT];
-    for per_cpu in stats.iter() {
-        for counters in per_cpu?.iter() {
-            for (total, packets) in sum.iter_mut().zip(counters.packets) {
-                *total += packets;
-            }
-        }
+/// A VIP's QUIC packets by outcome, as `fulcrum status` reports them
+/// (`None`: the VIP does not route QUIC); each backend's server ID is
+/// checked on the way, for a QUIC VIP.
+fn quic_outcomes(lab: &Lab, service: &Service) -> Option<BTreeMap<String, u64>> {
+    let status = status(lab);
+    let quic = &vip(&status, service.name)["quic"];
+    if quic.is_null() {
+        return None;
     }
-    Ok(sum)
+    for index in 0..3 {
+        let name = format!("b{}", index + 1);
+        assert_eq!(
+            backend(&status, service.name, &name)["server_id"],
+            hex(&server_id(index)),
+            "{}: {name}'s server ID in status",
+            service.name
+        );
+    }
+    let packets = quic["packets"].as_object().expect("packets by outcome");
+    Some(
+        packets
+            .iter()
+            .map(|(outcome, n)| (outcome.clone(), n.as_u64().expect("a count")))
+            .collect(),
+    )
 }
 
-/// The outcomes that moved from `before` to `after`, by name.
+/// The outcomes that moved from `before` to `after`.
 fn outcome_deltas(
-    before: &[u64; QuicOutcome::COUNT],
-    after: &[u64; QuicOutcome::COUNT],
-) -> BTreeMap<&'static str, u64> {
-    QuicOutcome::ALL
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
         .iter()
-        .map(|&outcome| {
-            let at = outcome as usize;
-            (outcome.name(), after[at] - before[at])
+        .map(|(outcome, n)| {
+            (
+                outcome.clone(),
+                n - before.get(outcome).copied().unwrap_or(0),
+            )
         })
         .filter(|&(_, moved)| moved > 0)
         .collect()
@@ -443,9 +449,16 @@ fn quic_connections_survive_migration_only_on_a_quic_vip() {
     for service in &SERVICES {
         let servers = start_servers(&lab, service)
             .unwrap_or_else(|e| panic!("{}'s servers: {e:#}", service.name));
-        let before = quic_outcomes(&lab).expect("the QUIC counters");
+        let before = quic_outcomes(&lab, service);
         let journeys = move_all(&lab, service, &servers);
-        let counted = outcome_deltas(&before, &quic_outcomes(&lab).expect("the QUIC counters"));
+        let after = quic_outcomes(&lab, service);
+        assert_eq!(
+            after.is_some(),
+            service.quic,
+            "{}: status reports QUIC routing exactly on a QUIC VIP",
+            service.name
+        );
+        let counted = outcome_deltas(&before.unwrap_or_default(), &after.unwrap_or_default());
         eprintln!("{}: the kernel's QUIC outcomes {counted:?}", service.name);
         if service.quic {
             assert_all_kept(&lab, service, &servers, &journeys);
