@@ -132,6 +132,8 @@ pub struct VipSlot {
 /// one cache line): a packet to an address whose bit is clear is for no
 /// VIP, and passes without a connection-table lookup or a VIP probe.
 /// Userspace keeps it a superset of the index in force (`VIP_FILTER`).
+/// The QUIC VIPs' filter holds their endpoints (address and port) instead
+/// (`insert_endpoint`, `may_hold_endpoint`).
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipFilter {
@@ -140,33 +142,50 @@ pub struct VipFilter {
 }
 
 impl VipFilter {
-    /// The bit of `addr` (network order, IPv4 in the first 4 bytes):
-    /// the top 9 bits of a multiplicative hash of its four words folded.
+    /// The bit of `addr` (network order, IPv4 in the first 4 bytes) and
+    /// `port` (0 for the address alone): the top 9 bits of a
+    /// multiplicative hash of its four words and the port folded.
     #[inline(always)]
-    fn bit(addr: &[u8; 16]) -> u32 {
+    fn bit(addr: &[u8; 16], port: u16) -> u32 {
         let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-        let folded =
-            word(0) ^ word(4).rotate_left(8) ^ word(8).rotate_left(16) ^ word(12).rotate_left(24);
+        let folded = word(0)
+            ^ word(4).rotate_left(8)
+            ^ word(8).rotate_left(16)
+            ^ word(12).rotate_left(24)
+            ^ u32::from(port).wrapping_mul(0x0001_0001);
         folded.wrapping_mul(0x9e37_79b1) >> 23
     }
 
-    /// The word of `bits` and the mask within it of `addr`'s bit.
+    /// The word of `bits` and the mask within it of the bit of `addr`
+    /// and `port`.
     #[inline(always)]
-    fn position(addr: &[u8; 16]) -> (usize, u64) {
-        let bit = Self::bit(addr);
+    fn position(addr: &[u8; 16], port: u16) -> (usize, u64) {
+        let bit = Self::bit(addr, port);
         ((bit / 64) as usize & 7, 1 << (bit % 64))
     }
 
     /// Whether a VIP may have address `addr`.
     #[inline(always)]
     pub fn may_hold(&self, addr: &[u8; 16]) -> bool {
-        let (word, mask) = Self::position(addr);
-        self.bits[word] & mask != 0
+        self.may_hold_endpoint(addr, 0)
     }
 
     /// Adds `addr`.
     pub fn insert(&mut self, addr: &[u8; 16]) {
-        let (word, mask) = Self::position(addr);
+        self.insert_endpoint(addr, 0);
+    }
+
+    /// Whether a VIP may have address `addr` and port `port` (as the flow
+    /// key holds it).
+    #[inline(always)]
+    pub fn may_hold_endpoint(&self, addr: &[u8; 16], port: u16) -> bool {
+        let (word, mask) = Self::position(addr, port);
+        self.bits[word] & mask != 0
+    }
+
+    /// Adds the endpoint of `addr` and `port`.
+    pub fn insert_endpoint(&mut self, addr: &[u8; 16], port: u16) {
+        let (word, mask) = Self::position(addr, port);
         self.bits[word] |= mask;
     }
 
@@ -303,6 +322,8 @@ pub struct QuicJob {
     /// path. The XDP program clears it as it reads it, so that it hands
     /// over the same packet only once.
     pub fallback: u8,
+    /// Reserved; zero (the key's alignment).
+    pub pad: u32,
 }
 
 /// `TraceControl::vip_id` that matches every VIP (and traffic of none).
@@ -1619,6 +1640,19 @@ mod tests {
         other.insert(&v6);
         let both = filter.union(other);
         assert!(both.may_hold(&v6) && vips.iter().all(|vip| both.may_hold(vip)));
+        // By endpoint: the same addresses' other ports mostly pass by.
+        let mut endpoints = VipFilter::default();
+        for vip in &vips {
+            endpoints.insert_endpoint(vip, 443);
+        }
+        assert!(vips.iter().all(|vip| endpoints.may_hold_endpoint(vip, 443)));
+        let (passed, total) = vips
+            .iter()
+            .flat_map(|vip| (1..1024u16).filter(|&p| p != 443).map(move |p| (vip, p)))
+            .fold((0, 0), |(p, t), (vip, port)| {
+                (p + u32::from(endpoints.may_hold_endpoint(vip, port)), t + 1)
+            });
+        assert!(passed * 10 < total, "{passed} of {total} other ports pass");
     }
 
     #[test]
@@ -1657,7 +1691,7 @@ mod tests {
         assert_eq!(size_of::<VipSlot>(), 36);
         assert_eq!(size_of::<QuicRoute>(), 4);
         assert_eq!(size_of::<QuicServerKey>(), 20);
-        assert_eq!(size_of::<QuicJob>(), 44);
+        assert_eq!(size_of::<QuicJob>(), 48);
         assert_eq!(size_of::<VipFilter>(), 64);
         assert_eq!(size_of::<Meta>(), 16);
         assert_eq!(size_of::<Backend>(), 36);

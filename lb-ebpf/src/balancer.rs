@@ -54,8 +54,8 @@ static VIP_INDEX: ArrayOfMaps<Array<VipSlot, { VIP_INDEX_SLOTS as usize }>, 1> =
 
 /// The VIPs' addresses: a packet other than a SYN to no VIP passes after
 /// one bit test (a SYN's VIP probe is as cheap). Entry `QUIC_FILTER`
-/// holds the QUIC VIPs' alone: a UDP packet to another address goes to
-/// the connection table without a VIP probe.
+/// holds the QUIC VIPs' endpoints (address and port) alone: another UDP
+/// packet goes its way after one bit test.
 #[btf_map]
 static VIP_FILTER: Array<VipFilter, 2> = Array::new();
 
@@ -536,7 +536,7 @@ fn to_quic(ctx: &XdpContext, flow: &Flow, trace: Trace) {
         || flow.icmp
         || !VIP_FILTER
             .get(QUIC_FILTER)
-            .is_some_and(|filter| filter.may_hold(&flow.key.dst_addr))
+            .is_some_and(|filter| filter.may_hold_endpoint(&flow.key.dst_addr, flow.key.dst_port))
     {
         return;
     }

@@ -668,7 +668,105 @@ fn admission_cost() {
     );
 }
 
-/// Sections by name (cost, distinct, encap, trace, admission, live, flood, one-cpu, apply):
+/// A QUIC VIP (`q4`, 2-octet server IDs) with a DNS VIP on its address
+/// (`d4`), and the same service without QUIC routing at another address
+/// (`u4`).
+const QUIC_CONFIG: &str = r#"
+table_size = 65537
+
+[[vip]]
+name = "q4"
+address = "198.18.0.130"
+port = 443
+protocol = "udp"
+quic = { server_id_len = 2 }
+backend = [
+  { address = "198.18.1.1", mac = "02:fc:00:00:00:01", server_id = "0a01" },
+  { address = "198.18.1.2", mac = "02:fc:00:00:00:01", server_id = "0a02" },
+]
+
+[[vip]]
+name = "d4"
+address = "198.18.0.130"
+port = 53
+protocol = "udp"
+backend = [
+  { address = "198.18.1.1", mac = "02:fc:00:00:00:01" },
+  { address = "198.18.1.2", mac = "02:fc:00:00:00:01" },
+]
+
+[[vip]]
+name = "u4"
+address = "198.18.0.131"
+port = 443
+protocol = "udp"
+backend = [
+  { address = "198.18.1.1", mac = "02:fc:00:00:00:01" },
+  { address = "198.18.1.2", mac = "02:fc:00:00:00:01" },
+]
+"#;
+
+/// What QUIC routing costs a packet: a short header routed by its server
+/// ID, a long header and an unknown ID (handed back to the 4-tuple path),
+/// and another UDP service at the QUIC VIP's address, each against the
+/// same datagram to a UDP VIP without QUIC routing, in interleaved rounds
+/// on one program. Each flow is in the connection table already.
+fn quic_cost() {
+    let mut fixture = Fixture::with_config(QUIC_CONFIG);
+    let short = |id: [u8; 2]| {
+        let mut datagram = vec![0x41, 0x07, id[0], id[1], 0x45, 0x04, 0xcc, 0x4f, 0x01];
+        datagram.extend_from_slice(&[0x5a; 1200]);
+        datagram
+    };
+    let mut initial = vec![0xc3, 0, 0, 0, 1, 8, 0x07, 0x0a, 0x02, 1, 2, 3, 4, 5, 0];
+    initial.extend_from_slice(&[0x5a; 1200]);
+    let client = "198.18.2.1:40000";
+    let udp = |dst: &str, datagram: &[u8]| Frame::udp(client, dst).payload(datagram).bytes();
+    let rows = [
+        (
+            "UDP VIP without QUIC routing",
+            udp("198.18.0.131:443", &short([0x0a, 0x02])),
+        ),
+        (
+            "QUIC short header, by server ID",
+            udp("198.18.0.130:443", &short([0x0a, 0x02])),
+        ),
+        (
+            "QUIC long header, by 4-tuple",
+            udp("198.18.0.130:443", &initial),
+        ),
+        (
+            "QUIC unknown server ID, 4-tuple",
+            udp("198.18.0.130:443", &short([0x0b, 0x0b])),
+        ),
+        (
+            "other UDP at a QUIC VIP's address",
+            udp("198.18.0.130:53", &short([0x0a, 0x02])),
+        ),
+    ];
+    for (_, frame) in &rows {
+        fixture.run(frame).expect("warm-up run");
+    }
+    let mut costs: Vec<Vec<f64>> = rows.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for ((_, frame), cost) in rows.iter().zip(&mut costs) {
+            let program = fixture.dataplane.program().expect("program");
+            cost.push(ns_per_packet(program, frame));
+        }
+    }
+    println!(
+        "QUIC routing: BPF_PROG_TEST_RUN, repeat {REPEAT}, median of {ROUNDS} interleaved \
+         rounds, 1,252-byte datagrams (the first row is the baseline)"
+    );
+    println!("{:<36} {:>9} {:>7}", "path", "ns/pkt", "ratio");
+    let costs: Vec<f64> = costs.into_iter().map(median).collect();
+    for ((name, _), cost) in rows.iter().zip(&costs) {
+        println!("{name:<36} {cost:>9.1} {:>6.2}x", cost / costs[0]);
+    }
+}
+
+/// Sections by name (cost, distinct, encap, trace, admission, quic, live, flood, one-cpu,
+/// apply):
 /// `cargo bench -p lb-tests --bench dataplane -- NAME...`
 /// runs only the named ones (all without a name).
 fn main() {
@@ -692,6 +790,9 @@ fn main() {
     }
     if runs("admission") {
         admission_cost();
+    }
+    if runs("quic") {
+        quic_cost();
     }
     if runs("live") {
         live_rate();

@@ -622,7 +622,7 @@ impl Dataplane {
         for entry in entries {
             filters[0].insert(&entry.key.addr);
             if entry.flags & VIP_SLOT_QUIC != 0 {
-                filters[QUIC_FILTER as usize].insert(&entry.key.addr);
+                filters[QUIC_FILTER as usize].insert_endpoint(&entry.key.addr, entry.key.port);
             }
         }
         for (index, filter) in (0..).zip(filters) {

@@ -82,6 +82,15 @@ pub fn check(vip: &VipConfig, location: &str, problems: &mut Vec<Problem>) {
             "QUIC runs over UDP: only a UDP VIP can route it by connection ID",
         ));
     }
+    if vip.port == 0 {
+        problems.push(Problem::error(
+            "quic-port",
+            location,
+            "port",
+            "0",
+            "a QUIC VIP names its port: the data plane finds QUIC VIPs by address and port",
+        ));
+    }
     for (key, value, range, what) in [
         (
             "config_id",
@@ -393,6 +402,11 @@ mod tests {
                 "the unroutable codepoint",
                 quic_vip("quic = { server_id_len = 2, config_id = 7 }", THREE),
                 vec!["quic-layout"],
+            ),
+            (
+                "any port",
+                ok.replace("port = 443", "port = 0"),
+                vec!["quic-port"],
             ),
             (
                 "an empty ID",
