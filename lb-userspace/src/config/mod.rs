@@ -862,18 +862,28 @@ impl FromStr for ServerId {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let digits = text.trim_start_matches("0x");
+        let digits = text.strip_prefix("0x").unwrap_or(text);
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{text:?} is not hex octets: hex digits only, like \"0a1b\""
+            ));
+        }
         if digits.is_empty() || !digits.len().is_multiple_of(2) {
             return Err(format!(
                 "{text:?} is not hex octets: an even number of hex digits, like \"0a1b\""
             ));
         }
-        (0..digits.len())
-            .step_by(2)
-            .map(|at| u8::from_str_radix(&digits[at..at + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map(ServerId)
-            .map_err(|_| format!("{text:?} is not hex octets: hex digits only, like \"0a1b\""))
+        // ASCII hex digits only: every pair is two bytes and parses.
+        Ok(ServerId(
+            digits
+                .as_bytes()
+                .chunks(2)
+                .map(|pair| {
+                    let digit = |b: u8| char::from(b).to_digit(16).unwrap_or(0) as u8;
+                    digit(pair[0]) << 4 | digit(pair[1])
+                })
+                .collect(),
+        ))
     }
 }
 
@@ -1293,6 +1303,20 @@ mod tests {
         address = "198.18.1.2"
         weight = 2
     "#;
+
+    /// Hex octets (server IDs, `explain --cid`) parse or say why not, and
+    /// never panic on any text.
+    #[test]
+    fn hex_octets_parse_or_say_why() {
+        assert_eq!("0a1B".parse::<ServerId>(), Ok(ServerId(vec![0x0a, 0x1b])));
+        assert_eq!("0xff00".parse::<ServerId>(), Ok(ServerId(vec![0xff, 0])));
+        for bad in [
+            "", "0x", "a", "0a1", "aé0", "éé", "+a0b", "0x0x0a", "0a 1b", "zz",
+        ] {
+            let error = bad.parse::<ServerId>().expect_err(bad);
+            assert!(error.contains("is not hex octets"), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn parses_an_example() {

@@ -499,8 +499,7 @@ fn check_quic_change(
                 after,
                 format!(
                     "the VIP's QUIC routing changes from server IDs of {} octets at offset {}, \
-                 config {}: {stranded} (rotate config_id on the servers first to change it \
-                 without a cut)",
+                 config {}: {stranded}; make it when few connections are open",
                     quic.server_id_len, quic.server_id_offset, quic.config_id
                 ),
             )

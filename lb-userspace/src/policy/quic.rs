@@ -18,6 +18,9 @@ use crate::{
     splitmix::SplitMix64,
 };
 
+/// The shortest nonce QUIC-LB asks servers to put after the server ID.
+const NONCE_MIN: u8 = 4;
+
 /// The server ID derived for a backend at `addr`, `len` octets: a
 /// splitmix64 sequence seeded by its address and port.
 pub fn derived(addr: SocketAddr, len: u8) -> ServerId {
@@ -122,15 +125,16 @@ pub fn check(vip: &VipConfig, location: &str, problems: &mut Vec<Problem>) {
         }
     }
     let end = u16::from(quic.server_id_offset) + u16::from(quic.server_id_len);
-    if end > u16::from(QUIC_CID_MAX) {
+    if end + u16::from(NONCE_MIN) > u16::from(QUIC_CID_MAX) {
         problems.push(Problem::error(
             "quic-layout",
             format!("{location} quic"),
             "server_id_offset",
             quic.server_id_offset.to_string(),
             format!(
-                "a server ID of {} octets at offset {} ends past the longest connection ID \
-                 ({QUIC_CID_MAX} octets)",
+                "a server ID of {} octets at offset {} leaves no room in the longest \
+                 connection ID ({QUIC_CID_MAX} octets) for the {NONCE_MIN}-octet nonce \
+                 QUIC-LB asks after it",
                 quic.server_id_len, quic.server_id_offset
             ),
         ));
@@ -401,6 +405,11 @@ mod tests {
             (
                 "the unroutable codepoint",
                 quic_vip("quic = { server_id_len = 2, config_id = 7 }", THREE),
+                vec!["quic-layout"],
+            ),
+            (
+                "no room for the nonce",
+                quic_vip("quic = { server_id_len = 15, server_id_offset = 2 }", THREE),
                 vec!["quic-layout"],
             ),
             (
