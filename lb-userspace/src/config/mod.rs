@@ -826,6 +826,9 @@ pub struct VipConfig {
 pub const SERVER_ID_LENS: RangeInclusive<u8> = 1..=lb_common::maps::QUIC_SERVER_ID_MAX;
 /// The accepted config rotation codepoints (`0b111` marks unroutable CIDs).
 pub const QUIC_CONFIG_IDS: RangeInclusive<u8> = 0..=6;
+/// Where a server ID may start in a connection ID: after the first octet,
+/// leaving room for a 1-octet ID and QUIC-LB's 4-octet nonce in 20.
+pub const SERVER_ID_OFFSETS: RangeInclusive<u8> = 1..=15;
 
 /// How a QUIC VIP's servers encode their ID in the connection IDs they
 /// issue (`[vip.quic]`): QUIC-LB's plaintext layout, the CID's first octet

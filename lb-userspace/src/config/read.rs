@@ -5,7 +5,6 @@
 
 use std::{fmt, net::IpAddr, net::SocketAddr, ops::RangeInclusive, path::PathBuf};
 
-use lb_common::maps::QUIC_CID_MAX;
 use toml::{Table, Value};
 
 use super::{
@@ -13,8 +12,8 @@ use super::{
     CheckKind, Config, EJECTION_TIMES_S, Encapsulation, Forwarding, Group, GuardOverrides, Guards,
     HealthCheck, HealthOverrides, IDLE_TIMEOUTS, IMBALANCE_WINDOWS_S, IdleTimeouts, Imbalance,
     Limits, MacAddr, OUTLIER_INTERVALS_S, Outlier, Prefix, Protocol, QUIC_CONFIG_IDS, QuicConfig,
-    RATE_LIMITS, RISE_FALL, Rollout, SERVER_ID_LENS, SLOW_STARTS_S, Secret, ServerId, SourceRules,
-    UnreadableVip, VipConfig, WATCH_TIMES_S, span,
+    RATE_LIMITS, RISE_FALL, Rollout, SERVER_ID_LENS, SERVER_ID_OFFSETS, SLOW_STARTS_S, Secret,
+    ServerId, SourceRules, UnreadableVip, VipConfig, WATCH_TIMES_S, span,
 };
 use crate::{
     problem::{Problem, quoted},
@@ -548,7 +547,7 @@ fn read_quic(t: &Table, location: &str, problems: &mut Vec<Problem>) -> QuicConf
             .unwrap_or(0),
         server_id_offset: s
             .optional(problems, "server_id_offset", |v| {
-                in_range(v, &(1..=QUIC_CID_MAX - 1), " octets")
+                in_range(v, &SERVER_ID_OFFSETS, " octets")
             })
             .unwrap_or(1),
         server_id_len: s

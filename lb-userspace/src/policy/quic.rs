@@ -11,7 +11,8 @@ use lb_common::maps::{MAX_QUIC_SERVERS, QUIC_CID_MAX, QUIC_WINDOW, QuicOutcome, 
 
 use crate::{
     config::{
-        Config, Protocol, QUIC_CONFIG_IDS, QuicConfig, SERVER_ID_LENS, ServerId, VipConfig, span,
+        Config, Protocol, QUIC_CONFIG_IDS, QuicConfig, SERVER_ID_LENS, SERVER_ID_OFFSETS, ServerId,
+        VipConfig, span,
     },
     dataplane::state::{BackendState, VipState},
     problem::Problem,
@@ -110,7 +111,7 @@ pub fn check(vip: &VipConfig, location: &str, problems: &mut Vec<Problem>) {
         (
             "server_id_offset",
             quic.server_id_offset,
-            1..=QUIC_CID_MAX - 1,
+            SERVER_ID_OFFSETS,
             "octets: the first octet holds the config codepoint",
         ),
     ] {
