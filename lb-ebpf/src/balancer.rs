@@ -546,9 +546,13 @@ fn to_quic(ctx: &XdpContext, flow: &Flow, trace: Trace) {
     // SAFETY: per-CPU slot, only this CPU uses it while we run (and the
     // QUIC program, which hands back to this one, before us).
     unsafe {
+        // The mark of a packet handed back; honoured for that packet only
+        // (a filter narrowed meanwhile can leave a mark unread).
         if (*job).fallback != 0 {
             (*job).fallback = 0;
-            return;
+            if (*job).key.same(&flow.key) {
+                return;
+            }
         }
         // Field by field: a whole value would be built on the stack first.
         (*job).key = flow.key;

@@ -3,7 +3,8 @@
 //! whatever its 4-tuple (the client moved) and whatever the connection
 //! table holds; long headers, unknown IDs, unroutable and foreign
 //! codepoints, cut datagrams and a down backend's ID go by the connection
-//! table and the 4-tuple hash, each counted for the VIP; a UDP VIP
+//! table and the 4-tuple hash, each counted for the VIP (and a backend
+//! held out for want of a MAC is routed nothing); a UDP VIP
 //! without QUIC routing ignores CIDs; both families; a changed ID moves
 //! with the apply that changes it.
 
@@ -302,4 +303,20 @@ fn a_down_server_and_a_changed_id_follow_the_apply() {
     apply(&mut fixture, &config("0a02"), &[]);
     assert_eq!(sent_to(&mut fixture, &named(46200, [0x0a, 0x02])), "b2");
     assert_eq!(sent_to(&mut fixture, &named(46200, [0x0a, 0x01])), "b1");
+    // Held out for want of a MAC (weight 0, the all-zero MAC, as the gate
+    // installs it): its ID is not routed, to no MAC at all.
+    let held_out = config("0a02").replace(
+        r#"address = "198.18.1.2", mac = "02:00:00:00:01:02""#,
+        r#"address = "198.18.1.2", weight = 0, mac = "00:00:00:00:00:00""#,
+    );
+    apply(&mut fixture, &held_out, &[]);
+    let before = counted(&fixture, "q4", QuicOutcome::UnknownServer);
+    for port in 46300..46308 {
+        let got = sent_to(&mut fixture, &named(port, [0x0a, 0x02]));
+        assert!(got == "b1" || got == "b3", "port {port}: {got}");
+    }
+    assert_eq!(
+        counted(&fixture, "q4", QuicOutcome::UnknownServer),
+        before + 8
+    );
 }

@@ -26,7 +26,8 @@ pub fn server_key(list: u32, id: &ServerId) -> QuicServerKey {
     QuicServerKey { list, id: padded }
 }
 
-/// What `bank` must hold for `state`.
+/// What `bank` must hold for `state`: every backend's ID but those held
+/// out of the table for want of a MAC (whose slot would send to none).
 fn wanted(bank: u32, state: &DesiredState) -> HashMap<QuicServerKey, u32> {
     state
         .vips
@@ -34,11 +35,14 @@ fn wanted(bank: u32, state: &DesiredState) -> HashMap<QuicServerKey, u32> {
         .filter(|v| v.quic.is_some())
         .flat_map(|v| {
             let list = table_id(bank, v.vip_id);
-            v.backends.iter().filter_map(move |b| {
-                b.server_id
-                    .as_ref()
-                    .map(|id| (server_key(list, id), b.backend_id))
-            })
+            v.backends
+                .iter()
+                .filter(|b| !b.held_out())
+                .filter_map(move |b| {
+                    b.server_id
+                        .as_ref()
+                        .map(|id| (server_key(list, id), b.backend_id))
+                })
         })
         .collect()
 }

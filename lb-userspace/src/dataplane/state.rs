@@ -132,6 +132,12 @@ pub struct BackendState {
 }
 
 impl BackendState {
+    /// Held out of its table for want of a MAC (weight 0, the all-zero
+    /// MAC): nothing may be sent to it, not even by its QUIC server ID.
+    pub fn held_out(&self) -> bool {
+        self.mac.0 == [0; 6]
+    }
+
     /// Its slot in the backend array, serving `vip`, with `flags` and
     /// `generation`.
     pub fn slot(&self, vip: &VipState, active: bool, generation: u32) -> Backend {

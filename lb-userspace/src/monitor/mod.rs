@@ -156,7 +156,7 @@ impl View {
                             backend_id: b.backend_id,
                             weight: b.weight,
                             expected_share: vip.expected_share(index),
-                            held_out: b.mac.0 == [0; 6],
+                            held_out: b.held_out(),
                             socket: b.addr,
                             down: b.down,
                             server_id: b.server_id.as_ref().map(ToString::to_string),

@@ -536,6 +536,34 @@ fn check_quic_change(
             .warning(),
         );
     }
+    // A removed backend's ID on a new one: its open connections would
+    // reach the new server, which cannot decrypt them.
+    let reused: Vec<String> = plan
+        .backends
+        .iter()
+        .filter(|b| b.change == Change::Added)
+        .filter_map(|added| {
+            let id = added.server_id_after.as_deref()?;
+            let gone = plan.backends.iter().find(|b| {
+                b.change == Change::Removed && b.server_id_before.as_deref() == Some(id)
+            })?;
+            Some(format!("{} takes {id} from {}", added.name, gone.name))
+        })
+        .collect();
+    if !reused.is_empty() {
+        problems.push(
+            Problem::error(
+                "server-id-reuse",
+                plan_location(plan),
+                "server_id",
+                reused.join(", "),
+                "a new backend takes the server ID of one removed in the same change: the \
+                 removed server's open connections would reach the new one, which cannot \
+                 decrypt them; give the new backend another server_id",
+            )
+            .warning(),
+        );
+    }
 }
 
 /// Where plan problems point: the VIP's name and endpoint, because the
@@ -834,6 +862,15 @@ mod tests {
         assert_eq!(warnings(&plan), ["server-id-change"]);
         assert!(
             plan.problems[0].value.contains("b2 0a02 → 0b02"),
+            "{:?}",
+            plan.problems
+        );
+
+        let reused = quic("quic = { server_id_len = 2 }", "server_id = \"0a02\"\n")
+            .replace("198.18.0.2\"", "198.18.0.9\"");
+        let plan = plan_texts(Some(&before), &reused, false);
+        assert!(
+            warnings(&plan).contains(&"server-id-reuse".to_string()),
             "{:?}",
             plan.problems
         );

@@ -266,7 +266,7 @@ pub fn route_cid<'s>(vip: &'s VipState, cid: Option<&str>) -> Result<CidRoute<'s
             .iter()
             .find(|b| b.server_id.as_ref() == Some(&id))
         {
-            Some(backend) if !backend.down => {
+            Some(backend) if !backend.down && !backend.held_out() => {
                 let start = quic.server_id_offset;
                 return Ok(CidRoute::Server(
                     backend,
@@ -277,6 +277,11 @@ pub fn route_cid<'s>(vip: &'s VipState, cid: Option<&str>) -> Result<CidRoute<'s
                     ),
                 ));
             }
+            Some(backend) if backend.held_out() => format!(
+                "server ID {id} is {}'s, which is held out of the table for want of a MAC \
+                 (unknown_server)",
+                backend.label
+            ),
             Some(backend) => format!(
                 "server ID {id} is {}'s, which is out of the table (server_down)",
                 backend.label
@@ -511,6 +516,12 @@ mod tests {
         for bad in ["20zz", "200", &"00".repeat(21)] {
             assert!(route_cid(vip, Some(bad)).is_err(), "{bad}");
         }
+        state.vips[0].backends[1].mac = crate::config::MacAddr([0; 6]);
+        match route_cid(&state.vips[0], Some("200a0b9f3c")) {
+            Ok(CidRoute::Fallback(why)) => assert!(why.contains("want of a MAC"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        state.vips[0].backends[1].mac = crate::config::MacAddr([2, 0, 0, 0, 0, 1]);
         state.vips[0].backends[1].down = true;
         let vip = &state.vips[0];
         match route_cid(vip, Some("200a0b9f3c")) {
