@@ -484,6 +484,36 @@ mod tests {
         );
         assert!(json.get("packet").is_none(), "no bytes asked for: {json}");
 
+        // On a QUIC VIP: routed by the server ID, or why not.
+        let quic = |via: u8, outcome: QuicOutcome| {
+            event_line(
+                &TraceRecord {
+                    event: TraceEvent {
+                        via,
+                        quic: outcome as u32 + 1,
+                        ..event
+                    },
+                    packet: Vec::new(),
+                },
+                &labels,
+            )
+        };
+        let routed = quic(TRACE_VIA_QUIC, QuicOutcome::Routed);
+        assert_eq!(
+            (routed.via, routed.quic.as_deref()),
+            (Some(Via::ServerId), Some("routed"))
+        );
+        assert!(
+            event_text(&routed).ends_with("by the server ID in its QUIC connection ID"),
+            "{}",
+            event_text(&routed)
+        );
+        let fell_back = event_text(&quic(TRACE_VIA_TABLE, QuicOutcome::UnknownServer));
+        assert!(
+            fell_back.ends_with("(generation 7) (QUIC: unknown_server, so by the 4-tuple)"),
+            "{fell_back}"
+        );
+
         let captured = event_line(
             &TraceRecord {
                 event: TraceEvent {
