@@ -582,9 +582,6 @@ pub fn quic_process(ctx: &XdpContext, job: *mut QuicJob, trace: Trace) -> Verdic
         // IP header starts at 14 (18 behind a VLAN tag).
         l3: usize::from(l3 & 0x3f),
     };
-    let Some(config) = CONFIG.get(0) else {
-        return discard(Reason::DropNoBackend);
-    };
     let Some(vip) = lookup_vip(&flow.key).filter(|vip| vip.quic) else {
         return fall_back(ctx, job, trace.is_some());
     };
@@ -633,6 +630,9 @@ pub fn quic_process(ctx: &XdpContext, job: *mut QuicJob, trace: Trace) -> Verdic
     {
         return verdict;
     }
+    let Some(config) = CONFIG.get(0) else {
+        return discard(Reason::DropNoBackend);
+    };
     // Only the encapsulation spreads by the hash.
     let hash = if encapsulates(backend) {
         flow_hash(&flow.key, &config.seed)

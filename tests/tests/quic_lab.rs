@@ -30,6 +30,7 @@ use lb_tests::{
     scratch::Scratch,
     status::{backend, status, vip, wait_for},
 };
+use lb_userspace::config::ServerId;
 
 /// The QUIC VIPs' port.
 const QUIC_PORT: u16 = 443;
@@ -88,8 +89,9 @@ fn server_id(index: usize) -> [u8; SERVER_ID_LEN] {
     [0x51, u8::try_from(index + 1).expect("a few backends")]
 }
 
-fn hex(octets: &[u8]) -> String {
-    octets.iter().map(|o| format!("{o:02x}")).collect()
+/// Backend `index`'s server ID as the config and `status` spell it.
+fn server_id_text(index: usize) -> String {
+    ServerId(server_id(index).to_vec()).to_string()
 }
 
 /// `service` as the config declares it, over every backend of the lab in
@@ -117,7 +119,7 @@ fn vip_config(lab: &Lab, service: &Service) -> String {
             spec.name
         );
         if service.quic {
-            text += &format!("server_id = \"{}\"\n", hex(&server_id(index)));
+            text += &format!("server_id = \"{}\"\n", server_id_text(index));
         }
     }
     text
@@ -411,7 +413,7 @@ fn quic_outcomes(lab: &Lab, service: &Service) -> Option<BTreeMap<String, u64>> 
         let name = format!("b{}", index + 1);
         assert_eq!(
             backend(&status, service.name, &name)["server_id"],
-            hex(&server_id(index)),
+            server_id_text(index),
             "{}: {name}'s server ID in status",
             service.name
         );

@@ -19,7 +19,7 @@ pub struct QuicServers {
 }
 
 /// `id` in VIP list `list` as the map keys it (zero-padded).
-pub fn server_key(list: u32, id: &ServerId) -> QuicServerKey {
+fn server_key(list: u32, id: &ServerId) -> QuicServerKey {
     let mut padded = [0u8; QUIC_WINDOW];
     let len = id.0.len().min(QUIC_WINDOW);
     padded[..len].copy_from_slice(&id.0[..len]);
